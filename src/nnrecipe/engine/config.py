@@ -1,0 +1,80 @@
+"""Configuration of the engine (optimiser, schedule, loop, tracking): the recipe sections every task shares.
+
+They live with the engine so the engine depends on nothing above it; `nnrecipe.recipe` composes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    # Unknown keys are errors (a typo must never be silently ignored); assignment is validated too.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Optim(Section):
+    """The optimiser (torch.optim)."""
+
+    name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="sgd (with momentum/nesterov), adam or adamw.")
+    lr: float = Field(0.05, gt=0, description="Peak learning rate (onecycle: its max_lr).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    nesterov: bool = Field(True, description="SGD Nesterov momentum (needs momentum > 0).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW betas.")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 (SGD/Adam) or decoupled (AdamW) weight decay.")
+    decay_bias_and_norm: bool = Field(False, description="Apply weight decay to biases and normalisation weights too (usually off).")
+
+
+class Schedule(Section):
+    """Learning-rate schedule, stepped once per optimiser step."""
+
+    name: Literal["constant", "step", "cosine", "onecycle"] = Field("onecycle", description="constant, step, cosine or onecycle.")
+    warmup_epochs: float = Field(0.0, ge=0, description="Linear warmup from 0 in front of the schedule, in epochs (fractions allowed).")
+    step_epochs: int = Field(10, gt=0, description="step: decay every this many epochs.")
+    gamma: float = Field(0.1, gt=0, le=1, description="step: multiply the LR by this at each decay.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine: final LR as a fraction of the peak.")
+    pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of training spent increasing the LR.")
+
+
+class EarlyStopping(Section):
+    """Stop when a logged metric stops improving."""
+
+    metric: str = Field("val_loss", description="Any metric in metrics.jsonl, e.g. val_loss, val_accuracy.")
+    mode: Literal["auto", "min", "max"] = Field("auto", description="auto: max for accuracy/f1, min otherwise.")
+    patience: int = Field(5, gt=0, description="Epochs without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+
+
+class Train(Section):
+    """The training loop."""
+
+    epochs: int = Field(10, gt=0, description="Number of passes over the training split.")
+    batch_size: int = Field(128, gt=0, description="Examples per optimiser step (per process, before accumulation).")
+    eval_batch_size: int = Field(512, gt=0, description="Examples per evaluation batch.")
+    grad_accum_steps: int = Field(1, gt=0, description="Micro-batches accumulated per optimiser step.")
+    clip_grad_norm: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value.")
+    clip_grad_value: float | None = Field(None, gt=0, description="Clip each gradient element to [-v, v].")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA devices that support it, fp32 elsewhere.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when present, else CPU.")
+    seed: int = Field(0, description="Seeds Python, NumPy, torch, data order and augmentation.")
+    ema: bool = Field(False, description="Keep an exponential moving average of the weights and evaluate/save it.")
+    ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per optimiser step.")
+    monitor: str = Field("val_accuracy", description="Metric that chooses the best checkpoint.")
+    early_stopping: EarlyStopping | None = Field(None, description="Stop early when `metric` stalls; null = off.")
+    num_threads: int | None = Field(None, gt=0, description="torch CPU threads; null = torch's default.")
+    log_every: int = Field(50, gt=0, description="Steps between non-finite-loss checks and TensorBoard step logs.")
+
+
+class Track(Section):
+    """Where results go and what is logged."""
+
+    runs_dir: Path = Field(Path("runs"), description="Parent folder of run directories.")
+    name: str | None = Field(None, description="Run directory name; default <recipe>-<timestamp>.")
+    tensorboard: bool = Field(True, description="Write TensorBoard event files.")
+    wandb: bool = Field(False, description="Log to Weights & Biases in offline mode (needs `pip install wandb`).")
+    progress: bool = Field(True, description="Show a progress bar per epoch.")
+    plots: bool = Field(True, description="Save PNG plots (curves, confusion matrix, misclassified examples).")

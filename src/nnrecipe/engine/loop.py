@@ -1,0 +1,347 @@
+"""The training loop, written once and shared by every task.
+
+A task hands the engine a model, a loss function and an evaluation function, plus loaders that yield
+ready batches for an (epoch, start batch) pair. The engine owns everything else: device placement and
+mixed precision (Accelerate), accumulation, clipping, schedules, EMA, checkpoints, early stopping,
+resume, Ctrl-C and divergence handling, logging and the progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import torch
+from accelerate import Accelerator
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from nnrecipe.engine.checkpoint import load_checkpoint, save_checkpoint, split_prefix, with_prefix
+from nnrecipe.engine.config import Schedule, Train
+from nnrecipe.engine.optim import build_scheduler
+from nnrecipe.engine.seeding import rng_state, set_rng_state
+from nnrecipe.engine.tracking import Tracker
+from nnrecipe.errors import UserError
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class EpochLoader(Protocol):
+    """Yields batches already on the device; the order depends only on (seed, epoch), so resume is exact."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Any]: ...
+
+
+class TrainTask(Protocol):
+    def training_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
+        """Mean loss over the batch and the number of examples in it."""
+
+    def evaluate(self, model: nn.Module, loader: EpochLoader) -> dict[str, float]:
+        """Validation metrics without prefix, e.g. {"loss": ..., "accuracy": ...}."""
+
+
+class Callback:
+    """Hooks into the loop; override what you need. Used for freezing schedules and by tests."""
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
+        """Before model.train() of each epoch (e.g. unfreeze layers)."""
+
+    def on_train_mode(self, epoch: int, model: nn.Module) -> None:
+        """Right after model.train() (e.g. keep frozen BatchNorm layers in eval mode)."""
+
+    def after_step(self, trainer: "Trainer") -> None:
+        """After every micro-batch."""
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class FitState:
+    """Counters that a checkpoint restores; together with the RNG state they make resume exact."""
+
+    epoch: int = 0              # epochs completed
+    step_in_epoch: int = 0      # batches of the current epoch already trained (interrupted mid-epoch)
+    global_step: int = 0        # optimiser steps
+    epoch_loss_sum: float = 0.0
+    epoch_examples: int = 0
+    epoch_seconds: float = 0.0
+    best_value: float | None = None
+    best_epoch: int | None = None
+    stop_value: float | None = None
+    bad_epochs: int = 0
+    status: str = "running"     # running | interrupted | finished | early_stopped | diverged
+
+
+@dataclass
+class FitResult:
+    status: str
+    last_checkpoint: Path
+    best_checkpoint: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def make_accelerator(cfg: Train) -> Accelerator:
+    """Pick the device at run time and the precision it supports; refuse what it cannot do, clearly."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device: cuda, but no CUDA device is visible; use train.device: auto or cpu")
+    if cfg.device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("train.device: mps, but MPS is not available here; use train.device: auto or cpu")
+    cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and not cuda:
+        raise UserError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on this machine")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    return Accelerator(cpu=cfg.device == "cpu", mixed_precision={"fp32": "no"}.get(precision, precision))
+
+
+def monitor_mode(metric: str, mode: str = "auto") -> str:
+    if mode != "auto":
+        return mode
+    return "max" if any(k in metric for k in ("acc", "f1", "map", "return", "precision", "recall")) else "min"
+
+
+class Trainer:
+    def __init__(
+        self,
+        *,
+        accelerator: Accelerator,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        task: TrainTask,
+        train_loader: EpochLoader,
+        val_loader: EpochLoader | None,
+        train_cfg: Train,
+        schedule_cfg: Schedule,
+        run_dir: Path,
+        tracker: Tracker,
+        callbacks: list[Callback] = (),
+        progress: bool = True,
+    ):
+        self.acc = accelerator
+        self.cfg = train_cfg
+        self.task = task
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.run_dir = Path(run_dir)
+        self.tracker = tracker
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.steps_per_epoch = math.ceil(len(train_loader) / train_cfg.grad_accum_steps)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        # The scheduler is not prepared: Accelerate would step it once per process.
+        self.scheduler = build_scheduler(optimizer, schedule_cfg, self.steps_per_epoch, train_cfg.epochs)
+        self.ema = None
+        if train_cfg.ema:
+            self.ema = AveragedModel(self._bare(), multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema_decay), use_buffers=True)
+        self.state = FitState()
+        self.stop_requested = False
+        self.last_path = self.run_dir / "checkpoints" / "last.safetensors"
+        self.best_path = self.run_dir / "checkpoints" / "best.safetensors"
+
+    # -- public ------------------------------------------------------------------------------------
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self._bare()
+
+    def fit(self, resume: bool = False) -> FitResult:
+        if resume:
+            self._restore()
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        try:
+            while self.state.epoch < self.cfg.epochs and self.state.status == "running":
+                self._train_epoch()
+                if self.state.status == "running":
+                    self._end_epoch()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if self.state.status == "running":
+            self.state.status = "finished"
+            self._save(self.last_path, full=True)
+        return FitResult(self.state.status, self.last_path, self.best_path, self.tracker.history())
+
+    # -- one epoch ---------------------------------------------------------------------------------
+
+    def _train_epoch(self) -> None:
+        s, cfg = self.state, self.cfg
+        epoch, accum = s.epoch, cfg.grad_accum_steps
+        n_batches = len(self.train_loader)
+        for cb in self.callbacks:
+            cb.on_epoch_start(epoch, self._bare())
+        self.model.train()
+        for cb in self.callbacks:
+            cb.on_train_mode(epoch, self._bare())
+        loss_sum = torch.tensor(s.epoch_loss_sum, device=self.acc.device)
+        examples, started = s.epoch_examples, time.perf_counter() - s.epoch_seconds
+        bar = self._progress(epoch, n_batches, s.step_in_epoch)
+        for i, batch in enumerate(self.train_loader.batches(epoch, s.step_in_epoch), start=s.step_in_epoch):
+            sync = (i + 1) % accum == 0 or i + 1 == n_batches
+            with self.acc.no_sync(self.model) if not sync else nullcontext():
+                loss, n = self.task.training_loss(self.model, batch)
+                self.acc.backward(loss / accum if accum > 1 else loss)
+            loss_sum += loss.detach().float() * n
+            examples += n
+            if sync:
+                self._optimizer_step()
+            if bar is not None:
+                bar[0].update(bar[1], advance=1)
+            if (i + 1) % cfg.log_every == 0 or i + 1 == n_batches:
+                self._check_finite(loss_sum, epoch, i)
+                self.tracker.log_step(s.global_step, {"train_loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"]})
+            for cb in self.callbacks:
+                cb.after_step(self)
+            if sync and self.stop_requested and i + 1 < n_batches:
+                s.step_in_epoch, s.epoch_loss_sum, s.epoch_examples = i + 1, loss_sum.item(), examples
+                s.epoch_seconds = time.perf_counter() - started
+                self._interrupt(bar)
+                return
+        if bar is not None:
+            bar[0].stop()
+        s.epoch_loss_sum, s.epoch_examples = loss_sum.item(), examples
+        s.epoch_seconds = time.perf_counter() - started
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.clip_grad_norm:
+            self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        if self.cfg.clip_grad_value:
+            self.acc.clip_grad_value_(self.model.parameters(), self.cfg.clip_grad_value)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self._bare())
+        self.state.global_step += 1
+
+    def _end_epoch(self) -> None:
+        s = self.state
+        lr = self.optimizer.param_groups[0]["lr"]
+        row: dict[str, Any] = {"epoch": s.epoch + 1, "step": s.global_step,
+                               "train_loss": s.epoch_loss_sum / max(1, s.epoch_examples)}
+        if self.val_loader is not None:
+            with torch.no_grad():
+                metrics = self.task.evaluate(self.eval_model(), self.val_loader)
+            row.update({f"val_{k}": v for k, v in metrics.items()})
+        row.update({"lr": lr, "samples_per_s": s.epoch_examples / max(s.epoch_seconds, 1e-9),
+                    "epoch_seconds": s.epoch_seconds})
+        s.epoch += 1
+        s.step_in_epoch, s.epoch_loss_sum, s.epoch_examples, s.epoch_seconds = 0, 0.0, 0, 0.0
+        self.tracker.log_epoch(row)
+        self._print_row(row)
+        if self._improved(row, self.cfg.monitor, "best_value", "auto"):
+            s.best_epoch = s.epoch
+            self._save(self.best_path, full=False)
+        es = self.cfg.early_stopping
+        if es is not None:
+            if es.metric not in row:
+                raise UserError(f"train.early_stopping.metric: '{es.metric}' is not logged; logged: {', '.join(row)}")
+            if self._improved(row, es.metric, "stop_value", es.mode, es.min_delta):
+                s.bad_epochs = 0
+            else:
+                s.bad_epochs += 1
+                if s.bad_epochs >= es.patience:
+                    s.status = "early_stopped"
+                    console.print(f"early stopping: {es.metric} has not improved for {es.patience} epochs")
+        if self.stop_requested and s.status == "running" and s.epoch < self.cfg.epochs:
+            self._interrupt(None)
+            return
+        self._save(self.last_path, full=True)
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _improved(self, row: dict, metric: str, attr: str, mode: str, min_delta: float = 0.0) -> bool:
+        if metric not in row:  # no validation split: the latest epoch is the best one
+            return attr == "best_value"
+        value, best = row[metric], getattr(self.state, attr)
+        better = best is None or (value > best + min_delta if monitor_mode(metric, mode) == "max" else value < best - min_delta)
+        if better:
+            setattr(self.state, attr, value)
+        return better
+
+    def _check_finite(self, loss_sum: torch.Tensor, epoch: int, batch: int) -> None:
+        if not torch.isfinite(loss_sum):
+            self.state.status = "diverged"
+            where = f"epoch {epoch + 1}, batch {batch + 1}"
+            kept = f"last good checkpoint kept: {self.last_path}" if self.last_path.exists() else "no checkpoint was saved yet"
+            raise Diverged(f"the training loss became NaN/inf at {where}; stopping ({kept}). "
+                           "Try a lower optim.lr, train.clip_grad_norm: 1.0, or train.precision: fp32.")
+
+    def _interrupt(self, bar) -> None:
+        if bar is not None:
+            bar[0].stop()
+        self.state.status = "interrupted"
+        self._save(self.last_path, full=True)
+        console.print(f"interrupted: checkpoint saved to {self.last_path}; continue with `nnrecipe resume {self.run_dir}`")
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.stop_requested:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        console.print("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort without saving)")
+
+    def _bare(self) -> nn.Module:
+        return self.acc.unwrap_model(self.model)
+
+    def _save(self, path: Path, full: bool) -> None:
+        if not self.acc.is_main_process:
+            return
+        tensors = with_prefix(self._bare().state_dict(), "model")
+        if self.ema is not None:
+            tensors.update(with_prefix(self.ema.state_dict(), "ema"))
+        state: dict[str, Any] = {"fit": asdict(self.state)}
+        if full:
+            state |= {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng_state()}
+        save_checkpoint(path, tensors, state)
+
+    def _restore(self) -> None:
+        tensors, state = load_checkpoint(self.last_path, device="cpu")
+        if not isinstance(state, dict) or "optimizer" not in state:
+            raise UserError(f"{self.last_path} is not a resumable checkpoint")
+        self._bare().load_state_dict(split_prefix(tensors, "model"))
+        if self.ema is not None:
+            self.ema.load_state_dict(split_prefix(tensors, "ema"))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.state = FitState(**state["fit"])
+        if self.state.status in ("interrupted", "running"):
+            self.state.status = "running"
+        set_rng_state(state["rng"])
+        self.tracker.keep_epochs_before(self.state.epoch)
+
+    def _progress(self, epoch: int, total: int, done: int):
+        if not self.progress or not self.acc.is_main_process or not console.is_terminal:
+            return None
+        bar = Progress(TextColumn(f"epoch {epoch + 1}/{self.cfg.epochs}"), BarColumn(), MofNCompleteColumn(),
+                       TimeRemainingColumn(), console=console, transient=True)
+        task = bar.add_task("train", total=total, completed=done)
+        bar.start()
+        return bar, task
+
+    def _print_row(self, row: dict[str, Any]) -> None:
+        if not self.acc.is_main_process:
+            return
+        parts = [f"epoch {row['epoch']}/{self.cfg.epochs}"]
+        for k, v in row.items():
+            if k in ("epoch", "step", "epoch_seconds", "samples_per_s"):
+                continue
+            parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
+        parts.append(f"{row['samples_per_s']:,.0f} samples/s  {row['epoch_seconds']:.1f}s")
+        console.print("  ".join(parts), soft_wrap=True)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,64 @@
+"""Where a run's numbers go: metrics.jsonl (the source of truth), TensorBoard, optionally W&B offline."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from nnrecipe.errors import UserError
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, wandb: bool = False, config: dict | None = None):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._tb = None
+        self._wandb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        if wandb:
+            try:
+                import wandb as _wandb
+            except ImportError:
+                raise UserError("track.wandb: true needs the wandb package: pip install wandb") from None
+            os.environ.setdefault("WANDB_MODE", "offline")
+            self._wandb = _wandb.init(project="nnrecipe", name=Path(run_dir).name, dir=str(run_dir), config=config or {})
+
+    def history(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path)
+
+    def keep_epochs_before(self, epoch: int) -> None:
+        """On resume: drop rows the last checkpoint does not cover (written after it, before a crash)."""
+        rows = [r for r in self.history() if r.get("epoch", 0) <= epoch]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def log_step(self, step: int, values: dict[str, float]) -> None:
+        if self._tb:
+            for k, v in values.items():
+                self._tb.add_scalar(f"step/{k}", v, step)
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}
+        if self._tb:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, row["epoch"])
+            self._tb.flush()
+        if self._wandb:
+            self._wandb.log(scalars, step=row["epoch"])
+
+    def close(self) -> None:
+        if self._tb:
+            self._tb.close()
+        if self._wandb:
+            self._wandb.finish()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

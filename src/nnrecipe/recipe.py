@@ -1,0 +1,193 @@
+"""The recipe: typed, documented configuration for a run, loaded from YAML with `--set a.b=c` overrides.
+
+Every field has a default that trains well, so a recipe only says what differs. Validation errors are
+turned into one readable line per problem that names the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from nnrecipe.engine.config import Optim, Schedule, Track, Train
+from nnrecipe.engine.config import Section as _Section
+from nnrecipe.errors import RecipeError
+
+
+class Augment(_Section):
+    """Training-time augmentation (torchvision.transforms.v2 semantics), applied to whole batches."""
+
+    crop_padding: int = Field(0, ge=0, description="Random crop of the original size after zero-padding this many pixels per side; 0 = off.")
+    hflip: bool = Field(False, description="Random horizontal flip with probability 0.5.")
+    rotation: float = Field(0.0, ge=0, le=180, description="Random rotation in [-rotation, +rotation] degrees; 0 = off.")
+    scale: tuple[float, float] | None = Field(None, description="RandomResizedCrop area range, e.g. [0.6, 1.0]; null = off.")
+    color_jitter: float = Field(0.0, ge=0, le=1, description="Brightness/contrast/saturation jitter strength; 0 = off.")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, v):
+        if v is not None and not (0 < v[0] <= v[1] <= 1):
+            raise ValueError("must be [low, high] with 0 < low <= high <= 1")
+        return v
+
+
+class Normalize(_Section):
+    """Per-channel mean and standard deviation in [0, 1] pixel units."""
+
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _same_length(self):
+        if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
+            raise ValueError("mean and std need one value per channel and std > 0")
+        return self
+
+
+class Data(_Section):
+    """Where the images come from and how they are split."""
+
+    source: Literal["digits", "cifar10", "imagefolder"] = Field(
+        "digits", description="digits: scikit-learn's embedded 8x8 digits; cifar10: torchvision's CIFAR-10; imagefolder: a class-per-folder tree.")
+    path: Path | None = Field(None, description="cifar10: folder holding cifar-10-batches-py (default ~/.cache/nnrecipe/cifar10); imagefolder: the tree (with train/ val/ test/ subfolders, or one tree to split).")
+    download: bool = Field(True, description="cifar10: download when the files are missing and the network allows.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of the training split held back for validation when the source has no val split.")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction held back for testing when the source has no test split (digits, single-tree imagefolder).")
+    split_seed: int = Field(0, description="Seed of the stratified split, independent of the training seed so splits stay fixed.")
+    image_size: int | None = Field(None, gt=0, description="Resize images to this square size; null = the source's native size (imagefolder: the first image's).")
+    channels: Literal[1, 3] | None = Field(None, description="Convert images to 1 (grey) or 3 (RGB) channels; null = the source's own.")
+    normalize: Literal["auto", "none"] | Normalize = Field("auto", description="auto: mean/std computed on the training split; none; or {mean: [...], std: [...]}.")
+    limit: int | None = Field(None, gt=0, description="Use only the first N training examples (quick experiments).")
+    augment: Augment = Field(default_factory=Augment)
+
+
+class Model(_Section):
+    """Which network to build and how to initialise it."""
+
+    name: str = Field("convnet", description="convnet, lenet5, resnet18, resnet34, mlp, tv:<torchvision model>, timm:<timm model>.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier (built-in models).")
+    init_from: Path | None = Field(None, description="Weights to start from: a .safetensors file, a torch state dict (.pt/.pth, loaded weights_only) or a run directory. Layers whose shapes differ (the head) are re-initialised.")
+    freeze: Literal["none", "backbone"] = Field("none", description="backbone: train only the classifier head (transfer learning).")
+    unfreeze_at_epoch: int | None = Field(None, ge=0, description="Epoch (0-based) at which a frozen backbone starts training, at backbone_lr_scale x the LR.")
+    backbone_lr_scale: float = Field(1.0, gt=0, le=1, description="LR multiplier of the backbone's parameter group relative to the head.")
+    channels_last: bool = Field(False, description="Use the channels_last memory format (often faster for convnets on GPU).")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from nnrecipe.models import check_model_name
+
+        check_model_name(v)
+        return v
+
+
+class Recipe(_Section):
+    """A whole run: what to learn (task, data, model) and how (optim, schedule, train), and where it goes (track)."""
+
+    task: Literal["image_classification"] = Field("image_classification", description="The task family.")
+    description: str = Field("", description="One line shown by `nnrecipe recipes`.")
+    data: Data = Field(default_factory=Data)
+    model: Model = Field(default_factory=Model)
+    optim: Optim = Field(default_factory=Optim)
+    schedule: Schedule = Field(default_factory=Schedule)
+    train: Train = Field(default_factory=Train)
+    track: Track = Field(default_factory=Track)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.model.unfreeze_at_epoch is not None and self.model.freeze == "none":
+            raise ValueError("model.unfreeze_at_epoch needs model.freeze: backbone")
+        if self.optim.nesterov and self.optim.name == "sgd" and self.optim.momentum == 0:
+            raise ValueError("optim.nesterov needs optim.momentum > 0")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading, overrides and readable errors
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe, apply `a.b=c` overrides, validate. Raises RecipeError with readable lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections (data, model, optim, ...)")
+    for item in overrides:
+        apply_override(raw, item)
+    return validate_recipe(raw)
+
+
+def validate_recipe(raw: dict[str, Any]) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError("\n".join(_explain(err) for err in e.errors())) from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (so 0.1 is a float, [1,2] a list)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=0.1")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"--set {key}: {part} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _explain(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    kind = err["type"]
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        *parent, name = [str(p) for p in err["loc"]]
+        allowed = _fields_at(parent)
+        hint = difflib.get_close_matches(name, allowed, n=1)
+        where = ".".join(parent) or "the recipe"
+        line = f"recipe error: unknown field '{loc}' in {where}; allowed: {', '.join(allowed)}"
+        return line + (f" (did you mean '{'.'.join([*parent, hint[0]])}'?)" if hint else "")
+    msg = err["msg"]
+    if kind == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        msg = f"must be one of {allowed}"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if not loc:  # whole-recipe checks
+        return f"recipe error: {msg}"
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"recipe error: {loc}: {msg}{shown}"
+
+
+def _fields_at(parent: list[str]) -> list[str]:
+    model: type[BaseModel] = Recipe
+    for name in parent:
+        field = model.model_fields.get(name)
+        ann = getattr(field, "annotation", None)
+        sub = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

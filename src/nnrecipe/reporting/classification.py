@@ -1,0 +1,59 @@
+"""Classification reports from scikit-learn's metrics, written as report.json and report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import classification_report, confusion_matrix
+
+
+def classification_summary(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    labels = list(range(len(classes)))
+    rep = classification_report(y_true, y_pred, labels=labels, target_names=classes, output_dict=True, zero_division=0)
+    per_class = {c: {k: rep[c][k] for k in ("precision", "recall", "f1-score", "support")} for c in classes}
+    return {
+        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
+        "examples": int(len(y_true)),
+        "per_class": per_class,
+        "macro_avg": {k: rep["macro avg"][k] for k in ("precision", "recall", "f1-score")},
+        "weighted_avg": {k: rep["weighted avg"][k] for k in ("precision", "recall", "f1-score")},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "classes": classes,
+    }
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The per-class table in markdown (also what `evaluate` prints)."""
+    lines = ["| class | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
+    for c, m in summary["per_class"].items():
+        lines.append(f"| {c} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1-score']:.4f} | {int(m['support'])} |")
+    n = summary["examples"]
+    for name in ("macro_avg", "weighted_avg"):
+        m = summary[name]
+        lines.append(f"| {name.replace('_', ' ')} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1-score']:.4f} | {n} |")
+    return "\n".join(lines)
+
+
+def write_report(run_dir: Path, split: str, summary: dict[str, Any], extra: dict[str, Any] | None = None,
+                 plots: list[str] = ()) -> Path:
+    """Write report.json (merged: one entry per evaluated split) and report.md."""
+    run_dir = Path(run_dir)
+    path = run_dir / "report.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    report[split] = summary | (extra or {})
+    path.write_text(json.dumps(report, indent=2))
+    md = [f"# Report: {run_dir.name}", ""]
+    for name, s in report.items():
+        md += [f"## {name}: accuracy {s['accuracy']:.4f} on {s['examples']} examples", ""]
+        if s.get("source"):
+            md += [f"Data: `{s['source']}`", ""]
+        md += [summary_table(s), ""]
+        for p in s.get("plots", []):
+            md += [f"![{p}]({p})", ""]
+        if s.get("skipped_files"):
+            md += [f"Unreadable files skipped: {len(s['skipped_files'])} (listed in report.json)", ""]
+    (run_dir / "report.md").write_text("\n".join(md))
+    return path

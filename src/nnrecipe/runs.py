@@ -1,0 +1,74 @@
+"""Run directories: one folder per run holding the resolved recipe, metadata, metrics, checkpoints,
+reports and plots, so that `resume`, `evaluate` and `predict` need nothing but the folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nnrecipe.errors import UserError
+from nnrecipe.recipe import Recipe, recipe_to_yaml, validate_recipe
+
+
+@dataclass
+class Run:
+    dir: Path
+
+    @property
+    def recipe_path(self) -> Path:
+        return self.dir / "recipe.yaml"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.dir / "run.json"
+
+    @property
+    def plots_dir(self) -> Path:
+        (self.dir / "plots").mkdir(exist_ok=True)
+        return self.dir / "plots"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.dir / "checkpoints" / "best.safetensors"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.dir / "checkpoints" / "last.safetensors"
+
+    def recipe(self) -> Recipe:
+        return validate_recipe(yaml.safe_load(self.recipe_path.read_text()))
+
+    def meta(self) -> dict[str, Any]:
+        return json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
+
+    def update_meta(self, **values: Any) -> None:
+        meta = self.meta() | values
+        tmp = self.meta_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, self.meta_path)
+
+
+def create_run(recipe: Recipe, recipe_name: str) -> Run:
+    name = recipe.track.name or f"{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = Path(recipe.track.runs_dir) / name
+    if path.exists() and any(path.iterdir()):
+        # Never overwrite a finished run; a fresh timestamped name when the given one is taken.
+        path = Path(recipe.track.runs_dir) / f"{name}-{time.strftime('%H%M%S')}-{os.getpid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    run = Run(path)
+    run.update_meta(status="created", recipe_name=recipe_name, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return run
+
+
+def open_run(path: str | Path) -> Run:
+    run = Run(Path(path))
+    if not run.recipe_path.is_file():
+        raise UserError(f"{path} is not a run directory (no recipe.yaml); runs live under runs/<name>")
+    return run

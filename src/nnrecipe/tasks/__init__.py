@@ -1,0 +1,12 @@
+"""Task families. Each module gives the CLI the same verbs: train, evaluate, predict."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from types import ModuleType
+
+_TASKS = {"image_classification": "nnrecipe.tasks.image_classification"}
+
+
+def task_module(name: str) -> ModuleType:
+    return import_module(_TASKS[name])
