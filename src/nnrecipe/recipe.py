@@ -144,12 +144,12 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         value = text
     node = raw
     parts = key.strip().split(".")
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise RecipeError(f"--set {key}: {part} is a value, not a section")
+            raise RecipeError(f"--set {key}: {'.'.join(parts[:i + 1])} is a value, not a section")
         node = child
     node[parts[-1]] = value
 

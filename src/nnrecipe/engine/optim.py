@@ -39,9 +39,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Schedule, steps_per_e
     in front); onecycle is torch's OneCycleLR, whose rising phase is the warmup when warmup_epochs > 0."""
     total = max(1, steps_per_epoch * epochs)
     warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))
-    if cfg.name == "onecycle":
+    if cfg.name == "onecycle" and total >= 4:  # OneCycleLR needs at least a step per phase
         max_lr = [g["lr"] for g in optimizer.param_groups]
-        pct = warmup / total if warmup else cfg.pct_start
+        pct = min(0.9, max(warmup / total if warmup else cfg.pct_start, 2 / total))
         return lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total, pct_start=pct)
     return lr_scheduler.LambdaLR(optimizer, _factor(cfg, steps_per_epoch, warmup, total))
 

@@ -12,6 +12,7 @@ from nnrecipe.errors import UserError
 
 class Tracker:
     def __init__(self, run_dir: Path, tensorboard: bool = True, wandb: bool = False, config: dict | None = None):
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         self._wandb = None

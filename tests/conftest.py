@@ -1,0 +1,47 @@
+"""Shared fixtures: small recipes on the embedded digits set, written into a temporary runs folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nnrecipe.recipe import apply_override, validate_recipe
+from nnrecipe.runs import create_run
+
+
+def make_recipe(runs_dir: Path, *overrides: str, **sections):
+    raw = {"data": {"source": "digits"}, "model": {"name": "convnet"},
+           "train": {"epochs": 2, "batch_size": 64, "seed": 0},
+           "track": {"runs_dir": str(runs_dir), "progress": False, "plots": False, "tensorboard": False}}
+    for key, value in sections.items():
+        raw.setdefault(key, {}).update(value)
+    for item in overrides:
+        apply_override(raw, item)
+    return validate_recipe(raw)
+
+
+@pytest.fixture
+def recipe_factory(tmp_path):
+    return lambda *overrides, **sections: make_recipe(tmp_path / "runs", *overrides, **sections)
+
+
+@pytest.fixture
+def new_run():
+    return lambda recipe, name="test": create_run(recipe, name)
+
+
+def write_digit_tree(root: Path, classes: list[int], per_class: int = 40, size: int = 16, offset: int = 0) -> Path:
+    """An ImageFolder tree of real digit images (upscaled, RGB PNG) for the chosen digit classes."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for c in classes:
+        (root / str(c)).mkdir(parents=True, exist_ok=True)
+        idx = np.flatnonzero(d.target == c)[offset: offset + per_class]
+        for i in idx:
+            img = Image.fromarray(np.rint(d.images[i] * 255 / 16).astype(np.uint8)).resize((size, size), Image.NEAREST)
+            img.convert("RGB").save(root / str(c) / f"{i}.png")
+    return root

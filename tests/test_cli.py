@@ -1,0 +1,108 @@
+"""The real CLI in a subprocess, with tiny budgets: every bundled recipe starts, every verb works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_digit_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def nnrecipe(*args, cwd, timeout=240):
+    env = os.environ | {"PYTHONWARNINGS": "ignore"}
+    res = subprocess.run([sys.executable, "-m", "nnrecipe.cli", *map(str, args)], capture_output=True, text=True,
+                         cwd=cwd, timeout=timeout, env=env)
+    assert "Traceback" not in res.stderr, res.stderr
+    return res
+
+
+def only_run(runs: Path) -> Path:
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    return run
+
+
+@pytest.mark.parametrize("recipe", ["digits-convnet", "digits-lenet5", "digits-resnet18"])
+def test_digits_recipes_train_evaluate_predict(recipe, tmp_path):
+    res = nnrecipe("train", ROOT / "recipes" / f"{recipe}.yaml", "--set", "train.epochs=1", "--set", "data.limit=200",
+                   "--set", f"track.runs_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    run = only_run(tmp_path / "runs")
+    assert "test accuracy" in res.stderr and "report:" in res.stderr
+    for name in ("recipe.yaml", "metrics.jsonl", "report.json", "report.md", "checkpoints/best.safetensors",
+                 "checkpoints/last.safetensors", "plots/curves.png", "plots/confusion_test.png"):
+        assert (run / name).is_file(), name
+    if recipe != "digits-convnet":
+        return
+    res = nnrecipe("evaluate", run, "--split", "val", cwd=tmp_path)
+    assert res.returncode == 0 and "val accuracy" in res.stderr
+    assert "val" in json.loads((run / "report.json").read_text())
+    tree = write_digit_tree(tmp_path / "imgs", [1, 7], per_class=2)
+    res = nnrecipe("predict", run, *sorted(tree.rglob("*.png")), "--json", cwd=tmp_path)
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert res.returncode == 0 and len(rows) == 4 and all(r["label"] in "0123456789" for r in rows)
+    res = nnrecipe("resume", run, cwd=tmp_path)
+    assert res.returncode == 1 and "already finished" in res.stderr
+
+
+def test_imagefolder_finetune_recipe_runs_on_a_generated_tree(tmp_path):
+    tree = write_digit_tree(tmp_path / "imgs", [0, 1, 2], per_class=20)
+    res = nnrecipe("train", ROOT / "recipes/imagefolder-finetune.yaml", "--set", f"data.path={tree}",
+                   "--set", "model.name=convnet", "--set", "train.epochs=1", "--set", "model.unfreeze_at_epoch=0",
+                   "--set", f"track.runs_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("recipe", ["cifar10-convnet", "cifar10-resnet18"])
+def test_cifar_recipes_explain_where_the_files_go_when_offline(recipe, tmp_path):
+    res = nnrecipe("train", ROOT / "recipes" / f"{recipe}.yaml", "--set", f"data.path={tmp_path / 'cifar'}",
+                   "--set", "data.download=false", "--set", f"track.runs_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    assert res.returncode == 1
+    assert f"{tmp_path / 'cifar'}/cifar-10-batches-py" in res.stderr and "cifar-10-python.tar.gz" in res.stderr
+
+
+def test_recipes_lists_each_bundled_recipe(tmp_path):
+    res = nnrecipe("recipes", cwd=tmp_path)
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == len(list((ROOT / "recipes").glob("*.yaml")))
+    assert any(line.startswith("recipes/digits-convnet.yaml") for line in lines)
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    res = nnrecipe("evaluate", tmp_path / "no-such-run", cwd=tmp_path)
+    assert res.returncode == 1 and "is not a run directory" in res.stderr
+    res = nnrecipe("train", tmp_path / "missing.yaml", cwd=tmp_path)
+    assert res.returncode == 2 and "recipe file not found" in res.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
+    import signal
+
+    cmd = [sys.executable, "-m", "nnrecipe.cli", "train", ROOT / "recipes/digits-convnet.yaml", "--set", "train.epochs=400",
+           "--set", f"track.runs_dir={tmp_path / 'runs'}", "--set", "track.plots=false"]
+    proc = subprocess.Popen(list(map(str, cmd)), stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    for line in proc.stderr:
+        if line.startswith("epoch 2/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, rest
+    assert "interrupted: checkpoint saved" in rest and "Traceback" not in rest
+    run = only_run(tmp_path / "runs")
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    res = nnrecipe("resume", run, "--help", cwd=tmp_path)  # the verb exists; a full resume of 400 epochs is not needed
+    assert res.returncode == 0
+    recipe = run / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace("epochs: 400", "epochs: 6"))
+    res = nnrecipe("resume", run, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 7))

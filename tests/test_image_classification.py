@@ -1,0 +1,137 @@
+"""Image classification end to end on real (embedded) data: it learns, reports honestly, transfers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nnrecipe.data.augment import BatchAugment
+from nnrecipe.data.images import load_splits
+from nnrecipe.engine.checkpoint import load_checkpoint, split_prefix
+from nnrecipe.errors import UserError
+from nnrecipe.recipe import Augment
+from nnrecipe.tasks import image_classification as task
+from tests.conftest import write_digit_tree
+
+
+def test_convnet_learns_digits_and_writes_the_report(recipe_factory, new_run):
+    recipe = recipe_factory("train.epochs=8", "track.plots=true", "track.tensorboard=true")
+    run = new_run(recipe)
+    result = task.train(recipe, run)
+    assert result["accuracy"] >= 0.95
+    report = json.loads((run.dir / "report.json").read_text())["test"]
+    cm = np.array(report["confusion_matrix"])
+    assert report["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert report["examples"] == cm.sum() == 360
+    assert set(report["per_class"]) == {str(i) for i in range(10)}
+    assert {"precision", "recall", "f1-score"} <= set(report["macro_avg"])
+    for name in ("curves.png", "confusion_test.png"):
+        assert (run.dir / "plots" / name).stat().st_size > 1000
+    assert "| macro avg |" in (run.dir / "report.md").read_text()
+    assert list((run.dir / "tensorboard").iterdir()), "TensorBoard event files expected"
+    assert json.loads((run.dir / "run.json").read_text())["status"] == "finished"
+
+    # evaluate on other data in the run's format: an ImageFolder tree of (upscaled RGB) digit images.
+    tree = write_digit_tree(run.dir.parent / "more_digits", list(range(10)), per_class=5, offset=150)
+    summary = task.evaluate(run, data_path=str(tree))
+    assert summary["examples"] == 50 and summary["accuracy"] > 0.7
+    assert f"data:{tree}" in json.loads((run.dir / "report.json").read_text())
+
+    files = sorted(str(p) for p in (tree / "3").glob("*.png"))
+    preds = task.predict(run, files)
+    assert sum(p["label"] == "3" for p in preds) >= 4
+    assert all(abs(sum(p["top"].values()) - 1) < 0.5 and 0 < p["confidence"] <= 1 for p in preds)
+
+
+def test_predict_reports_unreadable_images(recipe_factory, new_run, tmp_path):
+    recipe = recipe_factory("train.epochs=1")
+    run = new_run(recipe)
+    task.train(recipe, run)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(UserError, match="cannot decode image .*bad.png"):
+        task.predict(run, [str(bad)])
+    with pytest.raises(UserError, match="image not found: .*nope.png"):
+        task.predict(run, [str(tmp_path / "nope.png")])
+
+
+def test_imagefolder_skips_and_lists_corrupt_files(recipe_factory, tmp_path):
+    tree = write_digit_tree(tmp_path / "tree", [0, 1], per_class=10)
+    (tree / "1" / "broken.png").write_bytes(b"\x89PNG garbage")
+    recipe = recipe_factory("data.source=imagefolder", f"data.path={tree}")
+    splits = load_splits(recipe.data)
+    assert [p.endswith("broken.png") for p in splits.skipped] == [True]
+    assert sum(len(s) for s in (splits.train, splits.val, splits.test)) == 20
+    assert splits.train.images.shape[1:] == (3, 16, 16)
+
+
+def test_missing_data_gives_clear_errors(recipe_factory, tmp_path):
+    r = recipe_factory("data.source=imagefolder", f"data.path={tmp_path / 'nowhere'}")
+    with pytest.raises(UserError, match="data.path: folder not found: .*nowhere"):
+        load_splits(r.data)
+    r = recipe_factory("data.source=cifar10", f"data.path={tmp_path}", "data.download=false")
+    with pytest.raises(UserError) as e:
+        load_splits(r.data)
+    assert str(tmp_path / "cifar-10-batches-py") in str(e.value) and "cifar-10-python.tar.gz" in str(e.value)
+
+
+def test_transfer_learning_from_one_dataset_to_another(recipe_factory, new_run, tmp_path):
+    """Pre-train on digits 0-4, fine-tune a frozen backbone on 5-7, then unfreeze it at a lower LR."""
+    source = write_digit_tree(tmp_path / "src", [0, 1, 2, 3, 4], per_class=60)
+    target = write_digit_tree(tmp_path / "dst", [5, 6, 7], per_class=40)
+    common = ("data.source=imagefolder", "data.val_fraction=0.2", "data.test_fraction=0.25", "optim.lr=0.02")
+    pre = recipe_factory(*common, f"data.path={source}", "train.epochs=6")
+    pre_run = new_run(pre, "pre")
+    assert task.train(pre, pre_run)["accuracy"] > 0.9
+
+    fine = recipe_factory(*common, f"data.path={target}", f"model.init_from={pre_run.dir}", "model.freeze=backbone",
+                          "model.unfreeze_at_epoch=2", "model.backbone_lr_scale=0.1", "train.epochs=5",
+                          "train.batch_size=16")
+    fine_run = new_run(fine, "fine")
+    snapshots = []
+
+    class Snapshot(task.Callback):
+        def on_epoch_start(self, epoch, model):
+            snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    result = task.train(fine, fine_run, callbacks=[Snapshot()])
+    pretrained = split_prefix(load_checkpoint(pre_run.best_checkpoint)[0], "model")
+    # Epoch 0 starts from the pretrained backbone with a new 3-class head.
+    assert torch.equal(snapshots[0]["0.weight"], pretrained["0.weight"])
+    assert snapshots[0]["10.weight"].shape[0] == 3
+    # Frozen for epochs 0-1 (backbone unchanged, head trained), unfrozen from epoch 2.
+    assert torch.equal(snapshots[2]["0.weight"], pretrained["0.weight"])
+    assert not torch.equal(snapshots[2]["10.weight"], snapshots[0]["10.weight"])
+    final = split_prefix(load_checkpoint(fine_run.last_checkpoint)[0], "model")
+    assert not torch.equal(final["0.weight"], pretrained["0.weight"])
+    assert result["accuracy"] >= 0.85
+
+
+def test_augmentation_draws_per_image_and_is_reproducible():
+    x = torch.arange(64, dtype=torch.uint8).reshape(1, 1, 8, 8).repeat(64, 1, 1, 1)
+    aug = BatchAugment(Augment(crop_padding=2, hflip=True, rotation=15), image_size=8)
+    a, b, c = aug(x, seed=1), aug(x, seed=1), aug(x, seed=2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    distinct = {img.numpy().tobytes() for img in a}
+    assert len(distinct) > 20, "each image gets its own crop/flip/rotation"
+    state = torch.get_rng_state()
+    aug(x, seed=3)
+    assert torch.equal(state, torch.get_rng_state()), "augmentation must not consume the global RNG"
+
+
+def test_crop_with_padding_matches_torchvision_for_the_same_offsets():
+    from torchvision.transforms.v2 import functional as F
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 255, (16, 3, 8, 8), dtype=torch.uint8, generator=g)
+    aug = BatchAugment(Augment(crop_padding=2), image_size=8)
+    out = aug(x, seed=5)
+    rg = torch.Generator().manual_seed(5)
+    dy = torch.randint(0, 5, (16, 1), generator=rg)
+    dx = torch.randint(0, 5, (16, 1), generator=rg)
+    for i in range(16):
+        expected = F.crop(F.pad(x[i], [2, 2, 2, 2]), int(dy[i]), int(dx[i]), 8, 8)
+        assert torch.equal(out[i], expected)

@@ -1,0 +1,85 @@
+"""Recipe validation: defaults that work, and one readable line for every mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nnrecipe.errors import RecipeError
+from nnrecipe.recipe import Recipe, load_recipe, validate_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_a_valid_recipe():
+    r = Recipe()
+    assert r.data.source == "digits" and r.model.name == "convnet" and r.optim.lr > 0
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_bundled_recipes_validate_and_describe_themselves(path):
+    r = load_recipe(path)
+    assert r.description, f"{path.name} needs a one-line description for `nnrecipe recipes`"
+
+
+def test_override_types_follow_yaml(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("data: {source: digits}\n")
+    r = load_recipe(p, ["optim.lr=0.2", "train.epochs=3", "data.augment.scale=[0.5, 1.0]", "train.clip_grad_norm=1"])
+    assert r.optim.lr == 0.2 and r.train.epochs == 3 and r.data.augment.scale == (0.5, 1.0)
+    assert r.train.clip_grad_norm == 1.0
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({"optim": {"lrr": 0.1}}, ["optim.lrr", "did you mean 'optim.lr'", "allowed: name, lr"]),
+        ({"optim": {"lr": -1}}, ["optim.lr", "greater than 0", "-1"]),
+        ({"train": {"batch_size": 0}}, ["train.batch_size", "greater than 0"]),
+        ({"train": {"epochs": "many"}}, ["train.epochs", "integer"]),
+        ({"data": {"source": "mnist"}}, ["data.source", "'digits', 'cifar10' or 'imagefolder'", "mnist"]),
+        ({"model": {"name": "resnet5"}}, ["model.name", "allowed: convnet", "resnet18"]),
+        ({"model": {"name": "tv:resnet_999"}}, ["model.name", "unknown torchvision model"]),
+        ({"schedule": {"name": "poly"}}, ["schedule.name", "'constant', 'step', 'cosine' or 'onecycle'"]),
+        ({"model": {"unfreeze_at_epoch": 2}}, ["unfreeze_at_epoch needs model.freeze"]),
+        ({"dta": {}}, ["unknown field 'dta'", "did you mean 'data'"]),
+    ],
+)
+def test_mistakes_are_one_readable_line(raw, expected):
+    with pytest.raises(RecipeError) as e:
+        validate_recipe(raw)
+    msg = str(e.value)
+    assert msg.count("\n") == 0, msg
+    for part in expected:
+        assert part in msg, msg
+
+
+def test_bad_override_syntax_is_explained(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("{}\n")
+    with pytest.raises(RecipeError, match="KEY=VALUE"):
+        load_recipe(p, ["optim.lr"])
+    with pytest.raises(RecipeError, match="optim.lr is a value"):
+        load_recipe(p, ["optim.lr=0.1", "optim.lr.x=1"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(RecipeError, match="recipe file not found: .*nope.yaml"):
+        load_recipe(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(bad)
+
+
+def test_cli_reports_recipe_errors_without_traceback(tmp_path):
+    cmd = [sys.executable, "-m", "nnrecipe.cli", "train", str(ROOT / "recipes/digits-convnet.yaml"),
+           "--set", "optim.lr=-1", "--set", f"track.runs_dir={tmp_path}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 2
+    assert "recipe error: optim.lr" in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    assert not any(tmp_path.iterdir()), "an invalid recipe must not create a run directory"

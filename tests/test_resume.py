@@ -1,0 +1,64 @@
+"""Exact resume: 4 epochs straight == 2 epochs, interrupt, resume 2 (loss history and final weights)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nnrecipe.engine.checkpoint import load_checkpoint
+from nnrecipe.engine.loop import Callback
+from nnrecipe.engine.tracking import read_metrics
+from nnrecipe.tasks import image_classification as task
+
+TIMING = ("samples_per_s", "epoch_seconds")
+
+
+class InterruptAt(Callback):
+    """Acts like Ctrl-C arriving during batch `batch` of epoch `epoch` (0-based)."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch, self.seen = epoch, batch, -1
+
+    def on_epoch_start(self, epoch, model):
+        self.seen = -1
+
+    def after_step(self, trainer):
+        self.seen += 1
+        if trainer.state.epoch == self.epoch and self.seen == self.batch:
+            trainer.stop_requested = True
+
+
+def _history(run):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in read_metrics(run.dir / "metrics.jsonl")]
+
+
+def _weights(path):
+    tensors, _ = load_checkpoint(path)
+    return tensors
+
+
+# Dropout, crop+flip+rotation augmentation, EMA, a one-cycle schedule and accumulation: every piece of
+# state a resume has to restore.
+OVERRIDES = ("train.epochs=4", "model.dropout=0.3", "data.augment.crop_padding=1", "data.augment.hflip=true",
+             "data.augment.rotation=10", "train.ema=true", "train.grad_accum_steps=2", "data.limit=400")
+
+
+@pytest.mark.parametrize("batch", [None, 2], ids=["at-epoch-end", "mid-epoch"])
+def test_interrupted_and_resumed_run_equals_uninterrupted(recipe_factory, new_run, batch):
+    recipe = recipe_factory(*OVERRIDES)
+    straight = new_run(recipe, "straight")
+    task.train(recipe, straight)
+
+    broken = new_run(recipe, "broken")
+    n_batches = 400 // 64 + 1
+    stop = InterruptAt(epoch=1, batch=n_batches - 1 if batch is None else batch)
+    result = task.train(recipe, broken, callbacks=[stop])
+    assert result["status"] == "interrupted"
+    assert len(_history(broken)) == (2 if batch is None else 1)
+
+    resumed = task.train(broken.recipe(), broken, resume=True)
+    assert resumed["status"] == "finished"
+    assert _history(broken) == _history(straight)
+    a, b = _weights(straight.last_checkpoint), _weights(broken.last_checkpoint)
+    for key in (k for k in a if k.startswith(("model.", "ema."))):
+        assert torch.equal(a[key], b[key]), key
