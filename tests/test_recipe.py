@@ -83,3 +83,11 @@ def test_cli_reports_recipe_errors_without_traceback(tmp_path):
     assert "recipe error: optim.lr" in res.stderr
     assert "Traceback" not in res.stderr + res.stdout
     assert not any(tmp_path.iterdir()), "an invalid recipe must not create a run directory"
+
+
+def test_every_field_is_documented_and_docs_are_current():
+    from nnrecipe.recipe import reference_markdown
+
+    text = reference_markdown()
+    assert "|  |" not in text.replace("| `description` | str | `` |", ""), "a field lacks a description"
+    assert (ROOT / "docs" / "recipe.md").read_text() == text, "regenerate: nnrecipe fields > docs/recipe.md"

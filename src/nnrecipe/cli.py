@@ -110,6 +110,14 @@ def list_recipes() -> None:
         out.print(f"{str(path.relative_to(RECIPES_DIR.parent)):40s} {desc}")
 
 
+@app.command()
+def fields() -> None:
+    """Print every recipe field with its type, default and meaning (markdown)."""
+    from nnrecipe.recipe import reference_markdown
+
+    out.print(reference_markdown(), markup=False, end="")
+
+
 def _find_recipe(path: Path) -> Path:
     # `nnrecipe train digits-convnet` works too: look in the bundled recipes folder.
     if not path.exists():

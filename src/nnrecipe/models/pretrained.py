@@ -6,6 +6,7 @@ different class count) keep their fresh initialisation. Nothing is unpickled.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
         raise UserError(f"model.init_from: cannot read weights from {path}: {e}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
