@@ -3,8 +3,8 @@ nnrecipe's engine, and by PyTorch Lightning's Trainer (when installed: `pip inst
 
 All three read the same in-memory uint8 CIFAR-shaped tensors in the same seeded order and normalise each
 batch the same way, so the only difference is the loop around forward/backward/step. Runs alternate
-(plain, nnrecipe, lightning, plain, ...) and the best of `--rounds` is kept, so machine drift hits all
-three alike. Images/s for each; the ratios are printed last.
+(plain, nnrecipe, lightning, plain, ...) for `--rounds` rounds; the ratio printed is the median of the
+ratios within each round, so the drift of a shared machine hits the tools alike. Images/s for each; the ratios are printed last.
 
     python bench/engine_overhead.py                       # convnet and resnet18, CPU
     python bench/engine_overhead.py --models convnet --images 20000 --rounds 3
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -151,6 +152,11 @@ def lightning_trainer(name, images, labels, bs, epochs, device) -> float | None:
     return len(labels) / (time.perf_counter() - Clock.start)
 
 
+def _paired(runs: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of a/b, each pair measured back to back."""
+    return statistics.median(x / y for x, y in zip(runs[a], runs[b]))
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -162,7 +168,7 @@ def main():
     ap.add_argument("--images", type=int, default=None, help="images per epoch (default: 20,480 convnet, 1,280 resnet18 on CPU)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--data", default=None, help="an ImageFolder tree (e.g. CIFAR-10 JPEGs) instead of random tensors")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -172,16 +178,19 @@ def main():
     for name in args.models:
         n = args.images or ((20_480 if name == "convnet" else 1_280) * (20 if device.type == "cuda" else 1))
         images, labels = make_data(n, args.data)
-        best: dict[str, float] = {}
+        runs: dict[str, list[float]] = {}
         for _ in range(args.rounds):
             for label, fn in (("plain loop", plain_loop), ("nnrecipe", nnrecipe_engine), ("lightning", lightning_trainer)):
                 ips = fn(name, images, labels, args.batch_size, args.epochs, device)
                 if ips is not None:
-                    best[label] = max(best.get(label, 0.0), ips)
-        for label, ips in best.items():
-            print(f"{name:9s} {label:11s} {ips:9,.0f} images/s  (last of {args.epochs} epochs of {n:,} images, best of {args.rounds} rounds, bs {args.batch_size})")
-        ratios.append(f"{name}: ratio vs plain loop: {best['nnrecipe'] / best['plain loop']:.3f}"
-                      + (f"   ratio vs lightning: {best['nnrecipe'] / best['lightning']:.3f}" if "lightning" in best else "   (lightning not installed)"))
+                    runs.setdefault(label, []).append(ips)
+        for label, values in runs.items():
+            print(f"{name:9s} {label:11s} median {statistics.median(values):9,.0f} images/s  rounds: "
+                  + ", ".join(f"{v:,.0f}" for v in values) + f"  ({n:,} images/epoch, last of {args.epochs} epochs, bs {args.batch_size})")
+        # Machines drift (shared hosts); a ratio of runs taken back to back within a round holds better.
+        line = f"{name}: ratio vs plain loop: {_paired(runs, 'nnrecipe', 'plain loop'):.3f}"
+        line += f"   ratio vs lightning: {_paired(runs, 'nnrecipe', 'lightning'):.3f}" if "lightning" in runs else "   (lightning not installed)"
+        ratios.append(line)
     print("\n".join(ratios))
 
 

@@ -99,6 +99,49 @@ def predict(
             out.print(f"{row['file']}: {row['label']} ({row['confidence']:.3f})   top: {top}")
 
 
+rl_app = typer.Typer(no_args_is_help=True, help="Reinforcement learning: tabular Q-learning/SARSA and DQN.")
+app.add_typer(rl_app, name="rl")
+
+
+@rl_app.command("train")
+def rl_train(
+    recipe: Path = typer.Argument(..., help="An RL recipe (task: rl)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field, e.g. --set tabular.episodes=5000."),
+    name: Optional[str] = typer.Option(None, help="Run directory name."),
+) -> None:
+    """Train an agent; leaves a run directory with the Q-table or network, metrics, report and plots."""
+    from nnrecipe.recipe import load_recipe
+
+    if load_recipe(_find_recipe(recipe), set_).task != "rl":
+        raise UserError(f"{recipe} is not an RL recipe (task: rl); use `nnrecipe train`")
+    train(recipe, set_, name)
+
+
+@rl_app.command("evaluate")
+def rl_evaluate(
+    run_dir: Path = typer.Argument(..., help="An RL run directory."),
+    episodes: Optional[int] = typer.Option(None, min=1, help="Evaluation episodes (default: the recipe's eval.episodes)."),
+) -> None:
+    """Greedy evaluation on a fixed seed list: mean return, success rate, steps."""
+    from nnrecipe.rl import runner
+    from nnrecipe.runs import open_run
+
+    runner.evaluate(open_run(run_dir), episodes=episodes)
+
+
+@rl_app.command("play")
+def rl_play(
+    run_dir: Path = typer.Argument(..., help="An RL run directory."),
+    render: str = typer.Option("ansi", help="Render mode; ansi prints each frame in the terminal."),
+    seed: Optional[int] = typer.Option(None, help="Episode seed (default: the first evaluation seed)."),
+) -> None:
+    """Play one greedy episode and show it."""
+    from nnrecipe.rl import runner
+    from nnrecipe.runs import open_run
+
+    runner.play(open_run(run_dir), render=render, seed=seed)
+
+
 @app.command("recipes")
 def list_recipes() -> None:
     """List the bundled recipes, one line each."""

@@ -41,16 +41,17 @@ class Tracker:
             for k, v in values.items():
                 self._tb.add_scalar(f"step/{k}", v, step)
 
-    def log_epoch(self, row: dict[str, Any]) -> None:
+    def log_epoch(self, row: dict[str, Any], step_key: str = "epoch") -> None:
+        """Append a row to metrics.jsonl and log its numbers at x = row[step_key] (epoch, episode, step)."""
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != step_key}
         if self._tb:
             for k, v in scalars.items():
-                self._tb.add_scalar(k, v, row["epoch"])
+                self._tb.add_scalar(k, v, row[step_key])
             self._tb.flush()
         if self._wandb:
-            self._wandb.log(scalars, step=row["epoch"])
+            self._wandb.log(scalars, step=row[step_key])
 
     def close(self) -> None:
         if self._tb:

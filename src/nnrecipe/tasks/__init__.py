@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 from types import ModuleType
 
-_TASKS = {"image_classification": "nnrecipe.tasks.image_classification"}
+_TASKS = {"image_classification": "nnrecipe.tasks.image_classification", "rl": "nnrecipe.rl.runner"}
 
 
 def task_module(name: str) -> ModuleType:

@@ -1,0 +1,1 @@
+"""Reinforcement learning: tabular Q-learning/SARSA and DQN, sharing recipes, runs and tracking."""

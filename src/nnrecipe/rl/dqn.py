@@ -1,0 +1,149 @@
+"""DQN for discrete actions and vector observations, in the spirit of CleanRL: one file, top to bottom.
+
+Replay buffer, target network (hard copy every `target_update` environment steps, or Polyak updates
+with tau < 1), optional Double DQN, Huber loss, gradient clipping, linear epsilon schedule, gymnasium
+vector environments. The network that scores best in the periodic greedy evaluations is kept next to
+the final one, and both are reported: a run that reaches 500 once and then collapses has not solved
+the task.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class QNetwork(nn.Module):
+    def __init__(self, obs_dim: int, n_actions: int, hidden: list[int]):
+        super().__init__()
+        layers, width = [], obs_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, n_actions))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)
+
+
+class ReplayBuffer:
+    """Fixed-size ring buffer of transitions in preallocated NumPy arrays."""
+
+    def __init__(self, capacity: int, obs_dim: int, rng: np.random.Generator):
+        self.obs = np.zeros((capacity, obs_dim), np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+        self.actions = np.zeros(capacity, np.int64)
+        self.rewards = np.zeros(capacity, np.float32)
+        self.terminated = np.zeros(capacity, np.float32)
+        self.capacity, self.size, self.pos, self.rng = capacity, 0, 0, rng
+
+    def add(self, obs, next_obs, action, reward, terminated) -> None:
+        i = self.pos
+        self.obs[i], self.next_obs[i], self.actions[i], self.rewards[i], self.terminated[i] = obs, next_obs, action, reward, terminated
+        self.pos = (i + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, n: int, device) -> tuple[torch.Tensor, ...]:
+        idx = self.rng.integers(0, self.size, n)
+        return tuple(torch.as_tensor(a[idx], device=device) for a in
+                     (self.obs, self.actions, self.rewards, self.next_obs, self.terminated))
+
+
+def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, device: torch.device,
+              evaluate: Callable[[nn.Module], float], on_log: Callable[[dict], None] | None = None) -> dict:
+    """Returns {"final": q_network, "best": best q_network, "best_return": ..., "steps_per_s": ...}."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    envs = gym.vector.SyncVectorEnv([make_env for _ in range(cfg.num_envs)])
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    n_actions = int(envs.single_action_space.n)
+    q_net = QNetwork(obs_dim, n_actions, cfg.hidden).to(device)
+    target = copy.deepcopy(q_net)
+    optimizer = torch.optim.Adam(q_net.parameters(), lr=cfg.lr)
+    buffer = ReplayBuffer(cfg.buffer_size, obs_dim, rng)
+    envs.action_space.seed(seed)
+
+    obs, _ = envs.reset(seed=seed)
+    obs = obs.reshape(cfg.num_envs, obs_dim)
+    was_done = np.zeros(cfg.num_envs, bool)
+    episode_return, recent = np.zeros(cfg.num_envs), []
+    best = {"return": -np.inf, "state": copy.deepcopy(q_net.state_dict()), "step": 0}
+    grad_steps, next_eval, start = 0, cfg.eval_every, time.perf_counter()
+    decay_steps = cfg.exploration_fraction * cfg.total_steps
+
+    for step in range(0, cfg.total_steps, cfg.num_envs):
+        # ALGO LOGIC: epsilon-greedy action
+        eps = cfg.epsilon + (cfg.epsilon_end - cfg.epsilon) * min(1.0, step / decay_steps)
+        if rng.random() < eps:
+            actions = envs.action_space.sample()
+        else:
+            with torch.no_grad():
+                actions = q_net(torch.as_tensor(obs, device=device)).argmax(1).cpu().numpy()
+        next_obs, rewards, terminated, truncated, _ = envs.step(actions)
+        next_obs = next_obs.reshape(cfg.num_envs, obs_dim)
+        for i in range(cfg.num_envs):
+            # gymnasium autoresets on the step after an episode ends; that step is not a transition.
+            if not was_done[i]:
+                buffer.add(obs[i], next_obs[i], actions[i], rewards[i], terminated[i])
+                episode_return[i] += rewards[i]
+        done = terminated | truncated
+        for i in np.flatnonzero(done & ~was_done):
+            recent.append(episode_return[i])
+            episode_return[i] = 0.0
+        was_done = done
+        obs = next_obs
+
+        # ALGO LOGIC: training phase
+        if step >= cfg.learning_starts and (step // cfg.num_envs) % max(1, cfg.train_freq // cfg.num_envs) == 0:
+            for _ in range(cfg.gradient_steps):
+                b_obs, b_act, b_rew, b_next, b_term = buffer.sample(cfg.batch_size, device)
+                with torch.no_grad():
+                    if cfg.double:  # online net chooses, target net evaluates
+                        next_a = q_net(b_next).argmax(1, keepdim=True)
+                        next_q = target(b_next).gather(1, next_a).squeeze(1)
+                    else:
+                        next_q = target(b_next).max(1).values
+                    y = b_rew + gamma * next_q * (1.0 - b_term)  # no bootstrap past termination
+                q = q_net(b_obs).gather(1, b_act.unsqueeze(1)).squeeze(1)
+                loss = F.smooth_l1_loss(q, y)  # Huber
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(q_net.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                grad_steps += 1
+
+        # ALGO LOGIC: target network, every `target_update` environment steps (as in CleanRL and SB3):
+        # a hard copy with tau = 1, a Polyak step towards the online net otherwise.
+        if step // cfg.target_update != (step + cfg.num_envs) // cfg.target_update:
+            with torch.no_grad():
+                for t, p in zip(target.parameters(), q_net.parameters()):
+                    t.lerp_(p, cfg.tau)
+
+        # TRY NOT TO MODIFY: periodic greedy evaluation, logging, best network
+        done_steps = step + cfg.num_envs
+        if done_steps >= next_eval or done_steps >= cfg.total_steps:
+            next_eval += cfg.eval_every
+            eval_return = evaluate(q_net)
+            if eval_return >= best["return"]:
+                best = {"return": eval_return, "state": copy.deepcopy(q_net.state_dict()), "step": done_steps}
+            if on_log is not None:
+                on_log({"step": done_steps, "eval_return": eval_return, "train_return": float(np.mean(recent)) if recent else None,
+                        "epsilon": eps, "gradient_steps": grad_steps,
+                        "steps_per_s": done_steps / (time.perf_counter() - start)})
+            recent = []
+    envs.close()
+    best_net = copy.deepcopy(q_net)
+    best_net.load_state_dict(best["state"])
+    return {"final": q_net, "best": best_net, "best_return": best["return"], "best_step": best["step"],
+            "seconds": time.perf_counter() - start}
