@@ -35,6 +35,28 @@ class QNetwork(nn.Module):
         return self.net(obs)
 
 
+class NumpyActor:
+    """A NumPy copy of the Q-network for acting. Weights only change in training phases (every
+    `train_freq` steps), so acting and evaluation run on a snapshot taken after each phase: a NumPy
+    forward pass for one observation costs a fraction of torch's per-call overhead."""
+
+    def __init__(self, q_net: QNetwork):
+        linears = [m for m in q_net.net if isinstance(m, nn.Linear)]
+        self.layers = [(m.weight.detach().cpu().numpy().T.copy(), m.bias.detach().cpu().numpy().copy()) for m in linears]
+
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        x = np.asarray(obs, np.float32)
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w + b
+            if i < len(self.layers) - 1:
+                np.maximum(x, 0, out=x)
+        return x
+
+    def __call__(self, obs) -> int:
+        """Greedy action for one observation."""
+        return int(self.q_values(obs).argmax())
+
+
 class ReplayBuffer:
     """Fixed-size ring buffer of transitions in preallocated NumPy arrays."""
 
@@ -52,15 +74,17 @@ class ReplayBuffer:
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def sample(self, n: int, device) -> tuple[torch.Tensor, ...]:
-        idx = self.rng.integers(0, self.size, n)
+    def sample(self, shape, device) -> tuple[torch.Tensor, ...]:
+        """Uniform samples with replacement; `shape` = (batches, batch_size) draws several batches at once."""
+        idx = self.rng.integers(0, self.size, shape)
         return tuple(torch.as_tensor(a[idx], device=device) for a in
                      (self.obs, self.actions, self.rewards, self.next_obs, self.terminated))
 
 
 def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, device: torch.device,
-              evaluate: Callable[[nn.Module], float], on_log: Callable[[dict], None] | None = None) -> dict:
-    """Returns {"final": q_network, "best": best q_network, "best_return": ..., "steps_per_s": ...}."""
+              evaluate: Callable[[Callable[[np.ndarray], int]], float], on_log: Callable[[dict], None] | None = None) -> dict:
+    """`evaluate` scores a greedy policy (obs -> action). Returns {"final": q_network, "best": the best
+    network by periodic evaluation, "best_return", "best_step", "seconds"}."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -70,7 +94,9 @@ def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, dev
     n_actions = int(envs.single_action_space.n)
     q_net = QNetwork(obs_dim, n_actions, cfg.hidden).to(device)
     target = copy.deepcopy(q_net)
-    optimizer = torch.optim.Adam(q_net.parameters(), lr=cfg.lr)
+    # fused: one kernel for the whole Adam update instead of a loop over parameters (CPU and CUDA)
+    optimizer = torch.optim.Adam(q_net.parameters(), lr=cfg.lr, fused=True)
+    actor = NumpyActor(q_net)
     buffer = ReplayBuffer(cfg.buffer_size, obs_dim, rng)
     envs.action_space.seed(seed)
 
@@ -88,8 +114,7 @@ def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, dev
         if rng.random() < eps:
             actions = envs.action_space.sample()
         else:
-            with torch.no_grad():
-                actions = q_net(torch.as_tensor(obs, device=device)).argmax(1).cpu().numpy()
+            actions = actor.q_values(obs).argmax(1)
         next_obs, rewards, terminated, truncated, _ = envs.step(actions)
         next_obs = next_obs.reshape(cfg.num_envs, obs_dim)
         for i in range(cfg.num_envs):
@@ -106,22 +131,29 @@ def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, dev
 
         # ALGO LOGIC: training phase
         if step >= cfg.learning_starts and (step // cfg.num_envs) % max(1, cfg.train_freq // cfg.num_envs) == 0:
-            for _ in range(cfg.gradient_steps):
-                b_obs, b_act, b_rew, b_next, b_term = buffer.sample(cfg.batch_size, device)
-                with torch.no_grad():
-                    if cfg.double:  # online net chooses, target net evaluates
-                        next_a = q_net(b_next).argmax(1, keepdim=True)
-                        next_q = target(b_next).gather(1, next_a).squeeze(1)
-                    else:
-                        next_q = target(b_next).max(1).values
-                    y = b_rew + gamma * next_q * (1.0 - b_term)  # no bootstrap past termination
+            # The target net only changes between environment steps, so it is constant for the whole
+            # phase: draw every batch of the phase at once and value all next states in one pass.
+            obs_all, act_all, rew_all, next_all, term_all = buffer.sample((cfg.gradient_steps, cfg.batch_size), device)
+            with torch.no_grad():
+                target_q_all = target(next_all)
+                if not cfg.double:
+                    y_all = rew_all + gamma * target_q_all.max(-1).values * (1.0 - term_all)  # no bootstrap past termination
+            for g in range(cfg.gradient_steps):
+                b_obs, b_act = obs_all[g], act_all[g]
+                if cfg.double:  # the online net (changing every step) chooses, the target net values
+                    with torch.no_grad():
+                        next_a = q_net(next_all[g]).argmax(1, keepdim=True)
+                        y = rew_all[g] + gamma * target_q_all[g].gather(1, next_a).squeeze(1) * (1.0 - term_all[g])
+                else:
+                    y = y_all[g]
                 q = q_net(b_obs).gather(1, b_act.unsqueeze(1)).squeeze(1)
                 loss = F.smooth_l1_loss(q, y)  # Huber
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(q_net.parameters(), cfg.max_grad_norm)
+                nn.utils.clip_grad_norm_(q_net.parameters(), cfg.max_grad_norm, foreach=True)
                 optimizer.step()
                 grad_steps += 1
+            actor = NumpyActor(q_net)
 
         # ALGO LOGIC: target network, every `target_update` environment steps (as in CleanRL and SB3):
         # a hard copy with tau = 1, a Polyak step towards the online net otherwise.
@@ -134,7 +166,7 @@ def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, dev
         done_steps = step + cfg.num_envs
         if done_steps >= next_eval or done_steps >= cfg.total_steps:
             next_eval += cfg.eval_every
-            eval_return = evaluate(q_net)
+            eval_return = evaluate(actor)
             if eval_return >= best["return"]:
                 best = {"return": eval_return, "state": copy.deepcopy(q_net.state_dict()), "step": done_steps}
             if on_log is not None:

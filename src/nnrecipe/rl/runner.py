@@ -134,8 +134,8 @@ def _train_dqn(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker):
     eval_env = make_env(recipe)
     eval_seed = recipe.eval.seed + 1_000_000  # periodic evaluations never reuse the final evaluation's seeds
 
-    def periodic(net) -> float:
-        return evaluate_policy(eval_env, _net_policy(net, device), cfg.eval_episodes, eval_seed, recipe.env.id)["mean_return"]
+    def periodic(policy) -> float:
+        return evaluate_policy(eval_env, policy, cfg.eval_episodes, eval_seed, recipe.env.id)["mean_return"]
 
     def log(row: dict) -> None:
         tracker.log_epoch({"epoch": row["step"], **row}, step_key="step")
