@@ -177,3 +177,27 @@ def test_gridmap_recipe_end_to_end_through_the_cli(tmp_path):
     assert res.returncode == 0 and "A" in res.stdout and "return" in res.stdout
     res = cli("rl", "train", ROOT / "recipes/digits-convnet.yaml")
     assert res.returncode == 1 and "not an RL recipe" in res.stderr
+
+
+def test_dqn_resume_continues_from_the_last_checkpoint(tmp_path):
+    """A run trained to 3,000 steps, then asked for 6,000: resume picks up at 3,000 with its networks."""
+    from nnrecipe.engine.checkpoint import load_checkpoint
+    from nnrecipe.engine.tracking import read_metrics
+    from nnrecipe.runs import open_run
+
+    recipe = load_recipe(ROOT / "recipes/cartpole-dqn.yaml", [f"track.runs_dir={tmp_path}", "track.progress=false",
+                                                               "dqn.total_steps=3000", "dqn.eval_every=1500", "eval.episodes=2",
+                                                               "dqn.learning_starts=500", "dqn.gradient_steps=16",
+                                                               "track.tensorboard=false", "track.plots=false"])
+    run = _run(recipe)
+    runner.train(recipe, run)
+    before, meta = load_checkpoint(run.last_checkpoint)
+    assert meta["step"] == 3000 and meta["gradient_steps"] > 0
+    run.recipe_path.write_text(run.recipe_path.read_text().replace("total_steps: 3000", "total_steps: 6000"))
+    resumed = open_run(run.dir).recipe()
+    runner.train(resumed, run, resume=True)
+    after, meta2 = load_checkpoint(run.last_checkpoint)
+    assert meta2["step"] == 6000 and meta2["gradient_steps"] > meta["gradient_steps"]
+    assert [r["step"] for r in read_metrics(run.dir / "metrics.jsonl")] == [1500, 3000, 4500, 6000]
+    with pytest.raises(UserError, match="already trained all 6,000 steps"):
+        runner.train(resumed, run, resume=True)

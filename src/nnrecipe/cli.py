@@ -91,7 +91,10 @@ def predict(
     from nnrecipe.tasks import task_module
 
     run = open_run(run_dir)
-    for row in task_module(run.recipe().task).predict(run, inputs):
+    module = task_module(run.recipe().task)
+    if not hasattr(module, "predict"):
+        raise UserError(f"{run_dir} is a {run.recipe().task} run: use `nnrecipe rl play` or `nnrecipe rl evaluate`")
+    for row in module.predict(run, inputs):
         if as_json:
             out.print(json.dumps(row), soft_wrap=True)
         else:

@@ -82,13 +82,19 @@ class ReplayBuffer:
 
 
 def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, device: torch.device,
-              evaluate: Callable[[Callable[[np.ndarray], int]], float], on_log: Callable[[dict], None] | None = None) -> dict:
+              evaluate: Callable[[Callable[[np.ndarray], int]], float], on_log: Callable[[dict], None] | None = None,
+              on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> dict:
     """`evaluate` scores a greedy policy (obs -> action). Returns {"final": q_network, "best": the best
-    network by periodic evaluation, "best_return", "best_step", "seconds"}."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    network by periodic evaluation, "best_return", "best_step", "seconds"}.
+
+    At every periodic evaluation `on_checkpoint` receives the state to resume from (networks, optimiser,
+    counters, best network). `resume` takes that state back; the replay buffer is not saved, so a
+    resumed run refills it with `learning_starts` steps of its current policy before training again."""
+    first = resume["step"] if resume else 0
+    random.seed(seed + first)
+    np.random.seed((seed + first) % 2**32)
+    torch.manual_seed(seed + first)
+    rng = np.random.default_rng([seed, first])
     envs = gym.vector.SyncVectorEnv([make_env for _ in range(cfg.num_envs)])
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     n_actions = int(envs.single_action_space.n)
@@ -97,18 +103,27 @@ def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, dev
     # fused: one kernel for the whole Adam update instead of a loop over parameters (CPU and CUDA)
     optimizer = torch.optim.Adam(q_net.parameters(), lr=cfg.lr, fused=True)
     actor = NumpyActor(q_net)
+    params = list(q_net.parameters())  # module.parameters() walks the module tree on every call
     buffer = ReplayBuffer(cfg.buffer_size, obs_dim, rng)
-    envs.action_space.seed(seed)
+    best = {"return": -np.inf, "state": copy.deepcopy(q_net.state_dict()), "step": 0}
+    grad_steps = 0
+    if resume:
+        q_net.load_state_dict(resume["q"])
+        target.load_state_dict(resume["target"])
+        optimizer.load_state_dict(resume["optimizer"])
+        best = {"return": resume["best_return"], "state": resume["best"], "step": resume["best_step"]}
+        grad_steps = resume["gradient_steps"]
+        actor = NumpyActor(q_net)
+    envs.action_space.seed(seed + first)
 
-    obs, _ = envs.reset(seed=seed)
+    obs, _ = envs.reset(seed=seed + first)
     obs = obs.reshape(cfg.num_envs, obs_dim)
     was_done = np.zeros(cfg.num_envs, bool)
     episode_return, recent = np.zeros(cfg.num_envs), []
-    best = {"return": -np.inf, "state": copy.deepcopy(q_net.state_dict()), "step": 0}
-    grad_steps, next_eval, start = 0, cfg.eval_every, time.perf_counter()
+    next_eval, start = first + cfg.eval_every, time.perf_counter()
     decay_steps = cfg.exploration_fraction * cfg.total_steps
 
-    for step in range(0, cfg.total_steps, cfg.num_envs):
+    for step in range(first, cfg.total_steps, cfg.num_envs):
         # ALGO LOGIC: epsilon-greedy action
         eps = cfg.epsilon + (cfg.epsilon_end - cfg.epsilon) * min(1.0, step / decay_steps)
         if rng.random() < eps:
@@ -130,7 +145,8 @@ def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, dev
         obs = next_obs
 
         # ALGO LOGIC: training phase
-        if step >= cfg.learning_starts and (step // cfg.num_envs) % max(1, cfg.train_freq // cfg.num_envs) == 0:
+        warm = buffer.size >= max(cfg.learning_starts, cfg.batch_size)  # also after a resume's empty buffer
+        if warm and (step // cfg.num_envs) % max(1, cfg.train_freq // cfg.num_envs) == 0:
             # The target net only changes between environment steps, so it is constant for the whole
             # phase: draw every batch of the phase at once and value all next states in one pass.
             obs_all, act_all, rew_all, next_all, term_all = buffer.sample((cfg.gradient_steps, cfg.batch_size), device)
@@ -150,7 +166,7 @@ def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, dev
                 loss = F.smooth_l1_loss(q, y)  # Huber
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(q_net.parameters(), cfg.max_grad_norm, foreach=True)
+                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
                 optimizer.step()
                 grad_steps += 1
             actor = NumpyActor(q_net)
@@ -172,8 +188,12 @@ def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, dev
             if on_log is not None:
                 on_log({"step": done_steps, "eval_return": eval_return, "train_return": float(np.mean(recent)) if recent else None,
                         "epsilon": eps, "gradient_steps": grad_steps,
-                        "steps_per_s": done_steps / (time.perf_counter() - start)})
+                        "steps_per_s": (done_steps - first) / (time.perf_counter() - start)})
             recent = []
+            if on_checkpoint is not None:
+                on_checkpoint({"step": done_steps, "gradient_steps": grad_steps, "q": q_net.state_dict(),
+                               "target": target.state_dict(), "optimizer": optimizer.state_dict(),
+                               "best": best["state"], "best_return": float(best["return"]), "best_step": best["step"]})
     envs.close()
     best_net = copy.deepcopy(q_net)
     best_net.load_state_dict(best["state"])

@@ -76,14 +76,12 @@ def evaluate_policy(env: gym.Env, policy: Policy, episodes: int, seed: int, env_
 # -- training ----------------------------------------------------------------------------------------
 
 def train(recipe: RLRecipe, run: Run, *, resume: bool = False, progress: bool | None = None, **_: Any) -> dict[str, Any]:
-    if resume and recipe.algo == "dqn":
-        raise UserError("DQN runs cannot be resumed yet (tabular runs can); start a new run with `nnrecipe rl train`")
     env = make_env(recipe)
     tracker = Tracker(run.dir, recipe.track.tensorboard, recipe.track.wandb, recipe.model_dump(mode="json"))
     run.update_meta(status="running", task="rl", algo=recipe.algo, env=recipe.env.id)
     try:
         if recipe.algo == "dqn":
-            policy, extra = _train_dqn(recipe, run, env, tracker)
+            policy, extra = _train_dqn(recipe, run, env, tracker, resume)
         else:
             policy, extra = _train_tabular(recipe, run, env, tracker, resume)
     finally:
@@ -125,7 +123,7 @@ def _train_tabular(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, r
     return (lambda s: int(policy[s])), {"updates": updates, "updates_per_s": updates / max(seconds, 1e-9), "train_seconds": seconds}
 
 
-def _train_dqn(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker):
+def _train_dqn(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resume: bool):
     if not isinstance(env.action_space, gym.spaces.Discrete) or not isinstance(env.observation_space, gym.spaces.Box):
         raise UserError(f"algo dqn needs vector observations and discrete actions; {recipe.env.id} has "
                         f"{env.observation_space} / {env.action_space}")
@@ -144,11 +142,23 @@ def _train_dqn(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker):
                           f"train return {row['train_return'] if row['train_return'] is not None else float('nan'):.1f}  "
                           f"epsilon {row['epsilon']:.3f}  {row['steps_per_s']:,.0f} steps/s")
 
-    out = train_dqn(lambda: make_env(recipe), cfg, recipe.gamma, recipe.seed, device, periodic, log)
+    state = None
+    if resume and run.last_checkpoint.is_file():
+        tensors, meta = load_checkpoint(run.last_checkpoint, device=device)
+        if meta.get("step", cfg.total_steps) >= cfg.total_steps:
+            raise UserError(f"{run.dir} already trained all {cfg.total_steps:,} steps; nothing to resume")
+        state = {k: split_prefix(tensors, k) for k in ("q", "target", "best")} | meta
+        tracker.keep_epochs_before(state["step"])
+        console.print(f"resuming at step {state['step']:,} (the replay buffer refills first: it is not checkpointed)")
+
+    def checkpoint(st: dict) -> None:
+        tensors = {f"{k}.{n}": t for k in ("q", "target", "best") for n, t in st[k].items()}
+        save_checkpoint(run.last_checkpoint, tensors, {k: st[k] for k in ("step", "gradient_steps", "optimizer", "best_return", "best_step")})
+
+    out = train_dqn(lambda: make_env(recipe), cfg, recipe.gamma, recipe.seed, device, periodic, log, checkpoint, state)
     spec = {"obs_dim": int(np.prod(env.observation_space.shape)), "n_actions": int(env.action_space.n), "hidden": cfg.hidden}
     run.update_meta(dqn=spec)
     save_checkpoint(run.best_checkpoint, with_prefix(out["best"].state_dict(), "model"), {"step": out["best_step"]})
-    save_checkpoint(run.last_checkpoint, with_prefix(out["final"].state_dict(), "model"), {"step": cfg.total_steps})
     final = evaluate_policy(eval_env, _net_policy(out["final"], device), recipe.eval.episodes, recipe.eval.seed, recipe.env.id)
     console.print(f"{cfg.total_steps:,} steps in {out['seconds']:.1f} s ({cfg.total_steps / out['seconds']:,.0f} steps/s); "
                   f"final network: mean return {final['mean_return']:.1f}; best network (step {out['best_step']:,}) is evaluated below")
