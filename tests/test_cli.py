@@ -106,3 +106,11 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     assert res.returncode == 0, res.stderr
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 7))
+
+
+def test_doctor_writes_its_report_and_exits_1_when_a_check_fails(tmp_path):
+    res = nnrecipe("doctor", ROOT / "recipes/digits-convnet.yaml", "--out", tmp_path / "ok", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "ok" / "report.md").is_file() and "fail" not in res.stderr
+    res = nnrecipe("doctor", ROOT / "recipes/digits-convnet.yaml", "--set", "optim.lr=5", "--out", tmp_path / "bad", cwd=tmp_path)
+    assert res.returncode == 1 and "fail  5. Overfit one batch" in res.stderr

@@ -102,6 +102,23 @@ def predict(
             out.print(f"{row['file']}: {row['label']} ({row['confidence']:.3f})   top: {top}")
 
 
+@app.command()
+def doctor(
+    recipe: Path = typer.Argument(..., help="The recipe to check."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field, e.g. --set optim.lr=0.1."),
+    out: Path = typer.Option(Path("doctor"), help="Folder for report.md, report.json and the PNGs."),
+) -> None:
+    """Pre-flight checks from Karpathy's recipe (data, init loss, baselines, overfitting, LR range, gradients,
+    determinism); exits 1 when a check fails."""
+    from nnrecipe.doctor.run import run_doctor
+    from nnrecipe.recipe import load_recipe
+
+    results = run_doctor(load_recipe(_find_recipe(recipe), set_), out)
+    err.print(f"report: {out / 'report.md'}")
+    if any(r.verdict == "fail" for r in results):
+        raise typer.Exit(1)
+
+
 rl_app = typer.Typer(no_args_is_help=True, help="Reinforcement learning: tabular Q-learning/SARSA and DQN.")
 app.add_typer(rl_app, name="rl")
 
