@@ -2,7 +2,9 @@
 nnrecipe's engine, and by PyTorch Lightning's Trainer (when installed: `pip install -r requirements-bench.txt`).
 
 All three read the same in-memory uint8 CIFAR-shaped tensors in the same seeded order and normalise each
-batch the same way, so the only difference is the loop around forward/backward/step. Runs alternate
+batch the same way, so the only difference is the loop around forward/backward/step. The clock runs
+from the start of the last epoch to the end of its last step (set-up and nnrecipe's checkpoint writes
+are left out; `bench/RESULTS.md` gives the checkpoint cost separately). Runs alternate
 (plain, nnrecipe, lightning, plain, ...) for `--rounds` rounds; the ratio printed is the median of the
 ratios within each round, so the drift of a shared machine hits the tools alike. Images/s for each; the ratios are printed last.
 
@@ -87,20 +89,25 @@ def nnrecipe_engine(name, images, labels, bs, epochs, device) -> float:
                           schedule_cfg=Schedule(name="onecycle"), run_dir=Path(tmp), tracker=Tracker(Path(tmp), tensorboard=False),
                           progress=False, callbacks=[clock])
         trainer.fit()
-        _sync(device)
-    return len(labels) / (time.perf_counter() - clock.start)
+    return len(labels) / (clock.end - clock.start)
 
 
 class _LastEpochClock(Callback):
-    """Starts the clock when the last epoch starts, so set-up costs of any tool are left out."""
+    """Times the last epoch's training steps: set-up and the end-of-run checkpoint are left out, as the
+    other tools neither set up the same things nor write checkpoints."""
 
     def __init__(self, epochs, device):
-        self.epochs, self.device, self.start = epochs, device, None
+        self.epochs, self.device, self.start, self.end = epochs, device, None, None
 
     def on_epoch_start(self, epoch, model):
         if epoch == self.epochs - 1:
             _sync(self.device)
             self.start = time.perf_counter()
+
+    def after_step(self, trainer):
+        if self.start is not None:
+            _sync(self.device)
+            self.end = time.perf_counter()
 
 
 def lightning_trainer(name, images, labels, bs, epochs, device) -> float | None:
@@ -136,20 +143,24 @@ def lightning_trainer(name, images, labels, bs, epochs, device) -> float | None:
             return [opt], [{"scheduler": sched, "interval": "step"}]
 
     class Clock(L.Callback):
-        start = None
+        start = end = None
 
         def on_train_epoch_start(self, trainer, module):
             if trainer.current_epoch == epochs - 1:
                 _sync(device)
                 Clock.start = time.perf_counter()
 
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if Clock.start is not None:
+                _sync(device)
+                Clock.end = time.perf_counter()
+
     trainer = L.Trainer(max_epochs=epochs, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[Clock()])
     dl = torch.utils.data.DataLoader(Batches(), batch_size=None)
     trainer.fit(Module(), dl)
-    _sync(device)
-    return len(labels) / (time.perf_counter() - Clock.start)
+    return len(labels) / (Clock.end - Clock.start)
 
 
 def _paired(runs: dict[str, list[float]], a: str, b: str) -> float:

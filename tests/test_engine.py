@@ -198,3 +198,11 @@ def test_cuda_request_without_cuda_is_a_clear_error():
         make_accelerator(Train(device="cuda"))
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
         make_accelerator(Train(precision="fp16"))
+
+
+def test_a_monitor_metric_that_is_not_logged_is_named(tmp_path):
+    from nnrecipe.errors import UserError
+
+    trainer = make_trainer(tmp_path, net(), train=Train(epochs=1, batch_size=32, device="cpu", monitor="val_acc"))
+    with pytest.raises(UserError, match="train.monitor: 'val_acc' is not logged; logged: .*val_accuracy"):
+        trainer.fit()

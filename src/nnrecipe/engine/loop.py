@@ -255,6 +255,8 @@ class Trainer:
         s.step_in_epoch, s.epoch_loss_sum, s.epoch_examples, s.epoch_seconds = 0, 0.0, 0, 0.0
         self.tracker.log_epoch(row)
         self._print_row(row)
+        if self.val_loader is not None and self.cfg.monitor not in row:
+            raise UserError(f"train.monitor: '{self.cfg.monitor}' is not logged; logged: {', '.join(row)}")
         if self.cfg.monitor in row and self._improved(row, self.cfg.monitor, "best_value", "auto"):
             s.best_epoch = s.epoch
             self._save(self.best_path, full=False)

@@ -114,7 +114,8 @@ def _train_tabular(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, r
     import time
 
     start = time.perf_counter()
-    q, updates = train_tabular(env, recipe.algo, recipe.tabular, recipe.gamma, recipe.seed, max_steps(env), q, first, log)
+    q, updates = train_tabular(env, recipe.algo, recipe.tabular, recipe.gamma, recipe.seed, max_steps(env), q, first, log,
+                               success_rule(recipe.env.id))
     seconds = time.perf_counter() - start
     save_checkpoint(run.best_checkpoint, {"q": torch.from_numpy(q)}, {"episode": recipe.tabular.episodes})
     save_checkpoint(run.last_checkpoint, {"q": torch.from_numpy(q)}, {"episode": recipe.tabular.episodes})

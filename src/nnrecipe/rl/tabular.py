@@ -29,7 +29,8 @@ def linear(start: float, end: float, progress: float) -> float:
 
 def train_tabular(env, algo: str, cfg, gamma: float, seed: int, max_steps: int,
                   q: np.ndarray | None = None, first_episode: int = 0,
-                  on_log: Callable[[dict], None] | None = None) -> tuple[np.ndarray, int]:
+                  on_log: Callable[[dict], None] | None = None,
+                  is_success: Callable[[bool, bool, float, dict], bool] | None = None) -> tuple[np.ndarray, int]:
     """Train for cfg.episodes episodes (continuing from `first_episode` with table `q` on resume).
     Returns (Q as an array, total updates)."""
     if algo not in ALGOS:
@@ -74,7 +75,7 @@ def train_tabular(env, algo: str, cfg, gamma: float, seed: int, max_steps: int,
             updates += 1
             total += r
             if terminated or truncated:
-                successes += bool(info.get("success", terminated and r > 0))
+                successes += bool(is_success(terminated, truncated, r, info) if is_success else terminated and r > 0)
                 break
             s, a = s2, a2
         returns.append(total)
