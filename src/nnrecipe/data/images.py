@@ -1,0 +1,205 @@
+"""Image sources (digits, CIFAR-10, ImageFolder) decoded once into uint8 tensors, with fixed splits.
+
+Decoding every image once and keeping the set in memory as N x C x H x W uint8 is what lets small nets
+train at compute speed on two cores: no loader workers fighting the model for the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as F
+
+from nnrecipe.errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor                       # uint8, N x C x H x W
+    labels: torch.Tensor                       # int64, N
+    paths: list[str] | None = None             # source files, when there are any
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx) -> "ImageSet":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return ImageSet(self.images[idx], self.labels[idx], [self.paths[i] for i in idx.tolist()] if self.paths else None)
+
+
+@dataclass
+class ImageSplits:
+    classes: list[str]
+    train: ImageSet
+    val: ImageSet | None
+    test: ImageSet | None
+    skipped: list[str] = field(default_factory=list)  # unreadable files, reported in the run
+
+
+def load_splits(data) -> ImageSplits:
+    """Load the source named by the recipe's `data` section and split it (stratified, seeded)."""
+    if data.source == "digits":
+        splits = _digits(data)
+    elif data.source == "cifar10":
+        splits = _cifar10(data)
+    else:
+        splits = _imagefolder(data)
+    size = data.image_size or splits.train.images.shape[-1]
+    for name in ("train", "val", "test"):
+        part = getattr(splits, name)
+        if part is not None:
+            part.images = conform(part.images, data.channels, size)
+    if data.limit:
+        splits.train = splits.train.subset(range(min(data.limit, len(splits.train))))
+    return splits
+
+
+def conform(images: torch.Tensor, channels: int | None, size: int) -> torch.Tensor:
+    """Convert a uint8 batch to `channels` and a square `size` (antialiased resize)."""
+    if channels == 3 and images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    elif channels == 1 and images.shape[1] == 3:
+        images = F.rgb_to_grayscale(images)
+    if images.shape[-2:] != (size, size):
+        images = F.resize(images, [size, size], antialias=True)
+    return images
+
+
+def _split(full: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet | None]:
+    if fraction <= 0:
+        return full, None
+    idx = np.arange(len(full))
+    labels = full.labels.numpy()
+    stratify = labels if np.bincount(labels).min() >= 2 else None
+    keep, held = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
+    return full.subset(np.sort(keep)), full.subset(np.sort(held))
+
+
+def _digits(data) -> ImageSplits:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    # 8x8 pixel values 0..16 -> 0..255 so every source shares the uint8 convention.
+    images = torch.from_numpy(np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    full = ImageSet(images, torch.from_numpy(d.target.astype(np.int64)))
+    rest, test = _split(full, data.test_fraction, data.split_seed)
+    train, val = _split(rest, data.val_fraction, data.split_seed)
+    return ImageSplits([str(c) for c in d.target_names], train, val, test)
+
+
+def _cifar10(data) -> ImageSplits:
+    from torchvision.datasets import CIFAR10
+
+    root = Path(data.path or Path.home() / ".cache" / "nnrecipe" / "cifar10").expanduser()
+    parts = {}
+    for split, is_train in (("train", True), ("test", False)):
+        try:
+            ds = CIFAR10(str(root), train=is_train, download=False)
+        except RuntimeError:
+            if not data.download:
+                raise UserError(_cifar_missing(root)) from None
+            try:
+                ds = CIFAR10(str(root), train=is_train, download=True)
+            except Exception as e:  # urllib/SSL/socket errors: no network
+                raise UserError(_cifar_missing(root) + f" (download failed: {type(e).__name__}: {e})") from None
+        parts[split] = ImageSet(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
+    train, val = _split(parts["train"], data.val_fraction, data.split_seed)
+    return ImageSplits(list(ds.classes), train, val, parts["test"])
+
+
+def _cifar_missing(root: Path) -> str:
+    return (f"CIFAR-10 files not found in {root}/cifar-10-batches-py and could not be downloaded. "
+            f"Offline: download {CIFAR10_URL}, extract it so that {root}/cifar-10-batches-py/data_batch_1 exists, "
+            f"or set data.path to the folder holding cifar-10-batches-py. "
+            f"A CIFAR-10 ImageFolder tree works too: data.source=imagefolder data.path=<tree>.")
+
+
+def _imagefolder(data) -> ImageSplits:
+    if data.path is None:
+        raise UserError("data.path: required for data.source: imagefolder (a folder with one subfolder per class)")
+    root = Path(data.path).expanduser()
+    if not root.is_dir():
+        raise UserError(f"data.path: folder not found: {root}")
+    sub = {name: root / name for name in ("train", "val", "valid", "test") if (root / name).is_dir()}
+    train_root = sub.get("train", root)
+    classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
+    if not classes:
+        raise UserError(f"data.path: {train_root} has no class subfolders (expected <class>/<image files>)")
+    skipped: list[str] = []
+    size = data.image_size
+    train = read_image_tree(train_root, classes, data.channels, size, skipped)
+    size = size or train.images.shape[-1]
+    val_root = sub.get("val", sub.get("valid"))
+    val = read_image_tree(val_root, classes, data.channels, size, skipped) if val_root else None
+    test = read_image_tree(sub["test"], classes, data.channels, size, skipped) if "test" in sub else None
+    if test is None:
+        train, test = _split(train, data.test_fraction, data.split_seed)
+    if val is None:
+        train, val = _split(train, data.val_fraction, data.split_seed)
+    return ImageSplits(classes, train, val, test, skipped)
+
+
+def list_image_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    files, labels = [], []
+    unknown = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in classes)
+    if unknown:
+        raise UserError(f"{root}: class folders {', '.join(unknown)} are not among the run's classes ({', '.join(classes)})")
+    for label, name in enumerate(classes):
+        folder = root / name
+        if folder.is_dir():
+            found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += found
+            labels += [label] * len(found)
+    if not files:
+        raise UserError(f"{root}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files, labels
+
+
+def read_image_tree(root: Path, classes: list[str], channels: int | None, size: int | None, skipped: list[str]) -> ImageSet:
+    """Decode a class-per-folder tree into one uint8 tensor; unreadable files are skipped and listed."""
+    files, labels = list_image_files(root, classes)
+    first = read_image(files[0], channels) if size is None or channels is None else None
+    channels = channels or first.shape[0]
+    size = size or first.shape[-1]
+
+    def load(path: Path):
+        try:
+            return conform(read_image(path, channels).unsqueeze(0), channels, size)[0]
+        except UserError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        decoded = list(pool.map(load, files, chunksize=256))
+    keep = [i for i, img in enumerate(decoded) if img is not None]
+    skipped += [str(files[i]) for i in range(len(files)) if decoded[i] is None]
+    if not keep:
+        raise UserError(f"{root}: none of the {len(files)} image files could be decoded")
+    return ImageSet(torch.stack([decoded[i] for i in keep]), torch.tensor([labels[i] for i in keep]), [str(files[i]) for i in keep])
+
+
+def read_image(path: Path, channels: int | None = None) -> torch.Tensor:
+    """Decode one file to uint8 C x H x W; raises UserError naming the file if it is not a readable image."""
+    try:
+        with Image.open(path) as im:
+            im.seek(0)  # animated formats: first frame
+            if channels is not None:
+                im = im.convert("L" if channels == 1 else "RGB")
+            elif im.mode not in ("L", "RGB"):  # palette, alpha, CMYK, 16-bit...: to grey or RGB
+                im = im.convert("L" if im.mode in ("1", "LA", "I", "I;16", "F") else "RGB")
+            array = np.asarray(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"cannot decode image {path}: {e}") from None
+    img = torch.from_numpy(array.copy())
+    return img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1).contiguous()

@@ -1,0 +1,67 @@
+"""An epoch loader over in-memory tensors: seeded order, batches moved to the device and prepared there.
+
+The order of epoch e is a permutation drawn from (seed, e) and batch i's augmentation from
+(seed, e, i), so skipping the first k batches of an epoch (resume after Ctrl-C) reproduces the rest of
+it exactly without replaying anything. With several processes each takes every world-th example.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import torch
+
+from nnrecipe.engine.seeding import derived_seed
+
+
+class TensorLoader:
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        device: torch.device | str = "cpu",
+        shuffle: bool = False,
+        seed: int = 0,
+        prepare: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.inputs, self.labels = inputs, labels
+        self.batch_size, self.device, self.shuffle, self.seed = batch_size, torch.device(device), shuffle, seed
+        self.prepare = prepare
+        self.rank, self.world_size = rank, world_size
+        per_rank = len(labels) // world_size if world_size > 1 else len(labels)
+        n_batches = math.ceil(per_rank / batch_size)
+        # A final batch of one example breaks BatchNorm in training; drop it there.
+        if shuffle and n_batches > 1 and per_rank % batch_size == 1:
+            n_batches -= 1
+        self._len, self._per_rank = n_batches, per_rank
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def num_examples(self) -> int:
+        return self._per_rank
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
+            order = torch.randperm(len(self.labels), generator=g)
+        else:
+            order = torch.arange(len(self.labels))
+        if self.world_size > 1:
+            order = order[self.rank:: self.world_size][: self._per_rank]
+        pin = self.device.type == "cuda"
+        for i in range(start, self._len):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x, y = self.inputs[idx], self.labels[idx]
+            if pin:
+                x, y = x.pin_memory(), y.pin_memory()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.prepare is not None:
+                x = self.prepare(x, derived_seed(self.seed, epoch, i))
+            yield x, y

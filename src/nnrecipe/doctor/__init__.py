@@ -1,0 +1,1 @@
+"""nnrecipe doctor: Karpathy's "Recipe for Training Neural Networks" as automated pre-flight checks."""

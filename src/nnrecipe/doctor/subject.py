@@ -1,0 +1,28 @@
+"""What the generic checks need from a task: a way to build a fresh model, batches, a loss, an optimiser.
+
+A task family provides one `Subject`; the checks in checks.py never look at images or text directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Subject:
+    make_model: Callable[[], nn.Module]                        # fresh, seeded initialisation
+    make_optimizer: Callable[[nn.Module, float], torch.optim.Optimizer]  # the recipe's optimiser at a given LR
+    loss: Callable[[nn.Module, Any], torch.Tensor]             # mean loss of a batch
+    logits: Callable[[nn.Module, Any], torch.Tensor]           # the model's outputs for a batch, one row per example
+    train_batches: Callable[[int], list[Any]]                  # first n augmented training batches, seeded
+    val_batches: list[Any]                                     # evaluation batches, fixed
+    zero_inputs: Callable[[Any], Any]                          # the same batch with its inputs zeroed
+    inputs: Callable[[Any], torch.Tensor]                      # the input tensor of a batch (for gradients)
+    with_inputs: Callable[[Any, torch.Tensor], Any]            # the batch with its inputs replaced
+    accuracy: Callable[[nn.Module, list[Any]], float]          # accuracy over batches
+    class_prior: torch.Tensor                                  # training label frequencies
+    recipe_lr: float
