@@ -103,6 +103,20 @@ def predict(
 
 
 @app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A trained run directory."),
+    format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+    quantize: Optional[str] = typer.Option(None, help="int8 (ONNX only): static calibrated for CNNs, dynamic otherwise."),
+    out: Optional[Path] = typer.Option(None, help="Artefact path (default runs/<run>/export/model.<ext>)."),
+) -> None:
+    """Export the run's best weights, checked against PyTorch on validation inputs, with a model card."""
+    from nnrecipe.deploy.export import export_run
+    from nnrecipe.runs import open_run
+
+    export_run(open_run(run_dir), format, out, quantize)
+
+
+@app.command()
 def doctor(
     recipe: Path = typer.Argument(..., help="The recipe to check."),
     set_: list[str] = typer.Option([], "--set", help="Override a field, e.g. --set optim.lr=0.1."),

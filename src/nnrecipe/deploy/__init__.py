@@ -1,0 +1,1 @@
+"""Deployment: export, quantisation, model cards (serving is not built yet)."""

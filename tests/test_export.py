@@ -1,0 +1,55 @@
+"""Export: ONNX and TorchScript reproduce PyTorch on real inputs, int8 is measured, mismatches are refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nnrecipe.deploy import export
+from nnrecipe.tasks import image_classification as task
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from tests.conftest import make_recipe
+    from nnrecipe.runs import create_run
+
+    recipe = make_recipe(tmp_path_factory.mktemp("runs"), "train.epochs=6")
+    run = create_run(recipe, "export")
+    task.train(recipe, run)
+    return run
+
+
+def test_onnx_export_matches_pytorch_and_writes_a_card(trained_run):
+    card = export.export_run(trained_run, "onnx")
+    path = trained_run.dir / "export" / "model.onnx"
+    assert card["checks"]["max_abs_diff"] <= export.ATOL and card["checks"]["validation_examples"] == 144
+    # dynamic batch axis: any batch size runs
+    x, _ = export.validation_inputs(trained_run)
+    assert export.onnx_outputs(path, x[:3]).shape == (3, 10) and export.onnx_outputs(path, x[:50]).shape == (50, 10)
+    saved = json.loads((trained_run.dir / "export" / "model.onnx.card.json").read_text())
+    assert saved["labels"] == [str(i) for i in range(10)] and saved["preprocessing"]["mean"]
+    assert len(saved["sha256"]["artefact"]) == 64 and (trained_run.dir / "export" / "model.onnx.card.md").is_file()
+
+
+def test_int8_static_quantization_keeps_accuracy_and_reports_the_change(trained_run):
+    card = export.export_run(trained_run, "onnx", quantize="int8")
+    c = card["checks"]
+    assert c["method"] == "static QDQ per-channel"
+    assert abs(c["accuracy_change"]) <= 0.03 and c["accuracy_int8"] > 0.9
+    assert c["size_int8_mb"] < c["size_fp32_mb"] / 2
+
+
+def test_torchscript_export_matches_pytorch(trained_run):
+    card = export.export_run(trained_run, "torchscript")
+    assert card["checks"]["max_abs_diff"] <= export.ATOL
+
+
+def test_a_mismatching_export_is_refused_and_leaves_no_artefact(trained_run, tmp_path, monkeypatch):
+    real = export.onnx_outputs
+    monkeypatch.setattr(export, "onnx_outputs", lambda path, x: real(path, x) + np.float32(1e-2))
+    with pytest.raises(export.ExportMismatch, match="differ from PyTorch by up to 0.01"):
+        export.export_run(trained_run, "onnx", out=tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
