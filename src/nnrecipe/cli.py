@@ -117,6 +117,42 @@ def export(
 
 
 @app.command()
+def serve(
+    run_dir: Path = typer.Argument(..., help="A trained run directory."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for all)."),
+    port: int = typer.Option(8080, help="Port."),
+    workers: int = typer.Option(1, min=1, help="Worker processes."),
+    api_key_file: Optional[Path] = typer.Option(None, help="File with one API key per line (or set NNRECIPE_API_KEYS)."),
+    insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth", help="Serve without authentication (logs a warning)."),
+    onnx: Optional[Path] = typer.Option(None, help="Serve this exported ONNX model with onnxruntime instead of PyTorch."),
+    max_body_mb: float = typer.Option(10.0, help="Largest request body in MB (413 above)."),
+    max_batch: int = typer.Option(64, min=1, help="Most inputs in one request (422 above)."),
+    batch_wait_ms: float = typer.Option(5.0, min=0, help="Micro-batching: how long a request waits for others."),
+) -> None:
+    """Serve a run over HTTP: /v1/predict, /v1/model, /healthz, /readyz, /metrics."""
+    import dataclasses
+    import logging
+    import os
+
+    import uvicorn
+
+    from nnrecipe.deploy.serve import ServeConfig, create_app, read_api_keys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = ServeConfig(run_dir=run_dir, api_keys=read_api_keys(api_key_file), insecure_no_auth=insecure_no_auth, onnx=onnx,
+                      max_body_bytes=int(max_body_mb * 1024 * 1024), max_batch=max_batch, batch_max=max(max_batch, 64),
+                      batch_wait_ms=batch_wait_ms)
+    app_ = create_app(cfg)  # fails here, with one line, on a bad run, key or model
+    if workers == 1:
+        uvicorn.run(app_, host=host, port=port, timeout_graceful_shutdown=10)
+        return
+    os.environ["NNRECIPE_SERVE_CONFIG"] = json.dumps({k: str(v) if isinstance(v, Path) else v
+                                                      for k, v in dataclasses.asdict(cfg).items()})
+    uvicorn.run("nnrecipe.deploy.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
+                timeout_graceful_shutdown=10)
+
+
+@app.command()
 def doctor(
     recipe: Path = typer.Argument(..., help="The recipe to check."),
     set_: list[str] = typer.Option([], "--set", help="Override a field, e.g. --set optim.lr=0.1."),

@@ -1,1 +1,1 @@
-"""Deployment: export, quantisation, model cards (serving is not built yet)."""
+"""Deployment: export, quantisation, model cards, and the HTTP server."""

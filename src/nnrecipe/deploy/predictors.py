@@ -1,0 +1,106 @@
+"""What the server runs per task: decode one input, predict a batch, describe the model.
+
+A new task family adds itself here, in PREDICTORS, and the server, its limits and its metrics work
+for it unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from nnrecipe.data.augment import Normalizer
+from nnrecipe.data.images import conform
+from nnrecipe.errors import UserError
+from nnrecipe.runs import Run
+
+
+class InputError(ValueError):
+    """One input of a request cannot be used; the message names it."""
+
+
+class ImagePredictor:
+    task = "image_classification"
+
+    def __init__(self, run: Run, onnx_path: Path | None = None, top_k: int = 3):
+        from nnrecipe.tasks import image_classification as image
+
+        self.run, self.spec, self.top_k = run, image._spec(run), top_k
+        self.normalize = Normalizer(self.spec.mean, self.spec.std)
+        self.onnx_path = onnx_path
+        if onnx_path is not None:
+            import onnxruntime as ort
+
+            if not Path(onnx_path).is_file():
+                raise UserError(f"--onnx: file not found: {onnx_path}")
+            self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        else:
+            self.model = image.inference_model(run, self.spec, "cpu")
+
+    def decode(self, data: bytes, index: int) -> torch.Tensor:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.seek(0)
+                im = im.convert("L" if self.spec.channels == 1 else "RGB")
+                array = np.asarray(im, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise InputError(f"inputs[{index}]: not a decodable image ({type(e).__name__})") from None
+        img = torch.from_numpy(array.copy())
+        img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
+        return conform(img.unsqueeze(0), self.spec.channels, self.spec.image_size)[0]
+
+    def decode_text(self, item: str, index: int) -> torch.Tensor:
+        """JSON inputs are base64-encoded image files."""
+        try:
+            data = base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError(f"inputs[{index}]: not valid base64") from None
+        return self.decode(data, index)
+
+    def predict(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:
+        x = self.normalize(torch.stack(images))
+        if self.onnx_path is not None:
+            logits = torch.from_numpy(self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})[0])
+        else:
+            with torch.no_grad():
+                logits = self.model(x)
+        probs = logits.float().softmax(1)
+        classes = self.spec.classes
+        out = []
+        for p in probs:
+            top = p.topk(min(self.top_k, len(classes)))
+            out.append({"label": classes[int(top.indices[0])], "confidence": float(top.values[0]),
+                        "top": {classes[int(i)]: float(v) for v, i in zip(top.values, top.indices)}})
+        return out
+
+    def card(self) -> dict[str, Any]:
+        report = json.loads((self.run.dir / "report.json").read_text()) if (self.run.dir / "report.json").is_file() else {}
+        s = self.spec
+        return {
+            "task": self.task, "labels": s.classes, "model": s.model,
+            "backend": "onnxruntime" if self.onnx_path else "pytorch",
+            "input": {"kind": "image file (PNG, JPEG, ...)", "json": "base64 strings in 'inputs'", "multipart": "files"},
+            "preprocessing": {"resize": [s.image_size, s.image_size], "channels": s.channels, "mean": s.mean, "std": s.std},
+            "metrics": {k: {"accuracy": v.get("accuracy"), "examples": v.get("examples")} for k, v in report.items()},
+            "source_run": str(self.run.dir),
+            "weights_sha256": hashlib.sha256(self.run.best_checkpoint.read_bytes()).hexdigest(),
+        }
+
+
+PREDICTORS = {"image_classification": ImagePredictor}
+
+
+def load_predictor(run: Run, onnx_path: Path | None = None):
+    task = run.meta().get("task")
+    if task not in PREDICTORS:
+        raise UserError(f"{run.dir}: serving supports {', '.join(PREDICTORS)} runs (this one: {task})")
+    return PREDICTORS[task](run, onnx_path)

@@ -1,0 +1,232 @@
+"""The HTTP server: FastAPI + uvicorn, API-key auth, input limits, Prometheus metrics, micro-batching.
+
+Endpoints: POST /v1/predict (JSON base64 or multipart files), GET /v1/model (the card), GET /healthz,
+GET /readyz (open), GET /metrics (Prometheus). Everything but the health endpoints needs
+`Authorization: Bearer <key>`: 401 without a key, 403 with a wrong one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from nnrecipe.deploy.predictors import InputError, load_predictor
+from nnrecipe.errors import UserError
+from nnrecipe.runs import open_run
+
+log = logging.getLogger("nnrecipe.serve")
+OPEN_PATHS = {"/healthz", "/readyz"}
+
+
+@dataclass
+class ServeConfig:
+    run_dir: Path
+    api_keys: list[str] = field(default_factory=list)
+    insecure_no_auth: bool = False
+    onnx: Path | None = None
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_batch: int = 64           # inputs per request
+    batch_max: int = 64           # inputs per model call (micro-batching across requests)
+    batch_wait_ms: float = 5.0    # how long a request waits for others to join its model call
+
+
+class PredictRequest(BaseModel):
+    inputs: list[str] = Field(..., description="Base64-encoded image files.", min_length=1)
+
+
+class Prediction(BaseModel):
+    label: str
+    confidence: float
+    top: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+def read_api_keys(key_file: Path | None) -> list[str]:
+    """Keys from a file (one per line) and/or NNRECIPE_API_KEYS (comma-separated)."""
+    keys = [k.strip() for k in os.environ.get("NNRECIPE_API_KEYS", "").split(",") if k.strip()]
+    if key_file is not None:
+        if not Path(key_file).is_file():
+            raise UserError(f"--api-key-file: file not found: {key_file}")
+        keys += [line.strip() for line in Path(key_file).read_text().splitlines() if line.strip()]
+    return keys
+
+
+class MicroBatcher:
+    """Requests put their decoded inputs in a queue; one worker takes up to `batch_max` inputs (waiting at
+    most `batch_wait_ms` for more to arrive) and runs the model once for all of them, in a thread."""
+
+    def __init__(self, predict, batch_max: int, wait_ms: float, batch_hist: Histogram):
+        self.predict, self.batch_max, self.wait = predict, batch_max, wait_ms / 1000
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.batch_hist = batch_hist
+        self.task: asyncio.Task | None = None
+
+    async def submit(self, items: list) -> list:
+        fut = asyncio.get_running_loop().create_future()
+        await self.queue.put((items, fut))
+        return await fut
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self.queue.get()]
+            size = len(jobs[0][0])
+            deadline = loop.time() + self.wait
+            while size < self.batch_max:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+                jobs.append(job)
+                size += len(job[0])
+            items = [x for batch, _ in jobs for x in batch]
+            self.batch_hist.observe(len(items))
+            try:
+                results = await loop.run_in_executor(None, self.predict, items)
+            except Exception as e:  # a model failure fails these requests, never the worker
+                for _, fut in jobs:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            start = 0
+            for batch, fut in jobs:
+                if not fut.done():
+                    fut.set_result(results[start:start + len(batch)])
+                start += len(batch)
+
+
+def create_app(cfg: ServeConfig) -> FastAPI:
+    if not cfg.api_keys and not cfg.insecure_no_auth:
+        raise UserError("refusing to serve without an API key: give --api-key-file or NNRECIPE_API_KEYS, "
+                        "or --insecure-no-auth to serve without authentication")
+    if cfg.insecure_no_auth:
+        log.warning("serving WITHOUT authentication (--insecure-no-auth): anyone who can reach the port can use the model")
+    started = time.perf_counter()
+    predictor = load_predictor(open_run(cfg.run_dir), cfg.onnx)
+    registry = CollectorRegistry()
+    requests = Counter("nnrecipe_requests_total", "HTTP requests", ["route", "status"], registry=registry)
+    latency = Histogram("nnrecipe_request_seconds", "Request latency", ["route"], registry=registry)
+    batch_hist = Histogram("nnrecipe_model_batch_size", "Inputs per model call", registry=registry,
+                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+    Gauge("nnrecipe_model_load_seconds", "Time to load the model", registry=registry).set(time.perf_counter() - started)
+    batcher = MicroBatcher(predictor.predict, cfg.batch_max, cfg.batch_wait_ms, batch_hist)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        batcher.task = asyncio.create_task(batcher.run())
+        yield
+        batcher.task.cancel()  # uvicorn drains in-flight requests on SIGTERM before this runs
+
+    app = FastAPI(title="nnrecipe model server", version="1", description=f"Serving {cfg.run_dir}", lifespan=lifespan)
+
+    @app.middleware("http")
+    async def limits_logs_metrics(request: Request, call_next):
+        t0 = time.perf_counter()
+        route = request.url.path
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
+            response: Response = JSONResponse({"detail": f"request body over the {cfg.max_body_bytes} byte limit"}, status_code=413)
+        else:
+            try:
+                response = await call_next(request)
+            except Exception:  # nothing a client sends may take the worker down
+                log.exception("unhandled error")
+                response = JSONResponse({"detail": "internal error"}, status_code=500)
+        seconds = time.perf_counter() - t0
+        requests.labels(route, str(response.status_code)).inc()
+        latency.labels(route).observe(seconds)
+        log.info(json.dumps({"method": request.method, "path": route, "status": response.status_code, "ms": round(seconds * 1000, 2)}))
+        return response
+
+    def authorize(request: Request) -> None:
+        if cfg.insecure_no_auth:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            raise HTTPException(401, "missing API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})
+        # compare against every key, always, in constant time per key
+        if not any([hmac.compare_digest(key.encode(), k.encode()) for k in cfg.api_keys]):
+            raise HTTPException(403, "invalid API key")
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> dict:
+        if batcher.task is None or batcher.task.done():
+            raise HTTPException(503, "model worker not running")
+        return {"status": "ready"}
+
+    @app.get("/v1/model", dependencies=[Depends(authorize)])
+    def model_card() -> dict[str, Any]:
+        return predictor.card()
+
+    @app.get("/metrics", dependencies=[Depends(authorize)])
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/predict", dependencies=[Depends(authorize)], response_model=PredictResponse,
+              openapi_extra={"requestBody": {"content": {
+                  "application/json": {"schema": PredictRequest.model_json_schema()},
+                  "multipart/form-data": {"schema": {"type": "object", "properties": {
+                      "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}})
+    async def predict(request: Request) -> dict:
+        body = await request.body()
+        if len(body) > cfg.max_body_bytes:  # chunked uploads carry no Content-Length
+            raise HTTPException(413, f"request body over the {cfg.max_body_bytes} byte limit")
+        content_type = request.headers.get("content-type", "")
+        try:
+            if content_type.startswith("multipart/form-data"):
+                form = await request.form()
+                files = [f for f in form.getlist("files") if hasattr(f, "read")]
+                raw = [await f.read() for f in files]
+                _check_batch(len(raw), cfg.max_batch)
+                items = [predictor.decode(data, i) for i, data in enumerate(raw)]
+            else:
+                try:
+                    payload = PredictRequest.model_validate_json(body)
+                except ValueError as e:
+                    raise HTTPException(422, f"expected JSON {{\"inputs\": [base64 image, ...]}}: {str(e).splitlines()[0]}") from None
+                _check_batch(len(payload.inputs), cfg.max_batch)
+                items = [predictor.decode_text(s, i) for i, s in enumerate(payload.inputs)]
+        except InputError as e:
+            raise HTTPException(422, str(e)) from None
+        return {"predictions": await batcher.submit(items)}
+
+    return app
+
+
+def _check_batch(n: int, limit: int) -> None:
+    if n == 0:
+        raise HTTPException(422, "no inputs")
+    if n > limit:
+        raise HTTPException(422, f"{n} inputs in one request; the limit is {limit}")
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` with several workers: the configuration travels as JSON."""
+    raw = json.loads(os.environ["NNRECIPE_SERVE_CONFIG"])
+    raw["run_dir"] = Path(raw["run_dir"])
+    raw["onnx"] = Path(raw["onnx"]) if raw.get("onnx") else None
+    return create_app(ServeConfig(**raw))

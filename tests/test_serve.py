@@ -1,0 +1,139 @@
+"""The model server: auth matrix, every limit, bad input, concurrency, the card, ONNX backend."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from nnrecipe.deploy.serve import ServeConfig, create_app
+from nnrecipe.errors import UserError
+from nnrecipe.tasks import image_classification as task
+
+KEY = "s3cret-key"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from nnrecipe.runs import create_run
+    from tests.conftest import make_recipe
+
+    recipe = make_recipe(tmp_path_factory.mktemp("runs"), "train.epochs=6")
+    r = create_run(recipe, "serve")
+    task.train(recipe, r)
+    return r
+
+
+def digit_png(i: int) -> bytes:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    buf = io.BytesIO()
+    Image.fromarray(np.rint(d.images[i] * 255 / 16).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def client(run):
+    with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY, "other"], max_batch=8,
+                                           max_body_bytes=200_000))) as c:
+        yield c
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def test_refuses_to_start_without_a_key(run):
+    with pytest.raises(UserError, match="refusing to serve without an API key"):
+        create_app(ServeConfig(run_dir=run.dir))
+
+
+@pytest.mark.parametrize("path, method", [("/v1/predict", "post"), ("/v1/model", "get"), ("/metrics", "get")])
+def test_auth_matrix(client, path, method):
+    body = {"json": {"inputs": [b64(digit_png(0))]}} if method == "post" else {}
+    assert getattr(client, method)(path, **body).status_code == 401
+    assert getattr(client, method)(path, headers={"Authorization": "Bearer wrong"}, **body).status_code == 403
+    assert getattr(client, method)(path, headers={"Authorization": "Basic abc"}, **body).status_code == 401
+    assert getattr(client, method)(path, headers=AUTH, **body).status_code == 200
+    assert getattr(client, method)(path, headers={"Authorization": "Bearer other"}, **body).status_code == 200
+
+
+def test_health_endpoints_are_open(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+
+
+def test_predicts_digits_from_base64_and_multipart(client):
+    from sklearn.datasets import load_digits
+
+    target = load_digits().target
+    idx = [1500, 1501, 1502, 1503, 1504, 1505]  # images from the end of the set
+    res = client.post("/v1/predict", headers=AUTH, json={"inputs": [b64(digit_png(i)) for i in idx]})
+    preds = res.json()["predictions"]
+    assert res.status_code == 200 and len(preds) == 6
+    assert sum(p["label"] == str(target[i]) for p, i in zip(preds, idx)) >= 5
+    files = [("files", (f"{i}.png", digit_png(i), "image/png")) for i in idx[:2]]
+    res = client.post("/v1/predict", headers=AUTH, files=files)
+    assert res.status_code == 200 and len(res.json()["predictions"]) == 2
+
+
+@pytest.mark.parametrize("payload, status, message", [
+    ({"inputs": []}, 422, "inputs"),
+    ({"inputs": ["x"] * 9}, 422, "9 inputs in one request; the limit is 8"),
+    ({"inputs": ["not base64!!"]}, 422, "inputs[0]: not valid base64"),
+    ({"inputs": [b64(b"GIF89a garbage")]}, 422, "inputs[0]: not a decodable image"),
+    ({"inputs": [b64(digit_png(0)), b64(b"\x00" * 10)]}, 422, "inputs[1]: not a decodable image"),
+    ({"inputs": [1, 2]}, 422, "inputs"),
+    ({"wrong": []}, 422, "inputs"),
+])
+def test_bad_inputs_are_422_naming_the_problem(client, payload, status, message):
+    res = client.post("/v1/predict", headers=AUTH, json=payload)
+    assert res.status_code == status and message in json.dumps(res.json())
+
+
+def test_malformed_json_and_oversized_bodies(client):
+    res = client.post("/v1/predict", headers=AUTH | {"content-type": "application/json"}, content=b"{not json")
+    assert res.status_code == 422
+    res = client.post("/v1/predict", headers=AUTH, json={"inputs": ["A" * 300_000]})
+    assert res.status_code == 413 and "byte limit" in res.json()["detail"]
+
+
+def test_concurrent_requests_are_batched_and_all_answered(client):
+    def one(i):
+        return client.post("/v1/predict", headers=AUTH, json={"inputs": [b64(digit_png(i))]}).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(one, range(64)))
+    assert codes == [200] * 64
+    metrics = client.get("/metrics", headers=AUTH).text
+    assert 'nnrecipe_requests_total{route="/v1/predict",status="200"}' in metrics
+    assert "nnrecipe_model_batch_size_bucket" in metrics and "nnrecipe_model_load_seconds" in metrics
+
+
+def test_model_card_and_openapi(client):
+    card = client.get("/v1/model", headers=AUTH).json()
+    assert card["labels"] == [str(i) for i in range(10)] and card["backend"] == "pytorch"
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
+
+
+def test_onnx_backend_gives_the_same_predictions(run, client):
+    from nnrecipe.deploy.export import export_run
+
+    export_run(run, "onnx")
+    payload = {"inputs": [b64(digit_png(i)) for i in range(1500, 1508)]}
+    with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], onnx=run.dir / "export" / "model.onnx"))) as c:
+        onnx = c.post("/v1/predict", headers=AUTH, json=payload).json()["predictions"]
+    torch_preds = client.post("/v1/predict", headers=AUTH, json=payload).json()["predictions"]
+    assert [p["label"] for p in onnx] == [p["label"] for p in torch_preds]
+    assert np.allclose([p["confidence"] for p in onnx], [p["confidence"] for p in torch_preds], atol=1e-4)
