@@ -45,3 +45,14 @@ def write_digit_tree(root: Path, classes: list[int], per_class: int = 40, size: 
             img = Image.fromarray(np.rint(d.images[i] * 255 / 16).astype(np.uint8)).resize((size, size), Image.NEAREST)
             img.convert("RGB").save(root / str(c) / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_digits_run(tmp_path_factory):
+    """A ConvNet trained 6 epochs on digits, shared by the export and serving tests."""
+    from nnrecipe.tasks import image_classification
+
+    recipe = make_recipe(tmp_path_factory.mktemp("runs"), "train.epochs=6")
+    run = create_run(recipe, "digits")
+    image_classification.train(recipe, run)
+    return run

@@ -11,15 +11,9 @@ from nnrecipe.deploy import export
 from nnrecipe.tasks import image_classification as task
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    from tests.conftest import make_recipe
-    from nnrecipe.runs import create_run
-
-    recipe = make_recipe(tmp_path_factory.mktemp("runs"), "train.epochs=6")
-    run = create_run(recipe, "export")
-    task.train(recipe, run)
-    return run
+@pytest.fixture(scope="session")
+def trained_run(trained_digits_run):
+    return trained_digits_run
 
 
 def test_onnx_export_matches_pytorch_and_writes_a_card(trained_run):

@@ -19,15 +19,9 @@ from nnrecipe.tasks import image_classification as task
 KEY = "s3cret-key"
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    from nnrecipe.runs import create_run
-    from tests.conftest import make_recipe
-
-    recipe = make_recipe(tmp_path_factory.mktemp("runs"), "train.epochs=6")
-    r = create_run(recipe, "serve")
-    task.train(recipe, r)
-    return r
+@pytest.fixture(scope="session")
+def run(trained_digits_run):
+    return trained_digits_run
 
 
 def digit_png(i: int) -> bytes:
