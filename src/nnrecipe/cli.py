@@ -117,6 +117,20 @@ def export(
 
 
 @app.command()
+def prune(
+    run_dir: Path = typer.Argument(..., help="A trained run directory."),
+    amount: float = typer.Option(0.5, help="Fraction of weights (or, with --structured, of channels) to remove."),
+    structured: bool = typer.Option(False, "--structured", help="Remove whole output channels (L2 norm) instead of single weights."),
+    finetune_epochs: int = typer.Option(0, min=0, help="Fine-tune this many epochs with the masks held (at 0.1x the LR)."),
+) -> None:
+    """Prune a run's best weights into a new run <run>-pruned<N> (evaluate/export/serve work on it)."""
+    from nnrecipe.deploy.prune import prune_run
+    from nnrecipe.runs import open_run
+
+    prune_run(open_run(run_dir), amount, structured, finetune_epochs)
+
+
+@app.command()
 def serve(
     run_dir: Path = typer.Argument(..., help="A trained run directory."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for all)."),

@@ -1,0 +1,47 @@
+"""Pruning: the sparsity asked for, permanent zeros, masks held through fine-tuning, a usable run."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from nnrecipe.deploy.prune import apply_pruning, prune_run
+from nnrecipe.engine.checkpoint import load_checkpoint, split_prefix
+from nnrecipe.models import build_model
+from nnrecipe.runs import open_run
+from nnrecipe.tasks import image_classification as task
+
+
+def test_global_magnitude_pruning_removes_the_smallest_weights():
+    torch.manual_seed(0)
+    model = build_model("convnet", 10, 1, 8)
+    before = torch.cat([m.weight.abs().flatten() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))])
+    apply_pruning(model, 0.5, structured=False)
+    after = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))])
+    assert abs(float((after == 0).float().mean()) - 0.5) < 0.01
+    kept = before[after != 0]
+    assert kept.min() >= before[after == 0].max()  # every kept weight is at least as large as every removed one
+    assert not any("weight_orig" in k or "weight_mask" in k for k in model.state_dict())  # permanent
+
+
+def test_unstructured_pruning_keeps_accuracy_and_gives_a_usable_run(trained_digits_run):
+    stats = prune_run(trained_digits_run, 0.5)
+    assert abs(stats["sparsity"] - 0.5) < 0.01
+    assert stats["test_accuracy_after"] >= stats["test_accuracy_before"] - 0.03
+    pruned = open_run(stats["run"])
+    assert json.loads((pruned.dir / "report.json").read_text())["test"]["accuracy"] == stats["test_accuracy_after"]
+    assert task.evaluate(pruned, split="val")["examples"] == 144
+    from nnrecipe.deploy.export import export_run
+
+    assert export_run(pruned, "onnx")["checks"]["max_abs_diff"] < 1e-4
+
+
+def test_structured_pruning_with_fine_tuning_keeps_channels_removed(trained_digits_run):
+    stats = prune_run(trained_digits_run, 0.3, structured=True, finetune_epochs=2)
+    pruned = open_run(stats["run"])
+    weights = split_prefix(load_checkpoint(pruned.best_checkpoint)[0], "model")
+    for key in ("0.weight", "3.weight"):  # the two convolutions: 30% of output channels entirely zero
+        per_channel = weights[key].flatten(1).abs().sum(1)
+        assert (per_channel == 0).sum() == round(0.3 * len(per_channel))
+    assert stats["test_accuracy_after"] >= 0.9
