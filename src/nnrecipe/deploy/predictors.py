@@ -42,7 +42,11 @@ class ImagePredictor:
 
             if not Path(onnx_path).is_file():
                 raise UserError(f"--onnx: file not found: {onnx_path}")
-            self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            # No busy-waiting between calls: a spinning thread pool starves the event loop (and every
+            # other process) on a small machine; measured in bench/serve_load.py.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         else:
             self.model = image.inference_model(run, self.spec, "cpu")
 
