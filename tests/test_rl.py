@@ -149,7 +149,8 @@ def test_double_dqn_with_soft_target_updates_learns(tmp_path):
     recipe = load_recipe(ROOT / "recipes/cartpole-dqn.yaml", [f"track.runs_dir={tmp_path}", "track.progress=false",
                                                                "dqn.total_steps=12000", "dqn.eval_every=3000", "eval.episodes=5",
                                                                "dqn.gradient_steps=64", "track.tensorboard=false",
-                                                               "dqn.double=true", "dqn.tau=0.5", "dqn.num_envs=2"])
+                                                               "dqn.double=true", "dqn.tau=0.5", "dqn.num_envs=2",
+                                                               "dqn.vector=async"])
     result = runner.train(recipe, _run(recipe))
     assert result["mean_return"] >= 60
 

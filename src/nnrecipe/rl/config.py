@@ -39,7 +39,8 @@ class DQN(Section):
     """Deep Q-network for vector observations and discrete actions (CleanRL-style)."""
 
     total_steps: int = Field(50_000, gt=0, description="Environment steps (summed over vectorised envs).")
-    num_envs: int = Field(1, gt=0, description="Vectorised environments (gymnasium SyncVectorEnv).")
+    num_envs: int = Field(1, gt=0, description="Vectorised environments.")
+    vector: Literal["sync", "async"] = Field("sync", description="sync: gymnasium SyncVectorEnv (one process); async: AsyncVectorEnv (a process per env, for slow environments).")
     lr: float = Field(2.3e-3, gt=0, description="Adam learning rate.")
     buffer_size: int = Field(100_000, gt=0, description="Replay buffer capacity (transitions).")
     batch_size: int = Field(64, gt=0, description="Transitions per gradient step.")

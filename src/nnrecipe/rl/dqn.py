@@ -2,9 +2,9 @@
 
 Replay buffer, target network (hard copy every `target_update` environment steps, or Polyak updates
 with tau < 1), optional Double DQN, Huber loss, gradient clipping, linear epsilon schedule, gymnasium
-vector environments. The network that scores best in the periodic greedy evaluations is kept next to
-the final one, and both are reported: a run that reaches 500 once and then collapses has not solved
-the task.
+vector environments (SyncVectorEnv, or AsyncVectorEnv with a process per environment). The network
+that scores best in the periodic greedy evaluations is kept next to the final one, and both are
+reported: a run that reaches 500 once and then collapses has not solved the task.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, dev
     np.random.seed((seed + first) % 2**32)
     torch.manual_seed(seed + first)
     rng = np.random.default_rng([seed, first])
-    envs = gym.vector.SyncVectorEnv([make_env for _ in range(cfg.num_envs)])
+    vector = gym.vector.AsyncVectorEnv if cfg.vector == "async" else gym.vector.SyncVectorEnv
+    envs = vector([make_env for _ in range(cfg.num_envs)])
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     n_actions = int(envs.single_action_space.n)
     q_net = QNetwork(obs_dim, n_actions, cfg.hidden).to(device)
