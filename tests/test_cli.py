@@ -114,3 +114,9 @@ def test_doctor_writes_its_report_and_exits_1_when_a_check_fails(tmp_path):
     assert (tmp_path / "ok" / "report.md").is_file() and "fail" not in res.stderr
     res = nnrecipe("doctor", ROOT / "recipes/digits-convnet.yaml", "--set", "optim.lr=5", "--out", tmp_path / "bad", cwd=tmp_path)
     assert res.returncode == 1 and "fail  5. Overfit one batch" in res.stderr
+
+
+@pytest.mark.parametrize("recipe", ["sst2-minilm", "sst2-minilm-lora"])
+def test_text_recipes_name_the_missing_data_file(recipe, tmp_path):
+    res = nnrecipe("train", ROOT / "recipes" / f"{recipe}.yaml", "--set", f"track.runs_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    assert res.returncode == 1 and "data file not found: data/sst2/train.tsv" in res.stderr

@@ -100,7 +100,7 @@ def test_model_learns_and_logs_every_epoch(tmp_path):
     assert result.best_checkpoint.is_file() and result.last_checkpoint.is_file()
 
 
-@pytest.mark.parametrize("name", ["constant", "step", "cosine", "onecycle"])
+@pytest.mark.parametrize("name", ["constant", "step", "linear", "cosine", "onecycle"])
 def test_schedules_follow_their_formulas(name):
     model = net()
     cfg = Schedule(name=name, warmup_epochs=1, step_epochs=2, gamma=0.5, min_lr_ratio=0.1)
@@ -121,6 +121,8 @@ def test_schedules_follow_their_formulas(name):
         assert lrs[10:] == [pytest.approx(1.0)] * 50
     if name == "step":
         assert lrs[29] == pytest.approx(1.0) and lrs[30] == pytest.approx(0.5) and lrs[50] == pytest.approx(0.25)
+    if name == "linear":
+        assert lrs[35] == pytest.approx(0.1 + 0.9 * (1 - 25 / 50)) and lrs[-1] == pytest.approx(0.1 + 0.9 * (1 - 49 / 50))
     if name == "cosine":
         assert lrs[35] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 25 / 50)))
         assert lrs[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 49 / 50)))

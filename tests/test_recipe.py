@@ -43,7 +43,7 @@ def test_override_types_follow_yaml(tmp_path):
         ({"data": {"source": "mnist"}}, ["data.source", "'digits', 'cifar10' or 'imagefolder'", "mnist"]),
         ({"model": {"name": "resnet5"}}, ["model.name", "allowed: convnet", "resnet18"]),
         ({"model": {"name": "tv:resnet_999"}}, ["model.name", "unknown torchvision model"]),
-        ({"schedule": {"name": "poly"}}, ["schedule.name", "'constant', 'step', 'cosine' or 'onecycle'"]),
+        ({"schedule": {"name": "poly"}}, ["schedule.name", "'constant', 'step', 'linear', 'cosine' or 'onecycle'"]),
         ({"model": {"unfreeze_at_epoch": 2}}, ["unfreeze_at_epoch needs model.freeze"]),
         ({"dta": {}}, ["unknown field 'dta'", "did you mean 'data'"]),
     ],

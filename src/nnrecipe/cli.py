@@ -83,7 +83,9 @@ def evaluate(
 @app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="A run directory."),
-    inputs: list[str] = typer.Argument(..., help="Image files."),
+    inputs: list[str] = typer.Argument(None, help="Image files, or texts for a text run."),
+    file: Optional[Path] = typer.Option(None, "--file", help="Text runs: a file with one text per line."),
+    to: Optional[Path] = typer.Option(None, "--out", help="Write one JSON object per input to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per input."),
 ) -> None:
     """Predict with a run's best weights: label and probabilities per input."""
@@ -94,12 +96,24 @@ def predict(
     module = task_module(run.recipe().task)
     if not hasattr(module, "predict"):
         raise UserError(f"{run_dir} is a {run.recipe().task} run: use `nnrecipe rl play` or `nnrecipe rl evaluate`")
-    for row in module.predict(run, inputs):
+    inputs = list(inputs or [])
+    if file is not None:
+        if not file.is_file():
+            raise UserError(f"--file: not found: {file}")
+        inputs += [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not inputs:
+        raise UserError("nothing to predict: give inputs or --file")
+    rows = module.predict(run, inputs)
+    if to is not None:
+        to.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        err.print(f"wrote {len(rows)} predictions to {to}")
+    for row in rows:
         if as_json:
             out.print(json.dumps(row), soft_wrap=True)
-        else:
-            top = "  ".join(f"{k} {v:.3f}" for k, v in row["top"].items())
-            out.print(f"{row['file']}: {row['label']} ({row['confidence']:.3f})   top: {top}")
+        elif to is None:
+            scores = row.get("top") or row.get("probabilities")
+            top = "  ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items(), key=lambda kv: -kv[1])[:3])
+            out.print(f"{row.get('file', row.get('text'))}: {row['label']} ({row['confidence']:.3f})   top: {top}", markup=False)
 
 
 @app.command()

@@ -107,6 +107,46 @@ class Recipe(_Section):
         return self
 
 
+class TextData(_Section):
+    """Text classification files: CSV/TSV (with a header) or JSONL, one example per row."""
+
+    train: Path = Field(Path("data/sst2/train.tsv"), description="Training file.")
+    val: Path | None = Field(None, description="Validation file; null = hold back val_fraction of train.")
+    test: Path | None = Field(None, description="Test file; null = report on validation.")
+    format: Literal["auto", "csv", "tsv", "jsonl"] = Field("auto", description="auto follows the file extension.")
+    text_column: str = Field("sentence", description="Column (or JSON key) holding the text.")
+    text_pair_column: str | None = Field(None, description="Second text for sentence-pair tasks; null = single text.")
+    label_column: str = Field("label", description="Column holding the label (a name or an id).")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Held back from train when data.val is null.")
+    split_seed: int = Field(0, description="Seed of that split.")
+    limit: int | None = Field(None, gt=0, description="Use only the first N training rows.")
+    max_length: int = Field(128, gt=1, description="Truncate to this many tokens.")
+    group_by_length: bool = Field(True, description="Batch similar lengths together (less padding, same randomness).")
+
+
+class TextModel(_Section):
+    """A pretrained Hugging Face encoder with a classification head."""
+
+    name: str = Field("minilm", description="minilm (the packaged all-MiniLM-L6-v2), a local model folder, or a hub id (online only).")
+    finetune: Literal["full", "frozen", "lora"] = Field("full", description="full; frozen (linear probe on a frozen encoder); lora (peft).")
+    lora_r: int = Field(8, gt=0, description="LoRA rank.")
+    lora_alpha: int = Field(16, gt=0, description="LoRA scaling numerator.")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout.")
+
+
+class TextRecipe(_Section):
+    """Text classification by fine-tuning a pretrained transformer."""
+
+    task: Literal["text_classification"] = Field("text_classification", description="The task family.")
+    description: str = Field("", description="One line shown by `nnrecipe recipes`.")
+    data: TextData = Field(default_factory=TextData)
+    model: TextModel = Field(default_factory=TextModel)
+    optim: Optim = Field(default_factory=lambda: Optim(name="adamw", lr=5e-5, weight_decay=0.01))
+    schedule: Schedule = Field(default_factory=lambda: Schedule(name="linear", warmup_epochs=0.1))
+    train: Train = Field(default_factory=lambda: Train(epochs=3, batch_size=32, eval_batch_size=128, clip_grad_norm=1.0))
+    track: Track = Field(default_factory=Track)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Loading, overrides and readable errors
 
@@ -135,7 +175,7 @@ def recipe_classes() -> dict[str, type[BaseModel]]:
     """The recipe model of each task family, keyed by the value of `task:`."""
     from nnrecipe.rl.config import RLRecipe
 
-    return {"image_classification": Recipe, "rl": RLRecipe}
+    return {"image_classification": Recipe, "text_classification": TextRecipe, "rl": RLRecipe}
 
 
 def validate_recipe(raw: dict[str, Any]) -> Any:

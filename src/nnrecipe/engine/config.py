@@ -31,11 +31,11 @@ class Optim(Section):
 class Schedule(Section):
     """Learning-rate schedule, stepped once per optimiser step."""
 
-    name: Literal["constant", "step", "cosine", "onecycle"] = Field("onecycle", description="constant, step, cosine or onecycle.")
+    name: Literal["constant", "step", "linear", "cosine", "onecycle"] = Field("onecycle", description="constant, step, linear (decay to min_lr_ratio), cosine or onecycle.")
     warmup_epochs: float = Field(0.0, ge=0, description="Linear warmup from 0 in front of the schedule, in epochs (fractions allowed).")
     step_epochs: int = Field(10, gt=0, description="step: decay every this many epochs.")
     gamma: float = Field(0.1, gt=0, le=1, description="step: multiply the LR by this at each decay.")
-    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine: final LR as a fraction of the peak.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="linear/cosine: final LR as a fraction of the peak.")
     pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of training spent increasing the LR.")
 
 

@@ -35,7 +35,7 @@ def build_optimizer(model: nn.Module, cfg: Optim, backbone: set[str] = frozenset
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Schedule, steps_per_epoch: int, epochs: int) -> lr_scheduler.LRScheduler:
-    """A scheduler stepped once per optimiser step. constant/step/cosine are one LambdaLR (linear warmup
+    """A scheduler stepped once per optimiser step. constant/step/linear/cosine are one LambdaLR (linear warmup
     in front); onecycle is torch's OneCycleLR, whose rising phase is the warmup when warmup_epochs > 0."""
     total = max(1, steps_per_epoch * epochs)
     warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))
@@ -54,8 +54,10 @@ def _factor(cfg: Schedule, steps_per_epoch: int, warmup: int, total: int):
         step -= warmup
         if cfg.name == "step":
             return cfg.gamma ** (step // (cfg.step_epochs * steps_per_epoch))
+        progress = min(step, total - warmup) / max(1, total - warmup)
+        if cfg.name == "linear":
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * (1 - progress)
         if cfg.name == "cosine":
-            progress = min(step, total - warmup) / max(1, total - warmup)
             return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
         return 1.0
 

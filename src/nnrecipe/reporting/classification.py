@@ -53,6 +53,10 @@ def write_report(run_dir: Path, split: str, summary: dict[str, Any], extra: dict
         md += [summary_table(s), ""]
         for p in s.get("plots", []):
             md += [f"![{p}]({p})", ""]
+        if s.get("confidently_wrong"):
+            md += ["Most confidently wrong:", "", "| text | label | predicted | confidence |", "|---|---|---|---:|"]
+            md += [f"| {w['text'][:120].replace('|', '/')} | {w['label']} | {w['predicted']} | {w['confidence']:.3f} |"
+                   for w in s["confidently_wrong"]] + [""]
         if s.get("skipped_files"):
             md += [f"Unreadable files skipped: {len(s['skipped_files'])} (listed in report.json)", ""]
     (run_dir / "report.md").write_text("\n".join(md))

