@@ -29,8 +29,9 @@ from nnrecipe.models import build_model, head_parameter_names
 from nnrecipe.models.pretrained import load_matching, read_state_dict
 from nnrecipe.recipe import Recipe
 from nnrecipe.reporting.classification import classification_summary, summary_table, write_report
-from nnrecipe.reporting.plots import plot_confusion, plot_curves, plot_image_grid
+from nnrecipe.reporting.plots import plot_confusion, plot_image_grid
 from nnrecipe.runs import Run
+from nnrecipe.tasks._fit import fit_run
 
 
 @dataclass
@@ -148,18 +149,9 @@ def train(recipe: Recipe, run: Run, *, resume: bool = False, callbacks: list[Cal
                       train_loader=train_loader, val_loader=val_loader, train_cfg=recipe.train, schedule_cfg=recipe.schedule,
                       run_dir=run.dir, tracker=tracker, callbacks=callbacks,
                       progress=recipe.track.progress if progress is None else progress)
-    try:
-        result = trainer.fit(resume=resume)
-    except UserError:
-        run.update_meta(status="diverged")
-        raise
-    finally:
-        tracker.close()
-    run.update_meta(status=result.status)
+    result = fit_run(run, trainer, tracker, resume, recipe.track.plots)
     if result.status == "interrupted":
         return {"status": result.status, "run": str(run.dir)}
-    if recipe.track.plots and result.history:
-        plot_curves(result.history, run.plots_dir / "curves.png")
     split = "test" if splits.test is not None else "val"
     part = splits.test if splits.test is not None else splits.val
     summary = _report(run, recipe, spec, part, split, acc.device) if part is not None else {}

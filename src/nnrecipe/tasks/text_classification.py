@@ -19,8 +19,9 @@ from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.engine.tracking import Tracker
 from nnrecipe.errors import UserError
 from nnrecipe.reporting.classification import classification_summary, summary_table, write_report
-from nnrecipe.reporting.plots import plot_confusion, plot_curves
+from nnrecipe.reporting.plots import plot_confusion
 from nnrecipe.runs import Run
+from nnrecipe.tasks._fit import fit_run
 
 
 def model_path(name: str) -> str:
@@ -144,18 +145,9 @@ def train(recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] =
                       train_loader=train_loader, val_loader=val_loader, train_cfg=t, schedule_cfg=recipe.schedule,
                       run_dir=run.dir, tracker=tracker, callbacks=list(callbacks),
                       progress=recipe.track.progress if progress is None else progress)
-    try:
-        result = trainer.fit(resume=resume)
-    except UserError:
-        run.update_meta(status="diverged")
-        raise
-    finally:
-        tracker.close()
-    run.update_meta(status=result.status)
+    result = fit_run(run, trainer, tracker, resume, recipe.track.plots)
     if result.status == "interrupted":
         return {"status": result.status, "run": str(run.dir)}
-    if recipe.track.plots and result.history:
-        plot_curves(result.history, run.plots_dir / "curves.png")
     split, part = ("test", test_set) if test_set is not None else ("val", val_set)
     summary = _report(run, recipe, part, split, acc.device) if part is not None else {}
     return {"status": result.status, "run": str(run.dir), "history": result.history, **summary}
