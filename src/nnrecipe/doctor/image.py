@@ -22,19 +22,12 @@ from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.models import head_parameter_names
 from nnrecipe.recipe import Recipe
 from nnrecipe.reporting.plots import plot_image_grid
-from nnrecipe.tasks.image_classification import ImageSpec, _input_pipeline, _model_for
+from nnrecipe.tasks.image_classification import ImageSpec, _input_pipeline, _model_for, image_spec
 
 
 def prepare(recipe: Recipe) -> tuple[ImageSplits, ImageSpec]:
     splits = load_splits(recipe.data)
-    c = splits.train.images.shape[1]
-    if recipe.data.normalize == "auto":
-        mean, std = channel_stats(splits.train.images)
-    elif recipe.data.normalize == "none":
-        mean, std = [0.0] * c, [1.0] * c
-    else:
-        mean, std = recipe.data.normalize.mean, recipe.data.normalize.std
-    return splits, ImageSpec(splits.classes, c, splits.train.images.shape[-1], mean, std, recipe.model.name)
+    return splits, image_spec(recipe, splits)
 
 
 def _exact_hashes(images: torch.Tensor) -> list[bytes]:

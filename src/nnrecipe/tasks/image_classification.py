@@ -78,6 +78,20 @@ def predict_probs(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]
     return torch.cat(probs), torch.cat(labels)
 
 
+def image_spec(recipe: Recipe, splits) -> ImageSpec:
+    """Classes, input shape and normalisation (computed on the training split when `auto`)."""
+    channels = splits.train.images.shape[1]
+    if recipe.data.normalize == "auto":
+        mean, std = channel_stats(splits.train.images)
+    elif recipe.data.normalize == "none":
+        mean, std = [0.0] * channels, [1.0] * channels
+    else:
+        mean, std = recipe.data.normalize.mean, recipe.data.normalize.std
+        if len(mean) != channels:
+            raise UserError(f"data.normalize: {len(mean)} values given, the images have {channels} channels")
+    return ImageSpec(splits.classes, channels, splits.train.images.shape[-1], mean, std, recipe.model.name)
+
+
 def _input_pipeline(recipe: Recipe, spec: ImageSpec, augment: bool):
     normalize = Normalizer(spec.mean, spec.std)
     aug = BatchAugment(recipe.data.augment, spec.image_size) if augment else None
@@ -115,15 +129,7 @@ def train(recipe: Recipe, run: Run, *, resume: bool = False, callbacks: list[Cal
     splits = load_splits(recipe.data)
     if splits.skipped:
         console.print(f"[yellow]skipped {len(splits.skipped)} unreadable image(s), e.g. {splits.skipped[0]}[/yellow]")
-    if recipe.data.normalize == "auto":
-        mean, std = channel_stats(splits.train.images)
-    elif recipe.data.normalize == "none":
-        mean, std = [0.0] * splits.train.images.shape[1], [1.0] * splits.train.images.shape[1]
-    else:
-        mean, std = recipe.data.normalize.mean, recipe.data.normalize.std
-        if len(mean) != splits.train.images.shape[1]:
-            raise UserError(f"data.normalize: {len(mean)} values given, the images have {splits.train.images.shape[1]} channels")
-    spec = ImageSpec(splits.classes, splits.train.images.shape[1], splits.train.images.shape[-1], mean, std, recipe.model.name)
+    spec = image_spec(recipe, splits)
     run.update_meta(status="running", task="image_classification", image=spec.__dict__, skipped_files=splits.skipped,
                     sizes={k: len(v) if v is not None else 0 for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test))})
 
