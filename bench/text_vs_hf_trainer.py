@@ -1,0 +1,91 @@
+"""SST-2 with the packaged MiniLM: nnrecipe vs the Hugging Face Trainer, side by side in one script.
+
+Same model, same 4,000 training sentences and 445 held-out ones, batch 32, max_length 64, AdamW 5e-5
+with weight decay 0.01, linear warmup (0.1 epoch) and decay, clipping 1.0, 3 epochs, dynamic padding.
+The Trainer runs with length grouping (its best setting), and with `--with-default-sampler` also with
+its default random sampler.
+Prints training samples/s (model loading and evaluation excluded) and held-out accuracy for each, and
+the ratios last.
+
+    python bench/text_vs_hf_trainer.py --train ../shared/datasets/sst2/train.tsv
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnrecipe.recipe import load_recipe
+from nnrecipe.runs import create_run
+from nnrecipe.tasks import text_classification as text
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ours(recipe) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe.track.runs_dir = Path(tmp)
+        result = text.train(recipe, create_run(recipe, "bench"))
+    seconds = sum(r["epoch_seconds"] for r in result["history"])
+    examples = sum(r["samples_per_s"] * r["epoch_seconds"] for r in result["history"])
+    return {"samples_per_s": examples / seconds, "accuracy": result["accuracy"], "seconds": seconds}
+
+
+def hf(recipe, group: bool) -> dict:
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    train_set, val_set, _ = text._splits(recipe)
+    labels = sorted(set(train_set.labels))
+    ids = {l: i for i, l in enumerate(labels)}
+    torch.manual_seed(recipe.train.seed)
+    model, tokenizer = text.build(recipe.model.name, labels, "full")
+    def encode(part):
+        enc = tokenizer(part.texts, truncation=True, max_length=recipe.data.max_length)
+        return [{"input_ids": a, "attention_mask": m, "labels": ids[l]} for a, m, l in zip(enc["input_ids"], enc["attention_mask"], part.labels)]
+    train_rows, val_rows = encode(train_set), encode(val_set)
+    steps_per_epoch = -(-len(train_rows) // recipe.train.batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = {"train_sampling_strategy": "group_by_length"} if group else {}
+        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=recipe.train.batch_size,
+                                 per_device_eval_batch_size=128, learning_rate=recipe.optim.lr, weight_decay=recipe.optim.weight_decay,
+                                 num_train_epochs=recipe.train.epochs, lr_scheduler_type="linear",
+                                 warmup_steps=round(0.1 * steps_per_epoch), max_grad_norm=1.0, seed=recipe.train.seed,
+                                 save_strategy="no", eval_strategy="no", logging_steps=10_000, report_to=[],
+                                 disable_tqdm=True, use_cpu=not torch.cuda.is_available(), **extra)
+        trainer = Trainer(model=model, args=args, train_dataset=train_rows, data_collator=DataCollatorWithPadding(tokenizer))
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        logits = trainer.predict(val_rows).predictions
+    accuracy = float((np.asarray(logits).argmax(1) == np.array([r["labels"] for r in val_rows])).mean())
+    return {"samples_per_s": len(train_rows) * recipe.train.epochs / seconds, "accuracy": accuracy, "seconds": seconds}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train", required=True, help="SST-2 train.tsv")
+    ap.add_argument("--with-default-sampler", action="store_true", help="also time the Trainer without length grouping (slow)")
+    args = ap.parse_args()
+    recipe = load_recipe(ROOT / "recipes/sst2-minilm.yaml", [f"data.train={args.train}", "track.progress=false",
+                                                              "track.plots=false", "track.tensorboard=false"])
+    rows = {}
+    runs = [("nnrecipe", lambda: ours(recipe.model_copy(deep=True))), ("HF Trainer, length grouping", lambda: hf(recipe, True))]
+    if args.with_default_sampler:
+        runs.append(("HF Trainer, default sampler", lambda: hf(recipe, False)))
+    for name, fn in runs:
+        rows[name] = fn()
+        r = rows[name]
+        print(f"{name:28s} {r['samples_per_s']:6.1f} samples/s   {r['seconds']:6.1f} s   held-out accuracy {r['accuracy']:.4f}", flush=True)
+    base = rows["nnrecipe"]["samples_per_s"]
+    for name, r in rows.items():
+        if name != "nnrecipe":
+            print(f"ratio nnrecipe / {name}: {base / r['samples_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
