@@ -120,3 +120,24 @@ def test_evaluation_subset_is_not_the_first_classes_of_a_class_ordered_split(rec
     subject = image.make_subject(recipe, splits, spec, max_eval=12)
     labels = torch.cat([y for _, y in subject.val_batches])
     assert len(labels) == 12 and len(set(labels.tolist())) >= 4
+
+
+def test_a_correct_text_recipe_passes_and_copied_test_rows_fail_the_data_check(tmp_path):
+    from tests.test_text_classification import NEG, NOUNS, POS, text_recipe
+
+    recipe = text_recipe(tmp_path)  # writes the toy files, replaced below
+    rng = np.random.default_rng(0)
+    for name, n in (("train.tsv", 240), ("test.tsv", 80)):  # unique texts: the toy writer repeats sentences
+        offset = 0 if name == "train.tsv" else 10_000
+        rows = [f"review {offset + i}: the {rng.choice(NOUNS)} is {rng.choice(POS if i % 2 else NEG)}\t{'pos' if i % 2 else 'neg'}"
+                for i in range(n)]
+        (tmp_path / name).write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    recipe.data.train, recipe.data.test = tmp_path / "train.tsv", tmp_path / "test.tsv"
+    results = run_doctor(recipe, tmp_path / "doc")
+    assert not_passing(results) == {}, [(r.number, r.verdict, r.figure) for r in results if r.verdict != "pass"]
+    assert (tmp_path / "doc" / "batch.txt").read_text().startswith("[")
+    lines = (tmp_path / "train.tsv").read_text().splitlines()
+    (tmp_path / "test.tsv").write_text("\n".join(lines[:1] + lines[1:41]) + "\n")  # the test set copied from train
+    recipe.data.test = tmp_path / "test.tsv"
+    results = run_doctor(recipe, tmp_path / "doc2")
+    assert not_passing(results) == {1: "fail"}

@@ -36,16 +36,24 @@ WHY = {
 def run_doctor(recipe, out_dir: Path) -> list[Check]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if recipe.task != "image_classification":
-        raise UserError(f"nnrecipe doctor supports image_classification recipes so far (this one is task: {recipe.task})")
-    from nnrecipe.doctor import image
-
     started = time.perf_counter()
-    splits, spec = image.prepare(recipe)
-    subject = image.make_subject(recipe, splits, spec)
+    if recipe.task == "image_classification":
+        from nnrecipe.doctor import image
+
+        splits, spec = image.prepare(recipe)
+        subject = image.make_subject(recipe, splits, spec)
+        data_steps = [lambda: image.data_check(splits, spec), lambda: image.batch_check(subject, spec, out_dir)]
+    elif recipe.task == "text_classification":
+        from nnrecipe.doctor import text
+
+        train, val, test, labels, lora, tokenizer = text.prepare(recipe)
+        subject = text.make_subject(recipe, train, val, labels, lora, tokenizer)
+        data_steps = [lambda: text.data_check(recipe, train, val, test, tokenizer),
+                      lambda: text.batch_check(subject, tokenizer, labels, out_dir)]
+    else:
+        raise UserError(f"nnrecipe doctor checks supervised recipes (image and text classification); this one is task: {recipe.task}")
     steps = [
-        lambda: image.data_check(splits, spec),
-        lambda: image.batch_check(subject, spec, out_dir),
+        *data_steps,
         lambda: checks.loss_at_init(subject),
         lambda: checks.input_independent_baseline(subject),
         lambda: checks.overfit_one_batch(subject),

@@ -26,3 +26,6 @@ class Subject:
     accuracy: Callable[[nn.Module, list[Any]], float]          # accuracy over batches
     class_prior: torch.Tensor                                  # training label frequencies
     recipe_lr: float
+    safe_lr: float = 1e-3                                      # Adam LR for checks 4, 8, 9 (judge data, not LR)
+    # For inputs that cannot carry gradients (token ids): (leaf tensor, forward from it to the outputs).
+    leaf_inputs: Callable[[nn.Module, Any], tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]] | None = None

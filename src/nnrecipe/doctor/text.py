@@ -1,0 +1,146 @@
+"""Doctor for text classification: the data checks (1, 2) and the Subject for the generic checks."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from nnrecipe.data.text import TextSet, label_names
+from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check
+from nnrecipe.doctor.subject import Subject
+from nnrecipe.engine.optim import build_optimizer
+from nnrecipe.engine.seeding import seed_everything
+from nnrecipe.tasks import text_classification as text
+
+
+def _exact(t: str) -> bytes:
+    return hashlib.blake2b(t.encode(), digest_size=16).digest()
+
+
+def _near(t: str) -> bytes:
+    """Lower case, punctuation and spacing removed: catches copies that differ only in formatting."""
+    return _exact(" ".join(re.sub(r"[^\w\s]", " ", t.lower()).split()))
+
+
+def data_check(recipe, train: TextSet, val: TextSet | None, test: TextSet | None, tokenizer) -> Check:
+    """1. Class balance, duplicates across splits, empty texts, labels outside the map, truncation."""
+    verdicts, notes = [], []
+    counts = Counter(train.labels)
+    labels = label_names(train.labels)
+    imbalance = max(counts.values()) / max(1, min(counts.values()))
+    if imbalance > 10:
+        verdicts.append(WARN)
+        notes.append(f"classes are imbalanced {imbalance:.0f}:1")
+    empty = sum(not t.strip() for part in (train, val, test) if part for t in part.texts)
+    if empty:
+        verdicts.append(WARN)
+        notes.append(f"{empty} empty texts")
+    figures = []
+    train_exact, train_near = {_exact(t) for t in train.texts}, {_near(t) for t in train.texts}
+    for name, part in (("val", val), ("test", test)):
+        if part is None:
+            continue
+        outside = sorted(set(part.labels) - set(labels))
+        if outside:
+            verdicts.append(FAIL)
+            notes.append(f"{name} has labels outside the training label map: {', '.join(outside[:5])}")
+        exact = sum(_exact(t) in train_exact for t in part.texts) / len(part.texts)
+        near = sum(_near(t) in train_near for t in part.texts) / len(part.texts)
+        figures.append(f"{name}: {exact:.1%} exact / {near:.1%} near duplicates of train")
+        if exact > 0.01:
+            verdicts.append(FAIL)
+            notes.append(f"{exact:.0%} of {name} are copies of training texts: deduplicate before splitting")
+        elif exact > 0 or near > 0.05:
+            verdicts.append(WARN)
+            notes.append(f"{name} shares texts with train ({exact:.1%} exact, {near:.1%} after normalising)")
+    lengths = [len(ids) for ids in tokenizer(train.texts)["input_ids"]]
+    truncated = sum(n > recipe.data.max_length for n in lengths) / len(lengths)
+    if truncated > 0.05:
+        verdicts.append(WARN)
+        notes.append(f"{truncated:.0%} of training texts are longer than data.max_length {recipe.data.max_length} and get truncated")
+    lengths.sort()
+    figure = (f"{len(train.texts)} train texts, {len(labels)} labels, largest/smallest class {imbalance:.1f}x; {'; '.join(figures)}; "
+              f"{empty} empty; tokens median {lengths[len(lengths) // 2]}, 95th percentile {lengths[int(0.95 * (len(lengths) - 1))]}, "
+              f"max {lengths[-1]}; {truncated:.1%} truncated at {recipe.data.max_length}")
+    verdict = FAIL if FAIL in verdicts else WARN if WARN in verdicts else PASS
+    return Check(1, "Become one with the data", verdict, figure, "; ".join(notes).capitalize() + ("." if notes else ""))
+
+
+def batch_check(subject: Subject, tokenizer, labels: list[str], out_dir: Path) -> Check:
+    """2. The decoded tokens of one training batch, exactly as the model receives them, with labels."""
+    batch = subject.train_batches(1)[0]
+    lines = []
+    for ids, mask, y in zip(batch["input_ids"][:16], batch["attention_mask"][:16], batch["labels"][:16]):
+        tokens = tokenizer.convert_ids_to_tokens(ids[mask.bool()].tolist())
+        lines.append(f"[{labels[int(y)]}] {' '.join(tokens)}")
+    (out_dir / "batch.txt").write_text("\n".join(lines) + "\n")
+    padding = float(1 - batch["attention_mask"].float().mean())
+    return Check(2, "Visualise just before the net", PASS,
+                 f"batch {tuple(batch['input_ids'].shape)}, {padding:.0%} padding; first example: {lines[0][:100]}",
+                 "Read batch.txt: the labels must match the texts, and the tokens must be words, not [UNK].", plots=[])
+
+
+def prepare(recipe):
+    train, val, test = text._splits(recipe)
+    labels = label_names(train.labels)
+    lora = {"r": recipe.model.lora_r, "alpha": recipe.model.lora_alpha, "dropout": recipe.model.lora_dropout}
+    _, tokenizer = text.build(recipe.model.name, labels, "full")
+    return train, val, test, labels, lora, tokenizer
+
+
+def make_subject(recipe, train: TextSet, val: TextSet | None, labels, lora, tokenizer, max_eval: int = 256) -> Subject:
+    ids = {l: i for i, l in enumerate(labels)}
+    seed, d = recipe.train.seed, recipe.data
+
+    def make_model():
+        seed_everything(seed)
+        return text.build(recipe.model.name, labels, recipe.model.finetune, lora)[0]
+
+    loader = text._loader(tokenizer, train, ids, recipe.train.batch_size, d.max_length, "cpu", shuffle=True, seed=seed,
+                          group_by_length=d.group_by_length)
+
+    def train_batches(n):
+        out, epoch = [], 0
+        while len(out) < n:
+            out += list(loader.batches(epoch))[: n - len(out)]
+            epoch += 1
+        return out
+
+    evaluation = val or train
+    g = torch.Generator().manual_seed(seed)
+    pick = sorted(torch.randperm(len(evaluation.labels), generator=g)[:max_eval].tolist())
+    evaluation = TextSet([evaluation.texts[i] for i in pick], [evaluation.pairs[i] for i in pick] if evaluation.pairs else None,
+                         [evaluation.labels[i] for i in pick])
+    val_batches = list(text._loader(tokenizer, evaluation, ids, 64, d.max_length, "cpu").batches())
+
+    def features(batch):
+        return {k: v for k, v in batch.items() if k != "labels"}
+
+    def accuracy(model, batches):
+        model.eval()
+        with torch.no_grad():
+            correct = sum(int((model(**features(b)).logits.argmax(1) == b["labels"]).sum()) for b in batches)
+        return correct / sum(len(b["labels"]) for b in batches)
+
+    def zero_inputs(batch):
+        blank = torch.full_like(batch["input_ids"], tokenizer.pad_token_id)
+        return batch | {"input_ids": blank}
+
+    def leaf_inputs(model, batch):
+        emb = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+        return emb, lambda x: model(inputs_embeds=x, attention_mask=batch["attention_mask"]).logits
+
+    prior = torch.bincount(torch.tensor([ids[l] for l in train.labels]), minlength=len(labels)).float()
+    return Subject(
+        make_model=make_model,
+        make_optimizer=lambda m, lr: build_optimizer(m, recipe.optim.model_copy(update={"lr": lr})),
+        loss=lambda m, b: m(**b).loss, logits=lambda m, b: m(**features(b)).logits,
+        train_batches=train_batches, val_batches=val_batches, zero_inputs=zero_inputs,
+        inputs=lambda b: b["input_ids"], with_inputs=lambda b, x: {k: v[: len(x)] for k, v in b.items()},
+        accuracy=accuracy, class_prior=prior / prior.sum(), recipe_lr=recipe.optim.lr, leaf_inputs=leaf_inputs,
+        safe_lr=1e-4,  # pretrained transformers diverge at the CNN-safe 1e-3
+    )
