@@ -30,6 +30,17 @@ class Check:
     details: list[str] = field(default_factory=list)
 
 
+def split_overlap(name: str, exact: float, near: float, near_limit: float, kind: str, near_what: str) -> tuple[str, str] | None:
+    """The shared rule for val/test examples that also appear in train: over 1% exact copies fail (the
+    split's scores measure memory), any exact copy or many near copies warn."""
+    if exact > 0.01:
+        return FAIL, (f"{exact:.0%} of {name} are exact copies of training {kind}: {name} scores measure memory, "
+                      "not generalisation; deduplicate before splitting")
+    if exact > 0 or near > near_limit:
+        return WARN, f"{name} shares {kind} with train ({exact:.1%} exact, {near:.1%} {near_what})"
+    return None
+
+
 def _safe_optimizer(model: nn.Module, lr: float = 1e-3) -> torch.optim.Optimizer:
     return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
 

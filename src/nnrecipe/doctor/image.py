@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 from nnrecipe.data.augment import channel_stats
 from nnrecipe.data.images import ImageSplits, load_splits
 from nnrecipe.data.loader import TensorLoader
-from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check
+from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, split_overlap
 from nnrecipe.doctor.subject import Subject
 from nnrecipe.engine.freezing import FreezeBackbone
 from nnrecipe.engine.optim import build_optimizer
@@ -67,12 +67,9 @@ def data_check(splits: ImageSplits, spec: ImageSpec) -> Check:
         exact = sum(h in train_exact for h in _exact_hashes(part.images)) / len(part)
         near = sum(h in train_near for h in _average_hashes(part.images)) / len(part)
         dup_figures.append(f"{name}: {exact:.1%} exact / {near:.1%} near duplicates of train")
-        if exact > 0.01:
-            verdicts.append(FAIL)
-            notes.append(f"{exact:.0%} of {name} are exact copies of training images: {name} scores measure memory, not generalisation; deduplicate before splitting")
-        elif exact > 0 or near > 0.10:
-            verdicts.append(WARN)
-            notes.append(f"{name} shares images with train ({exact:.1%} exact, {near:.1%} perceptual-hash matches)")
+        if found := split_overlap(name, exact, near, 0.10, "images", "perceptual-hash matches"):
+            verdicts.append(found[0])
+            notes.append(found[1])
     if splits.skipped:
         verdicts.append(WARN)
         notes.append(f"{len(splits.skipped)} unreadable files were skipped, e.g. {splits.skipped[0]}")

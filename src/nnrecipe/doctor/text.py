@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from nnrecipe.data.text import TextSet, label_names
-from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check
+from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, split_overlap
 from nnrecipe.doctor.subject import Subject
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
@@ -51,12 +51,9 @@ def data_check(recipe, train: TextSet, val: TextSet | None, test: TextSet | None
         exact = sum(_exact(t) in train_exact for t in part.texts) / len(part.texts)
         near = sum(_near(t) in train_near for t in part.texts) / len(part.texts)
         figures.append(f"{name}: {exact:.1%} exact / {near:.1%} near duplicates of train")
-        if exact > 0.01:
-            verdicts.append(FAIL)
-            notes.append(f"{exact:.0%} of {name} are copies of training texts: deduplicate before splitting")
-        elif exact > 0 or near > 0.05:
-            verdicts.append(WARN)
-            notes.append(f"{name} shares texts with train ({exact:.1%} exact, {near:.1%} after normalising)")
+        if found := split_overlap(name, exact, near, 0.05, "texts", "after normalising"):
+            verdicts.append(found[0])
+            notes.append(found[1])
     lengths = [len(ids) for ids in tokenizer(train.texts)["input_ids"]]
     truncated = sum(n > recipe.data.max_length for n in lengths) / len(lengths)
     if truncated > 0.05:
