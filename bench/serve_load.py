@@ -1,10 +1,11 @@
 """Bounded load test of `nnrecipe serve` on loopback: eager PyTorch vs ONNX vs ONNX int8.
 
-For each backend a server process is started, `--requests` requests with one image each are sent with
+For each backend a server process is started, `--requests` requests with one input (an image, or a
+validation sentence for text/NER runs) each are sent with
 `--concurrency` in flight (httpx, asyncio), and throughput, p50/p95/p99 latency and the error count are
 printed; the int8 accuracy change comes from the export's own check on the validation split.
 
-    python bench/serve_load.py runs/<image run>          # exports ONNX and int8 ONNX first if missing
+    python bench/serve_load.py runs/<image or text run>  # exports ONNX and int8 ONNX first if missing
     python bench/serve_load.py runs/<run> --requests 2000 --concurrency 16
 """
 
@@ -28,11 +29,19 @@ from PIL import Image
 KEY = "bench-key"
 
 
-def sample_images(run: Path, n: int = 64) -> list[str]:
+def sample_inputs(run: Path, n: int = 64) -> list[str]:
+    """Real inputs from the run's data: validation texts for text/NER runs, test images (PNG, base64) otherwise."""
     from nnrecipe.data.images import load_splits
     from nnrecipe.runs import open_run
 
     r = open_run(run)
+    task = r.meta().get("task")
+    if task in ("text_classification", "token_classification"):
+        from nnrecipe.tasks import task_module
+
+        _, val, test = task_module(task)._splits(r.recipe())
+        part = val or test
+        return part.texts[:n] if task == "text_classification" else [" ".join(w) for w in part.words[:n]]
     part = load_splits(r.recipe().data).test
     out = []
     for img in part.images[:n]:
@@ -93,7 +102,7 @@ def main():
     run = open_run(args.run)
     fp32, int8 = run.dir / "export" / "model.onnx", run.dir / "export" / "model.int8.onnx"
     card = export_run(run, "onnx", quantize="int8") if not int8.exists() else None
-    images = sample_images(run.dir)
+    images = sample_inputs(run.dir)
     rows = {}
     for name, onnx in (("eager pytorch", None), ("onnx fp32", fp32), ("onnx int8", int8)):
         proc = start_server(run.dir, args.port, onnx)
@@ -110,7 +119,7 @@ def main():
     if card:
         c = card["checks"]
         print(f"int8 accuracy on validation: {c['accuracy_fp32']:.4f} -> {c['accuracy_int8']:.4f} ({c['accuracy_change']:+.4f})")
-    print(f"{args.requests} requests of one image each, {args.concurrency} concurrent, 1 server worker, loopback")
+    print(f"{args.requests} requests of one input each, {args.concurrency} concurrent, 1 server worker, loopback")
 
 
 if __name__ == "__main__":

@@ -56,3 +56,27 @@ def trained_digits_run(tmp_path_factory):
     run = create_run(recipe, "digits")
     image_classification.train(recipe, run)
     return run
+
+
+@pytest.fixture(scope="session")
+def trained_text_run(tmp_path_factory):
+    """MiniLM fine-tuned on the toy sentiment set, shared by the text export and serving tests."""
+    from nnrecipe.tasks import text_classification
+    from tests.test_text_classification import text_recipe
+
+    recipe = text_recipe(tmp_path_factory.mktemp("text"))
+    run = create_run(recipe, "text")
+    text_classification.train(recipe, run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def trained_ner_run(tmp_path_factory):
+    """MiniLM fine-tuned on the toy NER set, shared by the NER export and serving tests."""
+    from nnrecipe.tasks import token_classification
+    from tests.test_token_classification import ner_recipe
+
+    recipe = ner_recipe(tmp_path_factory.mktemp("ner"))
+    run = create_run(recipe, "ner")
+    token_classification.train(recipe, run)
+    return run

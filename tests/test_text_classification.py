@@ -10,6 +10,7 @@ import torch
 
 from nnrecipe.data.text import TextLoader, label_names, read_text_file
 from nnrecipe.errors import UserError
+from nnrecipe.models.hf import build
 from nnrecipe.recipe import validate_recipe
 from nnrecipe.runs import create_run
 from nnrecipe.tasks import text_classification as task
@@ -57,13 +58,13 @@ def test_full_fine_tuning_learns_a_separable_set_and_reports(tmp_path):
 def test_lora_trains_only_the_adapters_and_the_head(tmp_path):
     recipe = text_recipe(tmp_path, "model.finetune=lora", "optim.lr=1e-3", "train.epochs=1")
     run = create_run(recipe, "lora")
-    model, _ = task.build("minilm", ["neg", "pos"], "lora", {"r": 8, "alpha": 16, "dropout": 0.1})
+    model, _ = build("minilm", ["neg", "pos"], "lora", {"r": 8, "alpha": 16, "dropout": 0.1})
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
     task.train(recipe, run)
     trained, _, meta = task.inference_model(run)
     assert meta["trainable_parameters"] < 0.05 * meta["total_parameters"]
-    base, _ = task.build("minilm", ["neg", "pos"], "lora", {"r": 8, "alpha": 16, "dropout": 0.1})
+    base, _ = build("minilm", ["neg", "pos"], "lora", {"r": 8, "alpha": 16, "dropout": 0.1})
     frozen = dict(base.named_parameters())
     for name, p in trained.named_parameters():
         if "lora_" not in name and "classifier" not in name:

@@ -88,7 +88,7 @@ def predict(
     to: Optional[Path] = typer.Option(None, "--out", help="Write one JSON object per input to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per input."),
 ) -> None:
-    """Predict with a run's best weights: label and probabilities per input."""
+    """Predict with a run's best weights: label and probabilities per input (NER: entities with character offsets)."""
     from nnrecipe.runs import open_run
     from nnrecipe.tasks import task_module
 
@@ -110,6 +110,9 @@ def predict(
     for row in rows:
         if as_json:
             out.print(json.dumps(row), soft_wrap=True)
+        elif to is None and "entities" in row:
+            found = "  ".join(f"[{e['text']}]{e['type']}@{e['start']}-{e['end']}" for e in row["entities"]) or "(no entities)"
+            out.print(f"{row['text']}: {found}", markup=False, soft_wrap=True)
         elif to is None:
             scores = row.get("top") or row.get("probabilities")
             top = "  ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items(), key=lambda kv: -kv[1])[:3])
@@ -128,6 +131,21 @@ def export(
     from nnrecipe.runs import open_run
 
     export_run(open_run(run_dir), format, out, quantize)
+
+
+@app.command()
+def merge(
+    run_dir: Path = typer.Argument(..., help="A trained text or NER run."),
+    out: Optional[Path] = typer.Option(None, help="Model folder to write (default runs/<run>/merged)."),
+) -> None:
+    """Fold LoRA/AdaLoRA/IA3 weights into the base model and save a plain Hugging Face model folder
+    (loads with transformers alone); checks that it gives the same logits as the run."""
+    from nnrecipe.deploy.merge import merge_run
+    from nnrecipe.runs import open_run
+
+    path, diff = merge_run(open_run(run_dir), out)
+    err.print(f"merged model: {path} (max |logit difference| vs the run: {diff:.2e}); load it with "
+              "AutoModelFor...Classification.from_pretrained")
 
 
 @app.command()
@@ -156,6 +174,7 @@ def serve(
     max_body_mb: float = typer.Option(10.0, help="Largest request body in MB (413 above)."),
     max_batch: int = typer.Option(64, min=1, help="Most inputs in one request (422 above)."),
     batch_wait_ms: float = typer.Option(5.0, min=0, help="Micro-batching: how long a request waits for others."),
+    max_text_chars: int = typer.Option(10_000, min=1, help="Text and NER runs: longest text in characters (422 above)."),
 ) -> None:
     """Serve a run over HTTP: /v1/predict, /v1/model, /healthz, /readyz, /metrics."""
     import dataclasses
@@ -169,7 +188,7 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = ServeConfig(run_dir=run_dir, api_keys=read_api_keys(api_key_file), insecure_no_auth=insecure_no_auth, onnx=onnx,
                       max_body_bytes=int(max_body_mb * 1024 * 1024), max_batch=max_batch, batch_max=max(max_batch, 64),
-                      batch_wait_ms=batch_wait_ms)
+                      batch_wait_ms=batch_wait_ms, max_text_chars=max_text_chars)
     app_ = create_app(cfg)  # fails here, with one line, on a bad run, key or model
     if workers == 1:
         uvicorn.run(app_, host=host, port=port, timeout_graceful_shutdown=10)

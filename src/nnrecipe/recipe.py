@@ -107,6 +107,23 @@ class Recipe(_Section):
         return self
 
 
+TRANSFORMER_DEFAULTS = {"optim": {"name": "adamw", "lr": 5e-5, "weight_decay": 0.01},
+                        "schedule": {"name": "linear", "warmup_epochs": 0.1},
+                        "train": {"epochs": 3, "batch_size": 32, "eval_batch_size": 128, "clip_grad_norm": 1.0}}
+
+
+def _merge_defaults(raw: Any, defaults: dict[str, dict[str, Any]]) -> Any:
+    """A task's own defaults for the shared sections, kept for every field the recipe does not set
+    (so `train: {epochs: 1}` still clips at 1.0 for a transformer)."""
+    if isinstance(raw, dict):
+        raw = dict(raw)
+        for section, values in defaults.items():
+            given = raw.get(section)
+            if given is None or isinstance(given, dict):
+                raw[section] = {**values, **(given or {})}
+    return raw
+
+
 class TextData(_Section):
     """Text classification files: CSV/TSV (with a header) or JSONL, one example per row."""
 
@@ -125,13 +142,20 @@ class TextData(_Section):
 
 
 class TextModel(_Section):
-    """A pretrained Hugging Face encoder with a classification head."""
+    """A pretrained Hugging Face encoder with a task head, fine-tuned fully or parameter-efficiently (peft)."""
 
     name: str = Field("minilm", description="minilm (the packaged all-MiniLM-L6-v2), a local model folder, or a hub id (online only).")
-    finetune: Literal["full", "frozen", "lora"] = Field("full", description="full; frozen (linear probe on a frozen encoder); lora (peft).")
-    lora_r: int = Field(8, gt=0, description="LoRA rank.")
+    finetune: Literal["full", "frozen", "lora", "adalora", "prefix", "ia3"] = Field(
+        "full", description="full; frozen (linear probe on a frozen encoder); lora, adalora, prefix (prefix tuning), ia3: peft methods.")
+    lora_r: int = Field(8, gt=0, description="LoRA rank (AdaLoRA: the target average rank).")
     lora_alpha: int = Field(16, gt=0, description="LoRA scaling numerator.")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout.")
+    lora_targets: list[str] = Field(["query", "value"], description="Modules LoRA/AdaLoRA adapt (names inside the encoder).")
+    prefix_tokens: int = Field(16, gt=0, description="Prefix tuning: virtual tokens prepended to every layer's keys and values.")
+
+    def peft_options(self) -> dict:
+        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout, "targets": self.lora_targets,
+                "prefix_tokens": self.prefix_tokens}
 
 
 class TextRecipe(_Section):
@@ -141,10 +165,54 @@ class TextRecipe(_Section):
     description: str = Field("", description="One line shown by `nnrecipe recipes`.")
     data: TextData = Field(default_factory=TextData)
     model: TextModel = Field(default_factory=TextModel)
-    optim: Optim = Field(default_factory=lambda: Optim(name="adamw", lr=5e-5, weight_decay=0.01))
-    schedule: Schedule = Field(default_factory=lambda: Schedule(name="linear", warmup_epochs=0.1))
-    train: Train = Field(default_factory=lambda: Train(epochs=3, batch_size=32, eval_batch_size=128, clip_grad_norm=1.0))
+    optim: Optim = Field(default_factory=lambda: Optim(**TRANSFORMER_DEFAULTS["optim"]))
+    schedule: Schedule = Field(default_factory=lambda: Schedule(**TRANSFORMER_DEFAULTS["schedule"]))
+    train: Train = Field(default_factory=lambda: Train(**TRANSFORMER_DEFAULTS["train"]))
     track: Track = Field(default_factory=Track)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, raw: Any) -> Any:
+        return _merge_defaults(raw, TRANSFORMER_DEFAULTS)
+
+
+NER_DEFAULTS = TRANSFORMER_DEFAULTS | {"train": TRANSFORMER_DEFAULTS["train"] | {"monitor": "val_f1"}}
+
+
+class TokenData(_Section):
+    """NER files: CoNLL columns (word ... tag, blank line between sentences) or JSONL (tokens, tags); IOB1 becomes IOB2."""
+
+    train: Path = Field(Path("data/conll2003/train.txt"), description="Training file.")
+    val: Path | None = Field(None, description="Validation file; null = hold back val_fraction of train.")
+    test: Path | None = Field(None, description="Test file; null = report on validation.")
+    format: Literal["auto", "conll", "jsonl"] = Field("auto", description="auto: .jsonl/.json are JSONL, anything else CoNLL columns.")
+    token_column: int = Field(0, description="CoNLL: column of the word (0 = first).")
+    tag_column: int = Field(-1, description="CoNLL: column of the tag (-1 = last).")
+    tokens_key: str = Field("tokens", description="JSONL: key of the word list.")
+    tags_key: str = Field("tags", description="JSONL: key of the tag list.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Held back from train when data.val is null.")
+    split_seed: int = Field(0, description="Seed of that split.")
+    limit: int | None = Field(None, gt=0, description="Use only the first N training sentences.")
+    max_length: int = Field(128, gt=1, description="Truncate to this many sub-tokens; words beyond it are predicted O.")
+    group_by_length: bool = Field(True, description="Batch similar lengths together (less padding, same randomness).")
+
+
+class TokenRecipe(_Section):
+    """Token classification (NER) by fine-tuning a pretrained transformer."""
+
+    task: Literal["token_classification"] = Field("token_classification", description="The task family.")
+    description: str = Field("", description="One line shown by `nnrecipe recipes`.")
+    data: TokenData = Field(default_factory=TokenData)
+    model: TextModel = Field(default_factory=TextModel)
+    optim: Optim = Field(default_factory=lambda: Optim(**TRANSFORMER_DEFAULTS["optim"]))
+    schedule: Schedule = Field(default_factory=lambda: Schedule(**TRANSFORMER_DEFAULTS["schedule"]))
+    train: Train = Field(default_factory=lambda: Train(**NER_DEFAULTS["train"]))
+    track: Track = Field(default_factory=Track)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, raw: Any) -> Any:
+        return _merge_defaults(raw, NER_DEFAULTS)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -175,7 +243,8 @@ def recipe_classes() -> dict[str, type[BaseModel]]:
     """The recipe model of each task family, keyed by the value of `task:`."""
     from nnrecipe.rl.config import RLRecipe
 
-    return {"image_classification": Recipe, "text_classification": TextRecipe, "rl": RLRecipe}
+    return {"image_classification": Recipe, "text_classification": TextRecipe, "token_classification": TokenRecipe,
+            "rl": RLRecipe}
 
 
 def validate_recipe(raw: dict[str, Any]) -> Any:

@@ -61,43 +61,46 @@ def label_names(labels: list[str]) -> list[str]:
 
 class TextLoader:
     """Batches of token ids, padded per batch. With group_by_length, examples are sorted by length within
-    shuffled chunks of 50 batches and the batches are shuffled again: little padding, still random."""
+    shuffled chunks of 50 batches and the batches are shuffled again: little padding, still random.
+    Labels are one id per example (classification) or one per token (NER, padded with -100)."""
 
-    def __init__(self, encodings: list[list[int]], labels: list[int], batch_size: int, pad_id: int, *,
+    def __init__(self, encodings: list[list[int]], labels: list[int] | list[list[int]], batch_size: int, pad_id: int, *,
                  device="cpu", shuffle=False, seed=0, group_by_length=False, type_ids: list[list[int]] | None = None):
-        self.enc, self.labels, self.type_ids = encodings, labels, type_ids
+        # One tensor per example, made once: a batch is then a single pad_sequence call.
+        self.enc = [torch.tensor(e, dtype=torch.long) for e in encodings]
+        self.lengths = [len(e) for e in encodings]
+        self.per_token = bool(labels) and isinstance(labels[0], (list, tuple))
+        self.labels = [torch.tensor(l, dtype=torch.long) for l in labels] if self.per_token else torch.tensor(labels, dtype=torch.long)
+        self.type_ids = [torch.tensor(t, dtype=torch.long) for t in type_ids] if type_ids is not None else None
         self.batch_size, self.pad_id, self.device = batch_size, pad_id, torch.device(device)
         self.shuffle, self.seed, self.group = shuffle, seed, group_by_length
 
     def __len__(self) -> int:
-        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
 
     def _order(self, epoch: int) -> list[list[int]]:
-        n, bs = len(self.labels), self.batch_size
+        n, bs = len(self.lengths), self.batch_size
         if not self.shuffle:
             return [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
         g = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
         order = torch.randperm(n, generator=g).tolist()
         if self.group:
             chunk = bs * 50
-            order = [i for c in range(0, n, chunk) for i in sorted(order[c:c + chunk], key=lambda i: len(self.enc[i]))]
+            order = [i for c in range(0, n, chunk) for i in sorted(order[c:c + chunk], key=self.lengths.__getitem__)]
         batches = [order[i:i + bs] for i in range(0, n, bs)]
         if self.group:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         return batches
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        pad = torch.nn.utils.rnn.pad_sequence
         for idx in self._order(epoch)[start:]:
-            width = max(len(self.enc[i]) for i in idx)
-            ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, : len(self.enc[i])] = torch.tensor(self.enc[i])
-                mask[row, : len(self.enc[i])] = 1
-            batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([self.labels[i] for i in idx])}
+            ids = pad([self.enc[i] for i in idx], batch_first=True, padding_value=self.pad_id)
+            lengths = torch.tensor([self.lengths[i] for i in idx])
+            mask = (torch.arange(ids.shape[1]) < lengths[:, None]).long()
+            labels = (pad([self.labels[i] for i in idx], batch_first=True, padding_value=-100) if self.per_token
+                      else self.labels[idx])
+            batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
             if self.type_ids is not None:
-                types = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    types[row, : len(self.type_ids[i])] = torch.tensor(self.type_ids[i])
-                batch["token_type_ids"] = types
-            yield {k: v.to(self.device) for k, v in batch.items()}
+                batch["token_type_ids"] = pad([self.type_ids[i] for i in idx], batch_first=True, padding_value=0)
+            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}

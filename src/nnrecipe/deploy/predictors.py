@@ -12,16 +12,44 @@ import hashlib
 import io
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field
 
 from nnrecipe.data.augment import Normalizer
 from nnrecipe.data.images import conform
 from nnrecipe.errors import UserError
 from nnrecipe.runs import Run
+
+
+class Prediction(BaseModel):
+    label: str
+    confidence: float
+    top: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+class Entity(BaseModel):
+    text: str
+    type: str
+    start: int = Field(description="Character offset of the first character in the input text.")
+    end: int = Field(description="Character offset just past the last character.")
+
+
+class TaggedText(BaseModel):
+    text: str
+    entities: list[Entity]
+
+
+class EntityResponse(BaseModel):
+    predictions: list[TaggedText]
 
 
 class InputError(ValueError):
@@ -100,7 +128,101 @@ class ImagePredictor:
         }
 
 
-PREDICTORS = {"image_classification": ImagePredictor}
+def _ort_session(onnx_path: Path):
+    import onnxruntime as ort
+
+    if not Path(onnx_path).is_file():
+        raise UserError(f"--onnx: file not found: {onnx_path}")
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see ImagePredictor
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+class _OrtTransformer(torch.nn.Module):
+    """An exported text model behind the interface of a Hugging Face one: model(**batch).logits."""
+
+    def __init__(self, session):
+        super().__init__()
+        self.session = session
+        self.names = {i.name for i in session.get_inputs()}
+
+    def forward(self, **batch: torch.Tensor):
+        feeds = {k: v.cpu().numpy() for k, v in batch.items() if k in self.names}
+        if "token_type_ids" in self.names and "token_type_ids" not in feeds:
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        return SimpleNamespace(logits=torch.from_numpy(self.session.run(None, feeds)[0]))
+
+
+class TextPredictor:
+    """Text classification: inputs are texts (JSON strings, or UTF-8 files in a multipart upload)."""
+
+    task = "text_classification"
+
+    def __init__(self, run: Run, onnx_path: Path | None = None, top_k: int = 3):
+        from nnrecipe.tasks import task_module
+
+        self.run, self.top_k, self.onnx_path = run, top_k, onnx_path
+        self.module = task_module(self.task)
+        model, self.tokenizer, self.meta = self.module.inference_model(run)
+        self.model = _OrtTransformer(_ort_session(onnx_path)) if onnx_path is not None else model
+        self.labels = self.meta["labels"]
+
+    def decode(self, data: bytes, index: int) -> str:
+        try:
+            return self.decode_text(data.decode("utf-8"), index)
+        except UnicodeDecodeError:
+            raise InputError(f"inputs[{index}]: not UTF-8 text") from None
+
+    def decode_text(self, item: str, index: int) -> str:
+        if not item.strip():
+            raise InputError(f"inputs[{index}]: empty text")
+        return item
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        from nnrecipe.data.text import TextLoader
+
+        enc = self.tokenizer(texts, truncation=True, max_length=self.meta["max_length"])["input_ids"]
+        with torch.no_grad():
+            probs, _ = self.module.predict_probs(self.model, TextLoader(enc, [0] * len(texts), 64, self.tokenizer.pad_token_id))
+        out = []
+        for p in probs:
+            top = p.topk(min(self.top_k, len(self.labels)))
+            out.append({"label": self.labels[int(top.indices[0])], "confidence": float(top.values[0]),
+                        "top": {self.labels[int(i)]: float(v) for v, i in zip(top.values, top.indices)}})
+        return out
+
+    def card(self) -> dict[str, Any]:
+        report = json.loads((self.run.dir / "report.json").read_text()) if (self.run.dir / "report.json").is_file() else {}
+        keep = ("accuracy", "examples", "f1", "precision", "recall", "token_accuracy", "sentences")
+        return {
+            "task": self.task, "labels": self.labels, "model": self.meta["model"], "finetune": self.meta["finetune"],
+            "backend": "onnxruntime" if self.onnx_path else "pytorch",
+            "input": {"kind": "text", "json": "strings in 'inputs'", "multipart": "UTF-8 text files",
+                      "max_tokens": self.meta["max_length"], "longer": "truncated"},
+            "metrics": {k: {m: v[m] for m in keep if m in v} for k, v in report.items()},
+            "source_run": str(self.run.dir),
+            "weights_sha256": hashlib.sha256(self.run.best_checkpoint.read_bytes()).hexdigest(),
+        }
+
+
+class NerPredictor(TextPredictor):
+    """NER: each text comes back with its entities and their character offsets."""
+
+    task = "token_classification"
+    response = EntityResponse
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        with torch.no_grad():
+            return self.module.tag_texts(self.model, self.tokenizer, self.labels, self.meta["max_length"], texts)
+
+
+PREDICTORS = {"image_classification": ImagePredictor, "text_classification": TextPredictor,
+              "token_classification": NerPredictor}
+
+
+def response_model(predictor) -> type[BaseModel]:
+    """The OpenAPI response schema of a predictor's task (classes, or entities)."""
+    return getattr(predictor, "response", PredictResponse)
 
 
 def load_predictor(run: Run, onnx_path: Path | None = None):

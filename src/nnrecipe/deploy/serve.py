@@ -1,6 +1,6 @@
 """The HTTP server: FastAPI + uvicorn, API-key auth, input limits, Prometheus metrics, micro-batching.
 
-Endpoints: POST /v1/predict (JSON base64 or multipart files), GET /v1/model (the card), GET /healthz,
+Endpoints: POST /v1/predict (JSON: base64 images or texts; or multipart files), GET /v1/model (the card), GET /healthz,
 GET /readyz (open), GET /metrics (Prometheus). Everything but the health endpoints needs
 `Authorization: Bearer <key>`: 401 without a key, 403 with a wrong one.
 """
@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
-from nnrecipe.deploy.predictors import InputError, load_predictor
+from nnrecipe.deploy.predictors import InputError, load_predictor, response_model
 from nnrecipe.errors import UserError
 from nnrecipe.runs import open_run
 
@@ -41,20 +41,12 @@ class ServeConfig:
     max_batch: int = 64           # inputs per request
     batch_max: int = 64           # inputs per model call (micro-batching across requests)
     batch_wait_ms: float = 5.0    # how long a request waits for others to join its model call
+    max_text_chars: int = 10_000  # text and NER runs: longest text accepted
 
 
 class PredictRequest(BaseModel):
-    inputs: list[str] = Field(..., description="Base64-encoded image files.", min_length=1)
-
-
-class Prediction(BaseModel):
-    label: str
-    confidence: float
-    top: dict[str, float]
-
-
-class PredictResponse(BaseModel):
-    predictions: list[Prediction]
+    inputs: list[str] = Field(..., description="Image runs: base64-encoded image files. Text and NER runs: texts.",
+                              min_length=1)
 
 
 def read_api_keys(key_file: Path | None) -> list[str]:
@@ -186,7 +178,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/predict", dependencies=[Depends(authorize)], response_model=PredictResponse,
+    @app.post("/v1/predict", dependencies=[Depends(authorize)], response_model=response_model(predictor),
               openapi_extra={"requestBody": {"content": {
                   "application/json": {"schema": PredictRequest.model_json_schema()},
                   "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -210,6 +202,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                     raise HTTPException(422, f"expected JSON {{\"inputs\": [base64 image, ...]}}: {str(e).splitlines()[0]}") from None
                 _check_batch(len(payload.inputs), cfg.max_batch)
                 items = [predictor.decode_text(s, i) for i, s in enumerate(payload.inputs)]
+            for i, item in enumerate(items):
+                if isinstance(item, str) and len(item) > cfg.max_text_chars:
+                    raise InputError(f"inputs[{i}]: {len(item)} characters; the limit is {cfg.max_text_chars}")
         except InputError as e:
             raise HTTPException(422, str(e)) from None
         return {"predictions": await batcher.submit(items)}

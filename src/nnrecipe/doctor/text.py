@@ -12,6 +12,7 @@ import torch
 from nnrecipe.data.text import TextSet, label_names
 from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, split_overlap
 from nnrecipe.doctor.subject import Subject
+from nnrecipe.models.hf import build
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.tasks import text_classification as text
@@ -84,8 +85,8 @@ def batch_check(subject: Subject, tokenizer, labels: list[str], out_dir: Path) -
 def prepare(recipe):
     train, val, test = text._splits(recipe)
     labels = label_names(train.labels)
-    lora = {"r": recipe.model.lora_r, "alpha": recipe.model.lora_alpha, "dropout": recipe.model.lora_dropout}
-    _, tokenizer = text.build(recipe.model.name, labels, "full")
+    lora = recipe.model.peft_options()
+    _, tokenizer = build(recipe.model.name, labels, "full")
     return train, val, test, labels, lora, tokenizer
 
 
@@ -95,7 +96,7 @@ def make_subject(recipe, train: TextSet, val: TextSet | None, labels, lora, toke
 
     def make_model():
         seed_everything(seed)
-        return text.build(recipe.model.name, labels, recipe.model.finetune, lora)[0]
+        return build(recipe.model.name, labels, recipe.model.finetune, lora)[0]
 
     loader = text._loader(tokenizer, train, ids, recipe.train.batch_size, d.max_length, "cpu", shuffle=True, seed=seed,
                           group_by_length=d.group_by_length)

@@ -6,7 +6,8 @@ from importlib import import_module
 from types import ModuleType
 
 _TASKS = {"image_classification": "nnrecipe.tasks.image_classification",
-          "text_classification": "nnrecipe.tasks.text_classification", "rl": "nnrecipe.rl.runner"}
+          "text_classification": "nnrecipe.tasks.text_classification",
+          "token_classification": "nnrecipe.tasks.token_classification", "rl": "nnrecipe.rl.runner"}
 
 
 def task_module(name: str) -> ModuleType:

@@ -1,6 +1,10 @@
-"""What every supervised task does around the engine's fit(): record the run's status and curves."""
+"""What every supervised task does around the engine: record the run's status and curves after fit(),
+and pick the data an `evaluate` call asks for."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
 
 from nnrecipe.engine.loop import FitResult, Trainer
 from nnrecipe.engine.tracking import Tracker
@@ -21,3 +25,19 @@ def fit_run(run: Run, trainer: Trainer, tracker: Tracker, resume: bool, plots: b
     if plots and result.status != "interrupted" and result.history:
         plot_curves(result.history, run.plots_dir / "curves.png")
     return result
+
+
+def evaluate_split(run: Run, split: str, data_path: str | None, read: Callable, splits: Callable, report: Callable) -> dict[str, Any]:
+    """`nnrecipe evaluate`: a file given with --data (read with the run's recipe), or one of the recipe's
+    splits; `report(run, recipe, part, split, device, source=...)` scores it and writes the report."""
+    from nnrecipe.engine.loop import make_accelerator
+
+    recipe = run.recipe()
+    device = make_accelerator(recipe.train).device
+    if data_path is not None:
+        return report(run, recipe, read(recipe, Path(data_path)), f"data:{data_path}", device, source=str(data_path))
+    train_set, val_set, test_set = splits(recipe)
+    part = {"train": train_set, "val": val_set, "test": test_set}[split]
+    if part is None:
+        raise UserError(f"--split {split}: this run has no {split} split")
+    return report(run, recipe, part, split, device)

