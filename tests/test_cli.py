@@ -116,7 +116,16 @@ def test_doctor_writes_its_report_and_exits_1_when_a_check_fails(tmp_path):
     assert res.returncode == 1 and "fail  5. Overfit one batch" in res.stderr
 
 
-@pytest.mark.parametrize("recipe", ["sst2-minilm", "sst2-minilm-lora"])
-def test_text_recipes_name_the_missing_data_file(recipe, tmp_path):
+@pytest.mark.parametrize("recipe, path", [("sst2-minilm", "data/sst2/train.tsv"), ("sst2-minilm-lora", "data/sst2/train.tsv"),
+                                          ("conll2003-minilm", "data/conll2003/train.txt")])
+def test_text_recipes_name_the_missing_data_file(recipe, path, tmp_path):
     res = nnrecipe("train", ROOT / "recipes" / f"{recipe}.yaml", "--set", f"track.runs_dir={tmp_path / 'runs'}", cwd=tmp_path)
-    assert res.returncode == 1 and "data file not found: data/sst2/train.tsv" in res.stderr
+    assert res.returncode == 1 and f"data file not found: {path}" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_ner_predict_and_merge_from_the_command_line(trained_ner_run, tmp_path):
+    res = nnrecipe("predict", trained_ner_run.dir, "Yesterday, Li Wei reached Nairobi again.", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "[Li Wei]PER@11-17" in res.stdout and "[Nairobi]LOC@26-33" in res.stdout
+    res = nnrecipe("merge", trained_ner_run.dir, "--out", tmp_path / "merged", cwd=tmp_path)
+    assert res.returncode == 0 and (tmp_path / "merged" / "config.json").is_file(), res.stderr

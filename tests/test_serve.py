@@ -40,7 +40,7 @@ def b64(data: bytes) -> str:
 @pytest.fixture(scope="module")
 def client(run):
     with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY, "other"], max_batch=8,
-                                           max_body_bytes=200_000))) as c:
+                                           max_body_bytes=200_000, precision="fp32"))) as c:
         yield c
 
 
@@ -116,7 +116,7 @@ def test_concurrent_requests_are_batched_and_all_answered(client):
 
 def test_model_card_and_openapi(client):
     card = client.get("/v1/model", headers=AUTH).json()
-    assert card["labels"] == [str(i) for i in range(10)] and card["backend"] == "pytorch"
+    assert card["labels"] == [str(i) for i in range(10)] and card["backend"] == "pytorch (fp32)"
     schema = client.get("/openapi.json").json()
     assert {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
 
@@ -131,3 +131,54 @@ def test_onnx_backend_gives_the_same_predictions(run, client):
     torch_preds = client.post("/v1/predict", headers=AUTH, json=payload).json()["predictions"]
     assert [p["label"] for p in onnx] == [p["label"] for p in torch_preds]
     assert np.allclose([p["confidence"] for p in onnx], [p["confidence"] for p in torch_preds], atol=1e-4)
+
+
+def test_bf16_serving_gives_the_same_labels_and_says_so_in_the_card(run, client):
+    payload = {"inputs": [b64(digit_png(i)) for i in range(1500, 1508)]}
+    with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], precision="bf16"))) as c:
+        r = c.post("/v1/predict", headers=AUTH, json=payload)
+        assert r.status_code == 200, r.text
+        bf16 = r.json()["predictions"]
+        assert c.get("/v1/model", headers=AUTH).json()["backend"] == "pytorch (bf16)"
+    fp32 = client.post("/v1/predict", headers=AUTH, json=payload).json()["predictions"]
+    assert [p["label"] for p in bf16] == [p["label"] for p in fp32]
+    assert np.allclose([p["confidence"] for p in bf16], [p["confidence"] for p in fp32], atol=0.05)
+    with pytest.raises(UserError, match="--precision: must be auto, fp32 or bf16"):
+        create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], precision="int4"))
+
+
+def test_several_worker_processes_serve_and_stop_on_sigterm(run, tmp_path):
+    """`nnrecipe serve --workers 2`: uvicorn's worker processes each build the app from the environment."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "nnrecipe.cli", "serve", str(run.dir), "--port", str(port), "--workers", "2"],
+                            env=os.environ | {"NNRECIPE_API_KEYS": KEY}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, "server did not start"
+            time.sleep(0.2)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=30) as c:
+            answers = [c.post("/v1/predict", json={"inputs": [b64(digit_png(i))]}) for i in range(8)]
+            assert all(r.status_code == 200 for r in answers)
+            assert httpx.get(f"http://127.0.0.1:{port}/v1/model").status_code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert err.count("Started server process") >= 2  # two workers, each with its own model

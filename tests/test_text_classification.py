@@ -91,3 +91,13 @@ def test_bad_files_are_clear_errors(tmp_path):
     with pytest.raises(UserError, match="no column 'sentence'; columns are text, label"):
         read_text_file(p, "auto", "sentence", "label")
     assert label_names(["10", "2", "1"]) == ["1", "2", "10"]
+
+
+def test_multi_process_sharding_gives_each_process_equal_disjoint_batches():
+    rng = random.Random(1)
+    enc = [[1] * rng.randint(2, 40) for _ in range(203)]
+    shards = [TextLoader(enc, list(range(203)), 16, 0, shuffle=True, group_by_length=True, seed=3, rank=r, world_size=2)
+              for r in range(2)]
+    seen = [[int(i) for b in s.batches(epoch=1) for i in b["labels"]] for s in shards]
+    assert len(shards[0]) == len(shards[1]) == 6 and all(len(list(s.batches(1))) == 6 for s in shards)
+    assert not set(seen[0]) & set(seen[1]) and len(seen[0]) + len(seen[1]) >= 203 - 2 * 16

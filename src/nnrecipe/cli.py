@@ -175,6 +175,7 @@ def serve(
     max_batch: int = typer.Option(64, min=1, help="Most inputs in one request (422 above)."),
     batch_wait_ms: float = typer.Option(5.0, min=0, help="Micro-batching: how long a request waits for others."),
     max_text_chars: int = typer.Option(10_000, min=1, help="Text and NER runs: longest text in characters (422 above)."),
+    precision: str = typer.Option("auto", help="Eager PyTorch numerics: auto (bf16 autocast on CPUs with AMX, else fp32), fp32, bf16."),
 ) -> None:
     """Serve a run over HTTP: /v1/predict, /v1/model, /healthz, /readyz, /metrics."""
     import dataclasses
@@ -188,7 +189,7 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = ServeConfig(run_dir=run_dir, api_keys=read_api_keys(api_key_file), insecure_no_auth=insecure_no_auth, onnx=onnx,
                       max_body_bytes=int(max_body_mb * 1024 * 1024), max_batch=max_batch, batch_max=max(max_batch, 64),
-                      batch_wait_ms=batch_wait_ms, max_text_chars=max_text_chars)
+                      batch_wait_ms=batch_wait_ms, max_text_chars=max_text_chars, precision=precision)
     app_ = create_app(cfg)  # fails here, with one line, on a bad run, key or model
     if workers == 1:
         uvicorn.run(app_, host=host, port=port, timeout_graceful_shutdown=10)

@@ -48,13 +48,36 @@ class Run:
         return json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
 
     def update_meta(self, **values: Any) -> None:
+        if not is_main_process():
+            return
         meta = self.meta() | values
         tmp = self.meta_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(meta, indent=2))
         os.replace(tmp, self.meta_path)
 
 
+def is_main_process() -> bool:
+    """Rank 0, or the only process: the one that writes run files (torchrun / accelerate launch set RANK)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def create_run(recipe: Recipe, recipe_name: str) -> Run:
+    """A new run directory. Under torchrun / accelerate launch, rank 0 creates it and every process gets
+    the same path (a timestamped name could differ by a second between processes)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list
+
+        # Joins the process group torchrun describes in the environment (gloo when there is no GPU).
+        state = PartialState(cpu=not torch.cuda.is_available())
+        shared = [str(_create_run_dir(recipe, recipe_name).dir) if state.is_main_process else None]
+        broadcast_object_list(shared)
+        return Run(Path(shared[0]))
+    return _create_run_dir(recipe, recipe_name)
+
+
+def _create_run_dir(recipe: Recipe, recipe_name: str) -> Run:
     name = recipe.track.name or f"{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(recipe.track.runs_dir) / name
     if path.exists() and any(path.iterdir()):

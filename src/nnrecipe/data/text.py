@@ -62,10 +62,12 @@ def label_names(labels: list[str]) -> list[str]:
 class TextLoader:
     """Batches of token ids, padded per batch. With group_by_length, examples are sorted by length within
     shuffled chunks of 50 batches and the batches are shuffled again: little padding, still random.
-    Labels are one id per example (classification) or one per token (NER, padded with -100)."""
+    Labels are one id per example (classification) or one per token (NER, padded with -100). In a
+    multi-process run each process takes every world_size-th batch of the same order (equal counts)."""
 
     def __init__(self, encodings: list[list[int]], labels: list[int] | list[list[int]], batch_size: int, pad_id: int, *,
-                 device="cpu", shuffle=False, seed=0, group_by_length=False, type_ids: list[list[int]] | None = None):
+                 device="cpu", shuffle=False, seed=0, group_by_length=False, type_ids: list[list[int]] | None = None,
+                 rank: int = 0, world_size: int = 1):
         # One tensor per example, made once: a batch is then a single pad_sequence call.
         self.enc = [torch.tensor(e, dtype=torch.long) for e in encodings]
         self.lengths = [len(e) for e in encodings]
@@ -74,9 +76,10 @@ class TextLoader:
         self.type_ids = [torch.tensor(t, dtype=torch.long) for t in type_ids] if type_ids is not None else None
         self.batch_size, self.pad_id, self.device = batch_size, pad_id, torch.device(device)
         self.shuffle, self.seed, self.group = shuffle, seed, group_by_length
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size // self.world_size
 
     def _order(self, epoch: int) -> list[list[int]]:
         n, bs = len(self.lengths), self.batch_size
@@ -90,6 +93,8 @@ class TextLoader:
         batches = [order[i:i + bs] for i in range(0, n, bs)]
         if self.group:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        if self.world_size > 1:
+            batches = batches[: len(self) * self.world_size][self.rank:: self.world_size]
         return batches
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:

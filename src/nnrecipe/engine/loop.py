@@ -103,6 +103,12 @@ def cpu_has_bf16_units() -> bool:
     return bool(check and check())
 
 
+def describe(acc: Accelerator) -> str:
+    """Where a run trains, for its first console line."""
+    text = f"device {acc.device}, precision {acc.mixed_precision}"
+    return text + (f", {acc.num_processes} processes (DDP)" if acc.num_processes > 1 else "")
+
+
 def make_accelerator(cfg: Train) -> Accelerator:
     """Pick the device at run time and the precision it supports; refuse what it cannot do, clearly."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -120,7 +126,10 @@ def make_accelerator(cfg: Train) -> Accelerator:
     # Accelerate keeps one precision per process; a process may train several models (benches, tests,
     # the doctor), so forget the previous choice. The distributed state (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(cpu=cfg.device == "cpu", mixed_precision={"fp32": "no"}.get(precision, precision))
+    # cpu=True whenever training runs on the CPU: Accelerate only sets up multi-process CPU training
+    # (DDP over gloo, under torchrun) when told so.
+    on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not cuda and not torch.backends.mps.is_available())
+    return Accelerator(cpu=on_cpu, mixed_precision={"fp32": "no"}.get(precision, precision))
 
 
 def monitor_mode(metric: str, mode: str = "auto") -> str:
@@ -234,6 +243,9 @@ class Trainer:
                 return
         if bar is not None:
             bar[0].stop()
+        if self.acc.num_processes > 1:  # the epoch's loss and throughput over all processes
+            totals = self.acc.reduce(torch.stack([loss_sum, torch.tensor(float(examples), device=loss_sum.device)]), "sum")
+            loss_sum, examples = totals[0], int(totals[1].item())
         s.epoch_loss_sum, s.epoch_examples = loss_sum.item(), examples
         s.epoch_seconds = time.perf_counter() - started
 

@@ -11,11 +11,19 @@ from nnrecipe.errors import UserError
 
 
 class Tracker:
+    """Writes from the main process only; other processes of a multi-process run keep their rows in memory."""
+
     def __init__(self, run_dir: Path, tensorboard: bool = True, wandb: bool = False, config: dict | None = None):
+        from nnrecipe.runs import is_main_process
+
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         self._wandb = None
+        self._main = is_main_process()
+        self._rows: list[dict[str, Any]] = []
+        if not self._main:
+            return
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -29,12 +37,16 @@ class Tracker:
             self._wandb = _wandb.init(project="nnrecipe", name=Path(run_dir).name, dir=str(run_dir), config=config or {})
 
     def history(self) -> list[dict[str, Any]]:
-        return read_metrics(self.path)
+        return read_metrics(self.path) if self._main else list(self._rows)
 
     def keep_epochs_before(self, epoch: int) -> None:
         """On resume: drop rows the last checkpoint does not cover (written after it, before a crash)."""
-        rows = [r for r in self.history() if r.get("epoch", 0) <= epoch]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        rows = [r for r in read_metrics(self.path) if r.get("epoch", 0) <= epoch]
+        self._rows = rows
+        if self._main:  # atomically: other processes of a multi-process run read it at the same moment
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, self.path)
 
     def log_step(self, step: int, values: dict[str, float]) -> None:
         if self._tb:
@@ -43,6 +55,9 @@ class Tracker:
 
     def log_epoch(self, row: dict[str, Any], step_key: str = "epoch") -> None:
         """Append a row to metrics.jsonl and log its numbers at x = row[step_key] (epoch, episode, step)."""
+        if not self._main:
+            self._rows.append(row)
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != step_key}

@@ -20,7 +20,7 @@ from nnrecipe.data.images import ImageSet, conform, load_splits, read_image, rea
 from nnrecipe.data.loader import TensorLoader
 from nnrecipe.engine.checkpoint import load_checkpoint, split_prefix
 from nnrecipe.engine.freezing import FreezeBackbone
-from nnrecipe.engine.loop import Callback, Trainer, console, make_accelerator
+from nnrecipe.engine.loop import Callback, Trainer, console, describe, make_accelerator
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.engine.tracking import Tracker
@@ -148,7 +148,7 @@ def train(recipe: Recipe, run: Run, *, resume: bool = False, callbacks: list[Cal
     n_params = sum(p.numel() for p in model.parameters())
     console.print(f"{recipe.model.name}: {n_params:,} parameters; {len(splits.train):,} train / "
                   f"{len(splits.val) if splits.val else 0:,} val / {len(splits.test) if splits.test else 0:,} test images "
-                  f"({spec.channels}x{spec.image_size}x{spec.image_size}); device {acc.device}, precision {acc.mixed_precision}", soft_wrap=True)
+                  f"({spec.channels}x{spec.image_size}x{spec.image_size}); {describe(acc)}", soft_wrap=True)
 
     tracker = Tracker(run.dir, recipe.track.tensorboard, recipe.track.wandb, recipe.model_dump(mode="json"))
     trainer = Trainer(accelerator=acc, model=model, optimizer=optimizer, task=ImageClassifier(recipe.train.label_smoothing),
@@ -160,7 +160,7 @@ def train(recipe: Recipe, run: Run, *, resume: bool = False, callbacks: list[Cal
         return {"status": result.status, "run": str(run.dir)}
     split = "test" if splits.test is not None else "val"
     part = splits.test if splits.test is not None else splits.val
-    summary = _report(run, recipe, spec, part, split, acc.device) if part is not None else {}
+    summary = _report(run, recipe, spec, part, split, acc.device) if part is not None and acc.is_main_process else {}
     return {"status": result.status, "run": str(run.dir), "history": result.history, **summary}
 
 

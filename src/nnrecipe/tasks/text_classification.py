@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnrecipe.data.text import TextLoader, TextSet, label_names, read_text_file
-from nnrecipe.engine.loop import Callback, Trainer, console, make_accelerator
+from nnrecipe.engine.loop import Callback, Trainer, console, describe, make_accelerator
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.engine.tracking import Tracker
@@ -97,14 +97,14 @@ def train(recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] =
     trainable, total = parameter_counts(model)
     console.print(f"{recipe.model.name} ({recipe.model.finetune}): {trainable:,} trainable of {total:,} parameters "
                   f"({trainable / total:.2%}); {len(train_set.labels):,} train / {len(val_set.labels) if val_set else 0:,} val "
-                  f"examples, {len(labels)} labels; device {acc.device}", soft_wrap=True)
+                  f"examples, {len(labels)} labels; {describe(acc)}", soft_wrap=True)
     run.update_meta(status="running", task="text_classification",
                     text={"labels": labels, "model": recipe.model.name, "finetune": recipe.model.finetune, "peft": opts,
                           "max_length": recipe.data.max_length, "trainable_parameters": trainable, "total_parameters": total})
     label_ids = {l: i for i, l in enumerate(labels)}
     d = recipe.data
     train_loader = _loader(tokenizer, train_set, label_ids, t.batch_size, d.max_length, acc.device, shuffle=True,
-                           seed=t.seed, group_by_length=d.group_by_length)
+                           seed=t.seed, group_by_length=d.group_by_length, rank=acc.process_index, world_size=acc.num_processes)
     val_loader = _loader(tokenizer, val_set, label_ids, t.eval_batch_size, d.max_length, acc.device) if val_set else None
     if recipe.model.finetune == "adalora":
         callbacks = [*callbacks, AdaLoraSchedule(model)]
@@ -116,10 +116,10 @@ def train(recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] =
     result = fit_run(run, trainer, tracker, resume, recipe.track.plots)
     if result.status == "interrupted":
         return {"status": result.status, "run": str(run.dir)}
-    best, _, _ = inference_model(run)
-    save_adapter(best, recipe.model.finetune, run.dir / "adapter")
+    if acc.is_main_process:
+        save_adapter(inference_model(run)[0], recipe.model.finetune, run.dir / "adapter")
     split, part = ("test", test_set) if test_set is not None else ("val", val_set)
-    summary = _report(run, recipe, part, split, acc.device) if part is not None else {}
+    summary = _report(run, recipe, part, split, acc.device) if part is not None and acc.is_main_process else {}
     return {"status": result.status, "run": str(run.dir), "history": result.history, **summary}
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from nnrecipe.data.text import TextLoader
 from nnrecipe.data.tokens import Encoded, TokenSet, encode_words, entities, read_token_file, split_words, tag_names
-from nnrecipe.engine.loop import Callback, Trainer, console, make_accelerator
+from nnrecipe.engine.loop import Callback, Trainer, console, describe, make_accelerator
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.engine.tracking import Tracker
@@ -116,12 +116,12 @@ def train(recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] =
     trainable, total = parameter_counts(model)
     console.print(f"{m.name} ({m.finetune}): {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%}); "
                   f"{len(train_set.words):,} train / {len(val_set.words) if val_set else 0:,} val sentences, "
-                  f"{(len(tags) - 1) // 2} entity types; device {acc.device}", soft_wrap=True)
+                  f"{(len(tags) - 1) // 2} entity types; {describe(acc)}", soft_wrap=True)
     run.update_meta(status="running", task="token_classification",
                     text={"labels": tags, "model": m.name, "finetune": m.finetune, "peft": opts, "max_length": d.max_length,
                           "trainable_parameters": trainable, "total_parameters": total})
     train_loader = _loader(tokenizer, train_set, tags, t.batch_size, d.max_length, acc.device, shuffle=True, seed=t.seed,
-                           group_by_length=d.group_by_length)
+                           group_by_length=d.group_by_length, rank=acc.process_index, world_size=acc.num_processes)
     val_loader = _loader(tokenizer, val_set, tags, t.eval_batch_size, d.max_length, acc.device) if val_set else None
     if m.finetune == "adalora":
         callbacks = [*callbacks, AdaLoraSchedule(model)]
@@ -133,10 +133,10 @@ def train(recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] =
     result = fit_run(run, trainer, tracker, resume, recipe.track.plots)
     if result.status == "interrupted":
         return {"status": result.status, "run": str(run.dir)}
-    best, _, _ = inference_model(run)
-    save_adapter(best, m.finetune, run.dir / "adapter")
+    if acc.is_main_process:
+        save_adapter(inference_model(run)[0], m.finetune, run.dir / "adapter")
     split, part = ("test", test_set) if test_set is not None else ("val", val_set)
-    summary = _report(run, recipe, part, split, acc.device) if part is not None else {}
+    summary = _report(run, recipe, part, split, acc.device) if part is not None and acc.is_main_process else {}
     return {"status": result.status, "run": str(run.dir), "history": result.history, **summary}
 
 
