@@ -183,3 +183,14 @@ def test_prefix_runs_cannot_be_merged_and_say_why():
 
     with pytest.raises(UserError, match="prefix tuning"):
         merged(torch.nn.Linear(1, 1), "prefix")
+
+
+def test_unreachable_models_are_one_line_errors_at_once(monkeypatch, tmp_path):
+    import nnrecipe.models.hf as hf
+
+    monkeypatch.setattr(hf, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(UserError, match="'someone/no-such-model' is not a local model folder and the Hugging Face hub "
+                                        "is not reachable"):
+        build("someone/no-such-model", ["O"], "full")
+    with pytest.raises(UserError, match="no such model folder: .*missing-model"):
+        build(str(tmp_path / "missing-model"), ["O"], "full")

@@ -24,6 +24,32 @@ def model_path(name: str) -> str:
     return name
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve(name: str) -> str:
+    """A loadable model location, or a one-line error now (rather than after the hub client's retries,
+    about 50 s offline): a local folder, a hub id already in the local cache, or a hub id when online."""
+    path = model_path(name)
+    if Path(path).exists():
+        return path
+    if path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise UserError(f"model.name: no such model folder: {name}")
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(path, "config.json"), str) or _hub_reachable():
+        return path
+    raise UserError(f"model.name: {name!r} is not a local model folder and the Hugging Face hub is not reachable from "
+                    "here (offline?); download it where there is a network and set model.name to its folder")
+
+
 def _peft_config(finetune: str, head: str, opts: dict[str, Any]):
     import peft
 
@@ -53,7 +79,7 @@ def build(name: str, labels: list[str], finetune: str, opts: dict[str, Any] | No
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    path = model_path(name)
+    path = resolve(name)
     auto = AutoModelForSequenceClassification if head == "sequence" else AutoModelForTokenClassification
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
