@@ -47,3 +47,16 @@ def test_a_mismatching_export_is_refused_and_leaves_no_artefact(trained_run, tmp
     with pytest.raises(export.ExportMismatch, match="differ from PyTorch by up to 0.01"):
         export.export_run(trained_run, "onnx", out=tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_tasks_without_a_predictor_are_refused_in_one_line(tmp_path):
+    from nnrecipe.deploy.predictors import load_predictor
+    from nnrecipe.errors import UserError
+    from nnrecipe.runs import Run
+
+    run = Run(tmp_path)
+    run.update_meta(task="rl")
+    with pytest.raises(UserError, match="export supports image_classification, text_classification, token_classification runs"):
+        export.export_run(run, "onnx")
+    with pytest.raises(UserError, match="serving supports .* runs \\(this one: rl\\)"):
+        load_predictor(run)

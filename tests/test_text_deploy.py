@@ -19,7 +19,7 @@ def test_text_onnx_export_has_dynamic_batch_and_sequence_and_matches_pytorch(tra
     card = export.export_run(trained_text_run, "onnx")
     assert card["checks"]["max_abs_diff"] <= export.ATOL and card["checks"]["validation_examples"] == 24
     assert card["labels"] == ["neg", "pos"] and card["input"]["input_ids"]["shape"] == ["batch", "sequence"]
-    subject = export._text_subject(trained_text_run)
+    subject = export.text_subject(trained_text_run)
     batch = subject.batches[0]
     path = trained_text_run.dir / "export" / "model.onnx"
     for rows, width in ((1, 4), (5, batch["input_ids"].shape[1])):

@@ -59,7 +59,7 @@ def validation_inputs(run: Run, limit: int = 512) -> tuple[torch.Tensor, torch.T
     return torch.cat(xs), torch.cat(ys)
 
 
-def _image_subject(run: Run) -> ExportSubject:
+def image_subject(run: Run) -> ExportSubject:
     spec = image._spec(run)
     x, y = validation_inputs(run)
     card = {"task": "image_classification", "labels": spec.classes, "model": spec.model,
@@ -82,7 +82,7 @@ class _LogitsOnly(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
 
-def _text_subject(run: Run, limit: int = 512) -> ExportSubject:
+def text_subject(run: Run, limit: int = 512) -> ExportSubject:
     from nnrecipe.tasks import task_module
 
     task = run.meta()["task"]
@@ -119,10 +119,6 @@ def _text_subject(run: Run, limit: int = 512) -> ExportSubject:
             "output": {"name": "logits", "shape": output, "softmax": "apply for probabilities"}}
     return ExportSubject(_LogitsOnly(model).eval(), batches, targets, names,
                          {n: {0: "batch", 1: "sequence"} for n in names}, card)
-
-
-SUBJECTS = {"image_classification": _image_subject, "text_classification": _text_subject,
-            "token_classification": _text_subject}
 
 
 def check_parity(reference: np.ndarray, candidate: np.ndarray, what: str, atol: float = ATOL) -> float:
@@ -163,14 +159,16 @@ def _latency_ms(fn, x: np.ndarray | torch.Tensor, repeats: int = 20) -> float:
 
 def export_run(run: Run, fmt: str = "onnx", out: Path | None = None, quantize: str | None = None) -> dict[str, Any]:
     """Write the artefact and its card (<artefact>.card.json / .card.md); returns the card."""
+    from nnrecipe.deploy.predictors import PREDICTORS  # the one place where a task registers for deployment
+
     task = run.meta().get("task")
-    if task not in SUBJECTS:
-        raise UserError(f"{run.dir}: export supports {', '.join(SUBJECTS)} runs (this one: {task})")
+    if task not in PREDICTORS:
+        raise UserError(f"{run.dir}: export supports {', '.join(PREDICTORS)} runs (this one: {task})")
     if fmt not in ("onnx", "torchscript"):
         raise UserError(f"--format: must be onnx or torchscript (got {fmt!r})")
     if quantize not in (None, "int8") or (quantize and fmt != "onnx"):
         raise UserError("--quantize: only int8, and only with --format onnx")
-    subject = SUBJECTS[task](run)
+    subject = PREDICTORS[task].export_subject(run)
     with torch.no_grad():
         reference = [subject.model(*subject.args(b)).numpy() for b in subject.batches]
     suffix = {"onnx": ".int8.onnx" if quantize else ".onnx", "torchscript": ".pt"}[fmt]

@@ -1,7 +1,8 @@
-"""What the server runs per task: decode one input, predict a batch, describe the model.
+"""What deployment needs per task: decode one input, predict a batch, describe the model, and the
+model + validation batches that `nnrecipe export` checks (export_subject).
 
-A new task family adds itself here, in PREDICTORS, and the server, its limits and its metrics work
-for it unchanged.
+A new task family adds itself here, in PREDICTORS, and export, the server, its limits and its metrics
+work for it unchanged.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ class InputError(ValueError):
 
 class ImagePredictor:
     task = "image_classification"
+
+    @staticmethod
+    def export_subject(run: Run):
+        from nnrecipe.deploy.export import image_subject
+
+        return image_subject(run)
 
     def __init__(self, run: Run, onnx_path: Path | None = None, top_k: int = 3, precision: str = "fp32"):
         from nnrecipe.tasks import image_classification as image
@@ -158,6 +165,12 @@ class TextPredictor:
     """Text classification: inputs are texts (JSON strings, or UTF-8 files in a multipart upload)."""
 
     task = "text_classification"
+
+    @staticmethod
+    def export_subject(run: Run):
+        from nnrecipe.deploy.export import text_subject
+
+        return text_subject(run)
 
     def __init__(self, run: Run, onnx_path: Path | None = None, top_k: int = 3, precision: str = "fp32"):
         from nnrecipe.tasks import task_module
