@@ -210,11 +210,11 @@ def test_a_monitor_metric_that_is_not_logged_is_named(tmp_path):
         trainer.fit()
 
 
-def test_auto_precision_is_bf16_exactly_where_the_cpu_multiplies_bf16_natively(monkeypatch):
+def test_auto_precision_is_bf16_on_cpu_only_for_matmul_heavy_tasks_with_native_bf16(monkeypatch):
     import nnrecipe.engine.loop as loop
 
     monkeypatch.setattr(loop.torch.cuda, "is_available", lambda: False)
-    for amx, expected in ((True, "bf16"), (False, "no")):
+    for amx, heavy, expected in ((True, True, "bf16"), (False, True, "no"), (True, False, "no")):
         monkeypatch.setattr(loop, "cpu_has_bf16_units", lambda amx=amx: amx)
-        assert loop.make_accelerator(Train(precision="auto")).mixed_precision == expected
-    assert loop.make_accelerator(Train(precision="fp32")).mixed_precision == "no"
+        assert loop.make_accelerator(Train(precision="auto"), cpu_bf16=heavy).mixed_precision == expected
+    assert loop.make_accelerator(Train(precision="fp32"), cpu_bf16=True).mixed_precision == "no"

@@ -59,7 +59,7 @@ class Train(Section):
     clip_grad_norm: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value.")
     clip_grad_value: float | None = Field(None, gt=0, description="Clip each gradient element to [-v, v].")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 autocast on CUDA devices that support it and on CPUs with AMX bf16 units, fp32 elsewhere.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 autocast on CUDA devices that support it, and for transformer tasks on CPUs with AMX bf16 units; fp32 elsewhere.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when present, else CPU.")
     seed: int = Field(0, description="Seeds Python, NumPy, torch, data order and augmentation.")
     ema: bool = Field(False, description="Keep an exponential moving average of the weights and evaluate/save it.")

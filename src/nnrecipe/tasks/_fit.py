@@ -33,7 +33,7 @@ def evaluate_split(run: Run, split: str, data_path: str | None, read: Callable, 
     from nnrecipe.engine.loop import make_accelerator
 
     recipe = run.recipe()
-    device = make_accelerator(recipe.train).device
+    device = make_accelerator(recipe.train, cpu_bf16=True).device
     if data_path is not None:
         return report(run, recipe, read(recipe, Path(data_path)), f"data:{data_path}", device, source=str(data_path))
     train_set, val_set, test_set = splits(recipe)

@@ -88,7 +88,7 @@ def _splits(recipe) -> tuple[TextSet, TextSet | None, TextSet | None]:
 
 def train(recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] = (), progress: bool | None = None) -> dict[str, Any]:
     seed_everything(recipe.train.seed)
-    acc = make_accelerator(recipe.train)
+    acc = make_accelerator(recipe.train, cpu_bf16=True)
     train_set, val_set, test_set = _splits(recipe)
     labels = label_names(train_set.labels)
     t = recipe.train

@@ -106,7 +106,7 @@ def _loader(tokenizer, part: TokenSet, tags: list[str], bs: int, max_length: int
 
 def train(recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] = (), progress: bool | None = None) -> dict[str, Any]:
     seed_everything(recipe.train.seed)
-    acc = make_accelerator(recipe.train)
+    acc = make_accelerator(recipe.train, cpu_bf16=True)
     train_set, val_set, test_set = _splits(recipe)
     tags = tag_names(train_set.tags + (val_set.tags if val_set else []))
     d, t, m = recipe.data, recipe.train, recipe.model
