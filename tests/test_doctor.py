@@ -141,3 +141,15 @@ def test_a_correct_text_recipe_passes_and_copied_test_rows_fail_the_data_check(t
     recipe.data.test = tmp_path / "test.tsv"
     results = run_doctor(recipe, tmp_path / "doc2")
     assert not_passing(results) == {1: "fail"}
+
+
+def test_ner_recipe_passes_the_model_checks_and_its_copied_test_sentences_fail_the_data_check(tmp_path):
+    from nnrecipe.doctor.run import run_doctor
+    from tests.test_token_classification import ner_recipe
+
+    results = {r.number: r for r in run_doctor(ner_recipe(tmp_path), tmp_path / "doctor")}
+    assert results[1].verdict == "fail" and "exact copies of training sentences" in results[1].advice
+    assert {n: r.verdict for n, r in results.items() if n in (2, 4, 5, 6, 8, 9)} == dict.fromkeys((2, 4, 5, 6, 8, 9), "pass")
+    # A fresh token head is near-uniform over 5 tags while 60% of the toy tokens are O: check 3 says so.
+    assert "class-prior entropy" in results[3].figure
+    assert "/B-PER" in (tmp_path / "doctor" / "batch.txt").read_text()

@@ -30,10 +30,11 @@ class Check:
     details: list[str] = field(default_factory=list)
 
 
-def split_overlap(name: str, exact: float, near: float, near_limit: float, kind: str, near_what: str) -> tuple[str, str] | None:
-    """The shared rule for val/test examples that also appear in train: over 1% exact copies fail (the
-    split's scores measure memory), any exact copy or many near copies warn."""
-    if exact > 0.01:
+def split_overlap(name: str, exact: float, near: float, near_limit: float, kind: str, near_what: str,
+                  exact_limit: float = 0.01) -> tuple[str, str] | None:
+    """The shared rule for val/test examples that also appear in train: over `exact_limit` (1%) exact copies
+    fail (the split's scores measure memory), any exact copy or many near copies warn."""
+    if exact > exact_limit:
         return FAIL, (f"{exact:.0%} of {name} are exact copies of training {kind}: {name} scores measure memory, "
                       "not generalisation; deduplicate before splitting")
     if exact > 0 or near > near_limit:

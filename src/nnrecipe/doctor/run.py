@@ -50,8 +50,15 @@ def run_doctor(recipe, out_dir: Path) -> list[Check]:
         subject = text.make_subject(recipe, train, val, labels, lora, tokenizer)
         data_steps = [lambda: text.data_check(recipe, train, val, test, tokenizer),
                       lambda: text.batch_check(subject, tokenizer, labels, out_dir)]
+    elif recipe.task == "token_classification":
+        from nnrecipe.doctor import ner
+
+        train, val, test, tags, tokenizer = ner.prepare(recipe)
+        subject = ner.make_subject(recipe, train, val, tags, tokenizer)
+        data_steps = [lambda: ner.data_check(recipe, train, val, test, tokenizer),
+                      lambda: ner.batch_check(subject, tokenizer, tags, out_dir)]
     else:
-        raise UserError(f"nnrecipe doctor checks supervised recipes (image and text classification); this one is task: {recipe.task}")
+        raise UserError(f"nnrecipe doctor checks supervised recipes (image and text classification, NER); this one is task: {recipe.task}")
     steps = [
         *data_steps,
         lambda: checks.loss_at_init(subject),

@@ -82,6 +82,34 @@ def batch_check(subject: Subject, tokenizer, labels: list[str], out_dir: Path) -
                  "Read batch.txt: the labels must match the texts, and the tokens must be words, not [UNK].", plots=[])
 
 
+# Shared by the transformer subjects (text classification and NER).
+
+def first_batches(loader):
+    """n -> the first n training batches, running into later epochs if needed (seeded, so repeatable)."""
+    def take(n):
+        out, epoch = [], 0
+        while len(out) < n:
+            out += list(loader.batches(epoch))[: n - len(out)]
+            epoch += 1
+        return out
+    return take
+
+
+def features(batch):
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def padded_inputs(tokenizer):
+    """The input-independent baseline's inputs: every token replaced by padding."""
+    return lambda batch: batch | {"input_ids": torch.full_like(batch["input_ids"], tokenizer.pad_token_id)}
+
+
+def embedding_leaf(model, batch):
+    """Token ids are not differentiable: differentiate the token embeddings instead (check 6)."""
+    emb = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+    return emb, lambda x: model(inputs_embeds=x, attention_mask=batch["attention_mask"]).logits
+
+
 def prepare(recipe):
     train, val, test = text._splits(recipe)
     labels = label_names(train.labels)
@@ -101,12 +129,7 @@ def make_subject(recipe, train: TextSet, val: TextSet | None, labels, lora, toke
     loader = text._loader(tokenizer, train, ids, recipe.train.batch_size, d.max_length, "cpu", shuffle=True, seed=seed,
                           group_by_length=d.group_by_length)
 
-    def train_batches(n):
-        out, epoch = [], 0
-        while len(out) < n:
-            out += list(loader.batches(epoch))[: n - len(out)]
-            epoch += 1
-        return out
+    train_batches = first_batches(loader)
 
     evaluation = val or train
     g = torch.Generator().manual_seed(seed)
@@ -115,30 +138,19 @@ def make_subject(recipe, train: TextSet, val: TextSet | None, labels, lora, toke
                          [evaluation.labels[i] for i in pick])
     val_batches = list(text._loader(tokenizer, evaluation, ids, 64, d.max_length, "cpu").batches())
 
-    def features(batch):
-        return {k: v for k, v in batch.items() if k != "labels"}
-
     def accuracy(model, batches):
         model.eval()
         with torch.no_grad():
             correct = sum(int((model(**features(b)).logits.argmax(1) == b["labels"]).sum()) for b in batches)
         return correct / sum(len(b["labels"]) for b in batches)
 
-    def zero_inputs(batch):
-        blank = torch.full_like(batch["input_ids"], tokenizer.pad_token_id)
-        return batch | {"input_ids": blank}
-
-    def leaf_inputs(model, batch):
-        emb = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
-        return emb, lambda x: model(inputs_embeds=x, attention_mask=batch["attention_mask"]).logits
-
     prior = torch.bincount(torch.tensor([ids[l] for l in train.labels]), minlength=len(labels)).float()
     return Subject(
         make_model=make_model,
         make_optimizer=lambda m, lr: build_optimizer(m, recipe.optim.model_copy(update={"lr": lr})),
         loss=lambda m, b: m(**b).loss, logits=lambda m, b: m(**features(b)).logits,
-        train_batches=train_batches, val_batches=val_batches, zero_inputs=zero_inputs,
+        train_batches=train_batches, val_batches=val_batches, zero_inputs=padded_inputs(tokenizer),
         inputs=lambda b: b["input_ids"], with_inputs=lambda b, x: {k: v[: len(x)] for k, v in b.items()},
-        accuracy=accuracy, class_prior=prior / prior.sum(), recipe_lr=recipe.optim.lr, leaf_inputs=leaf_inputs,
+        accuracy=accuracy, class_prior=prior / prior.sum(), recipe_lr=recipe.optim.lr, leaf_inputs=embedding_leaf,
         safe_lr=1e-4,  # pretrained transformers diverge at the CNN-safe 1e-3
     )

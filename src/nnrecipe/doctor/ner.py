@@ -1,0 +1,125 @@
+"""Doctor for NER: the data checks (1, 2) and the Subject for the generic checks, where a labelled
+token (a word's first sub-token) plays the part of an example."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from nnrecipe.data.tokens import IGNORE, TokenSet, encode_words, entities, tag_names
+from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, split_overlap
+from nnrecipe.doctor.subject import Subject
+from nnrecipe.doctor.text import _exact, _near, embedding_leaf, features, first_batches, padded_inputs
+from nnrecipe.engine.optim import build_optimizer
+from nnrecipe.engine.seeding import seed_everything
+from nnrecipe.models.hf import build
+from nnrecipe.tasks import token_classification as ner
+
+
+def data_check(recipe, train: TokenSet, val: TokenSet | None, test: TokenSet | None, tokenizer) -> Check:
+    """1. Entity types and their balance, sentences repeated across splits, tags outside the map, truncation."""
+    verdicts, notes, figures = [], [], []
+    types = Counter(kind for sent in train.tags for kind, _, _ in entities(sent))
+    if not types:
+        verdicts.append(FAIL)
+        notes.append("the training data has no entities at all")
+    elif max(types.values()) / min(types.values()) > 20:
+        verdicts.append(WARN)
+        notes.append(f"entity types are imbalanced {max(types.values()) / min(types.values()):.0f}:1")
+    tags = set(tag_names(train.tags))
+    # Only sentences of 6+ words are compared: short ones (datelines, "Results", scores) repeat legitimately.
+    joined = [" ".join(w) for w in train.words if len(w) >= 6]
+    train_exact, train_near = {_exact(t) for t in joined}, {_near(t) for t in joined}
+    for name, part in (("val", val), ("test", test)):
+        if part is None:
+            continue
+        outside = sorted({t for sent in part.tags for t in sent} - tags)
+        if outside:
+            verdicts.append(FAIL)
+            notes.append(f"{name} has tags the training data never shows: {', '.join(outside[:5])}")
+        texts = [" ".join(w) for w in part.words if len(w) >= 6] or [""]
+        exact = sum(_exact(t) in train_exact for t in texts) / len(texts)
+        near = sum(_near(t) in train_near for t in texts) / len(texts)
+        figures.append(f"{name}: {exact:.1%} exact / {near:.1%} near duplicates of train (sentences of 6+ words)")
+        # News NER repeats templated lines (headlines, table headers, score lines: 2.4% of CoNLL-2003 valid's
+        # 6+ word sentences are in train); only a larger share fails.
+        if found := split_overlap(name, exact, near, 0.05, "sentences", "after normalising", exact_limit=0.10):
+            verdicts.append(found[0])
+            notes.append(found[1])
+    lengths = sorted(len(ids) for ids in tokenizer(train.words, is_split_into_words=True)["input_ids"])
+    truncated = sum(n > recipe.data.max_length for n in lengths) / len(lengths)
+    if truncated > 0.01:
+        verdicts.append(WARN)
+        notes.append(f"{truncated:.1%} of training sentences exceed data.max_length {recipe.data.max_length}: their last "
+                     "words are never trained on and are predicted O")
+    figure = (f"{len(train.words)} train sentences, entities per type {dict(sorted(types.items()))}; {'; '.join(figures)}; "
+              f"sub-tokens median {lengths[len(lengths) // 2]}, max {lengths[-1]}; {truncated:.1%} truncated at "
+              f"{recipe.data.max_length}")
+    verdict = FAIL if FAIL in verdicts else WARN if WARN in verdicts else PASS
+    return Check(1, "Become one with the data", verdict, figure, "; ".join(notes).capitalize() + ("." if notes else ""))
+
+
+def batch_check(subject: Subject, tokenizer, tags: list[str], out_dir: Path) -> Check:
+    """2. One training batch decoded: each sub-token with the tag it is trained on (or . for -100)."""
+    batch = subject.train_batches(1)[0]
+    lines = []
+    for ids, mask, y in zip(batch["input_ids"][:16], batch["attention_mask"][:16], batch["labels"][:16]):
+        keep = mask.bool()
+        pieces = tokenizer.convert_ids_to_tokens(ids[keep].tolist())
+        lines.append(" ".join(f"{p}/{tags[int(t)] if t != IGNORE else '.'}" for p, t in zip(pieces, y[keep].tolist())))
+    (out_dir / "batch.txt").write_text("\n".join(lines) + "\n")
+    padding = float(1 - batch["attention_mask"].float().mean())
+    return Check(2, "Visualise just before the net", PASS,
+                 f"batch {tuple(batch['input_ids'].shape)}, {padding:.0%} padding; first example: {lines[0][:100]}",
+                 "Read batch.txt: each word's first piece carries its tag, the other pieces '.', and the tags must fit the words.")
+
+
+def prepare(recipe):
+    train, val, test = ner._splits(recipe)
+    tags = tag_names(train.tags + (val.tags if val else []))
+    _, tokenizer = build(recipe.model.name, tags, "full", head="token")
+    return train, val, test, tags, tokenizer
+
+
+def make_subject(recipe, train: TokenSet, val: TokenSet | None, tags: list[str], tokenizer, max_eval: int = 256) -> Subject:
+    ids = {t: i for i, t in enumerate(tags)}
+    seed, d = recipe.train.seed, recipe.data
+    opts = recipe.model.peft_options() | {"total_steps": 200}
+
+    def make_model():
+        seed_everything(seed)
+        return build(recipe.model.name, tags, recipe.model.finetune, opts, head="token")[0]
+
+    loader = ner._loader(tokenizer, train, tags, recipe.train.batch_size, d.max_length, "cpu", shuffle=True, seed=seed,
+                         group_by_length=d.group_by_length)
+
+    evaluation = val or train
+    g = torch.Generator().manual_seed(seed)
+    pick = sorted(torch.randperm(len(evaluation.words), generator=g)[:max_eval].tolist())
+    evaluation = TokenSet([evaluation.words[i] for i in pick], [evaluation.tags[i] for i in pick])
+    val_batches = list(ner._loader(tokenizer, evaluation, tags, 64, d.max_length, "cpu").batches())
+
+    def accuracy(model, batches):
+        """Tag accuracy over labelled tokens."""
+        model.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for b in batches:
+                keep = b["labels"] != IGNORE
+                correct += int((model(**features(b)).logits.argmax(-1)[keep] == b["labels"][keep]).sum())
+                total += int(keep.sum())
+        return correct / max(1, total)
+
+    enc = encode_words(tokenizer, train.words, train.tags, ids, d.max_length)
+    prior = torch.bincount(torch.tensor([l for row in enc.labels for l in row if l != IGNORE]), minlength=len(tags)).float()
+    return Subject(
+        make_model=make_model,
+        make_optimizer=lambda m, lr: build_optimizer(m, recipe.optim.model_copy(update={"lr": lr})),
+        loss=lambda m, b: m(**b).loss, logits=lambda m, b: m(**features(b)).logits,
+        train_batches=first_batches(loader), val_batches=val_batches, zero_inputs=padded_inputs(tokenizer),
+        inputs=lambda b: b["input_ids"], with_inputs=lambda b, x: {k: v[: len(x)] for k, v in b.items()},
+        accuracy=accuracy, class_prior=prior / prior.sum(), recipe_lr=recipe.optim.lr, leaf_inputs=embedding_leaf,
+        safe_lr=1e-4,  # pretrained transformers diverge at the CNN-safe 1e-3
+    )
