@@ -52,8 +52,9 @@ def sample_inputs(run: Path, n: int = 64) -> list[str]:
     return out
 
 
-def start_server(run: Path, port: int, onnx: Path | None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "nnrecipe.cli", "serve", str(run), "--port", str(port)] + (["--onnx", str(onnx)] if onnx else [])
+def start_server(run: Path, port: int, onnx: Path | None, precision: str = "fp32") -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "nnrecipe.cli", "serve", str(run), "--port", str(port), "--precision", precision]
+    cmd += ["--onnx", str(onnx)] if onnx else []
     proc = subprocess.Popen(cmd, env=os.environ | {"NNRECIPE_API_KEYS": KEY}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
         try:
@@ -95,6 +96,8 @@ def main():
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--port", type=int, default=8311)
+    ap.add_argument("--eager", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                    help="eager PyTorch precisions to load-test (the ratios are against the first)")
     args = ap.parse_args()
     from nnrecipe.deploy.export import export_run
     from nnrecipe.runs import open_run
@@ -104,8 +107,9 @@ def main():
     card = export_run(run, "onnx", quantize="int8") if not int8.exists() else None
     images = sample_inputs(run.dir)
     rows = {}
-    for name, onnx in (("eager pytorch", None), ("onnx fp32", fp32), ("onnx int8", int8)):
-        proc = start_server(run.dir, args.port, onnx)
+    backends = [(f"eager {p}", None, p) for p in args.eager] + [("onnx fp32", fp32, "fp32"), ("onnx int8", int8, "fp32")]
+    for name, onnx, precision in backends:
+        proc = start_server(run.dir, args.port, onnx, precision)
         try:
             rows[name] = asyncio.run(load(args.port, images, args.requests, args.concurrency))
         finally:
@@ -114,8 +118,8 @@ def main():
         r = rows[name]
         print(f"{name:14s} {r['rps']:8,.0f} req/s   p50 {r['p50']:6.1f} ms   p95 {r['p95']:6.1f} ms   p99 {r['p99']:6.1f} ms   "
               f"errors {r['errors']}", flush=True)
-    base = rows["eager pytorch"]["rps"]
-    print("throughput vs eager: " + ", ".join(f"{k} {v['rps'] / base:.2f}x" for k, v in rows.items()))
+    base = rows[f"eager {args.eager[0]}"]["rps"]
+    print(f"throughput vs eager {args.eager[0]}: " + ", ".join(f"{k} {v['rps'] / base:.2f}x" for k, v in rows.items()))
     if card:
         c = card["checks"]
         print(f"int8 accuracy on validation: {c['accuracy_fp32']:.4f} -> {c['accuracy_int8']:.4f} ({c['accuracy_change']:+.4f})")

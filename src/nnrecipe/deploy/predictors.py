@@ -166,7 +166,10 @@ class TextPredictor:
     """Text classification: inputs are texts (JSON strings, or UTF-8 files in a multipart upload)."""
 
     task = "text_classification"
-    cpu_bf16 = True  # transformers are (MiniLM batch of 64: 239 ms fp32, 100 ms bf16 on an AMX CPU)
+    # Not by default: alone, a MiniLM batch of 64x40 runs 2.4x faster under bf16 autocast on an AMX CPU, but
+    # under serving load (small micro-batches) autocast re-casts every weight on each call and throughput
+    # fell (88-90 vs 95-99 req/s, bench/serve_load.py --eager fp32 bf16).
+    cpu_bf16 = False
 
     @staticmethod
     def export_subject(run: Run):
@@ -243,8 +246,8 @@ def response_model(predictor) -> type[BaseModel]:
 
 
 def serving_precision(precision: str, cpu_bf16: bool) -> str:
-    """auto: bf16 autocast for matmul-heavy models (transformers) where the CPU multiplies bf16 natively
-    (AMX; MiniLM 2.4x faster than fp32 and faster than int8 ONNX there), fp32 elsewhere."""
+    """auto: bf16 autocast for predictors that gain from it where the CPU multiplies bf16 natively (AMX);
+    none does today (see TextPredictor), so auto serves fp32."""
     from nnrecipe.engine.loop import cpu_has_bf16_units
 
     if precision not in ("auto", "fp32", "bf16"):
