@@ -41,3 +41,19 @@ def evaluate_split(run: Run, split: str, data_path: str | None, read: Callable, 
     if part is None:
         raise UserError(f"--split {split}: this run has no {split} split")
     return report(run, recipe, part, split, device)
+
+
+def finish_transformer_run(run: Run, recipe, acc, result: FitResult, val_set, test_set, load, report) -> dict[str, Any]:
+    """After fit() of a text or NER run: keep peft adapter weights alone and report on test (else val);
+    rank 0 only. `load(run)` gives (model, tokenizer, meta); `report` is the task's report writer."""
+    from nnrecipe.models.hf import save_adapter
+
+    if result.status == "interrupted":
+        return {"status": result.status, "run": str(run.dir)}
+    summary: dict[str, Any] = {}
+    if acc.is_main_process:
+        save_adapter(load(run)[0], recipe.model.finetune, run.dir / "adapter")
+        split, part = ("test", test_set) if test_set is not None else ("val", val_set)
+        if part is not None:
+            summary = report(run, recipe, part, split, acc.device)
+    return {"status": result.status, "run": str(run.dir), "history": result.history, **summary}

@@ -18,10 +18,10 @@ from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.engine.tracking import Tracker
 from nnrecipe.errors import UserError
-from nnrecipe.models.hf import AdaLoraSchedule, build, load_trained, parameter_counts, save_adapter
+from nnrecipe.models.hf import AdaLoraSchedule, build, load_trained, parameter_counts
 from nnrecipe.reporting.ner import ner_summary, ner_table, write_ner_report
 from nnrecipe.runs import Run
-from nnrecipe.tasks._fit import evaluate_split, fit_run
+from nnrecipe.tasks._fit import evaluate_split, finish_transformer_run, fit_run
 
 
 class WordLoader(TextLoader):
@@ -131,13 +131,7 @@ def train(recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] =
                       train_cfg=t, schedule_cfg=recipe.schedule, run_dir=run.dir, tracker=tracker, callbacks=list(callbacks),
                       progress=recipe.track.progress if progress is None else progress)
     result = fit_run(run, trainer, tracker, resume, recipe.track.plots)
-    if result.status == "interrupted":
-        return {"status": result.status, "run": str(run.dir)}
-    if acc.is_main_process:
-        save_adapter(inference_model(run)[0], m.finetune, run.dir / "adapter")
-    split, part = ("test", test_set) if test_set is not None else ("val", val_set)
-    summary = _report(run, recipe, part, split, acc.device) if part is not None and acc.is_main_process else {}
-    return {"status": result.status, "run": str(run.dir), "history": result.history, **summary}
+    return finish_transformer_run(run, recipe, acc, result, val_set, test_set, inference_model, _report)
 
 
 def inference_model(run: Run, device="cpu"):
