@@ -29,22 +29,22 @@ SOLVED = 475.0
 
 def nnrecipe_run(recipe, seed: int) -> dict:
     env = runner.make_env(recipe)
-    start, solved_at = time.perf_counter(), None
+    start, solved_at, solved_step = time.perf_counter(), None, None
 
     def periodic(policy) -> float:
         return runner.evaluate_policy(env, policy, recipe.dqn.eval_episodes, 1_000_000, "CartPole-v1")["mean_return"]
 
     def log(row):
-        nonlocal solved_at
+        nonlocal solved_at, solved_step
         if solved_at is None and row["eval_return"] >= SOLVED:
-            solved_at = time.perf_counter() - start
+            solved_at, solved_step = time.perf_counter() - start, row["step"]
 
     out = train_dqn(lambda: runner.make_env(recipe), recipe.dqn, recipe.gamma, seed, torch.device("cpu"), periodic, log)
     final = runner.evaluate_policy(env, runner._net_policy(out["final"], "cpu"), 20, 10_000, "CartPole-v1")["mean_return"]
-    return {"seconds": time.perf_counter() - start, "solved_at": solved_at, "final": final}
+    return {"seconds": time.perf_counter() - start, "solved_at": solved_at, "solved_step": solved_step, "final": final}
 
 
-def sb3_run(recipe, seed: int) -> dict | None:
+def sb3_run(recipe, seed: int, flush_denormals: bool = False) -> dict | None:
     try:
         from stable_baselines3 import DQN
         from stable_baselines3.common.callbacks import BaseCallback
@@ -59,24 +59,30 @@ def sb3_run(recipe, seed: int) -> dict | None:
                 exploration_initial_eps=c.epsilon, exploration_final_eps=c.epsilon_end, max_grad_norm=c.max_grad_norm,
                 policy_kwargs={"net_arch": c.hidden}, seed=seed, device="cpu", verbose=0)
     policy = lambda obs: int(model.predict(obs, deterministic=True)[0])  # noqa: E731
-    start, state = time.perf_counter(), {"solved_at": None}
+    start, state = time.perf_counter(), {"solved_at": None, "solved_step": None}
 
     class Periodic(BaseCallback):
         def _on_step(self) -> bool:
             if self.num_timesteps % c.eval_every == 0:
                 r = runner.evaluate_policy(eval_env, policy, c.eval_episodes, 1_000_000, "CartPole-v1")["mean_return"]
                 if state["solved_at"] is None and r >= SOLVED:
-                    state["solved_at"] = time.perf_counter() - start
+                    state["solved_at"], state["solved_step"] = time.perf_counter() - start, self.num_timesteps
             return True
 
-    model.learn(total_timesteps=c.total_steps, callback=Periodic())
+    torch.set_flush_denormal(flush_denormals)  # off by default, as SB3 leaves it; on: what nnrecipe sets
+    try:
+        model.learn(total_timesteps=c.total_steps, callback=Periodic())
+    finally:
+        torch.set_flush_denormal(False)
     final = runner.evaluate_policy(eval_env, policy, 20, 10_000, "CartPole-v1")["mean_return"]
-    return {"seconds": time.perf_counter() - start, "solved_at": state["solved_at"], "final": final}
+    return {"seconds": time.perf_counter() - start, "solved_at": state["solved_at"], "solved_step": state["solved_step"], "final": final}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--sb3-flush-denormals", action="store_true",
+                    help="give SB3 the subnormal-flushing setting nnrecipe's DQN uses (SB3 runs without it by default)")
     args = ap.parse_args()
     recipe = load_recipe(ROOT / "recipes/cartpole-dqn.yaml", ["track.progress=false"])
     # Warm-up: the first optimiser built in a process pays a one-time import (~1.4 s); not either tool's cost.
@@ -85,13 +91,14 @@ def main():
     print(f"CartPole-v1 DQN, {steps:,} steps, {torch.get_num_threads()} torch threads, CPU")
     results: dict[str, list[dict]] = {"nnrecipe": [], "sb3": []}
     for seed in args.seeds:
-        for name, fn in (("nnrecipe", nnrecipe_run), ("sb3", sb3_run)):
+        sb3 = lambda recipe, seed: sb3_run(recipe, seed, args.sb3_flush_denormals)  # noqa: E731
+        for name, fn in (("nnrecipe", nnrecipe_run), ("sb3", sb3)):
             r = fn(recipe, seed)
             if r is None:
                 continue
             results[name].append(r)
-            solved = f"{r['solved_at']:.1f} s" if r["solved_at"] is not None else "never"
-            print(f"seed {seed}  {name:9s} {steps / r['seconds']:7,.0f} steps/s   475 reached after {solved:>8s}   "
+            solved = f"{r['solved_at']:.1f} s ({r['solved_step']:,} steps)" if r["solved_at"] is not None else "never"
+            print(f"seed {seed}  {name:9s} {steps / r['seconds']:7,.0f} steps/s   475 reached after {solved:>22s}   "
                   f"final mean return {r['final']:.1f}", flush=True)
     if not results["sb3"]:
         print("stable-baselines3 not installed: pip install -r requirements-bench.txt")
@@ -99,6 +106,8 @@ def main():
     sps = {k: statistics.median(steps / r["seconds"] for r in v) for k, v in results.items()}
     solve = {k: statistics.median(r["solved_at"] if r["solved_at"] is not None else float("inf") for r in v) for k, v in results.items()}
     print(f"median steps/s: nnrecipe {sps['nnrecipe']:,.0f}, sb3 {sps['sb3']:,.0f}; ratio {sps['nnrecipe'] / sps['sb3']:.2f}x")
+    steps_to = {k: statistics.median(r["solved_step"] if r["solved_step"] is not None else float("inf") for r in v) for k, v in results.items()}
+    print(f"median environment steps to 475: nnrecipe {steps_to['nnrecipe']:,.0f}, sb3 {steps_to['sb3']:,.0f}")
     print(f"median seconds to 475: nnrecipe {solve['nnrecipe']:.1f}, sb3 {solve['sb3']:.1f}; "
           f"ratio (time-to-solve speed-up) {solve['sb3'] / solve['nnrecipe']:.2f}x")
 

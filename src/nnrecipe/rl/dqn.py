@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnrecipe.engine.numerics import flush_denormals
+
 
 class QNetwork(nn.Module):
     def __init__(self, obs_dim: int, n_actions: int, hidden: list[int]):
@@ -81,6 +83,7 @@ class ReplayBuffer:
                      (self.obs, self.actions, self.rewards, self.next_obs, self.terminated))
 
 
+@flush_denormals()
 def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, device: torch.device,
               evaluate: Callable[[Callable[[np.ndarray], int]], float], on_log: Callable[[dict], None] | None = None,
               on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> dict:
@@ -165,7 +168,8 @@ def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, dev
                     y = y_all[g]
                 q = q_net(b_obs).gather(1, b_act.unsqueeze(1)).squeeze(1)
                 loss = F.smooth_l1_loss(q, y)  # Huber
-                optimizer.zero_grad(set_to_none=True)
+                for p in params:  # optimizer.zero_grad's bookkeeping costs more than this loop
+                    p.grad = None
                 loss.backward()
                 nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
                 optimizer.step()

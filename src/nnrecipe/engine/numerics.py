@@ -1,0 +1,25 @@
+"""Floating-point settings a training run needs regardless of the model."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+
+@contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Treat subnormal floats (below ~1.2e-38) as zero on the CPU for the duration.
+
+    Adam's moment estimates for parameters whose gradient has become zero (dead ReLU units) decay
+    geometrically into the subnormal range, where x86 arithmetic is many times slower: on the CartPole
+    DQN this made the fused Adam step ~5x slower late in training. Flushing them changes no result that
+    matters (sqrt of such a value is far below Adam's eps). Usable as a decorator; restores the default
+    (off) afterwards so the setting does not leak into the caller's process."""
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if supported:
+            torch.set_flush_denormal(False)
