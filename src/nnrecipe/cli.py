@@ -88,7 +88,8 @@ def predict(
     to: Optional[Path] = typer.Option(None, "--out", help="Write one JSON object per input to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per input."),
 ) -> None:
-    """Predict with a run's best weights: label and probabilities per input (NER: entities with character offsets)."""
+    """Predict with a run's best weights: label and probabilities per input (NER: entities with character
+    offsets; detection: boxes with labels and scores)."""
     from nnrecipe.runs import open_run
     from nnrecipe.tasks import task_module
 
@@ -110,6 +111,9 @@ def predict(
     for row in rows:
         if as_json:
             out.print(json.dumps(row), soft_wrap=True)
+        elif to is None and "detections" in row:
+            found = "  ".join(f"{d['label']} {d['score']:.2f} [{', '.join(f'{v:.0f}' for v in d['box'])}]" for d in row["detections"])
+            out.print(f"{row['file']}: {found or '(nothing above model.score_threshold)'}", markup=False, soft_wrap=True)
         elif to is None and "entities" in row:
             found = "  ".join(f"[{e['text']}]{e['type']}@{e['start']}-{e['end']}" for e in row["entities"]) or "(no entities)"
             out.print(f"{row['text']}: {found}", markup=False, soft_wrap=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
+
+from nnrecipe.reporting import merge_report, plot_lines, source_line
 
 
 def classification_summary(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -41,18 +42,13 @@ def write_report(run_dir: Path, split: str, summary: dict[str, Any], extra: dict
                  plots: list[str] = ()) -> Path:
     """Write report.json (merged: one entry per evaluated split) and report.md."""
     run_dir = Path(run_dir)
-    path = run_dir / "report.json"
-    report = json.loads(path.read_text()) if path.is_file() else {}
-    report[split] = summary | (extra or {})
-    path.write_text(json.dumps(report, indent=2))
+    path, report = merge_report(run_dir, split, summary | (extra or {}))
     md = [f"# Report: {run_dir.name}", ""]
     for name, s in report.items():
         md += [f"## {name}: accuracy {s['accuracy']:.4f} on {s['examples']} examples", ""]
-        if s.get("source"):
-            md += [f"Data: `{s['source']}`", ""]
+        md += source_line(s)
         md += [summary_table(s), ""]
-        for p in s.get("plots", []):
-            md += [f"![{p}]({p})", ""]
+        md += plot_lines(s)
         if s.get("confidently_wrong"):
             md += ["Most confidently wrong:", "", "| text | label | predicted | confidence |", "|---|---|---|---:|"]
             md += [f"| {w['text'][:120].replace('|', '/')} | {w['label']} | {w['predicted']} | {w['confidence']:.3f} |"

@@ -3,9 +3,10 @@ type), the classic CoNLL table, plus word-level tag accuracy; written into repor
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from nnrecipe.reporting import merge_report, plot_lines, source_line
 
 
 def ner_summary(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any]:
@@ -38,21 +39,16 @@ def ner_table(summary: dict[str, Any]) -> str:
 def write_ner_report(run_dir: Path, split: str, summary: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
     """Merge this split into report.json and rewrite report.md."""
     run_dir = Path(run_dir)
-    path = run_dir / "report.json"
-    report = json.loads(path.read_text()) if path.is_file() else {}
-    report[split] = summary | (extra or {})
-    path.write_text(json.dumps(report, indent=2))
+    path, report = merge_report(run_dir, split, summary | (extra or {}))
     md = [f"# Report: {run_dir.name}", "", "Entity-level scores (seqeval, strict IOB2); token accuracy is per word.", ""]
     for name, s in report.items():
         md += [f"## {name}: entity F1 {s['f1']:.4f}, token accuracy {s['token_accuracy']:.4f} "
                f"({s['sentences']} sentences, {s['words']} words)", ""]
-        if s.get("source"):
-            md += [f"Data: `{s['source']}`", ""]
+        md += source_line(s)
         if s.get("truncated_words"):
             md += [f"{s['truncated_words']} words fell beyond data.max_length and were scored as predicted O.", ""]
         md += [ner_table(s), ""]
-        for p in s.get("plots", []):
-            md += [f"![{p}]({p})", ""]
+        md += plot_lines(s)
         if s.get("errors"):
             md += ["Sentences with wrong entities (first 10):", "", "| sentence | gold | predicted |", "|---|---|---|"]
             md += [f"| {e['text'][:120].replace('|', '/')} | {e['gold']} | {e['predicted']} |" for e in s["errors"]] + [""]

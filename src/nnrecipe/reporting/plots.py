@@ -53,16 +53,26 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path) -> P
 
 def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, cols: int = 8) -> Path:
     """images: N x C x H x W uint8. Used for misclassified examples (title: 'true -> predicted')."""
-    n = max(1, len(images))
-    cols = min(cols, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, img, title in zip(axes.flat, images, titles):
+    fig, axes = image_axes(len(images), cols, (1.6, 1.8))
+    for ax, img, title in zip(axes, images, titles):
         img = np.transpose(img, (1, 2, 0))
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None, interpolation="nearest")
         ax.set_title(title, fontsize=7)
+    return save_figure(fig, path)
+
+
+def image_axes(n: int, cols: int, cell: tuple[float, float]):
+    """A grid of axes for n images, `cols` wide, each cell (width, height) inches, axes hidden."""
+    n = max(1, n)
+    cols = min(cols, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell[0], rows * cell[1]), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, list(axes.flat)
+
+
+def save_figure(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,0 +1,176 @@
+"""Object detection: a Faster R-CNN learns the generated shapes, the three annotation formats read the
+same boxes, the loader's flips move boxes with pixels and resume mid-epoch exactly, bad data is reported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.ops import box_iou
+
+from nnrecipe.data.boxes import load_detection_splits
+from nnrecipe.data.shapes import CLASSES, shapes_dataset
+from nnrecipe.errors import RecipeError, UserError
+from nnrecipe.recipe import DetectionData, load_recipe, validate_recipe
+from nnrecipe.runs import create_run
+from nnrecipe.tasks import detection
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short training run on the shapes set, shared by the tests that use a trained detector."""
+    tmp = tmp_path_factory.mktemp("det")
+    recipe = load_recipe(ROOT / "recipes/shapes-detection.yaml", [f"track.runs_dir={tmp / 'runs'}", f"data.path={tmp / 'data'}",
+                                                                   "track.progress=false", "track.tensorboard=false", "train.epochs=6"])
+    run = create_run(recipe, "shapes")
+    result = detection.train(recipe, run)
+    return run, result, recipe
+
+
+def test_detector_learns_shapes_and_reports_map(trained):
+    run, result, _ = trained
+    assert result["status"] == "finished"
+    assert result["map"] >= 0.5 and result["map_50"] >= 0.8, result
+    assert set(result["per_class_ap"]) == set(CLASSES)
+    report = json.loads((run.dir / "report.json").read_text())["val"]
+    assert report["images"] == 80 and report["boxes"] > 80
+    assert (run.dir / "plots" / "detections_val.png").is_file() and "mAP" in (run.dir / "report.md").read_text()
+    history = result["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"] and history[-1]["val_map"] > history[0]["val_map"]
+
+
+def test_predicted_boxes_match_the_ground_truth(trained):
+    """Most ground-truth objects of unseen images are found with the right class at IoU >= 0.5."""
+    run, _, recipe = trained
+    val = detection.load_splits(recipe).val[:12]
+    rows = detection.predict(run, [item.path for item in val])
+    found = total = 0
+    for item, row in zip(val, rows):
+        for box, label in zip(item.boxes, item.labels.tolist()):
+            total += 1
+            found += any(d["label"] == CLASSES[label] and box_iou(box[None], torch.tensor([d["box"]]))[0, 0] >= 0.5
+                         for d in row["detections"])
+    assert found / total >= 0.75, (found, total)
+
+
+def test_predict_and_evaluate_through_the_cli(trained):
+    run, _, recipe = trained
+    image = detection.load_splits(recipe).val[0].path
+    cli = [sys.executable, "-m", "nnrecipe.cli"]
+    out = subprocess.run([*cli, "predict", str(run.dir), image, "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout.splitlines()[0])
+    assert row["detections"] and {"label", "score", "box"} <= set(row["detections"][0])
+    out = subprocess.run([*cli, "evaluate", str(run.dir), "--split", "test"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "no test split" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([*cli, "predict", str(run.dir), "missing.png"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "missing.png" in out.stderr and "Traceback" not in out.stderr
+
+
+def _as_coco_and_voc(yolo: Path, tmp: Path) -> tuple[Path, Path]:
+    """Write the YOLO set's train split again as COCO JSON and as a Pascal VOC tree."""
+    splits = load_detection_splits(DetectionData(format="yolo", path=yolo, train="train", val_fraction=0))
+    coco = {"images": [], "annotations": [], "categories": [{"id": 10 + i, "name": c} for i, c in enumerate(CLASSES)]}
+    voc = tmp / "voc"
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (voc / d).mkdir(parents=True)
+    ids = []
+    for n, item in enumerate(splits.train):
+        coco["images"].append({"id": n, "file_name": Path(item.path).name, "width": item.width, "height": item.height})
+        stem = Path(item.path).stem
+        ids.append(stem)
+        shutil.copy(item.path, voc / "JPEGImages" / Path(item.path).name)
+        root = ET.Element("annotation")
+        ET.SubElement(root, "filename").text = Path(item.path).name
+        for box, label in zip(item.boxes.tolist(), item.labels.tolist()):
+            x1, y1, x2, y2 = box
+            coco["annotations"].append({"id": len(coco["annotations"]), "image_id": n, "category_id": 10 + label,
+                                        "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": 0, "area": (x2 - x1) * (y2 - y1)})
+            obj = ET.SubElement(root, "object")
+            ET.SubElement(obj, "name").text = CLASSES[label]
+            bb = ET.SubElement(obj, "bndbox")
+            for k, v in zip(("xmin", "ymin", "xmax", "ymax"), (x1 + 1, y1 + 1, x2, y2)):  # VOC: 1-based
+                ET.SubElement(bb, k).text = f"{v:.3f}"
+        ET.ElementTree(root).write(voc / "Annotations" / f"{stem}.xml")
+    (voc / "ImageSets/Main/train.txt").write_text("\n".join(ids))
+    (yolo / "images" / "train" / "instances.json").write_text(json.dumps(coco))
+    return yolo / "images" / "train" / "instances.json", voc
+
+
+def test_yolo_coco_and_voc_annotations_read_the_same_boxes(tmp_path):
+    yolo = shapes_dataset(tmp_path, n_train=8, n_val=2, size=64, seed=3)
+    coco_file, voc = _as_coco_and_voc(yolo, tmp_path)
+    read = {
+        "yolo": load_detection_splits(DetectionData(format="yolo", path=yolo, train="train", val_fraction=0)),
+        "coco": load_detection_splits(DetectionData(format="coco", path=yolo, train=str(coco_file.relative_to(yolo)), val_fraction=0)),
+        "voc": load_detection_splits(DetectionData(format="voc", path=voc, train="train", classes=CLASSES, val_fraction=0)),
+    }
+    assert read["coco"].classes == CLASSES  # ordered by category id, not by file order
+    base = read["yolo"].train
+    assert len(base) == 8 and sum(len(b.boxes) for b in base) >= 8
+    for fmt in ("coco", "voc"):
+        other = read[fmt].train
+        assert [Path(b.path).name for b in other] == [Path(b.path).name for b in base]
+        for a, b in zip(base, other):
+            assert torch.equal(a.labels, b.labels), fmt
+            assert torch.allclose(a.boxes, b.boxes, atol=1e-2), fmt
+
+
+def test_bad_files_are_reported_and_boxes_are_clipped(tmp_path):
+    yolo = shapes_dataset(tmp_path, n_train=4, n_val=1, size=64, seed=1)
+    images, labels = yolo / "images" / "train", yolo / "labels" / "train"
+    (images / "broken.png").write_bytes(b"not a png")
+    Image.new("RGB", (64, 64)).save(images / "edge.png")
+    (labels / "edge.txt").write_text("0 0.95 0.5 0.3 0.2\n1 0.5 0.5 0.0 0.1\n")  # runs off the right edge; zero width
+    Image.new("RGB", (64, 64)).save(images / "badclass.png")
+    (labels / "badclass.txt").write_text("7 0.5 0.5 0.2 0.2\n")
+    splits = load_detection_splits(DetectionData(format="yolo", path=yolo, train="train", val_fraction=0))
+    assert any("broken.png" in s for s in splits.skipped)
+    assert any("badclass.txt" in s and "class 7" in s for s in splits.skipped)
+    edge = next(b for b in splits.train if b.path.endswith("edge.png"))
+    assert edge.boxes.tolist() == [[pytest.approx(51.2), pytest.approx(25.6), 64.0, pytest.approx(38.4)]]
+    assert splits.dropped_boxes == 1
+    with pytest.raises(UserError, match="images/nope"):
+        load_detection_splits(DetectionData(format="yolo", path=yolo, train="nope"))
+    with pytest.raises(UserError, match="not found"):
+        load_detection_splits(DetectionData(format="coco", path=yolo, train="missing.json"))
+
+
+def test_recipe_errors_name_the_field():
+    with pytest.raises(RecipeError, match="data.path is required"):
+        validate_recipe({"task": "detection", "data": {"format": "yolo"}})
+    with pytest.raises(RecipeError, match="model.name: must be one of"):
+        validate_recipe({"task": "detection", "model": {"name": "yolov8"}})
+    recipe = validate_recipe({"task": "detection", "train": {"epochs": 2}})
+    assert recipe.train.monitor == "val_map" and recipe.train.clip_grad_norm == 10.0  # task defaults kept
+
+
+def test_loader_flips_boxes_with_pixels_and_resumes_mid_epoch(tmp_path):
+    yolo = shapes_dataset(tmp_path, n_train=12, n_val=1, size=64, seed=2)
+    items = load_detection_splits(DetectionData(format="yolo", path=yolo, train="train", val_fraction=0)).train
+    loader = detection.DetectionLoader(items, 3, device="cpu", shuffle=True, seed=5, hflip=True)
+    full = list(loader.batches(epoch=1))
+    resumed = list(loader.batches(epoch=1, start=2))
+    assert len(full) == 4 and len(resumed) == 2
+    for (xa, ta), (xb, tb) in zip(full[2:], resumed):
+        assert all(torch.equal(a, b) for a, b in zip(xa, xb))
+        assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(ta, tb))
+    flipped = 0
+    for images, targets in full:
+        for img, t in zip(images, targets):
+            plain = next(i for i in items if torch.equal(detection.read_rgb(i.path), img) or torch.equal(detection.read_rgb(i.path).flip(-1), img))
+            flipped += not torch.equal(detection.read_rgb(plain.path), img)
+            for box in t["boxes"].round().int().tolist():  # shapes are bright on a dark background
+                x1, y1, x2, y2 = box
+                assert img[:, y1:y2, x1:x2].mean() > img.mean(), "a box lost its object"
+            assert torch.equal(t["labels"], plain.labels + 1)
+    assert 0 < flipped < 12
