@@ -10,6 +10,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -174,3 +175,91 @@ def test_loader_flips_boxes_with_pixels_and_resumes_mid_epoch(tmp_path):
                 assert img[:, y1:y2, x1:x2].mean() > img.mean(), "a box lost its object"
             assert torch.equal(t["labels"], plain.labels + 1)
     assert 0 < flipped < 12
+
+
+def _png(path: str, size: tuple[int, int] | None = None) -> bytes:
+    import io
+
+    with Image.open(path) as im:
+        im = im.convert("RGB") if size is None else im.convert("RGB").resize(size)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        return buf.getvalue()
+
+
+def test_serving_detection_returns_boxes_and_enforces_limits(trained, monkeypatch):
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from nnrecipe.deploy import predictors
+    from nnrecipe.deploy.serve import ServeConfig, create_app
+
+    run, _, recipe = trained
+    item = detection.load_splits(recipe).val[0]
+    auth = {"Authorization": "Bearer k3y"}
+    with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=["k3y"], max_batch=4, precision="fp32"))) as client:
+        assert client.post("/v1/predict", json={"inputs": [base64.b64encode(_png(item.path)).decode()]}).status_code == 401
+        r = client.post("/v1/predict", headers=auth, json={"inputs": [base64.b64encode(_png(item.path)).decode()]})
+        assert r.status_code == 200, r.text
+        found = r.json()["predictions"][0]["detections"]
+        best = max(found, key=lambda d: d["score"])
+        assert box_iou(torch.tensor([best["box"]]), item.boxes).max() >= 0.5
+        up = client.post("/v1/predict", headers=auth, files=[("files", ("a.png", _png(item.path), "image/png"))] * 2)
+        assert up.status_code == 200 and len(up.json()["predictions"]) == 2
+        bad = client.post("/v1/predict", headers=auth, json={"inputs": [base64.b64encode(b"not an image").decode()]})
+        assert bad.status_code == 422 and "inputs[0]" in bad.json()["detail"]
+        monkeypatch.setattr(predictors.DetectionPredictor, "max_pixels", 100 * 100)
+        big = client.post("/v1/predict", headers=auth, json={"inputs": [base64.b64encode(_png(item.path, (200, 200))).decode()]})
+        assert big.status_code == 422 and "the limit is 10000 pixels" in big.json()["detail"]
+        card = client.get("/v1/model", headers=auth).json()
+        assert card["task"] == "detection" and card["labels"] == CLASSES and card["metrics"]["val"]["map"] > 0.5
+        schema = client.get("/openapi.json").json()
+        assert "ImageDetections" in json.dumps(schema["components"]["schemas"])
+
+
+def test_detection_exports_match_pytorch_and_run_on_other_image_sizes(trained, tmp_path):
+    import onnxruntime as ort
+
+    from nnrecipe.deploy.export import export_run
+
+    run, _, recipe = trained
+    ts = export_run(run, "torchscript", tmp_path / "det.pt")
+    assert ts["checks"]["validation_images"] == 8 and ts["checks"]["max_box_diff_px"] <= 1e-2
+    card = export_run(run, "onnx", tmp_path / "det.onnx")
+    assert card["task"] == "detection" and card["checks"]["max_score_diff"] <= 1e-4
+    assert json.loads((tmp_path / "det.onnx.card.json").read_text())["sha256"]["artefact"]
+    item = detection.load_splits(recipe).val[1]
+    wide = torch.nn.functional.interpolate(detection.read_rgb(item.path)[None], size=(128, 192), mode="bilinear")[0]
+    boxes, labels, scores = ort.InferenceSession(str(tmp_path / "det.onnx")).run(None, {"image": wide.numpy()})
+    with torch.no_grad():
+        ref = detection.inference_model(run, detection._spec(run), "cpu")([wide])[0]
+    assert np.array_equal(labels, ref["labels"].numpy()) and np.allclose(boxes, ref["boxes"].numpy(), atol=1e-2)
+    with pytest.raises(UserError, match="int8: not offered for detection"):
+        export_run(run, "onnx", tmp_path / "q.onnx", "int8")
+
+    from fastapi.testclient import TestClient
+
+    from nnrecipe.deploy.serve import ServeConfig, create_app
+
+    with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=["k"], onnx=tmp_path / "det.onnx"))) as client:
+        auth = {"Authorization": "Bearer k"}
+        served = client.post("/v1/predict", headers=auth, files=[("files", ("w.png", _png(item.path), "image/png"))]).json()
+        assert client.get("/v1/model", headers=auth).json()["backend"] == "onnxruntime"
+    with torch.no_grad():
+        eager = detection.detections(detection.inference_model(run, detection._spec(run), "cpu")([detection.read_rgb(item.path)])[0],
+                                     CLASSES, recipe.model.score_threshold)
+    assert [d["label"] for d in served["predictions"][0]["detections"]] == [d["label"] for d in eager]
+
+
+def test_detection_export_parity_check_refuses_a_mismatch():
+    from nnrecipe.deploy.export import ExportMismatch
+    from nnrecipe.deploy.export_detection import check_detections
+
+    ref = [{"boxes": torch.tensor([[1.0, 2.0, 30.0, 40.0]]), "labels": torch.tensor([2]), "scores": torch.tensor([0.9])}]
+    same = [{k: v.numpy() for k, v in ref[0].items()}]
+    assert check_detections(ref, same, "x")["max_box_diff_px"] == 0.0
+    with pytest.raises(ExportMismatch, match="boxes differ"):
+        check_detections(ref, [same[0] | {"boxes": same[0]["boxes"] + 0.5}], "x")
+    with pytest.raises(ExportMismatch, match="labels"):
+        check_detections(ref, [same[0] | {"labels": np.array([1])}], "x")

@@ -168,6 +168,8 @@ def export_run(run: Run, fmt: str = "onnx", out: Path | None = None, quantize: s
         raise UserError(f"--format: must be onnx or torchscript (got {fmt!r})")
     if quantize not in (None, "int8") or (quantize and fmt != "onnx"):
         raise UserError("--quantize: only int8, and only with --format onnx")
+    if hasattr(PREDICTORS[task], "export"):  # tasks whose outputs are not logits export themselves
+        return PREDICTORS[task].export(run, fmt, out, quantize)
     subject = PREDICTORS[task].export_subject(run)
     with torch.no_grad():
         reference = [subject.model(*subject.args(b)).numpy() for b in subject.batches]

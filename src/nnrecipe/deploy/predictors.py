@@ -53,6 +53,20 @@ class EntityResponse(BaseModel):
     predictions: list[TaggedText]
 
 
+class Detection(BaseModel):
+    label: str
+    score: float
+    box: list[float] = Field(description="x1, y1, x2, y2 in the input image's pixels.")
+
+
+class ImageDetections(BaseModel):
+    detections: list[Detection]
+
+
+class DetectionResponse(BaseModel):
+    predictions: list[ImageDetections]
+
+
 class InputError(ValueError):
     """One input of a request cannot be used; the message names it."""
 
@@ -101,11 +115,7 @@ class ImagePredictor:
 
     def decode_text(self, item: str, index: int) -> torch.Tensor:
         """JSON inputs are base64-encoded image files."""
-        try:
-            data = base64.b64decode(item, validate=True)
-        except (binascii.Error, ValueError):
-            raise InputError(f"inputs[{index}]: not valid base64") from None
-        return self.decode(data, index)
+        return self.decode(from_base64(item, index), index)
 
     def predict(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:
         x = self.normalize(torch.stack(images))
@@ -124,17 +134,86 @@ class ImagePredictor:
         return out
 
     def card(self) -> dict[str, Any]:
-        report = json.loads((self.run.dir / "report.json").read_text()) if (self.run.dir / "report.json").is_file() else {}
         s = self.spec
-        return {
-            "task": self.task, "labels": s.classes, "model": s.model,
-            "backend": "onnxruntime" if self.onnx_path else f"pytorch ({self.precision})",
-            "input": {"kind": "image file (PNG, JPEG, ...)", "json": "base64 strings in 'inputs'", "multipart": "files"},
-            "preprocessing": {"resize": [s.image_size, s.image_size], "channels": s.channels, "mean": s.mean, "std": s.std},
-            "metrics": {k: {"accuracy": v.get("accuracy"), "examples": v.get("examples")} for k, v in report.items()},
-            "source_run": str(self.run.dir),
-            "weights_sha256": hashlib.sha256(self.run.best_checkpoint.read_bytes()).hexdigest(),
-        }
+        return model_card(self, s.classes, s.model, ("accuracy", "examples"),
+                    input={"kind": "image file (PNG, JPEG, ...)", "json": "base64 strings in 'inputs'", "multipart": "files"},
+                    preprocessing={"resize": [s.image_size, s.image_size], "channels": s.channels, "mean": s.mean, "std": s.std})
+
+
+def model_card(predictor, labels: list[str], model: str, metrics: tuple[str, ...], **facts) -> dict[str, Any]:
+    """GET /v1/model: what is served, by which backend, how inputs are read, the run's scores, provenance."""
+    run = predictor.run
+    report = json.loads((run.dir / "report.json").read_text()) if (run.dir / "report.json").is_file() else {}
+    return {"task": predictor.task, "labels": labels, "model": model,
+            "backend": "onnxruntime" if predictor.onnx_path else f"pytorch ({predictor.precision})", **facts,
+            "metrics": {split: {m: r[m] for m in metrics if m in r} for split, r in report.items()},
+            "source_run": str(run.dir), "weights_sha256": hashlib.sha256(run.best_checkpoint.read_bytes()).hexdigest()}
+
+
+def from_base64(item: str, index: int) -> bytes:
+    try:
+        return base64.b64decode(item, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"inputs[{index}]: not valid base64") from None
+
+
+class DetectionPredictor:
+    """Detection: images of any size in, boxes in that image's pixels out (above model.score_threshold)."""
+
+    task = "detection"
+    response = DetectionResponse
+    cpu_bf16 = False
+    max_pixels = 4096 * 4096  # a larger image is refused (422) before it can exhaust a worker's memory
+
+    @staticmethod
+    def export(run: Run, fmt: str, out: Path | None, quantize: str | None) -> dict[str, Any]:
+        from nnrecipe.deploy.export_detection import export_detection
+
+        return export_detection(run, fmt, out, quantize)
+
+    def __init__(self, run: Run, onnx_path: Path | None = None, top_k: int = 3, precision: str = "fp32"):
+        from nnrecipe.tasks import detection
+
+        self.run, self.onnx_path = run, onnx_path
+        self.precision = "onnx" if onnx_path is not None else precision
+        self.spec = detection._spec(run)
+        if onnx_path is not None:  # the exported graph takes one image per call (see deploy/export_detection.py)
+            self.session = _ort_session(onnx_path)
+        else:
+            self.model = detection.inference_model(run, self.spec, "cpu")
+        self._detections = detection.detections
+
+    def decode(self, data: bytes, index: int) -> torch.Tensor:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.width * im.height > self.max_pixels:
+                    raise InputError(f"inputs[{index}]: {im.width}x{im.height} pixels; the limit is {self.max_pixels} pixels")
+                im.seek(0)
+                array = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
+            raise InputError(f"inputs[{index}]: not a decodable image ({type(e).__name__})") from None
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+
+    def decode_text(self, item: str, index: int) -> torch.Tensor:
+        return self.decode(from_base64(item, index), index)
+
+    def predict(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:
+        if self.onnx_path is not None:
+            preds = [dict(zip(("boxes", "labels", "scores"), map(torch.from_numpy, self.session.run(None, {"image": x.numpy()}))))
+                     for x in images]
+        else:
+            with torch.no_grad(), autocast(self.precision):
+                preds = self.model(images)
+        return [{"detections": self._detections(p, self.spec.classes, self.spec.score_threshold)} for p in preds]
+
+    def card(self) -> dict[str, Any]:
+        s = self.spec
+        return model_card(self, s.classes, s.model, ("map", "map_50", "map_75", "images"),
+                    input={"kind": "image file (PNG, JPEG, ...), any size", "json": "base64 strings in 'inputs'",
+                           "multipart": "files", "max_pixels": self.max_pixels},
+                    preprocessing={"resize": f"short side {s.min_size}, long side at most {s.max_size} (inside the model)",
+                                   "boxes": "returned in the input image's pixels"},
+                    output={"detections": "label, score, box [x1, y1, x2, y2]", "score_threshold": s.score_threshold})
 
 
 def _ort_session(onnx_path: Path):
@@ -212,17 +291,10 @@ class TextPredictor:
         return out
 
     def card(self) -> dict[str, Any]:
-        report = json.loads((self.run.dir / "report.json").read_text()) if (self.run.dir / "report.json").is_file() else {}
         keep = ("accuracy", "examples", "f1", "precision", "recall", "token_accuracy", "sentences")
-        return {
-            "task": self.task, "labels": self.labels, "model": self.meta["model"], "finetune": self.meta["finetune"],
-            "backend": "onnxruntime" if self.onnx_path else f"pytorch ({self.precision})",
-            "input": {"kind": "text", "json": "strings in 'inputs'", "multipart": "UTF-8 text files",
-                      "max_tokens": self.meta["max_length"], "longer": "truncated"},
-            "metrics": {k: {m: v[m] for m in keep if m in v} for k, v in report.items()},
-            "source_run": str(self.run.dir),
-            "weights_sha256": hashlib.sha256(self.run.best_checkpoint.read_bytes()).hexdigest(),
-        }
+        return model_card(self, self.labels, self.meta["model"], keep, finetune=self.meta["finetune"],
+                    input={"kind": "text", "json": "strings in 'inputs'", "multipart": "UTF-8 text files",
+                           "max_tokens": self.meta["max_length"], "longer": "truncated"})
 
 
 class NerPredictor(TextPredictor):
@@ -237,7 +309,7 @@ class NerPredictor(TextPredictor):
 
 
 PREDICTORS = {"image_classification": ImagePredictor, "text_classification": TextPredictor,
-              "token_classification": NerPredictor}
+              "token_classification": NerPredictor, "detection": DetectionPredictor}
 
 
 def response_model(predictor) -> type[BaseModel]:

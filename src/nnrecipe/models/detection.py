@@ -10,8 +10,8 @@ from-scratch network for the synthetic shapes set, tests and CPU demos.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
+from typing import Dict
 
 import torch
 from torch import nn
@@ -28,22 +28,24 @@ from nnrecipe.models.pretrained import load_matching, read_state_dict
 DETECTORS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn", "tiny")
 
 
-class TinyBackbone(nn.Sequential):
-    """Three stride-2 conv blocks and a stride-1 one (stride 8, 64 channels): enough for coloured shapes. Kept narrow
-    because torchvision's CPU RoIAlign backward costs in proportion to channels x sampled RoIs (with
-    128 channels and 128 RoIs per image it took 70% of a training step)."""
+class TinyBackbone(nn.Module):
+    """Three stride-2 conv blocks and a stride-1 one (stride 8, 64 channels): enough for coloured shapes.
+    Kept narrow because torchvision's CPU RoIAlign backward costs in proportion to channels x sampled
+    RoIs (with 128 channels and 128 RoIs per image it took 70% of a training step). Scriptable, so
+    detection runs export to TorchScript."""
 
     out_channels = 64
 
     def __init__(self):
+        super().__init__()
         layers, width = [], 3
         for w, stride in ((32, 2), (48, 2), (64, 2), (64, 1)):
             layers += [nn.Conv2d(width, w, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
             width = w
-        super().__init__(*layers)
+        self.body = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        return OrderedDict([("0", super().forward(x))])
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {"0": self.body(x)}
 
 
 def build_detector(name: str, num_classes: int, *, min_size: int, max_size: int, weights: Path | None = None,
