@@ -263,3 +263,23 @@ def test_detection_export_parity_check_refuses_a_mismatch():
         check_detections(ref, [same[0] | {"boxes": same[0]["boxes"] + 0.5}], "x")
     with pytest.raises(ExportMismatch, match="labels"):
         check_detections(ref, [same[0] | {"labels": np.array([1])}], "x")
+
+
+def test_pretrained_detector_weights_load_by_name_and_the_run_rebuilds_with_frozen_norm(tmp_path):
+    """torchvision's own builder (91 COCO classes) stands in for its COCO checkpoint: everything but the box
+    predictor loads; a run started from such weights is rebuilt with the same frozen BatchNorm."""
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+
+    from nnrecipe.models.detection import build_detector
+
+    coco = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=91)
+    torch.save(coco.state_dict(), tmp_path / "coco.pth")
+    ours = build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", 3, min_size=320, max_size=640, weights=tmp_path / "coco.pth")
+    theirs, mine = coco.state_dict(), ours.state_dict()
+    assert torch.equal(mine["rpn.head.conv.0.0.weight"], theirs["rpn.head.conv.0.0.weight"])
+    assert torch.equal(mine["backbone.body.0.0.weight"], theirs["backbone.body.0.0.weight"])
+    assert mine["roi_heads.box_predictor.cls_score.weight"].shape[0] == 4  # 3 classes + background
+    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
+    assert "backbone.body.0.0.weight" not in trainable and "rpn.head.conv.0.0.weight" in trainable
+    spec = detection.DetectionSpec(["a", "b", "c"], "fasterrcnn_mobilenet_v3_large_320_fpn", 320, 640, 0.5, frozen_norm=True)
+    spec.build_model().load_state_dict(mine)  # strict: same modules as at training time

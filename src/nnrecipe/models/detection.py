@@ -50,10 +50,13 @@ class TinyBackbone(nn.Module):
 
 def build_detector(name: str, num_classes: int, *, min_size: int, max_size: int, weights: Path | None = None,
                    backbone_weights: Path | None = None, trainable_backbone_layers: int = 3,
-                   box_score_thresh: float = 0.05) -> nn.Module:
-    """`num_classes` excludes the background (Faster R-CNN's class 0), which is added here."""
+                   box_score_thresh: float = 0.05, frozen_norm: bool | None = None) -> nn.Module:
+    """`num_classes` excludes the background (Faster R-CNN's class 0), which is added here. `frozen_norm`
+    (default: whether weights are given) builds the backbone with FrozenBatchNorm2d; a run trained from
+    pretrained weights must be rebuilt the same way to load its checkpoint."""
     pretrained = weights is not None or backbone_weights is not None
-    norm = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+    frozen = pretrained if frozen_norm is None else frozen_norm
+    norm = FrozenBatchNorm2d if frozen else nn.BatchNorm2d
     layers = trainable_backbone_layers if pretrained else None  # from scratch: everything trains
     common = {"min_size": min_size, "max_size": max_size, "box_score_thresh": box_score_thresh}
     if name == "tiny":

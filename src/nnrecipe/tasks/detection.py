@@ -41,9 +41,11 @@ class DetectionSpec:
     min_size: int
     max_size: int
     score_threshold: float
+    frozen_norm: bool = False  # started from pretrained weights: the backbone's BatchNorm is frozen
 
     def build_model(self, **weights) -> nn.Module:
-        return build_detector(self.model, len(self.classes), min_size=self.min_size, max_size=self.max_size, **weights)
+        return build_detector(self.model, len(self.classes), min_size=self.min_size, max_size=self.max_size,
+                              frozen_norm=self.frozen_norm, **weights)
 
 
 def read_rgb(path: str) -> torch.Tensor:
@@ -134,7 +136,8 @@ def run_map(model: nn.Module, loader: DetectionLoader, keep: int = 0) -> tuple[d
 
 def detection_spec(recipe, splits: DetectionSplits) -> DetectionSpec:
     m = recipe.model
-    return DetectionSpec(splits.classes, m.name, m.min_size, m.max_size, m.score_threshold)
+    pretrained = m.weights is not None or m.backbone_weights is not None
+    return DetectionSpec(splits.classes, m.name, m.min_size, m.max_size, m.score_threshold, pretrained)
 
 
 def load_splits(recipe) -> DetectionSplits:
