@@ -20,7 +20,7 @@ from nnrecipe.data.boxes import load_detection_splits
 from nnrecipe.data.shapes import CLASSES, shapes_dataset
 from nnrecipe.errors import RecipeError, UserError
 from nnrecipe.recipe import DetectionData, load_recipe, validate_recipe
-from nnrecipe.runs import create_run
+from nnrecipe.runs import create_run, open_run
 from nnrecipe.tasks import detection
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,3 +283,18 @@ def test_pretrained_detector_weights_load_by_name_and_the_run_rebuilds_with_froz
     assert "backbone.body.0.0.weight" not in trainable and "rpn.head.conv.0.0.weight" in trainable
     spec = detection.DetectionSpec(["a", "b", "c"], "fasterrcnn_mobilenet_v3_large_320_fpn", 320, 640, 0.5, frozen_norm=True)
     spec.build_model().load_state_dict(mine)  # strict: same modules as at training time
+
+
+def test_pruning_a_detection_run_gives_a_scored_usable_run(trained):
+    from nnrecipe.deploy.prune import prune_run
+
+    run, result, _ = trained
+    stats = prune_run(run, 0.3)
+    assert stats["metric"] == "val map" and stats["before"] == pytest.approx(result["map"])
+    assert 0.29 <= stats["sparsity"] <= 0.31 and stats["after"] >= stats["before"] - 0.1
+    structured = open_run(prune_run(run, 0.2, structured=True)["run"])
+    pruned = detection.inference_model(structured, detection._spec(structured), "cpu")
+    assert pruned.roi_heads.box_predictor.cls_score.weight.abs().sum(1).ne(0).all()  # class outputs kept whole
+    assert pruned.roi_heads.box_head.fc6.weight.abs().sum(1).eq(0).float().mean() == pytest.approx(0.2, abs=0.01)
+    with pytest.raises(UserError, match="fine-tuning after pruning is offered for image"):
+        prune_run(run, 0.3, finetune_epochs=1)

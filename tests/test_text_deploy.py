@@ -80,3 +80,12 @@ def test_serving_ner_returns_entities_with_offsets_from_pytorch_and_onnx(trained
     assert results[0] == results[1]
     assert [(e["text"], e["type"]) for e in results[0]] == [("Maria Schmidt", "PER"), ("Osaka", "LOC")]
     assert all(text[e["start"]:e["end"]] == e["text"] for e in results[0])
+
+
+def test_pruning_text_and_ner_runs_reports_the_task_metric(trained_text_run, trained_ner_run):
+    from nnrecipe.deploy.prune import prune_run
+
+    text = prune_run(trained_text_run, 0.2)
+    assert text["metric"].endswith("accuracy") and 0.19 <= text["sparsity"] <= 0.21 and text["after"] >= 0.5
+    ner = prune_run(trained_ner_run, 0.2)
+    assert ner["metric"].endswith("f1") and 0.19 <= ner["sparsity"] <= 0.21 and ner["after"] is not None

@@ -38,8 +38,12 @@ class KeepMasks(Callback):
 
 
 def prunable(model: nn.Module, structured: bool) -> list[tuple[str, nn.Module]]:
-    """Conv and linear layers; the classifier head is left whole when pruning channels (its outputs are the classes)."""
+    """Conv and linear layers. Pruning channels leaves the output layers whole, since their outputs are
+    the classes (a classifier's head; a detector's RPN objectness/box outputs and its box predictor)."""
     head = {n.rsplit(".", 1)[0] for n in head_parameter_names(model)}
+    if hasattr(model, "roi_heads") and hasattr(model, "rpn"):  # torchvision detectors
+        head |= {n for n, _ in model.named_modules()
+                 if n.startswith("roi_heads.box_predictor") or n in ("rpn.head.cls_logits", "rpn.head.bbox_pred")}
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     return [(n, m) for n, m in layers if not (structured and n in head)]
 
@@ -64,15 +68,47 @@ def sparsity(model: nn.Module, structured: bool = False) -> float:
     return float(sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights))
 
 
+# task -> (the run.json key holding what inference needs, the report metric that pruning is judged by)
+PRUNABLE = {"image_classification": ("image", "accuracy"), "text_classification": ("text", "accuracy"),
+            "token_classification": ("text", "f1"), "detection": ("detection", "map")}
+
+
+def _trained_model(run: Run, task: str) -> nn.Module:
+    """The run's best weights as the task's own inference code loads them."""
+    from nnrecipe.tasks import task_module
+
+    module = task_module(task)
+    if task in ("image_classification", "detection"):
+        return module.inference_model(run, module._spec(run), "cpu")
+    return module.inference_model(run, "cpu")[0]
+
+
+def _score(run: Run, task: str, metric: str) -> tuple[str, float]:
+    """(split, metric) on the test split, or on val when the run has no test split."""
+    from nnrecipe.tasks import task_module
+
+    try:
+        return "test", task_module(task).evaluate(run, split="test")[metric]
+    except UserError as e:
+        if "no test split" not in str(e):
+            raise
+        return "val", task_module(task).evaluate(run, split="val")[metric]
+
+
 def prune_run(run: Run, amount: float, structured: bool = False, finetune_epochs: int = 0) -> dict[str, Any]:
     from nnrecipe.tasks import image_classification as image
 
-    if run.meta().get("task") != "image_classification":
-        raise UserError(f"{run.dir}: pruning supports image classification runs so far")
+    task = run.meta().get("task")
+    if task not in PRUNABLE:
+        raise UserError(f"{run.dir}: pruning supports {', '.join(PRUNABLE)} runs (this one: {task})")
     if not 0 < amount < 1:
         raise UserError(f"--amount: a fraction between 0 and 1 (got {amount})")
-    recipe, spec = run.recipe(), image._spec(run)
-    model = image.inference_model(run, spec, "cpu")
+    if finetune_epochs and task != "image_classification":
+        raise UserError(f"--finetune-epochs: fine-tuning after pruning is offered for image classification runs; "
+                        f"prune this {task} run without it")
+    key, metric = PRUNABLE[task]
+    recipe = run.recipe()
+    model = _trained_model(run, task)
     masks = apply_pruning(model, amount, structured)
     kind = "structured" if structured else "unstructured"
     name = f"{run.dir.name}-pruned{round(amount * 100)}{'-structured' if structured else ''}"
@@ -82,25 +118,28 @@ def prune_run(run: Run, amount: float, structured: bool = False, finetune_epochs
     if (run.dir.parent / name).exists():
         shutil.rmtree(run.dir.parent / name)  # a re-prune replaces the previous result
     out = create_run(new, name)
-    weights = out.dir / "pruned_init.safetensors"
-    save_checkpoint(weights, model.state_dict())
     if finetune_epochs > 0:
+        weights = out.dir / "pruned_init.safetensors"
+        save_checkpoint(weights, model.state_dict())
         new.model.init_from = weights
         new.model.freeze, new.model.unfreeze_at_epoch = "none", None
         new.train.epochs = finetune_epochs
         new.optim.lr = recipe.optim.lr * 0.1  # fine-tuning: a tenth of the original peak LR
         out.recipe_path.write_text(recipe_to_yaml(new))  # the run's recipe is the fine-tuning one
         result = image.train(new, out, callbacks=[KeepMasks(masks)])
-        accuracy = result.get("accuracy")
+        split, after = "test", result.get("accuracy")
     else:
-        out.update_meta(status="finished", task="image_classification", image=spec.__dict__)
+        out.update_meta(status="finished", task=task, **{key: run.meta()[key]})
         save_checkpoint(out.best_checkpoint, with_prefix(model.state_dict(), "model"))
-        accuracy = image.evaluate(out, split="test")["accuracy"]
-    pruned = image.inference_model(out, spec, "cpu")
-    before = json.loads((run.dir / "report.json").read_text()).get("test", {}).get("accuracy") if (run.dir / "report.json").is_file() else None
+        split, after = _score(out, task, metric)
+    pruned = _trained_model(out, task)
+    report = json.loads((run.dir / "report.json").read_text()) if (run.dir / "report.json").is_file() else {}
+    before = report.get(split, {}).get(metric)
     stats = {"method": kind, "amount": amount, "sparsity": sparsity(pruned, structured), "finetune_epochs": finetune_epochs,
-             "test_accuracy_before": before, "test_accuracy_after": accuracy, "source_run": str(run.dir)}
+             "metric": f"{split} {metric}", "before": before, "after": after, "source_run": str(run.dir)}
+    if metric == "accuracy" and split == "test":  # the names earlier versions used
+        stats |= {"test_accuracy_before": before, "test_accuracy_after": after}
     out.update_meta(pruning=stats)
-    console.print(f"pruned ({kind}, {amount:.0%}): sparsity {stats['sparsity']:.1%}, test accuracy "
-                  f"{before if before is None else round(before, 4)} -> {accuracy:.4f}; run {out.dir}", soft_wrap=True)
+    console.print(f"pruned ({kind}, {amount:.0%}): sparsity {stats['sparsity']:.1%}, {split} {metric} "
+                  f"{before if before is None else round(before, 4)} -> {after:.4f}; run {out.dir}", soft_wrap=True)
     return stats | {"run": str(out.dir)}
