@@ -89,3 +89,16 @@ def test_pruning_text_and_ner_runs_reports_the_task_metric(trained_text_run, tra
     assert text["metric"].endswith("accuracy") and 0.19 <= text["sparsity"] <= 0.21 and text["after"] >= 0.5
     ner = prune_run(trained_ner_run, 0.2)
     assert ner["metric"].endswith("f1") and 0.19 <= ner["sparsity"] <= 0.21 and ner["after"] is not None
+
+
+def test_pruned_text_run_fine_tunes_with_its_zeros_kept(trained_text_run):
+    from nnrecipe.deploy.prune import _trained_model, prunable, prune_run
+    from nnrecipe.runs import open_run
+
+    stats = prune_run(trained_text_run, 0.3, finetune_epochs=1)
+    out = open_run(stats["run"])
+    assert out.meta()["status"] == "finished" and stats["after"] is not None
+    model = _trained_model(out, "text_classification")
+    weights = [m.weight for _, m in prunable(model, False)]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros >= 0.29  # fine-tuning moved the weights but regrew none of the pruned ones

@@ -157,7 +157,7 @@ def prune(
     run_dir: Path = typer.Argument(..., help="A trained run directory."),
     amount: float = typer.Option(0.5, help="Fraction of weights (or, with --structured, of channels) to remove."),
     structured: bool = typer.Option(False, "--structured", help="Remove whole output channels (L2 norm) instead of single weights."),
-    finetune_epochs: int = typer.Option(0, min=0, help="Image runs: fine-tune this many epochs with the masks held (at 0.1x the LR)."),
+    finetune_epochs: int = typer.Option(0, min=0, help="Fine-tune this many epochs with the masks held (at 0.1x the LR); not for peft text runs."),
 ) -> None:
     """Prune a run's best weights (image, text, NER or detection) into a new run <run>-pruned<N>, scored on its
     test (else val) split; evaluate/export/serve work on it."""

@@ -95,17 +95,35 @@ def _score(run: Run, task: str, metric: str) -> tuple[str, float]:
         return "val", task_module(task).evaluate(run, split="val")[metric]
 
 
-def prune_run(run: Run, amount: float, structured: bool = False, finetune_epochs: int = 0) -> dict[str, Any]:
-    from nnrecipe.tasks import image_classification as image
+def _start_from(recipe, task: str, model: nn.Module, path) -> None:
+    """Point the fine-tuning recipe at the pruned weights, in the form each task starts from."""
+    if task == "image_classification":
+        save_checkpoint(path.with_suffix(".safetensors"), model.state_dict())
+        recipe.model.init_from = path.with_suffix(".safetensors")
+        recipe.model.freeze, recipe.model.unfreeze_at_epoch = "none", None
+    elif task == "detection":
+        save_checkpoint(path.with_suffix(".safetensors"), model.state_dict())
+        recipe.model.weights, recipe.model.backbone_weights = path.with_suffix(".safetensors"), None
+    else:  # a fully fine-tuned transformer: a model folder the recipe loads like any base model
+        from transformers import AutoTokenizer
 
+        from nnrecipe.models.hf import resolve
+
+        model.save_pretrained(path)
+        AutoTokenizer.from_pretrained(resolve(recipe.model.name)).save_pretrained(path)
+        recipe.model.name = str(path)
+
+
+def prune_run(run: Run, amount: float, structured: bool = False, finetune_epochs: int = 0) -> dict[str, Any]:
     task = run.meta().get("task")
     if task not in PRUNABLE:
         raise UserError(f"{run.dir}: pruning supports {', '.join(PRUNABLE)} runs (this one: {task})")
     if not 0 < amount < 1:
         raise UserError(f"--amount: a fraction between 0 and 1 (got {amount})")
-    if finetune_epochs and task != "image_classification":
-        raise UserError(f"--finetune-epochs: fine-tuning after pruning is offered for image classification runs; "
-                        f"prune this {task} run without it")
+    if finetune_epochs and task in ("text_classification", "token_classification") \
+            and run.recipe().model.finetune != "full":
+        raise UserError(f"--finetune-epochs: offered for fully fine-tuned text runs; this one is "
+                        f"{run.recipe().model.finetune} (prune it without fine-tuning)")
     key, metric = PRUNABLE[task]
     recipe = run.recipe()
     model = _trained_model(run, task)
@@ -119,19 +137,17 @@ def prune_run(run: Run, amount: float, structured: bool = False, finetune_epochs
         shutil.rmtree(run.dir.parent / name)  # a re-prune replaces the previous result
     out = create_run(new, name)
     if finetune_epochs > 0:
-        weights = out.dir / "pruned_init.safetensors"
-        save_checkpoint(weights, model.state_dict())
-        new.model.init_from = weights
-        new.model.freeze, new.model.unfreeze_at_epoch = "none", None
+        from nnrecipe.tasks import task_module
+
+        _start_from(new, task, model, out.dir / "pruned_init")
         new.train.epochs = finetune_epochs
         new.optim.lr = recipe.optim.lr * 0.1  # fine-tuning: a tenth of the original peak LR
         out.recipe_path.write_text(recipe_to_yaml(new))  # the run's recipe is the fine-tuning one
-        result = image.train(new, out, callbacks=[KeepMasks(masks)])
-        split, after = "test", result.get("accuracy")
+        task_module(task).train(new, out, callbacks=[KeepMasks(masks)])
     else:
         out.update_meta(status="finished", task=task, **{key: run.meta()[key]})
         save_checkpoint(out.best_checkpoint, with_prefix(model.state_dict(), "model"))
-        split, after = _score(out, task, metric)
+    split, after = _score(out, task, metric)
     pruned = _trained_model(out, task)
     report = json.loads((run.dir / "report.json").read_text()) if (run.dir / "report.json").is_file() else {}
     before = report.get(split, {}).get(metric)
