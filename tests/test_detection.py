@@ -298,3 +298,15 @@ def test_pruning_a_detection_run_gives_a_scored_usable_run(trained):
     assert pruned.roi_heads.box_head.fc6.weight.abs().sum(1).eq(0).float().mean() == pytest.approx(0.2, abs=0.01)
     tuned = prune_run(run, 0.5, finetune_epochs=1)  # one epoch at a tenth of the LR, masks held
     assert tuned["finetune_epochs"] == 1 and 0.49 <= tuned["sparsity"] <= 0.51 and tuned["after"] > 0.2
+
+
+def test_a_split_without_any_boxes_is_reported_as_not_applicable(trained):
+    """COCO scores -1 when there is nothing to find; the report says n/a instead of failing on it."""
+    from dataclasses import replace
+
+    run, _, recipe = trained
+    empty = [replace(item, boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64))
+             for item in detection.load_splits(recipe).val[:4]]
+    summary = detection._report(run, recipe, detection._spec(run), empty, "empty", "cpu")
+    assert summary["map"] is None and summary["boxes"] == 0
+    assert "mAP n/a" in (run.dir / "report.md").read_text()

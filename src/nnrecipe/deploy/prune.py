@@ -157,5 +157,5 @@ def prune_run(run: Run, amount: float, structured: bool = False, finetune_epochs
         stats |= {"test_accuracy_before": before, "test_accuracy_after": after}
     out.update_meta(pruning=stats)
     console.print(f"pruned ({kind}, {amount:.0%}): sparsity {stats['sparsity']:.1%}, {split} {metric} "
-                  f"{before if before is None else round(before, 4)} -> {after:.4f}; run {out.dir}", soft_wrap=True)
+                  f"{before if before is None else round(before, 4)} -> {after if after is None else round(after, 4)}; run {out.dir}", soft_wrap=True)
     return stats | {"run": str(out.dir)}

@@ -36,13 +36,14 @@ def detection_summary(result: dict[str, torch.Tensor], classes: list[str], image
             "mar_100": num(result["mar_100"]), "per_class_ap": per_class, "images": images, "boxes": boxes}
 
 
-def _f(v: float | None) -> str:
+def fmt(v: float | None) -> str:
+    """A metric for people: four decimals, or n/a where COCO has nothing to score (no such objects)."""
     return "n/a" if v is None else f"{v:.4f}"
 
 
 def detection_table(summary: dict[str, Any]) -> str:
     lines = ["| class | AP (IoU .50:.95) |", "|---|---:|"]
-    lines += [f"| {name} | {_f(ap)} |" for name, ap in summary["per_class_ap"].items()]
+    lines += [f"| {name} | {fmt(ap)} |" for name, ap in summary["per_class_ap"].items()]
     return "\n".join(lines)
 
 
@@ -52,10 +53,10 @@ def write_detection_report(run_dir: Path, split: str, summary: dict[str, Any], e
     path, report = merge_report(run_dir, split, summary | (extra or {}))
     md = [f"# Report: {run_dir.name}", ""]
     for name, s in report.items():
-        md += [f"## {name}: mAP {_f(s['map'])} (AP50 {_f(s['map_50'])}, AP75 {_f(s['map_75'])}) on {s['images']} images, {s['boxes']} boxes", ""]
+        md += [f"## {name}: mAP {fmt(s['map'])} (AP50 {fmt(s['map_50'])}, AP75 {fmt(s['map_75'])}) on {s['images']} images, {s['boxes']} boxes", ""]
         md += source_line(s)
-        md += [f"By size: small {_f(s['map_small'])}, medium {_f(s['map_medium'])}, large {_f(s['map_large'])}; "
-               f"recall at 100 detections {_f(s['mar_100'])}", "", detection_table(s), ""]
+        md += [f"By size: small {fmt(s['map_small'])}, medium {fmt(s['map_medium'])}, large {fmt(s['map_large'])}; "
+               f"recall at 100 detections {fmt(s['mar_100'])}", "", detection_table(s), ""]
         md += plot_lines(s)
         if s.get("skipped_files"):
             md += [f"Unreadable files skipped: {len(s['skipped_files'])} (listed in report.json)", ""]

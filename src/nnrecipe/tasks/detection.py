@@ -27,7 +27,7 @@ from nnrecipe.engine.seeding import derived_seed, seed_everything
 from nnrecipe.engine.tracking import Tracker
 from nnrecipe.errors import UserError
 from nnrecipe.models.detection import build_detector
-from nnrecipe.reporting.detection import detection_summary, map_metric, plot_detections, write_detection_report
+from nnrecipe.reporting.detection import detection_summary, fmt, map_metric, plot_detections, write_detection_report
 from nnrecipe.runs import Run
 from nnrecipe.tasks._fit import fit_run
 
@@ -224,8 +224,8 @@ def _report(run: Run, recipe, spec: DetectionSpec, part: list[BoxedImage], split
              "skipped_files": run.meta().get("skipped_files", []) + sorted(loader.unreadable)}
     report = write_detection_report(run.dir, split, summary, extra)
     per_class = ", ".join(f"{k} {v:.3f}" for k, v in summary["per_class_ap"].items() if v is not None)
-    console.print(f"\n{split} mAP {summary['map']:.4f} (AP50 {summary['map_50']:.4f}, AP75 {summary['map_75']:.4f}) on "
-                  f"{summary['images']} images, {summary['boxes']} boxes\nper class AP: {per_class}")
+    console.print(f"\n{split} mAP {fmt(summary['map'])} (AP50 {fmt(summary['map_50'])}, AP75 {fmt(summary['map_75'])}) on "
+                  f"{summary['images']} images, {summary['boxes']} boxes\nper class AP: {per_class or 'n/a'}")
     console.print(f"report: {report} and {run.dir / 'report.md'}; plots: {run.plots_dir}", soft_wrap=True)
     return summary
 
