@@ -244,6 +244,27 @@ class DetectionModel(_Section):
     score_threshold: float = Field(0.5, ge=0, le=1, description="predict/serve: report detections at least this confident (mAP is computed over all of them).")
 
 
+class EmbeddingModel(_Section):
+    """A frozen sentence encoder and class prototypes: no gradient step at all."""
+
+    name: str = Field("minilm", description="minilm (the packaged all-MiniLM-L6-v2 sentence encoder) or a local sentence-transformers folder.")
+    mode: Literal["zeroshot", "fewshot"] = Field("fewshot", description="zeroshot: prototypes are the embedded label descriptions; fewshot: the mean embedding of `shots` training examples per label.")
+    shots: int = Field(8, gt=0, description="fewshot: examples per label drawn (seeded) from the training split.")
+    label_texts: dict[str, str] = Field(default_factory=dict, description="zeroshot: a description per label (default: the label itself), put into `template`.")
+    template: str = Field("{}", description="zeroshot: how a label description becomes a sentence, e.g. 'This review is {}.'")
+    seed: int = Field(0, description="Seed of the few-shot draw.")
+
+
+class EmbeddingRecipe(_Section):
+    """Zero- or few-shot text classification from sentence embeddings (nearest class prototype by cosine)."""
+
+    task: Literal["embedding_classification"] = Field("embedding_classification", description="The task family.")
+    description: str = Field("", description="One line shown by `nnrecipe recipes`.")
+    data: TextData = Field(default_factory=TextData)
+    model: EmbeddingModel = Field(default_factory=EmbeddingModel)
+    track: Track = Field(default_factory=Track)
+
+
 DETECTION_DEFAULTS = {"optim": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4},
                       "schedule": {"name": "cosine", "warmup_epochs": 0.5},
                       "train": {"epochs": 12, "batch_size": 4, "eval_batch_size": 8, "clip_grad_norm": 10.0, "monitor": "val_map"}}
@@ -308,7 +329,7 @@ def recipe_classes() -> dict[str, type[BaseModel]]:
     from nnrecipe.rl.config import RLRecipe
 
     return {"image_classification": Recipe, "text_classification": TextRecipe, "token_classification": TokenRecipe,
-            "detection": DetectionRecipe, "rl": RLRecipe}
+            "embedding_classification": EmbeddingRecipe, "detection": DetectionRecipe, "rl": RLRecipe}
 
 
 def validate_recipe(raw: dict[str, Any]) -> Any:
