@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 class ShapesDataset(Dataset):
     def __init__(self, items, train: bool):
         self.items = items
-        self.transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-                                    + ([v2.RandomHorizontalFlip()] if train else []))
+        self.transform = v2.Compose(
+            [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)] + ([v2.RandomHorizontalFlip()] if train else [])
+        )
 
     def __len__(self):
         return len(self.items)
@@ -54,11 +55,20 @@ def plain_run(recipe, splits, epochs: int, workers: int) -> dict:
     model = spec.build_model()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
-    loader = DataLoader(ShapesDataset(splits.train, True), batch_size=recipe.train.batch_size, shuffle=True,
-                        num_workers=workers, collate_fn=lambda b: tuple(zip(*b)))
+    loader = DataLoader(
+        ShapesDataset(splits.train, True),
+        batch_size=recipe.train.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=lambda b: tuple(zip(*b)),
+    )
     total, warmup = epochs * len(loader), int(recipe.schedule.warmup_epochs * len(loader))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warmup if s < warmup else
-                                              0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+        ),
+    )
     model.train()
     start = time.perf_counter()
     for _ in range(epochs):
@@ -80,23 +90,36 @@ def main():
     ap.add_argument("--workers", type=int, default=0, help="plain loop's DataLoader workers (this machine has 2 cores)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        recipe = load_recipe(ROOT / "recipes/shapes-detection.yaml",
-                             [f"train.epochs={args.epochs}", f"track.runs_dir={tmp}", "track.progress=false", "track.tensorboard=false"])
+        recipe = load_recipe(
+            ROOT / "recipes/shapes-detection.yaml",
+            [f"train.epochs={args.epochs}", f"track.runs_dir={tmp}", "track.progress=false", "track.tensorboard=false"],
+        )
         splits = detection.load_splits(recipe)  # generates the set once, before either clock starts
         images = len(splits.train) * args.epochs
         start = time.perf_counter()
         result = detection.train(recipe, create_run(recipe, "bench"))
-        ours = {"seconds": time.perf_counter() - start, "map": result["map"],
-                "train_seconds": sum(h.get("epoch_seconds", 0) for h in result["history"])}
+        ours = {
+            "seconds": time.perf_counter() - start,
+            "map": result["map"],
+            "train_seconds": sum(h.get("epoch_seconds", 0) for h in result["history"]),
+        }
     plain = plain_run(recipe, splits, args.epochs, args.workers)
-    print(f"\nshapes, tiny Faster R-CNN, {args.epochs} epochs, {len(splits.train)} train images, batch {recipe.train.batch_size}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"nnrecipe: training {ours['train_seconds']:.1f} s ({images / ours['train_seconds']:.1f} images/s); whole command "
-          f"with per-epoch validation and the report {ours['seconds']:.1f} s; val mAP {ours['map']:.3f}")
-    print(f"plain loop (DataLoader workers {args.workers}): training {plain['seconds']:.1f} s "
-          f"({images / plain['seconds']:.1f} images/s); val mAP {plain['map']:.3f}")
-    print(f"training throughput ratio nnrecipe / plain: {plain['seconds'] / ours['train_seconds']:.2f}x; "
-          f"whole nnrecipe command vs plain training alone: {plain['seconds'] / ours['seconds']:.2f}x")
+    print(
+        f"\nshapes, tiny Faster R-CNN, {args.epochs} epochs, {len(splits.train)} train images, batch {recipe.train.batch_size}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"nnrecipe: training {ours['train_seconds']:.1f} s ({images / ours['train_seconds']:.1f} images/s); whole command "
+        f"with per-epoch validation and the report {ours['seconds']:.1f} s; val mAP {ours['map']:.3f}"
+    )
+    print(
+        f"plain loop (DataLoader workers {args.workers}): training {plain['seconds']:.1f} s "
+        f"({images / plain['seconds']:.1f} images/s); val mAP {plain['map']:.3f}"
+    )
+    print(
+        f"training throughput ratio nnrecipe / plain: {plain['seconds'] / ours['train_seconds']:.2f}x; "
+        f"whole nnrecipe command vs plain training alone: {plain['seconds'] / ours['seconds']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

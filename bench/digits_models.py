@@ -1,7 +1,7 @@
 """Test accuracy of the bundled digits recipes over several seeds (mean +/- std), with training time.
 
-    python bench/digits_models.py                      # all digits recipes, seeds 0 1 2
-    python bench/digits_models.py --recipes digits-convnet --seeds 0 1 2 3 4
+python bench/digits_models.py                      # all digits recipes, seeds 0 1 2
+python bench/digits_models.py --recipes digits-convnet --seeds 0 1 2 3 4
 """
 
 from __future__ import annotations
@@ -29,14 +29,18 @@ def main():
         for name in args.recipes:
             accs, secs = [], []
             for seed in args.seeds:
-                recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml",
-                                     [f"train.seed={seed}", f"track.runs_dir={tmp}", "track.progress=false", "track.plots=false"])
+                recipe = load_recipe(
+                    ROOT / "recipes" / f"{name}.yaml",
+                    [f"train.seed={seed}", f"track.runs_dir={tmp}", "track.progress=false", "track.plots=false"],
+                )
                 start = time.perf_counter()
                 result = image_classification.train(recipe, create_run(recipe, name))
                 secs.append(time.perf_counter() - start)
                 accs.append(result["accuracy"])
-            rows.append(f"{name:18s} test accuracy {statistics.mean(accs):.4f} +/- {statistics.stdev(accs) if len(accs) > 1 else 0:.4f} "
-                        f"(seeds {args.seeds}: {', '.join(f'{a:.4f}' for a in accs)}), {statistics.mean(secs):.1f} s per run")
+            rows.append(
+                f"{name:18s} test accuracy {statistics.mean(accs):.4f} +/- {statistics.stdev(accs) if len(accs) > 1 else 0:.4f} "
+                f"(seeds {args.seeds}: {', '.join(f'{a:.4f}' for a in accs)}), {statistics.mean(secs):.1f} s per run"
+            )
     print("\n".join(rows))
 
 

@@ -46,7 +46,9 @@ def make_data(n: int, data: str | None):
         part = read_image_tree(root, classes, 3, 32, [])
         return part.images[:n], part.labels[:n]
     g = torch.Generator().manual_seed(0)
-    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(
+        0, 10, (n,), generator=g
+    )
 
 
 def fresh_model(name: str, device):
@@ -84,10 +86,20 @@ def nnrecipe_engine(name, images, labels, bs, epochs, device) -> float:
     loader = TensorLoader(images, labels, bs, device=acc.device, shuffle=True, prepare=lambda x, s: norm(x))
     clock = _LastEpochClock(epochs, device)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(accelerator=acc, model=model, optimizer=build_optimizer(model, Optim(decay_bias_and_norm=True)),
-                          task=ImageClassifier(), train_loader=loader, val_loader=None, train_cfg=train,
-                          schedule_cfg=Schedule(name="onecycle"), run_dir=Path(tmp), tracker=Tracker(Path(tmp), tensorboard=False),
-                          progress=False, callbacks=[clock])
+        trainer = Trainer(
+            accelerator=acc,
+            model=model,
+            optimizer=build_optimizer(model, Optim(decay_bias_and_norm=True)),
+            task=ImageClassifier(),
+            train_loader=loader,
+            val_loader=None,
+            train_cfg=train,
+            schedule_cfg=Schedule(name="onecycle"),
+            run_dir=Path(tmp),
+            tracker=Tracker(Path(tmp), tensorboard=False),
+            progress=False,
+            callbacks=[clock],
+        )
         trainer.fit()
     return len(labels) / (clock.end - clock.start)
 
@@ -155,9 +167,16 @@ def lightning_trainer(name, images, labels, bs, epochs, device) -> float | None:
                 _sync(device)
                 Clock.end = time.perf_counter()
 
-    trainer = L.Trainer(max_epochs=epochs, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[Clock()])
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Clock()],
+    )
     dl = torch.utils.data.DataLoader(Batches(), batch_size=None)
     trainer.fit(Module(), dl)
     return len(labels) / (Clock.end - Clock.start)
@@ -176,31 +195,46 @@ def _sync(device):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["convnet", "resnet18"])
-    ap.add_argument("--images", type=int, default=None, help="images per epoch (default: 20,480 convnet, 1,280 resnet18 on CPU)")
+    ap.add_argument(
+        "--images", type=int, default=None, help="images per epoch (default: 20,480 convnet, 1,280 resnet18 on CPU)"
+    )
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--data", default=None, help="an ImageFolder tree (e.g. CIFAR-10 JPEGs) instead of random tensors")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}"
+    )
     ratios = []
     for name in args.models:
         n = args.images or ((20_480 if name == "convnet" else 1_280) * (20 if device.type == "cuda" else 1))
         images, labels = make_data(n, args.data)
         runs: dict[str, list[float]] = {}
         for _ in range(args.rounds):
-            for label, fn in (("plain loop", plain_loop), ("nnrecipe", nnrecipe_engine), ("lightning", lightning_trainer)):
+            for label, fn in (
+                ("plain loop", plain_loop),
+                ("nnrecipe", nnrecipe_engine),
+                ("lightning", lightning_trainer),
+            ):
                 ips = fn(name, images, labels, args.batch_size, args.epochs, device)
                 if ips is not None:
                     runs.setdefault(label, []).append(ips)
         for label, values in runs.items():
-            print(f"{name:9s} {label:11s} median {statistics.median(values):9,.0f} images/s  rounds: "
-                  + ", ".join(f"{v:,.0f}" for v in values) + f"  ({n:,} images/epoch, last of {args.epochs} epochs, bs {args.batch_size})")
+            print(
+                f"{name:9s} {label:11s} median {statistics.median(values):9,.0f} images/s  rounds: "
+                + ", ".join(f"{v:,.0f}" for v in values)
+                + f"  ({n:,} images/epoch, last of {args.epochs} epochs, bs {args.batch_size})"
+            )
         # Machines drift (shared hosts); a ratio of runs taken back to back within a round holds better.
         line = f"{name}: ratio vs plain loop: {_paired(runs, 'nnrecipe', 'plain loop'):.3f}"
-        line += f"   ratio vs lightning: {_paired(runs, 'nnrecipe', 'lightning'):.3f}" if "lightning" in runs else "   (lightning not installed)"
+        line += (
+            f"   ratio vs lightning: {_paired(runs, 'nnrecipe', 'lightning'):.3f}"
+            if "lightning" in runs
+            else "   (lightning not installed)"
+        )
         ratios.append(line)
     print("\n".join(ratios))
 

@@ -40,7 +40,9 @@ def nnrecipe_run(recipe, seed: int) -> dict:
             solved_at, solved_step = time.perf_counter() - start, row["step"]
 
     out = train_dqn(lambda: runner.make_env(recipe), recipe.dqn, recipe.gamma, seed, torch.device("cpu"), periodic, log)
-    final = runner.evaluate_policy(env, runner._net_policy(out["final"], "cpu"), 20, 10_000, "CartPole-v1")["mean_return"]
+    final = runner.evaluate_policy(env, runner._net_policy(out["final"], "cpu"), 20, 10_000, "CartPole-v1")[
+        "mean_return"
+    ]
     return {"seconds": time.perf_counter() - start, "solved_at": solved_at, "solved_step": solved_step, "final": final}
 
 
@@ -53,11 +55,26 @@ def sb3_run(recipe, seed: int, flush_denormals: bool = False) -> dict | None:
     c = recipe.dqn
     env = runner.make_env(recipe)
     eval_env = runner.make_env(recipe)
-    model = DQN("MlpPolicy", env, learning_rate=c.lr, buffer_size=c.buffer_size, learning_starts=c.learning_starts,
-                batch_size=c.batch_size, gamma=recipe.gamma, train_freq=c.train_freq, gradient_steps=c.gradient_steps,
-                target_update_interval=c.target_update, exploration_fraction=c.exploration_fraction,
-                exploration_initial_eps=c.epsilon, exploration_final_eps=c.epsilon_end, max_grad_norm=c.max_grad_norm,
-                policy_kwargs={"net_arch": c.hidden}, seed=seed, device="cpu", verbose=0)
+    model = DQN(
+        "MlpPolicy",
+        env,
+        learning_rate=c.lr,
+        buffer_size=c.buffer_size,
+        learning_starts=c.learning_starts,
+        batch_size=c.batch_size,
+        gamma=recipe.gamma,
+        train_freq=c.train_freq,
+        gradient_steps=c.gradient_steps,
+        target_update_interval=c.target_update,
+        exploration_fraction=c.exploration_fraction,
+        exploration_initial_eps=c.epsilon,
+        exploration_final_eps=c.epsilon_end,
+        max_grad_norm=c.max_grad_norm,
+        policy_kwargs={"net_arch": c.hidden},
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
     policy = lambda obs: int(model.predict(obs, deterministic=True)[0])  # noqa: E731
     start, state = time.perf_counter(), {"solved_at": None, "solved_step": None}
 
@@ -75,14 +92,22 @@ def sb3_run(recipe, seed: int, flush_denormals: bool = False) -> dict | None:
     finally:
         torch.set_flush_denormal(False)
     final = runner.evaluate_policy(eval_env, policy, 20, 10_000, "CartPole-v1")["mean_return"]
-    return {"seconds": time.perf_counter() - start, "solved_at": state["solved_at"], "solved_step": state["solved_step"], "final": final}
+    return {
+        "seconds": time.perf_counter() - start,
+        "solved_at": state["solved_at"],
+        "solved_step": state["solved_step"],
+        "final": final,
+    }
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--sb3-flush-denormals", action="store_true",
-                    help="give SB3 the subnormal-flushing setting nnrecipe's DQN uses (SB3 runs without it by default)")
+    ap.add_argument(
+        "--sb3-flush-denormals",
+        action="store_true",
+        help="give SB3 the subnormal-flushing setting nnrecipe's DQN uses (SB3 runs without it by default)",
+    )
     args = ap.parse_args()
     recipe = load_recipe(ROOT / "recipes/cartpole-dqn.yaml", ["track.progress=false"])
     # Warm-up: the first optimiser built in a process pays a one-time import (~1.4 s); not either tool's cost.
@@ -98,18 +123,31 @@ def main():
                 continue
             results[name].append(r)
             solved = f"{r['solved_at']:.1f} s ({r['solved_step']:,} steps)" if r["solved_at"] is not None else "never"
-            print(f"seed {seed}  {name:9s} {steps / r['seconds']:7,.0f} steps/s   475 reached after {solved:>22s}   "
-                  f"final mean return {r['final']:.1f}", flush=True)
+            print(
+                f"seed {seed}  {name:9s} {steps / r['seconds']:7,.0f} steps/s   475 reached after {solved:>22s}   "
+                f"final mean return {r['final']:.1f}",
+                flush=True,
+            )
     if not results["sb3"]:
         print("stable-baselines3 not installed: pip install -r requirements-bench.txt")
         return
     sps = {k: statistics.median(steps / r["seconds"] for r in v) for k, v in results.items()}
-    solve = {k: statistics.median(r["solved_at"] if r["solved_at"] is not None else float("inf") for r in v) for k, v in results.items()}
-    print(f"median steps/s: nnrecipe {sps['nnrecipe']:,.0f}, sb3 {sps['sb3']:,.0f}; ratio {sps['nnrecipe'] / sps['sb3']:.2f}x")
-    steps_to = {k: statistics.median(r["solved_step"] if r["solved_step"] is not None else float("inf") for r in v) for k, v in results.items()}
+    solve = {
+        k: statistics.median(r["solved_at"] if r["solved_at"] is not None else float("inf") for r in v)
+        for k, v in results.items()
+    }
+    print(
+        f"median steps/s: nnrecipe {sps['nnrecipe']:,.0f}, sb3 {sps['sb3']:,.0f}; ratio {sps['nnrecipe'] / sps['sb3']:.2f}x"
+    )
+    steps_to = {
+        k: statistics.median(r["solved_step"] if r["solved_step"] is not None else float("inf") for r in v)
+        for k, v in results.items()
+    }
     print(f"median environment steps to 475: nnrecipe {steps_to['nnrecipe']:,.0f}, sb3 {steps_to['sb3']:,.0f}")
-    print(f"median seconds to 475: nnrecipe {solve['nnrecipe']:.1f}, sb3 {solve['sb3']:.1f}; "
-          f"ratio (time-to-solve speed-up) {solve['sb3'] / solve['nnrecipe']:.2f}x")
+    print(
+        f"median seconds to 475: nnrecipe {solve['nnrecipe']:.1f}, sb3 {solve['sb3']:.1f}; "
+        f"ratio (time-to-solve speed-up) {solve['sb3'] / solve['nnrecipe']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

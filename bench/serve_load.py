@@ -55,7 +55,9 @@ def sample_inputs(run: Path, n: int = 64) -> list[str]:
 def start_server(run: Path, port: int, onnx: Path | None, precision: str = "fp32") -> subprocess.Popen:
     cmd = [sys.executable, "-m", "nnrecipe.cli", "serve", str(run), "--port", str(port), "--precision", precision]
     cmd += ["--onnx", str(onnx)] if onnx else []
-    proc = subprocess.Popen(cmd, env=os.environ | {"NNRECIPE_API_KEYS": KEY}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=os.environ | {"NNRECIPE_API_KEYS": KEY}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     for _ in range(300):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
@@ -70,8 +72,13 @@ def start_server(run: Path, port: int, onnx: Path | None, precision: str = "fp32
 async def load(port: int, images: list[str], requests: int, concurrency: int) -> dict:
     sem = asyncio.Semaphore(concurrency)
     latencies, errors = [], 0
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {KEY}"},
-                                 limits=httpx.Limits(max_connections=concurrency), timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}",
+        headers={"Authorization": f"Bearer {KEY}"},
+        limits=httpx.Limits(max_connections=concurrency),
+        timeout=30,
+    ) as client:
+
         async def one(i: int) -> None:
             nonlocal errors
             async with sem:
@@ -86,8 +93,13 @@ async def load(port: int, images: list[str], requests: int, concurrency: int) ->
         await asyncio.gather(*(one(i) for i in range(requests)))
         seconds = time.perf_counter() - start
     ms = np.array(latencies) * 1000
-    return {"rps": requests / seconds, "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-            "p99": float(np.percentile(ms, 99)), "errors": errors}
+    return {
+        "rps": requests / seconds,
+        "p50": float(np.percentile(ms, 50)),
+        "p95": float(np.percentile(ms, 95)),
+        "p99": float(np.percentile(ms, 99)),
+        "errors": errors,
+    }
 
 
 def main():
@@ -96,8 +108,13 @@ def main():
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--port", type=int, default=8311)
-    ap.add_argument("--eager", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
-                    help="eager PyTorch precisions to load-test (the ratios are against the first)")
+    ap.add_argument(
+        "--eager",
+        nargs="+",
+        default=["fp32"],
+        choices=["fp32", "bf16"],
+        help="eager PyTorch precisions to load-test (the ratios are against the first)",
+    )
     args = ap.parse_args()
     from nnrecipe.deploy.export import export_run
     from nnrecipe.runs import open_run
@@ -107,7 +124,10 @@ def main():
     card = export_run(run, "onnx", quantize="int8") if not int8.exists() else None
     images = sample_inputs(run.dir)
     rows = {}
-    backends = [(f"eager {p}", None, p) for p in args.eager] + [("onnx fp32", fp32, "fp32"), ("onnx int8", int8, "fp32")]
+    backends = [(f"eager {p}", None, p) for p in args.eager] + [
+        ("onnx fp32", fp32, "fp32"),
+        ("onnx int8", int8, "fp32"),
+    ]
     for name, onnx, precision in backends:
         proc = start_server(run.dir, args.port, onnx, precision)
         try:
@@ -116,13 +136,18 @@ def main():
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
         r = rows[name]
-        print(f"{name:14s} {r['rps']:8,.0f} req/s   p50 {r['p50']:6.1f} ms   p95 {r['p95']:6.1f} ms   p99 {r['p99']:6.1f} ms   "
-              f"errors {r['errors']}", flush=True)
+        print(
+            f"{name:14s} {r['rps']:8,.0f} req/s   p50 {r['p50']:6.1f} ms   p95 {r['p95']:6.1f} ms   p99 {r['p99']:6.1f} ms   "
+            f"errors {r['errors']}",
+            flush=True,
+        )
     base = rows[f"eager {args.eager[0]}"]["rps"]
     print(f"throughput vs eager {args.eager[0]}: " + ", ".join(f"{k} {v['rps'] / base:.2f}x" for k, v in rows.items()))
     if card:
         c = card["checks"]
-        print(f"int8 accuracy on validation: {c['accuracy_fp32']:.4f} -> {c['accuracy_int8']:.4f} ({c['accuracy_change']:+.4f})")
+        print(
+            f"int8 accuracy on validation: {c['accuracy_fp32']:.4f} -> {c['accuracy_int8']:.4f} ({c['accuracy_change']:+.4f})"
+        )
     print(f"{args.requests} requests of one input each, {args.concurrency} concurrent, 1 server worker, loopback")
 
 

@@ -54,11 +54,21 @@ def main():
         t = time.perf_counter()
         q_np, n_np = numpy_loop(recipe.env.id, recipe.env.kwargs, recipe.tabular, recipe.gamma, 0)
         plain = n_np / (time.perf_counter() - t)
-        score = {k: runner.evaluate_policy(env, (lambda p: lambda s: int(p[s]))(greedy_policy(q)), recipe.eval.episodes,
-                                           recipe.eval.seed, recipe.env.id) for k, q in (("nnrecipe", q_ours), ("numpy", q_np))}
-        print(f"{recipe.env.id:14s} nnrecipe {ours:9,.0f} updates/s (greedy mean return {score['nnrecipe']['mean_return']:.3f})   "
-              f"numpy loop {plain:9,.0f} updates/s (greedy mean return {score['numpy']['mean_return']:.3f})   "
-              f"ratio {ours / plain:.2f}x   [{recipe.tabular.episodes:,} episodes, {recipe.eval.episodes} eval episodes]")
+        score = {
+            k: runner.evaluate_policy(
+                env,
+                (lambda p: lambda s: int(p[s]))(greedy_policy(q)),
+                recipe.eval.episodes,
+                recipe.eval.seed,
+                recipe.env.id,
+            )
+            for k, q in (("nnrecipe", q_ours), ("numpy", q_np))
+        }
+        print(
+            f"{recipe.env.id:14s} nnrecipe {ours:9,.0f} updates/s (greedy mean return {score['nnrecipe']['mean_return']:.3f})   "
+            f"numpy loop {plain:9,.0f} updates/s (greedy mean return {score['numpy']['mean_return']:.3f})   "
+            f"ratio {ours / plain:.2f}x   [{recipe.tabular.episodes:,} episodes, {recipe.eval.episodes} eval episodes]"
+        )
 
 
 if __name__ == "__main__":

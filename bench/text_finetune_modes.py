@@ -29,16 +29,34 @@ def main():
     rows = []
     for mode in args.modes:
         with tempfile.TemporaryDirectory() as tmp:
-            recipe = load_recipe(ROOT / "recipes/sst2-minilm.yaml", [
-                f"data.train={args.train}", f"model.finetune={mode}", f"optim.lr={LR[mode]}", f"track.runs_dir={tmp}",
-                "track.progress=false", "track.plots=false", "track.tensorboard=false"])
+            recipe = load_recipe(
+                ROOT / "recipes/sst2-minilm.yaml",
+                [
+                    f"data.train={args.train}",
+                    f"model.finetune={mode}",
+                    f"optim.lr={LR[mode]}",
+                    f"track.runs_dir={tmp}",
+                    "track.progress=false",
+                    "track.plots=false",
+                    "track.tensorboard=false",
+                ],
+            )
             run = create_run(recipe, mode)
             result = text.train(recipe, run)
             meta = run.meta()["text"]
             seconds = sum(r["epoch_seconds"] for r in result["history"])
             examples = sum(r["samples_per_s"] * r["epoch_seconds"] for r in result["history"])
-            rows.append((mode, LR[mode], meta["trainable_parameters"], meta["total_parameters"], result["accuracy"],
-                         examples / seconds, seconds))
+            rows.append(
+                (
+                    mode,
+                    LR[mode],
+                    meta["trainable_parameters"],
+                    meta["total_parameters"],
+                    result["accuracy"],
+                    examples / seconds,
+                    seconds,
+                )
+            )
             print(f"{mode:8s} done: accuracy {result['accuracy']:.4f}", flush=True)
     print("\n| mode | lr | trainable parameters | held-out accuracy | training samples/s | training time |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -46,21 +46,41 @@ def hf(recipe, group: bool, bf16: bool = False) -> dict:
     ids = {l: i for i, l in enumerate(labels)}
     torch.manual_seed(recipe.train.seed)
     model, tokenizer = build(recipe.model.name, labels, "full")
+
     def encode(part):
         enc = tokenizer(part.texts, truncation=True, max_length=recipe.data.max_length)
-        return [{"input_ids": a, "attention_mask": m, "labels": ids[l]} for a, m, l in zip(enc["input_ids"], enc["attention_mask"], part.labels)]
+        return [
+            {"input_ids": a, "attention_mask": m, "labels": ids[l]}
+            for a, m, l in zip(enc["input_ids"], enc["attention_mask"], part.labels)
+        ]
+
     train_rows, val_rows = encode(train_set), encode(val_set)
     steps_per_epoch = -(-len(train_rows) // recipe.train.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         extra = {"train_sampling_strategy": "group_by_length"} if group else {}
         extra |= {"bf16": True} if bf16 else {}
-        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=recipe.train.batch_size,
-                                 per_device_eval_batch_size=128, learning_rate=recipe.optim.lr, weight_decay=recipe.optim.weight_decay,
-                                 num_train_epochs=recipe.train.epochs, lr_scheduler_type="linear",
-                                 warmup_steps=round(0.1 * steps_per_epoch), max_grad_norm=1.0, seed=recipe.train.seed,
-                                 save_strategy="no", eval_strategy="no", logging_steps=10_000, report_to=[],
-                                 disable_tqdm=True, use_cpu=not torch.cuda.is_available(), **extra)
-        trainer = Trainer(model=model, args=args, train_dataset=train_rows, data_collator=DataCollatorWithPadding(tokenizer))
+        args = TrainingArguments(
+            output_dir=tmp,
+            per_device_train_batch_size=recipe.train.batch_size,
+            per_device_eval_batch_size=128,
+            learning_rate=recipe.optim.lr,
+            weight_decay=recipe.optim.weight_decay,
+            num_train_epochs=recipe.train.epochs,
+            lr_scheduler_type="linear",
+            warmup_steps=round(0.1 * steps_per_epoch),
+            max_grad_norm=1.0,
+            seed=recipe.train.seed,
+            save_strategy="no",
+            eval_strategy="no",
+            logging_steps=10_000,
+            report_to=[],
+            disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(),
+            **extra,
+        )
+        trainer = Trainer(
+            model=model, args=args, train_dataset=train_rows, data_collator=DataCollatorWithPadding(tokenizer)
+        )
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
@@ -73,19 +93,29 @@ def hf(recipe, group: bool, bf16: bool = False) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", required=True, help="SST-2 train.tsv")
-    ap.add_argument("--with-default-sampler", action="store_true", help="also time the Trainer without length grouping (slow)")
+    ap.add_argument(
+        "--with-default-sampler", action="store_true", help="also time the Trainer without length grouping (slow)"
+    )
     args = ap.parse_args()
-    recipe = load_recipe(ROOT / "recipes/sst2-minilm.yaml", [f"data.train={args.train}", "track.progress=false",
-                                                              "track.plots=false", "track.tensorboard=false"])
+    recipe = load_recipe(
+        ROOT / "recipes/sst2-minilm.yaml",
+        [f"data.train={args.train}", "track.progress=false", "track.plots=false", "track.tensorboard=false"],
+    )
     rows = {}
-    runs = [("nnrecipe", lambda: ours(recipe.model_copy(deep=True))), ("HF Trainer, length grouping", lambda: hf(recipe, True)),
-            ("HF Trainer, grouping + bf16", lambda: hf(recipe, True, bf16=True))]
+    runs = [
+        ("nnrecipe", lambda: ours(recipe.model_copy(deep=True))),
+        ("HF Trainer, length grouping", lambda: hf(recipe, True)),
+        ("HF Trainer, grouping + bf16", lambda: hf(recipe, True, bf16=True)),
+    ]
     if args.with_default_sampler:
         runs.append(("HF Trainer, default sampler", lambda: hf(recipe, False)))
     for name, fn in runs:
         rows[name] = fn()
         r = rows[name]
-        print(f"{name:30s} {r['samples_per_s']:6.1f} samples/s   {r['seconds']:6.1f} s   held-out accuracy {r['accuracy']:.4f}", flush=True)
+        print(
+            f"{name:30s} {r['samples_per_s']:6.1f} samples/s   {r['seconds']:6.1f} s   held-out accuracy {r['accuracy']:.4f}",
+            flush=True,
+        )
     base = rows["nnrecipe"]["samples_per_s"]
     for name, r in rows.items():
         if name != "nnrecipe":

@@ -13,9 +13,12 @@ from nnrecipe.runs import create_run
 
 
 def make_recipe(runs_dir: Path, *overrides: str, **sections):
-    raw = {"data": {"source": "digits"}, "model": {"name": "convnet"},
-           "train": {"epochs": 2, "batch_size": 64, "seed": 0},
-           "track": {"runs_dir": str(runs_dir), "progress": False, "plots": False, "tensorboard": False}}
+    raw = {
+        "data": {"source": "digits"},
+        "model": {"name": "convnet"},
+        "train": {"epochs": 2, "batch_size": 64, "seed": 0},
+        "track": {"runs_dir": str(runs_dir), "progress": False, "plots": False, "tensorboard": False},
+    }
     for key, value in sections.items():
         raw.setdefault(key, {}).update(value)
     for item in overrides:
@@ -40,7 +43,7 @@ def write_digit_tree(root: Path, classes: list[int], per_class: int = 40, size: 
     d = load_digits()
     for c in classes:
         (root / str(c)).mkdir(parents=True, exist_ok=True)
-        idx = np.flatnonzero(d.target == c)[offset: offset + per_class]
+        idx = np.flatnonzero(d.target == c)[offset : offset + per_class]
         for i in idx:
             img = Image.fromarray(np.rint(d.images[i] * 255 / 16).astype(np.uint8)).resize((size, size), Image.NEAREST)
             img.convert("RGB").save(root / str(c) / f"{i}.png")
@@ -61,8 +64,9 @@ def trained_digits_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_text_run(tmp_path_factory):
     """MiniLM fine-tuned on the toy sentiment set, shared by the text export and serving tests."""
-    from nnrecipe.tasks import text_classification
     from tests.test_text_classification import text_recipe
+
+    from nnrecipe.tasks import text_classification
 
     recipe = text_recipe(tmp_path_factory.mktemp("text"))
     run = create_run(recipe, "text")
@@ -73,8 +77,9 @@ def trained_text_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_ner_run(tmp_path_factory):
     """MiniLM fine-tuned on the toy NER set, shared by the NER export and serving tests."""
-    from nnrecipe.tasks import token_classification
     from tests.test_token_classification import ner_recipe
+
+    from nnrecipe.tasks import token_classification
 
     recipe = ner_recipe(tmp_path_factory.mktemp("ner"))
     run = create_run(recipe, "ner")

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import write_digit_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +17,14 @@ pytestmark = pytest.mark.slow
 
 def nnrecipe(*args, cwd, timeout=240):
     env = os.environ | {"PYTHONWARNINGS": "ignore"}
-    res = subprocess.run([sys.executable, "-m", "nnrecipe.cli", *map(str, args)], capture_output=True, text=True,
-                         cwd=cwd, timeout=timeout, env=env)
+    res = subprocess.run(
+        [sys.executable, "-m", "nnrecipe.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env=env,
+    )
     assert "Traceback" not in res.stderr, res.stderr
     return res
 
@@ -31,13 +36,30 @@ def only_run(runs: Path) -> Path:
 
 @pytest.mark.parametrize("recipe", ["digits-convnet", "digits-lenet5", "digits-resnet18"])
 def test_digits_recipes_train_evaluate_predict(recipe, tmp_path):
-    res = nnrecipe("train", ROOT / "recipes" / f"{recipe}.yaml", "--set", "train.epochs=1", "--set", "data.limit=200",
-                   "--set", f"track.runs_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    res = nnrecipe(
+        "train",
+        ROOT / "recipes" / f"{recipe}.yaml",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.limit=200",
+        "--set",
+        f"track.runs_dir={tmp_path / 'runs'}",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     run = only_run(tmp_path / "runs")
     assert "test accuracy" in res.stderr and "report:" in res.stderr
-    for name in ("recipe.yaml", "metrics.jsonl", "report.json", "report.md", "checkpoints/best.safetensors",
-                 "checkpoints/last.safetensors", "plots/curves.png", "plots/confusion_test.png"):
+    for name in (
+        "recipe.yaml",
+        "metrics.jsonl",
+        "report.json",
+        "report.md",
+        "checkpoints/best.safetensors",
+        "checkpoints/last.safetensors",
+        "plots/curves.png",
+        "plots/confusion_test.png",
+    ):
         assert (run / name).is_file(), name
     if recipe != "digits-convnet":
         return
@@ -54,16 +76,37 @@ def test_digits_recipes_train_evaluate_predict(recipe, tmp_path):
 
 def test_imagefolder_finetune_recipe_runs_on_a_generated_tree(tmp_path):
     tree = write_digit_tree(tmp_path / "imgs", [0, 1, 2], per_class=20)
-    res = nnrecipe("train", ROOT / "recipes/imagefolder-finetune.yaml", "--set", f"data.path={tree}",
-                   "--set", "model.name=convnet", "--set", "train.epochs=1", "--set", "model.unfreeze_at_epoch=0",
-                   "--set", f"track.runs_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    res = nnrecipe(
+        "train",
+        ROOT / "recipes/imagefolder-finetune.yaml",
+        "--set",
+        f"data.path={tree}",
+        "--set",
+        "model.name=convnet",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "model.unfreeze_at_epoch=0",
+        "--set",
+        f"track.runs_dir={tmp_path / 'runs'}",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
 
 
 @pytest.mark.parametrize("recipe", ["cifar10-convnet", "cifar10-resnet18"])
 def test_cifar_recipes_explain_where_the_files_go_when_offline(recipe, tmp_path):
-    res = nnrecipe("train", ROOT / "recipes" / f"{recipe}.yaml", "--set", f"data.path={tmp_path / 'cifar'}",
-                   "--set", "data.download=false", "--set", f"track.runs_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    res = nnrecipe(
+        "train",
+        ROOT / "recipes" / f"{recipe}.yaml",
+        "--set",
+        f"data.path={tmp_path / 'cifar'}",
+        "--set",
+        "data.download=false",
+        "--set",
+        f"track.runs_dir={tmp_path / 'runs'}",
+        cwd=tmp_path,
+    )
     assert res.returncode == 1
     assert f"{tmp_path / 'cifar'}/cifar-10-batches-py" in res.stderr and "cifar-10-python.tar.gz" in res.stderr
 
@@ -85,10 +128,26 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     import signal
 
-    cmd = [sys.executable, "-m", "nnrecipe.cli", "train", ROOT / "recipes/digits-convnet.yaml", "--set", "train.epochs=400",
-           "--set", f"track.runs_dir={tmp_path / 'runs'}", "--set", "track.plots=false"]
-    proc = subprocess.Popen(list(map(str, cmd)), stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "nnrecipe.cli",
+        "train",
+        ROOT / "recipes/digits-convnet.yaml",
+        "--set",
+        "train.epochs=400",
+        "--set",
+        f"track.runs_dir={tmp_path / 'runs'}",
+        "--set",
+        "track.plots=false",
+    ]
+    proc = subprocess.Popen(
+        list(map(str, cmd)),
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=os.environ | {"PYTHONWARNINGS": "ignore"},
+    )
     for line in proc.stderr:
         if line.startswith("epoch 2/"):
             proc.send_signal(signal.SIGINT)
@@ -112,14 +171,24 @@ def test_doctor_writes_its_report_and_exits_1_when_a_check_fails(tmp_path):
     res = nnrecipe("doctor", ROOT / "recipes/digits-convnet.yaml", "--out", tmp_path / "ok", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "ok" / "report.md").is_file() and "fail" not in res.stderr
-    res = nnrecipe("doctor", ROOT / "recipes/digits-convnet.yaml", "--set", "optim.lr=5", "--out", tmp_path / "bad", cwd=tmp_path)
+    res = nnrecipe(
+        "doctor", ROOT / "recipes/digits-convnet.yaml", "--set", "optim.lr=5", "--out", tmp_path / "bad", cwd=tmp_path
+    )
     assert res.returncode == 1 and "fail  5. Overfit one batch" in res.stderr
 
 
-@pytest.mark.parametrize("recipe, path", [("sst2-minilm", "data/sst2/train.tsv"), ("sst2-minilm-lora", "data/sst2/train.tsv"),
-                                          ("conll2003-minilm", "data/conll2003/train.txt")])
+@pytest.mark.parametrize(
+    "recipe, path",
+    [
+        ("sst2-minilm", "data/sst2/train.tsv"),
+        ("sst2-minilm-lora", "data/sst2/train.tsv"),
+        ("conll2003-minilm", "data/conll2003/train.txt"),
+    ],
+)
 def test_text_recipes_name_the_missing_data_file(recipe, path, tmp_path):
-    res = nnrecipe("train", ROOT / "recipes" / f"{recipe}.yaml", "--set", f"track.runs_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    res = nnrecipe(
+        "train", ROOT / "recipes" / f"{recipe}.yaml", "--set", f"track.runs_dir={tmp_path / 'runs'}", cwd=tmp_path
+    )
     assert res.returncode == 1 and f"data file not found: {path}" in res.stderr and "Traceback" not in res.stderr
 
 

@@ -30,8 +30,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def trained(tmp_path_factory):
     """One short training run on the shapes set, shared by the tests that use a trained detector."""
     tmp = tmp_path_factory.mktemp("det")
-    recipe = load_recipe(ROOT / "recipes/shapes-detection.yaml", [f"track.runs_dir={tmp / 'runs'}", f"data.path={tmp / 'data'}",
-                                                                   "track.progress=false", "track.tensorboard=false", "train.epochs=6"])
+    recipe = load_recipe(
+        ROOT / "recipes/shapes-detection.yaml",
+        [
+            f"track.runs_dir={tmp / 'runs'}",
+            f"data.path={tmp / 'data'}",
+            "track.progress=false",
+            "track.tensorboard=false",
+            "train.epochs=6",
+        ],
+    )
     run = create_run(recipe, "shapes")
     result = detection.train(recipe, run)
     return run, result, recipe
@@ -58,8 +66,10 @@ def test_predicted_boxes_match_the_ground_truth(trained):
     for item, row in zip(val, rows):
         for box, label in zip(item.boxes, item.labels.tolist()):
             total += 1
-            found += any(d["label"] == CLASSES[label] and box_iou(box[None], torch.tensor([d["box"]]))[0, 0] >= 0.5
-                         for d in row["detections"])
+            found += any(
+                d["label"] == CLASSES[label] and box_iou(box[None], torch.tensor([d["box"]]))[0, 0] >= 0.5
+                for d in row["detections"]
+            )
     assert found / total >= 0.75, (found, total)
 
 
@@ -71,7 +81,9 @@ def test_predict_and_evaluate_through_the_cli(trained):
     assert out.returncode == 0, out.stderr
     row = json.loads(out.stdout.splitlines()[0])
     assert row["detections"] and {"label", "score", "box"} <= set(row["detections"][0])
-    out = subprocess.run([*cli, "evaluate", str(run.dir), "--split", "test"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [*cli, "evaluate", str(run.dir), "--split", "test"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 1 and "no test split" in out.stderr and "Traceback" not in out.stderr
     out = subprocess.run([*cli, "predict", str(run.dir), "missing.png"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "missing.png" in out.stderr and "Traceback" not in out.stderr
@@ -94,8 +106,16 @@ def _as_coco_and_voc(yolo: Path, tmp: Path) -> tuple[Path, Path]:
         ET.SubElement(root, "filename").text = Path(item.path).name
         for box, label in zip(item.boxes.tolist(), item.labels.tolist()):
             x1, y1, x2, y2 = box
-            coco["annotations"].append({"id": len(coco["annotations"]), "image_id": n, "category_id": 10 + label,
-                                        "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": 0, "area": (x2 - x1) * (y2 - y1)})
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]),
+                    "image_id": n,
+                    "category_id": 10 + label,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "iscrowd": 0,
+                    "area": (x2 - x1) * (y2 - y1),
+                }
+            )
             obj = ET.SubElement(root, "object")
             ET.SubElement(obj, "name").text = CLASSES[label]
             bb = ET.SubElement(obj, "bndbox")
@@ -112,8 +132,12 @@ def test_yolo_coco_and_voc_annotations_read_the_same_boxes(tmp_path):
     coco_file, voc = _as_coco_and_voc(yolo, tmp_path)
     read = {
         "yolo": load_detection_splits(DetectionData(format="yolo", path=yolo, train="train", val_fraction=0)),
-        "coco": load_detection_splits(DetectionData(format="coco", path=yolo, train=str(coco_file.relative_to(yolo)), val_fraction=0)),
-        "voc": load_detection_splits(DetectionData(format="voc", path=voc, train="train", classes=CLASSES, val_fraction=0)),
+        "coco": load_detection_splits(
+            DetectionData(format="coco", path=yolo, train=str(coco_file.relative_to(yolo)), val_fraction=0)
+        ),
+        "voc": load_detection_splits(
+            DetectionData(format="voc", path=voc, train="train", classes=CLASSES, val_fraction=0)
+        ),
     }
     assert read["coco"].classes == CLASSES  # ordered by category id, not by file order
     base = read["yolo"].train
@@ -168,7 +192,11 @@ def test_loader_flips_boxes_with_pixels_and_resumes_mid_epoch(tmp_path):
     flipped = 0
     for images, targets in full:
         for img, t in zip(images, targets):
-            plain = next(i for i in items if torch.equal(detection.read_rgb(i.path), img) or torch.equal(detection.read_rgb(i.path).flip(-1), img))
+            plain = next(
+                i
+                for i in items
+                if torch.equal(detection.read_rgb(i.path), img) or torch.equal(detection.read_rgb(i.path).flip(-1), img)
+            )
             flipped += not torch.equal(detection.read_rgb(plain.path), img)
             for box in t["boxes"].round().int().tolist():  # shapes are bright on a dark background
                 x1, y1, x2, y2 = box
@@ -198,8 +226,12 @@ def test_serving_detection_returns_boxes_and_enforces_limits(trained, monkeypatc
     run, _, recipe = trained
     item = detection.load_splits(recipe).val[0]
     auth = {"Authorization": "Bearer k3y"}
-    with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=["k3y"], max_batch=4, precision="fp32"))) as client:
-        assert client.post("/v1/predict", json={"inputs": [base64.b64encode(_png(item.path)).decode()]}).status_code == 401
+    with TestClient(
+        create_app(ServeConfig(run_dir=run.dir, api_keys=["k3y"], max_batch=4, precision="fp32"))
+    ) as client:
+        assert (
+            client.post("/v1/predict", json={"inputs": [base64.b64encode(_png(item.path)).decode()]}).status_code == 401
+        )
         r = client.post("/v1/predict", headers=auth, json={"inputs": [base64.b64encode(_png(item.path)).decode()]})
         assert r.status_code == 200, r.text
         found = r.json()["predictions"][0]["detections"]
@@ -210,7 +242,9 @@ def test_serving_detection_returns_boxes_and_enforces_limits(trained, monkeypatc
         bad = client.post("/v1/predict", headers=auth, json={"inputs": [base64.b64encode(b"not an image").decode()]})
         assert bad.status_code == 422 and "inputs[0]" in bad.json()["detail"]
         monkeypatch.setattr(predictors.DetectionPredictor, "max_pixels", 100 * 100)
-        big = client.post("/v1/predict", headers=auth, json={"inputs": [base64.b64encode(_png(item.path, (200, 200))).decode()]})
+        big = client.post(
+            "/v1/predict", headers=auth, json={"inputs": [base64.b64encode(_png(item.path, (200, 200))).decode()]}
+        )
         assert big.status_code == 422 and "the limit is 10000 pixels" in big.json()["detail"]
         card = client.get("/v1/model", headers=auth).json()
         assert card["task"] == "detection" and card["labels"] == CLASSES and card["metrics"]["val"]["map"] > 0.5
@@ -244,11 +278,16 @@ def test_detection_exports_match_pytorch_and_run_on_other_image_sizes(trained, t
 
     with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=["k"], onnx=tmp_path / "det.onnx"))) as client:
         auth = {"Authorization": "Bearer k"}
-        served = client.post("/v1/predict", headers=auth, files=[("files", ("w.png", _png(item.path), "image/png"))]).json()
+        served = client.post(
+            "/v1/predict", headers=auth, files=[("files", ("w.png", _png(item.path), "image/png"))]
+        ).json()
         assert client.get("/v1/model", headers=auth).json()["backend"] == "onnxruntime"
     with torch.no_grad():
-        eager = detection.detections(detection.inference_model(run, detection._spec(run), "cpu")([detection.read_rgb(item.path)])[0],
-                                     CLASSES, recipe.model.score_threshold)
+        eager = detection.detections(
+            detection.inference_model(run, detection._spec(run), "cpu")([detection.read_rgb(item.path)])[0],
+            CLASSES,
+            recipe.model.score_threshold,
+        )
     assert [d["label"] for d in served["predictions"][0]["detections"]] == [d["label"] for d in eager]
 
 
@@ -256,7 +295,9 @@ def test_detection_export_parity_check_refuses_a_mismatch():
     from nnrecipe.deploy.export import ExportMismatch
     from nnrecipe.deploy.export_detection import check_detections
 
-    ref = [{"boxes": torch.tensor([[1.0, 2.0, 30.0, 40.0]]), "labels": torch.tensor([2]), "scores": torch.tensor([0.9])}]
+    ref = [
+        {"boxes": torch.tensor([[1.0, 2.0, 30.0, 40.0]]), "labels": torch.tensor([2]), "scores": torch.tensor([0.9])}
+    ]
     same = [{k: v.numpy() for k, v in ref[0].items()}]
     assert check_detections(ref, same, "x")["max_box_diff_px"] == 0.0
     with pytest.raises(ExportMismatch, match="boxes differ"):
@@ -274,14 +315,18 @@ def test_pretrained_detector_weights_load_by_name_and_the_run_rebuilds_with_froz
 
     coco = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=91)
     torch.save(coco.state_dict(), tmp_path / "coco.pth")
-    ours = build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", 3, min_size=320, max_size=640, weights=tmp_path / "coco.pth")
+    ours = build_detector(
+        "fasterrcnn_mobilenet_v3_large_320_fpn", 3, min_size=320, max_size=640, weights=tmp_path / "coco.pth"
+    )
     theirs, mine = coco.state_dict(), ours.state_dict()
     assert torch.equal(mine["rpn.head.conv.0.0.weight"], theirs["rpn.head.conv.0.0.weight"])
     assert torch.equal(mine["backbone.body.0.0.weight"], theirs["backbone.body.0.0.weight"])
     assert mine["roi_heads.box_predictor.cls_score.weight"].shape[0] == 4  # 3 classes + background
     trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
     assert "backbone.body.0.0.weight" not in trainable and "rpn.head.conv.0.0.weight" in trainable
-    spec = detection.DetectionSpec(["a", "b", "c"], "fasterrcnn_mobilenet_v3_large_320_fpn", 320, 640, 0.5, frozen_norm=True)
+    spec = detection.DetectionSpec(
+        ["a", "b", "c"], "fasterrcnn_mobilenet_v3_large_320_fpn", 320, 640, 0.5, frozen_norm=True
+    )
     spec.build_model().load_state_dict(mine)  # strict: same modules as at training time
 
 
@@ -305,8 +350,10 @@ def test_a_split_without_any_boxes_is_reported_as_not_applicable(trained):
     from dataclasses import replace
 
     run, _, recipe = trained
-    empty = [replace(item, boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64))
-             for item in detection.load_splits(recipe).val[:4]]
+    empty = [
+        replace(item, boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64))
+        for item in detection.load_splits(recipe).val[:4]
+    ]
     summary = detection._report(run, recipe, detection._spec(run), empty, "empty", "cpu")
     assert summary["map"] is None and summary["boxes"] == 0
     assert "mAP n/a" in (run.dir / "report.md").read_text()

@@ -13,11 +13,34 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_two_processes_under_torchrun_train_one_run(tmp_path):
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "nnrecipe.cli", "train", str(ROOT / "recipes/digits-convnet.yaml"), "--set", f"track.runs_dir={runs}",
-           "--set", "train.epochs=20", "--set", "track.progress=false", "--set", "train.precision=fp32"]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "nnrecipe.cli",
+        "train",
+        str(ROOT / "recipes/digits-convnet.yaml"),
+        "--set",
+        f"track.runs_dir={runs}",
+        "--set",
+        "train.epochs=20",
+        "--set",
+        "track.progress=false",
+        "--set",
+        "train.precision=fp32",
+    ]
+    res = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     made = list(runs.iterdir())
     assert len(made) == 1, made  # both processes used rank 0's directory

@@ -7,12 +7,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tests.conftest import write_digit_tree
 from torch import nn
 
-from nnrecipe.doctor.run import run_doctor
 from nnrecipe import models
+from nnrecipe.doctor.run import run_doctor
 from nnrecipe.models.small_cnn import convnet
-from tests.conftest import write_digit_tree
 
 
 def batch_mixing_convnet(num_classes, in_channels, image_size, dropout=0.0):
@@ -58,6 +58,7 @@ def doctor(recipe_factory, tmp_path):
     def run(*overrides):
         recipe = recipe_factory("optim.lr=0.05", "data.augment.crop_padding=1", *overrides)
         return run_doctor(recipe, tmp_path / "doctor")
+
     return run
 
 
@@ -129,8 +130,10 @@ def test_a_correct_text_recipe_passes_and_copied_test_rows_fail_the_data_check(t
     rng = np.random.default_rng(0)
     for name, n in (("train.tsv", 240), ("test.tsv", 80)):  # unique texts: the toy writer repeats sentences
         offset = 0 if name == "train.tsv" else 10_000
-        rows = [f"review {offset + i}: the {rng.choice(NOUNS)} is {rng.choice(POS if i % 2 else NEG)}\t{'pos' if i % 2 else 'neg'}"
-                for i in range(n)]
+        rows = [
+            f"review {offset + i}: the {rng.choice(NOUNS)} is {rng.choice(POS if i % 2 else NEG)}\t{'pos' if i % 2 else 'neg'}"
+            for i in range(n)
+        ]
         (tmp_path / name).write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
     recipe.data.train, recipe.data.test = tmp_path / "train.tsv", tmp_path / "test.tsv"
     results = run_doctor(recipe, tmp_path / "doc")
@@ -144,12 +147,15 @@ def test_a_correct_text_recipe_passes_and_copied_test_rows_fail_the_data_check(t
 
 
 def test_ner_recipe_passes_the_model_checks_and_its_copied_test_sentences_fail_the_data_check(tmp_path):
-    from nnrecipe.doctor.run import run_doctor
     from tests.test_token_classification import ner_recipe
+
+    from nnrecipe.doctor.run import run_doctor
 
     results = {r.number: r for r in run_doctor(ner_recipe(tmp_path), tmp_path / "doctor")}
     assert results[1].verdict == "fail" and "exact copies of training sentences" in results[1].advice
-    assert {n: r.verdict for n, r in results.items() if n in (2, 4, 5, 6, 8, 9)} == dict.fromkeys((2, 4, 5, 6, 8, 9), "pass")
+    assert {n: r.verdict for n, r in results.items() if n in (2, 4, 5, 6, 8, 9)} == dict.fromkeys(
+        (2, 4, 5, 6, 8, 9), "pass"
+    )
     # A fresh token head is near-uniform over 5 tags while 60% of the toy tokens are O: check 3 says so.
     assert "class-prior entropy" in results[3].figure
     assert "/B-PER" in (tmp_path / "doctor" / "batch.txt").read_text()

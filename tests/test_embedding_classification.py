@@ -5,18 +5,26 @@ from __future__ import annotations
 import json
 
 import pytest
+from tests.test_text_classification import write_toy
 
 from nnrecipe.errors import RecipeError, UserError
 from nnrecipe.recipe import validate_recipe
 from nnrecipe.runs import create_run
 from nnrecipe.tasks import embedding_classification as task
-from tests.test_text_classification import write_toy
 
 
 def recipe_for(tmp_path, **model):
-    return validate_recipe({"task": "embedding_classification", "model": model,
-                            "data": {"train": str(write_toy(tmp_path / "train.tsv")), "test": str(write_toy(tmp_path / "test.tsv", 80, seed=1))},
-                            "track": {"runs_dir": str(tmp_path / "runs"), "progress": False, "tensorboard": False}})
+    return validate_recipe(
+        {
+            "task": "embedding_classification",
+            "model": model,
+            "data": {
+                "train": str(write_toy(tmp_path / "train.tsv")),
+                "test": str(write_toy(tmp_path / "test.tsv", 80, seed=1)),
+            },
+            "track": {"runs_dir": str(tmp_path / "runs"), "progress": False, "tensorboard": False},
+        }
+    )
 
 
 def test_few_shot_prototypes_classify_unseen_sentences(tmp_path):
@@ -31,8 +39,12 @@ def test_few_shot_prototypes_classify_unseen_sentences(tmp_path):
 
 
 def test_zero_shot_from_label_descriptions_beats_chance(tmp_path):
-    recipe = recipe_for(tmp_path, mode="zeroshot", template="This is {}.",
-                        label_texts={"pos": "wonderful and good", "neg": "dreadful and bad"})
+    recipe = recipe_for(
+        tmp_path,
+        mode="zeroshot",
+        template="This is {}.",
+        label_texts={"pos": "wonderful and good", "neg": "dreadful and bad"},
+    )
     result = task.train(recipe, create_run(recipe, "zeroshot"))
     assert result["accuracy"] >= 0.75  # the toy set is balanced: chance is 0.5
 

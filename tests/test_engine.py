@@ -53,14 +53,26 @@ def make_trainer(tmp_path, model, *, train=None, optim=None, schedule=None, call
     x, y = blobs(n)
     xv, yv = blobs(128, seed=1)
     acc = make_accelerator(train)
-    return Trainer(accelerator=acc, model=model, optimizer=build_optimizer(model, optim), task=Toy(),
-                   train_loader=TensorLoader(x, y, train.batch_size, shuffle=True, seed=train.seed),
-                   val_loader=TensorLoader(xv, yv, 64), train_cfg=train, schedule_cfg=schedule,
-                   run_dir=tmp_path, tracker=Tracker(tmp_path, tensorboard=False), callbacks=list(callbacks), progress=False)
+    return Trainer(
+        accelerator=acc,
+        model=model,
+        optimizer=build_optimizer(model, optim),
+        task=Toy(),
+        train_loader=TensorLoader(x, y, train.batch_size, shuffle=True, seed=train.seed),
+        val_loader=TensorLoader(xv, yv, 64),
+        train_cfg=train,
+        schedule_cfg=schedule,
+        run_dir=tmp_path,
+        tracker=Tracker(tmp_path, tensorboard=False),
+        callbacks=list(callbacks),
+        progress=False,
+    )
 
 
 def test_engine_matches_a_hand_written_loop_exactly(tmp_path):
-    trainer = make_trainer(tmp_path, net(), train=Train(epochs=2, batch_size=32, device="cpu", clip_grad_norm=1.0, precision="fp32"))
+    trainer = make_trainer(
+        tmp_path, net(), train=Train(epochs=2, batch_size=32, device="cpu", clip_grad_norm=1.0, precision="fp32")
+    )
     trainer.fit()
 
     model = net()
@@ -80,10 +92,13 @@ def test_engine_matches_a_hand_written_loop_exactly(tmp_path):
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     big = make_trainer(tmp_path / "a", net(), train=Train(epochs=1, batch_size=64, device="cpu", precision="fp32"))
     big.fit()
-    small = make_trainer(tmp_path / "b", net(), train=Train(epochs=1, batch_size=32, grad_accum_steps=2, device="cpu", precision="fp32"))
+    small = make_trainer(
+        tmp_path / "b", net(), train=Train(epochs=1, batch_size=32, grad_accum_steps=2, device="cpu", precision="fp32")
+    )
     # Same examples per optimiser step needs the same order: give both the 64-example permutation.
     small.train_loader.batches = lambda epoch, start=0: (
-        (xb[i:i + 32], yb[i:i + 32]) for xb, yb in big.train_loader.batches(epoch, start // 2) for i in (0, 32))
+        (xb[i : i + 32], yb[i : i + 32]) for xb, yb in big.train_loader.batches(epoch, start // 2) for i in (0, 32)
+    )
     small.fit()
     assert small.state.global_step == big.state.global_step == 4
     for a, b in zip(small.eval_model().parameters(), big.eval_model().parameters()):
@@ -122,7 +137,9 @@ def test_schedules_follow_their_formulas(name):
     if name == "step":
         assert lrs[29] == pytest.approx(1.0) and lrs[30] == pytest.approx(0.5) and lrs[50] == pytest.approx(0.25)
     if name == "linear":
-        assert lrs[35] == pytest.approx(0.1 + 0.9 * (1 - 25 / 50)) and lrs[-1] == pytest.approx(0.1 + 0.9 * (1 - 49 / 50))
+        assert lrs[35] == pytest.approx(0.1 + 0.9 * (1 - 25 / 50)) and lrs[-1] == pytest.approx(
+            0.1 + 0.9 * (1 - 49 / 50)
+        )
     if name == "cosine":
         assert lrs[35] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 25 / 50)))
         assert lrs[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 49 / 50)))
@@ -164,8 +181,12 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
 
 def test_early_stopping_stops_after_patience(tmp_path):
-    train = Train(epochs=50, batch_size=32, device="cpu",
-                  early_stopping=EarlyStopping(metric="val_loss", patience=2, min_delta=10.0))
+    train = Train(
+        epochs=50,
+        batch_size=32,
+        device="cpu",
+        early_stopping=EarlyStopping(metric="val_loss", patience=2, min_delta=10.0),
+    )
     trainer = make_trainer(tmp_path, net(), train=train)
     result = trainer.fit()
     # min_delta 10 means nothing after the first epoch counts as an improvement.

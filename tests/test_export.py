@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from nnrecipe.deploy import export
-from nnrecipe.tasks import image_classification as task
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +55,10 @@ def test_tasks_without_a_predictor_are_refused_in_one_line(tmp_path):
 
     run = Run(tmp_path)
     run.update_meta(task="rl")
-    with pytest.raises(UserError, match="export supports image_classification, text_classification, token_classification, detection runs"):
+    with pytest.raises(
+        UserError,
+        match="export supports image_classification, text_classification, token_classification, detection runs",
+    ):
         export.export_run(run, "onnx")
     with pytest.raises(UserError, match="serving supports .* runs \\(this one: rl\\)"):
         load_predictor(run)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tests.conftest import write_digit_tree
 
 from nnrecipe.data.augment import BatchAugment
 from nnrecipe.data.images import load_splits
@@ -14,7 +15,6 @@ from nnrecipe.engine.checkpoint import load_checkpoint, split_prefix
 from nnrecipe.errors import UserError
 from nnrecipe.recipe import Augment
 from nnrecipe.tasks import image_classification as task
-from tests.conftest import write_digit_tree
 
 
 def test_convnet_learns_digits_and_writes_the_report(recipe_factory, new_run):
@@ -87,9 +87,16 @@ def test_transfer_learning_from_one_dataset_to_another(recipe_factory, new_run, 
     pre_run = new_run(pre, "pre")
     assert task.train(pre, pre_run)["accuracy"] > 0.9
 
-    fine = recipe_factory(*common, f"data.path={target}", f"model.init_from={pre_run.dir}", "model.freeze=backbone",
-                          "model.unfreeze_at_epoch=2", "model.backbone_lr_scale=0.1", "train.epochs=5",
-                          "train.batch_size=16")
+    fine = recipe_factory(
+        *common,
+        f"data.path={target}",
+        f"model.init_from={pre_run.dir}",
+        "model.freeze=backbone",
+        "model.unfreeze_at_epoch=2",
+        "model.backbone_lr_scale=0.1",
+        "train.epochs=5",
+        "train.batch_size=16",
+    )
     fine_run = new_run(fine, "fine")
     snapshots = []
 

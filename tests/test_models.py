@@ -57,4 +57,6 @@ def test_weights_that_match_nothing_are_an_error(tmp_path):
 
     save_file({"other.weight": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
     with pytest.raises(UserError, match="no tensor in .* matches this model"):
-        load_matching(build_model("mlp", 3, 1, 8), read_state_dict(tmp_path / "w.safetensors"), str(tmp_path / "w.safetensors"))
+        load_matching(
+            build_model("mlp", 3, 1, 8), read_state_dict(tmp_path / "w.safetensors"), str(tmp_path / "w.safetensors")
+        )

@@ -16,9 +16,13 @@ from nnrecipe.tasks import image_classification as task
 def test_global_magnitude_pruning_removes_the_smallest_weights():
     torch.manual_seed(0)
     model = build_model("convnet", 10, 1, 8)
-    before = torch.cat([m.weight.abs().flatten() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))])
+    before = torch.cat(
+        [m.weight.abs().flatten() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    )
     apply_pruning(model, 0.5, structured=False)
-    after = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))])
+    after = torch.cat(
+        [m.weight.flatten() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    )
     assert abs(float((after == 0).float().mean()) - 0.5) < 0.01
     kept = before[after != 0]
     assert kept.min() >= before[after == 0].max()  # every kept weight is at least as large as every removed one

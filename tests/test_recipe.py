@@ -76,8 +76,17 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_cli_reports_recipe_errors_without_traceback(tmp_path):
-    cmd = [sys.executable, "-m", "nnrecipe.cli", "train", str(ROOT / "recipes/digits-convnet.yaml"),
-           "--set", "optim.lr=-1", "--set", f"track.runs_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nnrecipe.cli",
+        "train",
+        str(ROOT / "recipes/digits-convnet.yaml"),
+        "--set",
+        "optim.lr=-1",
+        "--set",
+        f"track.runs_dir={tmp_path}",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 2
     assert "recipe error: optim.lr" in res.stderr

@@ -39,8 +39,16 @@ def _weights(path):
 
 # Dropout, crop+flip+rotation augmentation, EMA, a one-cycle schedule and accumulation: every piece of
 # state a resume has to restore.
-OVERRIDES = ("train.epochs=4", "model.dropout=0.3", "data.augment.crop_padding=1", "data.augment.hflip=true",
-             "data.augment.rotation=10", "train.ema=true", "train.grad_accum_steps=2", "data.limit=400")
+OVERRIDES = (
+    "train.epochs=4",
+    "model.dropout=0.3",
+    "data.augment.crop_padding=1",
+    "data.augment.hflip=true",
+    "data.augment.rotation=10",
+    "train.ema=true",
+    "train.grad_accum_steps=2",
+    "data.limit=400",
+)
 
 
 @pytest.mark.parametrize("batch", [None, 2], ids=["at-epoch-end", "mid-epoch"])

@@ -58,8 +58,17 @@ def rl_recipe(tmp_path, **fields):
 
 
 def test_q_learning_converges_to_the_value_iteration_optimum_on_a_deterministic_grid(tmp_path):
-    recipe = rl_recipe(tmp_path, env__id="gridmap", env__map=MAZE, tabular__episodes=3000, tabular__alpha=0.5,
-                       tabular__alpha_end=0.5, tabular__epsilon_end=0.3, tabular__epsilon_decay_fraction=0.3, gamma=0.95)
+    recipe = rl_recipe(
+        tmp_path,
+        env__id="gridmap",
+        env__map=MAZE,
+        tabular__episodes=3000,
+        tabular__alpha=0.5,
+        tabular__alpha_end=0.5,
+        tabular__epsilon_end=0.3,
+        tabular__epsilon_decay_fraction=0.3,
+        gamma=0.95,
+    )
     env = runner.make_env(recipe)
     q, _ = train_tabular(env, "qlearning", recipe.tabular, recipe.gamma, seed=0, max_steps=200)
     game = env.unwrapped
@@ -75,8 +84,16 @@ def test_q_learning_converges_to_the_value_iteration_optimum_on_a_deterministic_
 
 @pytest.mark.parametrize("algo", ["sarsa", "expected_sarsa"])
 def test_sarsa_variants_reach_the_goal_on_the_shortest_path(tmp_path, algo):
-    recipe = rl_recipe(tmp_path, env__id="gridmap", env__map=MAZE, algo=algo, tabular__episodes=1500,
-                       tabular__alpha=0.5, tabular__epsilon_end=0.0, tabular__epsilon_decay_fraction=0.7)
+    recipe = rl_recipe(
+        tmp_path,
+        env__id="gridmap",
+        env__map=MAZE,
+        algo=algo,
+        tabular__episodes=1500,
+        tabular__alpha=0.5,
+        tabular__epsilon_end=0.0,
+        tabular__epsilon_decay_fraction=0.7,
+    )
     env = runner.make_env(recipe)
     q, _ = train_tabular(env, algo, recipe.tabular, recipe.gamma, seed=1, max_steps=200)
     result = runner.evaluate_policy(env, lambda s: int(greedy_policy(q)[s]), 5, 0, "gridmap")
@@ -84,7 +101,9 @@ def test_sarsa_variants_reach_the_goal_on_the_shortest_path(tmp_path, algo):
 
 
 def test_frozenlake_slippery_success_rate_is_near_optimal(tmp_path):
-    recipe = load_recipe(ROOT / "recipes/frozenlake-qlearning.yaml", [f"track.runs_dir={tmp_path}", "track.progress=false"])
+    recipe = load_recipe(
+        ROOT / "recipes/frozenlake-qlearning.yaml", [f"track.runs_dir={tmp_path}", "track.progress=false"]
+    )
     env = runner.make_env(recipe)
     q, _ = train_tabular(env, "qlearning", recipe.tabular, recipe.gamma, seed=0, max_steps=runner.max_steps(env))
     result = runner.evaluate_policy(env, lambda s: int(greedy_policy(q)[s]), 1000, 10_000, "FrozenLake-v1")
@@ -100,14 +119,31 @@ def test_taxi_mean_return_above_seven(tmp_path):
 
 def test_termination_is_not_bootstrapped_but_truncation_is(tmp_path):
     """One-step chain S -> G: Q(S, right) must equal the goal reward exactly, not reward + gamma * Q(G)."""
-    recipe = rl_recipe(tmp_path, env__id="gridmap", env__map="SG\n", env__step_reward=0.0, env__goal_reward=1.0,
-                       tabular__episodes=200, tabular__alpha=1.0, tabular__alpha_end=1.0, tabular__q_init=5.0)
+    recipe = rl_recipe(
+        tmp_path,
+        env__id="gridmap",
+        env__map="SG\n",
+        env__step_reward=0.0,
+        env__goal_reward=1.0,
+        tabular__episodes=200,
+        tabular__alpha=1.0,
+        tabular__alpha_end=1.0,
+        tabular__q_init=5.0,
+    )
     env = runner.make_env(recipe)
     q, _ = train_tabular(env, "qlearning", recipe.tabular, 0.9, seed=0, max_steps=50)
     assert q[0, 2] == pytest.approx(1.0)  # terminal: target is r alone, although Q(G, .) was initialised to 5
     # A 1-step time limit truncates every episode after a bump; the target then bootstraps from Q(s').
-    recipe = rl_recipe(tmp_path, env__id="gridmap", env__map="S.G\n", env__step_reward=0.0, env__goal_reward=1.0,
-                       tabular__episodes=400, tabular__alpha=1.0, tabular__alpha_end=1.0)
+    recipe = rl_recipe(
+        tmp_path,
+        env__id="gridmap",
+        env__map="S.G\n",
+        env__step_reward=0.0,
+        env__goal_reward=1.0,
+        tabular__episodes=400,
+        tabular__alpha=1.0,
+        tabular__alpha_end=1.0,
+    )
     q, _ = train_tabular(runner.make_env(recipe), "qlearning", recipe.tabular, 0.9, seed=0, max_steps=1)
     assert q[0, 2] == pytest.approx(0.0)  # Q(middle) was never updated (episodes cut after 1 step): 0.9 * 0
     q, _ = train_tabular(runner.make_env(recipe), "qlearning", recipe.tabular, 0.9, seed=0, max_steps=2)
@@ -138,19 +174,39 @@ def _run(recipe):
 
 def test_dqn_learns_cartpole(tmp_path):
     """A short DQN run must clearly beat the random policy (about 22) - the full solve is in bench/RESULTS.md."""
-    recipe = load_recipe(ROOT / "recipes/cartpole-dqn.yaml", [f"track.runs_dir={tmp_path}", "track.progress=false",
-                                                               "dqn.total_steps=12000", "dqn.eval_every=3000", "eval.episodes=5",
-                                                               "dqn.gradient_steps=64", "track.tensorboard=false"])
+    recipe = load_recipe(
+        ROOT / "recipes/cartpole-dqn.yaml",
+        [
+            f"track.runs_dir={tmp_path}",
+            "track.progress=false",
+            "dqn.total_steps=12000",
+            "dqn.eval_every=3000",
+            "eval.episodes=5",
+            "dqn.gradient_steps=64",
+            "track.tensorboard=false",
+        ],
+    )
     result = runner.train(recipe, _run(recipe))
     assert result["mean_return"] >= 100
 
 
 def test_double_dqn_with_soft_target_updates_learns(tmp_path):
-    recipe = load_recipe(ROOT / "recipes/cartpole-dqn.yaml", [f"track.runs_dir={tmp_path}", "track.progress=false",
-                                                               "dqn.total_steps=12000", "dqn.eval_every=3000", "eval.episodes=5",
-                                                               "dqn.gradient_steps=64", "track.tensorboard=false",
-                                                               "dqn.double=true", "dqn.tau=0.5", "dqn.num_envs=2",
-                                                               "dqn.vector=async"])
+    recipe = load_recipe(
+        ROOT / "recipes/cartpole-dqn.yaml",
+        [
+            f"track.runs_dir={tmp_path}",
+            "track.progress=false",
+            "dqn.total_steps=12000",
+            "dqn.eval_every=3000",
+            "eval.episodes=5",
+            "dqn.gradient_steps=64",
+            "track.tensorboard=false",
+            "dqn.double=true",
+            "dqn.tau=0.5",
+            "dqn.num_envs=2",
+            "dqn.vector=async",
+        ],
+    )
     result = runner.train(recipe, _run(recipe))
     assert result["mean_return"] >= 60
 
@@ -160,8 +216,14 @@ def test_gridmap_recipe_end_to_end_through_the_cli(tmp_path):
     import os
 
     def cli(*args):
-        res = subprocess.run([sys.executable, "-m", "nnrecipe.cli", *map(str, args)], capture_output=True, text=True,
-                             cwd=tmp_path, env=os.environ | env, timeout=300)
+        res = subprocess.run(
+            [sys.executable, "-m", "nnrecipe.cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=os.environ | env,
+            timeout=300,
+        )
         assert "Traceback" not in res.stderr, res.stderr
         return res
 
@@ -186,10 +248,20 @@ def test_dqn_resume_continues_from_the_last_checkpoint(tmp_path):
     from nnrecipe.engine.tracking import read_metrics
     from nnrecipe.runs import open_run
 
-    recipe = load_recipe(ROOT / "recipes/cartpole-dqn.yaml", [f"track.runs_dir={tmp_path}", "track.progress=false",
-                                                               "dqn.total_steps=3000", "dqn.eval_every=1500", "eval.episodes=2",
-                                                               "dqn.learning_starts=500", "dqn.gradient_steps=16",
-                                                               "track.tensorboard=false", "track.plots=false"])
+    recipe = load_recipe(
+        ROOT / "recipes/cartpole-dqn.yaml",
+        [
+            f"track.runs_dir={tmp_path}",
+            "track.progress=false",
+            "dqn.total_steps=3000",
+            "dqn.eval_every=1500",
+            "eval.episodes=2",
+            "dqn.learning_starts=500",
+            "dqn.gradient_steps=16",
+            "track.tensorboard=false",
+            "track.plots=false",
+        ],
+    )
     run = _run(recipe)
     runner.train(recipe, run)
     before, meta = load_checkpoint(run.last_checkpoint)
@@ -211,11 +283,20 @@ def test_dqn_flushes_subnormal_floats_while_training_only(tmp_path):
 
     from nnrecipe.rl.dqn import train_dqn
 
-    recipe = load_recipe(ROOT / "recipes/cartpole-dqn.yaml", ["dqn.total_steps=1300", "dqn.eval_every=1200",
-                                                               "dqn.gradient_steps=4", "dqn.eval_episodes=1"])
+    recipe = load_recipe(
+        ROOT / "recipes/cartpole-dqn.yaml",
+        ["dqn.total_steps=1300", "dqn.eval_every=1200", "dqn.gradient_steps=4", "dqn.eval_episodes=1"],
+    )
     tiny = torch.tensor([1e-40])  # subnormal in float32
     seen = []
-    train_dqn(lambda: runner.make_env(recipe), recipe.dqn, recipe.gamma, 0, torch.device("cpu"),
-              lambda policy: 0.0, lambda row: seen.append(float((tiny * 1.0)[0])))
+    train_dqn(
+        lambda: runner.make_env(recipe),
+        recipe.dqn,
+        recipe.gamma,
+        0,
+        torch.device("cpu"),
+        lambda policy: 0.0,
+        lambda row: seen.append(float((tiny * 1.0)[0])),
+    )
     assert seen and all(v == 0.0 for v in seen)
     assert float((tiny * 1.0)[0]) > 0.0

@@ -14,7 +14,6 @@ from PIL import Image
 
 from nnrecipe.deploy.serve import ServeConfig, create_app
 from nnrecipe.errors import UserError
-from nnrecipe.tasks import image_classification as task
 
 KEY = "s3cret-key"
 
@@ -39,8 +38,11 @@ def b64(data: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def client(run):
-    with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY, "other"], max_batch=8,
-                                           max_body_bytes=200_000, precision="fp32"))) as c:
+    with TestClient(
+        create_app(
+            ServeConfig(run_dir=run.dir, api_keys=[KEY, "other"], max_batch=8, max_body_bytes=200_000, precision="fp32")
+        )
+    ) as c:
         yield c
 
 
@@ -81,15 +83,18 @@ def test_predicts_digits_from_base64_and_multipart(client):
     assert res.status_code == 200 and len(res.json()["predictions"]) == 2
 
 
-@pytest.mark.parametrize("payload, status, message", [
-    ({"inputs": []}, 422, "inputs"),
-    ({"inputs": ["x"] * 9}, 422, "9 inputs in one request; the limit is 8"),
-    ({"inputs": ["not base64!!"]}, 422, "inputs[0]: not valid base64"),
-    ({"inputs": [b64(b"GIF89a garbage")]}, 422, "inputs[0]: not a decodable image"),
-    ({"inputs": [b64(digit_png(0)), b64(b"\x00" * 10)]}, 422, "inputs[1]: not a decodable image"),
-    ({"inputs": [1, 2]}, 422, "inputs"),
-    ({"wrong": []}, 422, "inputs"),
-])
+@pytest.mark.parametrize(
+    "payload, status, message",
+    [
+        ({"inputs": []}, 422, "inputs"),
+        ({"inputs": ["x"] * 9}, 422, "9 inputs in one request; the limit is 8"),
+        ({"inputs": ["not base64!!"]}, 422, "inputs[0]: not valid base64"),
+        ({"inputs": [b64(b"GIF89a garbage")]}, 422, "inputs[0]: not a decodable image"),
+        ({"inputs": [b64(digit_png(0)), b64(b"\x00" * 10)]}, 422, "inputs[1]: not a decodable image"),
+        ({"inputs": [1, 2]}, 422, "inputs"),
+        ({"wrong": []}, 422, "inputs"),
+    ],
+)
 def test_bad_inputs_are_422_naming_the_problem(client, payload, status, message):
     res = client.post("/v1/predict", headers=AUTH, json=payload)
     assert res.status_code == status and message in json.dumps(res.json())
@@ -126,7 +131,9 @@ def test_onnx_backend_gives_the_same_predictions(run, client):
 
     export_run(run, "onnx")
     payload = {"inputs": [b64(digit_png(i)) for i in range(1500, 1508)]}
-    with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], onnx=run.dir / "export" / "model.onnx"))) as c:
+    with TestClient(
+        create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], onnx=run.dir / "export" / "model.onnx"))
+    ) as c:
         onnx = c.post("/v1/predict", headers=AUTH, json=payload).json()["predictions"]
     torch_preds = client.post("/v1/predict", headers=AUTH, json=payload).json()["predictions"]
     assert [p["label"] for p in onnx] == [p["label"] for p in torch_preds]
@@ -161,8 +168,13 @@ def test_several_worker_processes_serve_and_stop_on_sigterm(run, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "nnrecipe.cli", "serve", str(run.dir), "--port", str(port), "--workers", "2"],
-                            env=os.environ | {"NNRECIPE_API_KEYS": KEY}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nnrecipe.cli", "serve", str(run.dir), "--port", str(port), "--workers", "2"],
+        env=os.environ | {"NNRECIPE_API_KEYS": KEY},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while True:

@@ -17,6 +17,7 @@ def test_no_request_the_schema_allows_causes_a_server_error(trained_digits_run):
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics"}
     for operation in operations:
+
         @given(case=operation.as_strategy())
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
         def check(case):

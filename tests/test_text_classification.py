@@ -25,7 +25,9 @@ def write_toy(path, n=240, seed=0):
     lines = ["sentence\tlabel"]
     for i in range(n):
         good = i % 2 == 0
-        words = [rng.choice(NOUNS), "is", rng.choice(POS if good else NEG)] + ["and", rng.choice(NOUNS)] * rng.randint(0, 3)
+        words = [rng.choice(NOUNS), "is", rng.choice(POS if good else NEG)] + ["and", rng.choice(NOUNS)] * rng.randint(
+            0, 3
+        )
         lines.append(f"the {' '.join(words)}\t{'pos' if good else 'neg'}")
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -34,10 +36,16 @@ def write_toy(path, n=240, seed=0):
 def text_recipe(tmp_path, *overrides):
     from nnrecipe.recipe import apply_override
 
-    raw = {"task": "text_classification", "data": {"train": str(write_toy(tmp_path / "train.tsv")),
-                                                    "test": str(write_toy(tmp_path / "test.tsv", 80, seed=1))},
-           "train": {"epochs": 2, "batch_size": 16}, "optim": {"name": "adamw", "lr": 1e-4},
-           "track": {"runs_dir": str(tmp_path / "runs"), "progress": False, "tensorboard": False}}
+    raw = {
+        "task": "text_classification",
+        "data": {
+            "train": str(write_toy(tmp_path / "train.tsv")),
+            "test": str(write_toy(tmp_path / "test.tsv", 80, seed=1)),
+        },
+        "train": {"epochs": 2, "batch_size": 16},
+        "optim": {"name": "adamw", "lr": 1e-4},
+        "track": {"runs_dir": str(tmp_path / "runs"), "progress": False, "tensorboard": False},
+    }
     for item in overrides:
         apply_override(raw, item)
     return validate_recipe(raw)
@@ -76,8 +84,10 @@ def test_length_grouping_cuts_padding_but_keeps_every_example_once():
     enc = [[1] * rng.randint(2, 60) for _ in range(400)]
     grouped = TextLoader(enc, list(range(400)), 16, 0, shuffle=True, group_by_length=True)
     plain = TextLoader(enc, list(range(400)), 16, 0, shuffle=True)
+
     def padding(loader):
         return sum(int((b["attention_mask"] == 0).sum()) for b in loader.batches(0))
+
     assert padding(grouped) < 0.3 * padding(plain)
     seen = sorted(int(i) for b in grouped.batches(0) for i in b["labels"])
     assert seen == list(range(400))
@@ -96,8 +106,10 @@ def test_bad_files_are_clear_errors(tmp_path):
 def test_multi_process_sharding_gives_each_process_equal_disjoint_batches():
     rng = random.Random(1)
     enc = [[1] * rng.randint(2, 40) for _ in range(203)]
-    shards = [TextLoader(enc, list(range(203)), 16, 0, shuffle=True, group_by_length=True, seed=3, rank=r, world_size=2)
-              for r in range(2)]
+    shards = [
+        TextLoader(enc, list(range(203)), 16, 0, shuffle=True, group_by_length=True, seed=3, rank=r, world_size=2)
+        for r in range(2)
+    ]
     seen = [[int(i) for b in s.batches(epoch=1) for i in b["labels"]] for s in shards]
     assert len(shards[0]) == len(shards[1]) == 6 and all(len(list(s.batches(1))) == 6 for s in shards)
     assert not set(seen[0]) & set(seen[1]) and len(seen[0]) + len(seen[1]) >= 203 - 2 * 16

@@ -43,20 +43,23 @@ def test_ner_onnx_export_matches_pytorch_per_token(trained_ner_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def text_client(trained_text_run):
-    with TestClient(create_app(ServeConfig(run_dir=trained_text_run.dir, api_keys=[KEY], max_batch=4,
-                                           max_text_chars=200))) as c:
+    with TestClient(
+        create_app(ServeConfig(run_dir=trained_text_run.dir, api_keys=[KEY], max_batch=4, max_text_chars=200))
+    ) as c:
         yield c
 
 
 def test_serving_text_returns_labels_and_enforces_text_limits(text_client):
-    r = text_client.post("/v1/predict", json={"inputs": ["the film is wonderful", "the plot is dreadful"]}, headers=AUTH)
+    r = text_client.post(
+        "/v1/predict", json={"inputs": ["the film is wonderful", "the plot is dreadful"]}, headers=AUTH
+    )
     assert r.status_code == 200, r.text
     assert [p["label"] for p in r.json()["predictions"]] == ["pos", "neg"]
     long = text_client.post("/v1/predict", json={"inputs": ["fine", "x" * 201]}, headers=AUTH)
     assert long.status_code == 422 and "inputs[1]: 201 characters; the limit is 200" in long.json()["detail"]
     assert text_client.post("/v1/predict", json={"inputs": ["  "]}, headers=AUTH).status_code == 422
     assert "limit is 4" in text_client.post("/v1/predict", json={"inputs": ["a"] * 5}, headers=AUTH).json()["detail"]
-    files = [("files", ("a.txt", "the cast is superb".encode(), "text/plain")), ("files", ("b.txt", b"\xff\xfe", "text/plain"))]
+    files = [("files", ("a.txt", b"the cast is superb", "text/plain")), ("files", ("b.txt", b"\xff\xfe", "text/plain"))]
     bad = text_client.post("/v1/predict", files=files, headers=AUTH)
     assert bad.status_code == 422 and "inputs[1]: not UTF-8" in bad.json()["detail"]
     ok = text_client.post("/v1/predict", files=files[:1], headers=AUTH)
@@ -79,7 +82,7 @@ def test_serving_ner_returns_entities_with_offsets_from_pytorch_and_onnx(trained
             assert "TaggedText" in json.dumps(schema["components"])
     assert results[0] == results[1]
     assert [(e["text"], e["type"]) for e in results[0]] == [("Maria Schmidt", "PER"), ("Osaka", "LOC")]
-    assert all(text[e["start"]:e["end"]] == e["text"] for e in results[0])
+    assert all(text[e["start"] : e["end"]] == e["text"] for e in results[0])
 
 
 def test_pruning_text_and_ner_runs_reports_the_task_metric(trained_text_run, trained_ner_run):

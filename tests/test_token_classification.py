@@ -27,7 +27,17 @@ def toy_sentences(n, seed=0):
     for _ in range(n):
         person, place = rng.choice(PEOPLE), rng.choice(PLACES)
         words = ["Yesterday", ",", *person, rng.choice(VERBS), *place, "again", "."]
-        tags = ["O", "O", "I-PER", *["I-PER"] * (len(person) - 1), "O", "I-LOC", *["I-LOC"] * (len(place) - 1), "O", "O"]
+        tags = [
+            "O",
+            "O",
+            "I-PER",
+            *["I-PER"] * (len(person) - 1),
+            "O",
+            "I-LOC",
+            *["I-LOC"] * (len(place) - 1),
+            "O",
+            "O",
+        ]
         out.append((words, tags))  # IOB1, as CoNLL-2003 ships it
     return out
 
@@ -41,18 +51,30 @@ def write_conll(path, sentences, docstart=True):
 
 
 def ner_recipe(tmp_path, *overrides):
-    raw = {"task": "token_classification",
-           "data": {"train": str(write_conll(tmp_path / "train.txt", toy_sentences(160))),
-                    "test": str(write_conll(tmp_path / "test.txt", toy_sentences(40, seed=1)))},
-           "train": {"epochs": 3, "batch_size": 16}, "optim": {"name": "adamw", "lr": 3e-4},
-           "track": {"runs_dir": str(tmp_path / "runs"), "progress": False, "tensorboard": False}}
+    raw = {
+        "task": "token_classification",
+        "data": {
+            "train": str(write_conll(tmp_path / "train.txt", toy_sentences(160))),
+            "test": str(write_conll(tmp_path / "test.txt", toy_sentences(40, seed=1))),
+        },
+        "train": {"epochs": 3, "batch_size": 16},
+        "optim": {"name": "adamw", "lr": 3e-4},
+        "track": {"runs_dir": str(tmp_path / "runs"), "progress": False, "tensorboard": False},
+    }
     for item in overrides:
         apply_override(raw, item)
     return validate_recipe(raw)
 
 
 def test_iob1_becomes_iob2_and_iob2_is_unchanged():
-    assert to_iob2(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG"]) == ["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-ORG"]
+    assert to_iob2(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG"]) == [
+        "B-PER",
+        "I-PER",
+        "O",
+        "B-LOC",
+        "B-LOC",
+        "B-ORG",
+    ]
     iob2 = ["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "I-LOC"]
     assert to_iob2(iob2) == iob2
     assert entities(iob2) == [("PER", 0, 2), ("LOC", 3, 4), ("LOC", 4, 6)]
@@ -72,8 +94,10 @@ def test_readers_conll_and_jsonl(tmp_path):
     assert tag_names(data.tags) == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 
 
-@pytest.mark.parametrize("content,message", [("Paris LOCATION\n", "is not O, B-TYPE or I-TYPE"),
-                                              ("Paris\n", "data.tag_column=2"), ("\n\n", "no sentences")])
+@pytest.mark.parametrize(
+    "content,message",
+    [("Paris LOCATION\n", "is not O, B-TYPE or I-TYPE"), ("Paris\n", "data.tag_column=2"), ("\n\n", "no sentences")],
+)
 def test_bad_token_files_are_clear_errors(tmp_path, content, message):
     bad = tmp_path / "bad.txt"
     bad.write_text(content)
@@ -125,7 +149,7 @@ def test_ner_learns_a_toy_set_reports_entities_and_predicts_offsets(tmp_path):
     text = "Yesterday, Pierre Dubois visited Buenos Aires again."
     found = task.predict(run, [text])[0]["entities"]
     assert [(e["text"], e["type"]) for e in found] == [("Pierre Dubois", "PER"), ("Buenos Aires", "LOC")]
-    assert all(text[e["start"]:e["end"]] == e["text"] for e in found)
+    assert all(text[e["start"] : e["end"]] == e["text"] for e in found)
     assert task.evaluate(run, data_path=str(tmp_path / "test.txt"))["sentences"] == 40
 
 
@@ -137,8 +161,13 @@ def test_split_words_keeps_offsets():
 
 @pytest.mark.parametrize("mode", ["lora", "adalora", "prefix", "ia3"])
 def test_peft_modes_train_only_their_own_parameters(mode):
-    model, _ = build("minilm", ["O", "B-PER", "I-PER"], mode, {"r": 4, "alpha": 8, "dropout": 0.0, "total_steps": 50,
-                                                                "prefix_tokens": 4}, head="token")
+    model, _ = build(
+        "minilm",
+        ["O", "B-PER", "I-PER"],
+        mode,
+        {"r": 4, "alpha": 8, "dropout": 0.0, "total_steps": 50, "prefix_tokens": 4},
+        head="token",
+    )
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     marker = {"lora": "lora_", "adalora": "lora_", "prefix": "prompt_encoder", "ia3": "ia3_"}[mode]
     assert trainable and all(marker in n or "classifier" in n for n in trainable), trainable[:5]
@@ -146,8 +175,9 @@ def test_peft_modes_train_only_their_own_parameters(mode):
 
 
 def test_adalora_trains_through_the_engine_and_prunes_ranks(tmp_path):
-    recipe = ner_recipe(tmp_path, "model.finetune=adalora", "train.epochs=2", "optim.lr=2e-3", "data.limit=72",
-                        "model.lora_r=2")
+    recipe = ner_recipe(
+        tmp_path, "model.finetune=adalora", "train.epochs=2", "optim.lr=2e-3", "data.limit=72", "model.lora_r=2"
+    )
     run = create_run(recipe, "adalora")
     task.train(recipe, run)
     from safetensors.torch import load_file
@@ -189,8 +219,9 @@ def test_unreachable_models_are_one_line_errors_at_once(monkeypatch, tmp_path):
     import nnrecipe.models.hf as hf
 
     monkeypatch.setattr(hf, "_hub_reachable", lambda timeout=3.0: False)
-    with pytest.raises(UserError, match="'someone/no-such-model' is not a local model folder and the Hugging Face hub "
-                                        "is not reachable"):
+    with pytest.raises(
+        UserError, match="'someone/no-such-model' is not a local model folder and the Hugging Face hub is not reachable"
+    ):
         build("someone/no-such-model", ["O"], "full")
     with pytest.raises(UserError, match="no such model folder: .*missing-model"):
         build(str(tmp_path / "missing-model"), ["O"], "full")

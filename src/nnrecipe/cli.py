@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 import yaml
@@ -17,8 +16,12 @@ from rich.console import Console
 
 from nnrecipe.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train, evaluate and use neural networks from one YAML recipe.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train, evaluate and use neural networks from one YAML recipe.",
+)
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -29,7 +32,7 @@ RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML file (see `nnrecipe recipes`)."),
     set_: list[str] = typer.Option([], "--set", help="Override a field, e.g. --set optim.lr=0.1 (repeatable)."),
-    name: Optional[str] = typer.Option(None, help="Run directory name (default <recipe>-<timestamp>)."),
+    name: str | None = typer.Option(None, help="Run directory name (default <recipe>-<timestamp>)."),
 ) -> None:
     """Train a model from a recipe; leaves a run directory with checkpoints, metrics, report and plots."""
     from nnrecipe.recipe import load_recipe
@@ -68,7 +71,9 @@ def resume(run_dir: Path = typer.Argument(..., help="The run directory to contin
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory."),
     split: str = typer.Option("test", help="Which of the run's splits: train, val or test."),
-    data: Optional[Path] = typer.Option(None, help="Evaluate on other data in the run's format instead (an ImageFolder tree)."),
+    data: Path | None = typer.Option(
+        None, help="Evaluate on other data in the run's format instead (an ImageFolder tree)."
+    ),
 ) -> None:
     """Evaluate a run's best weights; prints accuracy and per-class figures and writes them into the run."""
     from nnrecipe.runs import open_run
@@ -84,8 +89,8 @@ def evaluate(
 def predict(
     run_dir: Path = typer.Argument(..., help="A run directory."),
     inputs: list[str] = typer.Argument(None, help="Image files, or texts for a text run."),
-    file: Optional[Path] = typer.Option(None, "--file", help="Text runs: a file with one text per line."),
-    to: Optional[Path] = typer.Option(None, "--out", help="Write one JSON object per input to this file."),
+    file: Path | None = typer.Option(None, "--file", help="Text runs: a file with one text per line."),
+    to: Path | None = typer.Option(None, "--out", help="Write one JSON object per input to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per input."),
 ) -> None:
     """Predict with a run's best weights: label and probabilities per input (NER: entities with character
@@ -112,23 +117,33 @@ def predict(
         if as_json:
             out.print(json.dumps(row), soft_wrap=True)
         elif to is None and "detections" in row:
-            found = "  ".join(f"{d['label']} {d['score']:.2f} [{', '.join(f'{v:.0f}' for v in d['box'])}]" for d in row["detections"])
-            out.print(f"{row['file']}: {found or '(nothing above model.score_threshold)'}", markup=False, soft_wrap=True)
+            found = "  ".join(
+                f"{d['label']} {d['score']:.2f} [{', '.join(f'{v:.0f}' for v in d['box'])}]" for d in row["detections"]
+            )
+            out.print(
+                f"{row['file']}: {found or '(nothing above model.score_threshold)'}", markup=False, soft_wrap=True
+            )
         elif to is None and "entities" in row:
-            found = "  ".join(f"[{e['text']}]{e['type']}@{e['start']}-{e['end']}" for e in row["entities"]) or "(no entities)"
+            found = (
+                "  ".join(f"[{e['text']}]{e['type']}@{e['start']}-{e['end']}" for e in row["entities"])
+                or "(no entities)"
+            )
             out.print(f"{row['text']}: {found}", markup=False, soft_wrap=True)
         elif to is None:
             scores = row.get("top") or row.get("probabilities")
             top = "  ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items(), key=lambda kv: -kv[1])[:3])
-            out.print(f"{row.get('file', row.get('text'))}: {row['label']} ({row['confidence']:.3f})   top: {top}", markup=False)
+            out.print(
+                f"{row.get('file', row.get('text'))}: {row['label']} ({row['confidence']:.3f})   top: {top}",
+                markup=False,
+            )
 
 
 @app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="A trained run directory."),
     format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
-    quantize: Optional[str] = typer.Option(None, help="int8 (ONNX only): static calibrated for CNNs, dynamic otherwise."),
-    out: Optional[Path] = typer.Option(None, help="Artefact path (default runs/<run>/export/model.<ext>)."),
+    quantize: str | None = typer.Option(None, help="int8 (ONNX only): static calibrated for CNNs, dynamic otherwise."),
+    out: Path | None = typer.Option(None, help="Artefact path (default runs/<run>/export/model.<ext>)."),
 ) -> None:
     """Export the run's best weights, checked against PyTorch on validation inputs, with a model card."""
     from nnrecipe.deploy.export import export_run
@@ -140,7 +155,7 @@ def export(
 @app.command()
 def merge(
     run_dir: Path = typer.Argument(..., help="A trained text or NER run."),
-    out: Optional[Path] = typer.Option(None, help="Model folder to write (default runs/<run>/merged)."),
+    out: Path | None = typer.Option(None, help="Model folder to write (default runs/<run>/merged)."),
 ) -> None:
     """Fold LoRA/AdaLoRA/IA3 weights into the base model and save a plain Hugging Face model folder
     (loads with transformers alone); checks that it gives the same logits as the run."""
@@ -148,16 +163,22 @@ def merge(
     from nnrecipe.runs import open_run
 
     path, diff = merge_run(open_run(run_dir), out)
-    err.print(f"merged model: {path} (max |logit difference| vs the run: {diff:.2e}); load it with "
-              "AutoModelFor...Classification.from_pretrained")
+    err.print(
+        f"merged model: {path} (max |logit difference| vs the run: {diff:.2e}); load it with "
+        "AutoModelFor...Classification.from_pretrained"
+    )
 
 
 @app.command()
 def prune(
     run_dir: Path = typer.Argument(..., help="A trained run directory."),
     amount: float = typer.Option(0.5, help="Fraction of weights (or, with --structured, of channels) to remove."),
-    structured: bool = typer.Option(False, "--structured", help="Remove whole output channels (L2 norm) instead of single weights."),
-    finetune_epochs: int = typer.Option(0, min=0, help="Fine-tune this many epochs with the masks held (at 0.1x the LR); not for peft text runs."),
+    structured: bool = typer.Option(
+        False, "--structured", help="Remove whole output channels (L2 norm) instead of single weights."
+    ),
+    finetune_epochs: int = typer.Option(
+        0, min=0, help="Fine-tune this many epochs with the masks held (at 0.1x the LR); not for peft text runs."
+    ),
 ) -> None:
     """Prune a run's best weights (image, text, NER or detection) into a new run <run>-pruned<N>, scored on its
     test (else val) split; evaluate/export/serve work on it."""
@@ -173,14 +194,20 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for all)."),
     port: int = typer.Option(8080, help="Port."),
     workers: int = typer.Option(1, min=1, help="Worker processes."),
-    api_key_file: Optional[Path] = typer.Option(None, help="File with one API key per line (or set NNRECIPE_API_KEYS)."),
-    insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth", help="Serve without authentication (logs a warning)."),
-    onnx: Optional[Path] = typer.Option(None, help="Serve this exported ONNX model with onnxruntime instead of PyTorch."),
+    api_key_file: Path | None = typer.Option(None, help="File with one API key per line (or set NNRECIPE_API_KEYS)."),
+    insecure_no_auth: bool = typer.Option(
+        False, "--insecure-no-auth", help="Serve without authentication (logs a warning)."
+    ),
+    onnx: Path | None = typer.Option(None, help="Serve this exported ONNX model with onnxruntime instead of PyTorch."),
     max_body_mb: float = typer.Option(10.0, help="Largest request body in MB (413 above)."),
     max_batch: int = typer.Option(64, min=1, help="Most inputs in one request (422 above)."),
     batch_wait_ms: float = typer.Option(5.0, min=0, help="Micro-batching: how long a request waits for others."),
-    max_text_chars: int = typer.Option(10_000, min=1, help="Text and NER runs: longest text in characters (422 above)."),
-    precision: str = typer.Option("auto", help="Eager PyTorch numerics: auto (fp32; measured faster under load than bf16 autocast), fp32, bf16."),
+    max_text_chars: int = typer.Option(
+        10_000, min=1, help="Text and NER runs: longest text in characters (422 above)."
+    ),
+    precision: str = typer.Option(
+        "auto", help="Eager PyTorch numerics: auto (fp32; measured faster under load than bf16 autocast), fp32, bf16."
+    ),
 ) -> None:
     """Serve a run over HTTP: /v1/predict, /v1/model, /healthz, /readyz, /metrics."""
     import dataclasses
@@ -192,17 +219,33 @@ def serve(
     from nnrecipe.deploy.serve import ServeConfig, create_app, read_api_keys
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = ServeConfig(run_dir=run_dir, api_keys=read_api_keys(api_key_file), insecure_no_auth=insecure_no_auth, onnx=onnx,
-                      max_body_bytes=int(max_body_mb * 1024 * 1024), max_batch=max_batch, batch_max=max(max_batch, 64),
-                      batch_wait_ms=batch_wait_ms, max_text_chars=max_text_chars, precision=precision)
+    cfg = ServeConfig(
+        run_dir=run_dir,
+        api_keys=read_api_keys(api_key_file),
+        insecure_no_auth=insecure_no_auth,
+        onnx=onnx,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        max_batch=max_batch,
+        batch_max=max(max_batch, 64),
+        batch_wait_ms=batch_wait_ms,
+        max_text_chars=max_text_chars,
+        precision=precision,
+    )
     app_ = create_app(cfg)  # fails here, with one line, on a bad run, key or model
     if workers == 1:
         uvicorn.run(app_, host=host, port=port, timeout_graceful_shutdown=10)
         return
-    os.environ["NNRECIPE_SERVE_CONFIG"] = json.dumps({k: str(v) if isinstance(v, Path) else v
-                                                      for k, v in dataclasses.asdict(cfg).items()})
-    uvicorn.run("nnrecipe.deploy.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                timeout_graceful_shutdown=10)
+    os.environ["NNRECIPE_SERVE_CONFIG"] = json.dumps(
+        {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
+    )
+    uvicorn.run(
+        "nnrecipe.deploy.serve:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        timeout_graceful_shutdown=10,
+    )
 
 
 @app.command()
@@ -230,7 +273,7 @@ app.add_typer(rl_app, name="rl")
 def rl_train(
     recipe: Path = typer.Argument(..., help="An RL recipe (task: rl)."),
     set_: list[str] = typer.Option([], "--set", help="Override a field, e.g. --set tabular.episodes=5000."),
-    name: Optional[str] = typer.Option(None, help="Run directory name."),
+    name: str | None = typer.Option(None, help="Run directory name."),
 ) -> None:
     """Train an agent; leaves a run directory with the Q-table or network, metrics, report and plots."""
     from nnrecipe.recipe import load_recipe
@@ -243,7 +286,7 @@ def rl_train(
 @rl_app.command("evaluate")
 def rl_evaluate(
     run_dir: Path = typer.Argument(..., help="An RL run directory."),
-    episodes: Optional[int] = typer.Option(None, min=1, help="Evaluation episodes (default: the recipe's eval.episodes)."),
+    episodes: int | None = typer.Option(None, min=1, help="Evaluation episodes (default: the recipe's eval.episodes)."),
 ) -> None:
     """Greedy evaluation on a fixed seed list: mean return, success rate, steps."""
     from nnrecipe.rl import runner
@@ -256,7 +299,7 @@ def rl_evaluate(
 def rl_play(
     run_dir: Path = typer.Argument(..., help="An RL run directory."),
     render: str = typer.Option("ansi", help="Render mode; ansi prints each frame in the terminal."),
-    seed: Optional[int] = typer.Option(None, help="Episode seed (default: the first evaluation seed)."),
+    seed: int | None = typer.Option(None, help="Episode seed (default: the first evaluation seed)."),
 ) -> None:
     """Play one greedy episode and show it."""
     from nnrecipe.rl import runner

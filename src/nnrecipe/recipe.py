@@ -7,8 +7,8 @@ turned into one readable line per problem that names the field and the allowed v
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 import types
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
@@ -22,10 +22,16 @@ from nnrecipe.errors import RecipeError
 class Augment(_Section):
     """Training-time augmentation (torchvision.transforms.v2 semantics), applied to whole batches."""
 
-    crop_padding: int = Field(0, ge=0, description="Random crop of the original size after zero-padding this many pixels per side; 0 = off.")
+    crop_padding: int = Field(
+        0, ge=0, description="Random crop of the original size after zero-padding this many pixels per side; 0 = off."
+    )
     hflip: bool = Field(False, description="Random horizontal flip with probability 0.5.")
-    rotation: float = Field(0.0, ge=0, le=180, description="Random rotation in [-rotation, +rotation] degrees; 0 = off.")
-    scale: tuple[float, float] | None = Field(None, description="RandomResizedCrop area range, e.g. [0.6, 1.0]; null = off.")
+    rotation: float = Field(
+        0.0, ge=0, le=180, description="Random rotation in [-rotation, +rotation] degrees; 0 = off."
+    )
+    scale: tuple[float, float] | None = Field(
+        None, description="RandomResizedCrop area range, e.g. [0.6, 1.0]; null = off."
+    )
     color_jitter: float = Field(0.0, ge=0, le=1, description="Brightness/contrast/saturation jitter strength; 0 = off.")
 
     @field_validator("scale")
@@ -53,15 +59,40 @@ class Data(_Section):
     """Where the images come from and how they are split."""
 
     source: Literal["digits", "cifar10", "imagefolder"] = Field(
-        "digits", description="digits: scikit-learn's embedded 8x8 digits; cifar10: torchvision's CIFAR-10; imagefolder: a class-per-folder tree.")
-    path: Path | None = Field(None, description="cifar10: folder holding cifar-10-batches-py (default ~/.cache/nnrecipe/cifar10); imagefolder: the tree (with train/ val/ test/ subfolders, or one tree to split).")
+        "digits",
+        description="digits: scikit-learn's embedded 8x8 digits; cifar10: torchvision's CIFAR-10; imagefolder: a class-per-folder tree.",
+    )
+    path: Path | None = Field(
+        None,
+        description="cifar10: folder holding cifar-10-batches-py (default ~/.cache/nnrecipe/cifar10); imagefolder: the tree (with train/ val/ test/ subfolders, or one tree to split).",
+    )
     download: bool = Field(True, description="cifar10: download when the files are missing and the network allows.")
-    val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of the training split held back for validation when the source has no val split.")
-    test_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction held back for testing when the source has no test split (digits, single-tree imagefolder).")
-    split_seed: int = Field(0, description="Seed of the stratified split, independent of the training seed so splits stay fixed.")
-    image_size: int | None = Field(None, gt=0, description="Resize images to this square size; null = the source's native size (imagefolder: the first image's).")
-    channels: Literal[1, 3] | None = Field(None, description="Convert images to 1 (grey) or 3 (RGB) channels; null = the source's own.")
-    normalize: Literal["auto", "none"] | Normalize = Field("auto", description="auto: mean/std computed on the training split; none; or {mean: [...], std: [...]}.")
+    val_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Fraction of the training split held back for validation when the source has no val split.",
+    )
+    test_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Fraction held back for testing when the source has no test split (digits, single-tree imagefolder).",
+    )
+    split_seed: int = Field(
+        0, description="Seed of the stratified split, independent of the training seed so splits stay fixed."
+    )
+    image_size: int | None = Field(
+        None,
+        gt=0,
+        description="Resize images to this square size; null = the source's native size (imagefolder: the first image's).",
+    )
+    channels: Literal[1, 3] | None = Field(
+        None, description="Convert images to 1 (grey) or 3 (RGB) channels; null = the source's own."
+    )
+    normalize: Literal["auto", "none"] | Normalize = Field(
+        "auto", description="auto: mean/std computed on the training split; none; or {mean: [...], std: [...]}."
+    )
     limit: int | None = Field(None, gt=0, description="Use only the first N training examples (quick experiments).")
     augment: Augment = Field(default_factory=Augment)
 
@@ -69,13 +100,28 @@ class Data(_Section):
 class Model(_Section):
     """Which network to build and how to initialise it."""
 
-    name: str = Field("convnet", description="convnet, lenet5, resnet18, resnet34, mlp, tv:<torchvision model>, timm:<timm model>.")
+    name: str = Field(
+        "convnet", description="convnet, lenet5, resnet18, resnet34, mlp, tv:<torchvision model>, timm:<timm model>."
+    )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier (built-in models).")
-    init_from: Path | None = Field(None, description="Weights to start from: a .safetensors file, a torch state dict (.pt/.pth, loaded weights_only) or a run directory. Layers whose shapes differ (the head) are re-initialised.")
-    freeze: Literal["none", "backbone"] = Field("none", description="backbone: train only the classifier head (transfer learning).")
-    unfreeze_at_epoch: int | None = Field(None, ge=0, description="Epoch (0-based) at which a frozen backbone starts training, at backbone_lr_scale x the LR.")
-    backbone_lr_scale: float = Field(1.0, gt=0, le=1, description="LR multiplier of the backbone's parameter group relative to the head.")
-    channels_last: bool = Field(False, description="Use the channels_last memory format (often faster for convnets on GPU).")
+    init_from: Path | None = Field(
+        None,
+        description="Weights to start from: a .safetensors file, a torch state dict (.pt/.pth, loaded weights_only) or a run directory. Layers whose shapes differ (the head) are re-initialised.",
+    )
+    freeze: Literal["none", "backbone"] = Field(
+        "none", description="backbone: train only the classifier head (transfer learning)."
+    )
+    unfreeze_at_epoch: int | None = Field(
+        None,
+        ge=0,
+        description="Epoch (0-based) at which a frozen backbone starts training, at backbone_lr_scale x the LR.",
+    )
+    backbone_lr_scale: float = Field(
+        1.0, gt=0, le=1, description="LR multiplier of the backbone's parameter group relative to the head."
+    )
+    channels_last: bool = Field(
+        False, description="Use the channels_last memory format (often faster for convnets on GPU)."
+    )
 
     @field_validator("name")
     @classmethod
@@ -107,9 +153,11 @@ class Recipe(_Section):
         return self
 
 
-TRANSFORMER_DEFAULTS = {"optim": {"name": "adamw", "lr": 5e-5, "weight_decay": 0.01},
-                        "schedule": {"name": "linear", "warmup_epochs": 0.1},
-                        "train": {"epochs": 3, "batch_size": 32, "eval_batch_size": 128, "clip_grad_norm": 1.0}}
+TRANSFORMER_DEFAULTS = {
+    "optim": {"name": "adamw", "lr": 5e-5, "weight_decay": 0.01},
+    "schedule": {"name": "linear", "warmup_epochs": 0.1},
+    "train": {"epochs": 3, "batch_size": 32, "eval_batch_size": 128, "clip_grad_norm": 1.0},
+}
 
 
 def _merge_defaults(raw: Any, defaults: dict[str, dict[str, Any]]) -> Any:
@@ -144,18 +192,31 @@ class TextData(_Section):
 class TextModel(_Section):
     """A pretrained Hugging Face encoder with a task head, fine-tuned fully or parameter-efficiently (peft)."""
 
-    name: str = Field("minilm", description="minilm (the packaged all-MiniLM-L6-v2), a local model folder, or a hub id (online only).")
+    name: str = Field(
+        "minilm", description="minilm (the packaged all-MiniLM-L6-v2), a local model folder, or a hub id (online only)."
+    )
     finetune: Literal["full", "frozen", "lora", "adalora", "prefix", "ia3"] = Field(
-        "full", description="full; frozen (linear probe on a frozen encoder); lora, adalora, prefix (prefix tuning), ia3: peft methods.")
+        "full",
+        description="full; frozen (linear probe on a frozen encoder); lora, adalora, prefix (prefix tuning), ia3: peft methods.",
+    )
     lora_r: int = Field(8, gt=0, description="LoRA rank (AdaLoRA: the target average rank).")
     lora_alpha: int = Field(16, gt=0, description="LoRA scaling numerator.")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout.")
-    lora_targets: list[str] = Field(["query", "value"], description="Modules LoRA/AdaLoRA adapt (names inside the encoder).")
-    prefix_tokens: int = Field(16, gt=0, description="Prefix tuning: virtual tokens prepended to every layer's keys and values.")
+    lora_targets: list[str] = Field(
+        ["query", "value"], description="Modules LoRA/AdaLoRA adapt (names inside the encoder)."
+    )
+    prefix_tokens: int = Field(
+        16, gt=0, description="Prefix tuning: virtual tokens prepended to every layer's keys and values."
+    )
 
     def peft_options(self) -> dict:
-        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout, "targets": self.lora_targets,
-                "prefix_tokens": self.prefix_tokens}
+        return {
+            "r": self.lora_r,
+            "alpha": self.lora_alpha,
+            "dropout": self.lora_dropout,
+            "targets": self.lora_targets,
+            "prefix_tokens": self.prefix_tokens,
+        }
 
 
 class TextRecipe(_Section):
@@ -185,7 +246,9 @@ class TokenData(_Section):
     train: Path = Field(Path("data/conll2003/train.txt"), description="Training file.")
     val: Path | None = Field(None, description="Validation file; null = hold back val_fraction of train.")
     test: Path | None = Field(None, description="Test file; null = report on validation.")
-    format: Literal["auto", "conll", "jsonl"] = Field("auto", description="auto: .jsonl/.json are JSONL, anything else CoNLL columns.")
+    format: Literal["auto", "conll", "jsonl"] = Field(
+        "auto", description="auto: .jsonl/.json are JSONL, anything else CoNLL columns."
+    )
     token_column: int = Field(0, description="CoNLL: column of the word (0 = first).")
     tag_column: int = Field(-1, description="CoNLL: column of the tag (-1 = last).")
     tokens_key: str = Field("tokens", description="JSONL: key of the word list.")
@@ -219,12 +282,26 @@ class DetectionData(_Section):
     """Object-detection data: the generated shapes set, or YOLO, COCO or Pascal VOC annotations."""
 
     format: Literal["shapes", "yolo", "coco", "voc"] = Field(
-        "shapes", description="shapes: a generated set (squares, circles, triangles; no files needed); yolo: images/<split> + labels/<split>; coco: instances JSON; voc: Annotations/ + JPEGImages/ + ImageSets/Main/.")
-    path: Path | None = Field(None, description="yolo/voc: the dataset folder; coco: the folder annotation paths are relative to; shapes: where to write the set (default ~/.cache/nnrecipe).")
-    train: str | None = Field(None, description="yolo: split name (default: data.yaml's train); coco: the instances JSON; voc: image-set name (e.g. trainval).")
-    val: str | None = Field(None, description="Validation split, same form as train; null = data.yaml's val (yolo) or hold back val_fraction of train.")
+        "shapes",
+        description="shapes: a generated set (squares, circles, triangles; no files needed); yolo: images/<split> + labels/<split>; coco: instances JSON; voc: Annotations/ + JPEGImages/ + ImageSets/Main/.",
+    )
+    path: Path | None = Field(
+        None,
+        description="yolo/voc: the dataset folder; coco: the folder annotation paths are relative to; shapes: where to write the set (default ~/.cache/nnrecipe).",
+    )
+    train: str | None = Field(
+        None,
+        description="yolo: split name (default: data.yaml's train); coco: the instances JSON; voc: image-set name (e.g. trainval).",
+    )
+    val: str | None = Field(
+        None,
+        description="Validation split, same form as train; null = data.yaml's val (yolo) or hold back val_fraction of train.",
+    )
     test: str | None = Field(None, description="Test split; null = report on validation.")
-    classes: list[str] | None = Field(None, description="Class names in label order; null = from data.yaml/classes.txt (yolo), the categories (coco) or the annotations (voc).")
+    classes: list[str] | None = Field(
+        None,
+        description="Class names in label order; null = from data.yaml/classes.txt (yolo), the categories (coco) or the annotations (voc).",
+    )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Held back from train when there is no val split.")
     split_seed: int = Field(0, description="Seed of that split.")
     limit: int | None = Field(None, gt=0, description="Use only the first N training images.")
@@ -234,24 +311,59 @@ class DetectionData(_Section):
 class DetectionModel(_Section):
     """A torchvision Faster R-CNN whose box head is sized for the data's classes."""
 
-    name: Literal["tiny", "fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn"] = Field(
-        "tiny", description="tiny: a small from-scratch backbone (shapes, tests, CPU demos); the others: torchvision's Faster R-CNN architectures.")
-    weights: Path | None = Field(None, description="Local detector weights to fine-tune from (e.g. torchvision's COCO .pth, or a run directory); the box predictor is re-initialised for your classes.")
-    backbone_weights: Path | None = Field(None, description="Local ImageNet weights for the backbone alone (e.g. resnet50 .pth), when no detector weights are given.")
-    trainable_backbone_layers: int = Field(3, ge=0, le=6, description="With pretrained weights: how many top backbone stages train (BatchNorm stays frozen); from scratch everything trains.")
-    min_size: int = Field(512, gt=0, description="Images are resized so the short side is this many pixels (torchvision uses 800; smaller is much faster on CPU).")
+    name: Literal[
+        "tiny", "fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn"
+    ] = Field(
+        "tiny",
+        description="tiny: a small from-scratch backbone (shapes, tests, CPU demos); the others: torchvision's Faster R-CNN architectures.",
+    )
+    weights: Path | None = Field(
+        None,
+        description="Local detector weights to fine-tune from (e.g. torchvision's COCO .pth, or a run directory); the box predictor is re-initialised for your classes.",
+    )
+    backbone_weights: Path | None = Field(
+        None,
+        description="Local ImageNet weights for the backbone alone (e.g. resnet50 .pth), when no detector weights are given.",
+    )
+    trainable_backbone_layers: int = Field(
+        3,
+        ge=0,
+        le=6,
+        description="With pretrained weights: how many top backbone stages train (BatchNorm stays frozen); from scratch everything trains.",
+    )
+    min_size: int = Field(
+        512,
+        gt=0,
+        description="Images are resized so the short side is this many pixels (torchvision uses 800; smaller is much faster on CPU).",
+    )
     max_size: int = Field(853, gt=0, description="...and the long side at most this many.")
-    score_threshold: float = Field(0.5, ge=0, le=1, description="predict/serve: report detections at least this confident (mAP is computed over all of them).")
+    score_threshold: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="predict/serve: report detections at least this confident (mAP is computed over all of them).",
+    )
 
 
 class EmbeddingModel(_Section):
     """A frozen sentence encoder and class prototypes: no gradient step at all."""
 
-    name: str = Field("minilm", description="minilm (the packaged all-MiniLM-L6-v2 sentence encoder) or a local sentence-transformers folder.")
-    mode: Literal["zeroshot", "fewshot"] = Field("fewshot", description="zeroshot: prototypes are the embedded label descriptions; fewshot: the mean embedding of `shots` training examples per label.")
+    name: str = Field(
+        "minilm",
+        description="minilm (the packaged all-MiniLM-L6-v2 sentence encoder) or a local sentence-transformers folder.",
+    )
+    mode: Literal["zeroshot", "fewshot"] = Field(
+        "fewshot",
+        description="zeroshot: prototypes are the embedded label descriptions; fewshot: the mean embedding of `shots` training examples per label.",
+    )
     shots: int = Field(8, gt=0, description="fewshot: examples per label drawn (seeded) from the training split.")
-    label_texts: dict[str, str] = Field(default_factory=dict, description="zeroshot: a description per label (default: the label itself), put into `template`.")
-    template: str = Field("{}", description="zeroshot: how a label description becomes a sentence, e.g. 'This review is {}.'")
+    label_texts: dict[str, str] = Field(
+        default_factory=dict,
+        description="zeroshot: a description per label (default: the label itself), put into `template`.",
+    )
+    template: str = Field(
+        "{}", description="zeroshot: how a label description becomes a sentence, e.g. 'This review is {}.'"
+    )
     seed: int = Field(0, description="Seed of the few-shot draw.")
 
 
@@ -265,9 +377,11 @@ class EmbeddingRecipe(_Section):
     track: Track = Field(default_factory=Track)
 
 
-DETECTION_DEFAULTS = {"optim": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4},
-                      "schedule": {"name": "cosine", "warmup_epochs": 0.5},
-                      "train": {"epochs": 12, "batch_size": 4, "eval_batch_size": 8, "clip_grad_norm": 10.0, "monitor": "val_map"}}
+DETECTION_DEFAULTS = {
+    "optim": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4},
+    "schedule": {"name": "cosine", "warmup_epochs": 0.5},
+    "train": {"epochs": 12, "batch_size": 4, "eval_batch_size": 8, "clip_grad_norm": 10.0, "monitor": "val_map"},
+}
 
 
 class DetectionRecipe(_Section):
@@ -319,7 +433,13 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         apply_override(raw, item)
     recipe = validate_recipe(raw)
     env = getattr(recipe, "env", None)
-    if env is not None and env.map and "\n" not in env.map and not Path(env.map).exists() and (path.parent / env.map).is_file():
+    if (
+        env is not None
+        and env.map
+        and "\n" not in env.map
+        and not Path(env.map).exists()
+        and (path.parent / env.map).is_file()
+    ):
         env.map = str(path.parent / env.map)  # map files may be given relative to the recipe
     return recipe
 
@@ -328,8 +448,14 @@ def recipe_classes() -> dict[str, type[BaseModel]]:
     """The recipe model of each task family, keyed by the value of `task:`."""
     from nnrecipe.rl.config import RLRecipe
 
-    return {"image_classification": Recipe, "text_classification": TextRecipe, "token_classification": TokenRecipe,
-            "embedding_classification": EmbeddingRecipe, "detection": DetectionRecipe, "rl": RLRecipe}
+    return {
+        "image_classification": Recipe,
+        "text_classification": TextRecipe,
+        "token_classification": TokenRecipe,
+        "embedding_classification": EmbeddingRecipe,
+        "detection": DetectionRecipe,
+        "rl": RLRecipe,
+    }
 
 
 def validate_recipe(raw: dict[str, Any]) -> Any:
@@ -359,7 +485,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise RecipeError(f"--set {key}: {'.'.join(parts[:i + 1])} is a value, not a section")
+            raise RecipeError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
         node = child
     node[parts[-1]] = value
 
@@ -380,7 +506,7 @@ def _explain(err: dict[str, Any], root: type[BaseModel]) -> str:
         allowed = err.get("ctx", {}).get("expected", "")
         msg = f"must be one of {allowed}"
     elif msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     if not loc:  # whole-recipe checks
         return f"recipe error: {msg}"
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
@@ -392,7 +518,9 @@ def _fields_at(root: type[BaseModel], parent: list[str]) -> list[str]:
     for name in parent:
         field = model.model_fields.get(name)
         ann = getattr(field, "annotation", None)
-        sub = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        sub = next(
+            (a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
         if sub is None:
             return []
         model = sub
@@ -405,15 +533,26 @@ def recipe_to_yaml(recipe: BaseModel) -> str:
 
 def reference_markdown() -> str:
     """Every recipe field with its type, default and description (docs/recipe.md is generated from this)."""
-    lines = ["# Recipe reference", "", "Generated by `nnrecipe fields`; every field, its default and what it means.",
-             "The value of `task:` chooses which set of sections a recipe has.", ""]
+    lines = [
+        "# Recipe reference",
+        "",
+        "Generated by `nnrecipe fields`; every field, its default and what it means.",
+        "The value of `task:` chooses which set of sections a recipe has.",
+        "",
+    ]
     table = ["| field | type | default | meaning |", "|---|---|---|---|"]
 
     def walk(model: type[BaseModel], prefix: str) -> None:
         rows = []
         for name, f in model.model_fields.items():
-            sub = next((a for a in (f.annotation, *getattr(f.annotation, "__args__", ()))
-                        if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            sub = next(
+                (
+                    a
+                    for a in (f.annotation, *getattr(f.annotation, "__args__", ()))
+                    if isinstance(a, type) and issubclass(a, BaseModel)
+                ),
+                None,
+            )
             if sub is not None and name != "normalize":
                 rows.append((name, sub))
                 continue

@@ -27,7 +27,7 @@ class BoxedImage:
     path: str
     width: int
     height: int
-    boxes: torch.Tensor   # float32, N x 4, x1 y1 x2 y2 in pixels
+    boxes: torch.Tensor  # float32, N x 4, x1 y1 x2 y2 in pixels
     labels: torch.Tensor  # int64, N, 0-based class index
 
 
@@ -37,8 +37,8 @@ class DetectionSplits:
     train: list[BoxedImage]
     val: list[BoxedImage] | None
     test: list[BoxedImage] | None
-    skipped: list[str] = field(default_factory=list)   # unreadable images or annotation files
-    dropped_boxes: int = 0                              # degenerate boxes (zero area after clipping)
+    skipped: list[str] = field(default_factory=list)  # unreadable images or annotation files
+    dropped_boxes: int = 0  # degenerate boxes (zero area after clipping)
 
 
 def load_detection_splits(data) -> DetectionSplits:
@@ -135,7 +135,14 @@ def _yolo_split(root: Path, split: str, classes: list[str], out: DetectionSplits
                     c, cx, cy, bw, bh = int(r[0]), *map(float, r[1:5])
                     if not 0 <= c < len(classes):
                         raise ValueError(f"class {c} outside 0..{len(classes) - 1}")
-                    boxes.append([(cx - bw / 2) * size[0], (cy - bh / 2) * size[1], (cx + bw / 2) * size[0], (cy + bh / 2) * size[1]])
+                    boxes.append(
+                        [
+                            (cx - bw / 2) * size[0],
+                            (cy - bh / 2) * size[1],
+                            (cx + bw / 2) * size[0],
+                            (cy + bh / 2) * size[1],
+                        ]
+                    )
                     labels.append(c)
             except (ValueError, IndexError) as e:
                 out.skipped.append(f"{lbl}: {e}")
@@ -167,8 +174,14 @@ def _coco_split(root: Path, split: str, classes: list[str], out: DetectionSplits
         anns.setdefault(a["image_id"], []).append(([x, y, x + w, y + h], cat_index[a["category_id"]]))
     items = []
     for im in coco.get("images", []):
-        path = next((d / im["file_name"] for d in (ann_file.parent, ann_file.parent / "images", root, root / "images")
-                     if (d / im["file_name"]).is_file()), None)
+        path = next(
+            (
+                d / im["file_name"]
+                for d in (ann_file.parent, ann_file.parent / "images", root, root / "images")
+                if (d / im["file_name"]).is_file()
+            ),
+            None,
+        )
         if path is None:
             out.skipped.append(f"{im['file_name']} (listed in {ann_file}, not found)")
             continue
@@ -206,7 +219,9 @@ def _voc_split(root: Path, split: str, classes: list[str], out: DetectionSplits)
             bb = obj.find("bndbox")
             if name not in classes or bb is None:
                 continue
-            boxes.append([float(bb.findtext(k)) - (1 if k in ("xmin", "ymin") else 0) for k in ("xmin", "ymin", "xmax", "ymax")])
+            boxes.append(
+                [float(bb.findtext(k)) - (1 if k in ("xmin", "ymin") else 0) for k in ("xmin", "ymin", "xmax", "ymax")]
+            )
             labels.append(classes.index(name))
         items.append(_boxed(path, size, boxes, labels, out))
     return items

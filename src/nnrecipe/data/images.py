@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from PIL import Image, UnidentifiedImageError
+from sklearn.model_selection import train_test_split
 from torchvision.transforms.v2 import functional as F
 
 from nnrecipe.errors import UserError
@@ -25,16 +25,18 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 @dataclass
 class ImageSet:
-    images: torch.Tensor                       # uint8, N x C x H x W
-    labels: torch.Tensor                       # int64, N
-    paths: list[str] | None = None             # source files, when there are any
+    images: torch.Tensor  # uint8, N x C x H x W
+    labels: torch.Tensor  # int64, N
+    paths: list[str] | None = None  # source files, when there are any
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, idx) -> "ImageSet":
+    def subset(self, idx) -> ImageSet:
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return ImageSet(self.images[idx], self.labels[idx], [self.paths[i] for i in idx.tolist()] if self.paths else None)
+        return ImageSet(
+            self.images[idx], self.labels[idx], [self.paths[i] for i in idx.tolist()] if self.paths else None
+        )
 
 
 @dataclass
@@ -118,10 +120,12 @@ def _cifar10(data) -> ImageSplits:
 
 
 def _cifar_missing(root: Path) -> str:
-    return (f"CIFAR-10 files not found in {root}/cifar-10-batches-py and could not be downloaded. "
-            f"Offline: download {CIFAR10_URL}, extract it so that {root}/cifar-10-batches-py/data_batch_1 exists, "
-            f"or set data.path to the folder holding cifar-10-batches-py. "
-            f"A CIFAR-10 ImageFolder tree works too: data.source=imagefolder data.path=<tree>.")
+    return (
+        f"CIFAR-10 files not found in {root}/cifar-10-batches-py and could not be downloaded. "
+        f"Offline: download {CIFAR10_URL}, extract it so that {root}/cifar-10-batches-py/data_batch_1 exists, "
+        f"or set data.path to the folder holding cifar-10-batches-py. "
+        f"A CIFAR-10 ImageFolder tree works too: data.source=imagefolder data.path=<tree>."
+    )
 
 
 def _imagefolder(data) -> ImageSplits:
@@ -153,7 +157,9 @@ def list_image_files(root: Path, classes: list[str]) -> tuple[list[Path], list[i
     files, labels = [], []
     unknown = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in classes)
     if unknown:
-        raise UserError(f"{root}: class folders {', '.join(unknown)} are not among the run's classes ({', '.join(classes)})")
+        raise UserError(
+            f"{root}: class folders {', '.join(unknown)} are not among the run's classes ({', '.join(classes)})"
+        )
     for label, name in enumerate(classes):
         folder = root / name
         if folder.is_dir():
@@ -165,7 +171,9 @@ def list_image_files(root: Path, classes: list[str]) -> tuple[list[Path], list[i
     return files, labels
 
 
-def read_image_tree(root: Path, classes: list[str], channels: int | None, size: int | None, skipped: list[str]) -> ImageSet:
+def read_image_tree(
+    root: Path, classes: list[str], channels: int | None, size: int | None, skipped: list[str]
+) -> ImageSet:
     """Decode a class-per-folder tree into one uint8 tensor; unreadable files are skipped and listed."""
     files, labels = list_image_files(root, classes)
     first = read_image(files[0], channels) if size is None or channels is None else None
@@ -184,7 +192,9 @@ def read_image_tree(root: Path, classes: list[str], channels: int | None, size: 
     skipped += [str(files[i]) for i in range(len(files)) if decoded[i] is None]
     if not keep:
         raise UserError(f"{root}: none of the {len(files)} image files could be decoded")
-    return ImageSet(torch.stack([decoded[i] for i in keep]), torch.tensor([labels[i] for i in keep]), [str(files[i]) for i in keep])
+    return ImageSet(
+        torch.stack([decoded[i] for i in keep]), torch.tensor([labels[i] for i in keep]), [str(files[i]) for i in keep]
+    )
 
 
 def read_image(path: Path, channels: int | None = None) -> torch.Tensor:

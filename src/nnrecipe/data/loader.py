@@ -8,7 +8,7 @@ it exactly without replaying anything. With several processes each takes every w
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -54,10 +54,10 @@ class TensorLoader:
         else:
             order = torch.arange(len(self.labels))
         if self.world_size > 1:
-            order = order[self.rank:: self.world_size][: self._per_rank]
+            order = order[self.rank :: self.world_size][: self._per_rank]
         pin = self.device.type == "cuda"
         for i in range(start, self._len):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             x, y = self.inputs[idx], self.labels[idx]
             if pin:
                 x, y = x.pin_memory(), y.pin_memory()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -22,7 +22,9 @@ class TextSet:
     labels: list[str]
 
 
-def read_text_file(path: Path, fmt: str, text_column: str, label_column: str, pair_column: str | None = None) -> TextSet:
+def read_text_file(
+    path: Path, fmt: str, text_column: str, label_column: str, pair_column: str | None = None
+) -> TextSet:
     """Rows of a CSV/TSV (with a header) or JSONL file; `fmt` auto follows the extension."""
     path = Path(path)
     if not path.is_file():
@@ -41,16 +43,27 @@ def read_text_file(path: Path, fmt: str, text_column: str, label_column: str, pa
                     raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
     else:
         with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",", quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE))
+            rows = list(
+                csv.DictReader(
+                    f,
+                    delimiter="\t" if fmt == "tsv" else ",",
+                    quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,
+                )
+            )
     if not rows:
         raise UserError(f"{path}: no rows")
     needed = [c for c in (text_column, label_column, pair_column) if c]
     missing = [c for c in needed if c not in rows[0]]
     if missing:
-        raise UserError(f"{path}: no column {', '.join(repr(m) for m in missing)}; columns are {', '.join(map(str, rows[0]))} "
-                        "(set data.text_column / data.label_column)")
-    return TextSet([str(r[text_column]) for r in rows], [str(r[pair_column]) for r in rows] if pair_column else None,
-                   [str(r[label_column]) for r in rows])
+        raise UserError(
+            f"{path}: no column {', '.join(repr(m) for m in missing)}; columns are {', '.join(map(str, rows[0]))} "
+            "(set data.text_column / data.label_column)"
+        )
+    return TextSet(
+        [str(r[text_column]) for r in rows],
+        [str(r[pair_column]) for r in rows] if pair_column else None,
+        [str(r[label_column]) for r in rows],
+    )
 
 
 def label_names(labels: list[str]) -> list[str]:
@@ -65,14 +78,30 @@ class TextLoader:
     Labels are one id per example (classification) or one per token (NER, padded with -100). In a
     multi-process run each process takes every world_size-th batch of the same order (equal counts)."""
 
-    def __init__(self, encodings: list[list[int]], labels: list[int] | list[list[int]], batch_size: int, pad_id: int, *,
-                 device="cpu", shuffle=False, seed=0, group_by_length=False, type_ids: list[list[int]] | None = None,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        encodings: list[list[int]],
+        labels: list[int] | list[list[int]],
+        batch_size: int,
+        pad_id: int,
+        *,
+        device="cpu",
+        shuffle=False,
+        seed=0,
+        group_by_length=False,
+        type_ids: list[list[int]] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         # One tensor per example, made once: a batch is then a single pad_sequence call.
         self.enc = [torch.tensor(e, dtype=torch.long) for e in encodings]
         self.lengths = [len(e) for e in encodings]
         self.per_token = bool(labels) and isinstance(labels[0], (list, tuple))
-        self.labels = [torch.tensor(l, dtype=torch.long) for l in labels] if self.per_token else torch.tensor(labels, dtype=torch.long)
+        self.labels = (
+            [torch.tensor(l, dtype=torch.long) for l in labels]
+            if self.per_token
+            else torch.tensor(labels, dtype=torch.long)
+        )
         self.type_ids = [torch.tensor(t, dtype=torch.long) for t in type_ids] if type_ids is not None else None
         self.batch_size, self.pad_id, self.device = batch_size, pad_id, torch.device(device)
         self.shuffle, self.seed, self.group = shuffle, seed, group_by_length
@@ -89,12 +118,12 @@ class TextLoader:
         order = torch.randperm(n, generator=g).tolist()
         if self.group:
             chunk = bs * 50
-            order = [i for c in range(0, n, chunk) for i in sorted(order[c:c + chunk], key=self.lengths.__getitem__)]
-        batches = [order[i:i + bs] for i in range(0, n, bs)]
+            order = [i for c in range(0, n, chunk) for i in sorted(order[c : c + chunk], key=self.lengths.__getitem__)]
+        batches = [order[i : i + bs] for i in range(0, n, bs)]
         if self.group:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         if self.world_size > 1:
-            batches = batches[: len(self) * self.world_size][self.rank:: self.world_size]
+            batches = batches[: len(self) * self.world_size][self.rank :: self.world_size]
         return batches
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
@@ -103,8 +132,11 @@ class TextLoader:
             ids = pad([self.enc[i] for i in idx], batch_first=True, padding_value=self.pad_id)
             lengths = torch.tensor([self.lengths[i] for i in idx])
             mask = (torch.arange(ids.shape[1]) < lengths[:, None]).long()
-            labels = (pad([self.labels[i] for i in idx], batch_first=True, padding_value=-100) if self.per_token
-                      else self.labels[idx])
+            labels = (
+                pad([self.labels[i] for i in idx], batch_first=True, padding_value=-100)
+                if self.per_token
+                else self.labels[idx]
+            )
             batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
             if self.type_ids is not None:
                 batch["token_type_ids"] = pad([self.type_ids[i] for i in idx], batch_first=True, padding_value=0)

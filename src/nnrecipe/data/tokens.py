@@ -37,8 +37,14 @@ def _check_tags(path: Path, where: str, tags: list[str]) -> None:
             raise UserError(f"{path}:{where}: tag {t!r} is not O, B-TYPE or I-TYPE (IOB1/IOB2 expected)")
 
 
-def read_token_file(path: Path, fmt: str = "auto", token_column: int = 0, tag_column: int = -1,
-                    tokens_key: str = "tokens", tags_key: str = "tags") -> TokenSet:
+def read_token_file(
+    path: Path,
+    fmt: str = "auto",
+    token_column: int = 0,
+    tag_column: int = -1,
+    tokens_key: str = "tokens",
+    tags_key: str = "tags",
+) -> TokenSet:
     """Sentences from a CoNLL column file (whitespace-separated columns, blank lines and -DOCSTART-
     between sentences) or a JSONL file ({"tokens": [...], "tags": [...]} per line); tags come back IOB2."""
     path = Path(path)
@@ -58,8 +64,10 @@ def read_token_file(path: Path, fmt: str = "auto", token_column: int = 0, tag_co
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
             except (KeyError, TypeError):
-                raise UserError(f"{path}:{i}: expected an object with lists {tokens_key!r} and {tags_key!r} "
-                                "(set data.tokens_key / data.tags_key)") from None
+                raise UserError(
+                    f"{path}:{i}: expected an object with lists {tokens_key!r} and {tags_key!r} "
+                    "(set data.tokens_key / data.tags_key)"
+                ) from None
             if len(w) != len(t):
                 raise UserError(f"{path}:{i}: {len(w)} tokens but {len(t)} tags")
             _check_tags(path, str(i), t)
@@ -80,8 +88,10 @@ def read_token_file(path: Path, fmt: str = "auto", token_column: int = 0, tag_co
             try:
                 w, t = cols[token_column], cols[tag_column]
             except IndexError:
-                raise UserError(f"{path}:{i}: {len(cols)} columns; data.token_column={token_column} and "
-                                f"data.tag_column={tag_column} need more") from None
+                raise UserError(
+                    f"{path}:{i}: {len(cols)} columns; data.token_column={token_column} and "
+                    f"data.tag_column={tag_column} need more"
+                ) from None
             _check_tags(path, str(i), [t])
             sent_w.append(w)
             sent_t.append(t)
@@ -109,8 +119,9 @@ class Encoded:
     n_words: list[int]
 
 
-def encode_words(tokenizer, words: list[list[str]], tags: list[list[str]] | None, tag_ids: dict[str, int],
-                 max_length: int) -> Encoded:
+def encode_words(
+    tokenizer, words: list[list[str]], tags: list[list[str]] | None, tag_ids: dict[str, int], max_length: int
+) -> Encoded:
     """Tokenise pre-split words; the first sub-token of each word carries its tag, the rest -100. Words
     cut off by max_length (or that tokenise to nothing) carry no position and are predicted O."""
     enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)

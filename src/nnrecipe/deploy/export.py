@@ -63,12 +63,28 @@ def validation_inputs(run: Run, limit: int = 512) -> tuple[torch.Tensor, torch.T
 def image_subject(run: Run) -> ExportSubject:
     spec = image._spec(run)
     x, y = validation_inputs(run)
-    card = {"task": "image_classification", "labels": spec.classes, "model": spec.model,
-            "input": {"name": "input", "shape": ["batch", spec.channels, spec.image_size, spec.image_size], "dtype": "float32"},
-            "preprocessing": {"resize": [spec.image_size, spec.image_size], "channels": spec.channels, "scale": "pixel / 255",
-                              "mean": spec.mean, "std": spec.std, "formula": "(pixel / 255 - mean) / std per channel"},
-            "output": {"name": "logits", "shape": ["batch", len(spec.classes)], "softmax": "apply for probabilities"}}
-    return ExportSubject(image.inference_model(run, spec, "cpu"), [{"input": x}], [y], ["input"], {"input": {0: "batch"}}, card)
+    card = {
+        "task": "image_classification",
+        "labels": spec.classes,
+        "model": spec.model,
+        "input": {
+            "name": "input",
+            "shape": ["batch", spec.channels, spec.image_size, spec.image_size],
+            "dtype": "float32",
+        },
+        "preprocessing": {
+            "resize": [spec.image_size, spec.image_size],
+            "channels": spec.channels,
+            "scale": "pixel / 255",
+            "mean": spec.mean,
+            "std": spec.std,
+            "formula": "(pixel / 255 - mean) / std per channel",
+        },
+        "output": {"name": "logits", "shape": ["batch", len(spec.classes)], "softmax": "apply for probabilities"},
+    }
+    return ExportSubject(
+        image.inference_model(run, spec, "cpu"), [{"input": x}], [y], ["input"], {"input": {0: "batch"}}, card
+    )
 
 
 class _LogitsOnly(nn.Module):
@@ -78,7 +94,9 @@ class _LogitsOnly(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None):
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ):
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
@@ -104,7 +122,9 @@ def text_subject(run: Run, limit: int = 512) -> ExportSubject:
     else:
         from nnrecipe.data.tokens import TokenSet
 
-        loader = module._loader(tokenizer, TokenSet(part.words[:limit], part.tags[:limit]), labels, 64, meta["max_length"], "cpu")
+        loader = module._loader(
+            tokenizer, TokenSet(part.words[:limit], part.tags[:limit]), labels, 64, meta["max_length"], "cpu"
+        )
         output = ["batch", "sequence", len(labels)]
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
     # Exported the way Hugging Face Optimum exports encoders: eager attention (explicit MatMul/Softmax instead
@@ -116,21 +136,40 @@ def text_subject(run: Run, limit: int = 512) -> ExportSubject:
     for b in batches:
         b.setdefault("token_type_ids", torch.zeros_like(b["input_ids"]))
     targets = [b.pop("labels") for b in batches]
-    card = {"task": task, "labels": labels, "model": meta["model"],
-            "input": {n: {"shape": ["batch", "sequence"], "dtype": "int64"} for n in names},
-            "preprocessing": {"tokenizer": "the run's tokenizer (saved by `nnrecipe merge`, or the base model's)",
-                              "max_length": meta["max_length"], "padding": "to the longest sequence in the batch",
-                              **({"words": "split the CoNLL way; each word's tag is read at its first sub-token"}
-                                 if task == "token_classification" else {})},
-            "output": {"name": "logits", "shape": output, "softmax": "apply for probabilities"}}
-    return ExportSubject(_LogitsOnly(model).eval(), batches, targets, names,
-                         {n: {0: "batch", 1: "sequence"} for n in names}, card, exporter="torchscript")
+    card = {
+        "task": task,
+        "labels": labels,
+        "model": meta["model"],
+        "input": {n: {"shape": ["batch", "sequence"], "dtype": "int64"} for n in names},
+        "preprocessing": {
+            "tokenizer": "the run's tokenizer (saved by `nnrecipe merge`, or the base model's)",
+            "max_length": meta["max_length"],
+            "padding": "to the longest sequence in the batch",
+            **(
+                {"words": "split the CoNLL way; each word's tag is read at its first sub-token"}
+                if task == "token_classification"
+                else {}
+            ),
+        },
+        "output": {"name": "logits", "shape": output, "softmax": "apply for probabilities"},
+    }
+    return ExportSubject(
+        _LogitsOnly(model).eval(),
+        batches,
+        targets,
+        names,
+        {n: {0: "batch", 1: "sequence"} for n in names},
+        card,
+        exporter="torchscript",
+    )
 
 
 def check_parity(reference: np.ndarray, candidate: np.ndarray, what: str, atol: float = ATOL) -> float:
     diff = float(np.abs(reference - candidate).max())
     if not np.isfinite(diff) or diff > atol:
-        raise ExportMismatch(f"{what}: outputs differ from PyTorch by up to {diff:.3g} (tolerance {atol:g}); export refused")
+        raise ExportMismatch(
+            f"{what}: outputs differ from PyTorch by up to {diff:.3g} (tolerance {atol:g}); export refused"
+        )
     return diff
 
 
@@ -189,20 +228,27 @@ def export_run(run: Run, fmt: str = "onnx", out: Path | None = None, quantize: s
             scripted.save(str(out))
             loaded = torch.jit.load(str(out))
             with torch.no_grad():
-                checks["max_abs_diff"] = _max_diff(subject, reference, lambda b: loaded(*subject.args(b)).numpy(), "TorchScript")
+                checks["max_abs_diff"] = _max_diff(
+                    subject, reference, lambda b: loaded(*subject.args(b)).numpy(), "TorchScript"
+                )
         else:
             fp32 = out if not quantize else out.with_name(out.name.replace(".int8.onnx", ".onnx"))
             _export_onnx(subject, fp32)
             single = subject.input_names == ["input"]
-            checks["max_abs_diff"] = _max_diff(subject, reference, lambda b: onnx_outputs(fp32, b["input"] if single else b), "ONNX")
+            checks["max_abs_diff"] = _max_diff(
+                subject, reference, lambda b: onnx_outputs(fp32, b["input"] if single else b), "ONNX"
+            )
             if quantize:
                 checks |= _quantize(fp32, out, subject)
     except Exception:
         out.unlink(missing_ok=True)
         raise
     card = _card(run, subject, out, fmt, quantize, checks, _correct(reference, subject.targets))
-    console.print(f"exported {out} ({out.stat().st_size / 1e6:.2f} MB); "
-                  + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in checks.items()), soft_wrap=True)
+    console.print(
+        f"exported {out} ({out.stat().st_size / 1e6:.2f} MB); "
+        + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in checks.items()),
+        soft_wrap=True,
+    )
     return card
 
 
@@ -213,17 +259,33 @@ def _export_onnx(subject: ExportSubject, path: Path) -> None:
         output = {i: d for i, d in enumerate(subject.card["output"]["shape"]) if isinstance(d, str)}
         with warnings.catch_warnings():  # its deprecation notice; it ships in torch 2.14 and Optimum still uses it
             warnings.simplefilter("ignore")
-            torch.onnx.export(subject.model, subject.args({k: v[:2] for k, v in subject.batches[0].items()}), str(path),
-                              dynamo=False, opset_version=17, input_names=subject.input_names, output_names=["logits"],
-                              dynamic_axes={**subject.dynamic, "logits": output})
+            torch.onnx.export(
+                subject.model,
+                subject.args({k: v[:2] for k, v in subject.batches[0].items()}),
+                str(path),
+                dynamo=False,
+                opset_version=17,
+                input_names=subject.input_names,
+                output_names=["logits"],
+                dynamic_axes={**subject.dynamic, "logits": output},
+            )
         return
     dims: dict[str, torch.export.Dim] = {}
+
     def dim(name: str):
         return dims.setdefault(name, torch.export.Dim(name, min=1, max=4096))
+
     shapes = tuple({axis: dim(name) for axis, name in subject.dynamic[n].items()} for n in subject.input_names)
     example = subject.args({k: v[:2] for k, v in subject.batches[0].items()})
-    program = torch.onnx.export(subject.model, example, dynamo=True, input_names=subject.input_names,
-                                output_names=["logits"], dynamic_shapes=shapes, verbose=False)
+    program = torch.onnx.export(
+        subject.model,
+        example,
+        dynamo=True,
+        input_names=subject.input_names,
+        output_names=["logits"],
+        dynamic_shapes=shapes,
+        verbose=False,
+    )
     program.save(str(path))
 
 
@@ -237,7 +299,9 @@ def _quantize(fp32: Path, out: Path, subject: ExportSubject) -> dict[str, Any]:
     feeds = [{n: b[n].numpy() for n in subject.input_names} for b in subject.batches]
     has_conv = any(n.op_type == "Conv" for n in onnx.load(str(fp32)).graph.node)
     if has_conv:
-        calibration = [{n: v[i:i + 32] for n, v in f.items()} for f in feeds for i in range(0, len(next(iter(f.values()))), 32)][:8]
+        calibration = [
+            {n: v[i : i + 32] for n, v in f.items()} for f in feeds for i in range(0, len(next(iter(f.values()))), 32)
+        ][:8]
 
         class Calibration(CalibrationDataReader):
             def __init__(self):
@@ -246,39 +310,68 @@ def _quantize(fp32: Path, out: Path, subject: ExportSubject) -> dict[str, Any]:
             def get_next(self):
                 return next(self.batches, None)
 
-        quantize_static(str(fp32), str(out), Calibration(), per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        quantize_static(
+            str(fp32),
+            str(out),
+            Calibration(),
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
     else:
         quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
-    sessions = {k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for k, p in (("fp32", fp32), ("int8", out))}
+    sessions = {
+        k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for k, p in (("fp32", fp32), ("int8", out))
+    }
     acc = {k: float(_correct([s.run(None, f)[0] for f in feeds], subject.targets).mean()) for k, s in sessions.items()}
     first = {n: v[:64] for n, v in feeds[0].items()}
     latency = {k: _latency_ms(lambda a, s=s: s.run(None, a), first) for k, s in sessions.items()}
-    return {"method": "static QDQ per-channel" if has_conv else "dynamic", "accuracy_fp32": acc["fp32"], "accuracy_int8": acc["int8"],
-            "accuracy_change": acc["int8"] - acc["fp32"], "size_fp32_mb": fp32.stat().st_size / 1e6,
-            "size_int8_mb": out.stat().st_size / 1e6, "latency_fp32_ms_b64": latency["fp32"], "latency_int8_ms_b64": latency["int8"]}
+    return {
+        "method": "static QDQ per-channel" if has_conv else "dynamic",
+        "accuracy_fp32": acc["fp32"],
+        "accuracy_int8": acc["int8"],
+        "accuracy_change": acc["int8"] - acc["fp32"],
+        "size_fp32_mb": fp32.stat().st_size / 1e6,
+        "size_int8_mb": out.stat().st_size / 1e6,
+        "latency_fp32_ms_b64": latency["fp32"],
+        "latency_int8_ms_b64": latency["int8"],
+    }
 
 
-def _card(run: Run, subject: ExportSubject, artefact: Path, fmt: str, quantize: str | None, checks: dict,
-          correct: np.ndarray) -> dict[str, Any]:
+def _card(
+    run: Run, subject: ExportSubject, artefact: Path, fmt: str, quantize: str | None, checks: dict, correct: np.ndarray
+) -> dict[str, Any]:
     report = json.loads((run.dir / "report.json").read_text()) if (run.dir / "report.json").is_file() else {}
     keep = ("accuracy", "examples", "f1", "precision", "recall", "token_accuracy", "sentences")
     info = subject.card
     card = {
-        **info, "format": fmt, "quantization": quantize, "checks": checks,
+        **info,
+        "format": fmt,
+        "quantization": quantize,
+        "checks": checks,
         "metrics": {split: {k: r[k] for k in keep if k in r} for split, r in report.items()},
         # image/text: accuracy per example; NER: per scored token
         "validation_accuracy_pytorch": float(correct.mean()),
         "source_run": str(run.dir),
-        "sha256": {"artefact": hashlib.sha256(artefact.read_bytes()).hexdigest(),
-                   "weights": hashlib.sha256(run.best_checkpoint.read_bytes()).hexdigest()},
+        "sha256": {
+            "artefact": hashlib.sha256(artefact.read_bytes()).hexdigest(),
+            "weights": hashlib.sha256(run.best_checkpoint.read_bytes()).hexdigest(),
+        },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     artefact.with_name(artefact.name + ".card.json").write_text(json.dumps(card, indent=2))
-    md = [f"# Model card: {artefact.name}", "", f"- task: {card['task']}, model `{info['model']}`, format {fmt}"
-          + (f", {quantize}" if quantize else ""), f"- labels: {', '.join(info['labels'])}",
-          f"- input: {json.dumps(info['input'])}", f"- preprocessing: {json.dumps(info['preprocessing'])}",
-          f"- output: logits {info['output']['shape']}", f"- checks: {json.dumps(checks)}",
-          f"- metrics: {json.dumps(card['metrics'])}", f"- source run: {run.dir}", f"- sha256: {card['sha256']['artefact']}"]
+    md = [
+        f"# Model card: {artefact.name}",
+        "",
+        f"- task: {card['task']}, model `{info['model']}`, format {fmt}" + (f", {quantize}" if quantize else ""),
+        f"- labels: {', '.join(info['labels'])}",
+        f"- input: {json.dumps(info['input'])}",
+        f"- preprocessing: {json.dumps(info['preprocessing'])}",
+        f"- output: logits {info['output']['shape']}",
+        f"- checks: {json.dumps(checks)}",
+        f"- metrics: {json.dumps(card['metrics'])}",
+        f"- source run: {run.dir}",
+        f"- sha256: {card['sha256']['artefact']}",
+    ]
     artefact.with_name(artefact.name + ".card.md").write_text("\n".join(md) + "\n")
     return card

@@ -12,8 +12,11 @@ from nnrecipe.errors import UserError
 from nnrecipe.models.hf import merged
 from nnrecipe.runs import Run
 
-PROBE = ["The film is a charming journey through Paris with Emma Thompson.",
-         "A dull, tedious script; nothing in it works.", "Reuters reported that Apple Inc. opened an office in Berlin on Monday."]
+PROBE = [
+    "The film is a charming journey through Paris with Emma Thompson.",
+    "A dull, tedious script; nothing in it works.",
+    "Reuters reported that Apple Inc. opened an office in Berlin on Monday.",
+]
 TOLERANCE = 1e-5
 
 
@@ -49,7 +52,9 @@ def merge_run(run: Run, out: Path | None = None) -> tuple[Path, float]:
         diff = (reloaded(**batch).logits - expected).abs().max().item()
     if not diff <= TOLERANCE:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"merged model differs from the run by {diff:.2e} (> {TOLERANCE:g}) on probe sentences; not saved")
+        raise UserError(
+            f"merged model differs from the run by {diff:.2e} (> {TOLERANCE:g}) on probe sentences; not saved"
+        )
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out, diff

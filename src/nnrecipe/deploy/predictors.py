@@ -129,25 +129,46 @@ class ImagePredictor:
         out = []
         for p in probs:
             top = p.topk(min(self.top_k, len(classes)))
-            out.append({"label": classes[int(top.indices[0])], "confidence": float(top.values[0]),
-                        "top": {classes[int(i)]: float(v) for v, i in zip(top.values, top.indices)}})
+            out.append(
+                {
+                    "label": classes[int(top.indices[0])],
+                    "confidence": float(top.values[0]),
+                    "top": {classes[int(i)]: float(v) for v, i in zip(top.values, top.indices)},
+                }
+            )
         return out
 
     def card(self) -> dict[str, Any]:
         s = self.spec
-        return model_card(self, s.classes, s.model, ("accuracy", "examples"),
-                    input={"kind": "image file (PNG, JPEG, ...)", "json": "base64 strings in 'inputs'", "multipart": "files"},
-                    preprocessing={"resize": [s.image_size, s.image_size], "channels": s.channels, "mean": s.mean, "std": s.std})
+        return model_card(
+            self,
+            s.classes,
+            s.model,
+            ("accuracy", "examples"),
+            input={"kind": "image file (PNG, JPEG, ...)", "json": "base64 strings in 'inputs'", "multipart": "files"},
+            preprocessing={
+                "resize": [s.image_size, s.image_size],
+                "channels": s.channels,
+                "mean": s.mean,
+                "std": s.std,
+            },
+        )
 
 
 def model_card(predictor, labels: list[str], model: str, metrics: tuple[str, ...], **facts) -> dict[str, Any]:
     """GET /v1/model: what is served, by which backend, how inputs are read, the run's scores, provenance."""
     run = predictor.run
     report = json.loads((run.dir / "report.json").read_text()) if (run.dir / "report.json").is_file() else {}
-    return {"task": predictor.task, "labels": labels, "model": model,
-            "backend": "onnxruntime" if predictor.onnx_path else f"pytorch ({predictor.precision})", **facts,
-            "metrics": {split: {m: r[m] for m in metrics if m in r} for split, r in report.items()},
-            "source_run": str(run.dir), "weights_sha256": hashlib.sha256(run.best_checkpoint.read_bytes()).hexdigest()}
+    return {
+        "task": predictor.task,
+        "labels": labels,
+        "model": model,
+        "backend": "onnxruntime" if predictor.onnx_path else f"pytorch ({predictor.precision})",
+        **facts,
+        "metrics": {split: {m: r[m] for m in metrics if m in r} for split, r in report.items()},
+        "source_run": str(run.dir),
+        "weights_sha256": hashlib.sha256(run.best_checkpoint.read_bytes()).hexdigest(),
+    }
 
 
 def from_base64(item: str, index: int) -> bytes:
@@ -187,7 +208,9 @@ class DetectionPredictor:
         try:
             with Image.open(io.BytesIO(data)) as im:
                 if im.width * im.height > self.max_pixels:
-                    raise InputError(f"inputs[{index}]: {im.width}x{im.height} pixels; the limit is {self.max_pixels} pixels")
+                    raise InputError(
+                        f"inputs[{index}]: {im.width}x{im.height} pixels; the limit is {self.max_pixels} pixels"
+                    )
                 im.seek(0)
                 array = np.asarray(im.convert("RGB"), dtype=np.uint8)
         except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
@@ -199,8 +222,15 @@ class DetectionPredictor:
 
     def predict(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:
         if self.onnx_path is not None:
-            preds = [dict(zip(("boxes", "labels", "scores"), map(torch.from_numpy, self.session.run(None, {"image": x.numpy()}))))
-                     for x in images]
+            preds = [
+                dict(
+                    zip(
+                        ("boxes", "labels", "scores"),
+                        map(torch.from_numpy, self.session.run(None, {"image": x.numpy()})),
+                    )
+                )
+                for x in images
+            ]
         else:
             with torch.no_grad(), autocast(self.precision):
                 preds = self.model(images)
@@ -208,12 +238,23 @@ class DetectionPredictor:
 
     def card(self) -> dict[str, Any]:
         s = self.spec
-        return model_card(self, s.classes, s.model, ("map", "map_50", "map_75", "images"),
-                    input={"kind": "image file (PNG, JPEG, ...), any size", "json": "base64 strings in 'inputs'",
-                           "multipart": "files", "max_pixels": self.max_pixels},
-                    preprocessing={"resize": f"short side {s.min_size}, long side at most {s.max_size} (inside the model)",
-                                   "boxes": "returned in the input image's pixels"},
-                    output={"detections": "label, score, box [x1, y1, x2, y2]", "score_threshold": s.score_threshold})
+        return model_card(
+            self,
+            s.classes,
+            s.model,
+            ("map", "map_50", "map_75", "images"),
+            input={
+                "kind": "image file (PNG, JPEG, ...), any size",
+                "json": "base64 strings in 'inputs'",
+                "multipart": "files",
+                "max_pixels": self.max_pixels,
+            },
+            preprocessing={
+                "resize": f"short side {s.min_size}, long side at most {s.max_size} (inside the model)",
+                "boxes": "returned in the input image's pixels",
+            },
+            output={"detections": "label, score, box [x1, y1, x2, y2]", "score_threshold": s.score_threshold},
+        )
 
 
 def _ort_session(onnx_path: Path):
@@ -282,19 +323,37 @@ class TextPredictor:
 
         enc = self.tokenizer(texts, truncation=True, max_length=self.meta["max_length"])["input_ids"]
         with torch.no_grad(), autocast(self.precision):
-            probs, _ = self.module.predict_probs(self.model, TextLoader(enc, [0] * len(texts), 64, self.tokenizer.pad_token_id))
+            probs, _ = self.module.predict_probs(
+                self.model, TextLoader(enc, [0] * len(texts), 64, self.tokenizer.pad_token_id)
+            )
         out = []
         for p in probs:
             top = p.topk(min(self.top_k, len(self.labels)))
-            out.append({"label": self.labels[int(top.indices[0])], "confidence": float(top.values[0]),
-                        "top": {self.labels[int(i)]: float(v) for v, i in zip(top.values, top.indices)}})
+            out.append(
+                {
+                    "label": self.labels[int(top.indices[0])],
+                    "confidence": float(top.values[0]),
+                    "top": {self.labels[int(i)]: float(v) for v, i in zip(top.values, top.indices)},
+                }
+            )
         return out
 
     def card(self) -> dict[str, Any]:
         keep = ("accuracy", "examples", "f1", "precision", "recall", "token_accuracy", "sentences")
-        return model_card(self, self.labels, self.meta["model"], keep, finetune=self.meta["finetune"],
-                    input={"kind": "text", "json": "strings in 'inputs'", "multipart": "UTF-8 text files",
-                           "max_tokens": self.meta["max_length"], "longer": "truncated"})
+        return model_card(
+            self,
+            self.labels,
+            self.meta["model"],
+            keep,
+            finetune=self.meta["finetune"],
+            input={
+                "kind": "text",
+                "json": "strings in 'inputs'",
+                "multipart": "UTF-8 text files",
+                "max_tokens": self.meta["max_length"],
+                "longer": "truncated",
+            },
+        )
 
 
 class NerPredictor(TextPredictor):
@@ -308,8 +367,12 @@ class NerPredictor(TextPredictor):
             return self.module.tag_texts(self.model, self.tokenizer, self.labels, self.meta["max_length"], texts)
 
 
-PREDICTORS = {"image_classification": ImagePredictor, "text_classification": TextPredictor,
-              "token_classification": NerPredictor, "detection": DetectionPredictor}
+PREDICTORS = {
+    "image_classification": ImagePredictor,
+    "text_classification": TextPredictor,
+    "token_classification": NerPredictor,
+    "detection": DetectionPredictor,
+}
 
 
 def response_model(predictor) -> type[BaseModel]:

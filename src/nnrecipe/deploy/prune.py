@@ -42,8 +42,11 @@ def prunable(model: nn.Module, structured: bool) -> list[tuple[str, nn.Module]]:
     the classes (a classifier's head; a detector's RPN objectness/box outputs and its box predictor)."""
     head = {n.rsplit(".", 1)[0] for n in head_parameter_names(model)}
     if hasattr(model, "roi_heads") and hasattr(model, "rpn"):  # torchvision detectors
-        head |= {n for n, _ in model.named_modules()
-                 if n.startswith("roi_heads.box_predictor") or n in ("rpn.head.cls_logits", "rpn.head.bbox_pred")}
+        head |= {
+            n
+            for n, _ in model.named_modules()
+            if n.startswith("roi_heads.box_predictor") or n in ("rpn.head.cls_logits", "rpn.head.bbox_pred")
+        }
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     return [(n, m) for n, m in layers if not (structured and n in head)]
 
@@ -55,7 +58,9 @@ def apply_pruning(model: nn.Module, amount: float, structured: bool) -> dict[str
         for _, m in layers:
             prune.ln_structured(m, "weight", amount=amount, n=2, dim=0)  # whole output channels / units
     else:
-        prune.global_unstructured([(m, "weight") for _, m in layers], pruning_method=prune.L1Unstructured, amount=amount)
+        prune.global_unstructured(
+            [(m, "weight") for _, m in layers], pruning_method=prune.L1Unstructured, amount=amount
+        )
     masks = {}
     for name, m in layers:
         masks[f"{name}.weight" if name else "weight"] = m.weight_mask.detach().clone()
@@ -69,8 +74,12 @@ def sparsity(model: nn.Module, structured: bool = False) -> float:
 
 
 # task -> (the run.json key holding what inference needs, the report metric that pruning is judged by)
-PRUNABLE = {"image_classification": ("image", "accuracy"), "text_classification": ("text", "accuracy"),
-            "token_classification": ("text", "f1"), "detection": ("detection", "map")}
+PRUNABLE = {
+    "image_classification": ("image", "accuracy"),
+    "text_classification": ("text", "accuracy"),
+    "token_classification": ("text", "f1"),
+    "detection": ("detection", "map"),
+}
 
 
 def _trained_model(run: Run, task: str) -> nn.Module:
@@ -120,10 +129,15 @@ def prune_run(run: Run, amount: float, structured: bool = False, finetune_epochs
         raise UserError(f"{run.dir}: pruning supports {', '.join(PRUNABLE)} runs (this one: {task})")
     if not 0 < amount < 1:
         raise UserError(f"--amount: a fraction between 0 and 1 (got {amount})")
-    if finetune_epochs and task in ("text_classification", "token_classification") \
-            and run.recipe().model.finetune != "full":
-        raise UserError(f"--finetune-epochs: offered for fully fine-tuned text runs; this one is "
-                        f"{run.recipe().model.finetune} (prune it without fine-tuning)")
+    if (
+        finetune_epochs
+        and task in ("text_classification", "token_classification")
+        and run.recipe().model.finetune != "full"
+    ):
+        raise UserError(
+            f"--finetune-epochs: offered for fully fine-tuned text runs; this one is "
+            f"{run.recipe().model.finetune} (prune it without fine-tuning)"
+        )
     key, metric = PRUNABLE[task]
     recipe = run.recipe()
     model = _trained_model(run, task)
@@ -151,11 +165,22 @@ def prune_run(run: Run, amount: float, structured: bool = False, finetune_epochs
     pruned = _trained_model(out, task)
     report = json.loads((run.dir / "report.json").read_text()) if (run.dir / "report.json").is_file() else {}
     before = report.get(split, {}).get(metric)
-    stats = {"method": kind, "amount": amount, "sparsity": sparsity(pruned, structured), "finetune_epochs": finetune_epochs,
-             "metric": f"{split} {metric}", "before": before, "after": after, "source_run": str(run.dir)}
+    stats = {
+        "method": kind,
+        "amount": amount,
+        "sparsity": sparsity(pruned, structured),
+        "finetune_epochs": finetune_epochs,
+        "metric": f"{split} {metric}",
+        "before": before,
+        "after": after,
+        "source_run": str(run.dir),
+    }
     if metric == "accuracy" and split == "test":  # the names earlier versions used
         stats |= {"test_accuracy_before": before, "test_accuracy_after": after}
     out.update_meta(pruning=stats)
-    console.print(f"pruned ({kind}, {amount:.0%}): sparsity {stats['sparsity']:.1%}, {split} {metric} "
-                  f"{before if before is None else round(before, 4)} -> {after if after is None else round(after, 4)}; run {out.dir}", soft_wrap=True)
+    console.print(
+        f"pruned ({kind}, {amount:.0%}): sparsity {stats['sparsity']:.1%}, {split} {metric} "
+        f"{before if before is None else round(before, 4)} -> {after if after is None else round(after, 4)}; run {out.dir}",
+        soft_wrap=True,
+    )
     return stats | {"run": str(out.dir)}

@@ -38,16 +38,17 @@ class ServeConfig:
     insecure_no_auth: bool = False
     onnx: Path | None = None
     max_body_bytes: int = 10 * 1024 * 1024
-    max_batch: int = 64           # inputs per request
-    batch_max: int = 64           # inputs per model call (micro-batching across requests)
-    batch_wait_ms: float = 5.0    # how long a request waits for others to join its model call
+    max_batch: int = 64  # inputs per request
+    batch_max: int = 64  # inputs per model call (micro-batching across requests)
+    batch_wait_ms: float = 5.0  # how long a request waits for others to join its model call
     max_text_chars: int = 10_000  # text and NER runs: longest text accepted
-    precision: str = "auto"       # eager PyTorch: auto (bf16 on AMX CPUs), fp32 or bf16
+    precision: str = "auto"  # eager PyTorch: auto (bf16 on AMX CPUs), fp32 or bf16
 
 
 class PredictRequest(BaseModel):
-    inputs: list[str] = Field(..., description="Image runs: base64-encoded image files. Text and NER runs: texts.",
-                              min_length=1)
+    inputs: list[str] = Field(
+        ..., description="Image runs: base64-encoded image files. Text and NER runs: texts.", min_length=1
+    )
 
 
 def read_api_keys(key_file: Path | None) -> list[str]:
@@ -103,23 +104,31 @@ class MicroBatcher:
             start = 0
             for batch, fut in jobs:
                 if not fut.done():
-                    fut.set_result(results[start:start + len(batch)])
+                    fut.set_result(results[start : start + len(batch)])
                 start += len(batch)
 
 
 def create_app(cfg: ServeConfig) -> FastAPI:
     if not cfg.api_keys and not cfg.insecure_no_auth:
-        raise UserError("refusing to serve without an API key: give --api-key-file or NNRECIPE_API_KEYS, "
-                        "or --insecure-no-auth to serve without authentication")
+        raise UserError(
+            "refusing to serve without an API key: give --api-key-file or NNRECIPE_API_KEYS, "
+            "or --insecure-no-auth to serve without authentication"
+        )
     if cfg.insecure_no_auth:
-        log.warning("serving WITHOUT authentication (--insecure-no-auth): anyone who can reach the port can use the model")
+        log.warning(
+            "serving WITHOUT authentication (--insecure-no-auth): anyone who can reach the port can use the model"
+        )
     started = time.perf_counter()
     predictor = load_predictor(open_run(cfg.run_dir), cfg.onnx, cfg.precision)
     registry = CollectorRegistry()
     requests = Counter("nnrecipe_requests_total", "HTTP requests", ["route", "status"], registry=registry)
     latency = Histogram("nnrecipe_request_seconds", "Request latency", ["route"], registry=registry)
-    batch_hist = Histogram("nnrecipe_model_batch_size", "Inputs per model call", registry=registry,
-                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+    batch_hist = Histogram(
+        "nnrecipe_model_batch_size",
+        "Inputs per model call",
+        registry=registry,
+        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    )
     Gauge("nnrecipe_model_load_seconds", "Time to load the model", registry=registry).set(time.perf_counter() - started)
     batcher = MicroBatcher(predictor.predict, cfg.batch_max, cfg.batch_wait_ms, batch_hist)
 
@@ -137,7 +146,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         route = request.url.path
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
-            response: Response = JSONResponse({"detail": f"request body over the {cfg.max_body_bytes} byte limit"}, status_code=413)
+            response: Response = JSONResponse(
+                {"detail": f"request body over the {cfg.max_body_bytes} byte limit"}, status_code=413
+            )
         else:
             try:
                 response = await call_next(request)
@@ -147,7 +158,16 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         seconds = time.perf_counter() - t0
         requests.labels(route, str(response.status_code)).inc()
         latency.labels(route).observe(seconds)
-        log.info(json.dumps({"method": request.method, "path": route, "status": response.status_code, "ms": round(seconds * 1000, 2)}))
+        log.info(
+            json.dumps(
+                {
+                    "method": request.method,
+                    "path": route,
+                    "status": response.status_code,
+                    "ms": round(seconds * 1000, 2),
+                }
+            )
+        )
         return response
 
     def authorize(request: Request) -> None:
@@ -156,7 +176,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key:
-            raise HTTPException(401, "missing API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401, "missing API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"}
+            )
         # compare against every key, always, in constant time per key
         if not any([hmac.compare_digest(key.encode(), k.encode()) for k in cfg.api_keys]):
             raise HTTPException(403, "invalid API key")
@@ -179,11 +201,24 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/predict", dependencies=[Depends(authorize)], response_model=response_model(predictor),
-              openapi_extra={"requestBody": {"content": {
-                  "application/json": {"schema": PredictRequest.model_json_schema()},
-                  "multipart/form-data": {"schema": {"type": "object", "properties": {
-                      "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}})
+    @app.post(
+        "/v1/predict",
+        dependencies=[Depends(authorize)],
+        response_model=response_model(predictor),
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "application/json": {"schema": PredictRequest.model_json_schema()},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                        }
+                    },
+                }
+            }
+        },
+    )
     async def predict(request: Request) -> dict:
         body = await request.body()
         if len(body) > cfg.max_body_bytes:  # chunked uploads carry no Content-Length
@@ -200,7 +235,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                 try:
                     payload = PredictRequest.model_validate_json(body)
                 except ValueError as e:
-                    raise HTTPException(422, f"expected JSON {{\"inputs\": [base64 image, ...]}}: {str(e).splitlines()[0]}") from None
+                    raise HTTPException(
+                        422, f'expected JSON {{"inputs": [base64 image, ...]}}: {str(e).splitlines()[0]}'
+                    ) from None
                 _check_batch(len(payload.inputs), cfg.max_batch)
                 items = [predictor.decode_text(s, i) for i, s in enumerate(payload.inputs)]
             for i, item in enumerate(items):

@@ -30,13 +30,16 @@ class Check:
     details: list[str] = field(default_factory=list)
 
 
-def split_overlap(name: str, exact: float, near: float, near_limit: float, kind: str, near_what: str,
-                  exact_limit: float = 0.01) -> tuple[str, str] | None:
+def split_overlap(
+    name: str, exact: float, near: float, near_limit: float, kind: str, near_what: str, exact_limit: float = 0.01
+) -> tuple[str, str] | None:
     """The shared rule for val/test examples that also appear in train: over `exact_limit` (1%) exact copies
     fail (the split's scores measure memory), any exact copy or many near copies warn."""
     if exact > exact_limit:
-        return FAIL, (f"{exact:.0%} of {name} are exact copies of training {kind}: {name} scores measure memory, "
-                      "not generalisation; deduplicate before splitting")
+        return FAIL, (
+            f"{exact:.0%} of {name} are exact copies of training {kind}: {name} scores measure memory, "
+            "not generalisation; deduplicate before splitting"
+        )
     if exact > 0 or near > near_limit:
         return WARN, f"{name} shares {kind} with train ({exact:.1%} exact, {near:.1%} {near_what})"
     return None
@@ -68,9 +71,14 @@ def loss_at_init(s: Subject) -> Check:
     figure = f"loss at init {loss:.3f}; expected {expected:.3f} (class-prior entropy; -ln(1/C) = {math.log(len(s.class_prior)):.3f})"
     if abs(loss - expected) <= max(0.25 * expected, 0.1):
         return Check(3, "Loss at init", PASS, figure)
-    return Check(3, "Loss at init", WARN, figure,
-                 "The initial predictions are far from 'know nothing'. Initialise the final layer's bias to the log "
-                 "class prior and scale its weights down, so the first steps are not spent undoing the initialisation.")
+    return Check(
+        3,
+        "Loss at init",
+        WARN,
+        figure,
+        "The initial predictions are far from 'know nothing'. Initialise the final layer's bias to the log "
+        "class prior and scale its weights down, so the first steps are not spent undoing the initialisation.",
+    )
 
 
 def input_independent_baseline(s: Subject, steps: int = 60) -> Check:
@@ -85,9 +93,14 @@ def input_independent_baseline(s: Subject, steps: int = 60) -> Check:
     figure = f"val accuracy after {steps} steps: real inputs {real:.3f}, zeroed inputs {zero:.3f}"
     if real >= zero + 0.05:
         return Check(4, "Input-independent baseline", PASS, figure)
-    return Check(4, "Input-independent baseline", WARN, figure,
-                 "The inputs carry no usable signal about the labels: the model does no better than one that never sees "
-                 "them. Look for labels shuffled or misaligned with their inputs, or a data pipeline that destroys the input.")
+    return Check(
+        4,
+        "Input-independent baseline",
+        WARN,
+        figure,
+        "The inputs carry no usable signal about the labels: the model does no better than one that never sees "
+        "them. Look for labels shuffled or misaligned with their inputs, or a data pipeline that destroys the input.",
+    )
 
 
 def overfit_one_batch(s: Subject, steps: int = 150, size: int = 32) -> Check:
@@ -98,12 +111,16 @@ def overfit_one_batch(s: Subject, steps: int = 150, size: int = 32) -> Check:
     model = s.make_model()
     losses = _train(model, s.make_optimizer(model, s.recipe_lr), [batch], s.loss, steps)
     first, last = losses[0], min(losses[-10:]) if all(map(math.isfinite, losses[-10:])) else float("nan")
-    figure = f"loss on one batch of {len(s.inputs(batch))}: {first:.3f} -> {last:.4f} in {steps} steps at lr {s.recipe_lr:g}"
+    figure = (
+        f"loss on one batch of {len(s.inputs(batch))}: {first:.3f} -> {last:.4f} in {steps} steps at lr {s.recipe_lr:g}"
+    )
     if math.isfinite(last) and last < 0.05 * first:
         return Check(5, "Overfit one batch", PASS, figure)
-    causes = ("Likely causes: the learning rate (too high: the loss explodes or stalls; too low: it crawls), "
-              "layers that do not train (frozen, detached), labels that do not match their inputs within the batch, "
-              "augmentation or regularisation so strong that nothing can be memorised.")
+    causes = (
+        "Likely causes: the learning rate (too high: the loss explodes or stalls; too low: it crawls), "
+        "layers that do not train (frozen, detached), labels that do not match their inputs within the batch, "
+        "augmentation or regularisation so strong that nothing can be memorised."
+    )
     verdict = WARN if math.isfinite(last) and last < 0.5 * first else FAIL
     return Check(5, "Overfit one batch", verdict, figure, "The model cannot memorise a single batch. " + causes)
 
@@ -124,9 +141,14 @@ def batch_independence(s: Subject, i: int = 0) -> Check:
     figure = f"max |d output[{i}] / d input[j]| over j != {i}: {leak:.3g}"
     if leak == 0.0:
         return Check(6, "Batch independence", PASS, figure)
-    return Check(6, "Batch independence", FAIL, figure,
-                 "The model mixes information across the batch: one sample's prediction depends on the other samples. "
-                 "Usually a wrong view/reshape (batch and feature axes swapped) or a statistic taken over the batch axis.")
+    return Check(
+        6,
+        "Batch independence",
+        FAIL,
+        figure,
+        "The model mixes information across the batch: one sample's prediction depends on the other samples. "
+        "Usually a wrong view/reshape (batch and feature axes swapped) or a statistic taken over the batch axis.",
+    )
 
 
 def lr_range_test(s: Subject, out_dir: Path, steps: int = 100, low: float = 1e-6, high: float = 10.0) -> Check:
@@ -177,9 +199,18 @@ def lr_range_test(s: Subject, out_dir: Path, steps: int = 100, low: float = 1e-6
     # the sweep's minimum on purpose), so the low side is flagged only two orders of magnitude down.
     if suggested / 100 <= s.recipe_lr <= lr_min * 3:
         return Check(7, "LR range test", PASS, figure, plots=[plot.name])
-    side = "above the range where the loss still falls" if s.recipe_lr > lr_min * 3 else "far below the suggestion (slow)"
-    return Check(7, "LR range test", WARN, figure, f"The recipe's learning rate is {side}; try optim.lr near {suggested:.2g} "
-                 "(for a one-cycle schedule, its peak may sit closer to the loss minimum).", plots=[plot.name])
+    side = (
+        "above the range where the loss still falls" if s.recipe_lr > lr_min * 3 else "far below the suggestion (slow)"
+    )
+    return Check(
+        7,
+        "LR range test",
+        WARN,
+        figure,
+        f"The recipe's learning rate is {side}; try optim.lr near {suggested:.2g} "
+        "(for a one-cycle schedule, its peak may sit closer to the loss minimum).",
+        plots=[plot.name],
+    )
 
 
 def gradient_health(s: Subject, steps: int = 10) -> Check:
@@ -194,6 +225,7 @@ def gradient_health(s: Subject, steps: int = 10) -> Check:
             # A unit (a channel, for feature maps) is dead when it is zero for every example and position.
             flat = output.detach().transpose(0, 1).reshape(output.shape[1], -1)
             dead[name] = float((flat.abs().amax(dim=1) == 0).float().mean())
+
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
@@ -214,14 +246,21 @@ def gradient_health(s: Subject, steps: int = 10) -> Check:
     details = ["| parameter | gradient norm |", "|---|---:|"] + [f"| {n} | {v:.3g} |" for n, v in norms.items()]
     details += ["", "| ReLU | dead units |", "|---|---:|"] + [f"| {n} | {v:.1%} |" for n, v in dead.items()]
     worst_dead = max(dead.values(), default=0.0)
-    figure = (f"{len(silent)} trainable parameter tensors without gradient; gradient norms "
-              f"{min(norms.values(), default=0):.2g}..{max(norms.values(), default=0):.2g}; most dead ReLU layer {worst_dead:.0%}"
-              + (f"; {len(frozen)} frozen by the recipe" if frozen else ""))
+    figure = (
+        f"{len(silent)} trainable parameter tensors without gradient; gradient norms "
+        f"{min(norms.values(), default=0):.2g}..{max(norms.values(), default=0):.2g}; most dead ReLU layer {worst_dead:.0%}"
+        + (f"; {len(frozen)} frozen by the recipe" if frozen else "")
+    )
     if silent:
-        return Check(8, "Gradient and activation health", FAIL, figure,
-                     f"These parameters should train but receive no gradient: {', '.join(silent)}. Something between "
-                     "them and the loss is detached (.detach(), .data, torch.no_grad, a non-differentiable op) or unused.",
-                     details=details)
+        return Check(
+            8,
+            "Gradient and activation health",
+            FAIL,
+            figure,
+            f"These parameters should train but receive no gradient: {', '.join(silent)}. Something between "
+            "them and the loss is detached (.detach(), .data, torch.no_grad, a non-differentiable op) or unused.",
+            details=details,
+        )
     problems = []
     if norms and max(norms.values()) > 1e3:
         problems.append("exploding gradients (norm > 1e3): lower the LR, clip gradients, check the loss scale")
@@ -231,11 +270,15 @@ def gradient_health(s: Subject, steps: int = 10) -> Check:
     shapes = {n: p.ndim for n, p in model.named_parameters()}
     dense = [v for n, v in norms.items() if shapes[n] >= 2 and n not in embeddings]
     if dense and min(dense) < 1e-7 * max(dense):
-        problems.append("vanishing gradients in some layers (7 orders of magnitude below the largest): check the initialisation and normalisation")
+        problems.append(
+            "vanishing gradients in some layers (7 orders of magnitude below the largest): check the initialisation and normalisation"
+        )
     # Up to about half a layer inactive on a whole batch is common at init (inputs to it are all >= 0 and
     # alike); most of a layer silent means it carries almost nothing forward.
     if worst_dead > 0.8:
-        problems.append("over 80% of the units of a ReLU layer are dead for the whole batch: check the initialisation, lower the LR or use a leaky activation")
+        problems.append(
+            "over 80% of the units of a ReLU layer are dead for the whole batch: check the initialisation, lower the LR or use a leaky activation"
+        )
     if problems:
         return Check(8, "Gradient and activation health", WARN, figure, "; ".join(problems) + ".", details=details)
     return Check(8, "Gradient and activation health", PASS, figure, details=details)
@@ -254,6 +297,11 @@ def determinism(s: Subject, steps: int = 8, seed: int = 1234) -> Check:
     figure = f"{steps} steps twice: losses {'identical' if same else f'differ by up to {diff:.3g}'}"
     if same:
         return Check(9, "Determinism", PASS, figure)
-    return Check(9, "Determinism", FAIL, figure,
-                 "Same seed, different losses: some randomness is not seeded (data order, augmentation, dropout, a "
-                 "non-deterministic kernel). Bugs cannot be bisected and results cannot be reproduced until this passes.")
+    return Check(
+        9,
+        "Determinism",
+        FAIL,
+        figure,
+        "Same seed, different losses: some randomness is not seeded (data order, augmentation, dropout, a "
+        "non-deterministic kernel). Bugs cannot be bisected and results cannot be reproduced until this passes.",
+    )

@@ -48,13 +48,17 @@ def data_check(splits: ImageSplits, spec: ImageSpec) -> Check:
     counts = Counter(splits.train.labels.tolist())
     per_class = [counts.get(i, 0) for i in range(len(spec.classes))]
     imbalance = max(per_class) / max(1, min(per_class))
-    details += ["| class | train examples |", "|---|---:|"] + [f"| {c} | {n} |" for c, n in zip(spec.classes, per_class)]
+    details += ["| class | train examples |", "|---|---:|"] + [
+        f"| {c} | {n} |" for c, n in zip(spec.classes, per_class)
+    ]
     if min(per_class) == 0:
         verdicts.append(FAIL)
         notes.append("a class has no training examples")
     elif imbalance > 10:
         verdicts.append(WARN)
-        notes.append(f"classes are imbalanced {imbalance:.0f}:1: weight the loss or resample, and read per-class recall, not accuracy")
+        notes.append(
+            f"classes are imbalanced {imbalance:.0f}:1: weight the loss or resample, and read per-class recall, not accuracy"
+        )
     parts = [(n, getattr(splits, n)) for n in ("train", "val", "test") if getattr(splits, n) is not None]
     bad_labels = sum(int(((p.labels < 0) | (p.labels >= len(spec.classes))).sum()) for _, p in parts)
     if bad_labels:
@@ -75,11 +79,20 @@ def data_check(splits: ImageSplits, spec: ImageSpec) -> Check:
         notes.append(f"{len(splits.skipped)} unreadable files were skipped, e.g. {splits.skipped[0]}")
     within = 1 - len(train_exact) / len(splits.train)
     mean, std = channel_stats(splits.train.images)
-    figure = (f"{len(splits.train)} train images {spec.channels}x{spec.image_size}x{spec.image_size}, {len(spec.classes)} classes, "
-              f"largest/smallest class {imbalance:.1f}x; {'; '.join(dup_figures)}; {within:.1%} exact duplicates within train; "
-              f"pixel mean {[round(m, 3) for m in mean]} std {[round(s, 3) for s in std]}; {len(splits.skipped)} unreadable files")
+    figure = (
+        f"{len(splits.train)} train images {spec.channels}x{spec.image_size}x{spec.image_size}, {len(spec.classes)} classes, "
+        f"largest/smallest class {imbalance:.1f}x; {'; '.join(dup_figures)}; {within:.1%} exact duplicates within train; "
+        f"pixel mean {[round(m, 3) for m in mean]} std {[round(s, 3) for s in std]}; {len(splits.skipped)} unreadable files"
+    )
     verdict = FAIL if FAIL in verdicts else WARN if WARN in verdicts else PASS
-    return Check(1, "Become one with the data", verdict, figure, "; ".join(notes).capitalize() + ("." if notes else ""), details=details)
+    return Check(
+        1,
+        "Become one with the data",
+        verdict,
+        figure,
+        "; ".join(notes).capitalize() + ("." if notes else ""),
+        details=details,
+    )
 
 
 def batch_check(subject: Subject, spec: ImageSpec, out_dir: Path) -> Check:
@@ -91,11 +104,22 @@ def batch_check(subject: Subject, spec: ImageSpec, out_dir: Path) -> Check:
     plot_image_grid(shown.numpy(), [spec.classes[i] for i in y[:32].tolist()], out_dir / "batch.png")
     figure = f"batch {tuple(x.shape)}, normalised inputs: mean {x.mean():.2f}, std {x.std():.2f}, range [{x.min():.2f}, {x.max():.2f}]"
     if abs(float(x.mean())) > 1 or not 0.3 < float(x.std()) < 3:
-        return Check(2, "Visualise just before the net", WARN, figure,
-                     "The inputs are far from zero mean / unit variance; check data.normalize.", plots=["batch.png"])
-    return Check(2, "Visualise just before the net", PASS, figure,
-                 "Look at batch.png: labels must match the pictures, and augmentation must leave them recognisable.",
-                 plots=["batch.png"])
+        return Check(
+            2,
+            "Visualise just before the net",
+            WARN,
+            figure,
+            "The inputs are far from zero mean / unit variance; check data.normalize.",
+            plots=["batch.png"],
+        )
+    return Check(
+        2,
+        "Visualise just before the net",
+        PASS,
+        figure,
+        "Look at batch.png: labels must match the pictures, and augmentation must leave them recognisable.",
+        plots=["batch.png"],
+    )
 
 
 def make_subject(recipe: Recipe, splits: ImageSplits, spec: ImageSpec, max_eval: int = 1024) -> Subject:
@@ -115,10 +139,19 @@ def make_subject(recipe: Recipe, splits: ImageSplits, spec: ImageSpec, max_eval:
 
     def make_optimizer(model, lr):
         backbone = {n for n, _ in model.named_parameters()} - head if head is not None else set()
-        return build_optimizer(model, recipe.optim.model_copy(update={"lr": lr}), backbone, recipe.model.backbone_lr_scale)
+        return build_optimizer(
+            model, recipe.optim.model_copy(update={"lr": lr}), backbone, recipe.model.backbone_lr_scale
+        )
 
-    train_loader = TensorLoader(splits.train.images, splits.train.labels, bs, device=device, shuffle=True, seed=seed,
-                                prepare=_input_pipeline(recipe, spec, augment=True))
+    train_loader = TensorLoader(
+        splits.train.images,
+        splits.train.labels,
+        bs,
+        device=device,
+        shuffle=True,
+        seed=seed,
+        prepare=_input_pipeline(recipe, spec, augment=True),
+    )
 
     def train_batches(n: int):
         out, epoch = [], 0
@@ -131,8 +164,15 @@ def make_subject(recipe: Recipe, splits: ImageSplits, spec: ImageSpec, max_eval:
     # A random subset: split files are in class order, so the first N would hold only a few classes.
     pick = torch.randperm(len(evaluation), generator=torch.Generator().manual_seed(seed))[:max_eval]
     evaluation = evaluation.subset(pick.sort().values)
-    val_batches = list(TensorLoader(evaluation.images, evaluation.labels, 256, device=device,
-                                    prepare=_input_pipeline(recipe, spec, augment=False)).batches())
+    val_batches = list(
+        TensorLoader(
+            evaluation.images,
+            evaluation.labels,
+            256,
+            device=device,
+            prepare=_input_pipeline(recipe, spec, augment=False),
+        ).batches()
+    )
 
     def accuracy(model, batches):
         model.eval()
@@ -142,11 +182,16 @@ def make_subject(recipe: Recipe, splits: ImageSplits, spec: ImageSpec, max_eval:
 
     prior = torch.bincount(splits.train.labels, minlength=len(spec.classes)).float()
     return Subject(
-        make_model=make_model, make_optimizer=make_optimizer,
+        make_model=make_model,
+        make_optimizer=make_optimizer,
         loss=lambda m, b: F.cross_entropy(m(b[0]), b[1], label_smoothing=recipe.train.label_smoothing),
         logits=lambda m, b: m(b[0]),
-        train_batches=train_batches, val_batches=val_batches,
+        train_batches=train_batches,
+        val_batches=val_batches,
         zero_inputs=lambda b: (torch.zeros_like(b[0]), b[1]),
-        inputs=lambda b: b[0], with_inputs=lambda b, x: (x, b[1][: len(x)]),
-        accuracy=accuracy, class_prior=prior / prior.sum(), recipe_lr=recipe.optim.lr,
+        inputs=lambda b: b[0],
+        with_inputs=lambda b, x: (x, b[1][: len(x)]),
+        accuracy=accuracy,
+        class_prior=prior / prior.sum(),
+        recipe_lr=recipe.optim.lr,
     )

@@ -52,11 +52,15 @@ def data_check(recipe, train: TokenSet, val: TokenSet | None, test: TokenSet | N
     truncated = sum(n > recipe.data.max_length for n in lengths) / len(lengths)
     if truncated > 0.01:
         verdicts.append(WARN)
-        notes.append(f"{truncated:.1%} of training sentences exceed data.max_length {recipe.data.max_length}: their last "
-                     "words are never trained on and are predicted O")
-    figure = (f"{len(train.words)} train sentences, entities per type {dict(sorted(types.items()))}; {'; '.join(figures)}; "
-              f"sub-tokens median {lengths[len(lengths) // 2]}, max {lengths[-1]}; {truncated:.1%} truncated at "
-              f"{recipe.data.max_length}")
+        notes.append(
+            f"{truncated:.1%} of training sentences exceed data.max_length {recipe.data.max_length}: their last "
+            "words are never trained on and are predicted O"
+        )
+    figure = (
+        f"{len(train.words)} train sentences, entities per type {dict(sorted(types.items()))}; {'; '.join(figures)}; "
+        f"sub-tokens median {lengths[len(lengths) // 2]}, max {lengths[-1]}; {truncated:.1%} truncated at "
+        f"{recipe.data.max_length}"
+    )
     verdict = FAIL if FAIL in verdicts else WARN if WARN in verdicts else PASS
     return Check(1, "Become one with the data", verdict, figure, "; ".join(notes).capitalize() + ("." if notes else ""))
 
@@ -71,9 +75,13 @@ def batch_check(subject: Subject, tokenizer, tags: list[str], out_dir: Path) -> 
         lines.append(" ".join(f"{p}/{tags[int(t)] if t != IGNORE else '.'}" for p, t in zip(pieces, y[keep].tolist())))
     (out_dir / "batch.txt").write_text("\n".join(lines) + "\n")
     padding = float(1 - batch["attention_mask"].float().mean())
-    return Check(2, "Visualise just before the net", PASS,
-                 f"batch {tuple(batch['input_ids'].shape)}, {padding:.0%} padding; first example: {lines[0][:100]}",
-                 "Read batch.txt: each word's first piece carries its tag, the other pieces '.', and the tags must fit the words.")
+    return Check(
+        2,
+        "Visualise just before the net",
+        PASS,
+        f"batch {tuple(batch['input_ids'].shape)}, {padding:.0%} padding; first example: {lines[0][:100]}",
+        "Read batch.txt: each word's first piece carries its tag, the other pieces '.', and the tags must fit the words.",
+    )
 
 
 def prepare(recipe):
@@ -83,7 +91,9 @@ def prepare(recipe):
     return train, val, test, tags, tokenizer
 
 
-def make_subject(recipe, train: TokenSet, val: TokenSet | None, tags: list[str], tokenizer, max_eval: int = 256) -> Subject:
+def make_subject(
+    recipe, train: TokenSet, val: TokenSet | None, tags: list[str], tokenizer, max_eval: int = 256
+) -> Subject:
     ids = {t: i for i, t in enumerate(tags)}
     seed, d = recipe.train.seed, recipe.data
     opts = recipe.model.peft_options() | {"total_steps": 200}
@@ -92,8 +102,17 @@ def make_subject(recipe, train: TokenSet, val: TokenSet | None, tags: list[str],
         seed_everything(seed)
         return build(recipe.model.name, tags, recipe.model.finetune, opts, head="token")[0]
 
-    loader = ner._loader(tokenizer, train, tags, recipe.train.batch_size, d.max_length, "cpu", shuffle=True, seed=seed,
-                         group_by_length=d.group_by_length)
+    loader = ner._loader(
+        tokenizer,
+        train,
+        tags,
+        recipe.train.batch_size,
+        d.max_length,
+        "cpu",
+        shuffle=True,
+        seed=seed,
+        group_by_length=d.group_by_length,
+    )
 
     evaluation = val or train
     g = torch.Generator().manual_seed(seed)
@@ -113,13 +132,22 @@ def make_subject(recipe, train: TokenSet, val: TokenSet | None, tags: list[str],
         return correct / max(1, total)
 
     enc = encode_words(tokenizer, train.words, train.tags, ids, d.max_length)
-    prior = torch.bincount(torch.tensor([l for row in enc.labels for l in row if l != IGNORE]), minlength=len(tags)).float()
+    prior = torch.bincount(
+        torch.tensor([l for row in enc.labels for l in row if l != IGNORE]), minlength=len(tags)
+    ).float()
     return Subject(
         make_model=make_model,
         make_optimizer=lambda m, lr: build_optimizer(m, recipe.optim.model_copy(update={"lr": lr})),
-        loss=lambda m, b: m(**b).loss, logits=lambda m, b: m(**features(b)).logits,
-        train_batches=first_batches(loader), val_batches=val_batches, zero_inputs=padded_inputs(tokenizer),
-        inputs=lambda b: b["input_ids"], with_inputs=lambda b, x: {k: v[: len(x)] for k, v in b.items()},
-        accuracy=accuracy, class_prior=prior / prior.sum(), recipe_lr=recipe.optim.lr, leaf_inputs=embedding_leaf,
+        loss=lambda m, b: m(**b).loss,
+        logits=lambda m, b: m(**features(b)).logits,
+        train_batches=first_batches(loader),
+        val_batches=val_batches,
+        zero_inputs=padded_inputs(tokenizer),
+        inputs=lambda b: b["input_ids"],
+        with_inputs=lambda b, x: {k: v[: len(x)] for k, v in b.items()},
+        accuracy=accuracy,
+        class_prior=prior / prior.sum(),
+        recipe_lr=recipe.optim.lr,
+        leaf_inputs=embedding_leaf,
         safe_lr=1e-4,  # pretrained transformers diverge at the CNN-safe 1e-3
     )

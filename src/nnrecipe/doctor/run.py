@@ -14,21 +14,21 @@ from nnrecipe.errors import UserError
 
 WHY = {
     1: "Spend time with the data before touching a model: imbalance, duplicates across splits and broken files "
-       "decide what the final numbers mean, and no architecture fixes them.",
+    "decide what the final numbers mean, and no architecture fixes them.",
     2: "Look at the exact tensors the model receives, after augmentation and normalisation. This is the only place "
-       "where pipeline bugs (wrong channel order, labels shifted by one, augmentation that destroys the content) are visible.",
+    "where pipeline bugs (wrong channel order, labels shifted by one, augmentation that destroys the content) are visible.",
     3: "A freshly initialised classifier should be maximally unsure: its loss equals the entropy of the class prior. "
-       "A different value means the initialisation is fighting the first steps of training.",
+    "A different value means the initialisation is fighting the first steps of training.",
     4: "Train once on the real inputs and once on inputs set to zero. If the real model is not clearly better, the "
-       "network is not extracting anything from the inputs, whatever the loss curve suggests.",
+    "network is not extracting anything from the inputs, whatever the loss curve suggests.",
     5: "A model that cannot drive the loss on a handful of examples to zero will not learn the data set. This isolates "
-       "optimisation bugs from generalisation questions.",
+    "optimisation bugs from generalisation questions.",
     6: "Backpropagate from one sample's output and check that no other sample's input receives gradient. A wrong "
-       "view/transpose that mixes the batch trains without error and silently learns the wrong thing.",
+    "view/transpose that mixes the batch trains without error and silently learns the wrong thing.",
     7: "Sweep the learning rate exponentially and watch the loss: where it falls fastest is a good place to start; the "
-       "recipe's rate should be near it.",
+    "recipe's rate should be near it.",
     8: "After a few steps every trainable layer should receive a gradient of sensible size and most ReLUs should be "
-       "alive: dead, exploding or missing gradients show up here long before they show in the loss curve.",
+    "alive: dead, exploding or missing gradients show up here long before they show in the loss curve.",
     9: "The same seed must give the same losses, or no later experiment can be compared or bisected.",
 }
 
@@ -48,17 +48,23 @@ def run_doctor(recipe, out_dir: Path) -> list[Check]:
 
         train, val, test, labels, lora, tokenizer = text.prepare(recipe)
         subject = text.make_subject(recipe, train, val, labels, lora, tokenizer)
-        data_steps = [lambda: text.data_check(recipe, train, val, test, tokenizer),
-                      lambda: text.batch_check(subject, tokenizer, labels, out_dir)]
+        data_steps = [
+            lambda: text.data_check(recipe, train, val, test, tokenizer),
+            lambda: text.batch_check(subject, tokenizer, labels, out_dir),
+        ]
     elif recipe.task == "token_classification":
         from nnrecipe.doctor import ner
 
         train, val, test, tags, tokenizer = ner.prepare(recipe)
         subject = ner.make_subject(recipe, train, val, tags, tokenizer)
-        data_steps = [lambda: ner.data_check(recipe, train, val, test, tokenizer),
-                      lambda: ner.batch_check(subject, tokenizer, tags, out_dir)]
+        data_steps = [
+            lambda: ner.data_check(recipe, train, val, test, tokenizer),
+            lambda: ner.batch_check(subject, tokenizer, tags, out_dir),
+        ]
     else:
-        raise UserError(f"nnrecipe doctor checks supervised recipes (image and text classification, NER); this one is task: {recipe.task}")
+        raise UserError(
+            f"nnrecipe doctor checks supervised recipes (image and text classification, NER); this one is task: {recipe.task}"
+        )
     steps = [
         *data_steps,
         lambda: checks.loss_at_init(subject),
@@ -82,12 +88,26 @@ def run_doctor(recipe, out_dir: Path) -> list[Check]:
 
 def write_report(results: list[Check], out_dir: Path, seconds: float) -> Path:
     (out_dir / "report.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
-    lines = ["# nnrecipe doctor", "", f"{sum(r.verdict == 'pass' for r in results)} pass, "
-             f"{sum(r.verdict == 'warn' for r in results)} warn, {sum(r.verdict == FAIL for r in results)} fail "
-             f"({seconds:.0f} s).", "", "| # | check | verdict | figure |", "|---|---|---|---|"]
+    lines = [
+        "# nnrecipe doctor",
+        "",
+        f"{sum(r.verdict == 'pass' for r in results)} pass, "
+        f"{sum(r.verdict == 'warn' for r in results)} warn, {sum(r.verdict == FAIL for r in results)} fail "
+        f"({seconds:.0f} s).",
+        "",
+        "| # | check | verdict | figure |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {r.number} | {r.name} | **{r.verdict}** | {r.figure} |" for r in results]
     for r in results:
-        lines += ["", f"## {r.number}. {r.name}: {r.verdict}", "", f"*Why:* {WHY[r.number]}", "", f"*Measured:* {r.figure}"]
+        lines += [
+            "",
+            f"## {r.number}. {r.name}: {r.verdict}",
+            "",
+            f"*Why:* {WHY[r.number]}",
+            "",
+            f"*Measured:* {r.figure}",
+        ]
         if r.advice:
             lines += ["", f"*What to do:* {r.advice}"]
         lines += [""] + [f"![{p}]({p})" for p in r.plots] + r.details

@@ -5,8 +5,9 @@ A task family provides one `Subject`; the checks in checks.py never look at imag
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,18 +15,18 @@ from torch import nn
 
 @dataclass
 class Subject:
-    make_model: Callable[[], nn.Module]                        # fresh, seeded initialisation
+    make_model: Callable[[], nn.Module]  # fresh, seeded initialisation
     make_optimizer: Callable[[nn.Module, float], torch.optim.Optimizer]  # the recipe's optimiser at a given LR
-    loss: Callable[[nn.Module, Any], torch.Tensor]             # mean loss of a batch
-    logits: Callable[[nn.Module, Any], torch.Tensor]           # the model's outputs for a batch, one row per example
-    train_batches: Callable[[int], list[Any]]                  # first n augmented training batches, seeded
-    val_batches: list[Any]                                     # evaluation batches, fixed
-    zero_inputs: Callable[[Any], Any]                          # the same batch with its inputs zeroed
-    inputs: Callable[[Any], torch.Tensor]                      # the input tensor of a batch (for gradients)
-    with_inputs: Callable[[Any, torch.Tensor], Any]            # the batch with its inputs replaced
-    accuracy: Callable[[nn.Module, list[Any]], float]          # accuracy over batches
-    class_prior: torch.Tensor                                  # training label frequencies
+    loss: Callable[[nn.Module, Any], torch.Tensor]  # mean loss of a batch
+    logits: Callable[[nn.Module, Any], torch.Tensor]  # the model's outputs for a batch, one row per example
+    train_batches: Callable[[int], list[Any]]  # first n augmented training batches, seeded
+    val_batches: list[Any]  # evaluation batches, fixed
+    zero_inputs: Callable[[Any], Any]  # the same batch with its inputs zeroed
+    inputs: Callable[[Any], torch.Tensor]  # the input tensor of a batch (for gradients)
+    with_inputs: Callable[[Any, torch.Tensor], Any]  # the batch with its inputs replaced
+    accuracy: Callable[[nn.Module, list[Any]], float]  # accuracy over batches
+    class_prior: torch.Tensor  # training label frequencies
     recipe_lr: float
-    safe_lr: float = 1e-3                                      # Adam LR for checks 4, 8, 9 (judge data, not LR)
+    safe_lr: float = 1e-3  # Adam LR for checks 4, 8, 9 (judge data, not LR)
     # For inputs that cannot carry gradients (token ids): (leaf tensor, forward from it to the outputs).
     leaf_inputs: Callable[[nn.Module, Any], tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]] | None = None

@@ -12,9 +12,9 @@ import torch
 from nnrecipe.data.text import TextSet, label_names
 from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, split_overlap
 from nnrecipe.doctor.subject import Subject
-from nnrecipe.models.hf import build
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
+from nnrecipe.models.hf import build
 from nnrecipe.tasks import text_classification as text
 
 
@@ -59,11 +59,15 @@ def data_check(recipe, train: TextSet, val: TextSet | None, test: TextSet | None
     truncated = sum(n > recipe.data.max_length for n in lengths) / len(lengths)
     if truncated > 0.05:
         verdicts.append(WARN)
-        notes.append(f"{truncated:.0%} of training texts are longer than data.max_length {recipe.data.max_length} and get truncated")
+        notes.append(
+            f"{truncated:.0%} of training texts are longer than data.max_length {recipe.data.max_length} and get truncated"
+        )
     lengths.sort()
-    figure = (f"{len(train.texts)} train texts, {len(labels)} labels, largest/smallest class {imbalance:.1f}x; {'; '.join(figures)}; "
-              f"{empty} empty; tokens median {lengths[len(lengths) // 2]}, 95th percentile {lengths[int(0.95 * (len(lengths) - 1))]}, "
-              f"max {lengths[-1]}; {truncated:.1%} truncated at {recipe.data.max_length}")
+    figure = (
+        f"{len(train.texts)} train texts, {len(labels)} labels, largest/smallest class {imbalance:.1f}x; {'; '.join(figures)}; "
+        f"{empty} empty; tokens median {lengths[len(lengths) // 2]}, 95th percentile {lengths[int(0.95 * (len(lengths) - 1))]}, "
+        f"max {lengths[-1]}; {truncated:.1%} truncated at {recipe.data.max_length}"
+    )
     verdict = FAIL if FAIL in verdicts else WARN if WARN in verdicts else PASS
     return Check(1, "Become one with the data", verdict, figure, "; ".join(notes).capitalize() + ("." if notes else ""))
 
@@ -77,21 +81,29 @@ def batch_check(subject: Subject, tokenizer, labels: list[str], out_dir: Path) -
         lines.append(f"[{labels[int(y)]}] {' '.join(tokens)}")
     (out_dir / "batch.txt").write_text("\n".join(lines) + "\n")
     padding = float(1 - batch["attention_mask"].float().mean())
-    return Check(2, "Visualise just before the net", PASS,
-                 f"batch {tuple(batch['input_ids'].shape)}, {padding:.0%} padding; first example: {lines[0][:100]}",
-                 "Read batch.txt: the labels must match the texts, and the tokens must be words, not [UNK].", plots=[])
+    return Check(
+        2,
+        "Visualise just before the net",
+        PASS,
+        f"batch {tuple(batch['input_ids'].shape)}, {padding:.0%} padding; first example: {lines[0][:100]}",
+        "Read batch.txt: the labels must match the texts, and the tokens must be words, not [UNK].",
+        plots=[],
+    )
 
 
 # Shared by the transformer subjects (text classification and NER).
 
+
 def first_batches(loader):
     """n -> the first n training batches, running into later epochs if needed (seeded, so repeatable)."""
+
     def take(n):
         out, epoch = [], 0
         while len(out) < n:
             out += list(loader.batches(epoch))[: n - len(out)]
             epoch += 1
         return out
+
     return take
 
 
@@ -126,16 +138,28 @@ def make_subject(recipe, train: TextSet, val: TextSet | None, labels, lora, toke
         seed_everything(seed)
         return build(recipe.model.name, labels, recipe.model.finetune, lora)[0]
 
-    loader = text._loader(tokenizer, train, ids, recipe.train.batch_size, d.max_length, "cpu", shuffle=True, seed=seed,
-                          group_by_length=d.group_by_length)
+    loader = text._loader(
+        tokenizer,
+        train,
+        ids,
+        recipe.train.batch_size,
+        d.max_length,
+        "cpu",
+        shuffle=True,
+        seed=seed,
+        group_by_length=d.group_by_length,
+    )
 
     train_batches = first_batches(loader)
 
     evaluation = val or train
     g = torch.Generator().manual_seed(seed)
     pick = sorted(torch.randperm(len(evaluation.labels), generator=g)[:max_eval].tolist())
-    evaluation = TextSet([evaluation.texts[i] for i in pick], [evaluation.pairs[i] for i in pick] if evaluation.pairs else None,
-                         [evaluation.labels[i] for i in pick])
+    evaluation = TextSet(
+        [evaluation.texts[i] for i in pick],
+        [evaluation.pairs[i] for i in pick] if evaluation.pairs else None,
+        [evaluation.labels[i] for i in pick],
+    )
     val_batches = list(text._loader(tokenizer, evaluation, ids, 64, d.max_length, "cpu").batches())
 
     def accuracy(model, batches):
@@ -148,9 +172,16 @@ def make_subject(recipe, train: TextSet, val: TextSet | None, labels, lora, toke
     return Subject(
         make_model=make_model,
         make_optimizer=lambda m, lr: build_optimizer(m, recipe.optim.model_copy(update={"lr": lr})),
-        loss=lambda m, b: m(**b).loss, logits=lambda m, b: m(**features(b)).logits,
-        train_batches=train_batches, val_batches=val_batches, zero_inputs=padded_inputs(tokenizer),
-        inputs=lambda b: b["input_ids"], with_inputs=lambda b, x: {k: v[: len(x)] for k, v in b.items()},
-        accuracy=accuracy, class_prior=prior / prior.sum(), recipe_lr=recipe.optim.lr, leaf_inputs=embedding_leaf,
+        loss=lambda m, b: m(**b).loss,
+        logits=lambda m, b: m(**features(b)).logits,
+        train_batches=train_batches,
+        val_batches=val_batches,
+        zero_inputs=padded_inputs(tokenizer),
+        inputs=lambda b: b["input_ids"],
+        with_inputs=lambda b, x: {k: v[: len(x)] for k, v in b.items()},
+        accuracy=accuracy,
+        class_prior=prior / prior.sum(),
+        recipe_lr=recipe.optim.lr,
+        leaf_inputs=embedding_leaf,
         safe_lr=1e-4,  # pretrained transformers diverge at the CNN-safe 1e-3
     )

@@ -49,14 +49,16 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[dic
             meta = f.metadata() or {}
         skeleton = json.loads(meta.get(_META_KEY, "null"))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"checkpoint {path} is corrupt or unreadable ({e}); earlier checkpoints are untouched") from None
+        raise UserError(
+            f"checkpoint {path} is corrupt or unreadable ({e}); earlier checkpoints are untouched"
+        ) from None
     return tensors, _decode(skeleton, tensors)
 
 
 def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The sub-dict of keys starting with `prefix.`, with the prefix removed."""
     p = prefix + "."
-    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+    return {k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)}
 
 
 def with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -82,8 +84,12 @@ def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
         tensors[path] = obj.detach()
         return {"__tensor__": path}
     if isinstance(obj, dict):
-        return {"__dict__": [[_encode(k, tensors, f"{path}.k{i}"), _encode(v, tensors, f"{path}.{i}")]
-                             for i, (k, v) in enumerate(obj.items())]}
+        return {
+            "__dict__": [
+                [_encode(k, tensors, f"{path}.k{i}"), _encode(v, tensors, f"{path}.{i}")]
+                for i, (k, v) in enumerate(obj.items())
+            ]
+        }
     if isinstance(obj, tuple):
         return {"__tuple__": [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
     if isinstance(obj, list):

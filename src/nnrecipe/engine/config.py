@@ -25,15 +25,24 @@ class Optim(Section):
     nesterov: bool = Field(True, description="SGD Nesterov momentum (needs momentum > 0).")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW betas.")
     weight_decay: float = Field(5e-4, ge=0, description="L2 (SGD/Adam) or decoupled (AdamW) weight decay.")
-    decay_bias_and_norm: bool = Field(False, description="Apply weight decay to biases and normalisation weights too (usually off).")
-    fused: bool = Field(True, description="Adam/AdamW: torch's fused kernel (one pass over all parameters; same update, faster on CPU and GPU).")
+    decay_bias_and_norm: bool = Field(
+        False, description="Apply weight decay to biases and normalisation weights too (usually off)."
+    )
+    fused: bool = Field(
+        True,
+        description="Adam/AdamW: torch's fused kernel (one pass over all parameters; same update, faster on CPU and GPU).",
+    )
 
 
 class Schedule(Section):
     """Learning-rate schedule, stepped once per optimiser step."""
 
-    name: Literal["constant", "step", "linear", "cosine", "onecycle"] = Field("onecycle", description="constant, step, linear (decay to min_lr_ratio), cosine or onecycle.")
-    warmup_epochs: float = Field(0.0, ge=0, description="Linear warmup from 0 in front of the schedule, in epochs (fractions allowed).")
+    name: Literal["constant", "step", "linear", "cosine", "onecycle"] = Field(
+        "onecycle", description="constant, step, linear (decay to min_lr_ratio), cosine or onecycle."
+    )
+    warmup_epochs: float = Field(
+        0.0, ge=0, description="Linear warmup from 0 in front of the schedule, in epochs (fractions allowed)."
+    )
     step_epochs: int = Field(10, gt=0, description="step: decay every this many epochs.")
     gamma: float = Field(0.1, gt=0, le=1, description="step: multiply the LR by this at each decay.")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="linear/cosine: final LR as a fraction of the peak.")
@@ -59,7 +68,10 @@ class Train(Section):
     clip_grad_norm: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value.")
     clip_grad_value: float | None = Field(None, gt=0, description="Clip each gradient element to [-v, v].")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 autocast on CUDA devices that support it, and for transformer tasks on CPUs with AMX bf16 units; fp32 elsewhere.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 autocast on CUDA devices that support it, and for transformer tasks on CPUs with AMX bf16 units; fp32 elsewhere.",
+    )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when present, else CPU.")
     seed: int = Field(0, description="Seeds Python, NumPy, torch, data order and augmentation.")
     ema: bool = Field(False, description="Keep an exponential moving average of the weights and evaluate/save it.")

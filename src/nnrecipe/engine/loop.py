@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -59,10 +60,10 @@ class Callback:
     def on_train_mode(self, epoch: int, model: nn.Module) -> None:
         """Right after model.train() (e.g. keep frozen BatchNorm layers in eval mode)."""
 
-    def after_step(self, trainer: "Trainer") -> None:
+    def after_step(self, trainer: Trainer) -> None:
         """After every micro-batch."""
 
-    def before_zero_grad(self, trainer: "Trainer") -> None:
+    def before_zero_grad(self, trainer: Trainer) -> None:
         """After each optimizer step, while the gradients are still there (e.g. AdaLoRA's rank allocation)."""
 
 
@@ -74,9 +75,9 @@ class Diverged(UserError):
 class FitState:
     """Counters that a checkpoint restores; together with the RNG state they make resume exact."""
 
-    epoch: int = 0              # epochs completed
-    step_in_epoch: int = 0      # batches of the current epoch already trained (interrupted mid-epoch)
-    global_step: int = 0        # optimiser steps
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # batches of the current epoch already trained (interrupted mid-epoch)
+    global_step: int = 0  # optimiser steps
     epoch_loss_sum: float = 0.0
     epoch_examples: int = 0
     epoch_seconds: float = 0.0
@@ -84,7 +85,7 @@ class FitState:
     best_epoch: int | None = None
     stop_value: float | None = None
     bad_epochs: int = 0
-    status: str = "running"     # running | interrupted | finished | early_stopped | diverged
+    status: str = "running"  # running | interrupted | finished | early_stopped | diverged
 
 
 @dataclass
@@ -120,7 +121,9 @@ def make_accelerator(cfg: Train, cpu_bf16: bool = False) -> Accelerator:
     cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
     precision = cfg.precision
     if precision == "auto":
-        precision = "bf16" if (torch.cuda.is_bf16_supported() if cuda else cpu_bf16 and cpu_has_bf16_units()) else "fp32"
+        precision = (
+            "bf16" if (torch.cuda.is_bf16_supported() if cuda else cpu_bf16 and cpu_has_bf16_units()) else "fp32"
+        )
     if precision == "fp16" and not cuda:
         raise UserError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on this machine")
     if cfg.num_threads:
@@ -175,7 +178,9 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, schedule_cfg, self.steps_per_epoch, train_cfg.epochs)
         self.ema = None
         if train_cfg.ema:
-            self.ema = AveragedModel(self._bare(), multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema_decay), use_buffers=True)
+            self.ema = AveragedModel(
+                self._bare(), multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema_decay), use_buffers=True
+            )
         self.state = FitState()
         self.stop_requested = False
         self.last_path = self.run_dir / "checkpoints" / "last.safetensors"
@@ -235,7 +240,9 @@ class Trainer:
                 bar[0].update(bar[1], advance=1)
             if (i + 1) % cfg.log_every == 0 or i + 1 == n_batches:
                 self._check_finite(loss_sum, epoch, i)
-                self.tracker.log_step(s.global_step, {"train_loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"]})
+                self.tracker.log_step(
+                    s.global_step, {"train_loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"]}
+                )
             for cb in self.callbacks:
                 cb.after_step(self)
             if sync and self.stop_requested and i + 1 < n_batches:
@@ -246,7 +253,9 @@ class Trainer:
         if bar is not None:
             bar[0].stop()
         if self.acc.num_processes > 1:  # the epoch's loss and throughput over all processes
-            totals = self.acc.reduce(torch.stack([loss_sum, torch.tensor(float(examples), device=loss_sum.device)]), "sum")
+            totals = self.acc.reduce(
+                torch.stack([loss_sum, torch.tensor(float(examples), device=loss_sum.device)]), "sum"
+            )
             loss_sum, examples = totals[0], int(totals[1].item())
         s.epoch_loss_sum, s.epoch_examples = loss_sum.item(), examples
         s.epoch_seconds = time.perf_counter() - started
@@ -274,14 +283,18 @@ class Trainer:
     def _end_epoch(self) -> None:
         s = self.state
         lr = self.optimizer.param_groups[0]["lr"]
-        row: dict[str, Any] = {"epoch": s.epoch + 1, "step": s.global_step,
-                               "train_loss": s.epoch_loss_sum / max(1, s.epoch_examples)}
+        row: dict[str, Any] = {
+            "epoch": s.epoch + 1,
+            "step": s.global_step,
+            "train_loss": s.epoch_loss_sum / max(1, s.epoch_examples),
+        }
         if self.val_loader is not None:
             with torch.no_grad():
                 metrics = self.task.evaluate(self.eval_model(), self.val_loader)
             row.update({f"val_{k}": v for k, v in metrics.items()})
-        row.update({"lr": lr, "samples_per_s": s.epoch_examples / max(s.epoch_seconds, 1e-9),
-                    "epoch_seconds": s.epoch_seconds})
+        row.update(
+            {"lr": lr, "samples_per_s": s.epoch_examples / max(s.epoch_seconds, 1e-9), "epoch_seconds": s.epoch_seconds}
+        )
         s.epoch += 1
         s.step_in_epoch, s.epoch_loss_sum, s.epoch_examples, s.epoch_seconds = 0, 0.0, 0, 0.0
         self.tracker.log_epoch(row)
@@ -313,7 +326,9 @@ class Trainer:
 
     def _improved(self, row: dict, metric: str, attr: str, mode: str, min_delta: float = 0.0) -> bool:
         value, best = row[metric], getattr(self.state, attr)
-        better = best is None or (value > best + min_delta if monitor_mode(metric, mode) == "max" else value < best - min_delta)
+        better = best is None or (
+            value > best + min_delta if monitor_mode(metric, mode) == "max" else value < best - min_delta
+        )
         if better:
             setattr(self.state, attr, value)
         return better
@@ -322,16 +337,24 @@ class Trainer:
         if not torch.isfinite(loss_sum):
             self.state.status = "diverged"
             where = f"epoch {epoch + 1}, batch {batch + 1}"
-            kept = f"last good checkpoint kept: {self.last_path}" if self.last_path.exists() else "no checkpoint was saved yet"
-            raise Diverged(f"the training loss became NaN/inf at {where}; stopping ({kept}). "
-                           "Try a lower optim.lr, train.clip_grad_norm: 1.0, or train.precision: fp32.")
+            kept = (
+                f"last good checkpoint kept: {self.last_path}"
+                if self.last_path.exists()
+                else "no checkpoint was saved yet"
+            )
+            raise Diverged(
+                f"the training loss became NaN/inf at {where}; stopping ({kept}). "
+                "Try a lower optim.lr, train.clip_grad_norm: 1.0, or train.precision: fp32."
+            )
 
     def _interrupt(self, bar) -> None:
         if bar is not None:
             bar[0].stop()
         self.state.status = "interrupted"
         self._save(self.last_path, full=True)
-        console.print(f"interrupted: checkpoint saved to {self.last_path}; continue with `nnrecipe resume {self.run_dir}`")
+        console.print(
+            f"interrupted: checkpoint saved to {self.last_path}; continue with `nnrecipe resume {self.run_dir}`"
+        )
 
     def _on_sigint(self, signum, frame) -> None:
         if self.stop_requested:  # a second Ctrl-C means now
@@ -350,7 +373,11 @@ class Trainer:
             tensors.update(with_prefix(self.ema.state_dict(), "ema"))
         state: dict[str, Any] = {"fit": asdict(self.state)}
         if full:
-            state |= {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng_state()}
+            state |= {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(),
+            }
         save_checkpoint(path, tensors, state)
 
     def _restore(self) -> None:
@@ -371,8 +398,14 @@ class Trainer:
     def _progress(self, epoch: int, total: int, done: int):
         if not self.progress or not self.acc.is_main_process or not console.is_terminal:
             return None
-        bar = Progress(TextColumn(f"epoch {epoch + 1}/{self.cfg.epochs}"), BarColumn(), MofNCompleteColumn(),
-                       TimeRemainingColumn(), console=console, transient=True)
+        bar = Progress(
+            TextColumn(f"epoch {epoch + 1}/{self.cfg.epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
         task = bar.add_task("train", total=total, completed=done)
         bar.start()
         return bar, task

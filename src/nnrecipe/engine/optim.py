@@ -15,7 +15,9 @@ from torch.optim import lr_scheduler
 from nnrecipe.engine.config import Optim, Schedule
 
 
-def build_optimizer(model: nn.Module, cfg: Optim, backbone: set[str] = frozenset(), backbone_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: Optim, backbone: set[str] = frozenset(), backbone_lr_scale: float = 1.0
+) -> torch.optim.Optimizer:
     """`backbone`: names of parameters trained at `backbone_lr_scale` x lr (frozen ones included: they
     join in when unfrozen, since the optimiser skips parameters without gradients)."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
@@ -23,12 +25,17 @@ def build_optimizer(model: nn.Module, cfg: Optim, backbone: set[str] = frozenset
         no_decay = not cfg.decay_bias_and_norm and p.ndim <= 1  # biases and norm scales are 1-D
         groups.setdefault((name in backbone, no_decay), []).append(p)
     param_groups = [
-        {"params": ps, "lr": cfg.lr * (backbone_lr_scale if is_backbone else 1.0),
-         "weight_decay": 0.0 if no_decay else cfg.weight_decay}
+        {
+            "params": ps,
+            "lr": cfg.lr * (backbone_lr_scale if is_backbone else 1.0),
+            "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+        }
         for (is_backbone, no_decay), ps in sorted(groups.items())
     ]
     if cfg.name == "sgd":
-        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(
+            param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+        )
     adam = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
     return adam(param_groups, lr=cfg.lr, betas=cfg.betas, fused=cfg.fused and _fused_ok(model))
 
@@ -37,10 +44,14 @@ def _fused_ok(model: nn.Module) -> bool:
     """torch's fused Adam kernels exist for floating-point parameters on CPU, CUDA and a few others."""
     from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
-    return all(p.is_floating_point() and p.device.type in _get_fused_kernels_supported_devices() for p in model.parameters())
+    return all(
+        p.is_floating_point() and p.device.type in _get_fused_kernels_supported_devices() for p in model.parameters()
+    )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Schedule, steps_per_epoch: int, epochs: int) -> lr_scheduler.LRScheduler:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: Schedule, steps_per_epoch: int, epochs: int
+) -> lr_scheduler.LRScheduler:
     """A scheduler stepped once per optimiser step. constant/step/linear/cosine are one LambdaLR (linear warmup
     in front); onecycle is torch's OneCycleLR, whose rising phase is the warmup when warmup_epochs > 0."""
     total = max(1, steps_per_epoch * epochs)

@@ -34,7 +34,9 @@ class Tracker:
             except ImportError:
                 raise UserError("track.wandb: true needs the wandb package: pip install wandb") from None
             os.environ.setdefault("WANDB_MODE", "offline")
-            self._wandb = _wandb.init(project="nnrecipe", name=Path(run_dir).name, dir=str(run_dir), config=config or {})
+            self._wandb = _wandb.init(
+                project="nnrecipe", name=Path(run_dir).name, dir=str(run_dir), config=config or {}
+            )
 
     def history(self) -> list[dict[str, Any]]:
         return read_metrics(self.path) if self._main else list(self._rows)

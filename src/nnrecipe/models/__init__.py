@@ -7,7 +7,7 @@ model and `timm:<name>` any timm model, both from scratch (weights come from `mo
 from __future__ import annotations
 
 import difflib
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -34,7 +34,9 @@ def check_model_name(name: str) -> None:
 
         if name[3:] not in torchvision.models.list_models(module=torchvision.models):
             close = difflib.get_close_matches(name[3:], torchvision.models.list_models(module=torchvision.models), n=3)
-            raise ValueError(f"unknown torchvision model '{name[3:]}'" + (f"; close: {', '.join(close)}" if close else ""))
+            raise ValueError(
+                f"unknown torchvision model '{name[3:]}'" + (f"; close: {', '.join(close)}" if close else "")
+            )
         return
     if name.startswith("timm:"):
         import timm
@@ -58,7 +60,9 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size: int, 
     if name.startswith("timm:"):
         import timm
 
-        return timm.create_model(name[5:], pretrained=False, num_classes=num_classes, in_chans=in_channels, drop_rate=dropout)
+        return timm.create_model(
+            name[5:], pretrained=False, num_classes=num_classes, in_chans=in_channels, drop_rate=dropout
+        )
     _load_builtins()
     return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, dropout=dropout)
 

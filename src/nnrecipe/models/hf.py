@@ -46,8 +46,10 @@ def resolve(name: str) -> str:
 
     if isinstance(try_to_load_from_cache(path, "config.json"), str) or _hub_reachable():
         return path
-    raise UserError(f"model.name: {name!r} is not a local model folder and the Hugging Face hub is not reachable from "
-                    "here (offline?); download it where there is a network and set model.name to its folder")
+    raise UserError(
+        f"model.name: {name!r} is not a local model folder and the Hugging Face hub is not reachable from "
+        "here (offline?); download it where there is a network and set model.name to its folder"
+    )
 
 
 def _peft_config(finetune: str, head: str, opts: dict[str, Any]):
@@ -56,15 +58,29 @@ def _peft_config(finetune: str, head: str, opts: dict[str, Any]):
     task_type = peft.TaskType.SEQ_CLS if head == "sequence" else peft.TaskType.TOKEN_CLS
     targets = opts.get("targets") or ["query", "value"]
     if finetune == "lora":
-        return peft.LoraConfig(task_type=task_type, r=opts["r"], lora_alpha=opts["alpha"], lora_dropout=opts["dropout"],
-                               target_modules=targets)
+        return peft.LoraConfig(
+            task_type=task_type,
+            r=opts["r"],
+            lora_alpha=opts["alpha"],
+            lora_dropout=opts["dropout"],
+            target_modules=targets,
+        )
     if finetune == "adalora":
         # AdaLoRA starts at 1.5x the target rank and prunes down to it between 10% and 80% of training,
         # guided by the gradient-based importance that the `AdaLoraSchedule` callback feeds it.
         total = max(int(opts.get("total_steps") or 100), 2)
-        return peft.AdaLoraConfig(task_type=task_type, target_r=opts["r"], init_r=max(opts["r"] + 1, round(opts["r"] * 1.5)),
-                                  lora_alpha=opts["alpha"], lora_dropout=opts["dropout"], target_modules=targets,
-                                  total_step=total, tinit=total // 10, tfinal=total // 5, deltaT=max(1, total // 50))
+        return peft.AdaLoraConfig(
+            task_type=task_type,
+            target_r=opts["r"],
+            init_r=max(opts["r"] + 1, round(opts["r"] * 1.5)),
+            lora_alpha=opts["alpha"],
+            lora_dropout=opts["dropout"],
+            target_modules=targets,
+            total_step=total,
+            tinit=total // 10,
+            tfinal=total // 5,
+            deltaT=max(1, total // 50),
+        )
     if finetune == "prefix":
         return peft.PrefixTuningConfig(task_type=task_type, num_virtual_tokens=opts.get("prefix_tokens", 16))
     if finetune == "ia3":
@@ -83,11 +99,17 @@ def build(name: str, labels: list[str], finetune: str, opts: dict[str, Any] | No
     auto = AutoModelForSequenceClassification if head == "sequence" else AutoModelForTokenClassification
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = auto.from_pretrained(path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                                     label2id={l: i for i, l in enumerate(labels)})
+        model = auto.from_pretrained(
+            path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={l: i for i, l in enumerate(labels)},
+        )
     except (OSError, ValueError) as e:
-        raise UserError(f"model.name: cannot load {name!r}: not a local model folder, and the hub is not reachable "
-                        f"from here (offline?): {str(e).splitlines()[0]}") from None
+        raise UserError(
+            f"model.name: cannot load {name!r}: not a local model folder, and the hub is not reachable "
+            f"from here (offline?): {str(e).splitlines()[0]}"
+        ) from None
     if head == "token" and not getattr(tokenizer, "is_fast", False):
         raise UserError(f"model.name: {name!r} has no fast tokenizer; NER needs one to map sub-tokens back to words")
     if finetune == "frozen":
@@ -108,7 +130,9 @@ def load_trained(run, head: str, device="cpu"):
     meta = run.meta().get("text")
     if meta is None or not run.best_checkpoint.is_file():
         raise UserError(f"{run.dir} has no trained model yet (no checkpoints/best.safetensors)")
-    model, tokenizer = build(meta["model"], meta["labels"], meta["finetune"], meta.get("peft", meta.get("lora")), head=head)
+    model, tokenizer = build(
+        meta["model"], meta["labels"], meta["finetune"], meta.get("peft", meta.get("lora")), head=head
+    )
     tensors, _ = load_checkpoint(run.best_checkpoint)
     model.load_state_dict(split_prefix(tensors, "ema.module") or split_prefix(tensors, "model"))
     return model.to(device).eval(), tokenizer, meta
@@ -123,8 +147,10 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
 def merged(model: nn.Module, finetune: str) -> nn.Module:
     """A plain transformers model: LoRA/AdaLoRA/IA3 folded into the base weights (loads without peft)."""
     if finetune not in MERGEABLE:
-        raise UserError(f"a {finetune} run cannot be merged: prefix tuning adds virtual tokens to every layer's "
-                        "attention, which no weight matrix can hold; serve or evaluate the run itself")
+        raise UserError(
+            f"a {finetune} run cannot be merged: prefix tuning adds virtual tokens to every layer's "
+            "attention, which no weight matrix can hold; serve or evaluate the run itself"
+        )
     if finetune in PEFT_MODES:
         model = model.merge_and_unload()
     return model

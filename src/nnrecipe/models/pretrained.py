@@ -36,16 +36,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"model.init_from: {path} does not hold a state dict of tensors")
     if any(k.startswith("model.") for k in state):  # an nnrecipe checkpoint
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     return state
 
 
-def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights") -> tuple[list[str], list[str]]:
+def load_matching(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights"
+) -> tuple[list[str], list[str]]:
     """Load tensors whose name and shape match; return (loaded, reinitialised) names."""
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
-        raise UserError(f"model.init_from: no tensor in {source} matches this model "
-                        f"(first names there: {', '.join(list(state)[:3])}; here: {', '.join(list(own)[:3])})")
+        raise UserError(
+            f"model.init_from: no tensor in {source} matches this model "
+            f"(first names there: {', '.join(list(state)[:3])}; here: {', '.join(list(own)[:3])})"
+        )
     model.load_state_dict(usable, strict=False)
     return sorted(usable), sorted(set(own) - set(usable))

@@ -34,12 +34,15 @@ def summary_table(summary: dict[str, Any]) -> str:
     n = summary["examples"]
     for name in ("macro_avg", "weighted_avg"):
         m = summary[name]
-        lines.append(f"| {name.replace('_', ' ')} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1-score']:.4f} | {n} |")
+        lines.append(
+            f"| {name.replace('_', ' ')} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1-score']:.4f} | {n} |"
+        )
     return "\n".join(lines)
 
 
-def write_report(run_dir: Path, split: str, summary: dict[str, Any], extra: dict[str, Any] | None = None,
-                 plots: list[str] = ()) -> Path:
+def write_report(
+    run_dir: Path, split: str, summary: dict[str, Any], extra: dict[str, Any] | None = None, plots: list[str] = ()
+) -> Path:
     """Write report.json (merged: one entry per evaluated split) and report.md."""
     run_dir = Path(run_dir)
     path, report = merge_report(run_dir, split, summary | (extra or {}))
@@ -51,8 +54,10 @@ def write_report(run_dir: Path, split: str, summary: dict[str, Any], extra: dict
         md += plot_lines(s)
         if s.get("confidently_wrong"):
             md += ["Most confidently wrong:", "", "| text | label | predicted | confidence |", "|---|---|---|---:|"]
-            md += [f"| {w['text'][:120].replace('|', '/')} | {w['label']} | {w['predicted']} | {w['confidence']:.3f} |"
-                   for w in s["confidently_wrong"]] + [""]
+            md += [
+                f"| {w['text'][:120].replace('|', '/')} | {w['label']} | {w['predicted']} | {w['confidence']:.3f} |"
+                for w in s["confidently_wrong"]
+            ] + [""]
         if s.get("skipped_files"):
             md += [f"Unreadable files skipped: {len(s['skipped_files'])} (listed in report.json)", ""]
     (run_dir / "report.md").write_text("\n".join(md))

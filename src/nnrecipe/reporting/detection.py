@@ -21,6 +21,7 @@ def map_metric():
 def detection_summary(result: dict[str, torch.Tensor], classes: list[str], images: int, boxes: int) -> dict[str, Any]:
     """torchmetrics' result -> plain numbers. Labels there are 1-based (0 is Faster R-CNN's background).
     -1 (COCO's "no such objects") becomes None."""
+
     def num(t) -> float | None:
         v = float(t)
         return None if v < 0 else v
@@ -31,9 +32,18 @@ def detection_summary(result: dict[str, torch.Tensor], classes: list[str], image
     for cid, ap in zip(ids, aps):
         if 1 <= cid <= len(classes):
             per_class[classes[cid - 1]] = None if ap < 0 else ap
-    return {"map": num(result["map"]), "map_50": num(result["map_50"]), "map_75": num(result["map_75"]),
-            "map_small": num(result["map_small"]), "map_medium": num(result["map_medium"]), "map_large": num(result["map_large"]),
-            "mar_100": num(result["mar_100"]), "per_class_ap": per_class, "images": images, "boxes": boxes}
+    return {
+        "map": num(result["map"]),
+        "map_50": num(result["map_50"]),
+        "map_75": num(result["map_75"]),
+        "map_small": num(result["map_small"]),
+        "map_medium": num(result["map_medium"]),
+        "map_large": num(result["map_large"]),
+        "mar_100": num(result["mar_100"]),
+        "per_class_ap": per_class,
+        "images": images,
+        "boxes": boxes,
+    }
 
 
 def fmt(v: float | None) -> str:
@@ -47,16 +57,26 @@ def detection_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_detection_report(run_dir: Path, split: str, summary: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+def write_detection_report(
+    run_dir: Path, split: str, summary: dict[str, Any], extra: dict[str, Any] | None = None
+) -> Path:
     """Merge this split into report.json and rewrite report.md."""
     run_dir = Path(run_dir)
     path, report = merge_report(run_dir, split, summary | (extra or {}))
     md = [f"# Report: {run_dir.name}", ""]
     for name, s in report.items():
-        md += [f"## {name}: mAP {fmt(s['map'])} (AP50 {fmt(s['map_50'])}, AP75 {fmt(s['map_75'])}) on {s['images']} images, {s['boxes']} boxes", ""]
+        md += [
+            f"## {name}: mAP {fmt(s['map'])} (AP50 {fmt(s['map_50'])}, AP75 {fmt(s['map_75'])}) on {s['images']} images, {s['boxes']} boxes",
+            "",
+        ]
         md += source_line(s)
-        md += [f"By size: small {fmt(s['map_small'])}, medium {fmt(s['map_medium'])}, large {fmt(s['map_large'])}; "
-               f"recall at 100 detections {fmt(s['mar_100'])}", "", detection_table(s), ""]
+        md += [
+            f"By size: small {fmt(s['map_small'])}, medium {fmt(s['map_medium'])}, large {fmt(s['map_large'])}; "
+            f"recall at 100 detections {fmt(s['mar_100'])}",
+            "",
+            detection_table(s),
+            "",
+        ]
         md += plot_lines(s)
         if s.get("skipped_files"):
             md += [f"Unreadable files skipped: {len(s['skipped_files'])} (listed in report.json)", ""]
@@ -64,8 +84,15 @@ def write_detection_report(run_dir: Path, split: str, summary: dict[str, Any], e
     return path
 
 
-def plot_detections(images: list[torch.Tensor], predictions: list[dict], targets: list[dict], classes: list[str],
-                    path: Path, score_threshold: float, cols: int = 4) -> Path:
+def plot_detections(
+    images: list[torch.Tensor],
+    predictions: list[dict],
+    targets: list[dict],
+    classes: list[str],
+    path: Path,
+    score_threshold: float,
+    cols: int = 4,
+) -> Path:
     """Predicted boxes (with class and score, at or above the threshold) in red, ground truth in green."""
     from torchvision.utils import draw_bounding_boxes
 
@@ -75,7 +102,10 @@ def plot_detections(images: list[torch.Tensor], predictions: list[dict], targets
         if len(tgt["boxes"]):
             canvas = draw_bounding_boxes(canvas, tgt["boxes"].cpu(), colors="lime", width=1)
         keep = pred["scores"] >= score_threshold
-        names = [f"{classes[int(c) - 1]} {s:.2f}" for c, s in zip(pred["labels"][keep].tolist(), pred["scores"][keep].tolist())]
+        names = [
+            f"{classes[int(c) - 1]} {s:.2f}"
+            for c, s in zip(pred["labels"][keep].tolist(), pred["scores"][keep].tolist())
+        ]
         if names:
             canvas = draw_bounding_boxes(canvas, pred["boxes"][keep].cpu(), labels=names, colors="red", width=2)
         ax.imshow(canvas.permute(1, 2, 0).numpy())

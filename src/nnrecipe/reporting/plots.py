@@ -38,13 +38,27 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path) -> P
     size = max(4, 0.5 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(cm, cmap="Blues")
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true", title="confusion matrix")
+    ax.set(
+        xticks=range(len(classes)),
+        yticks=range(len(classes)),
+        xlabel="predicted",
+        ylabel="true",
+        title="confusion matrix",
+    )
     ax.set_xticklabels(classes, rotation=45, ha="right")
     ax.set_yticklabels(classes)
     if len(classes) <= 20:
         for i in range(len(classes)):
             for j in range(len(classes)):
-                ax.text(j, i, cm[i, j], ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    cm[i, j],
+                    ha="center",
+                    va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black",
+                    fontsize=8,
+                )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -56,7 +70,11 @@ def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, cols: int
     fig, axes = image_axes(len(images), cols, (1.6, 1.8))
     for ax, img, title in zip(axes, images, titles):
         img = np.transpose(img, (1, 2, 0))
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None, interpolation="nearest")
+        ax.imshow(
+            img[..., 0] if img.shape[-1] == 1 else img,
+            cmap="gray" if img.shape[-1] == 1 else None,
+            interpolation="nearest",
+        )
         ax.set_title(title, fontsize=7)
     return save_figure(fig, path)
 

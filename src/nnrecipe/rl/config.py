@@ -12,11 +12,24 @@ from nnrecipe.engine.config import Section, Track
 class Env(Section):
     """Which environment to interact with."""
 
-    id: str = Field("FrozenLake-v1", description="A gymnasium id (FrozenLake-v1, CliffWalking-v1, Taxi-v4, CartPole-v1, Acrobot-v1, MountainCar-v0, ...) or 'gridmap'.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for gymnasium.make, e.g. {is_slippery: false, map_name: 8x8}.")
-    max_steps: int | None = Field(None, gt=0, description="Episode step limit (truncation); null = the environment's own.")
-    map: str | None = Field(None, description="gridmap: a map file path, or the map itself (rows of S start, G goal, # wall, . free, ~ hazard).")
-    slip: float = Field(0.0, ge=0, lt=1, description="gridmap: probability that a move goes to a random perpendicular direction.")
+    id: str = Field(
+        "FrozenLake-v1",
+        description="A gymnasium id (FrozenLake-v1, CliffWalking-v1, Taxi-v4, CartPole-v1, Acrobot-v1, MountainCar-v0, ...) or 'gridmap'.",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments for gymnasium.make, e.g. {is_slippery: false, map_name: 8x8}.",
+    )
+    max_steps: int | None = Field(
+        None, gt=0, description="Episode step limit (truncation); null = the environment's own."
+    )
+    map: str | None = Field(
+        None,
+        description="gridmap: a map file path, or the map itself (rows of S start, G goal, # wall, . free, ~ hazard).",
+    )
+    slip: float = Field(
+        0.0, ge=0, lt=1, description="gridmap: probability that a move goes to a random perpendicular direction."
+    )
     step_reward: float = Field(-1.0, description="gridmap: reward per move (negative: shortest paths are best).")
     goal_reward: float = Field(10.0, description="gridmap: reward on reaching G (the episode terminates).")
     hazard_reward: float = Field(-10.0, description="gridmap: reward on entering ~ (the episode terminates).")
@@ -30,7 +43,9 @@ class Tabular(Section):
     alpha_end: float = Field(0.1, gt=0, le=1, description="Learning rate at the end (linear decay over training).")
     epsilon: float = Field(1.0, ge=0, le=1, description="Initial exploration rate of epsilon-greedy.")
     epsilon_end: float = Field(0.05, ge=0, le=1, description="Final exploration rate.")
-    epsilon_decay_fraction: float = Field(0.5, gt=0, le=1, description="Fraction of the episodes over which epsilon decays linearly.")
+    epsilon_decay_fraction: float = Field(
+        0.5, gt=0, le=1, description="Fraction of the episodes over which epsilon decays linearly."
+    )
     q_init: float = Field(0.0, description="Initial Q value (optimistic > 0 drives exploration).")
     log_every: int = Field(500, gt=0, description="Episodes per metrics row.")
 
@@ -40,24 +55,42 @@ class DQN(Section):
 
     total_steps: int = Field(50_000, gt=0, description="Environment steps (summed over vectorised envs).")
     num_envs: int = Field(1, gt=0, description="Vectorised environments.")
-    vector: Literal["sync", "async"] = Field("sync", description="sync: gymnasium SyncVectorEnv (one process); async: AsyncVectorEnv (a process per env, for slow environments).")
+    vector: Literal["sync", "async"] = Field(
+        "sync",
+        description="sync: gymnasium SyncVectorEnv (one process); async: AsyncVectorEnv (a process per env, for slow environments).",
+    )
     lr: float = Field(2.3e-3, gt=0, description="Adam learning rate.")
     buffer_size: int = Field(100_000, gt=0, description="Replay buffer capacity (transitions).")
     batch_size: int = Field(64, gt=0, description="Transitions per gradient step.")
     learning_starts: int = Field(1_000, ge=0, description="Steps of random play before learning.")
     train_freq: int = Field(256, gt=0, description="Environment steps between training phases.")
     gradient_steps: int = Field(128, gt=0, description="Gradient steps per training phase.")
-    target_update: int = Field(10, gt=0, description="Environment steps between target-network updates (SB3's target_update_interval).")
-    tau: float = Field(1.0, gt=0, le=1, description="Target update rate: 1 = hard copy; < 1 = soft (Polyak) step towards the online net.")
-    double: bool = Field(False, description="Double DQN: the online net picks the next action, the target net values it.")
+    target_update: int = Field(
+        10, gt=0, description="Environment steps between target-network updates (SB3's target_update_interval)."
+    )
+    tau: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Target update rate: 1 = hard copy; < 1 = soft (Polyak) step towards the online net.",
+    )
+    double: bool = Field(
+        False, description="Double DQN: the online net picks the next action, the target net values it."
+    )
     hidden: list[int] = Field([256, 256], description="Hidden layer sizes of the Q-network.")
     epsilon: float = Field(1.0, ge=0, le=1, description="Initial exploration rate.")
     epsilon_end: float = Field(0.04, ge=0, le=1, description="Final exploration rate.")
-    exploration_fraction: float = Field(0.16, gt=0, le=1, description="Fraction of total_steps over which epsilon decays linearly.")
+    exploration_fraction: float = Field(
+        0.16, gt=0, le=1, description="Fraction of total_steps over which epsilon decays linearly."
+    )
     max_grad_norm: float = Field(10.0, gt=0, description="Gradient clipping by global norm.")
-    eval_every: int = Field(5_000, gt=0, description="Steps between greedy evaluations (logged, and the best network is kept).")
+    eval_every: int = Field(
+        5_000, gt=0, description="Steps between greedy evaluations (logged, and the best network is kept)."
+    )
     eval_episodes: int = Field(10, gt=0, description="Episodes per periodic evaluation.")
-    device: Literal["auto", "cpu", "cuda"] = Field("cpu", description="cpu is fastest for small MLPs; auto picks CUDA when present.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "cpu", description="cpu is fastest for small MLPs; auto picks CUDA when present."
+    )
 
 
 class Evaluation(Section):
@@ -73,7 +106,9 @@ class RLRecipe(Section):
     task: Literal["rl"] = Field("rl", description="The task family.")
     description: str = Field("", description="One line shown by `nnrecipe recipes`.")
     env: Env = Field(default_factory=Env)
-    algo: Literal["qlearning", "sarsa", "expected_sarsa", "dqn"] = Field("qlearning", description="The learning algorithm.")
+    algo: Literal["qlearning", "sarsa", "expected_sarsa", "dqn"] = Field(
+        "qlearning", description="The learning algorithm."
+    )
     gamma: float = Field(0.99, ge=0, le=1, description="Discount factor.")
     seed: int = Field(0, description="Seeds environments, exploration and networks.")
     tabular: Tabular = Field(default_factory=Tabular)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -44,7 +44,9 @@ class NumpyActor:
 
     def __init__(self, q_net: QNetwork):
         linears = [m for m in q_net.net if isinstance(m, nn.Linear)]
-        self.layers = [(m.weight.detach().cpu().numpy().T.copy(), m.bias.detach().cpu().numpy().copy()) for m in linears]
+        self.layers = [
+            (m.weight.detach().cpu().numpy().T.copy(), m.bias.detach().cpu().numpy().copy()) for m in linears
+        ]
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         x = np.asarray(obs, np.float32)
@@ -72,21 +74,37 @@ class ReplayBuffer:
 
     def add(self, obs, next_obs, action, reward, terminated) -> None:
         i = self.pos
-        self.obs[i], self.next_obs[i], self.actions[i], self.rewards[i], self.terminated[i] = obs, next_obs, action, reward, terminated
+        self.obs[i], self.next_obs[i], self.actions[i], self.rewards[i], self.terminated[i] = (
+            obs,
+            next_obs,
+            action,
+            reward,
+            terminated,
+        )
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, shape, device) -> tuple[torch.Tensor, ...]:
         """Uniform samples with replacement; `shape` = (batches, batch_size) draws several batches at once."""
         idx = self.rng.integers(0, self.size, shape)
-        return tuple(torch.as_tensor(a[idx], device=device) for a in
-                     (self.obs, self.actions, self.rewards, self.next_obs, self.terminated))
+        return tuple(
+            torch.as_tensor(a[idx], device=device)
+            for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
+        )
 
 
 @flush_denormals()
-def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, device: torch.device,
-              evaluate: Callable[[Callable[[np.ndarray], int]], float], on_log: Callable[[dict], None] | None = None,
-              on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> dict:
+def train_dqn(
+    make_env: Callable[[], gym.Env],
+    cfg,
+    gamma: float,
+    seed: int,
+    device: torch.device,
+    evaluate: Callable[[Callable[[np.ndarray], int]], float],
+    on_log: Callable[[dict], None] | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
+) -> dict:
     """`evaluate` scores a greedy policy (obs -> action). Returns {"final": q_network, "best": the best
     network by periodic evaluation, "best_return", "best_step", "seconds"}.
 
@@ -157,7 +175,9 @@ def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, dev
             with torch.no_grad():
                 target_q_all = target(next_all)
                 if not cfg.double:
-                    y_all = rew_all + gamma * target_q_all.max(-1).values * (1.0 - term_all)  # no bootstrap past termination
+                    y_all = rew_all + gamma * target_q_all.max(-1).values * (
+                        1.0 - term_all
+                    )  # no bootstrap past termination
             for g in range(cfg.gradient_steps):
                 b_obs, b_act = obs_all[g], act_all[g]
                 if cfg.double:  # the online net (changing every step) chooses, the target net values
@@ -191,16 +211,37 @@ def train_dqn(make_env: Callable[[], gym.Env], cfg, gamma: float, seed: int, dev
             if eval_return >= best["return"]:
                 best = {"return": eval_return, "state": copy.deepcopy(q_net.state_dict()), "step": done_steps}
             if on_log is not None:
-                on_log({"step": done_steps, "eval_return": eval_return, "train_return": float(np.mean(recent)) if recent else None,
-                        "epsilon": eps, "gradient_steps": grad_steps,
-                        "steps_per_s": (done_steps - first) / (time.perf_counter() - start)})
+                on_log(
+                    {
+                        "step": done_steps,
+                        "eval_return": eval_return,
+                        "train_return": float(np.mean(recent)) if recent else None,
+                        "epsilon": eps,
+                        "gradient_steps": grad_steps,
+                        "steps_per_s": (done_steps - first) / (time.perf_counter() - start),
+                    }
+                )
             recent = []
             if on_checkpoint is not None:
-                on_checkpoint({"step": done_steps, "gradient_steps": grad_steps, "q": q_net.state_dict(),
-                               "target": target.state_dict(), "optimizer": optimizer.state_dict(),
-                               "best": best["state"], "best_return": float(best["return"]), "best_step": best["step"]})
+                on_checkpoint(
+                    {
+                        "step": done_steps,
+                        "gradient_steps": grad_steps,
+                        "q": q_net.state_dict(),
+                        "target": target.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "best": best["state"],
+                        "best_return": float(best["return"]),
+                        "best_step": best["step"],
+                    }
+                )
     envs.close()
     best_net = copy.deepcopy(q_net)
     best_net.load_state_dict(best["state"])
-    return {"final": q_net, "best": best_net, "best_return": best["return"], "best_step": best["step"],
-            "seconds": time.perf_counter() - start}
+    return {
+        "final": q_net,
+        "best": best_net,
+        "best_return": best["return"],
+        "best_step": best["step"],
+        "seconds": time.perf_counter() - start,
+    }

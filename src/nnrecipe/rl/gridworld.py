@@ -46,16 +46,25 @@ def read_map(text_or_path: str) -> list[str]:
 class GridMapEnv(gym.Env):
     metadata = {"render_modes": ["ansi"]}
 
-    def __init__(self, map: str, slip: float = 0.0, step_reward: float = -1.0, goal_reward: float = 10.0,
-                 hazard_reward: float = -10.0, render_mode: str | None = None):
+    def __init__(
+        self,
+        map: str,
+        slip: float = 0.0,
+        step_reward: float = -1.0,
+        goal_reward: float = 10.0,
+        hazard_reward: float = -10.0,
+        render_mode: str | None = None,
+    ):
         self.rows = read_map(map)
         self.nrow, self.ncol = len(self.rows), len(self.rows[0])
         self.observation_space = spaces.Discrete(self.nrow * self.ncol)
         self.action_space = spaces.Discrete(4)
         self.render_mode = render_mode
         self.start = "".join(self.rows).index("S")
-        self.P = {s: {a: self._outcomes(s, a, slip, step_reward, goal_reward, hazard_reward) for a in range(4)}
-                  for s in range(self.nrow * self.ncol)}
+        self.P = {
+            s: {a: self._outcomes(s, a, slip, step_reward, goal_reward, hazard_reward) for a in range(4)}
+            for s in range(self.nrow * self.ncol)
+        }
         self.s = self.start
 
     def cell(self, s: int) -> str:

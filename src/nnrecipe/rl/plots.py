@@ -18,8 +18,12 @@ def plot_returns(history: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     for key in ("mean_return", "train_return", "eval_return"):
         if any(r.get(key) is not None for r in history):
-            ax.plot([r[x_key] for r in history], [r.get(key) if r.get(key) is not None else np.nan for r in history],
-                    marker=".", label=key)
+            ax.plot(
+                [r[x_key] for r in history],
+                [r.get(key) if r.get(key) is not None else np.nan for r in history],
+                marker=".",
+                label=key,
+            )
     ax.set(xlabel=x_key, ylabel="return", title="returns during training")
     ax.legend()
     fig.tight_layout()
@@ -43,7 +47,15 @@ def plot_grid(rows: list[str], values: np.ndarray, policy: np.ndarray, path_stat
             ax.text(c, r, cell, ha="center", va="center", color="white", fontsize=11, fontweight="bold")
         else:
             dr, dc = MOVES[int(policy[s])]
-            ax.arrow(c - dc * 0.2, r - dr * 0.2, dc * 0.3, dr * 0.3, head_width=0.15, color="white", length_includes_head=True)
+            ax.arrow(
+                c - dc * 0.2,
+                r - dr * 0.2,
+                dc * 0.3,
+                dr * 0.3,
+                head_width=0.15,
+                color="white",
+                length_includes_head=True,
+            )
     ys, xs = zip(*(divmod(s, ncol) for s in path_states))
     ax.plot(xs, ys, color="red", linewidth=2, alpha=0.8, label="greedy path")
     ax.set_xticks([])

@@ -3,8 +3,9 @@ with the rest of nnrecipe; the algorithms themselves live in tabular.py and dqn.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -25,6 +26,7 @@ Policy = Callable[[Any], int]
 
 # -- environments ------------------------------------------------------------------------------------
 
+
 def make_env(recipe: RLRecipe, render_mode: str | None = None) -> gym.Env:
     cfg = recipe.env
     gridworld.register()
@@ -32,8 +34,16 @@ def make_env(recipe: RLRecipe, render_mode: str | None = None) -> gym.Env:
     try:
         if cfg.id == "gridmap":
             limit.setdefault("max_episode_steps", 200)
-            return gym.make(gridworld.ENV_ID, map=cfg.map, slip=cfg.slip, step_reward=cfg.step_reward,
-                            goal_reward=cfg.goal_reward, hazard_reward=cfg.hazard_reward, render_mode=render_mode, **limit)
+            return gym.make(
+                gridworld.ENV_ID,
+                map=cfg.map,
+                slip=cfg.slip,
+                step_reward=cfg.step_reward,
+                goal_reward=cfg.goal_reward,
+                hazard_reward=cfg.hazard_reward,
+                render_mode=render_mode,
+                **limit,
+            )
         return gym.make(cfg.id, render_mode=render_mode, **cfg.kwargs, **limit)
     except gym.error.Error as e:
         raise UserError(f"env.id: cannot make {cfg.id!r}: {e}") from None
@@ -69,13 +79,22 @@ def evaluate_policy(env: gym.Env, policy: Policy, episodes: int, seed: int, env_
                 break
         returns.append(total)
         steps.append(n)
-    return {"episodes": episodes, "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
-            "success_rate": wins / episodes, "mean_steps": float(np.mean(steps)), "first_seed": seed}
+    return {
+        "episodes": episodes,
+        "mean_return": float(np.mean(returns)),
+        "std_return": float(np.std(returns)),
+        "success_rate": wins / episodes,
+        "mean_steps": float(np.mean(steps)),
+        "first_seed": seed,
+    }
 
 
 # -- training ----------------------------------------------------------------------------------------
 
-def train(recipe: RLRecipe, run: Run, *, resume: bool = False, progress: bool | None = None, **_: Any) -> dict[str, Any]:
+
+def train(
+    recipe: RLRecipe, run: Run, *, resume: bool = False, progress: bool | None = None, **_: Any
+) -> dict[str, Any]:
     env = make_env(recipe)
     tracker = Tracker(run.dir, recipe.track.tensorboard, recipe.track.wandb, recipe.model_dump(mode="json"))
     run.update_meta(status="running", task="rl", algo=recipe.algo, env=recipe.env.id)
@@ -92,9 +111,13 @@ def train(recipe: RLRecipe, run: Run, *, resume: bool = False, progress: bool | 
 
 
 def _train_tabular(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resume: bool):
-    if not isinstance(env.observation_space, gym.spaces.Discrete) or not isinstance(env.action_space, gym.spaces.Discrete):
-        raise UserError(f"algo {recipe.algo} needs discrete observations and actions; {recipe.env.id} has "
-                        f"{env.observation_space}. Use algo: dqn for vector observations.")
+    if not isinstance(env.observation_space, gym.spaces.Discrete) or not isinstance(
+        env.action_space, gym.spaces.Discrete
+    ):
+        raise UserError(
+            f"algo {recipe.algo} needs discrete observations and actions; {recipe.env.id} has "
+            f"{env.observation_space}. Use algo: dqn for vector observations."
+        )
     q, first = None, 0
     if resume and run.last_checkpoint.is_file():
         tensors, state = load_checkpoint(run.last_checkpoint)
@@ -108,26 +131,44 @@ def _train_tabular(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, r
         tracker.log_epoch(row, step_key="episode")
         save_checkpoint(run.last_checkpoint, {"q": torch.from_numpy(table)}, {"episode": row["episode"]})
         if recipe.track.progress:
-            console.print(f"episode {row['episode']:,}/{recipe.tabular.episodes:,}  mean return {row['mean_return']:.3f}  "
-                          f"success {row['success_rate']:.3f}  epsilon {row['epsilon']:.3f}  alpha {row['alpha']:.3f}")
+            console.print(
+                f"episode {row['episode']:,}/{recipe.tabular.episodes:,}  mean return {row['mean_return']:.3f}  "
+                f"success {row['success_rate']:.3f}  epsilon {row['epsilon']:.3f}  alpha {row['alpha']:.3f}"
+            )
 
     import time
 
     start = time.perf_counter()
-    q, updates = train_tabular(env, recipe.algo, recipe.tabular, recipe.gamma, recipe.seed, max_steps(env), q, first, log,
-                               success_rule(recipe.env.id))
+    q, updates = train_tabular(
+        env,
+        recipe.algo,
+        recipe.tabular,
+        recipe.gamma,
+        recipe.seed,
+        max_steps(env),
+        q,
+        first,
+        log,
+        success_rule(recipe.env.id),
+    )
     seconds = time.perf_counter() - start
     save_checkpoint(run.best_checkpoint, {"q": torch.from_numpy(q)}, {"episode": recipe.tabular.episodes})
     save_checkpoint(run.last_checkpoint, {"q": torch.from_numpy(q)}, {"episode": recipe.tabular.episodes})
     console.print(f"{updates:,} updates in {seconds:.1f} s ({updates / max(seconds, 1e-9):,.0f} updates/s)")
     policy = greedy_policy(q)
-    return (lambda s: int(policy[s])), {"updates": updates, "updates_per_s": updates / max(seconds, 1e-9), "train_seconds": seconds}
+    return (lambda s: int(policy[s])), {
+        "updates": updates,
+        "updates_per_s": updates / max(seconds, 1e-9),
+        "train_seconds": seconds,
+    }
 
 
 def _train_dqn(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resume: bool):
     if not isinstance(env.action_space, gym.spaces.Discrete) or not isinstance(env.observation_space, gym.spaces.Box):
-        raise UserError(f"algo dqn needs vector observations and discrete actions; {recipe.env.id} has "
-                        f"{env.observation_space} / {env.action_space}")
+        raise UserError(
+            f"algo dqn needs vector observations and discrete actions; {recipe.env.id} has "
+            f"{env.observation_space} / {env.action_space}"
+        )
     cfg = recipe.dqn
     device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     eval_env = make_env(recipe)
@@ -139,9 +180,11 @@ def _train_dqn(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resum
     def log(row: dict) -> None:
         tracker.log_epoch({"epoch": row["step"], **row}, step_key="step")
         if recipe.track.progress:
-            console.print(f"step {row['step']:,}/{cfg.total_steps:,}  eval return {row['eval_return']:.1f}  "
-                          f"train return {row['train_return'] if row['train_return'] is not None else float('nan'):.1f}  "
-                          f"epsilon {row['epsilon']:.3f}  {row['steps_per_s']:,.0f} steps/s")
+            console.print(
+                f"step {row['step']:,}/{cfg.total_steps:,}  eval return {row['eval_return']:.1f}  "
+                f"train return {row['train_return'] if row['train_return'] is not None else float('nan'):.1f}  "
+                f"epsilon {row['epsilon']:.3f}  {row['steps_per_s']:,.0f} steps/s"
+            )
 
     state = None
     if resume and run.last_checkpoint.is_file():
@@ -154,27 +197,45 @@ def _train_dqn(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resum
 
     def checkpoint(st: dict) -> None:
         tensors = {f"{k}.{n}": t for k in ("q", "target", "best") for n, t in st[k].items()}
-        save_checkpoint(run.last_checkpoint, tensors, {k: st[k] for k in ("step", "gradient_steps", "optimizer", "best_return", "best_step")})
+        save_checkpoint(
+            run.last_checkpoint,
+            tensors,
+            {k: st[k] for k in ("step", "gradient_steps", "optimizer", "best_return", "best_step")},
+        )
 
     out = train_dqn(lambda: make_env(recipe), cfg, recipe.gamma, recipe.seed, device, periodic, log, checkpoint, state)
-    spec = {"obs_dim": int(np.prod(env.observation_space.shape)), "n_actions": int(env.action_space.n), "hidden": cfg.hidden}
+    spec = {
+        "obs_dim": int(np.prod(env.observation_space.shape)),
+        "n_actions": int(env.action_space.n),
+        "hidden": cfg.hidden,
+    }
     run.update_meta(dqn=spec)
     save_checkpoint(run.best_checkpoint, with_prefix(out["best"].state_dict(), "model"), {"step": out["best_step"]})
-    final = evaluate_policy(eval_env, _net_policy(out["final"], device), recipe.eval.episodes, recipe.eval.seed, recipe.env.id)
-    console.print(f"{cfg.total_steps:,} steps in {out['seconds']:.1f} s ({cfg.total_steps / out['seconds']:,.0f} steps/s); "
-                  f"final network: mean return {final['mean_return']:.1f}; best network (step {out['best_step']:,}) is evaluated below")
-    return _net_policy(out["best"], device), {"final_network": final, "best_step": out["best_step"],
-                                               "train_seconds": out["seconds"], "steps_per_s": cfg.total_steps / out["seconds"]}
+    final = evaluate_policy(
+        eval_env, _net_policy(out["final"], device), recipe.eval.episodes, recipe.eval.seed, recipe.env.id
+    )
+    console.print(
+        f"{cfg.total_steps:,} steps in {out['seconds']:.1f} s ({cfg.total_steps / out['seconds']:,.0f} steps/s); "
+        f"final network: mean return {final['mean_return']:.1f}; best network (step {out['best_step']:,}) is evaluated below"
+    )
+    return _net_policy(out["best"], device), {
+        "final_network": final,
+        "best_step": out["best_step"],
+        "train_seconds": out["seconds"],
+        "steps_per_s": cfg.total_steps / out["seconds"],
+    }
 
 
 def _net_policy(net: torch.nn.Module, device) -> Policy:
     def act(obs) -> int:
         with torch.no_grad():
             return int(net(torch.as_tensor(np.asarray(obs, np.float32), device=device).unsqueeze(0)).argmax(1).item())
+
     return act
 
 
 # -- evaluation and play -----------------------------------------------------------------------------
+
 
 def load_policy(run: Run, recipe: RLRecipe) -> Policy:
     tensors, _ = load_checkpoint(run.best_checkpoint)
@@ -187,7 +248,9 @@ def load_policy(run: Run, recipe: RLRecipe) -> Policy:
     return lambda s: int(policy[s])
 
 
-def evaluate(run: Run, episodes: int | None = None, recipe: RLRecipe | None = None, policy: Policy | None = None, **_: Any) -> dict[str, Any]:
+def evaluate(
+    run: Run, episodes: int | None = None, recipe: RLRecipe | None = None, policy: Policy | None = None, **_: Any
+) -> dict[str, Any]:
     """Greedy evaluation on the fixed seed list; prints and writes report.json/.md and the plots."""
     recipe = recipe or run.recipe()
     if policy is None:
@@ -196,9 +259,11 @@ def evaluate(run: Run, episodes: int | None = None, recipe: RLRecipe | None = No
         policy = load_policy(run, recipe)
     env = make_env(recipe)
     summary = evaluate_policy(env, policy, episodes or recipe.eval.episodes, recipe.eval.seed, recipe.env.id)
-    console.print(f"{recipe.env.id}: mean return {summary['mean_return']:.3f} +/- {summary['std_return']:.3f}, "
-                  f"success rate {summary['success_rate']:.3f}, mean steps {summary['mean_steps']:.1f} "
-                  f"over {summary['episodes']} episodes (seeds {recipe.eval.seed}..{recipe.eval.seed + summary['episodes'] - 1})")
+    console.print(
+        f"{recipe.env.id}: mean return {summary['mean_return']:.3f} +/- {summary['std_return']:.3f}, "
+        f"success rate {summary['success_rate']:.3f}, mean steps {summary['mean_steps']:.1f} "
+        f"over {summary['episodes']} episodes (seeds {recipe.eval.seed}..{recipe.eval.seed + summary['episodes'] - 1})"
+    )
     plots = _plots(run, recipe, env, policy)
     _write_report(run, summary | {"plots": plots})
     return summary
@@ -229,15 +294,21 @@ def _write_report(run: Run, summary: dict[str, Any]) -> None:
     import json
 
     (run.dir / "report.json").write_text(json.dumps({"evaluation": summary}, indent=2))
-    lines = [f"# Report: {run.dir.name}", "", "| mean return | std | success rate | mean steps | episodes |",
-             "|---:|---:|---:|---:|---:|",
-             f"| {summary['mean_return']:.3f} | {summary['std_return']:.3f} | {summary['success_rate']:.3f} | "
-             f"{summary['mean_steps']:.1f} | {summary['episodes']} |", ""]
+    lines = [
+        f"# Report: {run.dir.name}",
+        "",
+        "| mean return | std | success rate | mean steps | episodes |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {summary['mean_return']:.3f} | {summary['std_return']:.3f} | {summary['success_rate']:.3f} | "
+        f"{summary['mean_steps']:.1f} | {summary['episodes']} |",
+        "",
+    ]
     lines += [f"![{p}]({p})" for p in summary.get("plots", [])]
     (run.dir / "report.md").write_text("\n".join(lines) + "\n")
 
 
 # -- pictures of grid worlds -------------------------------------------------------------------------
+
 
 def grid_rows(env: gym.Env) -> list[str] | None:
     """The map of a 2-D grid environment in gridworld's characters, or None for other environments."""

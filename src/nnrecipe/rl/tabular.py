@@ -16,7 +16,7 @@ with our own step limit, which skips gymnasium's wrapper checks; a step is a few
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -27,10 +27,18 @@ def linear(start: float, end: float, progress: float) -> float:
     return start + (end - start) * min(1.0, progress)
 
 
-def train_tabular(env, algo: str, cfg, gamma: float, seed: int, max_steps: int,
-                  q: np.ndarray | None = None, first_episode: int = 0,
-                  on_log: Callable[[dict], None] | None = None,
-                  is_success: Callable[[bool, bool, float, dict], bool] | None = None) -> tuple[np.ndarray, int]:
+def train_tabular(
+    env,
+    algo: str,
+    cfg,
+    gamma: float,
+    seed: int,
+    max_steps: int,
+    q: np.ndarray | None = None,
+    first_episode: int = 0,
+    on_log: Callable[[dict], None] | None = None,
+    is_success: Callable[[bool, bool, float, dict], bool] | None = None,
+) -> tuple[np.ndarray, int]:
     """Train for cfg.episodes episodes (continuing from `first_episode` with table `q` on resume).
     Returns (Q as an array, total updates)."""
     if algo not in ALGOS:
@@ -58,7 +66,7 @@ def train_tabular(env, algo: str, cfg, gamma: float, seed: int, max_steps: int,
         s, _ = game.reset()
         a = act(s, eps)
         total = 0.0
-        for t in range(max_steps):
+        for t in range(max_steps):  # noqa: B007  (t + 1 is the episode length after the loop)
             s2, r, terminated, truncated, info = game.step(a)
             row = Q[s]
             a2 = act(s2, eps)  # the next action (SARSA learns about it; all algorithms take it)
@@ -81,9 +89,18 @@ def train_tabular(env, algo: str, cfg, gamma: float, seed: int, max_steps: int,
         returns.append(total)
         lengths.append(t + 1)
         if on_log is not None and (episode + 1) % cfg.log_every == 0:
-            on_log({"episode": episode + 1, "updates": updates, "mean_return": float(np.mean(returns)),
-                    "mean_length": float(np.mean(lengths)), "success_rate": successes / len(returns),
-                    "epsilon": eps, "alpha": alpha, "q": Q})
+            on_log(
+                {
+                    "episode": episode + 1,
+                    "updates": updates,
+                    "mean_return": float(np.mean(returns)),
+                    "mean_length": float(np.mean(lengths)),
+                    "success_rate": successes / len(returns),
+                    "epsilon": eps,
+                    "alpha": alpha,
+                    "q": Q,
+                }
+            )
             returns, lengths, successes = [], [], 0
     return np.asarray(Q, dtype=np.float64), updates
 

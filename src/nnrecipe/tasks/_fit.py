@@ -3,8 +3,9 @@ and pick the data an `evaluate` call asks for."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from nnrecipe.engine.loop import FitResult, Trainer
 from nnrecipe.engine.tracking import Tracker
@@ -27,7 +28,9 @@ def fit_run(run: Run, trainer: Trainer, tracker: Tracker, resume: bool, plots: b
     return result
 
 
-def evaluate_split(run: Run, split: str, data_path: str | None, read: Callable, splits: Callable, report: Callable) -> dict[str, Any]:
+def evaluate_split(
+    run: Run, split: str, data_path: str | None, read: Callable, splits: Callable, report: Callable
+) -> dict[str, Any]:
     """`nnrecipe evaluate`: a file given with --data (read with the run's recipe), or one of the recipe's
     splits; `report(run, recipe, part, split, device, source=...)` scores it and writes the report."""
     from nnrecipe.engine.loop import make_accelerator

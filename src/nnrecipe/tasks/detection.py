@@ -9,9 +9,10 @@ What inference needs (classes, architecture, sizes) is stored in run.json.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -44,8 +45,14 @@ class DetectionSpec:
     frozen_norm: bool = False  # started from pretrained weights: the backbone's BatchNorm is frozen
 
     def build_model(self, **weights) -> nn.Module:
-        return build_detector(self.model, len(self.classes), min_size=self.min_size, max_size=self.max_size,
-                              frozen_norm=self.frozen_norm, **weights)
+        return build_detector(
+            self.model,
+            len(self.classes),
+            min_size=self.min_size,
+            max_size=self.max_size,
+            frozen_norm=self.frozen_norm,
+            **weights,
+        )
 
 
 def read_rgb(path: str) -> torch.Tensor:
@@ -63,8 +70,18 @@ class DetectionLoader:
     flips of batch i derive from (seed, e[, i]), so resuming mid-epoch reproduces the rest exactly. An
     image that fails to decode is reported once and left out of its batch."""
 
-    def __init__(self, items: list[BoxedImage], batch_size: int, *, device, shuffle: bool = False, seed: int = 0,
-                 hflip: bool = False, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        items: list[BoxedImage],
+        batch_size: int,
+        *,
+        device,
+        shuffle: bool = False,
+        seed: int = 0,
+        hflip: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.items, self.batch_size, self.device = items, batch_size, torch.device(device)
         self.shuffle, self.seed, self.hflip = shuffle, seed, hflip
         self.rank, self.world_size = rank, world_size
@@ -77,15 +94,17 @@ class DetectionLoader:
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[list[torch.Tensor], list[dict]]]:
         if self.shuffle:
-            order = torch.randperm(len(self.items), generator=torch.Generator().manual_seed(derived_seed(self.seed, epoch))).tolist()
+            order = torch.randperm(
+                len(self.items), generator=torch.Generator().manual_seed(derived_seed(self.seed, epoch))
+            ).tolist()
         else:
             order = list(range(len(self.items)))
         if self.world_size > 1:
-            order = order[self.rank:: self.world_size][: self._per_rank]
+            order = order[self.rank :: self.world_size][: self._per_rank]
         for i in range(start, self._len):
             g = torch.Generator().manual_seed(derived_seed(self.seed, epoch, i))
             images, targets = [], []
-            for j in order[i * self.batch_size:(i + 1) * self.batch_size]:
+            for j in order[i * self.batch_size : (i + 1) * self.batch_size]:
                 item = self.items[j]
                 try:
                     img = read_rgb(item.path)
@@ -97,7 +116,9 @@ class DetectionLoader:
                 boxes = item.boxes
                 if self.hflip and torch.rand((), generator=g) < 0.5:
                     img = TF.horizontal_flip(img)
-                    boxes = TF.horizontal_flip(tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=img.shape[-2:])).as_subclass(torch.Tensor)
+                    boxes = TF.horizontal_flip(
+                        tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=img.shape[-2:])
+                    ).as_subclass(torch.Tensor)
                 images.append(img.to(self.device))
                 targets.append({"boxes": boxes.to(self.device), "labels": (item.labels + 1).to(self.device)})
             if images:
@@ -160,7 +181,9 @@ def load_splits(recipe) -> DetectionSplits:
     return load_detection_splits(data)
 
 
-def train(recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] = (), progress: bool | None = None) -> dict[str, Any]:
+def train(
+    recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] = (), progress: bool | None = None
+) -> dict[str, Any]:
     """Train (or resume) a detector, then score the best checkpoint on test (else val) and write the report."""
     seed_everything(recipe.train.seed)
     acc = make_accelerator(recipe.train)
@@ -168,23 +191,56 @@ def train(recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] =
     if splits.skipped:
         console.print(f"[yellow]skipped {len(splits.skipped)} unreadable file(s), e.g. {splits.skipped[0]}[/yellow]")
     spec = detection_spec(recipe, splits)
-    sizes = {k: len(v) if v is not None else 0 for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
-    run.update_meta(status="running", task="detection", detection=spec.__dict__, skipped_files=splits.skipped, sizes=sizes,
-                    dropped_boxes=splits.dropped_boxes)
-    train_loader = DetectionLoader(splits.train, recipe.train.batch_size, device=acc.device, shuffle=True, seed=recipe.train.seed,
-                                   hflip=recipe.data.hflip, rank=acc.process_index, world_size=acc.num_processes)
+    sizes = {
+        k: len(v) if v is not None else 0
+        for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+    }
+    run.update_meta(
+        status="running",
+        task="detection",
+        detection=spec.__dict__,
+        skipped_files=splits.skipped,
+        sizes=sizes,
+        dropped_boxes=splits.dropped_boxes,
+    )
+    train_loader = DetectionLoader(
+        splits.train,
+        recipe.train.batch_size,
+        device=acc.device,
+        shuffle=True,
+        seed=recipe.train.seed,
+        hflip=recipe.data.hflip,
+        rank=acc.process_index,
+        world_size=acc.num_processes,
+    )
     val_loader = DetectionLoader(splits.val, recipe.train.eval_batch_size, device=acc.device) if splits.val else None
-    model = spec.build_model(weights=recipe.model.weights, backbone_weights=recipe.model.backbone_weights,
-                             trainable_backbone_layers=recipe.model.trainable_backbone_layers)
+    model = spec.build_model(
+        weights=recipe.model.weights,
+        backbone_weights=recipe.model.backbone_weights,
+        trainable_backbone_layers=recipe.model.trainable_backbone_layers,
+    )
     optimizer = build_optimizer(model, recipe.optim, set(), 1.0)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     boxes = sum(len(b.boxes) for b in splits.train)
-    console.print(f"{recipe.model.name}: {trainable:,} trainable parameters; {sizes['train']:,} train images ({boxes:,} boxes) / "
-                  f"{sizes['val']:,} val / {sizes['test']:,} test; {len(spec.classes)} classes; {describe(acc)}")
+    console.print(
+        f"{recipe.model.name}: {trainable:,} trainable parameters; {sizes['train']:,} train images ({boxes:,} boxes) / "
+        f"{sizes['val']:,} val / {sizes['test']:,} test; {len(spec.classes)} classes; {describe(acc)}"
+    )
     tracker = Tracker(run.dir, recipe.track.tensorboard, recipe.track.wandb, recipe.model_dump(mode="json"))
-    trainer = Trainer(accelerator=acc, model=model, optimizer=optimizer, task=Detector(), train_loader=train_loader,
-                      val_loader=val_loader, train_cfg=recipe.train, schedule_cfg=recipe.schedule, run_dir=run.dir,
-                      tracker=tracker, callbacks=callbacks, progress=recipe.track.progress if progress is None else progress)
+    trainer = Trainer(
+        accelerator=acc,
+        model=model,
+        optimizer=optimizer,
+        task=Detector(),
+        train_loader=train_loader,
+        val_loader=val_loader,
+        train_cfg=recipe.train,
+        schedule_cfg=recipe.schedule,
+        run_dir=run.dir,
+        tracker=tracker,
+        callbacks=callbacks,
+        progress=recipe.track.progress if progress is None else progress,
+    )
     result = fit_run(run, trainer, tracker, resume, recipe.track.plots)
     if result.status == "interrupted":
         return {"status": result.status, "run": str(run.dir)}
@@ -208,7 +264,9 @@ def inference_model(run: Run, spec: DetectionSpec, device) -> nn.Module:
     return model.to(device).eval()
 
 
-def _report(run: Run, recipe, spec: DetectionSpec, part: list[BoxedImage], split: str, device, source: str | None = None) -> dict[str, Any]:
+def _report(
+    run: Run, recipe, spec: DetectionSpec, part: list[BoxedImage], split: str, device, source: str | None = None
+) -> dict[str, Any]:
     model = inference_model(run, spec, device)
     loader = DetectionLoader(part, recipe.train.eval_batch_size, device=device)
     result, kept = run_map(model, loader, keep=8 if recipe.track.plots else 0)
@@ -220,12 +278,17 @@ def _report(run: Run, recipe, spec: DetectionSpec, part: list[BoxedImage], split
         plots.append(str(path.relative_to(run.dir)))
     if (run.plots_dir / "curves.png").exists():
         plots.insert(0, "plots/curves.png")
-    extra = {"plots": plots, "source": source or f"{recipe.data.format} {split} split",
-             "skipped_files": run.meta().get("skipped_files", []) + sorted(loader.unreadable)}
+    extra = {
+        "plots": plots,
+        "source": source or f"{recipe.data.format} {split} split",
+        "skipped_files": run.meta().get("skipped_files", []) + sorted(loader.unreadable),
+    }
     report = write_detection_report(run.dir, split, summary, extra)
     per_class = ", ".join(f"{k} {v:.3f}" for k, v in summary["per_class_ap"].items() if v is not None)
-    console.print(f"\n{split} mAP {fmt(summary['map'])} (AP50 {fmt(summary['map_50'])}, AP75 {fmt(summary['map_75'])}) on "
-                  f"{summary['images']} images, {summary['boxes']} boxes\nper class AP: {per_class or 'n/a'}")
+    console.print(
+        f"\n{split} mAP {fmt(summary['map'])} (AP50 {fmt(summary['map_50'])}, AP75 {fmt(summary['map_75'])}) on "
+        f"{summary['images']} images, {summary['boxes']} boxes\nper class AP: {per_class or 'n/a'}"
+    )
     console.print(f"report: {report} and {run.dir / 'report.md'}; plots: {run.plots_dir}", soft_wrap=True)
     return summary
 
@@ -234,12 +297,17 @@ def evaluate(run: Run, split: str = "test", data_path: str | None = None) -> dic
     """Score the run's best weights on one of its splits."""
     recipe, spec = run.recipe(), _spec(run)
     if data_path is not None:
-        raise UserError("detection runs: --data is not supported; score other data by naming it as data.test in a recipe")
+        raise UserError(
+            "detection runs: --data is not supported; score other data by naming it as data.test in a recipe"
+        )
     splits = load_splits(recipe)
     part = getattr(splits, split)
     if not part:
-        raise UserError(f"--split {split}: this run has no {split} split (available: train"
-                        + "".join(f", {s}" for s in ("val", "test") if getattr(splits, s)) + ")")
+        raise UserError(
+            f"--split {split}: this run has no {split} split (available: train"
+            + "".join(f", {s}" for s in ("val", "test") if getattr(splits, s))
+            + ")"
+        )
     return _report(run, recipe, spec, part, split, make_accelerator(recipe.train).device)
 
 
@@ -253,10 +321,14 @@ def predict(run: Run, files: list[str]) -> list[dict[str, Any]]:
     model = inference_model(run, spec, device)
     with torch.no_grad():
         preds = model([read_rgb(f).to(device) for f in files])
-    return [{"file": str(f), "detections": detections(p, spec.classes, spec.score_threshold)} for f, p in zip(files, preds)]
+    return [
+        {"file": str(f), "detections": detections(p, spec.classes, spec.score_threshold)} for f, p in zip(files, preds)
+    ]
 
 
 def detections(pred: dict[str, torch.Tensor], classes: list[str], threshold: float) -> list[dict[str, Any]]:
     keep = pred["scores"] >= threshold
-    return [{"label": classes[int(c) - 1], "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
-            for b, c, s in zip(pred["boxes"][keep], pred["labels"][keep], pred["scores"][keep])]
+    return [
+        {"label": classes[int(c) - 1], "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
+        for b, c, s in zip(pred["boxes"][keep], pred["labels"][keep], pred["scores"][keep])
+    ]

@@ -36,8 +36,13 @@ def encoder(name: str):
 
 def embed(model, texts: list[str]) -> torch.Tensor:
     """Unit-length float32 embeddings on the CPU."""
-    return model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_tensor=True,
-                        show_progress_bar=len(texts) > 2000).float().cpu()
+    return (
+        model.encode(
+            texts, batch_size=64, normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=len(texts) > 2000
+        )
+        .float()
+        .cpu()
+    )
 
 
 def prototypes(recipe, model, train: TextSet) -> tuple[list[str], torch.Tensor]:
@@ -46,7 +51,9 @@ def prototypes(recipe, model, train: TextSet) -> tuple[list[str], torch.Tensor]:
     if m.mode == "zeroshot":
         unknown = sorted(set(m.label_texts) - set(labels))
         if unknown:
-            raise UserError(f"model.label_texts: {', '.join(unknown)} not among the data's labels ({', '.join(labels)})")
+            raise UserError(
+                f"model.label_texts: {', '.join(unknown)} not among the data's labels ({', '.join(labels)})"
+            )
         return labels, embed(model, [m.template.format(m.label_texts.get(l, l)) for l in labels])
     rng = np.random.default_rng(m.seed)
     rows = []
@@ -67,11 +74,22 @@ def train(recipe, run: Run, **_: Any) -> dict[str, Any]:
     model = encoder(recipe.model.name)
     labels, protos = prototypes(recipe, model, train_set)
     save_file({"prototypes": protos.contiguous()}, str(run.dir / "prototypes.safetensors"))
-    used = 0 if recipe.model.mode == "zeroshot" else sum(min(recipe.model.shots, train_set.labels.count(l)) for l in labels)
-    run.update_meta(status="finished", task="embedding_classification", labels_used_examples=used,
-                    embedding={"labels": labels, "model": recipe.model.name, "mode": recipe.model.mode})
-    console.print(f"{recipe.model.mode}: {len(labels)} prototypes from "
-                  + ("the label descriptions" if not used else f"{used} labelled examples") + f" ({recipe.model.name})")
+    used = (
+        0
+        if recipe.model.mode == "zeroshot"
+        else sum(min(recipe.model.shots, train_set.labels.count(l)) for l in labels)
+    )
+    run.update_meta(
+        status="finished",
+        task="embedding_classification",
+        labels_used_examples=used,
+        embedding={"labels": labels, "model": recipe.model.name, "mode": recipe.model.mode},
+    )
+    console.print(
+        f"{recipe.model.mode}: {len(labels)} prototypes from "
+        + ("the label descriptions" if not used else f"{used} labelled examples")
+        + f" ({recipe.model.name})"
+    )
     split, part = ("test", test_set) if test_set is not None else ("val", val_set)
     summary = _report(run, part, split, model) if part is not None else {}
     return {"status": "finished", "run": str(run.dir), **summary}
@@ -95,7 +113,9 @@ def _report(run: Run, part: TextSet, split: str, model=None, source: str | None 
     y = np.array([labels.index(l) for l in part.labels])
     summary = classification_summary(y, probs.argmax(1).numpy(), labels)
     path = write_report(run.dir, split, summary, {"source": source or f"{split} split", "mode": meta["mode"]})
-    console.print(f"\n{split} accuracy {summary['accuracy']:.4f} on {summary['examples']} examples\n" + summary_table(summary))
+    console.print(
+        f"\n{split} accuracy {summary['accuracy']:.4f} on {summary['examples']} examples\n" + summary_table(summary)
+    )
     console.print(f"report: {path} and {run.dir / 'report.md'}", soft_wrap=True)
     return summary
 
@@ -116,6 +136,12 @@ def predict(run: Run, texts: list[str], top_k: int = 3) -> list[dict[str, Any]]:
     out = []
     for text, p in zip(texts, probabilities(encoder(meta["model"]), protos, texts)):
         top = p.topk(min(top_k, len(labels)))
-        out.append({"text": text, "label": labels[int(top.indices[0])], "confidence": float(top.values[0]),
-                    "top": {labels[int(i)]: float(v) for v, i in zip(top.values, top.indices)}})
+        out.append(
+            {
+                "text": text,
+                "label": labels[int(top.indices[0])],
+                "confidence": float(top.values[0]),
+                "top": {labels[int(i)]: float(v) for v, i in zip(top.values, top.indices)},
+            }
+        )
     return out

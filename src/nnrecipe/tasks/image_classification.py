@@ -107,22 +107,31 @@ def _input_pipeline(recipe: Recipe, spec: ImageSpec, augment: bool):
 
 
 def _eval_loader(recipe: Recipe, spec: ImageSpec, part: ImageSet, device) -> TensorLoader:
-    return TensorLoader(part.images, part.labels, recipe.train.eval_batch_size, device=device,
-                        prepare=_input_pipeline(recipe, spec, augment=False))
+    return TensorLoader(
+        part.images,
+        part.labels,
+        recipe.train.eval_batch_size,
+        device=device,
+        prepare=_input_pipeline(recipe, spec, augment=False),
+    )
 
 
 def _model_for(recipe: Recipe, spec: ImageSpec) -> nn.Module:
     model = spec.build_model(recipe.model.dropout)
     if recipe.model.init_from is not None:
         loaded, fresh = load_matching(model, read_state_dict(recipe.model.init_from), str(recipe.model.init_from))
-        console.print(f"initialised {len(loaded)} tensors from {recipe.model.init_from}; "
-                      f"freshly initialised: {', '.join(fresh) or 'none'}")
+        console.print(
+            f"initialised {len(loaded)} tensors from {recipe.model.init_from}; "
+            f"freshly initialised: {', '.join(fresh) or 'none'}"
+        )
     if recipe.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
-def train(recipe: Recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] = (), progress: bool | None = None) -> dict[str, Any]:
+def train(
+    recipe: Recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] = (), progress: bool | None = None
+) -> dict[str, Any]:
     """Train (or resume) a run, then evaluate the best checkpoint on the test split and write the report."""
     seed_everything(recipe.train.seed)
     acc = make_accelerator(recipe.train)
@@ -130,12 +139,28 @@ def train(recipe: Recipe, run: Run, *, resume: bool = False, callbacks: list[Cal
     if splits.skipped:
         console.print(f"[yellow]skipped {len(splits.skipped)} unreadable image(s), e.g. {splits.skipped[0]}[/yellow]")
     spec = image_spec(recipe, splits)
-    run.update_meta(status="running", task="image_classification", image=spec.__dict__, skipped_files=splits.skipped,
-                    sizes={k: len(v) if v is not None else 0 for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test))})
+    run.update_meta(
+        status="running",
+        task="image_classification",
+        image=spec.__dict__,
+        skipped_files=splits.skipped,
+        sizes={
+            k: len(v) if v is not None else 0
+            for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+        },
+    )
 
-    train_loader = TensorLoader(splits.train.images, splits.train.labels, recipe.train.batch_size, device=acc.device,
-                                shuffle=True, seed=recipe.train.seed, prepare=_input_pipeline(recipe, spec, augment=True),
-                                rank=acc.process_index, world_size=acc.num_processes)
+    train_loader = TensorLoader(
+        splits.train.images,
+        splits.train.labels,
+        recipe.train.batch_size,
+        device=acc.device,
+        shuffle=True,
+        seed=recipe.train.seed,
+        prepare=_input_pipeline(recipe, spec, augment=True),
+        rank=acc.process_index,
+        world_size=acc.num_processes,
+    )
     val_loader = _eval_loader(recipe, spec, splits.val, acc.device) if splits.val is not None else None
     model = _model_for(recipe, spec)
     callbacks = list(callbacks)
@@ -146,15 +171,28 @@ def train(recipe: Recipe, run: Run, *, resume: bool = False, callbacks: list[Cal
         callbacks.insert(0, FreezeBackbone(head, recipe.model.unfreeze_at_epoch))
     optimizer = build_optimizer(model, recipe.optim, backbone, recipe.model.backbone_lr_scale)
     n_params = sum(p.numel() for p in model.parameters())
-    console.print(f"{recipe.model.name}: {n_params:,} parameters; {len(splits.train):,} train / "
-                  f"{len(splits.val) if splits.val else 0:,} val / {len(splits.test) if splits.test else 0:,} test images "
-                  f"({spec.channels}x{spec.image_size}x{spec.image_size}); {describe(acc)}", soft_wrap=True)
+    console.print(
+        f"{recipe.model.name}: {n_params:,} parameters; {len(splits.train):,} train / "
+        f"{len(splits.val) if splits.val else 0:,} val / {len(splits.test) if splits.test else 0:,} test images "
+        f"({spec.channels}x{spec.image_size}x{spec.image_size}); {describe(acc)}",
+        soft_wrap=True,
+    )
 
     tracker = Tracker(run.dir, recipe.track.tensorboard, recipe.track.wandb, recipe.model_dump(mode="json"))
-    trainer = Trainer(accelerator=acc, model=model, optimizer=optimizer, task=ImageClassifier(recipe.train.label_smoothing),
-                      train_loader=train_loader, val_loader=val_loader, train_cfg=recipe.train, schedule_cfg=recipe.schedule,
-                      run_dir=run.dir, tracker=tracker, callbacks=callbacks,
-                      progress=recipe.track.progress if progress is None else progress)
+    trainer = Trainer(
+        accelerator=acc,
+        model=model,
+        optimizer=optimizer,
+        task=ImageClassifier(recipe.train.label_smoothing),
+        train_loader=train_loader,
+        val_loader=val_loader,
+        train_cfg=recipe.train,
+        schedule_cfg=recipe.schedule,
+        run_dir=run.dir,
+        tracker=tracker,
+        callbacks=callbacks,
+        progress=recipe.track.progress if progress is None else progress,
+    )
     result = fit_run(run, trainer, tracker, resume, recipe.track.plots)
     if result.status == "interrupted":
         return {"status": result.status, "run": str(run.dir)}
@@ -173,7 +211,9 @@ def inference_model(run: Run, spec: ImageSpec, device) -> nn.Module:
     return model.to(device).eval()
 
 
-def _report(run: Run, recipe: Recipe, spec: ImageSpec, part: ImageSet, split: str, device, source: str | None = None) -> dict[str, Any]:
+def _report(
+    run: Run, recipe: Recipe, spec: ImageSpec, part: ImageSet, split: str, device, source: str | None = None
+) -> dict[str, Any]:
     model = inference_model(run, spec, device)
     probs, labels = predict_probs(model, _eval_loader(recipe, spec, part, device))
     pred = probs.argmax(1).numpy()
@@ -182,16 +222,34 @@ def _report(run: Run, recipe: Recipe, spec: ImageSpec, part: ImageSet, split: st
     plots = []
     if recipe.track.plots:
         tag = split.replace("/", "_").replace(":", "_")
-        plots.append(str(plot_confusion(summary["confusion_matrix"], spec.classes, run.plots_dir / f"confusion_{tag}.png").relative_to(run.dir)))
+        plots.append(
+            str(
+                plot_confusion(
+                    summary["confusion_matrix"], spec.classes, run.plots_dir / f"confusion_{tag}.png"
+                ).relative_to(run.dir)
+            )
+        )
         wrong = np.flatnonzero(pred != y)[:32]
         if len(wrong):
             titles = [f"{spec.classes[y[i]]} -> {spec.classes[pred[i]]}" for i in wrong]
-            plots.append(str(plot_image_grid(part.images[wrong].numpy(), titles, run.plots_dir / f"misclassified_{tag}.png").relative_to(run.dir)))
+            plots.append(
+                str(
+                    plot_image_grid(
+                        part.images[wrong].numpy(), titles, run.plots_dir / f"misclassified_{tag}.png"
+                    ).relative_to(run.dir)
+                )
+            )
         if (run.plots_dir / "curves.png").exists():
             plots.insert(0, "plots/curves.png")
-    extra = {"plots": plots, "source": source or f"{recipe.data.source} {split} split", "skipped_files": run.meta().get("skipped_files", [])}
+    extra = {
+        "plots": plots,
+        "source": source or f"{recipe.data.source} {split} split",
+        "skipped_files": run.meta().get("skipped_files", []),
+    }
     path = write_report(run.dir, split, summary, extra)
-    console.print(f"\n{split} accuracy {summary['accuracy']:.4f} on {summary['examples']} images\n" + summary_table(summary))
+    console.print(
+        f"\n{split} accuracy {summary['accuracy']:.4f} on {summary['examples']} images\n" + summary_table(summary)
+    )
     console.print(f"report: {path} and {run.dir / 'report.md'}; plots: {run.dir / 'plots'}", soft_wrap=True)
     return summary
 
@@ -219,8 +277,11 @@ def evaluate(run: Run, split: str = "test", data_path: str | None = None) -> dic
     splits = load_splits(recipe.data)
     part = getattr(splits, split, None)
     if part is None:
-        raise UserError(f"--split {split}: this run has no {split} split (available: train, "
-                        + ", ".join(s for s in ("val", "test") if getattr(splits, s) is not None) + ")")
+        raise UserError(
+            f"--split {split}: this run has no {split} split (available: train, "
+            + ", ".join(s for s in ("val", "test") if getattr(splits, s) is not None)
+            + ")"
+        )
     return _report(run, recipe, spec, part, split, device)
 
 
@@ -228,7 +289,9 @@ def predict(run: Run, files: list[str], top_k: int = 3) -> list[dict[str, Any]]:
     """Classify image files; returns label, confidence and the top-k classes per file."""
     recipe, spec = run.recipe(), _spec(run)
     device = make_accelerator(recipe.train).device
-    images = torch.stack([conform(read_image(Path(f), spec.channels).unsqueeze(0), spec.channels, spec.image_size)[0] for f in files])
+    images = torch.stack(
+        [conform(read_image(Path(f), spec.channels).unsqueeze(0), spec.channels, spec.image_size)[0] for f in files]
+    )
     model = inference_model(run, spec, device)
     x = _input_pipeline(recipe, spec, augment=False)(images.to(device), 0)
     with torch.no_grad():
@@ -236,6 +299,12 @@ def predict(run: Run, files: list[str], top_k: int = 3) -> list[dict[str, Any]]:
     out = []
     for f, p in zip(files, probs):
         top = p.topk(min(top_k, len(spec.classes)))
-        out.append({"file": str(f), "label": spec.classes[top.indices[0]], "confidence": top.values[0].item(),
-                    "top": {spec.classes[i]: v for v, i in zip(top.values.tolist(), top.indices.tolist())}})
+        out.append(
+            {
+                "file": str(f),
+                "label": spec.classes[top.indices[0]],
+                "confidence": top.values[0].item(),
+                "top": {spec.classes[i]: v for v, i in zip(top.values.tolist(), top.indices.tolist())},
+            }
+        )
     return out

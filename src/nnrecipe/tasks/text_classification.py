@@ -32,8 +32,10 @@ class TextClassifier:
 
     def evaluate(self, model: nn.Module, loader) -> dict[str, float]:
         probs, labels = predict_probs(model, loader)
-        return {"loss": F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels).item(),
-                "accuracy": (probs.argmax(1) == labels).float().mean().item()}
+        return {
+            "loss": F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels).item(),
+            "accuracy": (probs.argmax(1) == labels).float().mean().item(),
+        }
 
 
 @torch.no_grad()
@@ -58,7 +60,9 @@ def _loader(tokenizer, part: TextSet, label_ids: dict[str, int], bs: int, max_le
     if unknown:
         raise UserError(f"labels {', '.join(unknown[:5])} are not in the run's label map ({', '.join(label_ids)})")
     ids, types = _encode(tokenizer, part, max_length)
-    return TextLoader(ids, [label_ids[l] for l in part.labels], bs, tokenizer.pad_token_id, device=device, type_ids=types, **kw)
+    return TextLoader(
+        ids, [label_ids[l] for l in part.labels], bs, tokenizer.pad_token_id, device=device, type_ids=types, **kw
+    )
 
 
 def _read(recipe, path: Path) -> TextSet:
@@ -72,47 +76,96 @@ def _splits(recipe) -> tuple[TextSet, TextSet | None, TextSet | None]:
     d = recipe.data
     train = _read(recipe, d.train)
     if d.limit:
-        train = TextSet(train.texts[: d.limit], train.pairs[: d.limit] if train.pairs else None, train.labels[: d.limit])
+        train = TextSet(
+            train.texts[: d.limit], train.pairs[: d.limit] if train.pairs else None, train.labels[: d.limit]
+        )
     val = _read(recipe, d.val) if d.val else None
     if val is None and d.val_fraction > 0:
         idx = np.arange(len(train.labels))
         counts = {l: train.labels.count(l) for l in set(train.labels)}
-        keep, held = train_test_split(idx, test_size=d.val_fraction, random_state=d.split_seed,
-                                      stratify=train.labels if min(counts.values()) >= 2 else None)
-        pick = lambda ix: TextSet([train.texts[i] for i in ix], [train.pairs[i] for i in ix] if train.pairs else None,  # noqa: E731
-                                  [train.labels[i] for i in ix])
+        keep, held = train_test_split(
+            idx,
+            test_size=d.val_fraction,
+            random_state=d.split_seed,
+            stratify=train.labels if min(counts.values()) >= 2 else None,
+        )
+        pick = lambda ix: TextSet(
+            [train.texts[i] for i in ix],
+            [train.pairs[i] for i in ix] if train.pairs else None,  # noqa: E731
+            [train.labels[i] for i in ix],
+        )
         train, val = pick(sorted(keep)), pick(sorted(held))
     test = _read(recipe, d.test) if d.test else None
     return train, val, test
 
 
-def train(recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] = (), progress: bool | None = None) -> dict[str, Any]:
+def train(
+    recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] = (), progress: bool | None = None
+) -> dict[str, Any]:
     seed_everything(recipe.train.seed)
     acc = make_accelerator(recipe.train, cpu_bf16=True)
     train_set, val_set, test_set = _splits(recipe)
     labels = label_names(train_set.labels)
     t = recipe.train
-    opts = recipe.model.peft_options() | {"total_steps": t.epochs * -(-len(train_set.labels) // t.batch_size) // t.grad_accum_steps}
+    opts = recipe.model.peft_options() | {
+        "total_steps": t.epochs * -(-len(train_set.labels) // t.batch_size) // t.grad_accum_steps
+    }
     model, tokenizer = build(recipe.model.name, labels, recipe.model.finetune, opts)
     trainable, total = parameter_counts(model)
-    console.print(f"{recipe.model.name} ({recipe.model.finetune}): {trainable:,} trainable of {total:,} parameters "
-                  f"({trainable / total:.2%}); {len(train_set.labels):,} train / {len(val_set.labels) if val_set else 0:,} val "
-                  f"examples, {len(labels)} labels; {describe(acc)}", soft_wrap=True)
-    run.update_meta(status="running", task="text_classification",
-                    text={"labels": labels, "model": recipe.model.name, "finetune": recipe.model.finetune, "peft": opts,
-                          "max_length": recipe.data.max_length, "trainable_parameters": trainable, "total_parameters": total})
+    console.print(
+        f"{recipe.model.name} ({recipe.model.finetune}): {trainable:,} trainable of {total:,} parameters "
+        f"({trainable / total:.2%}); {len(train_set.labels):,} train / {len(val_set.labels) if val_set else 0:,} val "
+        f"examples, {len(labels)} labels; {describe(acc)}",
+        soft_wrap=True,
+    )
+    run.update_meta(
+        status="running",
+        task="text_classification",
+        text={
+            "labels": labels,
+            "model": recipe.model.name,
+            "finetune": recipe.model.finetune,
+            "peft": opts,
+            "max_length": recipe.data.max_length,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+        },
+    )
     label_ids = {l: i for i, l in enumerate(labels)}
     d = recipe.data
-    train_loader = _loader(tokenizer, train_set, label_ids, t.batch_size, d.max_length, acc.device, shuffle=True,
-                           seed=t.seed, group_by_length=d.group_by_length, rank=acc.process_index, world_size=acc.num_processes)
-    val_loader = _loader(tokenizer, val_set, label_ids, t.eval_batch_size, d.max_length, acc.device) if val_set else None
+    train_loader = _loader(
+        tokenizer,
+        train_set,
+        label_ids,
+        t.batch_size,
+        d.max_length,
+        acc.device,
+        shuffle=True,
+        seed=t.seed,
+        group_by_length=d.group_by_length,
+        rank=acc.process_index,
+        world_size=acc.num_processes,
+    )
+    val_loader = (
+        _loader(tokenizer, val_set, label_ids, t.eval_batch_size, d.max_length, acc.device) if val_set else None
+    )
     if recipe.model.finetune == "adalora":
         callbacks = [*callbacks, AdaLoraSchedule(model)]
     tracker = Tracker(run.dir, recipe.track.tensorboard, recipe.track.wandb, recipe.model_dump(mode="json"))
-    trainer = Trainer(accelerator=acc, model=model, optimizer=build_optimizer(model, recipe.optim), task=TextClassifier(),
-                      train_loader=train_loader, val_loader=val_loader, train_cfg=t, schedule_cfg=recipe.schedule,
-                      run_dir=run.dir, tracker=tracker, callbacks=list(callbacks),
-                      progress=recipe.track.progress if progress is None else progress)
+    trainer = Trainer(
+        accelerator=acc,
+        model=model,
+        optimizer=build_optimizer(model, recipe.optim),
+        task=TextClassifier(),
+        train_loader=train_loader,
+        val_loader=val_loader,
+        train_cfg=t,
+        schedule_cfg=recipe.schedule,
+        run_dir=run.dir,
+        tracker=tracker,
+        callbacks=list(callbacks),
+        progress=recipe.track.progress if progress is None else progress,
+    )
     result = fit_run(run, trainer, tracker, resume, recipe.track.plots)
     return finish_transformer_run(run, recipe, acc, result, val_set, test_set, inference_model, _report)
 
@@ -124,23 +177,38 @@ def inference_model(run: Run, device="cpu"):
 def _report(run: Run, recipe, part: TextSet, split: str, device, source: str | None = None) -> dict[str, Any]:
     model, tokenizer, meta = inference_model(run, device)
     labels = meta["labels"]
-    loader = _loader(tokenizer, part, {l: i for i, l in enumerate(labels)}, recipe.train.eval_batch_size,
-                     meta["max_length"], device)
+    loader = _loader(
+        tokenizer, part, {l: i for i, l in enumerate(labels)}, recipe.train.eval_batch_size, meta["max_length"], device
+    )
     probs, y = predict_probs(model, loader)
     pred = probs.argmax(1).numpy()
     y = y.numpy()
     summary = classification_summary(y, pred, labels)
     wrong = np.flatnonzero(pred != y)
     worst = wrong[np.argsort(-probs.numpy()[wrong, pred[wrong]])][:10]
-    extra: dict[str, Any] = {"source": source or f"{split} split", "plots": [],
-                             "confidently_wrong": [{"text": part.texts[i], "label": labels[y[i]], "predicted": labels[pred[i]],
-                                                    "confidence": float(probs[i, pred[i]])} for i in worst]}
+    extra: dict[str, Any] = {
+        "source": source or f"{split} split",
+        "plots": [],
+        "confidently_wrong": [
+            {
+                "text": part.texts[i],
+                "label": labels[y[i]],
+                "predicted": labels[pred[i]],
+                "confidence": float(probs[i, pred[i]]),
+            }
+            for i in worst
+        ],
+    }
     if recipe.track.plots:
         tag = split.replace("/", "_").replace(":", "_")
         plot_confusion(summary["confusion_matrix"], labels, run.plots_dir / f"confusion_{tag}.png")
-        extra["plots"] = [f"plots/confusion_{tag}.png"] + (["plots/curves.png"] if (run.plots_dir / "curves.png").exists() else [])
+        extra["plots"] = [f"plots/confusion_{tag}.png"] + (
+            ["plots/curves.png"] if (run.plots_dir / "curves.png").exists() else []
+        )
     path = write_report(run.dir, split, summary, extra)
-    console.print(f"\n{split} accuracy {summary['accuracy']:.4f} on {summary['examples']} examples\n" + summary_table(summary))
+    console.print(
+        f"\n{split} accuracy {summary['accuracy']:.4f} on {summary['examples']} examples\n" + summary_table(summary)
+    )
     console.print(f"report: {path} and {run.dir / 'report.md'}", soft_wrap=True)
     return summary
 
@@ -154,12 +222,22 @@ def predict(run: Run, texts: list[str], top_k: int = 3) -> list[dict[str, Any]]:
     labels = meta["labels"]
     if not texts:
         return []
-    loader = TextLoader(tokenizer(texts, truncation=True, max_length=meta["max_length"])["input_ids"], [0] * len(texts),
-                        64, tokenizer.pad_token_id)
+    loader = TextLoader(
+        tokenizer(texts, truncation=True, max_length=meta["max_length"])["input_ids"],
+        [0] * len(texts),
+        64,
+        tokenizer.pad_token_id,
+    )
     probs, _ = predict_probs(model, loader)
     out = []
     for text, p in zip(texts, probs):
         top = p.topk(min(top_k, len(labels)))
-        out.append({"text": text, "label": labels[int(top.indices[0])], "confidence": float(top.values[0]),
-                    "probabilities": {labels[i]: float(v) for i, v in enumerate(p)}})
+        out.append(
+            {
+                "text": text,
+                "label": labels[int(top.indices[0])],
+                "confidence": float(top.values[0]),
+                "probabilities": {labels[i]: float(v) for i, v in enumerate(p)},
+            }
+        )
     return out

@@ -44,8 +44,13 @@ class NerTask:
     def evaluate(self, model: nn.Module, loader: WordLoader) -> dict[str, float]:
         pred, loss = predict_tags(model, loader, self.tags)
         s = ner_summary(self.gold, pred)
-        return {"loss": loss, "f1": s["f1"], "precision": s["precision"], "recall": s["recall"],
-                "token_accuracy": s["token_accuracy"]}
+        return {
+            "loss": loss,
+            "f1": s["f1"],
+            "precision": s["precision"],
+            "recall": s["recall"],
+            "token_accuracy": s["token_accuracy"],
+        }
 
 
 @torch.no_grad()
@@ -100,11 +105,18 @@ def _loader(tokenizer, part: TokenSet, tags: list[str], bs: int, max_length: int
     unknown = sorted({t for sent in part.tags for t in sent} - set(tag_ids))
     if unknown:
         raise UserError(f"tags {', '.join(unknown[:5])} are not in the run's tag set ({', '.join(tags)})")
-    return WordLoader(encode_words(tokenizer, part.words, part.tags, tag_ids, max_length), bs, tokenizer.pad_token_id,
-                      device=device, **kw)
+    return WordLoader(
+        encode_words(tokenizer, part.words, part.tags, tag_ids, max_length),
+        bs,
+        tokenizer.pad_token_id,
+        device=device,
+        **kw,
+    )
 
 
-def train(recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] = (), progress: bool | None = None) -> dict[str, Any]:
+def train(
+    recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] = (), progress: bool | None = None
+) -> dict[str, Any]:
     seed_everything(recipe.train.seed)
     acc = make_accelerator(recipe.train, cpu_bf16=True)
     train_set, val_set, test_set = _splits(recipe)
@@ -114,22 +126,56 @@ def train(recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] =
     opts = m.peft_options() | {"total_steps": steps}
     model, tokenizer = build(m.name, tags, m.finetune, opts, head="token")
     trainable, total = parameter_counts(model)
-    console.print(f"{m.name} ({m.finetune}): {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%}); "
-                  f"{len(train_set.words):,} train / {len(val_set.words) if val_set else 0:,} val sentences, "
-                  f"{(len(tags) - 1) // 2} entity types; {describe(acc)}", soft_wrap=True)
-    run.update_meta(status="running", task="token_classification",
-                    text={"labels": tags, "model": m.name, "finetune": m.finetune, "peft": opts, "max_length": d.max_length,
-                          "trainable_parameters": trainable, "total_parameters": total})
-    train_loader = _loader(tokenizer, train_set, tags, t.batch_size, d.max_length, acc.device, shuffle=True, seed=t.seed,
-                           group_by_length=d.group_by_length, rank=acc.process_index, world_size=acc.num_processes)
+    console.print(
+        f"{m.name} ({m.finetune}): {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%}); "
+        f"{len(train_set.words):,} train / {len(val_set.words) if val_set else 0:,} val sentences, "
+        f"{(len(tags) - 1) // 2} entity types; {describe(acc)}",
+        soft_wrap=True,
+    )
+    run.update_meta(
+        status="running",
+        task="token_classification",
+        text={
+            "labels": tags,
+            "model": m.name,
+            "finetune": m.finetune,
+            "peft": opts,
+            "max_length": d.max_length,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+        },
+    )
+    train_loader = _loader(
+        tokenizer,
+        train_set,
+        tags,
+        t.batch_size,
+        d.max_length,
+        acc.device,
+        shuffle=True,
+        seed=t.seed,
+        group_by_length=d.group_by_length,
+        rank=acc.process_index,
+        world_size=acc.num_processes,
+    )
     val_loader = _loader(tokenizer, val_set, tags, t.eval_batch_size, d.max_length, acc.device) if val_set else None
     if m.finetune == "adalora":
         callbacks = [*callbacks, AdaLoraSchedule(model)]
     tracker = Tracker(run.dir, recipe.track.tensorboard, recipe.track.wandb, recipe.model_dump(mode="json"))
-    trainer = Trainer(accelerator=acc, model=model, optimizer=build_optimizer(model, recipe.optim),
-                      task=NerTask(tags, val_set.tags if val_set else None), train_loader=train_loader, val_loader=val_loader,
-                      train_cfg=t, schedule_cfg=recipe.schedule, run_dir=run.dir, tracker=tracker, callbacks=list(callbacks),
-                      progress=recipe.track.progress if progress is None else progress)
+    trainer = Trainer(
+        accelerator=acc,
+        model=model,
+        optimizer=build_optimizer(model, recipe.optim),
+        task=NerTask(tags, val_set.tags if val_set else None),
+        train_loader=train_loader,
+        val_loader=val_loader,
+        train_cfg=t,
+        schedule_cfg=recipe.schedule,
+        run_dir=run.dir,
+        tracker=tracker,
+        callbacks=list(callbacks),
+        progress=recipe.track.progress if progress is None else progress,
+    )
     result = fit_run(run, trainer, tracker, resume, recipe.track.plots)
     return finish_transformer_run(run, recipe, acc, result, val_set, test_set, inference_model, _report)
 
@@ -147,13 +193,26 @@ def _report(run: Run, recipe, part: TokenSet, split: str, device, source: str | 
     enc = loader.encoded
     truncated = sum(n - (max(ix) + 1 if ix else 0) for n, ix in zip(enc.n_words, enc.word_index))
     shown = lambda words, seq: ", ".join(f"{' '.join(words[a:b])}/{k}" for k, a, b in entities(seq)) or "-"  # noqa: E731
-    errors = [{"text": " ".join(w), "gold": shown(w, g), "predicted": shown(w, p)}
-              for w, g, p in zip(part.words, part.tags, pred) if entities(g) != entities(p)][:10]
-    path = write_ner_report(run.dir, split, summary, {"source": source or f"{split} split", "truncated_words": truncated,
-                                                      "errors": errors,
-                                                      "plots": ["plots/curves.png"] if (run.plots_dir / "curves.png").exists() else []})
-    console.print(f"\n{split} entity F1 {summary['f1']:.4f} (precision {summary['precision']:.4f}, recall {summary['recall']:.4f}), "
-                  f"token accuracy {summary['token_accuracy']:.4f} on {summary['sentences']} sentences\n" + ner_table(summary))
+    errors = [
+        {"text": " ".join(w), "gold": shown(w, g), "predicted": shown(w, p)}
+        for w, g, p in zip(part.words, part.tags, pred)
+        if entities(g) != entities(p)
+    ][:10]
+    path = write_ner_report(
+        run.dir,
+        split,
+        summary,
+        {
+            "source": source or f"{split} split",
+            "truncated_words": truncated,
+            "errors": errors,
+            "plots": ["plots/curves.png"] if (run.plots_dir / "curves.png").exists() else [],
+        },
+    )
+    console.print(
+        f"\n{split} entity F1 {summary['f1']:.4f} (precision {summary['precision']:.4f}, recall {summary['recall']:.4f}), "
+        f"token accuracy {summary['token_accuracy']:.4f} on {summary['sentences']} sentences\n" + ner_table(summary)
+    )
     console.print(f"report: {path} and {run.dir / 'report.md'}", soft_wrap=True)
     return summary
 
@@ -170,8 +229,10 @@ def tag_texts(model, tokenizer, tags: list[str], max_length: int, texts: list[st
     pred, _ = predict_tags(model, loader, tags)
     out = []
     for text, span, seq in zip(texts, spans, pred):
-        found = [{"text": text[span[a][1]:span[b - 1][2]], "type": kind, "start": span[a][1], "end": span[b - 1][2]}
-                 for kind, a, b in entities(seq[: len(span)])]
+        found = [
+            {"text": text[span[a][1] : span[b - 1][2]], "type": kind, "start": span[a][1], "end": span[b - 1][2]}
+            for kind, a, b in entities(seq[: len(span)])
+        ]
         out.append({"text": text, "entities": found})
     return out
 
