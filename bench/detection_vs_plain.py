@@ -23,9 +23,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from nnrecipe.data.box_loader import DetectionLoader
 from nnrecipe.recipe import load_recipe
 from nnrecipe.runs import create_run
-from nnrecipe.tasks import detection
+from nnrecipe.tasks import detection, get_family
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,7 @@ class ShapesDataset(Dataset):
 
 def plain_run(recipe, splits, epochs: int, workers: int) -> dict:
     torch.manual_seed(recipe.train.seed)
-    spec = detection.detection_spec(recipe, splits)
+    spec = detection.detection_spec(recipe, splits.classes)
     model = spec.build_model()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
@@ -80,7 +81,7 @@ def plain_run(recipe, splits, epochs: int, workers: int) -> dict:
             opt.step()
             sched.step()
     seconds = time.perf_counter() - start
-    val = detection.DetectionLoader(splits.val, recipe.train.eval_batch_size, device="cpu")
+    val = DetectionLoader(splits.val, recipe.train.eval_batch_size, device="cpu")
     return {"seconds": seconds, "map": float(detection.run_map(model, val)[0]["map"])}
 
 
@@ -94,10 +95,10 @@ def main():
             ROOT / "recipes/shapes-detection.yaml",
             [f"train.epochs={args.epochs}", f"track.runs_dir={tmp}", "track.progress=false", "track.tensorboard=false"],
         )
-        splits = detection.load_splits(recipe)  # generates the set once, before either clock starts
+        splits = detection.detection_splits(recipe)  # generates the set once, before either clock starts
         images = len(splits.train) * args.epochs
         start = time.perf_counter()
-        result = detection.train(recipe, create_run(recipe, "bench"))
+        result = get_family("detection").train(recipe, create_run(recipe, "bench"))
         ours = {
             "seconds": time.perf_counter() - start,
             "map": result["map"],

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nnrecipe.recipe import load_recipe
 from nnrecipe.runs import create_run
-from nnrecipe.tasks import image_classification
+from nnrecipe.tasks import get_family
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def main():
                     [f"train.seed={seed}", f"track.runs_dir={tmp}", "track.progress=false", "track.plots=false"],
                 )
                 start = time.perf_counter()
-                result = image_classification.train(recipe, create_run(recipe, name))
+                result = get_family("image_classification").train(recipe, create_run(recipe, name))
                 secs.append(time.perf_counter() - start)
                 accs.append(result["accuracy"])
             rows.append(

@@ -31,18 +31,16 @@ KEY = "bench-key"
 
 def sample_inputs(run: Path, n: int = 64) -> list[str]:
     """Real inputs from the run's data: validation texts for text/NER runs, test images (PNG, base64) otherwise."""
-    from nnrecipe.data.images import load_splits
     from nnrecipe.runs import open_run
+    from nnrecipe.tasks import family_of
 
     r = open_run(run)
-    task = r.meta().get("task")
-    if task in ("text_classification", "token_classification"):
-        from nnrecipe.tasks import task_module
-
-        _, val, test = task_module(task)._splits(r.recipe())
-        part = val or test
-        return part.texts[:n] if task == "text_classification" else [" ".join(w) for w in part.words[:n]]
-    part = load_splits(r.recipe().data).test
+    family = family_of(r)
+    splits = family.splits(r.recipe())
+    if family.predict_inputs == "texts":
+        part = splits.val or splits.test
+        return part.texts[:n] if hasattr(part, "texts") else [" ".join(w) for w in part.words[:n]]
+    part = splits.test
     out = []
     for img in part.images[:n]:
         array = img.permute(1, 2, 0).numpy()

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from nnrecipe.recipe import load_recipe
 from nnrecipe.runs import create_run
-from nnrecipe.tasks import text_classification as text
+from nnrecipe.tasks import get_family
+
+text = get_family("text_classification")
 
 ROOT = Path(__file__).resolve().parents[1]
 LR = {"full": 5e-5, "frozen": 2e-2, "lora": 5e-4, "adalora": 3e-3, "prefix": 1e-2, "ia3": 3e-3}

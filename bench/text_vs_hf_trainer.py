@@ -21,10 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnrecipe.data.text import label_names
 from nnrecipe.models.hf import build
 from nnrecipe.recipe import load_recipe
 from nnrecipe.runs import create_run
-from nnrecipe.tasks import text_classification as text
+from nnrecipe.tasks import get_family
+
+text = get_family("text_classification")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,8 +44,9 @@ def ours(recipe) -> dict:
 def hf(recipe, group: bool, bf16: bool = False) -> dict:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    train_set, val_set, _ = text._splits(recipe)
-    labels = sorted(set(train_set.labels))
+    splits = text.splits(recipe)
+    train_set, val_set = splits.train, splits.val
+    labels = label_names(train_set.labels)
     ids = {l: i for i, l in enumerate(labels)}
     torch.manual_seed(recipe.train.seed)
     model, tokenizer = build(recipe.model.name, labels, "full")

@@ -10,6 +10,7 @@ from PIL import Image
 
 from nnrecipe.recipe import apply_override, validate_recipe
 from nnrecipe.runs import create_run
+from nnrecipe.tasks import get_family
 
 
 def make_recipe(runs_dir: Path, *overrides: str, **sections):
@@ -53,11 +54,9 @@ def write_digit_tree(root: Path, classes: list[int], per_class: int = 40, size: 
 @pytest.fixture(scope="session")
 def trained_digits_run(tmp_path_factory):
     """A ConvNet trained 6 epochs on digits, shared by the export and serving tests."""
-    from nnrecipe.tasks import image_classification
-
     recipe = make_recipe(tmp_path_factory.mktemp("runs"), "train.epochs=6")
     run = create_run(recipe, "digits")
-    image_classification.train(recipe, run)
+    get_family("image_classification").train(recipe, run)
     return run
 
 
@@ -66,11 +65,9 @@ def trained_text_run(tmp_path_factory):
     """MiniLM fine-tuned on the toy sentiment set, shared by the text export and serving tests."""
     from tests.test_text_classification import text_recipe
 
-    from nnrecipe.tasks import text_classification
-
     recipe = text_recipe(tmp_path_factory.mktemp("text"))
     run = create_run(recipe, "text")
-    text_classification.train(recipe, run)
+    get_family("text_classification").train(recipe, run)
     return run
 
 
@@ -79,9 +76,7 @@ def trained_ner_run(tmp_path_factory):
     """MiniLM fine-tuned on the toy NER set, shared by the NER export and serving tests."""
     from tests.test_token_classification import ner_recipe
 
-    from nnrecipe.tasks import token_classification
-
     recipe = ner_recipe(tmp_path_factory.mktemp("ner"))
     run = create_run(recipe, "ner")
-    token_classification.train(recipe, run)
+    get_family("token_classification").train(recipe, run)
     return run

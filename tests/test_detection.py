@@ -16,12 +16,16 @@ import torch
 from PIL import Image
 from torchvision.ops import box_iou
 
+from nnrecipe.data.box_loader import DetectionLoader, read_rgb
 from nnrecipe.data.boxes import load_detection_splits
 from nnrecipe.data.shapes import CLASSES, shapes_dataset
 from nnrecipe.errors import RecipeError, UserError
-from nnrecipe.recipe import DetectionData, load_recipe, validate_recipe
+from nnrecipe.recipe import load_recipe, validate_recipe
 from nnrecipe.runs import create_run, open_run
-from nnrecipe.tasks import detection
+from nnrecipe.tasks import detection, get_family
+from nnrecipe.tasks.detection_recipe import DetectionData
+
+family = get_family("detection")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +45,7 @@ def trained(tmp_path_factory):
         ],
     )
     run = create_run(recipe, "shapes")
-    result = detection.train(recipe, run)
+    result = family.train(recipe, run)
     return run, result, recipe
 
 
@@ -60,8 +64,8 @@ def test_detector_learns_shapes_and_reports_map(trained):
 def test_predicted_boxes_match_the_ground_truth(trained):
     """Most ground-truth objects of unseen images are found with the right class at IoU >= 0.5."""
     run, _, recipe = trained
-    val = detection.load_splits(recipe).val[:12]
-    rows = detection.predict(run, [item.path for item in val])
+    val = detection.detection_splits(recipe).val[:12]
+    rows = family.predict(run, [item.path for item in val])
     found = total = 0
     for item, row in zip(val, rows):
         for box, label in zip(item.boxes, item.labels.tolist()):
@@ -75,7 +79,7 @@ def test_predicted_boxes_match_the_ground_truth(trained):
 
 def test_predict_and_evaluate_through_the_cli(trained):
     run, _, recipe = trained
-    image = detection.load_splits(recipe).val[0].path
+    image = detection.detection_splits(recipe).val[0].path
     cli = [sys.executable, "-m", "nnrecipe.cli"]
     out = subprocess.run([*cli, "predict", str(run.dir), image, "--json"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -182,7 +186,7 @@ def test_recipe_errors_name_the_field():
 def test_loader_flips_boxes_with_pixels_and_resumes_mid_epoch(tmp_path):
     yolo = shapes_dataset(tmp_path, n_train=12, n_val=1, size=64, seed=2)
     items = load_detection_splits(DetectionData(format="yolo", path=yolo, train="train", val_fraction=0)).train
-    loader = detection.DetectionLoader(items, 3, device="cpu", shuffle=True, seed=5, hflip=True)
+    loader = DetectionLoader(items, 3, device="cpu", shuffle=True, seed=5, hflip=True)
     full = list(loader.batches(epoch=1))
     resumed = list(loader.batches(epoch=1, start=2))
     assert len(full) == 4 and len(resumed) == 2
@@ -193,11 +197,9 @@ def test_loader_flips_boxes_with_pixels_and_resumes_mid_epoch(tmp_path):
     for images, targets in full:
         for img, t in zip(images, targets):
             plain = next(
-                i
-                for i in items
-                if torch.equal(detection.read_rgb(i.path), img) or torch.equal(detection.read_rgb(i.path).flip(-1), img)
+                i for i in items if torch.equal(read_rgb(i.path), img) or torch.equal(read_rgb(i.path).flip(-1), img)
             )
-            flipped += not torch.equal(detection.read_rgb(plain.path), img)
+            flipped += not torch.equal(read_rgb(plain.path), img)
             for box in t["boxes"].round().int().tolist():  # shapes are bright on a dark background
                 x1, y1, x2, y2 = box
                 assert img[:, y1:y2, x1:x2].mean() > img.mean(), "a box lost its object"
@@ -220,11 +222,10 @@ def test_serving_detection_returns_boxes_and_enforces_limits(trained, monkeypatc
 
     from fastapi.testclient import TestClient
 
-    from nnrecipe.deploy import predictors
     from nnrecipe.deploy.serve import ServeConfig, create_app
 
     run, _, recipe = trained
-    item = detection.load_splits(recipe).val[0]
+    item = detection.detection_splits(recipe).val[0]
     auth = {"Authorization": "Bearer k3y"}
     with TestClient(
         create_app(ServeConfig(run_dir=run.dir, api_keys=["k3y"], max_batch=4, precision="fp32"))
@@ -241,7 +242,7 @@ def test_serving_detection_returns_boxes_and_enforces_limits(trained, monkeypatc
         assert up.status_code == 200 and len(up.json()["predictions"]) == 2
         bad = client.post("/v1/predict", headers=auth, json={"inputs": [base64.b64encode(b"not an image").decode()]})
         assert bad.status_code == 422 and "inputs[0]" in bad.json()["detail"]
-        monkeypatch.setattr(predictors.DetectionPredictor, "max_pixels", 100 * 100)
+        monkeypatch.setattr(detection.DetectionPredictor, "max_pixels", 100 * 100)
         big = client.post(
             "/v1/predict", headers=auth, json={"inputs": [base64.b64encode(_png(item.path, (200, 200))).decode()]}
         )
@@ -263,11 +264,11 @@ def test_detection_exports_match_pytorch_and_run_on_other_image_sizes(trained, t
     card = export_run(run, "onnx", tmp_path / "det.onnx")
     assert card["task"] == "detection" and card["checks"]["max_score_diff"] <= 1e-4
     assert json.loads((tmp_path / "det.onnx.card.json").read_text())["sha256"]["artefact"]
-    item = detection.load_splits(recipe).val[1]
-    wide = torch.nn.functional.interpolate(detection.read_rgb(item.path)[None], size=(128, 192), mode="bilinear")[0]
+    item = detection.detection_splits(recipe).val[1]
+    wide = torch.nn.functional.interpolate(read_rgb(item.path)[None], size=(128, 192), mode="bilinear")[0]
     boxes, labels, scores = ort.InferenceSession(str(tmp_path / "det.onnx")).run(None, {"image": wide.numpy()})
     with torch.no_grad():
-        ref = detection.inference_model(run, detection._spec(run), "cpu")([wide])[0]
+        ref = family.inference(run).model([wide])[0]
     assert np.array_equal(labels, ref["labels"].numpy()) and np.allclose(boxes, ref["boxes"].numpy(), atol=1e-2)
     with pytest.raises(UserError, match="int8: not offered for detection"):
         export_run(run, "onnx", tmp_path / "q.onnx", "int8")
@@ -284,7 +285,7 @@ def test_detection_exports_match_pytorch_and_run_on_other_image_sizes(trained, t
         assert client.get("/v1/model", headers=auth).json()["backend"] == "onnxruntime"
     with torch.no_grad():
         eager = detection.detections(
-            detection.inference_model(run, detection._spec(run), "cpu")([detection.read_rgb(item.path)])[0],
+            family.inference(run).model([read_rgb(item.path)])[0],
             CLASSES,
             recipe.model.score_threshold,
         )
@@ -338,7 +339,7 @@ def test_pruning_a_detection_run_gives_a_scored_usable_run(trained):
     assert stats["metric"] == "val map" and stats["before"] == pytest.approx(result["map"])
     assert 0.29 <= stats["sparsity"] <= 0.31 and stats["after"] >= stats["before"] - 0.1
     structured = open_run(prune_run(run, 0.2, structured=True)["run"])
-    pruned = detection.inference_model(structured, detection._spec(structured), "cpu")
+    pruned = family.inference(structured).model
     assert pruned.roi_heads.box_predictor.cls_score.weight.abs().sum(1).ne(0).all()  # class outputs kept whole
     assert pruned.roi_heads.box_head.fc6.weight.abs().sum(1).eq(0).float().mean() == pytest.approx(0.2, abs=0.01)
     tuned = prune_run(run, 0.5, finetune_epochs=1)  # one epoch at a tenth of the LR, masks held
@@ -352,8 +353,8 @@ def test_a_split_without_any_boxes_is_reported_as_not_applicable(trained):
     run, _, recipe = trained
     empty = [
         replace(item, boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64))
-        for item in detection.load_splits(recipe).val[:4]
+        for item in detection.detection_splits(recipe).val[:4]
     ]
-    summary = detection._report(run, recipe, detection._spec(run), empty, "empty", "cpu")
+    summary = family.report(run, recipe, empty, "empty", "cpu")
     assert summary["map"] is None and summary["boxes"] == 0
     assert "mAP n/a" in (run.dir / "report.md").read_text()

@@ -113,7 +113,7 @@ def test_duplicates_across_train_and_test_fail_the_data_check(doctor, tmp_path):
 def test_evaluation_subset_is_not_the_first_classes_of_a_class_ordered_split(recipe_factory, tmp_path):
     """Regression: the doctor once evaluated the first N validation images, which in an ImageFolder split
     are a few classes only; a constant prediction then scored 39% on CIFAR-10 and check 4 warned."""
-    from nnrecipe.doctor import image
+    from nnrecipe.tasks import image_doctor as image
 
     tree = write_digit_tree(tmp_path / "tree", list(range(5)), per_class=40)
     recipe = recipe_factory("data.source=imagefolder", f"data.path={tree}", "data.val_fraction=0.25")

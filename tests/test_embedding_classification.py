@@ -10,7 +10,9 @@ from tests.test_text_classification import write_toy
 from nnrecipe.errors import RecipeError, UserError
 from nnrecipe.recipe import validate_recipe
 from nnrecipe.runs import create_run
-from nnrecipe.tasks import embedding_classification as task
+from nnrecipe.tasks import get_family
+
+task = get_family("embedding_classification")
 
 
 def recipe_for(tmp_path, **model):

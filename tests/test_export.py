@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from nnrecipe.deploy import export
+from nnrecipe.tasks import family_of
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +21,7 @@ def test_onnx_export_matches_pytorch_and_writes_a_card(trained_run):
     path = trained_run.dir / "export" / "model.onnx"
     assert card["checks"]["max_abs_diff"] <= export.ATOL and card["checks"]["validation_examples"] == 144
     # dynamic batch axis: any batch size runs
-    x, _ = export.validation_inputs(trained_run)
+    x = family_of(trained_run).export_subject(trained_run).batches[0]["input"]
     assert export.onnx_outputs(path, x[:3]).shape == (3, 10) and export.onnx_outputs(path, x[:50]).shape == (50, 10)
     saved = json.loads((trained_run.dir / "export" / "model.onnx.card.json").read_text())
     assert saved["labels"] == [str(i) for i in range(10)] and saved["preprocessing"]["mean"]
@@ -49,7 +50,7 @@ def test_a_mismatching_export_is_refused_and_leaves_no_artefact(trained_run, tmp
 
 
 def test_tasks_without_a_predictor_are_refused_in_one_line(tmp_path):
-    from nnrecipe.deploy.predictors import load_predictor
+    from nnrecipe.deploy.serve import load_predictor
     from nnrecipe.errors import UserError
     from nnrecipe.runs import Run
 

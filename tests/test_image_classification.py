@@ -12,9 +12,12 @@ from tests.conftest import write_digit_tree
 from nnrecipe.data.augment import BatchAugment
 from nnrecipe.data.images import load_splits
 from nnrecipe.engine.checkpoint import load_checkpoint, split_prefix
+from nnrecipe.engine.loop import Callback
 from nnrecipe.errors import UserError
-from nnrecipe.recipe import Augment
-from nnrecipe.tasks import image_classification as task
+from nnrecipe.tasks import get_family
+from nnrecipe.tasks.image_recipe import Augment
+
+task = get_family("image_classification")
 
 
 def test_convnet_learns_digits_and_writes_the_report(recipe_factory, new_run):
@@ -100,7 +103,7 @@ def test_transfer_learning_from_one_dataset_to_another(recipe_factory, new_run, 
     fine_run = new_run(fine, "fine")
     snapshots = []
 
-    class Snapshot(task.Callback):
+    class Snapshot(Callback):
         def on_epoch_start(self, epoch, model):
             snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from nnrecipe.errors import RecipeError
-from nnrecipe.recipe import Recipe, load_recipe, validate_recipe
+from nnrecipe.recipe import load_recipe, validate_recipe
+from nnrecipe.tasks.image_recipe import ImageRecipe as Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,3 +101,11 @@ def test_every_field_is_documented_and_docs_are_current():
     text = reference_markdown()
     assert "|  |" not in text.replace("| `description` | str | `` |", ""), "a field lacks a description"
     assert (ROOT / "docs" / "recipe.md").read_text() == text, "regenerate: nnrecipe fields > docs/recipe.md"
+
+
+def test_the_reference_shows_each_familys_own_defaults():
+    """Regression: docs/recipe.md listed the image defaults (sgd, lr 0.05) for the transformer families."""
+    from nnrecipe.recipe import reference_markdown
+
+    text = reference_markdown().split("## `task: text_classification`")[1].split("## `task:")[0]
+    assert "| `optim.name` | sgd / adam / adamw | `adamw` |" in text and "| `optim.lr` | float | `5e-05` |" in text

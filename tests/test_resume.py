@@ -8,7 +8,9 @@ import torch
 from nnrecipe.engine.checkpoint import load_checkpoint
 from nnrecipe.engine.loop import Callback
 from nnrecipe.engine.tracking import read_metrics
-from nnrecipe.tasks import image_classification as task
+from nnrecipe.tasks import get_family
+
+task = get_family("image_classification")
 
 TIMING = ("samples_per_s", "epoch_seconds")
 

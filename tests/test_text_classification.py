@@ -13,7 +13,9 @@ from nnrecipe.errors import UserError
 from nnrecipe.models.hf import build
 from nnrecipe.recipe import validate_recipe
 from nnrecipe.runs import create_run
-from nnrecipe.tasks import text_classification as task
+from nnrecipe.tasks import get_family
+
+task = get_family("text_classification")
 
 POS = ["wonderful", "charming", "delightful", "brilliant", "moving", "superb", "great", "lovely"]
 NEG = ["awful", "boring", "dreadful", "tedious", "terrible", "dull", "poor", "clumsy"]
@@ -70,7 +72,8 @@ def test_lora_trains_only_the_adapters_and_the_head(tmp_path):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
     task.train(recipe, run)
-    trained, _, meta = task.inference_model(run)
+    inf = task.inference(run)
+    trained, meta = inf.model, inf.spec
     assert meta["trainable_parameters"] < 0.05 * meta["total_parameters"]
     base, _ = build("minilm", ["neg", "pos"], "lora", {"r": 8, "alpha": 16, "dropout": 0.1})
     frozen = dict(base.named_parameters())

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from nnrecipe.deploy import export
 from nnrecipe.deploy.serve import ServeConfig, create_app
+from nnrecipe.tasks import family_of
 
 KEY = "k"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -19,7 +20,7 @@ def test_text_onnx_export_has_dynamic_batch_and_sequence_and_matches_pytorch(tra
     card = export.export_run(trained_text_run, "onnx")
     assert card["checks"]["max_abs_diff"] <= export.ATOL and card["checks"]["validation_examples"] == 24
     assert card["labels"] == ["neg", "pos"] and card["input"]["input_ids"]["shape"] == ["batch", "sequence"]
-    subject = export.text_subject(trained_text_run)
+    subject = family_of(trained_text_run).export_subject(trained_text_run)
     batch = subject.batches[0]
     path = trained_text_run.dir / "export" / "model.onnx"
     for rows, width in ((1, 4), (5, batch["input_ids"].shape[1])):
@@ -95,13 +96,14 @@ def test_pruning_text_and_ner_runs_reports_the_task_metric(trained_text_run, tra
 
 
 def test_pruned_text_run_fine_tunes_with_its_zeros_kept(trained_text_run):
-    from nnrecipe.deploy.prune import _trained_model, prunable, prune_run
+    from nnrecipe.deploy.prune import prunable, prune_run
     from nnrecipe.runs import open_run
+    from nnrecipe.tasks import family_of
 
     stats = prune_run(trained_text_run, 0.3, finetune_epochs=1)
     out = open_run(stats["run"])
     assert out.meta()["status"] == "finished" and stats["after"] is not None
-    model = _trained_model(out, "text_classification")
+    model = family_of(out).inference(out).model
     weights = [m.weight for _, m in prunable(model, False)]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     assert zeros >= 0.29  # fine-tuning moved the weights but regrew none of the pruned ones

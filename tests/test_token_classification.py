@@ -14,7 +14,10 @@ from nnrecipe.errors import UserError
 from nnrecipe.models.hf import build, model_path
 from nnrecipe.recipe import apply_override, validate_recipe
 from nnrecipe.runs import create_run
-from nnrecipe.tasks import token_classification as task
+from nnrecipe.tasks import get_family
+from nnrecipe.tasks.token_classification import WordLoader, predict_tags
+
+task = get_family("token_classification")
 
 PEOPLE = [["Maria", "Schmidt"], ["John"], ["Ahmed", "Khan"], ["Li", "Wei"], ["Olga"], ["Pierre", "Dubois"]]
 PLACES = [["Berlin"], ["New", "York"], ["Nairobi"], ["Lima"], ["Osaka"], ["Buenos", "Aires"]]
@@ -130,10 +133,10 @@ def test_alignment_round_trips_words_to_subtokens_and_back():
         def forward(self, input_ids, attention_mask, labels=None):
             return type("Out", (), {"logits": torch.nn.functional.one_hot(self.gold.clamp_min(0), len(names)).float()})
 
-    loader = task.WordLoader(enc, 8, tok.pad_token_id)
+    loader = WordLoader(enc, 8, tok.pad_token_id)
     oracle = Oracle()
     oracle.gold = next(iter(loader.batches()))["labels"]
-    assert task.predict_tags(oracle, loader, names)[0] == tags
+    assert predict_tags(oracle, loader, names)[0] == tags
     cut = encode_words(tok, words, tags, ids, max_length=6)  # words past max_length carry no position: predicted O
     assert cut.word_index[0] == [0, 1] and cut.n_words[0] == 6
 
@@ -201,7 +204,8 @@ def test_merge_folds_lora_into_a_plain_model_with_equal_logits(tmp_path):
     out, diff = merge_run(run)
     plain = AutoModelForTokenClassification.from_pretrained(out).eval()
     assert not any("lora" in n for n, _ in plain.named_parameters())
-    model, tok, _ = task.inference_model(run)
+    inf = task.inference(run)
+    model, tok = inf.model, inf.tokenizer
     batch = tok(PROBE, padding=True, return_tensors="pt")
     with torch.no_grad():
         assert (plain(**batch).logits - model(**batch).logits).abs().max() <= 1e-5

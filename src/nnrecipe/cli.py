@@ -37,14 +37,14 @@ def train(
     """Train a model from a recipe; leaves a run directory with checkpoints, metrics, report and plots."""
     from nnrecipe.recipe import load_recipe
     from nnrecipe.runs import create_run
-    from nnrecipe.tasks import task_module
+    from nnrecipe.tasks.family import get_family
 
     r = load_recipe(_find_recipe(recipe), set_)
     if name:
         r.track.name = name
     run = create_run(r, Path(recipe).stem)
     err.print(f"run directory: {run.dir}")
-    result = task_module(r.task).train(r, run)
+    result = get_family(r.task).train(r, run)
     if result["status"] == "interrupted":
         raise typer.Exit(130)
 
@@ -53,7 +53,7 @@ def train(
 def resume(run_dir: Path = typer.Argument(..., help="The run directory to continue.")) -> None:
     """Continue an interrupted run exactly where it stopped (same data order, RNG and optimiser state)."""
     from nnrecipe.runs import open_run
-    from nnrecipe.tasks import task_module
+    from nnrecipe.tasks.family import family_of
 
     run = open_run(run_dir)
     status = run.meta().get("status")
@@ -61,8 +61,7 @@ def resume(run_dir: Path = typer.Argument(..., help="The run directory to contin
         raise UserError(f"{run_dir} already finished ({status}); nothing to resume")
     if not run.last_checkpoint.is_file():
         raise UserError(f"{run_dir} has no checkpoint to resume from ({run.last_checkpoint} is missing)")
-    r = run.recipe()
-    result = task_module(r.task).train(r, run, resume=True)
+    result = family_of(run).train(run.recipe(), run, resume=True)
     if result["status"] == "interrupted":
         raise typer.Exit(130)
 
@@ -70,19 +69,21 @@ def resume(run_dir: Path = typer.Argument(..., help="The run directory to contin
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory."),
-    split: str = typer.Option("test", help="Which of the run's splits: train, val or test."),
+    split: str | None = typer.Option(
+        None, help="Which of the run's splits: train, val or test (default: test, else val)."
+    ),
     data: Path | None = typer.Option(
-        None, help="Evaluate on other data in the run's format instead (an ImageFolder tree)."
+        None, help="Evaluate on other data in the run's format instead (an ImageFolder tree, a text or CoNLL file)."
     ),
 ) -> None:
-    """Evaluate a run's best weights; prints accuracy and per-class figures and writes them into the run."""
+    """Evaluate a run's best weights; prints its scores and writes them into the run's report."""
     from nnrecipe.runs import open_run
-    from nnrecipe.tasks import task_module
+    from nnrecipe.tasks.family import family_of
 
-    if split not in ("train", "val", "test"):
+    if split not in (None, "train", "val", "test"):
         raise UserError(f"--split: must be one of train, val, test (got {split!r})")
     run = open_run(run_dir)
-    task_module(run.recipe().task).evaluate(run, split=split, data_path=str(data) if data else None)
+    family_of(run).evaluate(run, split=split, data_path=str(data) if data else None)
 
 
 @app.command()
@@ -93,15 +94,13 @@ def predict(
     to: Path | None = typer.Option(None, "--out", help="Write one JSON object per input to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per input."),
 ) -> None:
-    """Predict with a run's best weights: label and probabilities per input (NER: entities with character
-    offsets; detection: boxes with labels and scores)."""
+    """Predict with a run's best weights: label, confidence and top classes per input (NER: entities with
+    character offsets; detection: boxes with labels and scores)."""
     from nnrecipe.runs import open_run
-    from nnrecipe.tasks import task_module
+    from nnrecipe.tasks.family import family_of
 
     run = open_run(run_dir)
-    module = task_module(run.recipe().task)
-    if not hasattr(module, "predict"):
-        raise UserError(f"{run_dir} is a {run.recipe().task} run: use `nnrecipe rl play` or `nnrecipe rl evaluate`")
+    family = family_of(run).require("predict")
     inputs = list(inputs or [])
     if file is not None:
         if not file.is_file():
@@ -109,33 +108,15 @@ def predict(
         inputs += [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not inputs:
         raise UserError("nothing to predict: give inputs or --file")
-    rows = module.predict(run, inputs)
+    rows = family.predict(run, inputs)
     if to is not None:
         to.write_text("".join(json.dumps(r) + "\n" for r in rows))
         err.print(f"wrote {len(rows)} predictions to {to}")
     for row in rows:
         if as_json:
             out.print(json.dumps(row), soft_wrap=True)
-        elif to is None and "detections" in row:
-            found = "  ".join(
-                f"{d['label']} {d['score']:.2f} [{', '.join(f'{v:.0f}' for v in d['box'])}]" for d in row["detections"]
-            )
-            out.print(
-                f"{row['file']}: {found or '(nothing above model.score_threshold)'}", markup=False, soft_wrap=True
-            )
-        elif to is None and "entities" in row:
-            found = (
-                "  ".join(f"[{e['text']}]{e['type']}@{e['start']}-{e['end']}" for e in row["entities"])
-                or "(no entities)"
-            )
-            out.print(f"{row['text']}: {found}", markup=False, soft_wrap=True)
         elif to is None:
-            scores = row.get("top") or row.get("probabilities")
-            top = "  ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items(), key=lambda kv: -kv[1])[:3])
-            out.print(
-                f"{row.get('file', row.get('text'))}: {row['label']} ({row['confidence']:.3f})   top: {top}",
-                markup=False,
-            )
+            out.print(family.output.line(row), markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -277,9 +258,11 @@ def rl_train(
 ) -> None:
     """Train an agent; leaves a run directory with the Q-table or network, metrics, report and plots."""
     from nnrecipe.recipe import load_recipe
+    from nnrecipe.rl.family import ReinforcementLearning
 
-    if load_recipe(_find_recipe(recipe), set_).task != "rl":
-        raise UserError(f"{recipe} is not an RL recipe (task: rl); use `nnrecipe train`")
+    task = load_recipe(_find_recipe(recipe), set_).task
+    if task != ReinforcementLearning.name:
+        raise UserError(f"{recipe} is not an RL recipe (task: {task}); use `nnrecipe train`")
     train(recipe, set_, name)
 
 
@@ -292,7 +275,9 @@ def rl_evaluate(
     from nnrecipe.rl import runner
     from nnrecipe.runs import open_run
 
-    runner.evaluate(open_run(run_dir), episodes=episodes)
+    run = open_run(run_dir)
+    run.recipe()  # a clear error for a run of another family
+    runner.evaluate(run, episodes=episodes)
 
 
 @rl_app.command("play")

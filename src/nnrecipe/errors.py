@@ -11,3 +11,7 @@ class RecipeError(UserError):
     """An invalid recipe or override. The CLI prints it and exits 2."""
 
     exit_code = 2
+
+
+class ExportMismatch(UserError):
+    """An exported model's outputs differ from PyTorch's; the artefact is not kept."""

@@ -12,8 +12,10 @@ from typing import Any
 
 import yaml
 
+from nnrecipe.engine.distributed import is_main_process, world_size
 from nnrecipe.errors import UserError
-from nnrecipe.recipe import Recipe, recipe_to_yaml, validate_recipe
+from nnrecipe.reporting import read_report
+from nnrecipe.tasks.family import family_of
 
 
 @dataclass
@@ -41,11 +43,24 @@ class Run:
     def last_checkpoint(self) -> Path:
         return self.dir / "checkpoints" / "last.safetensors"
 
-    def recipe(self) -> Recipe:
-        return validate_recipe(yaml.safe_load(self.recipe_path.read_text()))
+    def recipe(self) -> Any:
+        """The run's resolved recipe, as its own family's recipe model."""
+        return family_of(self).parse_recipe(yaml.safe_load(self.recipe_path.read_text()) or {})
 
     def meta(self) -> dict[str, Any]:
         return json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
+
+    def spec(self, weights: Path | None = None) -> dict[str, Any]:
+        """What inference needs besides the weights (run.json's "spec"); a clear error before training ends."""
+        weights = weights or self.best_checkpoint
+        spec = self.meta().get("spec")
+        if spec is None or not weights.is_file():
+            raise UserError(f"{self.dir} has no trained model yet (no {weights.relative_to(self.dir)})")
+        return spec
+
+    def report(self) -> dict[str, Any]:
+        """report.json: one entry per evaluated split ({} before the first report)."""
+        return read_report(self.dir)
 
     def update_meta(self, **values: Any) -> None:
         if not is_main_process():
@@ -56,15 +71,10 @@ class Run:
         os.replace(tmp, self.meta_path)
 
 
-def is_main_process() -> bool:
-    """Rank 0, or the only process: the one that writes run files (torchrun / accelerate launch set RANK)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def create_run(recipe: Recipe, recipe_name: str) -> Run:
+def create_run(recipe: Any, recipe_name: str) -> Run:
     """A new run directory. Under torchrun / accelerate launch, rank 0 creates it and every process gets
     the same path (a timestamped name could differ by a second between processes)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world_size() > 1:
         import torch
         from accelerate import PartialState
         from accelerate.utils import broadcast_object_list
@@ -77,16 +87,18 @@ def create_run(recipe: Recipe, recipe_name: str) -> Run:
     return _create_run_dir(recipe, recipe_name)
 
 
-def _create_run_dir(recipe: Recipe, recipe_name: str) -> Run:
+def _create_run_dir(recipe: Any, recipe_name: str) -> Run:
     name = recipe.track.name or f"{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(recipe.track.runs_dir) / name
     if path.exists() and any(path.iterdir()):
         # Never overwrite a finished run; a fresh timestamped name when the given one is taken.
         path = Path(recipe.track.runs_dir) / f"{name}-{time.strftime('%H%M%S')}-{os.getpid()}"
     path.mkdir(parents=True, exist_ok=True)
-    (path / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    (path / "recipe.yaml").write_text(recipe.to_yaml())
     run = Run(path)
-    run.update_meta(status="created", recipe_name=recipe_name, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    run.update_meta(
+        status="created", task=recipe.task, recipe_name=recipe_name, created=time.strftime("%Y-%m-%dT%H:%M:%S")
+    )
     return run
 
 

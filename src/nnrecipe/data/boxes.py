@@ -13,12 +13,12 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from PIL import Image, UnidentifiedImageError
 
 from nnrecipe.data.images import IMAGE_SUFFIXES
+from nnrecipe.data.splits import holdout
 from nnrecipe.errors import UserError
 
 
@@ -59,10 +59,8 @@ def load_detection_splits(data) -> DetectionSplits:
     if data.limit:
         out.train = out.train[: data.limit]
     if out.val is None and data.val_fraction > 0:
-        order = np.random.default_rng(data.split_seed).permutation(len(out.train))
-        n_val = max(1, round(len(out.train) * data.val_fraction))
-        out.val = [out.train[i] for i in sorted(order[:n_val])]
-        out.train = [out.train[i] for i in sorted(order[n_val:])]
+        kept, held = holdout(len(out.train), data.val_fraction, data.split_seed)
+        out.val, out.train = [out.train[i] for i in held], [out.train[i] for i in kept]
     return out
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from sklearn.model_selection import train_test_split
 from torchvision.transforms.v2 import functional as F
 
+from nnrecipe.data.splits import holdout
 from nnrecipe.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -78,13 +78,8 @@ def conform(images: torch.Tensor, channels: int | None, size: int) -> torch.Tens
 
 
 def _split(full: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet | None]:
-    if fraction <= 0:
-        return full, None
-    idx = np.arange(len(full))
-    labels = full.labels.numpy()
-    stratify = labels if np.bincount(labels).min() >= 2 else None
-    keep, held = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
-    return full.subset(np.sort(keep)), full.subset(np.sort(held))
+    kept, held = holdout(len(full), fraction, seed, full.labels.tolist())
+    return (full.subset(kept), full.subset(held)) if held else (full, None)
 
 
 def _digits(data) -> ImageSplits:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from nnrecipe.data.splits import epoch_generator, epoch_order
 from nnrecipe.engine.seeding import derived_seed
 
 
@@ -48,13 +49,8 @@ class TensorLoader:
         return self._per_rank
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
-            order = torch.randperm(len(self.labels), generator=g)
-        else:
-            order = torch.arange(len(self.labels))
-        if self.world_size > 1:
-            order = order[self.rank :: self.world_size][: self._per_rank]
+        g = epoch_generator(self.seed, epoch) if self.shuffle else None
+        order = epoch_order(len(self.labels), g, self.rank, self.world_size)
         pin = self.device.type == "cuda"
         for i in range(start, self._len):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]

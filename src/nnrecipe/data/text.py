@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from nnrecipe.engine.seeding import derived_seed
+from nnrecipe.data.splits import epoch_generator, epoch_order, shard
 from nnrecipe.errors import UserError
 
 
@@ -20,6 +20,17 @@ class TextSet:
     texts: list[str]
     pairs: list[str] | None
     labels: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx) -> TextSet:
+        idx = list(idx)
+        return TextSet(
+            [self.texts[i] for i in idx],
+            [self.pairs[i] for i in idx] if self.pairs else None,
+            [self.labels[i] for i in idx],
+        )
 
 
 def read_text_file(
@@ -114,17 +125,15 @@ class TextLoader:
         n, bs = len(self.lengths), self.batch_size
         if not self.shuffle:
             return [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
-        g = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
-        order = torch.randperm(n, generator=g).tolist()
+        g = epoch_generator(self.seed, epoch)
+        order = epoch_order(n, g).tolist()
         if self.group:
             chunk = bs * 50
             order = [i for c in range(0, n, chunk) for i in sorted(order[c : c + chunk], key=self.lengths.__getitem__)]
         batches = [order[i : i + bs] for i in range(0, n, bs)]
         if self.group:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-        if self.world_size > 1:
-            batches = batches[: len(self) * self.world_size][self.rank :: self.world_size]
-        return batches
+        return shard(batches, self.rank, self.world_size)
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         pad = torch.nn.utils.rnn.pad_sequence

@@ -18,6 +18,13 @@ class TokenSet:
     words: list[list[str]]
     tags: list[list[str]]
 
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def subset(self, idx) -> TokenSet:
+        idx = list(idx)
+        return TokenSet([self.words[i] for i in idx], [self.tags[i] for i in idx])
+
 
 def to_iob2(tags: list[str]) -> list[str]:
     """IOB1 (I- may open an entity; B- only between two adjacent entities of one type) to IOB2 (every

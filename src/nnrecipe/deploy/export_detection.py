@@ -8,9 +8,6 @@ normalisation and NMS inside, as the PyTorch model does.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,10 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from nnrecipe.deploy.export import ExportMismatch
+from nnrecipe.deploy.card import model_card, write_card
 from nnrecipe.engine.loop import console
-from nnrecipe.errors import UserError
+from nnrecipe.errors import ExportMismatch, UserError
 from nnrecipe.runs import Run
+from nnrecipe.tasks.family import DetectionsExport, TaskFamily
+from nnrecipe.tasks.serving import ort_session
 
 BOX_ATOL, SCORE_ATOL = 1e-2, 1e-4  # pixels; probability
 
@@ -49,19 +48,15 @@ def check_detections(
     return {"max_box_diff_px": box_diff, "max_score_diff": score_diff}
 
 
-def export_detection(run: Run, fmt: str, out: Path | None, quantize: str | None, images: int = 8) -> dict[str, Any]:
-    from nnrecipe.tasks import detection
-
+def export_detection(
+    run: Run, family: TaskFamily, subject: DetectionsExport, fmt: str, out: Path | None, quantize: str | None
+) -> dict[str, Any]:
     if quantize:
         raise UserError(
             "--quantize int8: not offered for detection runs (ONNX Runtime has no int8 kernels for "
             "Faster R-CNN's RoIAlign and NMS); export fp32"
         )
-    spec = detection._spec(run)
-    model = detection.inference_model(run, spec, "cpu")
-    splits = detection.load_splits(run.recipe())
-    part = splits.val or splits.test or splits.train
-    inputs = [detection.read_rgb(item.path) for item in part[:images]]
+    model, inputs = subject.model, subject.images
     with torch.no_grad():
         reference = [model([x])[0] for x in inputs]
     out = Path(out) if out else run.dir / "export" / ("model.onnx" if fmt == "onnx" else "model.pt")
@@ -82,7 +77,15 @@ def export_detection(run: Run, fmt: str, out: Path | None, quantize: str | None,
         out.unlink(missing_ok=True)
         raise
     checks["validation_images"] = len(inputs)
-    card = _card(run, spec, out, fmt, checks)
+    facts = subject.facts | {
+        "input": subject.facts["input"] | {"batch": "one image per call" if fmt == "onnx" else "a list of images"}
+    }
+    card = write_card(
+        out,
+        model_card(
+            run, family, subject.labels, subject.model_name, facts, format=fmt, quantization=None, checks=checks
+        ),
+    )
     console.print(
         f"exported {out} ({out.stat().st_size / 1e6:.2f} MB); boxes within {checks['max_box_diff_px']:.2g} px and "
         f"scores within {checks['max_score_diff']:.2g} of PyTorch on {len(inputs)} validation images",
@@ -114,64 +117,9 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> N
 
 
 def _run_onnx(path: Path, inputs: list[torch.Tensor]) -> list[dict[str, np.ndarray]]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort_session(path)
     rows = []
     for x in inputs:
         boxes, labels, scores = session.run(None, {"image": x.numpy()})
         rows.append({"boxes": boxes, "labels": labels, "scores": scores})
     return rows
-
-
-def _card(run: Run, spec, artefact: Path, fmt: str, checks: dict) -> dict[str, Any]:
-    report = json.loads((run.dir / "report.json").read_text()) if (run.dir / "report.json").is_file() else {}
-    card = {
-        "task": "detection",
-        "labels": spec.classes,
-        "model": spec.model,
-        "format": fmt,
-        "quantization": None,
-        "input": {
-            "name": "image",
-            "shape": [3, "height", "width"],
-            "dtype": "float32",
-            "range": "pixel / 255, RGB",
-            "batch": "one image per call" if fmt == "onnx" else "a list of images",
-        },
-        "preprocessing": {
-            "resize": f"inside the model: short side {spec.min_size}, long side at most {spec.max_size}",
-            "normalisation": "inside the model (ImageNet mean/std)",
-        },
-        "output": {
-            "boxes": ["detections", 4],
-            "labels": ["detections"],
-            "scores": ["detections"],
-            "labels_index": "1-based into labels (0 is the background)",
-            "suggested_score_threshold": spec.score_threshold,
-        },
-        "checks": checks,
-        "metrics": {k: {m: v.get(m) for m in ("map", "map_50", "map_75", "images")} for k, v in report.items()},
-        "source_run": str(run.dir),
-        "sha256": {
-            "artefact": hashlib.sha256(artefact.read_bytes()).hexdigest(),
-            "weights": hashlib.sha256(run.best_checkpoint.read_bytes()).hexdigest(),
-        },
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    artefact.with_name(artefact.name + ".card.json").write_text(json.dumps(card, indent=2))
-    md = [
-        f"# Model card: {artefact.name}",
-        "",
-        f"- task: detection, model `{spec.model}`, format {fmt}",
-        f"- labels: {', '.join(spec.classes)}",
-        f"- input: {json.dumps(card['input'])}",
-        f"- preprocessing: {json.dumps(card['preprocessing'])}",
-        f"- output: {json.dumps(card['output'])}",
-        f"- checks: {json.dumps(checks)}",
-        f"- metrics: {json.dumps(card['metrics'])}",
-        f"- source run: {run.dir}",
-        f"- sha256: {card['sha256']['artefact']}",
-    ]
-    artefact.with_name(artefact.name + ".card.md").write_text("\n".join(md) + "\n")
-    return card

@@ -11,6 +11,7 @@ import torch
 from nnrecipe.errors import UserError
 from nnrecipe.models.hf import merged
 from nnrecipe.runs import Run
+from nnrecipe.tasks.family import family_of
 
 PROBE = [
     "The film is a charming journey through Paris with Emma Thompson.",
@@ -20,24 +21,12 @@ PROBE = [
 TOLERANCE = 1e-5
 
 
-def _heads(task: str):
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
-
-    if task == "text_classification":
-        from nnrecipe.tasks import text_classification as module
-
-        return module, AutoModelForSequenceClassification
-    if task == "token_classification":
-        from nnrecipe.tasks import token_classification as module
-
-        return module, AutoModelForTokenClassification
-    raise UserError(f"merge works on text_classification and token_classification runs (this one: {task})")
-
-
 def merge_run(run: Run, out: Path | None = None) -> tuple[Path, float]:
     """Write the merged model folder; return it and the largest |logit difference| on probe sentences."""
-    module, auto = _heads(run.meta().get("task"))
-    model, tokenizer, meta = module.inference_model(run)
+    family = family_of(run).require("merge")
+    auto = family.merge_class()
+    inf = family.inference(run)
+    model, tokenizer, meta = inf.model, inf.tokenizer, inf.spec
     batch = tokenizer(PROBE, padding=True, return_tensors="pt")
     with torch.no_grad():
         expected = model(**batch).logits

@@ -23,12 +23,13 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
-from nnrecipe.deploy.predictors import InputError, load_predictor, response_model
+from nnrecipe.deploy.card import model_card
 from nnrecipe.errors import UserError
-from nnrecipe.runs import open_run
+from nnrecipe.runs import Run, open_run
+from nnrecipe.tasks.family import family_of
+from nnrecipe.tasks.serving import InputError, Predictor, serving_precision
 
 log = logging.getLogger("nnrecipe.serve")
-OPEN_PATHS = {"/healthz", "/readyz"}
 
 
 @dataclass
@@ -42,7 +43,7 @@ class ServeConfig:
     batch_max: int = 64  # inputs per model call (micro-batching across requests)
     batch_wait_ms: float = 5.0  # how long a request waits for others to join its model call
     max_text_chars: int = 10_000  # text and NER runs: longest text accepted
-    precision: str = "auto"  # eager PyTorch: auto (bf16 on AMX CPUs), fp32 or bf16
+    precision: str = "auto"  # eager PyTorch: auto (= fp32, measured faster under load), fp32 or bf16
 
 
 class PredictRequest(BaseModel):
@@ -119,7 +120,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             "serving WITHOUT authentication (--insecure-no-auth): anyone who can reach the port can use the model"
         )
     started = time.perf_counter()
-    predictor = load_predictor(open_run(cfg.run_dir), cfg.onnx, cfg.precision)
+    run = open_run(cfg.run_dir)
+    family = family_of(run)
+    predictor = load_predictor(run, cfg.onnx, cfg.precision)
     registry = CollectorRegistry()
     requests = Counter("nnrecipe_requests_total", "HTTP requests", ["route", "status"], registry=registry)
     latency = Histogram("nnrecipe_request_seconds", "Request latency", ["route"], registry=registry)
@@ -194,8 +197,10 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         return {"status": "ready"}
 
     @app.get("/v1/model", dependencies=[Depends(authorize)])
-    def model_card() -> dict[str, Any]:
-        return predictor.card()
+    def card() -> dict[str, Any]:
+        return model_card(
+            run, family, predictor.labels, predictor.model_name, predictor.facts(), backend=predictor.backend
+        )
 
     @app.get("/metrics", dependencies=[Depends(authorize)])
     def metrics() -> Response:
@@ -204,7 +209,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     @app.post(
         "/v1/predict",
         dependencies=[Depends(authorize)],
-        response_model=response_model(predictor),
+        response_model=family.output.response,
         openapi_extra={
             "requestBody": {
                 "content": {
@@ -248,6 +253,12 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         return {"predictions": await batcher.submit(items)}
 
     return app
+
+
+def load_predictor(run: Run, onnx_path: Path | None = None, precision: str = "auto") -> Predictor:
+    """The run's family's predictor, or one line saying that this family is not served."""
+    family = family_of(run).require("serve")
+    return family.predictor(run, onnx_path, serving_precision(precision))
 
 
 def _check_batch(n: int, limit: int) -> None:

@@ -7,7 +7,9 @@ learning rate is their job. That way one bug shows up in the check that names it
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +45,16 @@ def split_overlap(
     if exact > 0 or near > near_limit:
         return WARN, f"{name} shares {kind} with train ({exact:.1%} exact, {near:.1%} {near_what})"
     return None
+
+
+def exact_key(text: str) -> bytes:
+    """A short digest of a text, for finding exact copies across splits."""
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def near_key(text: str) -> bytes:
+    """Lower case, punctuation and spacing removed: catches copies that differ only in formatting."""
+    return exact_key(" ".join(re.sub(r"[^\w\s]", " ", text.lower()).split()))
 
 
 def _safe_optimizer(model: nn.Module, lr: float = 1e-3) -> torch.optim.Optimizer:

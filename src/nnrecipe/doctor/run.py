@@ -10,7 +10,7 @@ from pathlib import Path
 from nnrecipe.doctor import checks
 from nnrecipe.doctor.checks import FAIL, Check
 from nnrecipe.engine.loop import console
-from nnrecipe.errors import UserError
+from nnrecipe.tasks.family import get_family
 
 WHY = {
     1: "Spend time with the data before touching a model: imbalance, duplicates across splits and broken files "
@@ -37,34 +37,10 @@ def run_doctor(recipe, out_dir: Path) -> list[Check]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    if recipe.task == "image_classification":
-        from nnrecipe.doctor import image
-
-        splits, spec = image.prepare(recipe)
-        subject = image.make_subject(recipe, splits, spec)
-        data_steps = [lambda: image.data_check(splits, spec), lambda: image.batch_check(subject, spec, out_dir)]
-    elif recipe.task == "text_classification":
-        from nnrecipe.doctor import text
-
-        train, val, test, labels, lora, tokenizer = text.prepare(recipe)
-        subject = text.make_subject(recipe, train, val, labels, lora, tokenizer)
-        data_steps = [
-            lambda: text.data_check(recipe, train, val, test, tokenizer),
-            lambda: text.batch_check(subject, tokenizer, labels, out_dir),
-        ]
-    elif recipe.task == "token_classification":
-        from nnrecipe.doctor import ner
-
-        train, val, test, tags, tokenizer = ner.prepare(recipe)
-        subject = ner.make_subject(recipe, train, val, tags, tokenizer)
-        data_steps = [
-            lambda: ner.data_check(recipe, train, val, test, tokenizer),
-            lambda: ner.batch_check(subject, tokenizer, tags, out_dir),
-        ]
-    else:
-        raise UserError(
-            f"nnrecipe doctor checks supervised recipes (image and text classification, NER); this one is task: {recipe.task}"
-        )
+    family = get_family(recipe.task).require("doctor")
+    plan = family.doctor(recipe)
+    subject = plan.subject
+    data_steps = [lambda check=check: check(out_dir) for check in plan.data_checks]
     steps = [
         *data_steps,
         lambda: checks.loss_at_init(subject),

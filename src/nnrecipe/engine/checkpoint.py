@@ -61,6 +61,12 @@ def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
     return {k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)}
 
 
+def load_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A trained model's weights from a run checkpoint: the EMA copy when the run kept one, else the model."""
+    tensors, _ = load_checkpoint(path, device)
+    return split_prefix(tensors, "ema.module") or split_prefix(tensors, "model")
+
+
 def with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{k}": v for k, v in tensors.items()}
 

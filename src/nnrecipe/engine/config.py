@@ -1,19 +1,85 @@
-"""Configuration of the engine (optimiser, schedule, loop, tracking): the recipe sections every task shares.
+"""Configuration of the engine (optimiser, schedule, loop, tracking): the recipe sections every task shares,
+and validation that turns pydantic's errors into one readable line per problem.
 
-They live with the engine so the engine depends on nothing above it; `nnrecipe.recipe` composes them.
+They live with the engine so the engine depends on nothing above it; each task family composes them.
 """
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from nnrecipe.errors import RecipeError
+
+S = TypeVar("S", bound=BaseModel)
 
 
 class Section(BaseModel):
     # Unknown keys are errors (a typo must never be silently ignored); assignment is validated too.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def validated(cls: type[S], raw: dict[str, Any]) -> S:
+    """`cls` built from `raw`; RecipeError with a line per problem naming the field and what is allowed."""
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError("\n".join(explain(err, cls) for err in e.errors())) from None
+
+
+def explain(err: dict[str, Any], root: type[BaseModel]) -> str:
+    """One pydantic error as `recipe error: <field>: <problem> (got <value>)`, with a close match for typos."""
+    loc = ".".join(str(p) for p in err["loc"])
+    kind = err["type"]
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        *parent, name = [str(p) for p in err["loc"]]
+        allowed = fields_at(root, parent)
+        hint = difflib.get_close_matches(name, allowed, n=1)
+        where = ".".join(parent) or "the recipe"
+        line = f"recipe error: unknown field '{loc}' in {where}; allowed: {', '.join(allowed)}"
+        return line + (f" (did you mean '{'.'.join([*parent, hint[0]])}'?)" if hint else "")
+    msg = err["msg"]
+    if kind == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        msg = f"must be one of {allowed}"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if not loc:  # whole-recipe checks
+        return f"recipe error: {msg}"
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"recipe error: {loc}: {msg}{shown}"
+
+
+def sub_section(annotation: Any) -> type[BaseModel] | None:
+    """The Section a field holds (also inside `X | None`), or None for a plain value."""
+    return next(
+        (
+            a
+            for a in (annotation, *getattr(annotation, "__args__", ()))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ),
+        None,
+    )
+
+
+def fields_at(root: type[BaseModel], parent: list[str]) -> list[str]:
+    """The field names of the section at `parent` (a path of field names from `root`)."""
+    model = root
+    for name in parent:
+        field = model.model_fields.get(name)
+        sub = sub_section(getattr(field, "annotation", None))
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)
 
 
 class Optim(Section):

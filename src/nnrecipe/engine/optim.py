@@ -16,21 +16,26 @@ from nnrecipe.engine.config import Optim, Schedule
 
 
 def build_optimizer(
-    model: nn.Module, cfg: Optim, backbone: set[str] = frozenset(), backbone_lr_scale: float = 1.0
+    model: nn.Module,
+    cfg: Optim,
+    backbone: set[str] = frozenset(),
+    backbone_lr_scale: float = 1.0,
+    no_decay: set[str] = frozenset(),
 ) -> torch.optim.Optimizer:
     """`backbone`: names of parameters trained at `backbone_lr_scale` x lr (frozen ones included: they
-    join in when unfrozen, since the optimiser skips parameters without gradients)."""
+    join in when unfrozen, since the optimiser skips parameters without gradients). `no_decay`: more
+    parameters kept out of weight decay besides biases and norms (a language model's embeddings)."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        no_decay = not cfg.decay_bias_and_norm and p.ndim <= 1  # biases and norm scales are 1-D
-        groups.setdefault((name in backbone, no_decay), []).append(p)
+        skip = name in no_decay or (not cfg.decay_bias_and_norm and p.ndim <= 1)  # biases and norm scales are 1-D
+        groups.setdefault((name in backbone, skip), []).append(p)
     param_groups = [
         {
             "params": ps,
             "lr": cfg.lr * (backbone_lr_scale if is_backbone else 1.0),
-            "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+            "weight_decay": 0.0 if undecayed else cfg.weight_decay,
         }
-        for (is_backbone, no_decay), ps in sorted(groups.items())
+        for (is_backbone, undecayed), ps in sorted(groups.items())
     ]
     if cfg.name == "sgd":
         return torch.optim.SGD(

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nnrecipe.engine.distributed import is_main_process
 from nnrecipe.errors import UserError
 
 
@@ -14,8 +15,6 @@ class Tracker:
     """Writes from the main process only; other processes of a multi-process run keep their rows in memory."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, wandb: bool = False, config: dict | None = None):
-        from nnrecipe.runs import is_main_process
-
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None

@@ -10,6 +10,7 @@ from-scratch network for the synthetic shapes set, tests and CPU demos.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,15 +22,7 @@ from torchvision.models.detection.backbone_utils import _mobilenet_extractor, re
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
-from nnrecipe.engine.loop import console
 from nnrecipe.models.pretrained import load_matching, read_state_dict
-
-DETECTORS = (
-    "fasterrcnn_resnet50_fpn",
-    "fasterrcnn_mobilenet_v3_large_fpn",
-    "fasterrcnn_mobilenet_v3_large_320_fpn",
-    "tiny",
-)
 
 
 class TinyBackbone(nn.Module):
@@ -67,10 +60,11 @@ def build_detector(
     trainable_backbone_layers: int = 3,
     box_score_thresh: float = 0.05,
     frozen_norm: bool | None = None,
+    report: Callable[[str], None] = print,
 ) -> nn.Module:
     """`num_classes` excludes the background (Faster R-CNN's class 0), which is added here. `frozen_norm`
     (default: whether weights are given) builds the backbone with FrozenBatchNorm2d; a run trained from
-    pretrained weights must be rebuilt the same way to load its checkpoint."""
+    pretrained weights must be rebuilt the same way to load its checkpoint. `report` is told what loaded."""
     pretrained = weights is not None or backbone_weights is not None
     frozen = pretrained if frozen_norm is None else frozen_norm
     norm = FrozenBatchNorm2d if frozen else nn.BatchNorm2d
@@ -111,10 +105,8 @@ def build_detector(
         body = getattr(model.backbone, "body", model.backbone)
         state = read_state_dict(backbone_weights)
         loaded, _ = load_matching(body, state, str(backbone_weights))
-        console.print(f"backbone: {len(loaded)} tensors from {backbone_weights}")
+        report(f"backbone: {len(loaded)} tensors from {backbone_weights}")
     if weights is not None:
         loaded, fresh = load_matching(model, read_state_dict(weights), str(weights))
-        console.print(
-            f"detector: {len(loaded)} tensors from {weights}; freshly initialised: {', '.join(fresh) or 'none'}"
-        )
+        report(f"detector: {len(loaded)} tensors from {weights}; freshly initialised: {', '.join(fresh) or 'none'}")
     return model

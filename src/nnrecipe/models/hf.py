@@ -8,7 +8,6 @@ from typing import Any
 
 from torch import nn
 
-from nnrecipe.engine.loop import Callback
 from nnrecipe.errors import UserError
 
 PEFT_MODES = ("lora", "adalora", "prefix", "ia3")
@@ -122,22 +121,6 @@ def build(name: str, labels: list[str], finetune: str, opts: dict[str, Any] | No
     return model, tokenizer
 
 
-def load_trained(run, head: str, device="cpu"):
-    """(model, tokenizer, meta) of a trained text or NER run: its base model and mode rebuilt, its best
-    weights (the EMA copy when kept) loaded with safetensors."""
-    from nnrecipe.engine.checkpoint import load_checkpoint, split_prefix
-
-    meta = run.meta().get("text")
-    if meta is None or not run.best_checkpoint.is_file():
-        raise UserError(f"{run.dir} has no trained model yet (no checkpoints/best.safetensors)")
-    model, tokenizer = build(
-        meta["model"], meta["labels"], meta["finetune"], meta.get("peft", meta.get("lora")), head=head
-    )
-    tensors, _ = load_checkpoint(run.best_checkpoint)
-    model.load_state_dict(split_prefix(tensors, "ema.module") or split_prefix(tensors, "model"))
-    return model.to(device).eval(), tokenizer, meta
-
-
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameters."""
     params = list(model.parameters())
@@ -163,14 +146,3 @@ def save_adapter(model: nn.Module, finetune: str, out: Path) -> Path | None:
         return None
     model.save_pretrained(str(out))
     return out
-
-
-class AdaLoraSchedule(Callback):
-    """Engine callback: AdaLoRA re-allocates ranks from gradient importance after each optimizer step,
-    before the gradients are cleared (peft's `update_and_allocate`)."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def before_zero_grad(self, trainer) -> None:
-        self.model.base_model.update_and_allocate(trainer.state.global_step)

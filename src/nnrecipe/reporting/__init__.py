@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 
-def merge_report(run_dir: Path, split: str, entry: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """Put `entry` under `split` in run_dir/report.json, keeping the other splits; return (path, report)."""
+def read_report(run_dir: Path) -> dict[str, Any]:
+    """report.json of a run: {split: entry}, {} before the first report."""
     path = Path(run_dir) / "report.json"
-    report = json.loads(path.read_text()) if path.is_file() else {}
-    report[split] = entry
-    path.write_text(json.dumps(report, indent=2))
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def merge_report(run_dir: Path, split: str, entry: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """Put `entry` under `split` in run_dir/report.json (atomically), keeping the other splits; return (path, report)."""
+    path = Path(run_dir) / "report.json"
+    report = read_report(run_dir) | {split: entry}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, path)
     return path, report
 
 

@@ -40,9 +40,7 @@ def summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(
-    run_dir: Path, split: str, summary: dict[str, Any], extra: dict[str, Any] | None = None, plots: list[str] = ()
-) -> Path:
+def write_report(run_dir: Path, split: str, summary: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
     """Write report.json (merged: one entry per evaluated split) and report.md."""
     run_dir = Path(run_dir)
     path, report = merge_report(run_dir, split, summary | (extra or {}))

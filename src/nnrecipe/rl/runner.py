@@ -92,12 +92,10 @@ def evaluate_policy(env: gym.Env, policy: Policy, episodes: int, seed: int, env_
 # -- training ----------------------------------------------------------------------------------------
 
 
-def train(
-    recipe: RLRecipe, run: Run, *, resume: bool = False, progress: bool | None = None, **_: Any
-) -> dict[str, Any]:
+def train(recipe: RLRecipe, run: Run, *, resume: bool = False) -> dict[str, Any]:
     env = make_env(recipe)
     tracker = Tracker(run.dir, recipe.track.tensorboard, recipe.track.wandb, recipe.model_dump(mode="json"))
-    run.update_meta(status="running", task="rl", algo=recipe.algo, env=recipe.env.id)
+    run.update_meta(status="running", task=recipe.task, algo=recipe.algo, env=recipe.env.id)
     try:
         if recipe.algo == "dqn":
             policy, extra = _train_dqn(recipe, run, env, tracker, resume)
@@ -249,7 +247,7 @@ def load_policy(run: Run, recipe: RLRecipe) -> Policy:
 
 
 def evaluate(
-    run: Run, episodes: int | None = None, recipe: RLRecipe | None = None, policy: Policy | None = None, **_: Any
+    run: Run, episodes: int | None = None, recipe: RLRecipe | None = None, policy: Policy | None = None
 ) -> dict[str, Any]:
     """Greedy evaluation on the fixed seed list; prints and writes report.json/.md and the plots."""
     recipe = recipe or run.recipe()

@@ -1,19 +1,6 @@
-"""Task families. Each module gives the CLI the same verbs: train, evaluate, predict."""
+"""Task families: what is learned. Each family is one registered `TaskFamily` (tasks/family.py) that every
+verb asks; this package holds the supervised families and what they share, rl/ the reinforcement one."""
 
-from __future__ import annotations
+from nnrecipe.tasks.family import TaskFamily, family_names, family_of, get_family, register_family
 
-from importlib import import_module
-from types import ModuleType
-
-_TASKS = {
-    "image_classification": "nnrecipe.tasks.image_classification",
-    "text_classification": "nnrecipe.tasks.text_classification",
-    "token_classification": "nnrecipe.tasks.token_classification",
-    "embedding_classification": "nnrecipe.tasks.embedding_classification",
-    "detection": "nnrecipe.tasks.detection",
-    "rl": "nnrecipe.rl.runner",
-}
-
-
-def task_module(name: str) -> ModuleType:
-    return import_module(_TASKS[name])
+__all__ = ["TaskFamily", "family_names", "family_of", "get_family", "register_family"]

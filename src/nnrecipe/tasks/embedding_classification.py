@@ -13,22 +13,26 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from nnrecipe.data.text import TextSet
+from nnrecipe.data.text import TextSet, label_names
 from nnrecipe.engine.loop import console
 from nnrecipe.errors import UserError
+from nnrecipe.models.hf import resolve
 from nnrecipe.reporting.classification import classification_summary, summary_table, write_report
 from nnrecipe.runs import Run
-from nnrecipe.tasks.text_classification import _read, _splits
+from nnrecipe.tasks import outputs
+from nnrecipe.tasks.family import Inference, Metric, Splits, register_family
+from nnrecipe.tasks.supervised import SupervisedFamily
+from nnrecipe.tasks.text_inputs import read_texts, text_splits
+from nnrecipe.tasks.text_recipes import EmbeddingRecipe
 
+PROTOTYPES = "prototypes.safetensors"  # the run's weights
 TEMPERATURE = 0.05  # cosine similarities / T -> softmax: confidences a person can read, argmax unchanged
 
 
 def encoder(name: str):
     from sentence_transformers import SentenceTransformer
-
-    from nnrecipe.models.hf import resolve
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return SentenceTransformer(str(resolve(name)), device=device)
@@ -46,7 +50,7 @@ def embed(model, texts: list[str]) -> torch.Tensor:
 
 
 def prototypes(recipe, model, train: TextSet) -> tuple[list[str], torch.Tensor]:
-    labels = sorted(set(train.labels))
+    labels = label_names(train.labels)
     m = recipe.model
     if m.mode == "zeroshot":
         unknown = sorted(set(m.label_texts) - set(labels))
@@ -68,80 +72,79 @@ def probabilities(model, protos: torch.Tensor, texts: list[str]) -> torch.Tensor
     return (embed(model, texts) @ protos.T / TEMPERATURE).softmax(1)
 
 
-def train(recipe, run: Run, **_: Any) -> dict[str, Any]:
-    """Build the prototypes (from descriptions, or `shots` examples per label) and report on test, else val."""
-    train_set, val_set, test_set = _splits(recipe)
-    model = encoder(recipe.model.name)
-    labels, protos = prototypes(recipe, model, train_set)
-    save_file({"prototypes": protos.contiguous()}, str(run.dir / "prototypes.safetensors"))
-    used = (
-        0
-        if recipe.model.mode == "zeroshot"
-        else sum(min(recipe.model.shots, train_set.labels.count(l)) for l in labels)
-    )
-    run.update_meta(
-        status="finished",
-        task="embedding_classification",
-        labels_used_examples=used,
-        embedding={"labels": labels, "model": recipe.model.name, "mode": recipe.model.mode},
-    )
-    console.print(
-        f"{recipe.model.mode}: {len(labels)} prototypes from "
-        + ("the label descriptions" if not used else f"{used} labelled examples")
-        + f" ({recipe.model.name})"
-    )
-    split, part = ("test", test_set) if test_set is not None else ("val", val_set)
-    summary = _report(run, part, split, model) if part is not None else {}
-    return {"status": "finished", "run": str(run.dir), **summary}
+class Prototypes(torch.nn.Module):
+    """The encoder and the class prototypes as one model: texts in, probabilities out."""
+
+    def __init__(self, encoder, prototypes: torch.Tensor):
+        super().__init__()
+        self.encoder, self.prototypes = encoder, prototypes
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        return probabilities(self.encoder, self.prototypes, texts)
 
 
-def _load(run: Run):
-    meta = run.meta().get("embedding")
-    path = run.dir / "prototypes.safetensors"
-    if meta is None or not path.is_file():
-        raise UserError(f"{run.dir} has no prototypes yet (prototypes.safetensors)")
-    return meta, load_file(str(path))["prototypes"]
+@register_family
+class EmbeddingClassification(SupervisedFamily):
+    """Scored and used like a classifier, trained by no loop: `train` builds the prototypes."""
 
+    name = "embedding_classification"
+    recipe = EmbeddingRecipe
+    metric = Metric("accuracy", "max")
+    output = outputs.CLASSIFICATION
+    card_metrics = ("accuracy", "examples")
+    predict_inputs = "texts"
 
-def _report(run: Run, part: TextSet, split: str, model=None, source: str | None = None) -> dict[str, Any]:
-    meta, protos = _load(run)
-    labels = meta["labels"]
-    unknown = sorted(set(part.labels) - set(labels))
-    if unknown:
-        raise UserError(f"{split}: labels {', '.join(unknown)} have no prototype (known: {', '.join(labels)})")
-    probs = probabilities(model or encoder(meta["model"]), protos, part.texts)
-    y = np.array([labels.index(l) for l in part.labels])
-    summary = classification_summary(y, probs.argmax(1).numpy(), labels)
-    path = write_report(run.dir, split, summary, {"source": source or f"{split} split", "mode": meta["mode"]})
-    console.print(
-        f"\n{split} accuracy {summary['accuracy']:.4f} on {summary['examples']} examples\n" + summary_table(summary)
-    )
-    console.print(f"report: {path} and {run.dir / 'report.md'}", soft_wrap=True)
-    return summary
+    def splits(self, recipe: EmbeddingRecipe) -> Splits:
+        return text_splits(recipe.data)
 
+    def read(self, run: Run, recipe: EmbeddingRecipe, path: Path) -> TextSet:
+        return read_texts(recipe.data, path)
 
-def evaluate(run: Run, split: str = "test", data_path: str | None = None) -> dict[str, Any]:
-    recipe = run.recipe()
-    if data_path is not None:
-        return _report(run, _read(recipe, Path(data_path)), f"data:{data_path}", source=str(data_path))
-    part = dict(zip(("train", "val", "test"), _splits(recipe)))[split]
-    if part is None:
-        raise UserError(f"--split {split}: this run has no {split} split")
-    return _report(run, part, split)
+    def eval_device(self, recipe: EmbeddingRecipe) -> torch.device:
+        return torch.device("cpu")  # the encoder picks its own device
 
+    def train(self, recipe: EmbeddingRecipe, run: Run, *, resume: bool = False, callbacks=()) -> dict[str, Any]:
+        """Build the prototypes (from descriptions, or `shots` examples per label) and report on test, else val."""
+        splits = self.splits(recipe)
+        model = encoder(recipe.model.name)
+        labels, protos = prototypes(recipe, model, splits.train)
+        save_file({"prototypes": protos.contiguous()}, str(run.dir / PROTOTYPES))
+        m = recipe.model
+        used = 0 if m.mode == "zeroshot" else sum(min(m.shots, splits.train.labels.count(label)) for label in labels)
+        spec = {"labels": labels, "model": m.name, "mode": m.mode}
+        run.update_meta(status="finished", task=self.name, labels_used_examples=used, spec=spec)
+        source = "the label descriptions" if not used else f"{used} labelled examples"
+        console.print(f"{m.mode}: {len(labels)} prototypes from {source} ({m.name})")
+        split, part = splits.reported()
+        summary = self.report(run, recipe, part, split, None, model=model) if part is not None else {}
+        return {"status": "finished", "run": str(run.dir), **summary}
 
-def predict(run: Run, texts: list[str], top_k: int = 3) -> list[dict[str, Any]]:
-    meta, protos = _load(run)
-    labels = meta["labels"]
-    out = []
-    for text, p in zip(texts, probabilities(encoder(meta["model"]), protos, texts)):
-        top = p.topk(min(top_k, len(labels)))
-        out.append(
-            {
-                "text": text,
-                "label": labels[int(top.indices[0])],
-                "confidence": float(top.values[0]),
-                "top": {labels[int(i)]: float(v) for v, i in zip(top.values, top.indices)},
-            }
+    def inference(self, run: Run, device="cpu", model=None) -> Inference:
+        from safetensors.torch import load_file
+
+        spec = run.spec(run.dir / PROTOTYPES)
+        protos = load_file(str(run.dir / PROTOTYPES))["prototypes"]
+        return Inference(Prototypes(model or encoder(spec["model"]), protos), spec["labels"], spec)
+
+    def report(
+        self, run: Run, recipe, part: TextSet, split: str, device, source: str | None = None, model=None
+    ) -> dict[str, Any]:
+        inf = self.inference(run, model=model)
+        labels = inf.labels
+        unknown = sorted(set(part.labels) - set(labels))
+        if unknown:
+            raise UserError(f"{split}: labels {', '.join(unknown)} have no prototype (known: {', '.join(labels)})")
+        probs = inf.model(part.texts)
+        y = np.array([labels.index(label) for label in part.labels])
+        summary = classification_summary(y, probs.argmax(1).numpy(), labels)
+        path = write_report(run.dir, split, summary, {"source": source or f"{split} split", "mode": inf.spec["mode"]})
+        console.print(
+            f"\n{split} accuracy {summary['accuracy']:.4f} on {summary['examples']} examples\n" + summary_table(summary)
         )
-    return out
+        console.print(f"report: {path} and {run.dir / 'report.md'}", soft_wrap=True)
+        return summary
+
+    def predict(self, run: Run, inputs: list[str], top_k: int = 3) -> list[dict[str, Any]]:
+        inf = self.inference(run)
+        probs = inf.model(inputs) if inputs else []
+        return [{"text": t, **outputs.top_k(p, inf.labels, top_k)} for t, p in zip(inputs, probs)]

@@ -1,12 +1,13 @@
-"""Image classification: data, model, loss and metrics for the engine, and the train/evaluate/predict verbs.
+"""Image classification: decoded-once image sets, batch augmentation, CNNs/ResNets/timm/torchvision models,
+cross-entropy on the shared engine, accuracy reports, ONNX/TorchScript export, serving and the doctor.
 
-Everything a later `evaluate` or `predict` needs (classes, channels, size, normalisation) is stored in
-the run's run.json, so inference depends on the run directory alone.
+Everything a later `evaluate`, `predict`, `export` or `serve` needs (classes, channels, size,
+normalisation) is the run's spec in run.json, so inference depends on the run directory alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,38 +16,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnrecipe.data.augment import BatchAugment, Normalizer, channel_stats
-from nnrecipe.data.images import ImageSet, conform, load_splits, read_image, read_image_tree
+from nnrecipe.data.augment import Normalizer
+from nnrecipe.data.images import ImageSet, conform, read_image, read_image_tree
 from nnrecipe.data.loader import TensorLoader
-from nnrecipe.engine.checkpoint import load_checkpoint, split_prefix
+from nnrecipe.engine.checkpoint import load_weights, save_checkpoint
 from nnrecipe.engine.freezing import FreezeBackbone
-from nnrecipe.engine.loop import Callback, Trainer, console, describe, make_accelerator
+from nnrecipe.engine.loop import console
 from nnrecipe.engine.optim import build_optimizer
-from nnrecipe.engine.seeding import seed_everything
-from nnrecipe.engine.tracking import Tracker
 from nnrecipe.errors import UserError
-from nnrecipe.models import build_model, head_parameter_names
-from nnrecipe.models.pretrained import load_matching, read_state_dict
-from nnrecipe.recipe import Recipe
+from nnrecipe.models import head_parameter_names
 from nnrecipe.reporting.classification import classification_summary, summary_table, write_report
 from nnrecipe.reporting.plots import plot_confusion, plot_image_grid
 from nnrecipe.runs import Run
-from nnrecipe.tasks._fit import fit_run
-
-
-@dataclass
-class ImageSpec:
-    """What inference needs to turn a file into the model's input (saved in run.json)."""
-
-    classes: list[str]
-    channels: int
-    image_size: int
-    mean: list[float]
-    std: list[float]
-    model: str
-
-    def build_model(self, dropout: float = 0.0) -> nn.Module:
-        return build_model(self.model, len(self.classes), self.channels, self.image_size, dropout)
+from nnrecipe.tasks import outputs
+from nnrecipe.tasks.family import DoctorPlan, Inference, LogitsExport, Metric, Splits, register_family
+from nnrecipe.tasks.image_doctor import plan as doctor_plan
+from nnrecipe.tasks.image_inputs import ImageSpec, eval_loader, image_spec, initial_model, input_pipeline, splits_of
+from nnrecipe.tasks.image_recipe import ImageRecipe
+from nnrecipe.tasks.serving import ImageInputs, Predictor, autocast, decode_image, ort_session
+from nnrecipe.tasks.supervised import Setup, SupervisedFamily, plot_paths, split_tag
 
 
 class ImageClassifier:
@@ -78,233 +66,204 @@ def predict_probs(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]
     return torch.cat(probs), torch.cat(labels)
 
 
-def image_spec(recipe: Recipe, splits) -> ImageSpec:
-    """Classes, input shape and normalisation (computed on the training split when `auto`)."""
-    channels = splits.train.images.shape[1]
-    if recipe.data.normalize == "auto":
-        mean, std = channel_stats(splits.train.images)
-    elif recipe.data.normalize == "none":
-        mean, std = [0.0] * channels, [1.0] * channels
-    else:
-        mean, std = recipe.data.normalize.mean, recipe.data.normalize.std
-        if len(mean) != channels:
-            raise UserError(f"data.normalize: {len(mean)} values given, the images have {channels} channels")
-    return ImageSpec(splits.classes, channels, splits.train.images.shape[-1], mean, std, recipe.model.name)
+@register_family
+class ImageClassification(SupervisedFamily):
+    name = "image_classification"
+    recipe = ImageRecipe
+    metric = Metric("accuracy", "max")
+    output = outputs.CLASSIFICATION
+    card_metrics = ("accuracy", "examples")
 
+    def splits(self, recipe: ImageRecipe) -> Splits:
+        return splits_of(recipe)
 
-def _input_pipeline(recipe: Recipe, spec: ImageSpec, augment: bool):
-    normalize = Normalizer(spec.mean, spec.std)
-    aug = BatchAugment(recipe.data.augment, spec.image_size) if augment else None
-    channels_last = recipe.model.channels_last
+    def setup(self, recipe: ImageRecipe, splits: Splits, acc) -> Setup:
+        spec = image_spec(recipe, splits)
+        t = recipe.train
+        train_loader = TensorLoader(
+            splits.train.images,
+            splits.train.labels,
+            t.batch_size,
+            device=acc.device,
+            shuffle=True,
+            seed=t.seed,
+            prepare=input_pipeline(recipe, spec, augment=True),
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+        )
+        val_loader = eval_loader(recipe, spec, splits.val, acc.device) if splits.val is not None else None
+        model = initial_model(recipe, spec)
+        callbacks, backbone = [], set()
+        if recipe.model.freeze == "backbone":
+            head = head_parameter_names(model)
+            backbone = {n for n, _ in model.named_parameters()} - head
+            callbacks.append(FreezeBackbone(head, recipe.model.unfreeze_at_epoch))
+        n_params = sum(p.numel() for p in model.parameters())
+        n_val, n_test = (len(p) if p is not None else 0 for p in (splits.val, splits.test))
+        summary = (
+            f"{recipe.model.name}: {n_params:,} parameters; {len(splits.train):,} train / {n_val:,} val / {n_test:,} test "
+            f"images ({spec.channels}x{spec.image_size}x{spec.image_size})"
+        )
+        return Setup(
+            model=model,
+            optimizer=build_optimizer(model, recipe.optim, backbone, recipe.model.backbone_lr_scale),
+            task=ImageClassifier(t.label_smoothing),
+            train_loader=train_loader,
+            val_loader=val_loader,
+            spec=asdict(spec),
+            summary=summary,
+            callbacks=callbacks,
+        )
 
-    def prepare(x: torch.Tensor, seed: int) -> torch.Tensor:
-        if aug is not None and aug.active:
-            x = aug(x, seed)
-        x = normalize(x)
-        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-    return prepare
-
-
-def _eval_loader(recipe: Recipe, spec: ImageSpec, part: ImageSet, device) -> TensorLoader:
-    return TensorLoader(
-        part.images,
-        part.labels,
-        recipe.train.eval_batch_size,
-        device=device,
-        prepare=_input_pipeline(recipe, spec, augment=False),
-    )
-
-
-def _model_for(recipe: Recipe, spec: ImageSpec) -> nn.Module:
-    model = spec.build_model(recipe.model.dropout)
-    if recipe.model.init_from is not None:
-        loaded, fresh = load_matching(model, read_state_dict(recipe.model.init_from), str(recipe.model.init_from))
+    def report(
+        self, run: Run, recipe: ImageRecipe, part: ImageSet, split: str, device, source: str | None = None
+    ) -> dict[str, Any]:
+        inf = self.inference(run, device)
+        spec = inf.spec
+        probs, labels = predict_probs(inf.model, eval_loader(recipe, spec, part, device))
+        pred, y = probs.argmax(1).numpy(), labels.numpy()
+        summary = classification_summary(y, pred, spec.classes)
+        names = []
+        if recipe.track.plots:
+            tag = split_tag(split)
+            confusion = plot_confusion(
+                summary["confusion_matrix"], spec.classes, run.plots_dir / f"confusion_{tag}.png"
+            )
+            names.append(str(confusion.relative_to(run.dir)))
+            wrong = np.flatnonzero(pred != y)[:32]
+            if len(wrong):
+                titles = [f"{spec.classes[y[i]]} -> {spec.classes[pred[i]]}" for i in wrong]
+                grid = plot_image_grid(part.images[wrong].numpy(), titles, run.plots_dir / f"misclassified_{tag}.png")
+                names.append(str(grid.relative_to(run.dir)))
+        extra = {
+            "plots": plot_paths(run, *names) if recipe.track.plots else [],
+            "source": source or f"{recipe.data.source} {split} split",
+            "skipped_files": run.meta().get("skipped_files", []),
+        }
+        path = write_report(run.dir, split, summary, extra)
         console.print(
-            f"initialised {len(loaded)} tensors from {recipe.model.init_from}; "
-            f"freshly initialised: {', '.join(fresh) or 'none'}"
+            f"\n{split} accuracy {summary['accuracy']:.4f} on {summary['examples']} images\n" + summary_table(summary)
         )
-    if recipe.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+        console.print(f"report: {path} and {run.dir / 'report.md'}; plots: {run.dir / 'plots'}", soft_wrap=True)
+        return summary
 
-
-def train(
-    recipe: Recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] = (), progress: bool | None = None
-) -> dict[str, Any]:
-    """Train (or resume) a run, then evaluate the best checkpoint on the test split and write the report."""
-    seed_everything(recipe.train.seed)
-    acc = make_accelerator(recipe.train)
-    splits = load_splits(recipe.data)
-    if splits.skipped:
-        console.print(f"[yellow]skipped {len(splits.skipped)} unreadable image(s), e.g. {splits.skipped[0]}[/yellow]")
-    spec = image_spec(recipe, splits)
-    run.update_meta(
-        status="running",
-        task="image_classification",
-        image=spec.__dict__,
-        skipped_files=splits.skipped,
-        sizes={
-            k: len(v) if v is not None else 0
-            for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test))
-        },
-    )
-
-    train_loader = TensorLoader(
-        splits.train.images,
-        splits.train.labels,
-        recipe.train.batch_size,
-        device=acc.device,
-        shuffle=True,
-        seed=recipe.train.seed,
-        prepare=_input_pipeline(recipe, spec, augment=True),
-        rank=acc.process_index,
-        world_size=acc.num_processes,
-    )
-    val_loader = _eval_loader(recipe, spec, splits.val, acc.device) if splits.val is not None else None
-    model = _model_for(recipe, spec)
-    callbacks = list(callbacks)
-    backbone: set[str] = set()
-    if recipe.model.freeze == "backbone":
-        head = head_parameter_names(model)
-        backbone = {n for n, _ in model.named_parameters()} - head
-        callbacks.insert(0, FreezeBackbone(head, recipe.model.unfreeze_at_epoch))
-    optimizer = build_optimizer(model, recipe.optim, backbone, recipe.model.backbone_lr_scale)
-    n_params = sum(p.numel() for p in model.parameters())
-    console.print(
-        f"{recipe.model.name}: {n_params:,} parameters; {len(splits.train):,} train / "
-        f"{len(splits.val) if splits.val else 0:,} val / {len(splits.test) if splits.test else 0:,} test images "
-        f"({spec.channels}x{spec.image_size}x{spec.image_size}); {describe(acc)}",
-        soft_wrap=True,
-    )
-
-    tracker = Tracker(run.dir, recipe.track.tensorboard, recipe.track.wandb, recipe.model_dump(mode="json"))
-    trainer = Trainer(
-        accelerator=acc,
-        model=model,
-        optimizer=optimizer,
-        task=ImageClassifier(recipe.train.label_smoothing),
-        train_loader=train_loader,
-        val_loader=val_loader,
-        train_cfg=recipe.train,
-        schedule_cfg=recipe.schedule,
-        run_dir=run.dir,
-        tracker=tracker,
-        callbacks=callbacks,
-        progress=recipe.track.progress if progress is None else progress,
-    )
-    result = fit_run(run, trainer, tracker, resume, recipe.track.plots)
-    if result.status == "interrupted":
-        return {"status": result.status, "run": str(run.dir)}
-    split = "test" if splits.test is not None else "val"
-    part = splits.test if splits.test is not None else splits.val
-    summary = _report(run, recipe, spec, part, split, acc.device) if part is not None and acc.is_main_process else {}
-    return {"status": result.status, "run": str(run.dir), "history": result.history, **summary}
-
-
-def inference_model(run: Run, spec: ImageSpec, device) -> nn.Module:
-    """The run's best weights (the EMA copy when the run kept one), ready for eval on `device`."""
-    tensors, _ = load_checkpoint(run.best_checkpoint)
-    weights = split_prefix(tensors, "ema.module") or split_prefix(tensors, "model")
-    model = spec.build_model()
-    model.load_state_dict(weights)
-    return model.to(device).eval()
-
-
-def _report(
-    run: Run, recipe: Recipe, spec: ImageSpec, part: ImageSet, split: str, device, source: str | None = None
-) -> dict[str, Any]:
-    model = inference_model(run, spec, device)
-    probs, labels = predict_probs(model, _eval_loader(recipe, spec, part, device))
-    pred = probs.argmax(1).numpy()
-    y = labels.numpy()
-    summary = classification_summary(y, pred, spec.classes)
-    plots = []
-    if recipe.track.plots:
-        tag = split.replace("/", "_").replace(":", "_")
-        plots.append(
-            str(
-                plot_confusion(
-                    summary["confusion_matrix"], spec.classes, run.plots_dir / f"confusion_{tag}.png"
-                ).relative_to(run.dir)
-            )
-        )
-        wrong = np.flatnonzero(pred != y)[:32]
-        if len(wrong):
-            titles = [f"{spec.classes[y[i]]} -> {spec.classes[pred[i]]}" for i in wrong]
-            plots.append(
-                str(
-                    plot_image_grid(
-                        part.images[wrong].numpy(), titles, run.plots_dir / f"misclassified_{tag}.png"
-                    ).relative_to(run.dir)
-                )
-            )
-        if (run.plots_dir / "curves.png").exists():
-            plots.insert(0, "plots/curves.png")
-    extra = {
-        "plots": plots,
-        "source": source or f"{recipe.data.source} {split} split",
-        "skipped_files": run.meta().get("skipped_files", []),
-    }
-    path = write_report(run.dir, split, summary, extra)
-    console.print(
-        f"\n{split} accuracy {summary['accuracy']:.4f} on {summary['examples']} images\n" + summary_table(summary)
-    )
-    console.print(f"report: {path} and {run.dir / 'report.md'}; plots: {run.dir / 'plots'}", soft_wrap=True)
-    return summary
-
-
-def _spec(run: Run) -> ImageSpec:
-    meta = run.meta().get("image")
-    if meta is None or not run.best_checkpoint.is_file():
-        raise UserError(f"{run.dir} has no trained model yet (no checkpoints/best.safetensors)")
-    return ImageSpec(**meta)
-
-
-def evaluate(run: Run, split: str = "test", data_path: str | None = None) -> dict[str, Any]:
-    """Evaluate the run's best weights on one of its splits or on any ImageFolder tree with its classes."""
-    recipe, spec = run.recipe(), _spec(run)
-    device = make_accelerator(recipe.train).device
-    if data_path is not None:
-        root = Path(data_path)
-        if not root.is_dir():
-            raise UserError(f"--data: folder not found: {root} (expected an ImageFolder tree: <class>/<images>)")
+    def read(self, run: Run, recipe: ImageRecipe, path: Path) -> ImageSet:
+        """Any ImageFolder tree with the run's classes."""
+        spec = ImageSpec(**run.spec())
+        if not path.is_dir():
+            raise UserError(f"--data: folder not found: {path} (expected an ImageFolder tree: <class>/<images>)")
         skipped: list[str] = []
-        part = read_image_tree(root, spec.classes, spec.channels, spec.image_size, skipped)
+        part = read_image_tree(path, spec.classes, spec.channels, spec.image_size, skipped)
         if skipped:
             console.print(f"[yellow]skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}[/yellow]")
-        return _report(run, recipe, spec, part, f"data:{root}", device, source=str(root))
-    splits = load_splits(recipe.data)
-    part = getattr(splits, split, None)
-    if part is None:
-        raise UserError(
-            f"--split {split}: this run has no {split} split (available: train, "
-            + ", ".join(s for s in ("val", "test") if getattr(splits, s) is not None)
-            + ")"
+        return part
+
+    def inference(self, run: Run, device="cpu") -> Inference:
+        """The run's best weights (the EMA copy when the run kept one), ready for eval on `device`."""
+        spec = ImageSpec(**run.spec())
+        model = spec.build_model()
+        model.load_state_dict(load_weights(run.best_checkpoint))
+        return Inference(model.to(device).eval(), spec.classes, spec)
+
+    def predict(self, run: Run, inputs: list[str], top_k: int = 3) -> list[dict[str, Any]]:
+        """Classify image files: label, confidence and the top-k classes per file."""
+        recipe = run.recipe()
+        device = self.eval_device(recipe)
+        inf = self.inference(run, device)
+        spec = inf.spec
+        missing = [f for f in inputs if not Path(f).is_file()]
+        if missing:
+            raise UserError(f"image not found: {missing[0]}")
+        images = torch.stack(
+            [
+                conform(read_image(Path(f), spec.channels).unsqueeze(0), spec.channels, spec.image_size)[0]
+                for f in inputs
+            ]
         )
-    return _report(run, recipe, spec, part, split, device)
+        x = input_pipeline(recipe, spec, augment=False)(images.to(device), 0)
+        with torch.no_grad():
+            probs = inf.model(x).float().softmax(1).cpu()
+        return [{"file": str(f), **outputs.top_k(p, spec.classes, top_k)} for f, p in zip(inputs, probs)]
+
+    def predictor(self, run: Run, onnx_path: Path | None = None, precision: str = "fp32") -> Predictor:
+        return ImagePredictor(self, run, onnx_path, precision)
+
+    def export_subject(self, run: Run, limit: int = 512) -> LogitsExport:
+        """The network on (up to `limit`) normalised validation images (test when there is no val split)."""
+        recipe, inf = run.recipe(), self.inference(run)
+        spec = inf.spec
+        splits = self.splits(recipe)
+        part = splits.val if splits.val is not None else splits.test
+        if part is None:
+            raise UserError(f"{run.dir}: no validation or test split to check the export on")
+        part = part.subset(range(min(limit, len(part))))
+        xs, ys = zip(*eval_loader(recipe, spec, part, "cpu").batches())
+        size = [spec.image_size, spec.image_size]
+        facts = {
+            "input": {"name": "input", "shape": ["batch", spec.channels, *size], "dtype": "float32"},
+            "preprocessing": {
+                "resize": size,
+                "channels": spec.channels,
+                "scale": "pixel / 255",
+                "mean": spec.mean,
+                "std": spec.std,
+                "formula": "(pixel / 255 - mean) / std per channel",
+            },
+            "output": {"name": "logits", "shape": ["batch", len(spec.classes)], "softmax": "apply for probabilities"},
+        }
+        batch = {"input": torch.cat(xs)}
+        return LogitsExport(
+            inf.model, [batch], [torch.cat(ys)], ["input"], {"input": {0: "batch"}}, facts, spec.classes, spec.model
+        )
+
+    def prune_start(self, recipe: ImageRecipe, model: nn.Module, folder: Path) -> None:
+        path = folder.with_suffix(".safetensors")
+        save_checkpoint(path, model.state_dict())
+        recipe.model.init_from = path
+        recipe.model.freeze, recipe.model.unfreeze_at_epoch = "none", None
+
+    def doctor(self, recipe: ImageRecipe) -> DoctorPlan:
+        return doctor_plan(recipe)
 
 
-def predict(run: Run, files: list[str], top_k: int = 3) -> list[dict[str, Any]]:
-    """Classify image files; returns label, confidence and the top-k classes per file."""
-    recipe, spec = run.recipe(), _spec(run)
-    device = make_accelerator(recipe.train).device
-    images = torch.stack(
-        [conform(read_image(Path(f), spec.channels).unsqueeze(0), spec.channels, spec.image_size)[0] for f in files]
-    )
-    model = inference_model(run, spec, device)
-    x = _input_pipeline(recipe, spec, augment=False)(images.to(device), 0)
-    with torch.no_grad():
-        probs = model(x).float().softmax(1).cpu()
-    out = []
-    for f, p in zip(files, probs):
-        top = p.topk(min(top_k, len(spec.classes)))
-        out.append(
-            {
-                "file": str(f),
-                "label": spec.classes[top.indices[0]],
-                "confidence": top.values[0].item(),
-                "top": {spec.classes[i]: v for v, i in zip(top.values.tolist(), top.indices.tolist())},
-            }
-        )
-    return out
+class ImagePredictor(ImageInputs, Predictor):
+    """Serving: image files of any size in (resized like the training images), classes out."""
+
+    def __init__(self, family: ImageClassification, run: Run, onnx_path: Path | None, precision: str):
+        inf = family.inference(run)
+        self.spec, self.labels, self.model_name = inf.spec, inf.labels, inf.spec.model
+        self.onnx_path, self.precision = onnx_path, "onnx" if onnx_path is not None else precision
+        self.normalize = Normalizer(self.spec.mean, self.spec.std)
+        if onnx_path is not None:
+            self.session = ort_session(onnx_path)
+        else:
+            self.model = inf.model
+
+    def decode(self, data: bytes, index: int) -> torch.Tensor:
+        img = decode_image(data, index, "L" if self.spec.channels == 1 else "RGB")
+        return conform(img.unsqueeze(0), self.spec.channels, self.spec.image_size)[0]
+
+    def predict(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:
+        x = self.normalize(torch.stack(images))
+        if self.onnx_path is not None:
+            logits = torch.from_numpy(self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})[0])
+        else:
+            with torch.no_grad(), autocast(self.precision):
+                logits = self.model(x)
+        return [outputs.top_k(p, self.labels) for p in logits.float().softmax(1)]
+
+    def facts(self) -> dict[str, Any]:
+        s = self.spec
+        return {
+            "input": {
+                "kind": "image file (PNG, JPEG, ...)",
+                "json": "base64 strings in 'inputs'",
+                "multipart": "files",
+            },
+            "preprocessing": {
+                "resize": [s.image_size, s.image_size],
+                "channels": s.channels,
+                "mean": s.mean,
+                "std": s.std,
+            },
+        }

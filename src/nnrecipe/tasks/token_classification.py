@@ -1,35 +1,28 @@
 """Token classification (NER): a pretrained encoder with a per-token head, fine-tuned on the shared engine.
-Labels sit on each word's first sub-token; predictions are read back per word and scored per entity.
-Verbs: train, evaluate, predict (entities with character offsets)."""
+Labels sit on each word's first sub-token; predictions are read back per word and scored per entity
+(seqeval); predict and serve return entities with character offsets."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from nnrecipe.data.text import TextLoader
-from nnrecipe.data.tokens import Encoded, TokenSet, encode_words, entities, read_token_file, split_words, tag_names
-from nnrecipe.engine.loop import Callback, Trainer, console, describe, make_accelerator
+from nnrecipe.data.tokens import TokenSet, encode_words, entities, split_words, tag_names
+from nnrecipe.engine.loop import console
 from nnrecipe.engine.optim import build_optimizer
-from nnrecipe.engine.seeding import seed_everything
-from nnrecipe.engine.tracking import Tracker
-from nnrecipe.errors import UserError
-from nnrecipe.models.hf import AdaLoraSchedule, build, load_trained, parameter_counts
 from nnrecipe.reporting.ner import ner_summary, ner_table, write_ner_report
 from nnrecipe.runs import Run
-from nnrecipe.tasks._fit import evaluate_split, finish_transformer_run, fit_run
-
-
-class WordLoader(TextLoader):
-    """A TextLoader that also knows, per example, which word each labelled position stands for."""
-
-    def __init__(self, encoded: Encoded, batch_size: int, pad_id: int, **kw):
-        super().__init__(encoded.input_ids, encoded.labels, batch_size, pad_id, **kw)
-        self.encoded = encoded
+from nnrecipe.tasks import outputs
+from nnrecipe.tasks.family import DoctorPlan, Metric, Splits, register_family
+from nnrecipe.tasks.ner_doctor import plan as doctor_plan
+from nnrecipe.tasks.serving import autocast
+from nnrecipe.tasks.supervised import Setup, plot_paths
+from nnrecipe.tasks.text_inputs import WordLoader, read_tokens, token_splits, word_loader
+from nnrecipe.tasks.text_recipes import TokenRecipe
+from nnrecipe.tasks.transformer import TransformerFamily, TransformerPredictor
 
 
 class NerTask:
@@ -80,145 +73,106 @@ def predict_tags(model: nn.Module, loader: WordLoader, tags: list[str]) -> tuple
     return out, loss_sum / max(1, count)
 
 
-def _read(recipe, path: Path) -> TokenSet:
-    d = recipe.data
-    return read_token_file(path, d.format, d.token_column, d.tag_column, d.tokens_key, d.tags_key)
+@register_family
+class TokenClassification(TransformerFamily):
+    name = "token_classification"
+    recipe = TokenRecipe
+    metric = Metric("f1", "max")
+    output = outputs.ENTITIES
+    card_metrics = ("f1", "precision", "recall", "token_accuracy", "sentences")
+    predict_inputs = "texts"
+    head = "token"
 
+    def splits(self, recipe: TokenRecipe) -> Splits:
+        return token_splits(recipe.data)
 
-def _splits(recipe) -> tuple[TokenSet, TokenSet | None, TokenSet | None]:
-    d = recipe.data
-    train = _read(recipe, d.train)
-    if d.limit:
-        train = TokenSet(train.words[: d.limit], train.tags[: d.limit])
-    val = _read(recipe, d.val) if d.val else None
-    if val is None and d.val_fraction > 0:
-        order = np.random.default_rng(d.split_seed).permutation(len(train.words))
-        n_val = max(1, round(d.val_fraction * len(order)))
-        pick = lambda ix: TokenSet([train.words[i] for i in sorted(ix)], [train.tags[i] for i in sorted(ix)])  # noqa: E731
-        train, val = pick(order[n_val:]), pick(order[:n_val])
-    test = _read(recipe, d.test) if d.test else None
-    return train, val, test
+    def setup(self, recipe: TokenRecipe, splits: Splits, acc) -> Setup:
+        train_set, val_set = splits.train, splits.val
+        tags = tag_names(train_set.tags + (val_set.tags if val_set else []))
+        model, tokenizer, spec, summary = self.encoder(recipe, tags, len(train_set))
+        d, t = recipe.data, recipe.train
+        train_loader = word_loader(
+            tokenizer,
+            train_set,
+            tags,
+            t.batch_size,
+            d.max_length,
+            acc.device,
+            shuffle=True,
+            seed=t.seed,
+            group_by_length=d.group_by_length,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+        )
+        val_loader = (
+            word_loader(tokenizer, val_set, tags, t.eval_batch_size, d.max_length, acc.device) if val_set else None
+        )
+        n_val = len(val_set) if val_set else 0
+        return self.with_schedule(
+            recipe,
+            model,
+            Setup(
+                model=model,
+                optimizer=build_optimizer(model, recipe.optim),
+                task=NerTask(tags, val_set.tags if val_set else None),
+                train_loader=train_loader,
+                val_loader=val_loader,
+                spec=spec,
+                summary=f"{summary}; {len(train_set):,} train / {n_val:,} val sentences, {(len(tags) - 1) // 2} entity types",
+            ),
+        )
 
+    def report(
+        self, run: Run, recipe: TokenRecipe, part: TokenSet, split: str, device, source: str | None = None
+    ) -> dict[str, Any]:
+        inf = self.inference(run, device)
+        tags = inf.labels
+        loader = word_loader(inf.tokenizer, part, tags, recipe.train.eval_batch_size, inf.spec["max_length"], device)
+        pred, _ = predict_tags(inf.model, loader, tags)
+        summary = ner_summary(part.tags, pred)
+        enc = loader.encoded
+        truncated = sum(n - (max(ix) + 1 if ix else 0) for n, ix in zip(enc.n_words, enc.word_index))
 
-def _loader(tokenizer, part: TokenSet, tags: list[str], bs: int, max_length: int, device, **kw) -> WordLoader:
-    tag_ids = {t: i for i, t in enumerate(tags)}
-    unknown = sorted({t for sent in part.tags for t in sent} - set(tag_ids))
-    if unknown:
-        raise UserError(f"tags {', '.join(unknown[:5])} are not in the run's tag set ({', '.join(tags)})")
-    return WordLoader(
-        encode_words(tokenizer, part.words, part.tags, tag_ids, max_length),
-        bs,
-        tokenizer.pad_token_id,
-        device=device,
-        **kw,
-    )
+        def shown(words, seq):
+            return ", ".join(f"{' '.join(words[a:b])}/{k}" for k, a, b in entities(seq)) or "-"
 
-
-def train(
-    recipe, run: Run, *, resume: bool = False, callbacks: list[Callback] = (), progress: bool | None = None
-) -> dict[str, Any]:
-    seed_everything(recipe.train.seed)
-    acc = make_accelerator(recipe.train, cpu_bf16=True)
-    train_set, val_set, test_set = _splits(recipe)
-    tags = tag_names(train_set.tags + (val_set.tags if val_set else []))
-    d, t, m = recipe.data, recipe.train, recipe.model
-    steps = t.epochs * -(-len(train_set.words) // t.batch_size) // t.grad_accum_steps
-    opts = m.peft_options() | {"total_steps": steps}
-    model, tokenizer = build(m.name, tags, m.finetune, opts, head="token")
-    trainable, total = parameter_counts(model)
-    console.print(
-        f"{m.name} ({m.finetune}): {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%}); "
-        f"{len(train_set.words):,} train / {len(val_set.words) if val_set else 0:,} val sentences, "
-        f"{(len(tags) - 1) // 2} entity types; {describe(acc)}",
-        soft_wrap=True,
-    )
-    run.update_meta(
-        status="running",
-        task="token_classification",
-        text={
-            "labels": tags,
-            "model": m.name,
-            "finetune": m.finetune,
-            "peft": opts,
-            "max_length": d.max_length,
-            "trainable_parameters": trainable,
-            "total_parameters": total,
-        },
-    )
-    train_loader = _loader(
-        tokenizer,
-        train_set,
-        tags,
-        t.batch_size,
-        d.max_length,
-        acc.device,
-        shuffle=True,
-        seed=t.seed,
-        group_by_length=d.group_by_length,
-        rank=acc.process_index,
-        world_size=acc.num_processes,
-    )
-    val_loader = _loader(tokenizer, val_set, tags, t.eval_batch_size, d.max_length, acc.device) if val_set else None
-    if m.finetune == "adalora":
-        callbacks = [*callbacks, AdaLoraSchedule(model)]
-    tracker = Tracker(run.dir, recipe.track.tensorboard, recipe.track.wandb, recipe.model_dump(mode="json"))
-    trainer = Trainer(
-        accelerator=acc,
-        model=model,
-        optimizer=build_optimizer(model, recipe.optim),
-        task=NerTask(tags, val_set.tags if val_set else None),
-        train_loader=train_loader,
-        val_loader=val_loader,
-        train_cfg=t,
-        schedule_cfg=recipe.schedule,
-        run_dir=run.dir,
-        tracker=tracker,
-        callbacks=list(callbacks),
-        progress=recipe.track.progress if progress is None else progress,
-    )
-    result = fit_run(run, trainer, tracker, resume, recipe.track.plots)
-    return finish_transformer_run(run, recipe, acc, result, val_set, test_set, inference_model, _report)
-
-
-def inference_model(run: Run, device="cpu"):
-    return load_trained(run, "token", device)
-
-
-def _report(run: Run, recipe, part: TokenSet, split: str, device, source: str | None = None) -> dict[str, Any]:
-    model, tokenizer, meta = inference_model(run, device)
-    tags = meta["labels"]
-    loader = _loader(tokenizer, part, tags, recipe.train.eval_batch_size, meta["max_length"], device)
-    pred, _ = predict_tags(model, loader, tags)
-    summary = ner_summary(part.tags, pred)
-    enc = loader.encoded
-    truncated = sum(n - (max(ix) + 1 if ix else 0) for n, ix in zip(enc.n_words, enc.word_index))
-    shown = lambda words, seq: ", ".join(f"{' '.join(words[a:b])}/{k}" for k, a, b in entities(seq)) or "-"  # noqa: E731
-    errors = [
-        {"text": " ".join(w), "gold": shown(w, g), "predicted": shown(w, p)}
-        for w, g, p in zip(part.words, part.tags, pred)
-        if entities(g) != entities(p)
-    ][:10]
-    path = write_ner_report(
-        run.dir,
-        split,
-        summary,
-        {
+        errors = [
+            {"text": " ".join(w), "gold": shown(w, g), "predicted": shown(w, p)}
+            for w, g, p in zip(part.words, part.tags, pred)
+            if entities(g) != entities(p)
+        ][:10]
+        extra = {
             "source": source or f"{split} split",
             "truncated_words": truncated,
             "errors": errors,
-            "plots": ["plots/curves.png"] if (run.plots_dir / "curves.png").exists() else [],
-        },
-    )
-    console.print(
-        f"\n{split} entity F1 {summary['f1']:.4f} (precision {summary['precision']:.4f}, recall {summary['recall']:.4f}), "
-        f"token accuracy {summary['token_accuracy']:.4f} on {summary['sentences']} sentences\n" + ner_table(summary)
-    )
-    console.print(f"report: {path} and {run.dir / 'report.md'}", soft_wrap=True)
-    return summary
+            "plots": plot_paths(run),
+        }
+        path = write_ner_report(run.dir, split, summary, extra)
+        console.print(
+            f"\n{split} entity F1 {summary['f1']:.4f} (precision {summary['precision']:.4f}, recall {summary['recall']:.4f}), "
+            f"token accuracy {summary['token_accuracy']:.4f} on {summary['sentences']} sentences\n" + ner_table(summary)
+        )
+        console.print(f"report: {path} and {run.dir / 'report.md'}", soft_wrap=True)
+        return summary
 
+    def read(self, run: Run, recipe: TokenRecipe, path: Path) -> TokenSet:
+        return read_tokens(recipe.data, path)
 
-def evaluate(run: Run, split: str = "test", data_path: str | None = None) -> dict[str, Any]:
-    return evaluate_split(run, split, data_path, _read, _splits, _report)
+    def predict(self, run: Run, inputs: list[str]) -> list[dict[str, Any]]:
+        inf = self.inference(run)
+        return tag_texts(inf.model, inf.tokenizer, inf.labels, inf.spec["max_length"], inputs) if inputs else []
+
+    def predictor(self, run: Run, onnx_path: Path | None = None, precision: str = "fp32") -> NerPredictor:
+        return NerPredictor(self, run, onnx_path, precision)
+
+    export_output = ("batch", "sequence")  # a row of logits per sub-token
+    export_notes = {"words": "split the CoNLL way; each word's tag is read at its first sub-token"}
+
+    def export_loader(self, inf, part: TokenSet) -> WordLoader:
+        return word_loader(inf.tokenizer, part, inf.labels, 64, inf.spec["max_length"], "cpu")
+
+    def doctor(self, recipe: TokenRecipe) -> DoctorPlan:
+        return doctor_plan(recipe)
 
 
 def tag_texts(model, tokenizer, tags: list[str], max_length: int, texts: list[str]) -> list[dict[str, Any]]:
@@ -237,6 +191,9 @@ def tag_texts(model, tokenizer, tags: list[str], max_length: int, texts: list[st
     return out
 
 
-def predict(run: Run, texts: list[str], top_k: int = 3) -> list[dict[str, Any]]:
-    model, tokenizer, meta = inference_model(run)
-    return tag_texts(model, tokenizer, meta["labels"], meta["max_length"], texts) if texts else []
+class NerPredictor(TransformerPredictor):
+    """NER: each text comes back with its entities and their character offsets."""
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        with torch.no_grad(), autocast(self.precision):
+            return tag_texts(self.model, self.tokenizer, self.labels, self.spec["max_length"], texts)

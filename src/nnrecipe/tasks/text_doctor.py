@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections import Counter
 from pathlib import Path
 
 import torch
 
 from nnrecipe.data.text import TextSet, label_names
-from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, split_overlap
+from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, exact_key, near_key, split_overlap
 from nnrecipe.doctor.subject import Subject
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.models.hf import build
-from nnrecipe.tasks import text_classification as text
-
-
-def _exact(t: str) -> bytes:
-    return hashlib.blake2b(t.encode(), digest_size=16).digest()
-
-
-def _near(t: str) -> bytes:
-    """Lower case, punctuation and spacing removed: catches copies that differ only in formatting."""
-    return _exact(" ".join(re.sub(r"[^\w\s]", " ", t.lower()).split()))
+from nnrecipe.tasks.family import DoctorPlan
+from nnrecipe.tasks.text_inputs import text_loader, text_splits
 
 
 def data_check(recipe, train: TextSet, val: TextSet | None, test: TextSet | None, tokenizer) -> Check:
@@ -41,7 +31,7 @@ def data_check(recipe, train: TextSet, val: TextSet | None, test: TextSet | None
         verdicts.append(WARN)
         notes.append(f"{empty} empty texts")
     figures = []
-    train_exact, train_near = {_exact(t) for t in train.texts}, {_near(t) for t in train.texts}
+    train_exact, train_near = {exact_key(t) for t in train.texts}, {near_key(t) for t in train.texts}
     for name, part in (("val", val), ("test", test)):
         if part is None:
             continue
@@ -49,8 +39,8 @@ def data_check(recipe, train: TextSet, val: TextSet | None, test: TextSet | None
         if outside:
             verdicts.append(FAIL)
             notes.append(f"{name} has labels outside the training label map: {', '.join(outside[:5])}")
-        exact = sum(_exact(t) in train_exact for t in part.texts) / len(part.texts)
-        near = sum(_near(t) in train_near for t in part.texts) / len(part.texts)
+        exact = sum(exact_key(t) in train_exact for t in part.texts) / len(part.texts)
+        near = sum(near_key(t) in train_near for t in part.texts) / len(part.texts)
         figures.append(f"{name}: {exact:.1%} exact / {near:.1%} near duplicates of train")
         if found := split_overlap(name, exact, near, 0.05, "texts", "after normalising"):
             verdicts.append(found[0])
@@ -122,8 +112,21 @@ def embedding_leaf(model, batch):
     return emb, lambda x: model(inputs_embeds=x, attention_mask=batch["attention_mask"]).logits
 
 
+def plan(recipe) -> DoctorPlan:
+    train, val, test, labels, lora, tokenizer = prepare(recipe)
+    subject = make_subject(recipe, train, val, labels, lora, tokenizer)
+    return DoctorPlan(
+        subject,
+        [
+            lambda out: data_check(recipe, train, val, test, tokenizer),
+            lambda out: batch_check(subject, tokenizer, labels, out),
+        ],
+    )
+
+
 def prepare(recipe):
-    train, val, test = text._splits(recipe)
+    splits = text_splits(recipe.data)
+    train, val, test = splits.train, splits.val, splits.test
     labels = label_names(train.labels)
     lora = recipe.model.peft_options()
     _, tokenizer = build(recipe.model.name, labels, "full")
@@ -138,10 +141,10 @@ def make_subject(recipe, train: TextSet, val: TextSet | None, labels, lora, toke
         seed_everything(seed)
         return build(recipe.model.name, labels, recipe.model.finetune, lora)[0]
 
-    loader = text._loader(
+    loader = text_loader(
         tokenizer,
         train,
-        ids,
+        labels,
         recipe.train.batch_size,
         d.max_length,
         "cpu",
@@ -160,7 +163,7 @@ def make_subject(recipe, train: TextSet, val: TextSet | None, labels, lora, toke
         [evaluation.pairs[i] for i in pick] if evaluation.pairs else None,
         [evaluation.labels[i] for i in pick],
     )
-    val_batches = list(text._loader(tokenizer, evaluation, ids, 64, d.max_length, "cpu").batches())
+    val_batches = list(text_loader(tokenizer, evaluation, labels, 64, d.max_length, "cpu").batches())
 
     def accuracy(model, batches):
         model.eval()

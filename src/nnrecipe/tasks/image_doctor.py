@@ -1,4 +1,4 @@
-"""Doctor for image classification: the data checks (1, 2) and the Subject that the generic checks use."""
+"""The doctor for image classification: the data checks (1, 2) and the Subject that the generic checks use."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from nnrecipe.data.augment import channel_stats
-from nnrecipe.data.images import ImageSplits, load_splits
 from nnrecipe.data.loader import TensorLoader
 from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, split_overlap
 from nnrecipe.doctor.subject import Subject
@@ -20,14 +19,21 @@ from nnrecipe.engine.freezing import FreezeBackbone
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.models import head_parameter_names
-from nnrecipe.recipe import Recipe
 from nnrecipe.reporting.plots import plot_image_grid
-from nnrecipe.tasks.image_classification import ImageSpec, _input_pipeline, _model_for, image_spec
+from nnrecipe.tasks.family import DoctorPlan, Splits
+from nnrecipe.tasks.image_inputs import ImageSpec, image_spec, initial_model, input_pipeline, splits_of
+from nnrecipe.tasks.image_recipe import ImageRecipe
 
 
-def prepare(recipe: Recipe) -> tuple[ImageSplits, ImageSpec]:
-    splits = load_splits(recipe.data)
+def prepare(recipe: ImageRecipe) -> tuple[Splits, ImageSpec]:
+    splits = splits_of(recipe)
     return splits, image_spec(recipe, splits)
+
+
+def plan(recipe: ImageRecipe) -> DoctorPlan:
+    splits, spec = prepare(recipe)
+    subject = make_subject(recipe, splits, spec)
+    return DoctorPlan(subject, [lambda out: data_check(splits, spec), lambda out: batch_check(subject, spec, out)])
 
 
 def _exact_hashes(images: torch.Tensor) -> list[bytes]:
@@ -42,7 +48,7 @@ def _average_hashes(images: torch.Tensor, side: int = 16) -> list[bytes]:
     return [np.packbits(b).tobytes() for b in bits]
 
 
-def data_check(splits: ImageSplits, spec: ImageSpec) -> Check:
+def data_check(splits: Splits, spec: ImageSpec) -> Check:
     """1. Become one with the data: balance, duplicates across splits, unreadable files, label range, sizes."""
     verdicts, notes, details = [], [], []
     counts = Counter(splits.train.labels.tolist())
@@ -122,7 +128,7 @@ def batch_check(subject: Subject, spec: ImageSpec, out_dir: Path) -> Check:
     )
 
 
-def make_subject(recipe: Recipe, splits: ImageSplits, spec: ImageSpec, max_eval: int = 1024) -> Subject:
+def make_subject(recipe: ImageRecipe, splits: Splits, spec: ImageSpec, max_eval: int = 1024) -> Subject:
     device = torch.device("cpu")
     seed = recipe.train.seed
     bs = recipe.train.batch_size
@@ -131,7 +137,7 @@ def make_subject(recipe: Recipe, splits: ImageSplits, spec: ImageSpec, max_eval:
     def make_model():
         nonlocal head
         seed_everything(seed)
-        model = _model_for(recipe, spec)
+        model = initial_model(recipe, spec)
         if recipe.model.freeze == "backbone":
             head = head_parameter_names(model)
             FreezeBackbone(head, recipe.model.unfreeze_at_epoch).on_epoch_start(0, model)
@@ -150,7 +156,7 @@ def make_subject(recipe: Recipe, splits: ImageSplits, spec: ImageSpec, max_eval:
         device=device,
         shuffle=True,
         seed=seed,
-        prepare=_input_pipeline(recipe, spec, augment=True),
+        prepare=input_pipeline(recipe, spec, augment=True),
     )
 
     def train_batches(n: int):
@@ -170,7 +176,7 @@ def make_subject(recipe: Recipe, splits: ImageSplits, spec: ImageSpec, max_eval:
             evaluation.labels,
             256,
             device=device,
-            prepare=_input_pipeline(recipe, spec, augment=False),
+            prepare=input_pipeline(recipe, spec, augment=False),
         ).batches()
     )
 

@@ -9,13 +9,14 @@ from pathlib import Path
 import torch
 
 from nnrecipe.data.tokens import IGNORE, TokenSet, encode_words, entities, tag_names
-from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, split_overlap
+from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, exact_key, near_key, split_overlap
 from nnrecipe.doctor.subject import Subject
-from nnrecipe.doctor.text import _exact, _near, embedding_leaf, features, first_batches, padded_inputs
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.models.hf import build
-from nnrecipe.tasks import token_classification as ner
+from nnrecipe.tasks.family import DoctorPlan
+from nnrecipe.tasks.text_doctor import embedding_leaf, features, first_batches, padded_inputs
+from nnrecipe.tasks.text_inputs import token_splits, word_loader
 
 
 def data_check(recipe, train: TokenSet, val: TokenSet | None, test: TokenSet | None, tokenizer) -> Check:
@@ -31,7 +32,7 @@ def data_check(recipe, train: TokenSet, val: TokenSet | None, test: TokenSet | N
     tags = set(tag_names(train.tags))
     # Only sentences of 6+ words are compared: short ones (datelines, "Results", scores) repeat legitimately.
     joined = [" ".join(w) for w in train.words if len(w) >= 6]
-    train_exact, train_near = {_exact(t) for t in joined}, {_near(t) for t in joined}
+    train_exact, train_near = {exact_key(t) for t in joined}, {near_key(t) for t in joined}
     for name, part in (("val", val), ("test", test)):
         if part is None:
             continue
@@ -40,8 +41,8 @@ def data_check(recipe, train: TokenSet, val: TokenSet | None, test: TokenSet | N
             verdicts.append(FAIL)
             notes.append(f"{name} has tags the training data never shows: {', '.join(outside[:5])}")
         texts = [" ".join(w) for w in part.words if len(w) >= 6] or [""]
-        exact = sum(_exact(t) in train_exact for t in texts) / len(texts)
-        near = sum(_near(t) in train_near for t in texts) / len(texts)
+        exact = sum(exact_key(t) in train_exact for t in texts) / len(texts)
+        near = sum(near_key(t) in train_near for t in texts) / len(texts)
         figures.append(f"{name}: {exact:.1%} exact / {near:.1%} near duplicates of train (sentences of 6+ words)")
         # News NER repeats templated lines (headlines, table headers, score lines: 2.4% of CoNLL-2003 valid's
         # 6+ word sentences are in train); only a larger share fails.
@@ -84,8 +85,21 @@ def batch_check(subject: Subject, tokenizer, tags: list[str], out_dir: Path) -> 
     )
 
 
+def plan(recipe) -> DoctorPlan:
+    train, val, test, tags, tokenizer = prepare(recipe)
+    subject = make_subject(recipe, train, val, tags, tokenizer)
+    return DoctorPlan(
+        subject,
+        [
+            lambda out: data_check(recipe, train, val, test, tokenizer),
+            lambda out: batch_check(subject, tokenizer, tags, out),
+        ],
+    )
+
+
 def prepare(recipe):
-    train, val, test = ner._splits(recipe)
+    splits = token_splits(recipe.data)
+    train, val, test = splits.train, splits.val, splits.test
     tags = tag_names(train.tags + (val.tags if val else []))
     _, tokenizer = build(recipe.model.name, tags, "full", head="token")
     return train, val, test, tags, tokenizer
@@ -102,7 +116,7 @@ def make_subject(
         seed_everything(seed)
         return build(recipe.model.name, tags, recipe.model.finetune, opts, head="token")[0]
 
-    loader = ner._loader(
+    loader = word_loader(
         tokenizer,
         train,
         tags,
@@ -118,7 +132,7 @@ def make_subject(
     g = torch.Generator().manual_seed(seed)
     pick = sorted(torch.randperm(len(evaluation.words), generator=g)[:max_eval].tolist())
     evaluation = TokenSet([evaluation.words[i] for i in pick], [evaluation.tags[i] for i in pick])
-    val_batches = list(ner._loader(tokenizer, evaluation, tags, 64, d.max_length, "cpu").batches())
+    val_batches = list(word_loader(tokenizer, evaluation, tags, 64, d.max_length, "cpu").batches())
 
     def accuracy(model, batches):
         """Tag accuracy over labelled tokens."""

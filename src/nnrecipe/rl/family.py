@@ -1,0 +1,43 @@
+"""Reinforcement learning as a task family: `nnrecipe train` / `evaluate` on an RL recipe, and
+`nnrecipe rl play` (rl/cli.py) for one greedy episode. The algorithms live in tabular.py and dqn.py; the
+interaction loop, run directory and reports in runner.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nnrecipe.errors import UserError
+from nnrecipe.rl import runner
+from nnrecipe.rl.config import RLRecipe
+from nnrecipe.runs import Run
+from nnrecipe.tasks.family import Metric, TaskFamily, register_family
+
+
+@register_family
+class ReinforcementLearning(TaskFamily):
+    name = "rl"
+    recipe = RLRecipe
+    metric = Metric("mean_return", "max")
+    hints = {"predict": "use `nnrecipe rl play` or `nnrecipe rl evaluate`"}
+
+    def anchor_paths(self, recipe: RLRecipe, folder: Path) -> None:
+        """A gridmap map file may be named relative to the recipe."""
+        env = recipe.env
+        if env.map and "\n" not in env.map and not Path(env.map).exists() and (folder / env.map).is_file():
+            env.map = str(folder / env.map)
+
+    def train(self, recipe: RLRecipe, run: Run, *, resume: bool = False, callbacks: list = ()) -> dict[str, Any]:
+        if callbacks:
+            raise UserError("RL runs take no engine callbacks (they have their own interaction loop)")
+        return runner.train(recipe, run, resume=resume)
+
+    def evaluate(
+        self, run: Run, split: str | None = None, data_path: str | None = None, episodes: int | None = None
+    ) -> dict[str, Any]:
+        """Greedy episodes on the recipe's fixed seed list (an RL run has no data splits)."""
+        if data_path is not None:
+            raise UserError(
+                "--data: RL runs are evaluated in their environment; use --episodes with `nnrecipe rl evaluate`"
+            )
+        return runner.evaluate(run, episodes=episodes)

@@ -1,0 +1,276 @@
+"""A task family: everything nnrecipe knows about one kind of task, behind one interface, found by name.
+
+Every verb (train, evaluate, predict, export, serve, prune, merge, doctor) asks the registry for the
+family of a recipe or a run and calls the method it needs; a verb never switches on a family's name.
+A family says what it does not offer by leaving a method to the base class, which refuses in one line.
+
+Adding a family is one module that subclasses `TaskFamily` and decorates it with `@register_family`
+(timm's `@register_model`); the modules in BUILTIN are imported the first time the registry is asked.
+docs/architecture.md walks through it step by step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+
+import yaml
+from pydantic import BaseModel
+
+from nnrecipe.engine.config import validated
+from nnrecipe.errors import RecipeError, UserError
+
+if TYPE_CHECKING:  # annotations only: the registry imports nothing heavy
+    import torch
+    from torch import nn
+
+    from nnrecipe.doctor.checks import Check
+    from nnrecipe.doctor.subject import Subject
+    from nnrecipe.tasks.outputs import Output
+
+DEFAULT_TASK = "image_classification"  # what a recipe without `task:` is
+
+# Imported the first time the registry is asked (so `nnrecipe recipes` never imports torch).
+BUILTIN = (
+    "nnrecipe.tasks.image_classification",
+    "nnrecipe.tasks.text_classification",
+    "nnrecipe.tasks.token_classification",
+    "nnrecipe.tasks.embedding_classification",
+    "nnrecipe.tasks.detection",
+    "nnrecipe.rl.family",
+)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The number that judges a run (a key of its report and of `evaluate`'s summary) and which way is better."""
+
+    name: str
+    mode: str  # "max" or "min"
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.mode == "max" else a < b
+
+
+@dataclass
+class Splits:
+    """A family's data, split: whatever one part is (images, texts, sentences, boxed images)."""
+
+    train: Any
+    val: Any | None
+    test: Any | None
+    skipped: list[str] = field(default_factory=list)  # unreadable files, reported in the run
+    classes: list[str] | None = None  # the label names, where the source defines them
+    meta: dict[str, Any] = field(default_factory=dict)  # facts about the data run.json records
+
+    def reported(self) -> tuple[str, Any]:
+        """The split a finished run is reported on: test, else validation."""
+        return ("test", self.test) if self.test is not None else ("val", self.val)
+
+    def named(self, split: str) -> Any:
+        part = getattr(self, split, None) if split in ("train", "val", "test") else None
+        if part is None:
+            have = ", ".join(s for s in ("train", "val", "test") if getattr(self, s) is not None)
+            raise UserError(f"--split {split}: this run has no {split} split (available: {have})")
+        return part
+
+
+@dataclass
+class Inference:
+    """A trained run ready to use, the same bundle for every family: the model in eval mode, the labels it
+    predicts, what inference needs to prepare inputs (the family's spec), and a tokenizer for text."""
+
+    model: nn.Module
+    labels: list[str]
+    spec: Any
+    tokenizer: Any = None
+
+
+@dataclass
+class LogitsExport:
+    """What a family hands `nnrecipe export` when its graph returns logits: a model taking positional
+    tensors, real validation batches keyed by input name, their targets (-100 = not scored), and the card's
+    facts (input, preprocessing, output)."""
+
+    model: nn.Module
+    batches: list[dict[str, torch.Tensor]]
+    targets: list[torch.Tensor]
+    input_names: list[str]
+    dynamic: dict[str, dict[int, str]]
+    facts: dict[str, Any]
+    labels: list[str]
+    model_name: str
+    exporter: str = "dynamo"  # or "torchscript": torch's TorchScript-based ONNX exporter
+
+    def args(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return tuple(batch[n] for n in self.input_names)
+
+
+@dataclass
+class DetectionsExport:
+    """A detector for `nnrecipe export`: boxes, labels and scores per image instead of logits, checked on
+    real validation images."""
+
+    model: nn.Module
+    images: list[torch.Tensor]
+    facts: dict[str, Any]
+    labels: list[str]
+    model_name: str
+
+
+@dataclass
+class DoctorPlan:
+    """What `nnrecipe doctor` needs from a family: the Subject its generic checks (3-9) drive, and the
+    family's own data checks (1, 2), each writing into the doctor's output folder."""
+
+    subject: Subject
+    data_checks: list[Callable[[Path], Check]]  # each writes what it shows into the doctor's folder
+
+
+class Unsupported(UserError):
+    """A verb this family does not offer."""
+
+
+class TaskFamily:
+    """The interface every family implements. Class attributes describe it; methods do its work."""
+
+    name: ClassVar[str]  # the value of `task:` in a recipe and of "task" in run.json
+    recipe: ClassVar[type[BaseModel]]  # its recipe model (pydantic), documented field by field
+    metric: ClassVar[Metric]  # the primary metric of its reports, with its direction
+    output: ClassVar[Output | None] = None  # the prediction schema (tasks/outputs.py); None: no predict
+    card_metrics: ClassVar[tuple[str, ...]] = ()  # report fields a model card shows
+    predict_inputs: ClassVar[str] = "files"  # what `predict` takes: "files" (paths) or "texts"
+    hints: ClassVar[dict[str, str]] = {}  # verb -> what to use instead, added to its refusal
+
+    # -- recipes -----------------------------------------------------------------------------------------
+
+    def parse_recipe(self, raw: dict[str, Any]) -> Any:
+        return validated(self.recipe, raw)
+
+    def anchor_paths(self, recipe: Any, folder: Path) -> None:
+        """Resolve files a recipe names relative to the recipe file's folder (in place). Default: none do."""
+
+    # -- training and use --------------------------------------------------------------------------------
+
+    def train(self, recipe: Any, run: Any, *, resume: bool = False, callbacks: list = ()) -> dict[str, Any]:
+        self.unsupported("train")
+
+    def evaluate(self, run: Any, split: str | None = None, data_path: str | None = None) -> dict[str, Any]:
+        """Score the run's trained model on one of its splits (None: test, else val) or on other data."""
+        self.unsupported("evaluate")
+
+    def predict(self, run: Any, inputs: list[str]) -> list[dict[str, Any]]:
+        """One row per input, in the schema of `self.output`."""
+        self.unsupported("predict")
+
+    def inference(self, run: Any, device: str = "cpu") -> Inference:
+        self.unsupported("inference")
+
+    # -- deployment ----------------------------------------------------------------------------------------
+
+    def predictor(self, run: Any, onnx_path: Path | None = None, precision: str = "fp32") -> Any:
+        """The object `nnrecipe serve` batches requests into (see tasks/serving.py's Predictor)."""
+        self.unsupported("serve")
+
+    def export_subject(self, run: Any) -> LogitsExport | DetectionsExport:
+        self.unsupported("export")
+
+    def prune_start(self, recipe: Any, model: nn.Module, folder: Path) -> None:
+        """Point a fine-tuning recipe at pruned weights (in place), in the form this family starts from."""
+        self.unsupported("prune --finetune-epochs")
+
+    def check_prune_finetune(self, recipe: Any) -> None:
+        """Raise UserError when a pruned model of this recipe cannot be fine-tuned (before anything is written)."""
+
+    def prune_keep_whole(self, model: nn.Module) -> set[str]:
+        """Module names that structured pruning must leave whole (their outputs are the answers)."""
+        return set()
+
+    def merge_class(self) -> Any:
+        """The transformers Auto class a merged model folder loads with."""
+        self.unsupported("merge")
+
+    def doctor(self, recipe: Any) -> DoctorPlan:
+        self.unsupported("doctor")
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    def unsupported(self, verb: str) -> NoReturn:
+        """Refuse a verb in one line: which families offer it, and what to use instead where there is a hint."""
+        hint = f"; {self.hints[verb]}" if verb in self.hints else ""
+        if verb in VERBS:
+            method, noun = VERBS[verb]
+            offering = [n for n in family_names() if get_family(n).offers(verb)]
+            raise Unsupported(f"{self.name}: {noun} supports {', '.join(offering)} runs (this one: {self.name}){hint}")
+        raise Unsupported(f"{verb}: not offered for {self.name} runs{hint}")
+
+    def offers(self, verb: str) -> bool:
+        """Whether this family implements the method that carries `verb` (a key of VERBS)."""
+        method = VERBS[verb][0]
+        return getattr(type(self), method) is not getattr(TaskFamily, method)
+
+    def require(self, verb: str) -> TaskFamily:
+        """This family, or the one-line refusal of `verb`; verbs call it before doing any work."""
+        if not self.offers(verb):
+            self.unsupported(verb)
+        return self
+
+
+# verb -> (the method that carries it, the noun its refusal names)
+VERBS = {
+    "train": ("train", "training"),
+    "evaluate": ("evaluate", "evaluation"),
+    "predict": ("predict", "predict"),
+    "serve": ("predictor", "serving"),
+    "export": ("export_subject", "export"),
+    "prune": ("prune_start", "pruning"),
+    "merge": ("merge_class", "merge"),
+    "doctor": ("doctor", "nnrecipe doctor"),
+}
+
+_REGISTRY: dict[str, TaskFamily] = {}
+_loaded = False
+
+
+def register_family(cls: type[TaskFamily]) -> type[TaskFamily]:
+    """Class decorator: make a family known under `cls.name` (a later registration under the same name wins)."""
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def unregister_family(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in BUILTIN:
+            import_module(module)
+
+
+def family_names() -> list[str]:
+    """Every registered family: the built-in ones in BUILTIN's order (whatever was imported first), then
+    the others in the order they registered."""
+    _load_builtins()
+    rank = {module: i for i, module in enumerate(BUILTIN)}
+    return sorted(_REGISTRY, key=lambda n: rank.get(type(_REGISTRY[n]).__module__, len(BUILTIN)))
+
+
+def get_family(name: str) -> TaskFamily:
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise RecipeError(f"recipe error: task: must be one of {', '.join(family_names())} (got {name!r})")
+    return _REGISTRY[name]
+
+
+def family_of(run: Any) -> TaskFamily:
+    """The family a run directory belongs to (run.json's task, else its recipe's)."""
+    task = run.meta().get("task")
+    if task is None:
+        task = (yaml.safe_load(run.recipe_path.read_text()) or {}).get("task", DEFAULT_TASK)
+    return get_family(task)

@@ -1,0 +1,139 @@
+"""The image-classification recipe: where the images come from, augmentation, and the network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from nnrecipe.engine.config import Section
+from nnrecipe.models import check_model_name
+from nnrecipe.tasks.sections import TrainedRecipe
+
+
+class Augment(Section):
+    """Training-time augmentation (torchvision.transforms.v2 semantics), applied to whole batches."""
+
+    crop_padding: int = Field(
+        0, ge=0, description="Random crop of the original size after zero-padding this many pixels per side; 0 = off."
+    )
+    hflip: bool = Field(False, description="Random horizontal flip with probability 0.5.")
+    rotation: float = Field(
+        0.0, ge=0, le=180, description="Random rotation in [-rotation, +rotation] degrees; 0 = off."
+    )
+    scale: tuple[float, float] | None = Field(
+        None, description="RandomResizedCrop area range, e.g. [0.6, 1.0]; null = off."
+    )
+    color_jitter: float = Field(0.0, ge=0, le=1, description="Brightness/contrast/saturation jitter strength; 0 = off.")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, v):
+        if v is not None and not (0 < v[0] <= v[1] <= 1):
+            raise ValueError("must be [low, high] with 0 < low <= high <= 1")
+        return v
+
+
+class Normalize(Section):
+    """Per-channel mean and standard deviation in [0, 1] pixel units."""
+
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _same_length(self):
+        if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
+            raise ValueError("mean and std need one value per channel and std > 0")
+        return self
+
+
+class ImageData(Section):
+    """Where the images come from and how they are split."""
+
+    source: Literal["digits", "cifar10", "imagefolder"] = Field(
+        "digits",
+        description="digits: scikit-learn's embedded 8x8 digits; cifar10: torchvision's CIFAR-10; imagefolder: a class-per-folder tree.",
+    )
+    path: Path | None = Field(
+        None,
+        description="cifar10: folder holding cifar-10-batches-py (default ~/.cache/nnrecipe/cifar10); imagefolder: the tree (with train/ val/ test/ subfolders, or one tree to split).",
+    )
+    download: bool = Field(True, description="cifar10: download when the files are missing and the network allows.")
+    val_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Fraction of the training split held back for validation when the source has no val split.",
+    )
+    test_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Fraction held back for testing when the source has no test split (digits, single-tree imagefolder).",
+    )
+    split_seed: int = Field(
+        0, description="Seed of the stratified split, independent of the training seed so splits stay fixed."
+    )
+    image_size: int | None = Field(
+        None,
+        gt=0,
+        description="Resize images to this square size; null = the source's native size (imagefolder: the first image's).",
+    )
+    channels: Literal[1, 3] | None = Field(
+        None, description="Convert images to 1 (grey) or 3 (RGB) channels; null = the source's own."
+    )
+    normalize: Literal["auto", "none"] | Normalize = Field(
+        "auto", description="auto: mean/std computed on the training split; none; or {mean: [...], std: [...]}."
+    )
+    limit: int | None = Field(None, gt=0, description="Use only the first N training examples (quick experiments).")
+    augment: Augment = Field(default_factory=Augment)
+
+
+class ImageModel(Section):
+    """Which network to build and how to initialise it."""
+
+    name: str = Field(
+        "convnet", description="convnet, lenet5, resnet18, resnet34, mlp, tv:<torchvision model>, timm:<timm model>."
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier (built-in models).")
+    init_from: Path | None = Field(
+        None,
+        description="Weights to start from: a .safetensors file, a torch state dict (.pt/.pth, loaded weights_only) or a run directory. Layers whose shapes differ (the head) are re-initialised.",
+    )
+    freeze: Literal["none", "backbone"] = Field(
+        "none", description="backbone: train only the classifier head (transfer learning)."
+    )
+    unfreeze_at_epoch: int | None = Field(
+        None,
+        ge=0,
+        description="Epoch (0-based) at which a frozen backbone starts training, at backbone_lr_scale x the LR.",
+    )
+    backbone_lr_scale: float = Field(
+        1.0, gt=0, le=1, description="LR multiplier of the backbone's parameter group relative to the head."
+    )
+    channels_last: bool = Field(
+        False, description="Use the channels_last memory format (often faster for convnets on GPU)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        check_model_name(v)
+        return v
+
+
+class ImageRecipe(TrainedRecipe):
+    """Image classification: what to learn (data, model), how (optim, schedule, train), and where it goes (track)."""
+
+    task: Literal["image_classification"] = Field("image_classification", description="The task family.")
+    data: ImageData = Field(default_factory=ImageData)
+    model: ImageModel = Field(default_factory=ImageModel)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.model.unfreeze_at_epoch is not None and self.model.freeze == "none":
+            raise ValueError("model.unfreeze_at_epoch needs model.freeze: backbone")
+        if self.optim.nesterov and self.optim.name == "sgd" and self.optim.momentum == 0:
+            raise ValueError("optim.nesterov needs optim.momentum > 0")
+        return self

@@ -1,0 +1,53 @@
+"""The recipe parts every family shares, defined once: the header (task, description), tracking, and for
+families the engine trains, the optimiser, schedule and loop with the family's own defaults."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import yaml
+from pydantic import Field, model_validator
+
+from nnrecipe.engine.config import Optim, Schedule, Section, Track, Train
+
+SHARED = ("optim", "schedule", "train", "track")
+
+
+class FamilyRecipe(Section):
+    """What every recipe has besides its family's own sections. A family narrows `task` to its name."""
+
+    task: str = Field(description="The task family.")
+    description: str = Field("", description="One line shown by `nnrecipe recipes`.")
+    track: Track = Field(default_factory=Track)
+
+    def ordered(self) -> dict[str, Any]:
+        """The recipe as plain data, in reading order: the header, the family's own sections, the shared ones."""
+        raw = self.model_dump(mode="json")
+        head = [k for k in ("task", "description") if k in raw]
+        own = [k for k in raw if k not in head and k not in SHARED]
+        return {k: raw[k] for k in [*head, *own, *(k for k in SHARED if k in raw)]}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.ordered(), sort_keys=False)
+
+
+class TrainedRecipe(FamilyRecipe):
+    """A recipe the engine trains. DEFAULTS holds the family's own defaults for the shared sections, kept
+    for every field a recipe does not set (so `train: {epochs: 1}` still clips at 1.0 for a transformer)."""
+
+    DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    optim: Optim = Field(default_factory=Optim)
+    schedule: Schedule = Field(default_factory=Schedule)
+    train: Train = Field(default_factory=Train)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and cls.DEFAULTS:
+            raw = dict(raw)
+            for section, values in cls.DEFAULTS.items():
+                given = raw.get(section)
+                if given is None or isinstance(given, dict):
+                    raw[section] = {**values, **(given or {})}
+        return raw

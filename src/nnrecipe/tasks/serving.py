@@ -1,0 +1,123 @@
+"""What every family's serving predictor shares: reading request inputs safely, ONNX Runtime sessions, and
+the numerics of the eager model. A family's `predictor()` returns a `Predictor`; deploy/serve.py does the
+HTTP side (auth, limits, micro-batching, metrics) for all of them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from nnrecipe.errors import UserError
+
+MAX_PIXELS = 4096 * 4096  # a larger image is refused (422) before it can exhaust a worker's memory
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class InputError(ValueError):
+    """One input of a request cannot be used; the message names it."""
+
+
+class Predictor:
+    """A served model. `decode` reads one uploaded file, `decode_text` one JSON string; `predict` runs a
+    micro-batch of decoded inputs; `facts` describes inputs and outputs for the model card."""
+
+    labels: list[str]
+    model_name: str
+    onnx_path: Path | None = None
+    precision: str = "fp32"
+
+    @property
+    def backend(self) -> str:
+        return "onnxruntime" if self.onnx_path is not None else f"pytorch ({self.precision})"
+
+    def decode(self, data: bytes, index: int) -> Any:
+        raise NotImplementedError
+
+    def decode_text(self, item: str, index: int) -> Any:
+        raise NotImplementedError
+
+    def predict(self, items: list[Any]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def facts(self) -> dict[str, Any]:
+        return {}
+
+
+class ImageInputs:
+    """Inputs are image files: multipart uploads, or base64 strings in JSON."""
+
+    def decode_text(self, item: str, index: int):
+        return self.decode(from_base64(item, index), index)
+
+
+class TextInputs:
+    """Inputs are texts: JSON strings, or UTF-8 files in a multipart upload."""
+
+    def decode(self, data: bytes, index: int) -> str:
+        try:
+            return self.decode_text(data.decode("utf-8"), index)
+        except UnicodeDecodeError:
+            raise InputError(f"inputs[{index}]: not UTF-8 text") from None
+
+    def decode_text(self, item: str, index: int) -> str:
+        if not item.strip():
+            raise InputError(f"inputs[{index}]: empty text")
+        return item
+
+
+def from_base64(item: str, index: int) -> bytes:
+    try:
+        return base64.b64decode(item, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"inputs[{index}]: not valid base64") from None
+
+
+def decode_image(data: bytes, index: int, mode: str = "RGB", max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """uint8 C x H x W from an image file's bytes (its first frame), in PIL `mode` ("L" or "RGB"); the
+    pixel count is checked from the header, before anything is decoded."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > max_pixels:
+                raise InputError(f"inputs[{index}]: {im.width}x{im.height} pixels; the limit is {max_pixels} pixels")
+            im.seek(0)
+            array = np.asarray(im.convert(mode), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"inputs[{index}]: not a decodable image ({type(e).__name__})") from None
+    img = torch.from_numpy(array.copy())
+    return img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
+
+
+def ort_session(onnx_path: Path):
+    """An ONNX Runtime CPU session that does not busy-wait between calls: a spinning thread pool starves
+    the event loop (and every other process) on a small machine (measured in bench/serve_load.py)."""
+    import onnxruntime as ort
+
+    if not Path(onnx_path).is_file():
+        raise UserError(f"--onnx: file not found: {onnx_path}")
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def serving_precision(precision: str) -> str:
+    """auto serves fp32: bf16 autocast was measured slower under serving load on an AMX CPU (MiniLM 88-90 vs
+    95-99 req/s, small micro-batches re-cast every weight on each call; bench/serve_load.py --eager fp32 bf16)
+    and small CNNs are not faster under it either. bf16 stays available on request."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision: must be auto, fp32 or bf16 (got {precision!r})")
+    return "fp32" if precision == "auto" else precision
+
+
+def autocast(precision: str):
+    """The eager model's numerics: bf16 autocast on the CPU, or nothing (fp32, and ONNX Runtime)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -1,0 +1,171 @@
+"""The supervised fit skeleton, written once for every family the engine trains.
+
+A family supplies its splits, a `Setup` (model, optimiser, TrainTask, loaders, the spec inference needs)
+and a report writer; `SupervisedFamily.train` does the rest the same way for all of them: seed, device,
+tracker, the engine's Trainer, resume, status and curves, then a report on test (else validation).
+`evaluate` scores one split, or other data the family can read, through the same report writer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from nnrecipe.engine.loop import (
+    Callback,
+    EpochLoader,
+    FitResult,
+    Trainer,
+    TrainTask,
+    console,
+    describe,
+    make_accelerator,
+)
+from nnrecipe.engine.seeding import seed_everything
+from nnrecipe.engine.tracking import Tracker
+from nnrecipe.errors import UserError
+from nnrecipe.models import head_parameter_names
+from nnrecipe.reporting.plots import plot_curves
+from nnrecipe.runs import Run
+from nnrecipe.tasks.family import Splits, TaskFamily
+
+
+@dataclass
+class Setup:
+    """What a family builds for one training run; the skeleton does everything else."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    task: TrainTask
+    train_loader: EpochLoader
+    val_loader: EpochLoader | None
+    spec: dict[str, Any]  # saved in run.json as "spec": everything inference needs besides the weights
+    summary: str  # the run's first console line (the device is added)
+    callbacks: list[Callback] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # anything else run.json should record
+
+
+class SupervisedFamily(TaskFamily):
+    """A family trained by the engine on labelled splits."""
+
+    cpu_bf16: ClassVar[bool] = False  # matmul-heavy enough for train.precision auto to pick bf16 on AMX CPUs
+
+    # -- what a family provides ------------------------------------------------------------------------
+
+    def splits(self, recipe: Any) -> Splits:
+        raise NotImplementedError
+
+    def setup(self, recipe: Any, splits: Splits, acc) -> Setup:
+        raise NotImplementedError
+
+    def report(self, run: Run, recipe: Any, part: Any, split: str, device, source: str | None = None) -> dict[str, Any]:
+        """Score the run's trained model on `part`, write report.json/.md (and plots), print a summary."""
+        raise NotImplementedError
+
+    def read(self, run: Run, recipe: Any, path: Path) -> Any:
+        """Other data in the run's format, for `evaluate --data`."""
+        self.unsupported("evaluate --data")
+
+    def prune_keep_whole(self, model: nn.Module) -> set[str]:
+        """The classifier head (timm's get_classifier(), else the last nn.Linear)."""
+        return {n.rsplit(".", 1)[0] for n in head_parameter_names(model)}
+
+    def finish(self, run: Run, recipe: Any, setup: Setup) -> None:
+        """After a completed fit, on rank 0, before the report (e.g. keep a peft adapter alone)."""
+
+    # -- the skeleton ----------------------------------------------------------------------------------
+
+    def train(self, recipe: Any, run: Run, *, resume: bool = False, callbacks: list[Callback] = ()) -> dict[str, Any]:
+        """Train (or resume) a run, then report its best weights on test (else validation)."""
+        seed_everything(recipe.train.seed)
+        acc = make_accelerator(recipe.train, cpu_bf16=self.cpu_bf16)
+        splits = self.splits(recipe)
+        if splits.skipped:
+            console.print(
+                f"[yellow]skipped {len(splits.skipped)} unreadable file(s), e.g. {splits.skipped[0]}[/yellow]"
+            )
+        s = self.setup(recipe, splits, acc)
+        sizes = {
+            k: len(v) if v is not None else 0
+            for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+        }
+        run.update_meta(
+            status="running",
+            task=self.name,
+            spec=s.spec,
+            sizes=sizes,
+            skipped_files=splits.skipped,
+            **splits.meta,
+            **s.meta,
+        )
+        console.print(f"{s.summary}; {describe(acc)}", soft_wrap=True)
+        tracker = Tracker(run.dir, recipe.track.tensorboard, recipe.track.wandb, recipe.model_dump(mode="json"))
+        trainer = Trainer(
+            accelerator=acc,
+            model=s.model,
+            optimizer=s.optimizer,
+            task=s.task,
+            train_loader=s.train_loader,
+            val_loader=s.val_loader,
+            train_cfg=recipe.train,
+            schedule_cfg=recipe.schedule,
+            run_dir=run.dir,
+            tracker=tracker,
+            callbacks=[*s.callbacks, *callbacks],
+            progress=recipe.track.progress,
+        )
+        result = fit_run(run, trainer, tracker, resume, recipe.track.plots)
+        if result.status == "interrupted":
+            return {"status": result.status, "run": str(run.dir)}
+        summary: dict[str, Any] = {}
+        if acc.is_main_process:
+            self.finish(run, recipe, s)
+            split, part = splits.reported()
+            if part is not None:
+                summary = self.report(run, recipe, part, split, acc.device)
+        return {"status": result.status, "run": str(run.dir), "history": result.history, **summary}
+
+    def evaluate(self, run: Run, split: str | None = None, data_path: str | None = None) -> dict[str, Any]:
+        recipe = run.recipe()
+        device = self.eval_device(recipe)
+        if data_path is not None:
+            part = self.read(run, recipe, Path(data_path))
+            return self.report(run, recipe, part, f"data:{data_path}", device, source=str(data_path))
+        splits = self.splits(recipe)
+        split, part = splits.reported() if split is None else (split, splits.named(split))
+        if part is None:
+            raise UserError(f"{run.dir}: no validation or test split to evaluate on")
+        return self.report(run, recipe, part, split, device)
+
+    def eval_device(self, recipe: Any) -> torch.device:
+        return make_accelerator(recipe.train, cpu_bf16=self.cpu_bf16).device
+
+
+def fit_run(run: Run, trainer: Trainer, tracker: Tracker, resume: bool, plots: bool) -> FitResult:
+    """trainer.fit() with the run's status recorded (diverged, interrupted, finished) and its curves drawn."""
+    try:
+        result = trainer.fit(resume=resume)
+    except UserError:
+        run.update_meta(status="diverged")
+        raise
+    finally:
+        tracker.close()
+    run.update_meta(status=result.status)
+    if plots and result.status != "interrupted" and result.history and trainer.acc.is_main_process:
+        plot_curves(result.history, run.plots_dir / "curves.png")
+    return result
+
+
+def plot_paths(run: Run, *names: str) -> list[str]:
+    """Run-relative paths of the plots a report lists: the learning curves first, when there are any."""
+    curves = ["plots/curves.png"] if (run.dir / "plots" / "curves.png").exists() else []
+    return curves + [n for n in names if n]
+
+
+def split_tag(split: str) -> str:
+    """A split name fit for a file name (`data:/a/b` -> `data__a_b`)."""
+    return split.replace("/", "_").replace(":", "_")

@@ -1,0 +1,78 @@
+"""How labelled text and token files become batches for the text families: reading, holding out
+validation, tokenising once, batching with dynamic padding. Shared by the families (text and token
+classification, embeddings) and their doctors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nnrecipe.data.splits import holdout
+from nnrecipe.data.text import TextLoader, TextSet, read_text_file
+from nnrecipe.data.tokens import Encoded, TokenSet, encode_words, read_token_file
+from nnrecipe.errors import UserError
+from nnrecipe.tasks.family import Splits
+from nnrecipe.tasks.text_recipes import TextData, TokenData
+
+
+def text_loader(tokenizer, part: TextSet, labels: list[str], bs: int, max_length: int, device, **kw) -> TextLoader:
+    """Tokenised once, batched with dynamic padding; labels outside `labels` are a clear error."""
+    ids = {label: i for i, label in enumerate(labels)}
+    unknown = sorted(set(part.labels) - set(ids))
+    if unknown:
+        raise UserError(f"labels {', '.join(unknown[:5])} are not in the run's label map ({', '.join(labels)})")
+    enc = tokenizer(part.texts, part.pairs, truncation=True, max_length=max_length)
+    types = enc.get("token_type_ids")
+    return TextLoader(
+        enc["input_ids"], [ids[x] for x in part.labels], bs, tokenizer.pad_token_id, device=device, type_ids=types, **kw
+    )
+
+
+def read_texts(data: TextData, path: Path) -> TextSet:
+    return read_text_file(path, data.format, data.text_column, data.label_column, data.text_pair_column)
+
+
+def text_splits(data: TextData) -> Splits:
+    """The data section's files; validation held out of train (stratified) when no file is given."""
+    train = read_texts(data, data.train)
+    if data.limit:
+        train = train.subset(range(min(data.limit, len(train))))
+    val = read_texts(data, data.val) if data.val else None
+    if val is None and data.val_fraction > 0:
+        kept, held = holdout(len(train), data.val_fraction, data.split_seed, train.labels)
+        train, val = train.subset(kept), train.subset(held)
+    test = read_texts(data, data.test) if data.test else None
+    return Splits(train, val, test)
+
+
+class WordLoader(TextLoader):
+    """A TextLoader that also knows, per example, which word each labelled position stands for."""
+
+    def __init__(self, encoded: Encoded, batch_size: int, pad_id: int, **kw):
+        super().__init__(encoded.input_ids, encoded.labels, batch_size, pad_id, **kw)
+        self.encoded = encoded
+
+
+def read_tokens(data: TokenData, path: Path) -> TokenSet:
+    return read_token_file(path, data.format, data.token_column, data.tag_column, data.tokens_key, data.tags_key)
+
+
+def token_splits(data: TokenData) -> Splits:
+    """The data section's files; validation held out of train when no file is given."""
+    train = read_tokens(data, data.train)
+    if data.limit:
+        train = train.subset(range(min(data.limit, len(train))))
+    val = read_tokens(data, data.val) if data.val else None
+    if val is None and data.val_fraction > 0:
+        kept, held = holdout(len(train), data.val_fraction, data.split_seed)
+        train, val = train.subset(kept), train.subset(held)
+    test = read_tokens(data, data.test) if data.test else None
+    return Splits(train, val, test)
+
+
+def word_loader(tokenizer, part: TokenSet, tags: list[str], bs: int, max_length: int, device, **kw) -> WordLoader:
+    tag_ids = {t: i for i, t in enumerate(tags)}
+    unknown = sorted({t for sent in part.tags for t in sent} - set(tag_ids))
+    if unknown:
+        raise UserError(f"tags {', '.join(unknown[:5])} are not in the run's tag set ({', '.join(tags)})")
+    encoded = encode_words(tokenizer, part.words, part.tags, tag_ids, max_length)
+    return WordLoader(encoded, bs, tokenizer.pad_token_id, device=device, **kw)

@@ -1,0 +1,136 @@
+"""The recipes of the text families (classification, NER, zero/few-shot from embeddings): one data section
+for labelled text files, one for token files, one pretrained-encoder section shared by the fine-tuned ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from nnrecipe.engine.config import Section
+from nnrecipe.tasks.sections import FamilyRecipe, TrainedRecipe
+
+TRANSFORMER_DEFAULTS = {
+    "optim": {"name": "adamw", "lr": 5e-5, "weight_decay": 0.01},
+    "schedule": {"name": "linear", "warmup_epochs": 0.1},
+    "train": {"epochs": 3, "batch_size": 32, "eval_batch_size": 128, "clip_grad_norm": 1.0},
+}
+
+
+class TextData(Section):
+    """Text classification files: CSV/TSV (with a header) or JSONL, one example per row."""
+
+    train: Path = Field(Path("data/sst2/train.tsv"), description="Training file.")
+    val: Path | None = Field(None, description="Validation file; null = hold back val_fraction of train.")
+    test: Path | None = Field(None, description="Test file; null = report on validation.")
+    format: Literal["auto", "csv", "tsv", "jsonl"] = Field("auto", description="auto follows the file extension.")
+    text_column: str = Field("sentence", description="Column (or JSON key) holding the text.")
+    text_pair_column: str | None = Field(None, description="Second text for sentence-pair tasks; null = single text.")
+    label_column: str = Field("label", description="Column holding the label (a name or an id).")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Held back from train when data.val is null.")
+    split_seed: int = Field(0, description="Seed of that split.")
+    limit: int | None = Field(None, gt=0, description="Use only the first N training rows.")
+    max_length: int = Field(128, gt=1, description="Truncate to this many tokens.")
+    group_by_length: bool = Field(True, description="Batch similar lengths together (less padding, same randomness).")
+
+
+class TextModel(Section):
+    """A pretrained Hugging Face encoder with a task head, fine-tuned fully or parameter-efficiently (peft)."""
+
+    name: str = Field(
+        "minilm", description="minilm (the packaged all-MiniLM-L6-v2), a local model folder, or a hub id (online only)."
+    )
+    finetune: Literal["full", "frozen", "lora", "adalora", "prefix", "ia3"] = Field(
+        "full",
+        description="full; frozen (linear probe on a frozen encoder); lora, adalora, prefix (prefix tuning), ia3: peft methods.",
+    )
+    lora_r: int = Field(8, gt=0, description="LoRA rank (AdaLoRA: the target average rank).")
+    lora_alpha: int = Field(16, gt=0, description="LoRA scaling numerator.")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout.")
+    lora_targets: list[str] = Field(
+        ["query", "value"], description="Modules LoRA/AdaLoRA adapt (names inside the encoder)."
+    )
+    prefix_tokens: int = Field(
+        16, gt=0, description="Prefix tuning: virtual tokens prepended to every layer's keys and values."
+    )
+
+    def peft_options(self) -> dict:
+        return {
+            "r": self.lora_r,
+            "alpha": self.lora_alpha,
+            "dropout": self.lora_dropout,
+            "targets": self.lora_targets,
+            "prefix_tokens": self.prefix_tokens,
+        }
+
+
+class TextRecipe(TrainedRecipe):
+    """Text classification by fine-tuning a pretrained transformer."""
+
+    DEFAULTS = TRANSFORMER_DEFAULTS
+    task: Literal["text_classification"] = Field("text_classification", description="The task family.")
+    data: TextData = Field(default_factory=TextData)
+    model: TextModel = Field(default_factory=TextModel)
+
+
+NER_DEFAULTS = TRANSFORMER_DEFAULTS | {"train": TRANSFORMER_DEFAULTS["train"] | {"monitor": "val_f1"}}
+
+
+class TokenData(Section):
+    """NER files: CoNLL columns (word ... tag, blank line between sentences) or JSONL (tokens, tags); IOB1 becomes IOB2."""
+
+    train: Path = Field(Path("data/conll2003/train.txt"), description="Training file.")
+    val: Path | None = Field(None, description="Validation file; null = hold back val_fraction of train.")
+    test: Path | None = Field(None, description="Test file; null = report on validation.")
+    format: Literal["auto", "conll", "jsonl"] = Field(
+        "auto", description="auto: .jsonl/.json are JSONL, anything else CoNLL columns."
+    )
+    token_column: int = Field(0, description="CoNLL: column of the word (0 = first).")
+    tag_column: int = Field(-1, description="CoNLL: column of the tag (-1 = last).")
+    tokens_key: str = Field("tokens", description="JSONL: key of the word list.")
+    tags_key: str = Field("tags", description="JSONL: key of the tag list.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Held back from train when data.val is null.")
+    split_seed: int = Field(0, description="Seed of that split.")
+    limit: int | None = Field(None, gt=0, description="Use only the first N training sentences.")
+    max_length: int = Field(128, gt=1, description="Truncate to this many sub-tokens; words beyond it are predicted O.")
+    group_by_length: bool = Field(True, description="Batch similar lengths together (less padding, same randomness).")
+
+
+class TokenRecipe(TrainedRecipe):
+    """Token classification (NER) by fine-tuning a pretrained transformer."""
+
+    DEFAULTS = NER_DEFAULTS
+    task: Literal["token_classification"] = Field("token_classification", description="The task family.")
+    data: TokenData = Field(default_factory=TokenData)
+    model: TextModel = Field(default_factory=TextModel)
+
+
+class EmbeddingModel(Section):
+    """A frozen sentence encoder and class prototypes: no gradient step at all."""
+
+    name: str = Field(
+        "minilm",
+        description="minilm (the packaged all-MiniLM-L6-v2 sentence encoder) or a local sentence-transformers folder.",
+    )
+    mode: Literal["zeroshot", "fewshot"] = Field(
+        "fewshot",
+        description="zeroshot: prototypes are the embedded label descriptions; fewshot: the mean embedding of `shots` training examples per label.",
+    )
+    shots: int = Field(8, gt=0, description="fewshot: examples per label drawn (seeded) from the training split.")
+    label_texts: dict[str, str] = Field(
+        default_factory=dict,
+        description="zeroshot: a description per label (default: the label itself), put into `template`.",
+    )
+    template: str = Field(
+        "{}", description="zeroshot: how a label description becomes a sentence, e.g. 'This review is {}.'"
+    )
+    seed: int = Field(0, description="Seed of the few-shot draw.")
+
+
+class EmbeddingRecipe(FamilyRecipe):
+    """Zero- or few-shot text classification from sentence embeddings (nearest class prototype by cosine)."""
+
+    task: Literal["embedding_classification"] = Field("embedding_classification", description="The task family.")
+    data: TextData = Field(default_factory=TextData)
+    model: EmbeddingModel = Field(default_factory=EmbeddingModel)
