@@ -25,6 +25,7 @@ from nnrecipe.engine.config import Section
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.errors import UserError
 from nnrecipe.reporting.classification import classification_summary, write_report
+from nnrecipe.runs import Run
 from nnrecipe.tasks import outputs
 from nnrecipe.tasks.family import Inference, LogitsExport, Metric, Splits, register_family, unregister_family
 from nnrecipe.tasks.sections import TrainedRecipe
@@ -99,7 +100,7 @@ class BlobsFamily(SupervisedFamily):
             classes=[f"c{i}" for i in range(d.centers)],
         )
 
-    def setup(self, recipe: BlobsRecipe, splits: Splits, acc) -> Setup:
+    def setup(self, recipe: BlobsRecipe, splits: Splits, acc, run: Run) -> Setup:
         model = mlp(len(splits.classes))
         t = recipe.train
         return Setup(

@@ -120,6 +120,48 @@ def predict(
 
 
 @app.command()
+def generate(
+    run_dir: Path = typer.Argument(..., help="A language-model run directory."),
+    prompt: str = typer.Argument("\n", help="Text to continue (default: a new line)."),
+    max_new_tokens: int | None = typer.Option(
+        None, min=1, help="Tokens to generate (default: the recipe's sample section)."
+    ),
+    temperature: float | None = typer.Option(
+        None, min=0.0, help="Softmax temperature; 0 = always the most likely token."
+    ),
+    top_k: int | None = typer.Option(None, min=0, help="Sample among the k most likely tokens; 0 = all."),
+    top_p: float | None = typer.Option(None, min=0.0, max=1.0, help="Nucleus sampling mass (default: off)."),
+    seed: int | None = typer.Option(None, help="Sampling seed."),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Recompute the whole context every step (slower; to compare)."
+    ),
+) -> None:
+    """Continue a prompt with a trained language model; prints the text, and tokens/s on stderr."""
+    from nnrecipe.runs import open_run
+    from nnrecipe.tasks.family import family_of
+
+    run = open_run(run_dir)
+    result = (
+        family_of(run)
+        .require("generate")
+        .generate(
+            run,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            use_cache=not no_cache,
+        )
+    )
+    out.print(result["prompt"] + result["text"], markup=False, soft_wrap=True)
+    err.print(
+        f"{result['new_tokens']} tokens at {result['tokens_per_s']:,.0f} tokens/s" + (" (no cache)" if no_cache else "")
+    )
+
+
+@app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="A trained run directory."),
     format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
@@ -184,13 +226,14 @@ def serve(
     max_batch: int = typer.Option(64, min=1, help="Most inputs in one request (422 above)."),
     batch_wait_ms: float = typer.Option(5.0, min=0, help="Micro-batching: how long a request waits for others."),
     max_text_chars: int = typer.Option(
-        10_000, min=1, help="Text and NER runs: longest text in characters (422 above)."
+        10_000, min=1, help="Text, NER and language-model runs: longest text or prompt in characters (422 above)."
     ),
+    max_new_tokens: int = typer.Option(512, min=1, help="Language-model runs: most tokens one request may generate."),
     precision: str = typer.Option(
         "auto", help="Eager PyTorch numerics: auto (fp32; measured faster under load than bf16 autocast), fp32, bf16."
     ),
 ) -> None:
-    """Serve a run over HTTP: /v1/predict, /v1/model, /healthz, /readyz, /metrics."""
+    """Serve a run over HTTP: /v1/predict (and /v1/generate for language models), /v1/model, /healthz, /readyz, /metrics."""
     import dataclasses
     import logging
     import os
@@ -210,6 +253,7 @@ def serve(
         batch_max=max(max_batch, 64),
         batch_wait_ms=batch_wait_ms,
         max_text_chars=max_text_chars,
+        max_new_tokens=max_new_tokens,
         precision=precision,
     )
     app_ = create_app(cfg)  # fails here, with one line, on a bad run, key or model

@@ -1,6 +1,7 @@
 """The HTTP server: FastAPI + uvicorn, API-key auth, input limits, Prometheus metrics, micro-batching.
 
-Endpoints: POST /v1/predict (JSON: base64 images or texts; or multipart files), GET /v1/model (the card), GET /healthz,
+Endpoints: POST /v1/predict (JSON: base64 images or texts; or multipart files), POST /v1/generate (language
+models: a prompt and sampling options), GET /v1/model (the card), GET /healthz,
 GET /readyz (open), GET /metrics (Prometheus). Everything but the health endpoints needs
 `Authorization: Bearer <key>`: 401 without a key, 403 with a wrong one.
 """
@@ -27,6 +28,7 @@ from nnrecipe.deploy.card import model_card
 from nnrecipe.errors import UserError
 from nnrecipe.runs import Run, open_run
 from nnrecipe.tasks.family import family_of
+from nnrecipe.tasks.outputs import Generated
 from nnrecipe.tasks.serving import InputError, Predictor, serving_precision
 
 log = logging.getLogger("nnrecipe.serve")
@@ -42,8 +44,18 @@ class ServeConfig:
     max_batch: int = 64  # inputs per request
     batch_max: int = 64  # inputs per model call (micro-batching across requests)
     batch_wait_ms: float = 5.0  # how long a request waits for others to join its model call
-    max_text_chars: int = 10_000  # text and NER runs: longest text accepted
+    max_text_chars: int = 10_000  # text, NER and language-model runs: longest text (or prompt) accepted
+    max_new_tokens: int = 512  # language-model runs: most tokens one /v1/generate request may ask for
     precision: str = "auto"  # eager PyTorch: auto (= fp32, measured faster under load), fp32 or bf16
+
+
+class GenerateRequest(BaseModel):
+    prompt: str = Field(..., description="Text to continue.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Tokens to generate (default: the run's recipe).")
+    temperature: float | None = Field(None, ge=0, description="Softmax temperature; 0 = the most likely token.")
+    top_k: int | None = Field(None, ge=0, description="Sample among the k most likely tokens; 0 = all.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
+    seed: int | None = Field(None, description="Sampling seed (default: the run's recipe).")
 
 
 class PredictRequest(BaseModel):
@@ -251,6 +263,21 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         except InputError as e:
             raise HTTPException(422, str(e)) from None
         return {"predictions": await batcher.submit(items)}
+
+    if family.offers("generate"):
+
+        @app.post("/v1/generate", dependencies=[Depends(authorize)], response_model=Generated)
+        async def generate(request: GenerateRequest) -> dict:
+            if len(request.prompt) > cfg.max_text_chars:
+                raise HTTPException(422, f"prompt: {len(request.prompt)} characters; the limit is {cfg.max_text_chars}")
+            if (request.max_new_tokens or 0) > cfg.max_new_tokens:
+                raise HTTPException(422, f"max_new_tokens: {request.max_new_tokens}; the limit is {cfg.max_new_tokens}")
+            options = request.model_dump(exclude={"prompt"})
+            loop = asyncio.get_running_loop()
+            try:
+                return await loop.run_in_executor(None, lambda: predictor.generate(request.prompt, **options))
+            except UserError as e:  # e.g. characters a char-level model never saw
+                raise HTTPException(422, f"prompt: {e}") from None
 
     return app
 

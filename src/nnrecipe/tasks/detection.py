@@ -130,7 +130,7 @@ class Detection(SupervisedFamily):
     def splits(self, recipe: DetectionRecipe) -> Splits:
         return detection_splits(recipe)
 
-    def setup(self, recipe: DetectionRecipe, splits: Splits, acc) -> Setup:
+    def setup(self, recipe: DetectionRecipe, splits: Splits, acc, run: Run) -> Setup:
         spec = detection_spec(recipe, splits.classes)
         t, m = recipe.train, recipe.model
         train_loader = DetectionLoader(

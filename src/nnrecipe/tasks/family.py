@@ -40,6 +40,7 @@ BUILTIN = (
     "nnrecipe.tasks.token_classification",
     "nnrecipe.tasks.embedding_classification",
     "nnrecipe.tasks.detection",
+    "nnrecipe.tasks.language_modeling",
     "nnrecipe.rl.family",
 )
 
@@ -169,6 +170,10 @@ class TaskFamily:
     def inference(self, run: Any, device: str = "cpu") -> Inference:
         self.unsupported("inference")
 
+    def generate(self, run: Any, prompt: str, **options: Any) -> dict[str, Any]:
+        """Continue `prompt` (language models): {prompt, text, new_tokens, tokens_per_s}."""
+        self.unsupported("generate")
+
     # -- deployment ----------------------------------------------------------------------------------------
 
     def predictor(self, run: Any, onnx_path: Path | None = None, precision: str = "fp32") -> Any:
@@ -224,6 +229,7 @@ VERBS = {
     "train": ("train", "training"),
     "evaluate": ("evaluate", "evaluation"),
     "predict": ("predict", "predict"),
+    "generate": ("generate", "generate"),
     "serve": ("predictor", "serving"),
     "export": ("export_subject", "export"),
     "prune": ("prune_start", "pruning"),

@@ -77,7 +77,7 @@ class ImageClassification(SupervisedFamily):
     def splits(self, recipe: ImageRecipe) -> Splits:
         return splits_of(recipe)
 
-    def setup(self, recipe: ImageRecipe, splits: Splits, acc) -> Setup:
+    def setup(self, recipe: ImageRecipe, splits: Splits, acc, run: Run) -> Setup:
         spec = image_spec(recipe, splits)
         t = recipe.train
         train_loader = TensorLoader(

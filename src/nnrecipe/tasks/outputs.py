@@ -61,6 +61,7 @@ class Generated(BaseModel):
     prompt: str
     text: str = Field(description="The prompt's continuation (without the prompt).")
     new_tokens: int
+    tokens_per_s: float | None = Field(None, description="/v1/generate: how fast the tokens came.")
 
 
 class GenerationResponse(BaseModel):

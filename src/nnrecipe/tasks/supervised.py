@@ -59,7 +59,8 @@ class SupervisedFamily(TaskFamily):
     def splits(self, recipe: Any) -> Splits:
         raise NotImplementedError
 
-    def setup(self, recipe: Any, splits: Splits, acc) -> Setup:
+    def setup(self, recipe: Any, splits: Splits, acc, run: Run) -> Setup:
+        """Everything the engine needs for this run (`run`: for files the family keeps beside it)."""
         raise NotImplementedError
 
     def report(self, run: Run, recipe: Any, part: Any, split: str, device, source: str | None = None) -> dict[str, Any]:
@@ -88,7 +89,7 @@ class SupervisedFamily(TaskFamily):
             console.print(
                 f"[yellow]skipped {len(splits.skipped)} unreadable file(s), e.g. {splits.skipped[0]}[/yellow]"
             )
-        s = self.setup(recipe, splits, acc)
+        s = self.setup(recipe, splits, acc, run)
         sizes = {
             k: len(v) if v is not None else 0
             for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test))

@@ -66,7 +66,7 @@ class TextClassification(TransformerFamily):
     def splits(self, recipe: TextRecipe) -> Splits:
         return text_splits(recipe.data)
 
-    def setup(self, recipe: TextRecipe, splits: Splits, acc) -> Setup:
+    def setup(self, recipe: TextRecipe, splits: Splits, acc, run: Run) -> Setup:
         labels = label_names(splits.train.labels)
         model, tokenizer, spec, summary = self.encoder(recipe, labels, len(splits.train))
         d, t = recipe.data, recipe.train

@@ -86,7 +86,7 @@ class TokenClassification(TransformerFamily):
     def splits(self, recipe: TokenRecipe) -> Splits:
         return token_splits(recipe.data)
 
-    def setup(self, recipe: TokenRecipe, splits: Splits, acc) -> Setup:
+    def setup(self, recipe: TokenRecipe, splits: Splits, acc, run: Run) -> Setup:
         train_set, val_set = splits.train, splits.val
         tags = tag_names(train_set.tags + (val_set.tags if val_set else []))
         model, tokenizer, spec, summary = self.encoder(recipe, tags, len(train_set))

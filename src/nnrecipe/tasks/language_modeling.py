@@ -1,0 +1,318 @@
+"""Language modelling: a char-rnn (RNN/LSTM/GRU) or a small GPT trained from scratch on a text stream with
+the shared engine; loss, perplexity and bits per character; sampling with a KV cache; `nnrecipe generate`.
+
+An epoch is `data.batches_per_epoch` batches of random contiguous blocks (seeded per batch, so resume is
+exact); validation reads the held-out stream in consecutive blocks. The run keeps its tokenizer (the char
+vocabulary in its spec, a BPE tokenizer.json beside it) and its token streams memory-mapped under tokens/.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnrecipe.data.lm import BlockLoader, HFTokenizer, encode_stream, fit_tokenizer, load_tokenizer, read_text
+from nnrecipe.engine.checkpoint import load_weights
+from nnrecipe.engine.loop import console
+from nnrecipe.engine.optim import build_optimizer
+from nnrecipe.errors import UserError
+from nnrecipe.models.sequence import SequenceConfig, build_sequence_model, generate, no_decay_parameters
+from nnrecipe.reporting.lm import write_lm_report
+from nnrecipe.runs import Run
+from nnrecipe.tasks import outputs
+from nnrecipe.tasks.family import DoctorPlan, Inference, LogitsExport, Metric, Splits, register_family
+from nnrecipe.tasks.lm_doctor import plan as doctor_plan
+from nnrecipe.tasks.lm_recipe import LMRecipe
+from nnrecipe.tasks.serving import Predictor, TextInputs
+from nnrecipe.tasks.supervised import Setup, SupervisedFamily, plot_paths
+
+LN2 = math.log(2)
+
+
+class LogitsOf(nn.Module):
+    """A sequence model as ids in, logits out (the graph an export holds)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)[0]
+
+
+class NextToken:
+    """The engine's TrainTask: cross-entropy of every next token; examples counted in tokens."""
+
+    def __init__(self, tokens_per_char: float = 1.0):
+        self.tokens_per_char = tokens_per_char
+
+    def training_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
+        x, y = batch
+        logits, _ = model(x)
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten()), y.numel()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: BlockLoader) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        for x, y in loader.batches():
+            logits, _ = model(x)
+            total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+            count += y.numel()
+        model.train(was_training)
+        loss = total / max(1, count)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "bits_per_char": loss / LN2 * self.tokens_per_char}
+
+
+def stream_splits(recipe: LMRecipe) -> Splits:
+    """The training text and the validation text (its own file, or the stream's last val_fraction)."""
+    d = recipe.data
+    text = read_text(d.train, d.text_field)
+    if not text.strip():
+        raise UserError(f"data.train: {d.train} holds no text")
+    if d.val is not None:
+        return Splits(text, read_text(d.val, d.text_field), None)
+    cut = int(len(text) * (1 - d.val_fraction))
+    return Splits(text[:cut], text[cut:], None)
+
+
+def model_config(recipe: LMRecipe, vocab_size: int) -> SequenceConfig:
+    m = recipe.model
+    if m.name == "gpt" and m.n_embd % m.n_head:
+        raise UserError(f"model.n_embd ({m.n_embd}) must be a multiple of model.n_head ({m.n_head})")
+    return SequenceConfig(
+        m.name,
+        vocab_size,
+        recipe.data.block_size,
+        m.n_layer,
+        m.n_embd,
+        m.hidden,
+        m.n_head,
+        m.dropout,
+        m.bias,
+        m.tie_weights,
+    )
+
+
+@register_family
+class LanguageModeling(SupervisedFamily):
+    name = "language_modeling"
+    recipe = LMRecipe
+    metric = Metric("loss", "min")
+    output = outputs.GENERATION
+    card_metrics = ("loss", "perplexity", "bits_per_char")
+    predict_inputs = "texts"
+
+    def splits(self, recipe: LMRecipe) -> Splits:
+        return stream_splits(recipe)
+
+    def setup(self, recipe: LMRecipe, splits: Splits, acc, run: Run) -> Setup:
+        d, t = recipe.data, recipe.train
+        # A char vocabulary covers the validation text too (as nanoGPT's covers the whole file): knowing
+        # which characters exist leaks nothing, and a rare one only in the last 10% would otherwise stop the run.
+        tokenizer = fit_tokenizer(d.tokenizer, splits.train, d.vocab_size, also=splits.val)
+        if isinstance(tokenizer, HFTokenizer) and acc.is_main_process:
+            tokenizer.tok.save(str(run.dir / "tokenizer.json"))
+        for i, prompt in enumerate(recipe.sample.prompts):  # before training, not after it
+            tokenizer.encode(prompt, f"sample.prompts[{i}]")
+        streams = run.dir / "tokens"
+        train = encode_stream(tokenizer, splits.train, streams / f"train.rank{acc.process_index}.bin", "data.train")
+        val = encode_stream(tokenizer, splits.val, streams / f"val.rank{acc.process_index}.bin", "validation text")
+        cfg = model_config(recipe, tokenizer.vocab_size)
+        model = build_sequence_model(cfg)
+        tokens_per_char = tokenizer.tokens_per_char(splits.val[:100_000])
+        n_params = sum(p.numel() for p in model.parameters())
+        train_loader = BlockLoader(
+            train,
+            d.block_size,
+            t.batch_size,
+            batches=d.batches_per_epoch,
+            device=acc.device,
+            shuffle=True,
+            seed=t.seed,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+            where="data.train",
+        )
+        val_loader = BlockLoader(
+            val, d.block_size, t.eval_batch_size, batches=d.eval_batches, device=acc.device, where="validation text"
+        )
+        summary = (
+            f"{cfg.kind}: {n_params:,} parameters ({n_params / 1e6:.2f}M); {tokenizer.kind} tokenizer, vocabulary "
+            f"{tokenizer.vocab_size:,}; {len(train):,} train / {len(val):,} val tokens, blocks of {d.block_size}"
+        )
+        spec = {
+            "model": asdict(cfg),
+            "tokenizer": tokenizer.spec(),
+            "tokens_per_char": tokens_per_char,
+            "parameters": n_params,
+        }
+        return Setup(
+            model=model,
+            optimizer=build_optimizer(model, recipe.optim, no_decay=no_decay_parameters(model)),
+            task=NextToken(tokens_per_char),
+            train_loader=train_loader,
+            val_loader=val_loader,
+            spec=spec,
+            summary=summary,
+        )
+
+    def inference(self, run: Run, device="cpu") -> Inference:
+        spec = run.spec()
+        model = build_sequence_model(SequenceConfig(**spec["model"]))
+        model.load_state_dict(load_weights(run.best_checkpoint))
+        return Inference(model.to(device).eval(), [], spec, load_tokenizer(spec["tokenizer"], run.dir))
+
+    def report(
+        self, run: Run, recipe: LMRecipe, part: str, split: str, device, source: str | None = None
+    ) -> dict[str, Any]:
+        inf = self.inference(run, device)
+        tokens = encode_stream(inf.tokenizer, part, where=f"{split} text")
+        block = inf.spec["model"]["block_size"]
+        loader = BlockLoader(tokens, block, recipe.train.eval_batch_size, device=device, where=f"{split} text")
+        scores = NextToken(inf.tokenizer.tokens_per_char(part[:100_000])).evaluate(inf.model, loader)
+        s = recipe.sample
+        samples = [
+            self.continue_text(inf, prompt, s.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed, device=device)
+            for prompt in s.prompts
+        ]
+        scored = min(len(loader) * recipe.train.eval_batch_size, (len(tokens) - 1) // block) * block
+        summary = scores | {"tokens": scored, "block_size": block}
+        extra = {"source": source or f"{split} split", "samples": samples, "plots": plot_paths(run)}
+        path = write_lm_report(run.dir, split, summary, extra)
+        console.print(
+            f"\n{split} loss {scores['loss']:.4f} (perplexity {scores['perplexity']:.2f}, "
+            f"{scores['bits_per_char']:.3f} bits per character) on {scored:,} tokens"
+        )
+        for sample in samples[:2]:
+            console.print(f"sample: {(sample['prompt'] + sample['text'])[:300]!r}", markup=False)
+        console.print(f"report: {path} and {run.dir / 'report.md'}", soft_wrap=True)
+        return summary
+
+    def read(self, run: Run, recipe: LMRecipe, path: Path) -> str:
+        return read_text(path, recipe.data.text_field)
+
+    def continue_text(
+        self,
+        inf: Inference,
+        prompt: str,
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        seed: int,
+        use_cache: bool = True,
+        device="cpu",
+    ) -> dict[str, Any]:
+        """The prompt's continuation, with how many tokens it took and how fast they came."""
+        ids = inf.tokenizer.encode(prompt or "\n", "the prompt")
+        if not ids:
+            raise UserError("the prompt encodes to no tokens")
+        start = time.perf_counter()
+        out = generate(
+            inf.model,
+            torch.tensor([ids], device=device),
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            use_cache=use_cache,
+        )
+        seconds = time.perf_counter() - start
+        new = out[0, len(ids) :].tolist()
+        return {
+            "prompt": prompt,
+            "text": inf.tokenizer.decode(new),
+            "new_tokens": len(new),
+            "tokens_per_s": len(new) / max(seconds, 1e-9),
+        }
+
+    def generate(self, run: Run, prompt: str, **options: Any) -> dict[str, Any]:
+        """`nnrecipe generate`: options default to the recipe's `sample` section."""
+        s = run.recipe().sample.model_dump() | {k: v for k, v in options.items() if v is not None}
+        s.pop("prompts")
+        if s.get("top_k") == 0:
+            s["top_k"] = None  # --top-k 0: sample from the whole vocabulary
+        return self.continue_text(self.inference(run), prompt, **s)
+
+    def doctor(self, recipe: LMRecipe) -> DoctorPlan:
+        return doctor_plan(recipe, self.splits(recipe), lambda vocab_size: model_config(recipe, vocab_size))
+
+    def predictor(self, run: Run, onnx_path: Path | None = None, precision: str = "fp32") -> LMPredictor:
+        if onnx_path is not None:
+            raise UserError("--onnx: language-model runs are served by PyTorch (generation needs the KV cache)")
+        return LMPredictor(self, run)
+
+    def export_subject(self, run: Run, limit: int = 16) -> LogitsExport:
+        """The model as token ids in (batch x time, both free up to the block), logits out, checked on up to
+        `limit` validation blocks; generation loops outside the graph, without the cache."""
+        recipe, inf = run.recipe(), self.inference(run)
+        block = inf.spec["model"]["block_size"]
+        tokens = encode_stream(inf.tokenizer, self.splits(recipe).val, where="validation text")
+        x, y = next(iter(BlockLoader(tokens, block, limit, batches=1, where="validation text").batches()))
+        facts = {
+            "input": {"name": "input", "shape": ["batch", "time"], "dtype": "int64", "max_time": block},
+            "preprocessing": {
+                "tokenizer": inf.spec["tokenizer"]["kind"],
+                "vocab_size": inf.spec["model"]["vocab_size"],
+            },
+            "output": {
+                "name": "logits",
+                "shape": ["batch", "time", inf.spec["model"]["vocab_size"]],
+                "softmax": "over the last axis",
+            },
+        }
+        dynamic = {"input": {0: "batch", 1: "time"}}
+        return LogitsExport(
+            LogitsOf(inf.model).eval(), [{"input": x}], [y], ["input"], dynamic, facts, [], inf.spec["model"]["kind"]
+        )
+
+    def predict(self, run: Run, inputs: list[str]) -> list[dict[str, Any]]:
+        inf, s = self.inference(run), run.recipe().sample
+        return [self.continue_text(inf, p, s.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed) for p in inputs]
+
+
+class LMPredictor(TextInputs, Predictor):
+    """Serving: /v1/predict continues each prompt with the recipe's sampling settings; /v1/generate takes
+    one prompt and its own settings."""
+
+    def __init__(self, family: LanguageModeling, run: Run):
+        self.family, self.inf, self.sample = family, family.inference(run), run.recipe().sample
+        self.labels, self.model_name = [], self.inf.spec["model"]["kind"]
+
+    def decode_text(self, item: str, index: int) -> str:
+        return item  # an empty prompt is allowed: generation starts from a new line
+
+    def predict(self, prompts: list[str]) -> list[dict[str, Any]]:
+        s = self.sample
+        rows = [
+            self.family.continue_text(self.inf, p, s.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed)
+            for p in prompts
+        ]
+        return [{k: r[k] for k in ("prompt", "text", "new_tokens")} for r in rows]
+
+    def generate(self, prompt: str, **options: Any) -> dict[str, Any]:
+        s = self.sample.model_dump() | {k: v for k, v in options.items() if v is not None}
+        s.pop("prompts")
+        s["top_k"] = s["top_k"] or None
+        return self.family.continue_text(self.inf, prompt, **s)
+
+    def facts(self) -> dict[str, Any]:
+        cfg = self.inf.spec["model"]
+        return {
+            "input": {
+                "kind": "text prompt",
+                "json": "strings in 'inputs' (/v1/predict) or {prompt, ...} (/v1/generate)",
+            },
+            "model_config": cfg,
+            "tokenizer": self.inf.spec["tokenizer"]["kind"],
+        }
