@@ -179,15 +179,18 @@ def test_a_language_model_is_served_with_limits(trained_gpt):
     from nnrecipe.deploy.serve import ServeConfig, create_app
 
     run, _ = trained_gpt
-    app = create_app(ServeConfig(run_dir=run.dir, insecure_no_auth=True, max_text_chars=50, max_new_tokens=64))
+    app = create_app(ServeConfig(run_dir=run.dir, insecure_no_auth=True, max_text_chars=50, max_new_tokens=30))
     with TestClient(app) as client:
         r = client.post("/v1/generate", json={"prompt": "a stitch", "max_new_tokens": 12, "temperature": 0})
         assert r.status_code == 200 and r.json()["new_tokens"] == 12 and r.json()["text"].startswith(" in time")
         assert (
             client.post("/v1/generate", json={"prompt": "x" * 51}).json()["detail"].startswith("prompt: 51 characters")
         )
-        big = client.post("/v1/generate", json={"prompt": "a", "max_new_tokens": 65})
+        big = client.post("/v1/generate", json={"prompt": "a", "max_new_tokens": 31})
         assert big.status_code == 422 and big.json()["detail"].startswith("max_new_tokens")
+        assert (
+            client.post("/v1/generate", json={"prompt": "the "}).json()["new_tokens"] == 30
+        )  # the recipe's 40, capped
         assert client.post("/v1/generate", json={"prompt": "QZ"}).status_code == 422  # unseen characters
         rows = client.post("/v1/predict", json={"inputs": ["the ", "all "]}).json()["predictions"]
         assert [r["prompt"] for r in rows] == ["the ", "all "] and all(r["new_tokens"] == 40 for r in rows)

@@ -275,7 +275,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             options = request.model_dump(exclude={"prompt"})
             loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(None, lambda: predictor.generate(request.prompt, **options))
+                return await loop.run_in_executor(
+                    None, lambda: predictor.generate(request.prompt, limit=cfg.max_new_tokens, **options)
+                )
             except UserError as e:  # e.g. characters a char-level model never saw
                 raise HTTPException(422, f"prompt: {e}") from None
 

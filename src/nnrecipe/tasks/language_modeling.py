@@ -300,10 +300,13 @@ class LMPredictor(TextInputs, Predictor):
         ]
         return [{k: r[k] for k in ("prompt", "text", "new_tokens")} for r in rows]
 
-    def generate(self, prompt: str, **options: Any) -> dict[str, Any]:
+    def generate(self, prompt: str, limit: int | None = None, **options: Any) -> dict[str, Any]:
+        """`limit`: the server's cap, which also bounds the recipe's default length."""
         s = self.sample.model_dump() | {k: v for k, v in options.items() if v is not None}
         s.pop("prompts")
         s["top_k"] = s["top_k"] or None
+        if limit is not None:
+            s["max_new_tokens"] = min(s["max_new_tokens"], limit)
         return self.family.continue_text(self.inf, prompt, **s)
 
     def facts(self) -> dict[str, Any]:
