@@ -192,6 +192,15 @@ def test_a_language_model_is_served_with_limits(trained_gpt):
             client.post("/v1/generate", json={"prompt": "the "}).json()["new_tokens"] == 30
         )  # the recipe's 40, capped
         assert client.post("/v1/generate", json={"prompt": "QZ"}).status_code == 422  # unseen characters
+        whole = r.json()["text"]
+        streamed = client.post(
+            "/v1/generate", json={"prompt": "a stitch", "max_new_tokens": 12, "temperature": 0, "stream": True}
+        )
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")]
+        assert "".join(e.get("text", "") for e in events) == whole and len(events) == 13  # 12 pieces, then done
+        assert events[-1]["done"] and events[-1]["new_tokens"] == 12
+        assert client.post("/v1/generate", json={"prompt": "QZ", "stream": True}).status_code == 422  # before streaming
         rows = client.post("/v1/predict", json={"inputs": ["the ", "all "]}).json()["predictions"]
         assert [r["prompt"] for r in rows] == ["the ", "all "] and all(r["new_tokens"] == 40 for r in rows)
         assert client.get("/v1/model").json()["task"] == "language_modeling"
@@ -239,3 +248,16 @@ def test_the_doctor_checks_a_language_model_recipe(tmp_path):
     assert results[3].verdict == "pass" and f"-ln(1/C) = {math.log(vocab):.3f}" in results[3].figure
     assert results[6].verdict == "pass" and results[1].verdict == "pass"
     assert (tmp_path / "doctor" / "batch.txt").read_text().startswith("'")
+
+
+def test_samples_are_logged_to_tensorboard_while_training(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = lm_recipe(tmp_path, "train.epochs=2", "data.batches_per_epoch=5", "track.tensorboard=true")
+    run = create_run(recipe, "tb")
+    family.train(recipe, run)
+    events = EventAccumulator(str(run.dir / "tensorboard"))
+    events.Reload()
+    texts = events.Tensors("sample/text_summary")
+    assert [t.step for t in texts] == [5, 10]  # one sample per epoch
+    assert texts[0].tensor_proto.string_val[0].decode().startswith("```\nthe ")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
@@ -56,6 +56,7 @@ class GenerateRequest(BaseModel):
     top_k: int | None = Field(None, ge=0, description="Sample among the k most likely tokens; 0 = all.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
     seed: int | None = Field(None, description="Sampling seed (default: the run's recipe).")
+    stream: bool = Field(False, description="Send the text as server-sent events while it is generated.")
 
 
 class PredictRequest(BaseModel):
@@ -272,16 +273,53 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                 raise HTTPException(422, f"prompt: {len(request.prompt)} characters; the limit is {cfg.max_text_chars}")
             if (request.max_new_tokens or 0) > cfg.max_new_tokens:
                 raise HTTPException(422, f"max_new_tokens: {request.max_new_tokens}; the limit is {cfg.max_new_tokens}")
-            options = request.model_dump(exclude={"prompt"})
+            options = request.model_dump(exclude={"prompt", "stream"})
             loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(
-                    None, lambda: predictor.generate(request.prompt, limit=cfg.max_new_tokens, **options)
-                )
-            except UserError as e:  # e.g. characters a char-level model never saw
+                predictor.check(request.prompt)  # e.g. characters a char-level model never saw
+            except UserError as e:
                 raise HTTPException(422, f"prompt: {e}") from None
+            if request.stream:
+                return StreamingResponse(
+                    stream_generation(predictor, request.prompt, cfg.max_new_tokens, options, loop),
+                    media_type="text/event-stream",
+                )
+            return await loop.run_in_executor(
+                None, lambda: predictor.generate(request.prompt, limit=cfg.max_new_tokens, **options)
+            )
 
     return app
+
+
+async def stream_generation(predictor, prompt: str, limit: int, options: dict, loop):
+    """Server-sent events: `data: {"text": ...}` per new piece of text, then `data: {"done": true, ...}`
+    with the counts (or `event: error`). The model runs in a thread and hands pieces over as they come."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def put(item) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def work() -> None:
+        try:
+            result = predictor.generate(prompt, limit=limit, on_piece=lambda text: put(("text", text)), **options)
+            put(("done", result))
+        except Exception as e:  # a failure ends this stream, never the worker
+            log.exception("generation failed")
+            put(("error", str(e)))
+
+    job = loop.run_in_executor(None, work)
+    while True:
+        kind, value = await queue.get()
+        if kind == "text":
+            yield f"data: {json.dumps({'text': value})}\n\n"
+        elif kind == "done":
+            counts = {k: value[k] for k in ("new_tokens", "tokens_per_s")}
+            yield f"data: {json.dumps({'done': True, **counts})}\n\n"
+            break
+        else:
+            yield f"event: error\ndata: {json.dumps({'detail': value})}\n\n"
+            break
+    await job
 
 
 def load_predictor(run: Run, onnx_path: Path | None = None, precision: str = "auto") -> Predictor:

@@ -54,6 +54,13 @@ class Tracker:
             for k, v in values.items():
                 self._tb.add_scalar(f"step/{k}", v, step)
 
+    def log_text(self, tag: str, text: str, step: int) -> None:
+        """Text at a step (a language model's sample): TensorBoard's text tab, and W&B when on."""
+        if self._tb:
+            self._tb.add_text(tag, f"```\n{text}\n```", step)  # a code block keeps line breaks
+        if self._wandb:
+            self._wandb.log({tag: text}, step=step)
+
     def log_epoch(self, row: dict[str, Any], step_key: str = "epoch") -> None:
         """Append a row to metrics.jsonl and log its numbers at x = row[step_key] (epoch, episode, step)."""
         if not self._main:

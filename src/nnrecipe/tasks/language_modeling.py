@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from torch import nn
 
 from nnrecipe.data.lm import BlockLoader, HFTokenizer, encode_stream, fit_tokenizer, load_tokenizer, read_text
 from nnrecipe.engine.checkpoint import load_weights
-from nnrecipe.engine.loop import console
+from nnrecipe.engine.loop import Callback, console
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.errors import UserError
 from nnrecipe.models.sequence import SequenceConfig, build_sequence_model, generate, no_decay_parameters
@@ -70,6 +71,25 @@ class NextToken:
         model.train(was_training)
         loss = total / max(1, count)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "bits_per_char": loss / LN2 * self.tokens_per_char}
+
+
+class SampleEveryEpoch(Callback):
+    """Logs a sample from the recipe's first prompt (fixed seed) to TensorBoard at the end of each epoch, so
+    the text can be watched improving while the run trains."""
+
+    def __init__(self, family: LanguageModeling, tokenizer, sample, steps_per_epoch: int):
+        self.family, self.tokenizer, self.sample, self.every = family, tokenizer, sample, steps_per_epoch
+
+    def after_step(self, trainer) -> None:
+        step = trainer.state.global_step
+        if not trainer.acc.is_main_process or step % self.every:
+            return
+        s = self.sample
+        inf = Inference(trainer.eval_model(), [], None, self.tokenizer)
+        prompt = s.prompts[0] if s.prompts else "\n"
+        out = self.family.continue_text(inf, prompt, min(s.max_new_tokens, 200), s.temperature, s.top_k, s.top_p, s.seed,
+                                        device=trainer.acc.device)  # fmt: skip
+        trainer.tracker.log_text("sample", prompt + out["text"], step)
 
 
 def stream_splits(recipe: LMRecipe) -> Splits:
@@ -155,6 +175,10 @@ class LanguageModeling(SupervisedFamily):
             "tokens_per_char": tokens_per_char,
             "parameters": n_params,
         }
+        steps_per_epoch = -(-d.batches_per_epoch // t.grad_accum_steps)
+        callbacks = (
+            [SampleEveryEpoch(self, tokenizer, recipe.sample, steps_per_epoch)] if recipe.track.tensorboard else []
+        )
         return Setup(
             model=model,
             optimizer=build_optimizer(model, recipe.optim, no_decay=no_decay_parameters(model)),
@@ -163,6 +187,7 @@ class LanguageModeling(SupervisedFamily):
             val_loader=val_loader,
             spec=spec,
             summary=summary,
+            callbacks=callbacks,
         )
 
     def inference(self, run: Run, device="cpu") -> Inference:
@@ -211,11 +236,25 @@ class LanguageModeling(SupervisedFamily):
         seed: int,
         use_cache: bool = True,
         device="cpu",
+        on_piece: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
-        """The prompt's continuation, with how many tokens it took and how fast they came."""
+        """The prompt's continuation, with how many tokens it took and how fast they came. `on_piece` is
+        told each new piece of text as soon as its token is drawn (streaming)."""
         ids = inf.tokenizer.encode(prompt or "\n", "the prompt")
         if not ids:
             raise UserError("the prompt encodes to no tokens")
+        stop = None
+        if on_piece is not None:
+            new_ids, shown = [], [0]
+
+            def stop(token: int) -> bool:  # decode what is new so far: a multi-byte character may span tokens
+                new_ids.append(token)
+                text = inf.tokenizer.decode(new_ids)
+                if len(text) > shown[0] and not text.endswith("\ufffd"):
+                    on_piece(text[shown[0] :])
+                    shown[0] = len(text)
+                return False
+
         start = time.perf_counter()
         out = generate(
             inf.model,
@@ -226,6 +265,7 @@ class LanguageModeling(SupervisedFamily):
             top_p=top_p,
             seed=seed,
             use_cache=use_cache,
+            stop=stop,
         )
         seconds = time.perf_counter() - start
         new = out[0, len(ids) :].tolist()
@@ -299,6 +339,10 @@ class LMPredictor(TextInputs, Predictor):
             for p in prompts
         ]
         return [{k: r[k] for k in ("prompt", "text", "new_tokens")} for r in rows]
+
+    def check(self, prompt: str) -> None:
+        """A clear error now for a prompt the tokenizer cannot read (before a stream has started)."""
+        self.inf.tokenizer.encode(prompt or "\n", "the prompt")
 
     def generate(self, prompt: str, limit: int | None = None, **options: Any) -> dict[str, Any]:
         """`limit`: the server's cap, which also bounds the recipe's default length."""
