@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,17 +49,19 @@ def read_text(path: Path, text_field: str = "text") -> str:
     return path.read_text(encoding="utf-8")
 
 
-class Tokenizer:
+class Tokenizer(ABC):
     """ids <-> text, described by a JSON-able spec so a run can rebuild it."""
 
     kind: str
     vocab_size: int
 
+    @abstractmethod
     def encode(self, text: str, where: str = "text") -> list[int]:
-        raise NotImplementedError
+        """Token ids; UserError naming `where` for text the tokenizer cannot read."""
 
+    @abstractmethod
     def decode(self, ids: list[int]) -> str:
-        raise NotImplementedError
+        """The text of `ids`."""
 
     def spec(self) -> dict:
         return {"kind": self.kind}

@@ -47,6 +47,13 @@ def split_overlap(
     return None
 
 
+def data_check_result(figure: str, verdicts: list[str], notes: list[str], details: list[str] = ()) -> Check:
+    """Check 1 from what a family's data inspection found: the worst verdict, the notes as its advice."""
+    verdict = FAIL if FAIL in verdicts else WARN if WARN in verdicts else PASS
+    advice = "; ".join(notes).capitalize() + ("." if notes else "")
+    return Check(1, "Become one with the data", verdict, figure, advice, details=list(details))
+
+
 def exact_key(text: str) -> bytes:
     """A short digest of a text, for finding exact copies across splits."""
     return hashlib.blake2b(text.encode(), digest_size=16).digest()

@@ -23,7 +23,7 @@ from nnrecipe.reporting.classification import classification_summary, summary_ta
 from nnrecipe.runs import Run
 from nnrecipe.tasks import outputs
 from nnrecipe.tasks.family import Inference, Metric, Splits, register_family
-from nnrecipe.tasks.supervised import SupervisedFamily
+from nnrecipe.tasks.supervised import EvaluatedFamily
 from nnrecipe.tasks.text_inputs import read_texts, text_splits
 from nnrecipe.tasks.text_recipes import EmbeddingRecipe
 
@@ -84,7 +84,7 @@ class Prototypes(torch.nn.Module):
 
 
 @register_family
-class EmbeddingClassification(SupervisedFamily):
+class EmbeddingClassification(EvaluatedFamily):
     """Scored and used like a classifier, trained by no loop: `train` builds the prototypes."""
 
     name = "embedding_classification"

@@ -11,6 +11,7 @@ docs/architecture.md walks through it step by step.
 
 from __future__ import annotations
 
+from abc import ABC
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -135,7 +136,7 @@ class Unsupported(UserError):
     """A verb this family does not offer."""
 
 
-class TaskFamily:
+class TaskFamily(ABC):
     """The interface every family implements. Class attributes describe it; methods do its work."""
 
     name: ClassVar[str]  # the value of `task:` in a recipe and of "task" in run.json
@@ -153,6 +154,7 @@ class TaskFamily:
 
     def anchor_paths(self, recipe: Any, folder: Path) -> None:
         """Resolve files a recipe names relative to the recipe file's folder (in place). Default: none do."""
+        return None
 
     # -- training and use --------------------------------------------------------------------------------
 
@@ -189,6 +191,7 @@ class TaskFamily:
 
     def check_prune_finetune(self, recipe: Any) -> None:
         """Raise UserError when a pruned model of this recipe cannot be fine-tuned (before anything is written)."""
+        return None
 
     def prune_keep_whole(self, model: nn.Module) -> set[str]:
         """Module names that structured pruning must leave whole (their outputs are the answers)."""

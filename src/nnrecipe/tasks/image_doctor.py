@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from nnrecipe.data.augment import channel_stats
 from nnrecipe.data.loader import TensorLoader
-from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, split_overlap
+from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, data_check_result, split_overlap
 from nnrecipe.doctor.subject import Subject
 from nnrecipe.engine.freezing import FreezeBackbone
 from nnrecipe.engine.optim import build_optimizer
@@ -90,15 +90,7 @@ def data_check(splits: Splits, spec: ImageSpec) -> Check:
         f"largest/smallest class {imbalance:.1f}x; {'; '.join(dup_figures)}; {within:.1%} exact duplicates within train; "
         f"pixel mean {[round(m, 3) for m in mean]} std {[round(s, 3) for s in std]}; {len(splits.skipped)} unreadable files"
     )
-    verdict = FAIL if FAIL in verdicts else WARN if WARN in verdicts else PASS
-    return Check(
-        1,
-        "Become one with the data",
-        verdict,
-        figure,
-        "; ".join(notes).capitalize() + ("." if notes else ""),
-        details=details,
-    )
+    return data_check_result(figure, verdicts, notes, details)
 
 
 def batch_check(subject: Subject, spec: ImageSpec, out_dir: Path) -> Check:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from nnrecipe.data.tokens import IGNORE, TokenSet, encode_words, entities, tag_names
-from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, exact_key, near_key, split_overlap
+from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, data_check_result, exact_key, near_key, split_overlap
 from nnrecipe.doctor.subject import Subject
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
@@ -62,8 +62,7 @@ def data_check(recipe, train: TokenSet, val: TokenSet | None, test: TokenSet | N
         f"sub-tokens median {lengths[len(lengths) // 2]}, max {lengths[-1]}; {truncated:.1%} truncated at "
         f"{recipe.data.max_length}"
     )
-    verdict = FAIL if FAIL in verdicts else WARN if WARN in verdicts else PASS
-    return Check(1, "Become one with the data", verdict, figure, "; ".join(notes).capitalize() + ("." if notes else ""))
+    return data_check_result(figure, verdicts, notes)
 
 
 def batch_check(subject: Subject, tokenizer, tags: list[str], out_dir: Path) -> Check:

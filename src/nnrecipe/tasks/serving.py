@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ class InputError(ValueError):
     """One input of a request cannot be used; the message names it."""
 
 
-class Predictor:
+class Predictor(ABC):
     """A served model. `decode` reads one uploaded file, `decode_text` one JSON string; `predict` runs a
     micro-batch of decoded inputs; `facts` describes inputs and outputs for the model card."""
 
@@ -38,14 +39,17 @@ class Predictor:
     def backend(self) -> str:
         return "onnxruntime" if self.onnx_path is not None else f"pytorch ({self.precision})"
 
+    @abstractmethod
     def decode(self, data: bytes, index: int) -> Any:
-        raise NotImplementedError
+        """One uploaded file -> a model input, or InputError naming inputs[index]."""
 
+    @abstractmethod
     def decode_text(self, item: str, index: int) -> Any:
-        raise NotImplementedError
+        """One JSON string -> a model input, or InputError naming inputs[index]."""
 
+    @abstractmethod
     def predict(self, items: list[Any]) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """A micro-batch of decoded inputs -> one row each, in the family's output schema."""
 
     def facts(self) -> dict[str, Any]:
         return {}

@@ -8,6 +8,7 @@ tracker, the engine's Trainer, resume, status and curves, then a report on test 
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,36 +50,52 @@ class Setup:
     meta: dict[str, Any] = field(default_factory=dict)  # anything else run.json should record
 
 
-class SupervisedFamily(TaskFamily):
-    """A family trained by the engine on labelled splits."""
+class EvaluatedFamily(TaskFamily):
+    """A family scored on splits of its data: `evaluate` for one split, or other data it can read."""
 
     cpu_bf16: ClassVar[bool] = False  # matmul-heavy enough for train.precision auto to pick bf16 on AMX CPUs
 
-    # -- what a family provides ------------------------------------------------------------------------
-
+    @abstractmethod
     def splits(self, recipe: Any) -> Splits:
-        raise NotImplementedError
+        """The recipe's data: train, val and test parts (None where there is none)."""
 
-    def setup(self, recipe: Any, splits: Splits, acc, run: Run) -> Setup:
-        """Everything the engine needs for this run (`run`: for files the family keeps beside it)."""
-        raise NotImplementedError
-
+    @abstractmethod
     def report(self, run: Run, recipe: Any, part: Any, split: str, device, source: str | None = None) -> dict[str, Any]:
         """Score the run's trained model on `part`, write report.json/.md (and plots), print a summary."""
-        raise NotImplementedError
 
     def read(self, run: Run, recipe: Any, path: Path) -> Any:
         """Other data in the run's format, for `evaluate --data`."""
         self.unsupported("evaluate --data")
 
+    def evaluate(self, run: Run, split: str | None = None, data_path: str | None = None) -> dict[str, Any]:
+        recipe = run.recipe()
+        device = self.eval_device(recipe)
+        if data_path is not None:
+            part = self.read(run, recipe, Path(data_path))
+            return self.report(run, recipe, part, f"data:{data_path}", device, source=str(data_path))
+        splits = self.splits(recipe)
+        split, part = splits.reported() if split is None else (split, splits.named(split))
+        if part is None:
+            raise UserError(f"{run.dir}: no validation or test split to evaluate on")
+        return self.report(run, recipe, part, split, device)
+
+    def eval_device(self, recipe: Any) -> torch.device:
+        return make_accelerator(recipe.train, cpu_bf16=self.cpu_bf16).device
+
     def prune_keep_whole(self, model: nn.Module) -> set[str]:
         """The classifier head (timm's get_classifier(), else the last nn.Linear)."""
         return {n.rsplit(".", 1)[0] for n in head_parameter_names(model)}
 
+
+class SupervisedFamily(EvaluatedFamily):
+    """A family trained by the engine on its splits: supply `splits`, `setup` and `report`."""
+
+    @abstractmethod
+    def setup(self, recipe: Any, splits: Splits, acc, run: Run) -> Setup:
+        """Everything the engine needs for this run (`run`: for files the family keeps beside it)."""
+
     def finish(self, run: Run, recipe: Any, setup: Setup) -> None:
         """After a completed fit, on rank 0, before the report (e.g. keep a peft adapter alone)."""
-
-    # -- the skeleton ----------------------------------------------------------------------------------
 
     def train(self, recipe: Any, run: Run, *, resume: bool = False, callbacks: list[Callback] = ()) -> dict[str, Any]:
         """Train (or resume) a run, then report its best weights on test (else validation)."""
@@ -129,21 +146,6 @@ class SupervisedFamily(TaskFamily):
             if part is not None:
                 summary = self.report(run, recipe, part, split, acc.device)
         return {"status": result.status, "run": str(run.dir), "history": result.history, **summary}
-
-    def evaluate(self, run: Run, split: str | None = None, data_path: str | None = None) -> dict[str, Any]:
-        recipe = run.recipe()
-        device = self.eval_device(recipe)
-        if data_path is not None:
-            part = self.read(run, recipe, Path(data_path))
-            return self.report(run, recipe, part, f"data:{data_path}", device, source=str(data_path))
-        splits = self.splits(recipe)
-        split, part = splits.reported() if split is None else (split, splits.named(split))
-        if part is None:
-            raise UserError(f"{run.dir}: no validation or test split to evaluate on")
-        return self.report(run, recipe, part, split, device)
-
-    def eval_device(self, recipe: Any) -> torch.device:
-        return make_accelerator(recipe.train, cpu_bf16=self.cpu_bf16).device
 
 
 def fit_run(run: Run, trainer: Trainer, tracker: Tracker, resume: bool, plots: bool) -> FitResult:

@@ -13,14 +13,13 @@ from torch import nn
 
 from nnrecipe.data.text import TextLoader, TextSet, label_names
 from nnrecipe.engine.loop import console
-from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.reporting.classification import classification_summary, summary_table, write_report
 from nnrecipe.reporting.plots import plot_confusion
 from nnrecipe.runs import Run
 from nnrecipe.tasks import outputs
 from nnrecipe.tasks.family import DoctorPlan, Metric, Splits, register_family
 from nnrecipe.tasks.serving import autocast
-from nnrecipe.tasks.supervised import Setup, plot_paths, split_tag
+from nnrecipe.tasks.supervised import plot_paths, split_tag
 from nnrecipe.tasks.text_doctor import plan as doctor_plan
 from nnrecipe.tasks.text_inputs import read_texts, text_loader, text_splits
 from nnrecipe.tasks.text_recipes import TextRecipe
@@ -66,42 +65,18 @@ class TextClassification(TransformerFamily):
     def splits(self, recipe: TextRecipe) -> Splits:
         return text_splits(recipe.data)
 
-    def setup(self, recipe: TextRecipe, splits: Splits, acc, run: Run) -> Setup:
-        labels = label_names(splits.train.labels)
-        model, tokenizer, spec, summary = self.encoder(recipe, labels, len(splits.train))
-        d, t = recipe.data, recipe.train
-        train_loader = text_loader(
-            tokenizer,
-            splits.train,
-            labels,
-            t.batch_size,
-            d.max_length,
-            acc.device,
-            shuffle=True,
-            seed=t.seed,
-            group_by_length=d.group_by_length,
-            rank=acc.process_index,
-            world_size=acc.num_processes,
-        )
-        val_loader = (
-            text_loader(tokenizer, splits.val, labels, t.eval_batch_size, d.max_length, acc.device)
-            if splits.val
-            else None
-        )
+    def labels_of(self, splits: Splits) -> list[str]:
+        return label_names(splits.train.labels)
+
+    def loader(self, tokenizer, part: TextSet, labels: list[str], batch_size: int, max_length: int, device, **kw):
+        return text_loader(tokenizer, part, labels, batch_size, max_length, device, **kw)
+
+    def train_task(self, labels: list[str], splits: Splits) -> TextClassifier:
+        return TextClassifier()
+
+    def describe(self, splits: Splits, labels: list[str]) -> str:
         n_val = len(splits.val) if splits.val else 0
-        return self.with_schedule(
-            recipe,
-            model,
-            Setup(
-                model=model,
-                optimizer=build_optimizer(model, recipe.optim),
-                task=TextClassifier(),
-                train_loader=train_loader,
-                val_loader=val_loader,
-                spec=spec,
-                summary=f"{summary}; {len(splits.train):,} train / {n_val:,} val examples, {len(labels)} labels",
-            ),
-        )
+        return f"{len(splits.train):,} train / {n_val:,} val examples, {len(labels)} labels"
 
     def report(
         self, run: Run, recipe: TextRecipe, part: TextSet, split: str, device, source: str | None = None
@@ -153,9 +128,6 @@ class TextClassification(TransformerFamily):
 
     def predictor(self, run: Run, onnx_path: Path | None = None, precision: str = "fp32") -> TextPredictor:
         return TextPredictor(self, run, onnx_path, precision)
-
-    def export_loader(self, inf, part: TextSet) -> TextLoader:
-        return text_loader(inf.tokenizer, part, inf.labels, 64, inf.spec["max_length"], "cpu")
 
     def doctor(self, recipe: TextRecipe) -> DoctorPlan:
         return doctor_plan(recipe)

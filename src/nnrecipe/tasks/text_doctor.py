@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from nnrecipe.data.text import TextSet, label_names
-from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, exact_key, near_key, split_overlap
+from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, data_check_result, exact_key, near_key, split_overlap
 from nnrecipe.doctor.subject import Subject
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
@@ -58,8 +58,7 @@ def data_check(recipe, train: TextSet, val: TextSet | None, test: TextSet | None
         f"{empty} empty; tokens median {lengths[len(lengths) // 2]}, 95th percentile {lengths[int(0.95 * (len(lengths) - 1))]}, "
         f"max {lengths[-1]}; {truncated:.1%} truncated at {recipe.data.max_length}"
     )
-    verdict = FAIL if FAIL in verdicts else WARN if WARN in verdicts else PASS
-    return Check(1, "Become one with the data", verdict, figure, "; ".join(notes).capitalize() + ("." if notes else ""))
+    return data_check_result(figure, verdicts, notes)
 
 
 def batch_check(subject: Subject, tokenizer, labels: list[str], out_dir: Path) -> Check:

@@ -12,14 +12,13 @@ from torch import nn
 
 from nnrecipe.data.tokens import TokenSet, encode_words, entities, split_words, tag_names
 from nnrecipe.engine.loop import console
-from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.reporting.ner import ner_summary, ner_table, write_ner_report
 from nnrecipe.runs import Run
 from nnrecipe.tasks import outputs
 from nnrecipe.tasks.family import DoctorPlan, Metric, Splits, register_family
 from nnrecipe.tasks.ner_doctor import plan as doctor_plan
 from nnrecipe.tasks.serving import autocast
-from nnrecipe.tasks.supervised import Setup, plot_paths
+from nnrecipe.tasks.supervised import plot_paths
 from nnrecipe.tasks.text_inputs import WordLoader, read_tokens, token_splits, word_loader
 from nnrecipe.tasks.text_recipes import TokenRecipe
 from nnrecipe.tasks.transformer import TransformerFamily, TransformerPredictor
@@ -86,41 +85,18 @@ class TokenClassification(TransformerFamily):
     def splits(self, recipe: TokenRecipe) -> Splits:
         return token_splits(recipe.data)
 
-    def setup(self, recipe: TokenRecipe, splits: Splits, acc, run: Run) -> Setup:
-        train_set, val_set = splits.train, splits.val
-        tags = tag_names(train_set.tags + (val_set.tags if val_set else []))
-        model, tokenizer, spec, summary = self.encoder(recipe, tags, len(train_set))
-        d, t = recipe.data, recipe.train
-        train_loader = word_loader(
-            tokenizer,
-            train_set,
-            tags,
-            t.batch_size,
-            d.max_length,
-            acc.device,
-            shuffle=True,
-            seed=t.seed,
-            group_by_length=d.group_by_length,
-            rank=acc.process_index,
-            world_size=acc.num_processes,
-        )
-        val_loader = (
-            word_loader(tokenizer, val_set, tags, t.eval_batch_size, d.max_length, acc.device) if val_set else None
-        )
-        n_val = len(val_set) if val_set else 0
-        return self.with_schedule(
-            recipe,
-            model,
-            Setup(
-                model=model,
-                optimizer=build_optimizer(model, recipe.optim),
-                task=NerTask(tags, val_set.tags if val_set else None),
-                train_loader=train_loader,
-                val_loader=val_loader,
-                spec=spec,
-                summary=f"{summary}; {len(train_set):,} train / {n_val:,} val sentences, {(len(tags) - 1) // 2} entity types",
-            ),
-        )
+    def labels_of(self, splits: Splits) -> list[str]:
+        return tag_names(splits.train.tags + (splits.val.tags if splits.val else []))
+
+    def loader(self, tokenizer, part: TokenSet, labels: list[str], batch_size: int, max_length: int, device, **kw):
+        return word_loader(tokenizer, part, labels, batch_size, max_length, device, **kw)
+
+    def train_task(self, labels: list[str], splits: Splits) -> NerTask:
+        return NerTask(labels, splits.val.tags if splits.val else None)
+
+    def describe(self, splits: Splits, labels: list[str]) -> str:
+        n_val = len(splits.val) if splits.val else 0
+        return f"{len(splits.train):,} train / {n_val:,} val sentences, {(len(labels) - 1) // 2} entity types"
 
     def report(
         self, run: Run, recipe: TokenRecipe, part: TokenSet, split: str, device, source: str | None = None
@@ -167,9 +143,6 @@ class TokenClassification(TransformerFamily):
 
     export_output = ("batch", "sequence")  # a row of logits per sub-token
     export_notes = {"words": "split the CoNLL way; each word's tag is read at its first sub-token"}
-
-    def export_loader(self, inf, part: TokenSet) -> WordLoader:
-        return word_loader(inf.tokenizer, part, inf.labels, 64, inf.spec["max_length"], "cpu")
 
     def doctor(self, recipe: TokenRecipe) -> DoctorPlan:
         return doctor_plan(recipe)

@@ -4,6 +4,7 @@ merging support, and the text side of serving."""
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -14,10 +15,11 @@ from torch import nn
 
 from nnrecipe.engine.checkpoint import load_weights
 from nnrecipe.engine.loop import Callback
+from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.errors import UserError
 from nnrecipe.models.hf import build, parameter_counts, resolve, save_adapter
 from nnrecipe.runs import Run
-from nnrecipe.tasks.family import Inference, LogitsExport
+from nnrecipe.tasks.family import Inference, LogitsExport, Splits
 from nnrecipe.tasks.serving import Predictor, TextInputs, ort_session
 from nnrecipe.tasks.supervised import Setup, SupervisedFamily
 
@@ -40,10 +42,31 @@ class TransformerFamily(SupervisedFamily):
     head: ClassVar[str]
     cpu_bf16 = True  # transformers: bf16 autocast makes a MiniLM step 1.85x faster on an AMX CPU
 
-    def encoder(self, recipe, labels: list[str], n_train: int):
-        """(model, tokenizer, spec, summary prefix) for a new run on `n_train` examples."""
-        t, m = recipe.train, recipe.model
-        steps = t.epochs * -(-n_train // t.batch_size) // t.grad_accum_steps
+    # -- what each of the two families supplies -------------------------------------------------------
+
+    @abstractmethod
+    def labels_of(self, splits: Splits) -> list[str]:
+        """The label (or tag) names of a new run, in the order of the head's outputs."""
+
+    @abstractmethod
+    def loader(self, tokenizer, part, labels: list[str], batch_size: int, max_length: int, device, **kw):
+        """`part` tokenised once and batched the way the family's model takes it, labels included."""
+
+    @abstractmethod
+    def train_task(self, labels: list[str], splits: Splits):
+        """The engine's TrainTask."""
+
+    @abstractmethod
+    def describe(self, splits: Splits, labels: list[str]) -> str:
+        """The data's half of the run's first console line."""
+
+    # -- the rest, shared ---------------------------------------------------------------------------------
+
+    def setup(self, recipe, splits: Splits, acc, run: Run) -> Setup:
+        """The encoder with a fresh head and its peft mode, the loaders, AdamW, and AdaLoRA's rank schedule."""
+        labels = self.labels_of(splits)
+        d, t, m = recipe.data, recipe.train, recipe.model
+        steps = t.epochs * -(-len(splits.train) // t.batch_size) // t.grad_accum_steps
         opts = m.peft_options() | {"total_steps": steps}
         model, tokenizer = build(m.name, labels, m.finetune, opts, head=self.head)
         trainable, total = parameter_counts(model)
@@ -52,17 +75,28 @@ class TransformerFamily(SupervisedFamily):
             "model": m.name,
             "finetune": m.finetune,
             "peft": opts,
-            "max_length": recipe.data.max_length,
+            "max_length": d.max_length,
             "trainable_parameters": trainable,
             "total_parameters": total,
         }
-        summary = f"{m.name} ({m.finetune}): {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%})"
-        return model, tokenizer, spec, summary
-
-    def with_schedule(self, recipe, model: nn.Module, setup: Setup) -> Setup:
-        if recipe.model.finetune == "adalora":
-            setup.callbacks.append(AdaLoraSchedule(model))
-        return setup
+        train_loader = self.loader(
+            tokenizer, splits.train, labels, t.batch_size, d.max_length, acc.device, shuffle=True, seed=t.seed,
+            group_by_length=d.group_by_length, rank=acc.process_index, world_size=acc.num_processes,
+        )  # fmt: skip
+        val_loader = None
+        if splits.val:
+            val_loader = self.loader(tokenizer, splits.val, labels, t.eval_batch_size, d.max_length, acc.device)
+        return Setup(
+            model=model,
+            optimizer=build_optimizer(model, recipe.optim),
+            task=self.train_task(labels, splits),
+            train_loader=train_loader,
+            val_loader=val_loader,
+            spec=spec,
+            summary=f"{m.name} ({m.finetune}): {trainable:,} trainable of {total:,} parameters "
+            f"({trainable / total:.2%}); {self.describe(splits, labels)}",
+            callbacks=[AdaLoraSchedule(model)] if m.finetune == "adalora" else [],
+        )
 
     def inference(self, run: Run, device="cpu") -> Inference:
         """The run's base model and mode rebuilt, its best weights (the EMA copy when kept) loaded."""
@@ -99,10 +133,6 @@ class TransformerFamily(SupervisedFamily):
     export_output: ClassVar[tuple[str, ...]] = ("batch",)  # the logits' axes before the label axis
     export_notes: ClassVar[dict[str, str]] = {}  # preprocessing the card adds for this family
 
-    def export_loader(self, inf: Inference, part):
-        """Validation examples batched as the family's model takes them, labels included."""
-        raise NotImplementedError
-
     def export_subject(self, run: Run, limit: int = 512) -> LogitsExport:
         """The encoder as token ids in, logits out, on (up to `limit`) validation examples (test without val)."""
         inf = self.inference(run)
@@ -115,7 +145,8 @@ class TransformerFamily(SupervisedFamily):
         # CPU): a batch of 8 in 20.2 ms against 24.6 ms for the dynamo exporter with SDPA; under serving load
         # 206 vs 190 req/s (bench/RESULTS.md).
         inf.model.set_attn_implementation("eager")
-        batches = list(self.export_loader(inf, part.subset(range(min(limit, len(part))))).batches())
+        part = part.subset(range(min(limit, len(part))))
+        batches = list(self.loader(inf.tokenizer, part, inf.labels, 64, inf.spec["max_length"], "cpu").batches())
         for b in batches:
             b.setdefault("token_type_ids", torch.zeros_like(b["input_ids"]))
         targets = [b.pop("labels") for b in batches]
