@@ -120,7 +120,7 @@ def test_schedules_follow_their_formulas(name):
     model = net()
     cfg = Schedule(name=name, warmup_epochs=1, step_epochs=2, gamma=0.5, min_lr_ratio=0.1)
     opt = build_optimizer(model, Optim(name="sgd", lr=1.0, momentum=0.0, nesterov=False, weight_decay=0.0))
-    sched = build_scheduler(opt, cfg, steps_per_epoch=10, epochs=6)
+    sched = build_scheduler(opt, cfg, steps_per_epoch=10, total_steps=60)
     lrs = []
     for _ in range(60):
         lrs.append(opt.param_groups[0]["lr"])

@@ -72,3 +72,19 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(recipe_factory, new_ru
     a, b = _weights(straight.last_checkpoint), _weights(broken.last_checkpoint)
     for key in (k for k in a if k.startswith(("model.", "ema."))):
         assert torch.equal(a[key], b[key]), key
+
+
+def test_max_steps_stops_part_way_spans_the_schedule_and_resumes_exactly(recipe_factory, new_run):
+    """train.max_steps: 9 optimiser steps over epochs of 4 (7 batches, accumulation 2) is 3 epochs, the last
+    one cut after one step; the cosine schedule ends at its floor there; an interrupted run resumes exactly."""
+    recipe = recipe_factory(*OVERRIDES, "train.max_steps=9", "schedule.name=cosine")
+    straight = new_run(recipe, "straight")
+    task.train(recipe, straight)
+    rows = _history(straight)
+    assert [r["step"] for r in rows] == [4, 8, 9] and rows[-1]["lr"] == pytest.approx(0.0, abs=1e-9)
+    assert "val_accuracy" in rows[-1]
+
+    broken = new_run(recipe, "broken")
+    assert task.train(recipe, broken, callbacks=[InterruptAt(epoch=1, batch=3)])["status"] == "interrupted"
+    task.train(broken.recipe(), broken, resume=True)
+    assert _history(broken) == rows

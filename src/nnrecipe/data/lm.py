@@ -160,7 +160,7 @@ class HFTokenizer(Tokenizer):
 
 def fit_tokenizer(kind: str, text: str, vocab_size: int, also: str = "") -> Tokenizer:
     """The tokenizer `kind` names, fitted to `text` (a char vocabulary also takes the characters of `also`)."""
-    if kind == "char":
+    if kind in ("auto", "char"):  # auto: a model from scratch reads characters
         return CharTokenizer.fit(text + also)
     if kind == "bytes":
         return ByteTokenizer()

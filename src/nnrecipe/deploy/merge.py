@@ -27,6 +27,11 @@ def merge_run(run: Run, out: Path | None = None) -> tuple[Path, float]:
     auto = family.merge_class()
     inf = family.inference(run)
     model, tokenizer, meta = inf.model, inf.tokenizer, inf.spec
+    if not hasattr(model, "save_pretrained"):
+        raise UserError(
+            f"{run.dir}: merge writes a Hugging Face model folder, and {meta['model']} is not a Hugging Face "
+            "model (nothing to fold in either); export it with `nnrecipe export` instead"
+        )
     batch = tokenizer(PROBE, padding=True, return_tensors="pt")
     with torch.no_grad():
         expected = model(**batch).logits

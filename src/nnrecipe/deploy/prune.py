@@ -99,6 +99,8 @@ def prune_run(run: Run, amount: float, structured: bool = False, finetune_epochs
         family.train(new, out, callbacks=[KeepMasks(masks)])
     else:
         out.update_meta(status="finished", spec=run.meta()["spec"])
+        for path in family.run_files(run):
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, out.dir / path.name)
         save_checkpoint(out.best_checkpoint, with_prefix(model.state_dict(), "model"))
     split, after = _score(family, out)
     pruned = family.inference(out).model

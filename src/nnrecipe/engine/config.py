@@ -128,6 +128,12 @@ class Train(Section):
     """The training loop."""
 
     epochs: int = Field(10, gt=0, description="Number of passes over the training split.")
+    max_steps: int | None = Field(
+        None,
+        gt=0,
+        description="Train for this many optimiser steps instead of `epochs` (the schedule spans them; validation "
+        "still runs at each epoch's end, and after the last step); null = epochs decide.",
+    )
     batch_size: int = Field(128, gt=0, description="Examples per optimiser step (per process, before accumulation).")
     eval_batch_size: int = Field(512, gt=0, description="Examples per evaluation batch.")
     grad_accum_steps: int = Field(1, gt=0, description="Micro-batches accumulated per optimiser step.")
@@ -146,6 +152,14 @@ class Train(Section):
     early_stopping: EarlyStopping | None = Field(None, description="Stop early when `metric` stalls; null = off.")
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads; null = torch's default.")
     log_every: int = Field(50, gt=0, description="Steps between non-finite-loss checks and TensorBoard step logs.")
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimiser steps the whole run takes."""
+        return self.max_steps if self.max_steps is not None else self.epochs * steps_per_epoch
+
+    def planned_epochs(self, steps_per_epoch: int) -> int:
+        """Epochs the run starts (with max_steps, the last one may stop part-way)."""
+        return self.epochs if self.max_steps is None else -(-self.max_steps // max(1, steps_per_epoch))
 
 
 class Track(Section):

@@ -175,7 +175,9 @@ class Trainer:
         # it once per process.
         self.model, self.optimizer = accelerator.prepare(model), optimizer
         self.scaler = accelerator.scaler  # a GradScaler with fp16, else None
-        self.scheduler = build_scheduler(optimizer, schedule_cfg, self.steps_per_epoch, train_cfg.epochs)
+        self.total_steps = train_cfg.total_steps(self.steps_per_epoch)
+        self.epochs = train_cfg.planned_epochs(self.steps_per_epoch)
+        self.scheduler = build_scheduler(optimizer, schedule_cfg, self.steps_per_epoch, self.total_steps)
         self.ema = None
         if train_cfg.ema:
             self.ema = AveragedModel(
@@ -196,7 +198,7 @@ class Trainer:
             self._restore()
         previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
         try:
-            while self.state.epoch < self.cfg.epochs and self.state.status == "running":
+            while self.state.epoch < self.epochs and self.state.status == "running":
                 self._train_epoch()
                 if self.state.status == "running":
                     self._end_epoch()
@@ -236,15 +238,18 @@ class Trainer:
             examples += n
             if sync:
                 self._optimizer_step()
+            done = sync and s.global_step >= self.total_steps  # train.max_steps reached (maybe part-way)
             if bar is not None:
                 bar[0].update(bar[1], advance=1)
-            if (i + 1) % cfg.log_every == 0 or i + 1 == n_batches:
+            if (i + 1) % cfg.log_every == 0 or i + 1 == n_batches or done:
                 self._check_finite(loss_sum, epoch, i)
                 self.tracker.log_step(
                     s.global_step, {"train_loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"]}
                 )
             for cb in self.callbacks:
                 cb.after_step(self)
+            if done:
+                break
             if sync and self.stop_requested and i + 1 < n_batches:
                 s.step_in_epoch, s.epoch_loss_sum, s.epoch_examples = i + 1, loss_sum.item(), examples
                 s.epoch_seconds = time.perf_counter() - started
@@ -315,7 +320,7 @@ class Trainer:
                 if s.bad_epochs >= es.patience:
                     s.status = "early_stopped"
                     console.print(f"early stopping: {es.metric} has not improved for {es.patience} epochs")
-        if s.status != "running" or s.epoch == self.cfg.epochs:
+        if s.status != "running" or s.epoch == self.epochs:
             return  # fit() writes the final checkpoint with the final status
         if self.stop_requested:
             self._interrupt(None)
@@ -399,7 +404,7 @@ class Trainer:
         if not self.progress or not self.acc.is_main_process or not console.is_terminal:
             return None
         bar = Progress(
-            TextColumn(f"epoch {epoch + 1}/{self.cfg.epochs}"),
+            TextColumn(f"epoch {epoch + 1}/{self.epochs}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
@@ -413,7 +418,7 @@ class Trainer:
     def _print_row(self, row: dict[str, Any]) -> None:
         if not self.acc.is_main_process:
             return
-        parts = [f"epoch {row['epoch']}/{self.cfg.epochs}"]
+        parts = [f"epoch {row['epoch']}/{self.epochs}"]
         for k, v in row.items():
             if k in ("epoch", "step", "epoch_seconds", "samples_per_s"):
                 continue

@@ -55,11 +55,12 @@ def _fused_ok(model: nn.Module) -> bool:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: Schedule, steps_per_epoch: int, epochs: int
+    optimizer: torch.optim.Optimizer, cfg: Schedule, steps_per_epoch: int, total_steps: int
 ) -> lr_scheduler.LRScheduler:
-    """A scheduler stepped once per optimiser step. constant/step/linear/cosine are one LambdaLR (linear warmup
-    in front); onecycle is torch's OneCycleLR, whose rising phase is the warmup when warmup_epochs > 0."""
-    total = max(1, steps_per_epoch * epochs)
+    """A scheduler stepped once per optimiser step, over `total_steps`. constant/step/linear/cosine are one
+    LambdaLR (linear warmup in front); onecycle is torch's OneCycleLR, whose rising phase is the warmup when
+    warmup_epochs > 0."""
+    total = max(1, total_steps)
     warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))
     if cfg.name == "onecycle" and total >= 4:  # OneCycleLR needs at least a step per phase
         max_lr = [g["lr"] for g in optimizer.param_groups]

@@ -26,3 +26,21 @@ def write_lm_report(run_dir: Path, split: str, summary: dict[str, Any], extra: d
             md += [f"Prompt {sample['prompt']!r}:", "", "```", sample["prompt"] + sample["text"], "```", ""]
     (run_dir / "report.md").write_text("\n".join(md))
     return path
+
+
+def write_mlm_report(run_dir: Path, split: str, summary: dict[str, Any], model_folder: Path) -> Path:
+    """A masked-LM (domain-adaptive pretraining) run's report: loss and accuracy at the masked tokens."""
+    run_dir = Path(run_dir)
+    path, report = merge_report(run_dir, split, summary)
+    md = [f"# Report: {run_dir.name}", "", "Masked-LM loss: cross-entropy in nats at the masked tokens.", ""]
+    for name, s in report.items():
+        md += [
+            f"## {name}: loss {s['loss']:.4f}, perplexity {s['perplexity']:.2f}, masked-token accuracy "
+            f"{s['masked_accuracy']:.3f}",
+            "",
+        ]
+        md += source_line(s)
+        md += [f"{s['tokens']:,} tokens in blocks of {s['block_size']}.", ""]
+    md += [f"Model folder: `{model_folder}` (set `model.name` of a text or NER recipe to it).", ""]
+    (run_dir / "report.md").write_text("\n".join(md))
+    return path

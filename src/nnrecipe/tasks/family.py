@@ -193,6 +193,11 @@ class TaskFamily(ABC):
         """Raise UserError when a pruned model of this recipe cannot be fine-tuned (before anything is written)."""
         return None
 
+    def run_files(self, run: Any) -> list[Path]:
+        """Files beside the weights that `inference` reads (a fitted tokenizer...): a run derived from this
+        one without training (a pruned copy) takes them along."""
+        return []
+
     def prune_keep_whole(self, model: nn.Module) -> set[str]:
         """Module names that structured pruning must leave whole (their outputs are the answers)."""
         return set()

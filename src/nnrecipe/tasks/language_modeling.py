@@ -1,5 +1,6 @@
 """Language modelling: a char-rnn (RNN/LSTM/GRU) or a small GPT trained from scratch on a text stream with
-the shared engine; loss, perplexity and bits per character; sampling with a KV cache; `nnrecipe generate`.
+the shared engine, or a local Hugging Face causal LM fine-tuned (fully or with LoRA) on it; loss, perplexity
+and bits per character; sampling with a KV cache; `nnrecipe generate`.
 
 An epoch is `data.batches_per_epoch` batches of random contiguous blocks (seeded per batch, so resume is
 exact); validation reads the held-out stream in consecutive blocks. The run keeps its tokenizer (the char
@@ -19,15 +20,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnrecipe.data.lm import BlockLoader, HFTokenizer, encode_stream, fit_tokenizer, load_tokenizer, read_text
+from nnrecipe.data.lm import (
+    BlockLoader,
+    HFTokenizer,
+    Tokenizer,
+    encode_stream,
+    fit_tokenizer,
+    load_tokenizer,
+    read_text,
+)
 from nnrecipe.engine.checkpoint import load_weights
 from nnrecipe.engine.loop import Callback, console
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.errors import UserError
+from nnrecipe.models.hf import parameter_counts, resolve
+from nnrecipe.models.hf_causal import load_causal_lm
 from nnrecipe.models.sequence import SequenceConfig, build_sequence_model, generate, no_decay_parameters
 from nnrecipe.reporting.lm import write_lm_report
 from nnrecipe.runs import Run
-from nnrecipe.tasks import outputs
+from nnrecipe.tasks import masked_lm, outputs
 from nnrecipe.tasks.family import DoctorPlan, Inference, LogitsExport, Metric, Splits, register_family
 from nnrecipe.tasks.lm_doctor import plan as doctor_plan
 from nnrecipe.tasks.lm_recipe import LMRecipe
@@ -122,6 +133,59 @@ def model_config(recipe: LMRecipe, vocab_size: int) -> SequenceConfig:
     )
 
 
+def recipe_tokenizer(recipe: LMRecipe, splits: Splits) -> Tokenizer:
+    """The recipe's tokenizer: fitted to the text for a model from scratch, the model's own for a pretrained one."""
+    d, m = recipe.data, recipe.model
+    if not m.pretrained:
+        # A char vocabulary covers the validation text too (as nanoGPT's covers the whole file): knowing
+        # which characters exist leaks nothing, and a rare one only in the last 10% would otherwise stop the run.
+        return fit_tokenizer(d.tokenizer, splits.train, d.vocab_size, also=splits.val)
+    if d.tokenizer != "auto":
+        raise UserError(
+            f"data.tokenizer: {m.name} is pretrained and reads its own tokenizer's ids; leave data.tokenizer: auto"
+        )
+    return HFTokenizer.load(Path(resolve(m.name)))
+
+
+def new_model(recipe: LMRecipe, vocab_size: int) -> tuple[nn.Module, dict[str, Any]]:
+    """A model for a new run and its architecture as the spec keeps it (inference rebuilds it from that)."""
+    m = recipe.model
+    if not m.pretrained:
+        cfg = model_config(recipe, vocab_size)
+        return build_sequence_model(cfg), asdict(cfg)
+    model = load_causal_lm(m.name, m.finetune, m.lora())
+    vocab = model.get_input_embeddings().num_embeddings
+    if vocab_size > vocab:
+        raise UserError(f"model.name: {m.name}'s tokenizer has {vocab_size:,} ids, its embedding only {vocab:,}")
+    if model.block_size and recipe.data.block_size > model.block_size:
+        raise UserError(
+            f"data.block_size: {recipe.data.block_size} is longer than {m.name}'s context ({model.block_size} tokens)"
+        )
+    arch = {"kind": "hf", "name": m.name, "finetune": m.finetune, "lora": m.lora(), "vocab_size": vocab}
+    return model, arch | {"block_size": recipe.data.block_size}
+
+
+def causal_only(run: Run, verb: str) -> None:
+    """Generation, serving and export are for next-token models; a masked-LM run is a step towards a classifier."""
+    if run.spec().get("objective") == "mlm":
+        raise UserError(
+            f"{verb}: {run.dir} is masked-LM pretraining; start a text or NER recipe from its model folder "
+            f"(model.name: {run.dir / masked_lm.MODEL_DIR})"
+        )
+
+
+def model_name(spec: dict[str, Any]) -> str:
+    """What the card and /v1/model call the run's model: the pretrained model's name, else the architecture."""
+    return spec["model"].get("name", spec["model"]["kind"])
+
+
+def saved_model(spec: dict[str, Any]) -> nn.Module:
+    arch = spec["model"]
+    if arch["kind"] == "hf":
+        return load_causal_lm(arch["name"], arch["finetune"], arch["lora"])
+    return build_sequence_model(SequenceConfig(**arch))
+
+
 @register_family
 class LanguageModeling(SupervisedFamily):
     name = "language_modeling"
@@ -135,10 +199,10 @@ class LanguageModeling(SupervisedFamily):
         return stream_splits(recipe)
 
     def setup(self, recipe: LMRecipe, splits: Splits, acc, run: Run) -> Setup:
+        if recipe.objective == "mlm":
+            return masked_lm.setup(recipe, splits, acc)
         d, t = recipe.data, recipe.train
-        # A char vocabulary covers the validation text too (as nanoGPT's covers the whole file): knowing
-        # which characters exist leaks nothing, and a rare one only in the last 10% would otherwise stop the run.
-        tokenizer = fit_tokenizer(d.tokenizer, splits.train, d.vocab_size, also=splits.val)
+        tokenizer = recipe_tokenizer(recipe, splits)
         if isinstance(tokenizer, HFTokenizer) and acc.is_main_process:
             tokenizer.tok.save(str(run.dir / "tokenizer.json"))
         for i, prompt in enumerate(recipe.sample.prompts):  # before training, not after it
@@ -146,10 +210,9 @@ class LanguageModeling(SupervisedFamily):
         streams = run.dir / "tokens"
         train = encode_stream(tokenizer, splits.train, streams / f"train.rank{acc.process_index}.bin", "data.train")
         val = encode_stream(tokenizer, splits.val, streams / f"val.rank{acc.process_index}.bin", "validation text")
-        cfg = model_config(recipe, tokenizer.vocab_size)
-        model = build_sequence_model(cfg)
+        model, arch = new_model(recipe, tokenizer.vocab_size)
         tokens_per_char = tokenizer.tokens_per_char(splits.val[:100_000])
-        n_params = sum(p.numel() for p in model.parameters())
+        trainable, n_params = parameter_counts(model)
         train_loader = BlockLoader(
             train,
             d.block_size,
@@ -165,15 +228,21 @@ class LanguageModeling(SupervisedFamily):
         val_loader = BlockLoader(
             val, d.block_size, t.eval_batch_size, batches=d.eval_batches, device=acc.device, where="validation text"
         )
+        what = (
+            f"{recipe.model.name} ({recipe.model.finetune}): {trainable:,} trainable of {n_params:,} parameters"
+            if recipe.model.pretrained
+            else f"{arch['kind']}: {n_params:,} parameters ({n_params / 1e6:.2f}M)"
+        )
         summary = (
-            f"{cfg.kind}: {n_params:,} parameters ({n_params / 1e6:.2f}M); {tokenizer.kind} tokenizer, vocabulary "
+            f"{what}; {tokenizer.kind} tokenizer, vocabulary "
             f"{tokenizer.vocab_size:,}; {len(train):,} train / {len(val):,} val tokens, blocks of {d.block_size}"
         )
         spec = {
-            "model": asdict(cfg),
+            "model": arch,
             "tokenizer": tokenizer.spec(),
             "tokens_per_char": tokens_per_char,
             "parameters": n_params,
+            "trainable_parameters": trainable,
         }
         steps_per_epoch = -(-d.batches_per_epoch // t.grad_accum_steps)
         callbacks = (
@@ -190,15 +259,23 @@ class LanguageModeling(SupervisedFamily):
             callbacks=callbacks,
         )
 
+    def finish(self, run: Run, recipe: LMRecipe, setup: Setup) -> None:
+        if recipe.objective == "mlm":
+            masked_lm.save_model_folder(run)
+
     def inference(self, run: Run, device="cpu") -> Inference:
         spec = run.spec()
-        model = build_sequence_model(SequenceConfig(**spec["model"]))
+        if spec.get("objective") == "mlm":
+            return masked_lm.inference(run, device)
+        model = saved_model(spec)
         model.load_state_dict(load_weights(run.best_checkpoint))
         return Inference(model.to(device).eval(), [], spec, load_tokenizer(spec["tokenizer"], run.dir))
 
     def report(
         self, run: Run, recipe: LMRecipe, part: str, split: str, device, source: str | None = None
     ) -> dict[str, Any]:
+        if recipe.objective == "mlm":
+            return masked_lm.report(run, recipe, part, split, device, source)
         inf = self.inference(run, device)
         tokens = encode_stream(inf.tokenizer, part, where=f"{split} text")
         block = inf.spec["model"]["block_size"]
@@ -278,6 +355,7 @@ class LanguageModeling(SupervisedFamily):
 
     def generate(self, run: Run, prompt: str, **options: Any) -> dict[str, Any]:
         """`nnrecipe generate`: options default to the recipe's `sample` section."""
+        causal_only(run, "generate")
         s = run.recipe().sample.model_dump() | {k: v for k, v in options.items() if v is not None}
         s.pop("prompts")
         if s.get("top_k") == 0:
@@ -285,9 +363,15 @@ class LanguageModeling(SupervisedFamily):
         return self.continue_text(self.inference(run), prompt, **s)
 
     def doctor(self, recipe: LMRecipe) -> DoctorPlan:
+        if recipe.model.pretrained:
+            raise UserError(
+                f"doctor: its checks judge a model at initialisation (loss near ln(vocabulary), ...); {recipe.model.name} "
+                "starts pretrained: run the doctor on a model from scratch (model.name: gpt, lstm...)"
+            )
         return doctor_plan(recipe, self.splits(recipe), lambda vocab_size: model_config(recipe, vocab_size))
 
     def predictor(self, run: Run, onnx_path: Path | None = None, precision: str = "fp32") -> LMPredictor:
+        causal_only(run, "serve")
         if onnx_path is not None:
             raise UserError("--onnx: language-model runs are served by PyTorch (generation needs the KV cache)")
         return LMPredictor(self, run)
@@ -295,6 +379,7 @@ class LanguageModeling(SupervisedFamily):
     def export_subject(self, run: Run, limit: int = 16) -> LogitsExport:
         """The model as token ids in (batch x time, both free up to the block), logits out, checked on up to
         `limit` validation blocks; generation loops outside the graph, without the cache."""
+        causal_only(run, "export")
         recipe, inf = run.recipe(), self.inference(run)
         block = inf.spec["model"]["block_size"]
         tokens = encode_stream(inf.tokenizer, self.splits(recipe).val, where="validation text")
@@ -313,10 +398,11 @@ class LanguageModeling(SupervisedFamily):
         }
         dynamic = {"input": {0: "batch", 1: "time"}}
         return LogitsExport(
-            LogitsOf(inf.model).eval(), [{"input": x}], [y], ["input"], dynamic, facts, [], inf.spec["model"]["kind"]
+            LogitsOf(inf.model).eval(), [{"input": x}], [y], ["input"], dynamic, facts, [], model_name(inf.spec)
         )
 
     def predict(self, run: Run, inputs: list[str]) -> list[dict[str, Any]]:
+        causal_only(run, "predict")
         inf, s = self.inference(run), run.recipe().sample
         return [self.continue_text(inf, p, s.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed) for p in inputs]
 
@@ -327,7 +413,7 @@ class LMPredictor(TextInputs, Predictor):
 
     def __init__(self, family: LanguageModeling, run: Run):
         self.family, self.inf, self.sample = family, family.inference(run), run.recipe().sample
-        self.labels, self.model_name = [], self.inf.spec["model"]["kind"]
+        self.labels, self.model_name = [], model_name(self.inf.spec)
 
     def decode_text(self, item: str, index: int) -> str:
         return item  # an empty prompt is allowed: generation starts from a new line

@@ -13,10 +13,10 @@ from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, data_check_result, e
 from nnrecipe.doctor.subject import Subject
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
-from nnrecipe.models.hf import build
 from nnrecipe.tasks.family import DoctorPlan
 from nnrecipe.tasks.text_doctor import embedding_leaf, features, first_batches, padded_inputs
-from nnrecipe.tasks.text_inputs import token_splits, word_loader
+from nnrecipe.tasks.text_inputs import sentences, token_splits, word_loader
+from nnrecipe.tasks.text_models import new_model, safe_lr
 
 
 def data_check(recipe, train: TokenSet, val: TokenSet | None, test: TokenSet | None, tokenizer) -> Check:
@@ -100,7 +100,7 @@ def prepare(recipe):
     splits = token_splits(recipe.data)
     train, val, test = splits.train, splits.val, splits.test
     tags = tag_names(train.tags + (val.tags if val else []))
-    _, tokenizer = build(recipe.model.name, tags, "full", head="token")
+    _, tokenizer, _ = new_model(recipe.model.model_copy(update={"finetune": "full"}), tags, "token", sentences(train))
     return train, val, test, tags, tokenizer
 
 
@@ -113,7 +113,7 @@ def make_subject(
 
     def make_model():
         seed_everything(seed)
-        return build(recipe.model.name, tags, recipe.model.finetune, opts, head="token")[0]
+        return new_model(recipe.model, tags, "token", sentences(train), tokenizer, **opts)[0]
 
     loader = word_loader(
         tokenizer,
@@ -162,5 +162,5 @@ def make_subject(
         class_prior=prior / prior.sum(),
         recipe_lr=recipe.optim.lr,
         leaf_inputs=embedding_leaf,
-        safe_lr=1e-4,  # pretrained transformers diverge at the CNN-safe 1e-3
+        safe_lr=safe_lr(recipe.model),
     )

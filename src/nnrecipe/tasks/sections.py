@@ -41,12 +41,18 @@ class TrainedRecipe(FamilyRecipe):
     schedule: Schedule = Field(default_factory=Schedule)
     train: Train = Field(default_factory=Train)
 
+    @classmethod
+    def defaults_for(cls, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The shared sections' defaults for this raw recipe (a family may pick them by its model)."""
+        return cls.DEFAULTS
+
     @model_validator(mode="before")
     @classmethod
     def _family_defaults(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) and cls.DEFAULTS:
+        defaults = cls.defaults_for(raw) if isinstance(raw, dict) else {}
+        if defaults:
             raw = dict(raw)
-            for section, values in cls.DEFAULTS.items():
+            for section, values in defaults.items():
                 given = raw.get(section)
                 if given is None or isinstance(given, dict):
                     raw[section] = {**values, **(given or {})}

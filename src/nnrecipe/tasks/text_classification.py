@@ -21,7 +21,7 @@ from nnrecipe.tasks.family import DoctorPlan, Metric, Splits, register_family
 from nnrecipe.tasks.serving import autocast
 from nnrecipe.tasks.supervised import plot_paths, split_tag
 from nnrecipe.tasks.text_doctor import plan as doctor_plan
-from nnrecipe.tasks.text_inputs import read_texts, text_loader, text_splits
+from nnrecipe.tasks.text_inputs import read_texts, text_loader, text_splits, texts
 from nnrecipe.tasks.text_recipes import TextRecipe
 from nnrecipe.tasks.transformer import TransformerFamily, TransformerPredictor
 
@@ -73,6 +73,9 @@ class TextClassification(TransformerFamily):
 
     def train_task(self, labels: list[str], splits: Splits) -> TextClassifier:
         return TextClassifier()
+
+    def texts_of(self, part: TextSet) -> list[str]:
+        return texts(part)
 
     def describe(self, splits: Splits, labels: list[str]) -> str:
         n_val = len(splits.val) if splits.val else 0

@@ -12,9 +12,9 @@ from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, data_check_result, e
 from nnrecipe.doctor.subject import Subject
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
-from nnrecipe.models.hf import build
 from nnrecipe.tasks.family import DoctorPlan
-from nnrecipe.tasks.text_inputs import text_loader, text_splits
+from nnrecipe.tasks.text_inputs import text_loader, text_splits, texts
+from nnrecipe.tasks.text_models import new_model, safe_lr
 
 
 def data_check(recipe, train: TextSet, val: TextSet | None, test: TextSet | None, tokenizer) -> Check:
@@ -128,7 +128,7 @@ def prepare(recipe):
     train, val, test = splits.train, splits.val, splits.test
     labels = label_names(train.labels)
     lora = recipe.model.peft_options()
-    _, tokenizer = build(recipe.model.name, labels, "full")
+    _, tokenizer, _ = new_model(recipe.model.model_copy(update={"finetune": "full"}), labels, "sequence", texts(train))
     return train, val, test, labels, lora, tokenizer
 
 
@@ -138,7 +138,7 @@ def make_subject(recipe, train: TextSet, val: TextSet | None, labels, lora, toke
 
     def make_model():
         seed_everything(seed)
-        return build(recipe.model.name, labels, recipe.model.finetune, lora)[0]
+        return new_model(recipe.model, labels, "sequence", texts(train), tokenizer, **lora)[0]
 
     loader = text_loader(
         tokenizer,
@@ -185,5 +185,5 @@ def make_subject(recipe, train: TextSet, val: TextSet | None, labels, lora, toke
         class_prior=prior / prior.sum(),
         recipe_lr=recipe.optim.lr,
         leaf_inputs=embedding_leaf,
-        safe_lr=1e-4,  # pretrained transformers diverge at the CNN-safe 1e-3
+        safe_lr=safe_lr(recipe.model),
     )

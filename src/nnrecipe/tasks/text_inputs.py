@@ -76,3 +76,13 @@ def word_loader(tokenizer, part: TokenSet, tags: list[str], bs: int, max_length:
         raise UserError(f"tags {', '.join(unknown[:5])} are not in the run's tag set ({', '.join(tags)})")
     encoded = encode_words(tokenizer, part.words, part.tags, tag_ids, max_length)
     return WordLoader(encoded, bs, tokenizer.pad_token_id, device=device, **kw)
+
+
+def texts(part: TextSet) -> list[str]:
+    """The raw text of a classification split (both texts of a pair), to fit a tokenizer on."""
+    return part.texts + (part.pairs or [])
+
+
+def sentences(part: TokenSet) -> list[str]:
+    """The words of an NER split as one line per sentence, to fit a tokenizer on."""
+    return [" ".join(words) for words in part.words]

@@ -4,11 +4,12 @@ for labelled text files, one for token files, one pretrained-encoder section sha
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from nnrecipe.engine.config import Section
+from nnrecipe.models.text_encoders import SCRATCH_MODELS
 from nnrecipe.tasks.sections import FamilyRecipe, TrainedRecipe
 
 TRANSFORMER_DEFAULTS = {
@@ -16,6 +17,19 @@ TRANSFORMER_DEFAULTS = {
     "schedule": {"name": "linear", "warmup_epochs": 0.1},
     "train": {"epochs": 3, "batch_size": 32, "eval_batch_size": 128, "clip_grad_norm": 1.0},
 }
+
+# From-scratch baselines (model.name: lstm, bilstm, gru, bigru, textcnn) learn every weight: a larger step,
+# more epochs and larger batches than fine-tuning a pretrained encoder.
+SCRATCH_DEFAULTS = {
+    "optim": {"name": "adamw", "lr": 2e-3, "weight_decay": 0.01},
+    "schedule": {"name": "cosine", "warmup_epochs": 0.1},
+    "train": {"epochs": 5, "batch_size": 64, "eval_batch_size": 256, "clip_grad_norm": 1.0},
+}
+
+
+def scratch_model(raw: dict[str, Any]) -> bool:
+    model = raw.get("model")
+    return isinstance(model, dict) and model.get("name") in SCRATCH_MODELS
 
 
 class TextData(Section):
@@ -36,10 +50,13 @@ class TextData(Section):
 
 
 class TextModel(Section):
-    """A pretrained Hugging Face encoder with a task head, fine-tuned fully or parameter-efficiently (peft)."""
+    """A pretrained Hugging Face encoder with a task head, fine-tuned fully or parameter-efficiently (peft),
+    or a baseline trained from scratch (lstm, bilstm, gru, bigru, textcnn) on a tokenizer fitted to the data."""
 
     name: str = Field(
-        "minilm", description="minilm (the packaged all-MiniLM-L6-v2), a local model folder, or a hub id (online only)."
+        "minilm",
+        description="minilm (the packaged all-MiniLM-L6-v2), a local model folder, a hub id (online only), or "
+        "from scratch: lstm, bilstm, gru, bigru, textcnn.",
     )
     finetune: Literal["full", "frozen", "lora", "adalora", "prefix", "ia3"] = Field(
         "full",
@@ -53,6 +70,20 @@ class TextModel(Section):
     )
     prefix_tokens: int = Field(
         16, gt=0, description="Prefix tuning: virtual tokens prepended to every layer's keys and values."
+    )
+
+    tokenizer: Literal["word", "bpe"] = Field(
+        "word", description="From-scratch models: a word-level or BPE tokenizer trained on the training text."
+    )
+    vocab_size: int = Field(20000, gt=2, description="From-scratch models: the tokenizer's largest vocabulary.")
+    lowercase: bool = Field(False, description="From-scratch models: lowercase text before tokenising.")
+    embedding_dim: int = Field(128, gt=0, description="From-scratch models: token embedding width.")
+    hidden_size: int = Field(
+        256, gt=0, description="From-scratch models: hidden units per direction (TextCNN: filters per width)."
+    )
+    layers: int = Field(1, gt=0, description="From-scratch recurrent models: stacked layers.")
+    dropout: float = Field(
+        0.3, ge=0, lt=1, description="From-scratch models: dropout on embeddings, between layers, before the head."
     )
 
     def peft_options(self) -> dict:
@@ -73,8 +104,13 @@ class TextRecipe(TrainedRecipe):
     data: TextData = Field(default_factory=TextData)
     model: TextModel = Field(default_factory=TextModel)
 
+    @classmethod
+    def defaults_for(cls, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return SCRATCH_DEFAULTS if scratch_model(raw) else cls.DEFAULTS
+
 
 NER_DEFAULTS = TRANSFORMER_DEFAULTS | {"train": TRANSFORMER_DEFAULTS["train"] | {"monitor": "val_f1"}}
+NER_SCRATCH_DEFAULTS = SCRATCH_DEFAULTS | {"train": SCRATCH_DEFAULTS["train"] | {"epochs": 10, "monitor": "val_f1"}}
 
 
 class TokenData(Section):
@@ -104,6 +140,10 @@ class TokenRecipe(TrainedRecipe):
     task: Literal["token_classification"] = Field("token_classification", description="The task family.")
     data: TokenData = Field(default_factory=TokenData)
     model: TextModel = Field(default_factory=TextModel)
+
+    @classmethod
+    def defaults_for(cls, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return NER_SCRATCH_DEFAULTS if scratch_model(raw) else cls.DEFAULTS
 
 
 class EmbeddingModel(Section):

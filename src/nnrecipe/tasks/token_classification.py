@@ -19,7 +19,7 @@ from nnrecipe.tasks.family import DoctorPlan, Metric, Splits, register_family
 from nnrecipe.tasks.ner_doctor import plan as doctor_plan
 from nnrecipe.tasks.serving import autocast
 from nnrecipe.tasks.supervised import plot_paths
-from nnrecipe.tasks.text_inputs import WordLoader, read_tokens, token_splits, word_loader
+from nnrecipe.tasks.text_inputs import WordLoader, read_tokens, sentences, token_splits, word_loader
 from nnrecipe.tasks.text_recipes import TokenRecipe
 from nnrecipe.tasks.transformer import TransformerFamily, TransformerPredictor
 
@@ -93,6 +93,9 @@ class TokenClassification(TransformerFamily):
 
     def train_task(self, labels: list[str], splits: Splits) -> NerTask:
         return NerTask(labels, splits.val.tags if splits.val else None)
+
+    def texts_of(self, part: TokenSet) -> list[str]:
+        return sentences(part)
 
     def describe(self, splits: Splits, labels: list[str]) -> str:
         n_val = len(splits.val) if splits.val else 0

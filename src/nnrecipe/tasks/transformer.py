@@ -1,6 +1,6 @@
-"""What the two fine-tuned transformer families (text classification and NER) share: building the pretrained
-encoder with its head and peft mode, loading a trained run, keeping peft adapters alone, pruning and
-merging support, and the text side of serving."""
+"""What the two text families trained on labelled examples (text classification and NER) share: building the
+encoder (pretrained, with its head and peft mode, or a baseline from scratch) with its head, loading a trained
+run, keeping peft adapters alone, pruning and merging support, and the text side of serving."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from nnrecipe.engine.checkpoint import load_weights
 from nnrecipe.engine.loop import Callback
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.errors import UserError
-from nnrecipe.models.hf import build, parameter_counts, resolve, save_adapter
+from nnrecipe.models.hf import parameter_counts, resolve, save_adapter
 from nnrecipe.runs import Run
 from nnrecipe.tasks.family import Inference, LogitsExport, Splits
 from nnrecipe.tasks.serving import Predictor, TextInputs, ort_session
 from nnrecipe.tasks.supervised import Setup, SupervisedFamily
+from nnrecipe.tasks.text_models import TOKENIZER_DIR, from_scratch, new_model, saved_model
 
 
 class AdaLoraSchedule(Callback):
@@ -36,8 +37,8 @@ class AdaLoraSchedule(Callback):
 
 
 class TransformerFamily(SupervisedFamily):
-    """A pretrained Hugging Face encoder with a `head` ("sequence" or "token"), fine-tuned fully, as a frozen
-    probe, or with a peft method."""
+    """A text encoder with a `head` ("sequence" or "token"): pretrained (Hugging Face) and fine-tuned fully, as
+    a frozen probe or with a peft method, or a from-scratch baseline (text_models.py)."""
 
     head: ClassVar[str]
     cpu_bf16 = True  # transformers: bf16 autocast makes a MiniLM step 1.85x faster on an AMX CPU
@@ -60,25 +61,33 @@ class TransformerFamily(SupervisedFamily):
     def describe(self, splits: Splits, labels: list[str]) -> str:
         """The data's half of the run's first console line."""
 
+    @abstractmethod
+    def texts_of(self, part) -> list[str]:
+        """The raw text of `part`, to fit a from-scratch model's tokenizer on."""
+
     # -- the rest, shared ---------------------------------------------------------------------------------
 
     def setup(self, recipe, splits: Splits, acc, run: Run) -> Setup:
-        """The encoder with a fresh head and its peft mode, the loaders, AdamW, and AdaLoRA's rank schedule."""
+        """The encoder with a fresh head and its peft mode (or a from-scratch model and the tokenizer fitted for
+        it, saved in the run), the loaders, the optimiser, and AdaLoRA's rank schedule."""
         labels = self.labels_of(splits)
         d, t, m = recipe.data, recipe.train, recipe.model
-        steps = t.epochs * -(-len(splits.train) // t.batch_size) // t.grad_accum_steps
-        opts = m.peft_options() | {"total_steps": steps}
-        model, tokenizer = build(m.name, labels, m.finetune, opts, head=self.head)
+        steps = t.total_steps(-(-len(splits.train) // t.batch_size) // t.grad_accum_steps)
+        model, tokenizer, architecture = new_model(m, labels, self.head, self.texts_of(splits.train), total_steps=steps)
+        if architecture and acc.is_main_process:
+            tokenizer.save_pretrained(str(run.dir / TOKENIZER_DIR))
         trainable, total = parameter_counts(model)
         spec = {
             "labels": labels,
             "model": m.name,
             "finetune": m.finetune,
-            "peft": opts,
+            "peft": m.peft_options() | {"total_steps": steps},
             "max_length": d.max_length,
             "trainable_parameters": trainable,
             "total_parameters": total,
         }
+        if architecture:
+            spec |= {"architecture": architecture, "vocab_size": len(tokenizer)}
         train_loader = self.loader(
             tokenizer, splits.train, labels, t.batch_size, d.max_length, acc.device, shuffle=True, seed=t.seed,
             group_by_length=d.group_by_length, rank=acc.process_index, world_size=acc.num_processes,
@@ -93,23 +102,36 @@ class TransformerFamily(SupervisedFamily):
             train_loader=train_loader,
             val_loader=val_loader,
             spec=spec,
-            summary=f"{m.name} ({m.finetune}): {trainable:,} trainable of {total:,} parameters "
-            f"({trainable / total:.2%}); {self.describe(splits, labels)}",
+            summary=(
+                f"{m.name} from scratch: {total:,} parameters, a {m.tokenizer} vocabulary of {len(tokenizer):,}"
+                if architecture
+                else f"{m.name} ({m.finetune}): {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%})"
+            )
+            + f"; {self.describe(splits, labels)}",
             callbacks=[AdaLoraSchedule(model)] if m.finetune == "adalora" else [],
         )
 
     def inference(self, run: Run, device="cpu") -> Inference:
         """The run's base model and mode rebuilt, its best weights (the EMA copy when kept) loaded."""
         spec = run.spec()
-        model, tokenizer = build(spec["model"], spec["labels"], spec["finetune"], spec["peft"], head=self.head)
+        model, tokenizer = saved_model(spec, run.dir, self.head)
         model.load_state_dict(load_weights(run.best_checkpoint))
         return Inference(model.to(device).eval(), spec["labels"], spec, tokenizer)
+
+    def run_files(self, run: Run) -> list[Path]:
+        folder = run.dir / TOKENIZER_DIR
+        return [folder] if folder.is_dir() else []
 
     def finish(self, run: Run, recipe, setup: Setup) -> None:
         """peft runs keep the adapter weights alone too (adapter/), loadable with peft on the base model."""
         save_adapter(self.inference(run).model, recipe.model.finetune, run.dir / "adapter")
 
     def check_prune_finetune(self, recipe) -> None:
+        if from_scratch(recipe.model.name):
+            raise UserError(
+                f"prune: offered for pretrained encoders; {recipe.model.name} is a from-scratch baseline "
+                "(make it smaller with model.hidden_size instead)"
+            )
         if recipe.model.finetune != "full":
             raise UserError(
                 f"--finetune-epochs: offered for fully fine-tuned text runs; this one is {recipe.model.finetune} "
@@ -144,7 +166,8 @@ class TransformerFamily(SupervisedFamily):
         # instead of the fused SDPA call) through the TorchScript-based exporter. Measured on MiniLM (int8, this
         # CPU): a batch of 8 in 20.2 ms against 24.6 ms for the dynamo exporter with SDPA; under serving load
         # 206 vs 190 req/s (bench/RESULTS.md).
-        inf.model.set_attn_implementation("eager")
+        if hasattr(inf.model, "set_attn_implementation"):  # the from-scratch models have no attention
+            inf.model.set_attn_implementation("eager")
         part = part.subset(range(min(limit, len(part))))
         batches = list(self.loader(inf.tokenizer, part, inf.labels, 64, inf.spec["max_length"], "cpu").batches())
         for b in batches:
@@ -154,7 +177,9 @@ class TransformerFamily(SupervisedFamily):
         facts = {
             "input": {n: {"shape": ["batch", "sequence"], "dtype": "int64"} for n in names},
             "preprocessing": {
-                "tokenizer": "the run's tokenizer (saved by `nnrecipe merge`, or the base model's)",
+                "tokenizer": f"{TOKENIZER_DIR}/ in the run (fitted to its training text)"
+                if from_scratch(inf.spec["model"])
+                else "the run's tokenizer (saved by `nnrecipe merge`, or the base model's)",
                 "max_length": inf.spec["max_length"],
                 "padding": "to the longest sequence in the batch",
                 **self.export_notes,
