@@ -7,7 +7,9 @@ their losses after the same steps should agree; the clock covers the training st
 of each, their ratio, the mean training loss of each, and the achieved FLOP/s as a fraction of this
 machine's measured fp32 matmul peak (nanoGPT's estimate_mfu: 6N + 12 L T C FLOPs per token).
 
-    python bench/lm_vs_plain.py --train ../shared/datasets/tinyshakespeare/train.txt --steps 300 --rounds 2
+Rounds alternate which side runs first.
+
+    python bench/lm_vs_plain.py --train ../shared/datasets/tinyshakespeare/train.txt --steps 300 --rounds 4
 """
 
 from __future__ import annotations
@@ -127,8 +129,13 @@ def main() -> None:
     ratios = []
     with tempfile.TemporaryDirectory() as runs:
         for r in range(args.rounds):
-            p_s, p_loss = plain(tokens, cfg, args.steps, seed=r)
-            n_s, n_loss = nnrecipe(Path(args.train), args.steps, r, Path(runs))
+            # Alternate which runs first (ABBA...): neither side always gets the warmer allocator and caches.
+            if r % 2 == 0:
+                p_s, p_loss = plain(tokens, cfg, args.steps, seed=r)
+                n_s, n_loss = nnrecipe(Path(args.train), args.steps, r, Path(runs))
+            else:
+                n_s, n_loss = nnrecipe(Path(args.train), args.steps, r, Path(runs))
+                p_s, p_loss = plain(tokens, cfg, args.steps, seed=r)
             tokens_done = args.steps * BATCH * BLOCK
             for name, s, loss in (("plain loop", p_s, p_loss), ("nnrecipe", n_s, n_loss)):
                 achieved = flops_per_token(cfg, n_params) * tokens_done / s

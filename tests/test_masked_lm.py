@@ -13,7 +13,7 @@ from nnrecipe.errors import UserError
 from nnrecipe.runs import create_run
 from nnrecipe.tasks import get_family
 from nnrecipe.tasks.lm_recipe import Masking
-from nnrecipe.tasks.masked_lm import MaskedBlocks, load_encoder, stream
+from nnrecipe.tasks.masked_lm import MaskedBlocks, MaskedOnly, load_encoder, stream
 
 family = get_family("language_modeling")
 
@@ -97,3 +97,15 @@ def test_mlm_refuses_a_model_from_scratch(tmp_path):
     recipe = lm_recipe(tmp_path, "objective=mlm")
     with pytest.raises(UserError, match="objective mlm continues a pretrained encoder"):
         family.train(recipe, create_run(recipe, "x"))
+
+
+def test_the_masked_only_head_gives_the_full_models_logits_at_the_masked_tokens(minilm_tokenizer):
+    model = load_encoder("minilm")[0].eval()
+    batch = next(iter(masked(minilm_tokenizer).batches()))
+    wrapped = MaskedOnly(model)
+    assert wrapped.head is model.cls
+    with torch.no_grad():
+        logits, labels = wrapped(**batch)
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    keep = batch["labels"] != -100
+    assert torch.allclose(logits, full[keep], atol=1e-4) and torch.equal(labels, batch["labels"][keep])

@@ -337,6 +337,54 @@ def rl_play(
     runner.play(open_run(run_dir), render=render, seed=seed)
 
 
+@app.command()
+def tune(
+    recipe: Path | None = typer.Argument(None, help="Recipe YAML file to tune (not with --resume / --report)."),
+    space: Path | None = typer.Option(None, help="YAML file: recipe field -> loguniform/uniform/int/choice(...)."),
+    param: list[str] = typer.Option([], help='A parameter, e.g. --param "optim.lr=loguniform(1e-3,0.3)" (repeatable).'),
+    trials: int = typer.Option(20, help="Trials to finish (complete or pruned)."),
+    timeout: str | None = typer.Option(None, help="Stop starting trials after this long: 2h, 30m, 90s."),
+    jobs: int = typer.Option(1, help="Trials run at once, each in its own process with cores/jobs threads."),
+    sampler: str = typer.Option("tpe", help="tpe (seeded), random, grid (choice/int only), cmaes."),
+    pruner: str = typer.Option("median", help="none, median, asha (successive halving), hyperband."),
+    metric: str | None = typer.Option(None, help="Logged metric to optimise (default: the family's, on validation)."),
+    direction: str | None = typer.Option(None, help="maximize or minimize (default: the metric's own)."),
+    storage: str | None = typer.Option(
+        None, help="Optuna RDB URL shared by several machines (default: a journal file)."
+    ),
+    study: str | None = typer.Option(None, help="Study name and directory under track.runs_dir."),
+    seed: int = typer.Option(0, help="Sampler seed."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field of the base recipe (repeatable)."),
+    resume: Path | None = typer.Option(None, help="Go on with the study in this directory (after Ctrl-C or kill -9)."),
+    report: Path | None = typer.Option(None, help="Rewrite and print the report of the study in this directory."),
+) -> None:
+    """Hyper-parameter search on Optuna: each trial an ordinary run, pruned per epoch, resumable, parallel."""
+    import time
+
+    from nnrecipe.tune.study import load_plan, new_plan, open_study, parse_duration, recipe_raw, run_study
+
+    if report is not None or resume is not None:
+        folder = report if report is not None else resume
+        plan = load_plan(folder)
+        if report is not None:
+            from nnrecipe.tune.report import write_study_report
+
+            write_study_report(open_study(plan, folder), plan, folder)
+            out.print((folder / "report.md").read_text(), markup=False)
+            return
+        run_study(plan, folder, jobs=jobs, resume=True)
+        return
+    if recipe is None:
+        raise UserError("tune: give a recipe file, or --resume / --report with a study directory")
+    path = _find_recipe(recipe)
+    raw = recipe_raw(path, set_)
+    name = study or f"tune-{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    plan = new_plan(raw, space, param, trials, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
+                    seed=seed, storage=storage, name=name, timeout=parse_duration(timeout), source=str(path))  # fmt: skip
+    folder = Path(raw.get("track", {}).get("runs_dir", "runs")) / name
+    run_study(plan, folder, jobs=jobs, resume=study is not None and (folder / "study.json").is_file())
+
+
 @app.command("recipes")
 def list_recipes() -> None:
     """List the bundled recipes, one line each."""

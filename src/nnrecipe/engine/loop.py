@@ -66,6 +66,10 @@ class Callback:
     def before_zero_grad(self, trainer: Trainer) -> None:
         """After each optimizer step, while the gradients are still there (e.g. AdaLoRA's rank allocation)."""
 
+    def after_epoch(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        """After each epoch's row (train loss, validation metrics) is logged. Setting trainer.state.status to
+        "pruned" ends the run there, its checkpoints written as for early stopping (a tuner's pruner)."""
+
 
 class Diverged(UserError):
     """The loss became NaN or infinite."""
@@ -207,7 +211,7 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous)
         if self.state.status == "running":
             self.state.status = "finished"
-        if self.state.status in ("finished", "early_stopped"):
+        if self.state.status in ("finished", "early_stopped", "pruned"):
             if self.state.best_epoch is None:  # nothing monitored (no validation split): best = final
                 self.state.best_epoch = self.state.epoch
                 self._save(self.best_path, full=False)
@@ -309,8 +313,10 @@ class Trainer:
         if self.cfg.monitor in row and self._improved(row, self.cfg.monitor, "best_value", "auto"):
             s.best_epoch = s.epoch
             self._save(self.best_path, full=False)
+        for cb in self.callbacks:
+            cb.after_epoch(self, row)
         es = self.cfg.early_stopping
-        if es is not None:
+        if es is not None and s.status == "running":
             if es.metric not in row:
                 raise UserError(f"train.early_stopping.metric: '{es.metric}' is not logged; logged: {', '.join(row)}")
             if self._improved(row, es.metric, "stop_value", es.mode, es.min_delta):

@@ -146,6 +146,7 @@ class TaskFamily(ABC):
     card_metrics: ClassVar[tuple[str, ...]] = ()  # report fields a model card shows
     predict_inputs: ClassVar[str] = "files"  # what `predict` takes: "files" (paths) or "texts"
     hints: ClassVar[dict[str, str]] = {}  # verb -> what to use instead, added to its refusal
+    takes_callbacks: ClassVar[bool] = True  # train() accepts engine callbacks (a tuner's per-epoch pruning)
 
     # -- recipes -----------------------------------------------------------------------------------------
 

