@@ -116,6 +116,29 @@ def test_kill_9_mid_study_then_resume_finishes_exactly_the_planned_trials(tmp_pa
 
 
 @pytest.mark.slow
+def test_ctrl_c_stops_the_running_trial_cleanly_and_resume_runs_it_again(tmp_path):
+    raw = digits_raw(tmp_path) | {"train": BASE["train"] | {"epochs": 8}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    args = ["tune", str(tmp_path / "r.yaml"), "--param", "optim.lr=loguniform(0.01, 0.1)", "--trials", "3",
+            "--pruner", "none", "--study", "c"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "nnrecipe.cli", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    folder = tmp_path / "runs" / "c"
+    deadline = time.time() + 120
+    while not (folder / "trial-0001" / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    interrupted = json.loads((folder / "trial-0001" / "run.json").read_text())["status"]
+    assert interrupted == "interrupted" and states(folder) == ["COMPLETE", "FAIL"]  # nothing left RUNNING
+    out = cli("tune", "--resume", str(folder), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (
+        states(folder).count("COMPLETE") == 3 and json.loads((folder / "report.json").read_text())["interrupted"] == []
+    )
+
+
+@pytest.mark.slow
 def test_two_processes_on_one_storage_make_one_consistent_study(tmp_path):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(digits_raw(tmp_path)))
     out = cli("tune", str(tmp_path / "r.yaml"), "--param", "optim.lr=loguniform(0.001, 0.1)", "--trials", "4",

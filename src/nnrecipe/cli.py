@@ -372,7 +372,8 @@ def tune(
             write_study_report(open_study(plan, folder), plan, folder)
             out.print((folder / "report.md").read_text(), markup=False)
             return
-        run_study(plan, folder, jobs=jobs, resume=True)
+        if run_study(plan, folder, jobs=jobs, resume=True)["interrupted"]:
+            raise typer.Exit(130)
         return
     if recipe is None:
         raise UserError("tune: give a recipe file, or --resume / --report with a study directory")
@@ -382,7 +383,9 @@ def tune(
     plan = new_plan(raw, space, param, trials, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
                     seed=seed, storage=storage, name=name, timeout=parse_duration(timeout), source=str(path))  # fmt: skip
     folder = Path(raw.get("track", {}).get("runs_dir", "runs")) / name
-    run_study(plan, folder, jobs=jobs, resume=study is not None and (folder / "study.json").is_file())
+    result = run_study(plan, folder, jobs=jobs, resume=study is not None and (folder / "study.json").is_file())
+    if result["interrupted"]:
+        raise typer.Exit(130)
 
 
 @app.command("recipes")

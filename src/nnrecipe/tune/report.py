@@ -80,6 +80,9 @@ def write_study_report(study, plan, folder: Path) -> dict[str, Any]:
             (folder / "best.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     plots, skipped = draw(study, folder)
     states = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail", "running")}
+    rerun = {t.user_attrs.get("rerun_of") for t in study.get_trials(deepcopy=False)}
+    interrupted = [t.number for t in study.get_trials(deepcopy=False)
+                   if t.user_attrs.get("interrupted") and t.number not in rerun]  # fmt: skip
     report = {
         "study": plan.name,
         "metric": plan.metric,
@@ -91,6 +94,7 @@ def write_study_report(study, plan, folder: Path) -> dict[str, Any]:
         "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params,
                                            "run": best.user_attrs.get("run")},
         "seconds": sum(r["seconds"] or 0 for r in rows),
+        "interrupted": interrupted,  # Ctrl-C'd trials that --resume will run again
         "trials": rows,
         "plots": plots,
         "plots_skipped": skipped,
