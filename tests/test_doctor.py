@@ -12,8 +12,8 @@ from torch import nn
 
 from nnrecipe import models
 from nnrecipe.doctor.run import run_doctor
-from nnrecipe.tasks import get_family
 from nnrecipe.models.small_cnn import convnet
+from nnrecipe.tasks import get_family
 
 
 def batch_mixing_convnet(num_classes, in_channels, image_size, dropout=0.0):
