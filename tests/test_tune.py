@@ -91,18 +91,24 @@ def test_bad_spaces_are_one_line_errors_before_any_trial(tmp_path):
     assert out.returncode == 2 and "unknown kind 'between'" in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.slow
-def test_kill_9_mid_study_then_resume_finishes_exactly_the_planned_trials(tmp_path):
-    raw = digits_raw(tmp_path) | {"train": BASE["train"] | {"epochs": 6}}
+def study_in_trial_1(tmp_path, name: str, epochs: int, trials: int):
+    """A `nnrecipe tune` process on a digits recipe, returned once its second trial (trial 1) is training."""
+    raw = digits_raw(tmp_path) | {"train": BASE["train"] | {"epochs": epochs}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
-    args = ["tune", str(tmp_path / "r.yaml"), "--param", "optim.lr=loguniform(0.01, 0.1)", "--trials", "4",
-            "--pruner", "none", "--study", "k"]  # fmt: skip
+    args = ["tune", str(tmp_path / "r.yaml"), "--param", "optim.lr=loguniform(0.01, 0.1)", "--trials", str(trials),
+            "--pruner", "none", "--study", name]  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "nnrecipe.cli", *args], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    folder = tmp_path / "runs" / "k"
+    folder = tmp_path / "runs" / name
     deadline = time.time() + 120
     while not (folder / "trial-0001" / "metrics.jsonl").is_file() and time.time() < deadline:
         time.sleep(0.2)
+    return proc, folder
+
+
+@pytest.mark.slow
+def test_kill_9_mid_study_then_resume_finishes_exactly_the_planned_trials(tmp_path):
+    proc, folder = study_in_trial_1(tmp_path, "k", epochs=6, trials=4)
     os.kill(proc.pid, signal.SIGKILL)  # in the middle of trial 1
     proc.wait()
     assert states(folder).count("COMPLETE") == 1 and "RUNNING" in states(folder)
@@ -117,16 +123,7 @@ def test_kill_9_mid_study_then_resume_finishes_exactly_the_planned_trials(tmp_pa
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_running_trial_cleanly_and_resume_runs_it_again(tmp_path):
-    raw = digits_raw(tmp_path) | {"train": BASE["train"] | {"epochs": 8}}
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
-    args = ["tune", str(tmp_path / "r.yaml"), "--param", "optim.lr=loguniform(0.01, 0.1)", "--trials", "3",
-            "--pruner", "none", "--study", "c"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "nnrecipe.cli", *args], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    folder = tmp_path / "runs" / "c"
-    deadline = time.time() + 120
-    while not (folder / "trial-0001" / "metrics.jsonl").is_file() and time.time() < deadline:
-        time.sleep(0.2)
+    proc, folder = study_in_trial_1(tmp_path, "c", epochs=8, trials=3)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130
     interrupted = json.loads((folder / "trial-0001" / "run.json").read_text())["status"]

@@ -175,20 +175,31 @@ def check(recipe) -> None:
         raise UserError("model.finetune: objective mlm trains the whole encoder (finetune: full)")
 
 
-def loaders(recipe, tokenizer, splits: Splits, device, rank: int = 0, world: int = 1):
+def train_loader(recipe, tokenizer, text: str, device, rank: int = 0, world: int = 1) -> MaskedBlocks:
     d, t = recipe.data, recipe.train
-    block = d.block_size - 2  # [CLS] and [SEP] take two positions
-    train = BlockLoader(
-        stream(tokenizer, splits.train, "data.train"), block, t.batch_size, batches=d.batches_per_epoch,
-        device=device, shuffle=True, seed=t.seed, rank=rank, world_size=world, where="data.train",
+    blocks = BlockLoader(
+        stream(tokenizer, text, "data.train"),
+        d.block_size - 2,
+        t.batch_size,
+        batches=d.batches_per_epoch,
+        device=device,
+        shuffle=True,
+        seed=t.seed,
+        rank=rank,
+        world_size=world,
+        where="data.train",
     )  # fmt: skip
-    val = BlockLoader(
-        stream(tokenizer, splits.val, "validation text"), block, t.eval_batch_size, batches=d.eval_batches,
-        device=device, where="validation text",
+    return MaskedBlocks(blocks, tokenizer, recipe.masking, t.seed)
+
+
+def eval_loader(recipe, tokenizer, text: str, device, where: str = "validation text") -> MaskedBlocks:
+    """Consecutive blocks of `text`, masked the same way every time they are read."""
+    d, t = recipe.data, recipe.train
+    blocks = BlockLoader(
+        stream(tokenizer, text, where), d.block_size - 2, t.eval_batch_size, batches=d.eval_batches,
+        device=device, where=where,
     )  # fmt: skip
-    return MaskedBlocks(train, tokenizer, recipe.masking, t.seed), MaskedBlocks(
-        val, tokenizer, recipe.masking, t.seed, fixed=True
-    )
+    return MaskedBlocks(blocks, tokenizer, recipe.masking, t.seed, fixed=True)
 
 
 def setup(recipe, splits: Splits, acc) -> Setup:
@@ -199,7 +210,8 @@ def setup(recipe, splits: Splits, acc) -> Setup:
             f"data.block_size: {recipe.data.block_size} is longer than {recipe.model.name}'s context "
             f"({model.config.max_position_embeddings} tokens)"
         )
-    train, val = loaders(recipe, tokenizer, splits, acc.device, acc.process_index, acc.num_processes)
+    train = train_loader(recipe, tokenizer, splits.train, acc.device, acc.process_index, acc.num_processes)
+    val = eval_loader(recipe, tokenizer, splits.val, acc.device)
     trainable, total = parameter_counts(model)
     spec = {
         "objective": "mlm",
@@ -247,7 +259,7 @@ def save_model_folder(run: Run) -> Path:
 
 def report(run: Run, recipe, part: str, split: str, device, source: str | None = None) -> dict[str, Any]:
     inf = inference(run, device)
-    _, val = loaders(recipe, inf.tokenizer, Splits(part, part, None), device)
+    val = eval_loader(recipe, inf.tokenizer, part, device, where=f"{split} text")
     scores = MaskedTokens().evaluate(MaskedOnly(inf.model), val)
     summary = scores | {"tokens": len(val.blocks.tokens), "block_size": recipe.data.block_size}
     write_mlm_report(run.dir, split, summary | {"source": source or f"{split} split"}, run.dir / MODEL_DIR)
