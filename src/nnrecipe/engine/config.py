@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nnrecipe.errors import RecipeError
 
@@ -124,6 +124,20 @@ class EarlyStopping(Section):
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
 
 
+class Swa(Section):
+    """Stochastic weight averaging (torch.optim.swa_utils): from `start_epoch` on, the learning rate anneals to
+    `lr` (SWALR) and the weights are averaged at every epoch's end; the average is the run's model."""
+
+    start_epoch: int | None = Field(
+        None, ge=1, description="First epoch (1-based) whose weights are averaged; null = the epoch after 75% of them."
+    )
+    lr: float | None = Field(
+        None, gt=0, description="The constant SWA learning rate; null = hold the rate the schedule reached."
+    )
+    anneal_epochs: int = Field(1, ge=0, description="Epochs over which the rate moves to `lr` (0 = at once).")
+    anneal_strategy: Literal["cos", "linear"] = Field("cos", description="Shape of that move: cos or linear.")
+
+
 class Train(Section):
     """The training loop."""
 
@@ -148,10 +162,27 @@ class Train(Section):
     seed: int = Field(0, description="Seeds Python, NumPy, torch, data order and augmentation.")
     ema: bool = Field(False, description="Keep an exponential moving average of the weights and evaluate/save it.")
     ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per optimiser step.")
+    swa: Swa | None = Field(
+        None,
+        description="Stochastic weight averaging; the run's model is the average (its report says so); null = off.",
+    )
+    average_last: int | None = Field(
+        None,
+        ge=2,
+        description="The run's model is the mean of the last this many epochs' weights (BatchNorm statistics "
+        "recomputed); null = off.",
+    )
     monitor: str = Field("val_accuracy", description="Metric that chooses the best checkpoint.")
     early_stopping: EarlyStopping | None = Field(None, description="Stop early when `metric` stalls; null = off.")
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads; null = torch's default.")
     log_every: int = Field(50, gt=0, description="Steps between non-finite-loss checks and TensorBoard step logs.")
+
+    @model_validator(mode="after")
+    def _one_average(self) -> Train:
+        chosen = [n for n, on in (("ema", self.ema), ("swa", self.swa), ("average_last", self.average_last)) if on]
+        if len(chosen) > 1:
+            raise ValueError(f"{chosen[0]} and {chosen[1]} both average the weights; choose one")
+        return self
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """Optimiser steps the whole run takes."""

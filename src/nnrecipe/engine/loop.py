@@ -3,7 +3,7 @@
 A task hands the engine a model, a loss function and an evaluation function, plus loaders that yield
 ready batches for an (epoch, start batch) pair. The engine owns everything else: device placement and
 mixed precision (Accelerate), accumulation, clipping, schedules, EMA, checkpoints, early stopping,
-resume, Ctrl-C and divergence handling, logging and the progress bar.
+resume, Ctrl-C and divergence handling, weight averaging (SWA, last-k), logging and the progress bar.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from nnrecipe.engine.averaging import has_batchnorm, recompute_batchnorm, weight_averaging
 from nnrecipe.engine.checkpoint import load_checkpoint, save_checkpoint, split_prefix, with_prefix
 from nnrecipe.engine.config import Schedule, Train
 from nnrecipe.engine.optim import build_scheduler
@@ -98,6 +99,8 @@ class FitResult:
     last_checkpoint: Path
     best_checkpoint: Path
     history: list[dict[str, Any]] = field(default_factory=list)
+    weights: str = ""  # what the best checkpoint holds, in words (the reports repeat it)
+    averaged: dict[str, float] = field(default_factory=dict)  # validation metrics of the averaged weights
 
 
 def cpu_has_bf16_units() -> bool:
@@ -187,6 +190,8 @@ class Trainer:
             self.ema = AveragedModel(
                 self._bare(), multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema_decay), use_buffers=True
             )
+        self.averaging = weight_averaging(train_cfg, self._bare(), self.epochs)
+        self.weights, self.averaged_metrics = "", {}
         self.state = FitState()
         self.stop_requested = False
         self.last_path = self.run_dir / "checkpoints" / "last.safetensors"
@@ -212,11 +217,19 @@ class Trainer:
         if self.state.status == "running":
             self.state.status = "finished"
         if self.state.status in ("finished", "early_stopped", "pruned"):
-            if self.state.best_epoch is None:  # nothing monitored (no validation split): best = final
+            if not self._save_average() and self.state.best_epoch is None:
+                # nothing monitored (no validation split): best = final
                 self.state.best_epoch = self.state.epoch
-                self._save(self.best_path, full=False)
+                self._save(self.best_path, full=False, weights=f"the final weights (epoch {self.state.epoch})")
             self._save(self.last_path, full=True)
-        return FitResult(self.state.status, self.last_path, self.best_path, self.tracker.history())
+        return FitResult(
+            self.state.status,
+            self.last_path,
+            self.best_path,
+            self.tracker.history(),
+            self.weights,
+            self.averaged_metrics,
+        )
 
     # -- one epoch ---------------------------------------------------------------------------------
 
@@ -226,6 +239,8 @@ class Trainer:
         n_batches = len(self.train_loader)
         for cb in self.callbacks:
             cb.on_epoch_start(epoch, self._bare())
+        if self.averaging is not None:
+            self.averaging.epoch_started(self.optimizer, epoch)
         self.model.train()
         for cb in self.callbacks:
             cb.on_train_mode(epoch, self._bare())
@@ -281,7 +296,8 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.scheduler.step()
+        if self.averaging is None or self.averaging.steps_schedule(self.state.epoch):
+            self.scheduler.step()
         for cb in self.callbacks:
             cb.before_zero_grad(self)
         self.optimizer.zero_grad(set_to_none=True)
@@ -292,6 +308,8 @@ class Trainer:
     def _end_epoch(self) -> None:
         s = self.state
         lr = self.optimizer.param_groups[0]["lr"]
+        if self.averaging is not None:
+            self.averaging.epoch_ended(self._bare(), s.epoch, self.run_dir)
         row: dict[str, Any] = {
             "epoch": s.epoch + 1,
             "step": s.global_step,
@@ -312,7 +330,12 @@ class Trainer:
             raise UserError(f"train.monitor: '{self.cfg.monitor}' is not logged; logged: {', '.join(row)}")
         if self.cfg.monitor in row and self._improved(row, self.cfg.monitor, "best_value", "auto"):
             s.best_epoch = s.epoch
-            self._save(self.best_path, full=False)
+            ema = "the EMA of the weights at " if self.ema is not None else ""
+            self._save(
+                self.best_path,
+                full=False,
+                weights=f"{ema}the best epoch, {s.epoch} ({self.cfg.monitor} {s.best_value:.4g})",
+            )
         for cb in self.callbacks:
             cb.after_epoch(self, row)
         es = self.cfg.early_stopping
@@ -334,6 +357,31 @@ class Trainer:
             self._save(self.last_path, full=True)
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    def _save_average(self) -> bool:
+        """Write the averaged weights (train.swa, train.average_last) as the run's best checkpoint, scored on
+        validation; False when the run does not average or stopped before its averaging began."""
+        if self.averaging is None:
+            return False
+        if self.acc.num_processes > 1:
+            self.acc.wait_for_everyone()  # the last epoch's snapshot is on disk for every process
+        found = self.averaging.averaged(self._bare(), self.run_dir)
+        if found is None:
+            console.print("[yellow]training stopped before averaging began; the run keeps its best epoch[/yellow]")
+            return False
+        model, self.weights = found
+        if has_batchnorm(model):
+            recompute_batchnorm(model, self.task, self.train_loader.batches(self.state.epoch))
+            self.weights += "; BatchNorm statistics recomputed on the training data"
+        if self.val_loader is not None:
+            with torch.no_grad():
+                metrics = self.task.evaluate(model, self.val_loader)
+            self.averaged_metrics = {f"val_{k}": v for k, v in metrics.items()}
+        if self.acc.is_main_process:
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in self.averaged_metrics.items())
+            console.print(f"averaged weights, {self.weights}" + (f": {shown}" if shown else ""), soft_wrap=True)
+        self._save(self.best_path, full=False, weights=self.weights, model=model)
+        return True
 
     def _improved(self, row: dict, metric: str, attr: str, mode: str, min_delta: float = 0.0) -> bool:
         value, best = row[metric], getattr(self.state, attr)
@@ -376,19 +424,26 @@ class Trainer:
     def _bare(self) -> nn.Module:
         return self.acc.unwrap_model(self.model)
 
-    def _save(self, path: Path, full: bool) -> None:
+    def _save(self, path: Path, full: bool, weights: str = "", model: nn.Module | None = None) -> None:
+        """`full`: everything resume needs; else the weights a run is used with (`model`, default the live
+        one), with `weights` saying what they are."""
         if not self.acc.is_main_process:
             return
-        tensors = with_prefix(self._bare().state_dict(), "model")
-        if self.ema is not None:
+        tensors = with_prefix((model or self._bare()).state_dict(), "model")
+        if self.ema is not None and model is None:
             tensors.update(with_prefix(self.ema.state_dict(), "ema"))
         state: dict[str, Any] = {"fit": asdict(self.state)}
+        if weights:
+            self.weights = state["weights"] = weights
         if full:
             state |= {
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state(),
             }
+            if self.averaging is not None:
+                tensors.update(self.averaging.tensors())
+                state |= self.averaging.state()
         save_checkpoint(path, tensors, state)
 
     def _restore(self) -> None:
@@ -401,6 +456,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = FitState(**state["fit"])
+        if self.averaging is not None:
+            self.averaging.restore(self.optimizer, tensors, state, self.state.epoch)
         if self.state.status in ("interrupted", "running"):
             self.state.status = "running"
         set_rng_state(state["rng"])

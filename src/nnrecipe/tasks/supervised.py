@@ -161,7 +161,7 @@ def fit_run(run: Run, trainer: Trainer, tracker: Tracker, resume: bool, plots: b
         raise
     finally:
         tracker.close()
-    run.update_meta(status=result.status)
+    run.update_meta(status=result.status, **({"averaged": result.averaged} if result.averaged else {}))
     if plots and result.status != "interrupted" and result.history and trainer.acc.is_main_process:
         plot_curves(result.history, run.plots_dir / "curves.png")
     return result
