@@ -28,20 +28,43 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})
 def train(
+    ctx: typer.Context,
     recipe: Path = typer.Argument(..., help="Recipe YAML file (see `nnrecipe recipes`)."),
     set_: list[str] = typer.Option([], "--set", help="Override a field, e.g. --set optim.lr=0.1 (repeatable)."),
     name: str | None = typer.Option(None, help="Run directory name (default <recipe>-<timestamp>)."),
+    seeds: str | None = typer.Option(
+        None, help="Train once per seed and summarise mean +/- std: --seeds 0 1 2, --seeds 0,1,2 or --seeds 0-4."
+    ),
+    ensemble: bool = typer.Option(False, "--ensemble", help="With --seeds: also make an ensemble run of them."),
 ) -> None:
     """Train a model from a recipe; leaves a run directory with checkpoints, metrics, report and plots."""
+    if ctx.args and seeds is None or any(a.startswith("-") and not a.lstrip("-").isdigit() for a in ctx.args):
+        raise UserError(f"unexpected arguments: {' '.join(ctx.args)}")
+    train_recipe(recipe, set_, name, None if seeds is None else [seeds, *ctx.args], ensemble)
+
+
+def train_recipe(
+    recipe: Path, set_: list[str], name: str | None, seeds: list[str] | None = None, ensemble: bool = False
+) -> None:
+    """`train` and `rl train`: one run, or one per seed."""
     from nnrecipe.recipe import load_recipe
     from nnrecipe.runs import create_run
     from nnrecipe.tasks.family import get_family
 
+    if ensemble and seeds is None:
+        raise UserError("--ensemble: goes with --seeds (an ensemble of several runs of the recipe)")
     r = load_recipe(_find_recipe(recipe), set_)
     if name:
         r.track.name = name
+    if seeds is not None:
+        from nnrecipe.seeds import parse_seeds, train_seeds
+
+        result = train_seeds(r, Path(recipe).stem, parse_seeds(seeds), ensemble)
+        if result["status"] == "interrupted":
+            raise typer.Exit(130)
+        return
     run = create_run(r, Path(recipe).stem)
     err.print(f"run directory: {run.dir}")
     result = get_family(r.task).train(r, run)
@@ -176,6 +199,24 @@ def export(
 
 
 @app.command()
+def ensemble(
+    runs: list[Path] = typer.Argument(..., help="Two or more trained runs of one task, with the same labels and data."),
+    name: str | None = typer.Option(None, help="Ensemble run directory name (default ensemble-<timestamp>)."),
+    weights: str | None = typer.Option(None, help="One weight per run, e.g. --weights 1,1,2; default equal."),
+) -> None:
+    """Make an ensemble run that averages its members' probabilities (classification; per token for NER);
+    evaluate, predict, export (one graph) and serve take it like any run. Its report shows each member beside it."""
+    from nnrecipe.tasks.ensemble import create_ensemble
+
+    try:
+        shares = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise UserError(f"--weights: numbers separated by commas, e.g. 1,1,2 (got {weights!r})") from None
+    run = create_ensemble(list(runs), name, shares)
+    err.print(f"ensemble run: {run.dir}")
+
+
+@app.command()
 def merge(
     run_dir: Path = typer.Argument(..., help="A trained text or NER run."),
     out: Path | None = typer.Option(None, help="Model folder to write (default runs/<run>/merged)."),
@@ -299,6 +340,7 @@ def rl_train(
     recipe: Path = typer.Argument(..., help="An RL recipe (task: rl)."),
     set_: list[str] = typer.Option([], "--set", help="Override a field, e.g. --set tabular.episodes=5000."),
     name: str | None = typer.Option(None, help="Run directory name."),
+    seeds: str | None = typer.Option(None, help="Train once per seed and summarise mean +/- std: 0,1,2 or 0-4."),
 ) -> None:
     """Train an agent; leaves a run directory with the Q-table or network, metrics, report and plots."""
     from nnrecipe.recipe import load_recipe
@@ -307,7 +349,7 @@ def rl_train(
     task = load_recipe(_find_recipe(recipe), set_).task
     if task != ReinforcementLearning.name:
         raise UserError(f"{recipe} is not an RL recipe (task: {task}); use `nnrecipe train`")
-    train(recipe, set_, name)
+    train_recipe(recipe, set_, name, None if seeds is None else [seeds])
 
 
 @rl_app.command("evaluate")

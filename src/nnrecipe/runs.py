@@ -53,8 +53,9 @@ class Run:
     def spec(self, weights: Path | None = None) -> dict[str, Any]:
         """What inference needs besides the weights (run.json's "spec"); a clear error before training ends."""
         weights = weights or self.best_checkpoint
-        spec = self.meta().get("spec")
-        if spec is None or not weights.is_file():
+        meta = self.meta()
+        spec = meta.get("spec")
+        if spec is None or not (weights.is_file() or "ensemble" in meta):  # an ensemble's weights are its members'
             raise UserError(f"{self.dir} has no trained model yet (no {weights.relative_to(self.dir)})")
         return spec
 

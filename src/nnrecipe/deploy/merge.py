@@ -11,6 +11,7 @@ import torch
 from nnrecipe.errors import UserError
 from nnrecipe.models.hf import merged
 from nnrecipe.runs import Run
+from nnrecipe.tasks.ensemble import refuse_ensemble
 from nnrecipe.tasks.family import family_of
 
 PROBE = [
@@ -24,6 +25,7 @@ TOLERANCE = 1e-5
 def merge_run(run: Run, out: Path | None = None) -> tuple[Path, float]:
     """Write the merged model folder; return it and the largest |logit difference| on probe sentences."""
     family = family_of(run).require("merge")
+    refuse_ensemble(run, "merge")
     auto = family.merge_class()
     inf = family.inference(run)
     model, tokenizer, meta = inf.model, inf.tokenizer, inf.spec

@@ -19,6 +19,7 @@ from nnrecipe.engine.checkpoint import save_checkpoint, with_prefix
 from nnrecipe.engine.loop import Callback, console
 from nnrecipe.errors import UserError
 from nnrecipe.runs import Run, create_run
+from nnrecipe.tasks.ensemble import refuse_ensemble
 from nnrecipe.tasks.family import TaskFamily, family_of
 
 
@@ -75,6 +76,7 @@ def _score(family: TaskFamily, run: Run) -> tuple[str, float]:
 
 def prune_run(run: Run, amount: float, structured: bool = False, finetune_epochs: int = 0) -> dict[str, Any]:
     family = family_of(run).require("prune")
+    refuse_ensemble(run, "prune")
     if not 0 < amount < 1:
         raise UserError(f"--amount: a fraction between 0 and 1 (got {amount})")
     recipe = run.recipe()

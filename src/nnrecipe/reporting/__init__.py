@@ -24,8 +24,16 @@ def run_meta(run_dir: Path) -> dict[str, Any]:
 def merge_report(run_dir: Path, split: str, entry: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     """Put `entry` under `split` in run_dir/report.json (atomically), keeping the other splits; return (path, report)."""
     path = Path(run_dir) / "report.json"
-    note = weights_note(Path(run_dir) / "checkpoints" / "best.safetensors") or run_meta(run_dir).get("weights")
-    report = read_report(run_dir) | {split: entry | ({"weights": note} if note else {})}
+    meta = run_meta(run_dir)
+    note = weights_note(Path(run_dir) / "checkpoints" / "best.safetensors") or meta.get("weights")
+    entry = entry | ({"weights": note} if note else {})
+    members = meta.get("member_scores", {}).get(split)
+    if members and members["metric"] in entry:  # an ensemble: its members on the same split, and the gain
+        scores, mine = members["scores"], entry[members["metric"]]
+        mean = sum(scores.values()) / len(scores)
+        entry["members"] = {"metric": members["metric"], "scores": scores, "gain_over_mean": mine - mean}
+        entry["members"]["gain_over_best"] = mine - max(scores.values())
+    report = read_report(run_dir) | {split: entry}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, path)
@@ -33,9 +41,21 @@ def merge_report(run_dir: Path, split: str, entry: dict[str, Any]) -> tuple[Path
 
 
 def source_line(entry: dict[str, Any]) -> list[str]:
-    """Which data and which weights an entry scored."""
+    """Which data and which weights an entry scored (for an ensemble, its members' scores beside its own)."""
     lines = [f"Data: `{entry['source']}`", ""] if entry.get("source") else []
-    return lines + ([f"Weights: {entry['weights']}", ""] if entry.get("weights") else [])
+    lines += [f"Weights: {entry['weights']}", ""] if entry.get("weights") else []
+    m = entry.get("members")
+    if m:
+        metric = m["metric"]
+        lines += [f"| member | {metric} |", "|---|---:|"]
+        lines += [f"| {name} | {v:.4f} |" for name, v in m["scores"].items()]
+        lines += [
+            f"| **ensemble** | **{entry[metric]:.4f}** |",
+            "",
+            f"Gain: {m['gain_over_mean']:+.4f} over the members' mean, {m['gain_over_best']:+.4f} over the best member.",
+            "",
+        ]
+    return lines
 
 
 def plot_lines(entry: dict[str, Any]) -> list[str]:

@@ -21,6 +21,7 @@ class ReinforcementLearning(TaskFamily):
     metric = Metric("mean_return", "max")
     hints = {"predict": "use `nnrecipe rl play` or `nnrecipe rl evaluate`"}
     takes_callbacks = False  # its own interaction loop, not the engine's
+    seed_field = "seed"
 
     def anchor_paths(self, recipe: RLRecipe, folder: Path) -> None:
         """A gridmap map file may be named relative to the recipe."""

@@ -147,6 +147,8 @@ class TaskFamily(ABC):
     predict_inputs: ClassVar[str] = "files"  # what `predict` takes: "files" (paths) or "texts"
     hints: ClassVar[dict[str, str]] = {}  # verb -> what to use instead, added to its refusal
     takes_callbacks: ClassVar[bool] = True  # train() accepts engine callbacks (a tuner's per-epoch pruning)
+    seed_field: ClassVar[str] = "train.seed"  # the recipe field `train --seeds` sets
+    ensemble_inputs: ClassVar[tuple[str, ...]] = ()  # spec keys an ensemble's members must share (see trained)
 
     # -- recipes -----------------------------------------------------------------------------------------
 
@@ -171,7 +173,17 @@ class TaskFamily(ABC):
         self.unsupported("predict")
 
     def inference(self, run: Any, device: str = "cpu") -> Inference:
-        self.unsupported("inference")
+        """The run's model ready for use: `trained` for a trained run, all members averaged for an ensemble.
+        A family that offers ensembles implements `trained`; others may override this instead."""
+        if "ensemble" in run.meta():
+            from nnrecipe.tasks.ensemble import ensemble_inference
+
+            return ensemble_inference(self, run, device)
+        return self.trained(run, device)
+
+    def trained(self, run: Any, device: str = "cpu") -> Inference:
+        """One trained run's best weights, in eval mode on `device` (what an ensemble's members are)."""
+        self.unsupported("ensemble")
 
     def generate(self, run: Any, prompt: str, **options: Any) -> dict[str, Any]:
         """Continue `prompt` (language models): {prompt, text, new_tokens, tokens_per_s}."""
@@ -244,6 +256,7 @@ VERBS = {
     "prune": ("prune_start", "pruning"),
     "merge": ("merge_class", "merge"),
     "doctor": ("doctor", "nnrecipe doctor"),
+    "ensemble": ("trained", "ensembles"),
 }
 
 _REGISTRY: dict[str, TaskFamily] = {}

@@ -73,6 +73,7 @@ class ImageClassification(SupervisedFamily):
     metric = Metric("accuracy", "max")
     output = outputs.CLASSIFICATION
     card_metrics = ("accuracy", "examples")
+    ensemble_inputs = ("classes", "channels", "image_size", "mean", "std")  # members' architectures may differ
 
     def splits(self, recipe: ImageRecipe) -> Splits:
         return splits_of(recipe)
@@ -158,7 +159,7 @@ class ImageClassification(SupervisedFamily):
             console.print(f"[yellow]skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}[/yellow]")
         return part
 
-    def inference(self, run: Run, device="cpu") -> Inference:
+    def trained(self, run: Run, device="cpu") -> Inference:
         """The run's best weights (the EMA copy when the run kept one), ready for eval on `device`."""
         spec = ImageSpec(**run.spec())
         model = spec.build_model()

@@ -41,6 +41,7 @@ class TransformerFamily(SupervisedFamily):
     a frozen probe or with a peft method, or a from-scratch baseline (text_models.py)."""
 
     head: ClassVar[str]
+    ensemble_inputs = ("labels", "max_length")  # and one tokenizer (checked); the encoders and modes may differ
     cpu_bf16 = True  # transformers: bf16 autocast makes a MiniLM step 1.85x faster on an AMX CPU
 
     # -- what each of the two families supplies -------------------------------------------------------
@@ -111,7 +112,7 @@ class TransformerFamily(SupervisedFamily):
             callbacks=[AdaLoraSchedule(model)] if m.finetune == "adalora" else [],
         )
 
-    def inference(self, run: Run, device="cpu") -> Inference:
+    def trained(self, run: Run, device="cpu") -> Inference:
         """The run's base model and mode rebuilt, its best weights (the EMA copy when kept) loaded."""
         spec = run.spec()
         model, tokenizer = saved_model(spec, run.dir, self.head)
