@@ -38,17 +38,26 @@ def train(
         None, help="Train once per seed and summarise mean +/- std: --seeds 0 1 2, --seeds 0,1,2 or --seeds 0-4."
     ),
     ensemble: bool = typer.Option(False, "--ensemble", help="With --seeds: also make an ensemble run of them."),
+    continue_from: Path | None = typer.Option(
+        None, help="Continual learning: continue this run (its weights, classes, memory) on the recipe's data."
+    ),
 ) -> None:
-    """Train a model from a recipe; leaves a run directory with checkpoints, metrics, report and plots."""
+    """Train a model from a recipe; leaves a run directory with checkpoints, metrics, report and plots (a recipe
+    with continual.stages: one run per stage and the accuracy matrix)."""
     if ctx.args and seeds is None or any(a.startswith("-") and not a.lstrip("-").isdigit() for a in ctx.args):
         raise UserError(f"unexpected arguments: {' '.join(ctx.args)}")
-    train_recipe(recipe, set_, name, None if seeds is None else [seeds, *ctx.args], ensemble)
+    train_recipe(recipe, set_, name, None if seeds is None else [seeds, *ctx.args], ensemble, continue_from)
 
 
 def train_recipe(
-    recipe: Path, set_: list[str], name: str | None, seeds: list[str] | None = None, ensemble: bool = False
+    recipe: Path,
+    set_: list[str],
+    name: str | None,
+    seeds: list[str] | None = None,
+    ensemble: bool = False,
+    continue_from: Path | None = None,
 ) -> None:
-    """`train` and `rl train`: one run, or one per seed."""
+    """`train` and `rl train`: one run, one per seed, or one per continual-learning stage."""
     from nnrecipe.recipe import load_recipe
     from nnrecipe.runs import create_run
     from nnrecipe.tasks.family import get_family
@@ -58,6 +67,20 @@ def train_recipe(
     r = load_recipe(_find_recipe(recipe), set_)
     if name:
         r.track.name = name
+    family = get_family(r.task)
+    if continue_from is not None:
+        from nnrecipe.runs import open_run
+
+        family.require("continual").continue_from(r, open_run(continue_from).dir)
+    stages = family.continual_stages(r)
+    if stages is not None:
+        from nnrecipe.continual import train_stages
+
+        if seeds is not None or continue_from is not None:
+            raise UserError("continual.stages: train the stages alone (no --seeds or --continue-from with them)")
+        if train_stages(family, r, stages, Path(recipe).stem)["status"] == "interrupted":
+            raise typer.Exit(130)
+        return
     if seeds is not None:
         from nnrecipe.seeds import parse_seeds, train_seeds
 

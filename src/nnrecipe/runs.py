@@ -103,6 +103,15 @@ def _create_run_dir(recipe: Any, recipe_name: str) -> Run:
     return run
 
 
+def train_new_run(family: Any, recipe: Any, recipe_name: str, label: str) -> tuple[Run, dict[str, Any]]:
+    """One more run of a series (a seed, a stage): create it, say where, train it."""
+    from nnrecipe.engine.loop import console
+
+    run = create_run(recipe, recipe_name)
+    console.print(f"{label}: run directory {run.dir}")
+    return run, family.train(recipe, run)
+
+
 def open_run(path: str | Path) -> Run:
     run = Run(Path(path))
     if not run.recipe_path.is_file():

@@ -16,7 +16,7 @@ from typing import Any
 from nnrecipe.engine.loop import console
 from nnrecipe.errors import UserError
 from nnrecipe.recipe import apply_override, validate_recipe
-from nnrecipe.runs import Run, create_run
+from nnrecipe.runs import Run, train_new_run
 from nnrecipe.tasks.family import get_family
 
 
@@ -52,9 +52,7 @@ def train_seeds(recipe: Any, recipe_name: str, seeds: list[int], ensemble: bool 
         apply_override(raw, f"{family.seed_field}={seed}")
         apply_override(raw, f"track.name={base}-seed{seed}")
         one = validate_recipe(raw)
-        run = create_run(one, recipe_name)
-        console.print(f"seed {seed}: run directory {run.dir}")
-        result = family.train(one, run)
+        run, result = train_new_run(family, one, recipe_name, f"seed {seed}")
         if result["status"] == "interrupted":
             return {"status": "interrupted", "runs": [str(r.dir) for r in runs + [run]]}
         runs.append(run)

@@ -32,6 +32,9 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def concat(self, other: ImageSet) -> ImageSet:
+        return ImageSet(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]))
+
     def subset(self, idx) -> ImageSet:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return ImageSet(
@@ -48,14 +51,20 @@ class ImageSplits:
     skipped: list[str] = field(default_factory=list)  # unreadable files, reported in the run
 
 
-def load_splits(data) -> ImageSplits:
-    """Load the source named by the recipe's `data` section and split it (stratified, seeded)."""
+def load_splits(data, first: list[str] | None = None) -> ImageSplits:
+    """Load the source named by the recipe's `data` section and split it (stratified, seeded), keeping the
+    classes `data.classes` names (split membership stays that of the whole source). `first`: classes
+    numbered before the kept ones (a continued run's), whether the data holds them or not."""
     if data.source == "digits":
         splits = _digits(data)
     elif data.source == "cifar10":
         splits = _cifar10(data)
     else:
         splits = _imagefolder(data)
+    if data.classes is not None or first is not None:
+        kept = data.classes or splits.classes
+        first = first or []
+        splits = keep_classes(splits, kept, first + [c for c in kept if c not in first])
     size = data.image_size or splits.train.images.shape[-1]
     for name in ("train", "val", "test"):
         part = getattr(splits, name)
@@ -63,6 +72,29 @@ def load_splits(data) -> ImageSplits:
             part.images = conform(part.images, data.channels, size)
     if data.limit:
         splits.train = splits.train.subset(range(min(data.limit, len(splits.train))))
+    return splits
+
+
+def keep_classes(splits: ImageSplits, kept: list[str], order: list[str]) -> ImageSplits:
+    """Only the examples of `kept` classes, their labels numbered by position in `order`."""
+    unknown = [c for c in kept if c not in splits.classes]
+    if unknown:
+        raise UserError(
+            f"data.classes: {', '.join(unknown)} not in the data (its classes: {', '.join(splits.classes)})"
+        )
+    new_index = torch.full((len(splits.classes),), -1, dtype=torch.long)
+    for c in kept:
+        new_index[splits.classes.index(c)] = order.index(c)
+    for name in ("train", "val", "test"):
+        part = getattr(splits, name)
+        if part is not None:
+            mapped = new_index[part.labels]
+            part = part.subset(torch.nonzero(mapped >= 0).flatten())
+            part.labels = new_index[part.labels]
+            setattr(splits, name, part if len(part) else None)
+    if splits.train is None:
+        raise UserError(f"data.classes: no training images of {', '.join(kept)}")
+    splits.classes = list(order)
     return splits
 
 

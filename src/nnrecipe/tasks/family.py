@@ -132,6 +132,15 @@ class DoctorPlan:
     data_checks: list[Callable[[Path], Check]]  # each writes what it shows into the doctor's folder
 
 
+@dataclass
+class Stages:
+    """A continual-learning recipe's stages: one recipe each, trained in order, each continuing the last."""
+
+    recipes: list[Any]
+    names: list[str]  # for the report's accuracy matrix, e.g. "1: 0,1"
+    strategy: str
+
+
 class Unsupported(UserError):
     """A verb this family does not offer."""
 
@@ -222,6 +231,20 @@ class TaskFamily(ABC):
     def doctor(self, recipe: Any) -> DoctorPlan:
         self.unsupported("doctor")
 
+    # -- continual learning ---------------------------------------------------------------------------------
+
+    def continue_from(self, recipe: Any, path: Path) -> None:
+        """Make `recipe` continue the run at `path` (in place): its weights, classes and strategy state."""
+        self.unsupported("continual")
+
+    def continual_stages(self, recipe: Any) -> Stages | None:
+        """The recipe's continual-learning stages; None: the recipe is one run."""
+        return None
+
+    def continual_score(self, run: Any, recipe: Any) -> float:
+        """The primary metric of the run's model on the held-out data of `recipe` (one stage's)."""
+        self.unsupported("continual")
+
     # -- helpers -------------------------------------------------------------------------------------------
 
     def unsupported(self, verb: str) -> NoReturn:
@@ -257,6 +280,7 @@ VERBS = {
     "merge": ("merge_class", "merge"),
     "doctor": ("doctor", "nnrecipe doctor"),
     "ensemble": ("trained", "ensembles"),
+    "continual": ("continue_from", "continual learning"),
 }
 
 _REGISTRY: dict[str, TaskFamily] = {}

@@ -7,7 +7,7 @@ normalisation) is the run's spec in run.json, so inference depends on the run di
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,24 @@ from nnrecipe.models import head_parameter_names
 from nnrecipe.reporting.classification import classification_summary, summary_table, write_report
 from nnrecipe.reporting.plots import plot_confusion, plot_image_grid
 from nnrecipe.runs import Run
+from nnrecipe.tasks import image_continual as continual
 from nnrecipe.tasks import outputs
-from nnrecipe.tasks.family import DoctorPlan, Inference, LogitsExport, Metric, Splits, register_family
+from nnrecipe.tasks.family import DoctorPlan, Inference, LogitsExport, Metric, Splits, Stages, register_family
 from nnrecipe.tasks.image_doctor import plan as doctor_plan
 from nnrecipe.tasks.image_inputs import ImageSpec, eval_loader, image_spec, initial_model, input_pipeline, splits_of
 from nnrecipe.tasks.image_recipe import ImageRecipe
 from nnrecipe.tasks.serving import ImageInputs, Predictor, autocast, decode_image, ort_session
 from nnrecipe.tasks.supervised import Setup, SupervisedFamily, plot_paths, split_tag
+
+
+def continued_spec(spec: ImageSpec, old: ImageSpec) -> ImageSpec:
+    """A continued run reads images as the run it continues did (its normalisation) with the grown class list."""
+    if (old.channels, old.image_size, old.model) != (spec.channels, spec.image_size, spec.model):
+        raise UserError(
+            f"continual.from_run: that run's model reads {old.channels}x{old.image_size}x{old.image_size} images "
+            f"with {old.model}; this recipe: {spec.channels}x{spec.image_size}x{spec.image_size} with {spec.model}"
+        )
+    return replace(spec, mean=old.mean, std=old.std)
 
 
 class ImageClassifier:
@@ -76,14 +87,21 @@ class ImageClassification(SupervisedFamily):
     ensemble_inputs = ("classes", "channels", "image_size", "mean", "std")  # members' architectures may differ
 
     def splits(self, recipe: ImageRecipe) -> Splits:
-        return splits_of(recipe)
+        prior = continual.earlier(recipe)
+        return splits_of(recipe, ImageSpec(**prior.spec()).classes if prior is not None else None)
 
     def setup(self, recipe: ImageRecipe, splits: Splits, acc, run: Run) -> Setup:
         spec = image_spec(recipe, splits)
+        prior, memory = continual.earlier(recipe), None
+        if prior is not None:
+            spec = continued_spec(spec, ImageSpec(**prior.spec()))
+            if recipe.continual.strategy == "replay":
+                memory = continual.read_memory(prior, spec.classes)
+        train_set = splits.train if memory is None else splits.train.concat(memory)
         t = recipe.train
         train_loader = TensorLoader(
-            splits.train.images,
-            splits.train.labels,
+            train_set.images,
+            train_set.labels,
             t.batch_size,
             device=acc.device,
             shuffle=True,
@@ -93,7 +111,14 @@ class ImageClassification(SupervisedFamily):
             world_size=acc.num_processes,
         )
         val_loader = eval_loader(recipe, spec, splits.val, acc.device) if splits.val is not None else None
-        model = initial_model(recipe, spec)
+        model, old_model = initial_model(recipe, spec), None
+        if prior is not None:
+            old = load_weights(prior.best_checkpoint)
+            continual.grown_head(model, old)
+            if recipe.continual.strategy == "lwf":
+                old_model = ImageSpec(**prior.spec()).build_model()
+                old_model.load_state_dict(old)
+                old_model.to(acc.device)
         callbacks, backbone = [], set()
         if recipe.model.freeze == "backbone":
             head = head_parameter_names(model)
@@ -104,17 +129,60 @@ class ImageClassification(SupervisedFamily):
         summary = (
             f"{recipe.model.name}: {n_params:,} parameters; {len(splits.train):,} train / {n_val:,} val / {n_test:,} test "
             f"images ({spec.channels}x{spec.image_size}x{spec.image_size})"
-        )
+        ) + continual.describe(recipe, prior, memory)
         return Setup(
             model=model,
             optimizer=build_optimizer(model, recipe.optim, backbone, recipe.model.backbone_lr_scale),
-            task=ImageClassifier(t.label_smoothing),
+            task=continual.continual_task(
+                recipe, ImageClassifier(t.label_smoothing), model, old_model, prior, acc.device
+            ),
             train_loader=train_loader,
             val_loader=val_loader,
             spec=asdict(spec),
             summary=summary,
             callbacks=callbacks,
+            meta={"continues": str(prior.dir)} if prior is not None else {},
+            keep={"splits": splits, "memory": memory, "prior": prior},
         )
+
+    def finish(self, run: Run, recipe: ImageRecipe, setup: Setup) -> None:
+        """A continual strategy leaves what the next stage needs: the replay memory, the Fisher information."""
+        c, keep = recipe.continual, setup.keep
+        if c.strategy not in ("replay", "ewc"):
+            return
+        inf = self.trained(run)
+        train = keep["splits"].train
+        if c.strategy == "replay":
+            pool = train if keep["memory"] is None else train.concat(keep["memory"])
+            pipeline = input_pipeline(recipe, inf.spec, augment=False)
+            continual.save_memory(run, inf.model, pipeline, pool, inf.spec.classes, c.memory, c.selection)
+        else:
+            loader = eval_loader(recipe, inf.spec, train, "cpu")
+            continual.save_fisher(run, inf.model, ImageClassifier(), loader, keep["prior"])
+
+    def continue_from(self, recipe: ImageRecipe, path: Path) -> None:
+        recipe.continual.from_run = Path(path).resolve()  # the stage's recipe.yaml works from anywhere
+
+    def continual_stages(self, recipe: ImageRecipe) -> Stages | None:
+        """Class-incremental stages: the same recipe keeping each stage's classes."""
+        stages = recipe.continual.stages
+        if stages is None:
+            return None
+        out = []
+        for classes in stages:
+            stage = recipe.model_copy(deep=True)
+            stage.data.classes, stage.continual.stages = list(classes), None
+            out.append(stage)
+        names = [f"{i + 1}: {','.join(c)}" for i, c in enumerate(stages)]
+        return Stages(out, names, recipe.continual.strategy)
+
+    def continual_score(self, run: Run, recipe: ImageRecipe) -> float:
+        """Accuracy of the run's model on the test (else val) images of `recipe`'s classes, over the run's whole head."""
+        spec = ImageSpec(**run.spec())
+        splits = splits_of(recipe, spec.classes)
+        part = splits.test if splits.test is not None else splits.val
+        probs, labels = predict_probs(self.inference(run).model, eval_loader(recipe, spec, part, "cpu"))
+        return (probs.argmax(1) == labels).float().mean().item()
 
     def report(
         self, run: Run, recipe: ImageRecipe, part: ImageSet, split: str, device, source: str | None = None

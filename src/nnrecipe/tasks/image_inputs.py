@@ -88,6 +88,7 @@ def initial_model(recipe: ImageRecipe, spec: ImageSpec) -> nn.Module:
     return model
 
 
-def splits_of(recipe: ImageRecipe) -> Splits:
-    s = load_splits(recipe.data)
+def splits_of(recipe: ImageRecipe, first: list[str] | None = None) -> Splits:
+    """The recipe's splits; `first`: classes numbered first (those of the run a continual run continues)."""
+    s = load_splits(recipe.data, first)
     return Splits(s.train, s.val, s.test, s.skipped, s.classes)

@@ -87,6 +87,12 @@ class ImageData(Section):
         "auto", description="auto: mean/std computed on the training split; none; or {mean: [...], std: [...]}."
     )
     limit: int | None = Field(None, gt=0, description="Use only the first N training examples (quick experiments).")
+    classes: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Keep only these classes (by name, e.g. ['0', '1']), numbered in this order; null = all. "
+        "Splits are cut from the whole source first, so a class's test images are the same in every recipe.",
+    )
     augment: Augment = Field(default_factory=Augment)
 
 
@@ -123,12 +129,43 @@ class ImageModel(Section):
         return v
 
 
+class Continual(Section):
+    """Continual learning: a run that continues another on new data or new classes, or a list of stages."""
+
+    from_run: Path | None = Field(
+        None,
+        description="The run this one continues (`train --continue-from`): its weights start this run, its classes "
+        "keep their head rows (new classes get new rows), and its replay memory or Fisher information is used.",
+    )
+    strategy: Literal["finetune", "replay", "ewc", "lwf"] = Field(
+        "finetune",
+        description="finetune: train on the new data alone (the baseline); replay: add a rehearsal memory of earlier "
+        "examples; ewc: penalise moving weights the earlier data's Fisher information marks as important; lwf: "
+        "distil the earlier model's outputs on the new data.",
+    )
+    memory: int = Field(200, ge=0, description="replay: examples kept over all classes seen (equal share per class).")
+    selection: Literal["herding", "random"] = Field(
+        "herding",
+        description="replay: which examples a class keeps: herding (iCaRL, closest to its feature mean) or random.",
+    )
+    ewc_lambda: float = Field(1000.0, ge=0, description="ewc: weight of the penalty sum_i F_i (w_i - w*_i)^2.")
+    lwf_alpha: float = Field(1.0, ge=0, description="lwf: weight of the distillation loss.")
+    lwf_temperature: float = Field(2.0, gt=0, description="lwf: softmax temperature of the distillation.")
+    stages: list[list[str]] | None = Field(
+        None,
+        min_length=2,
+        description="Class-incremental stages, e.g. [['0','1'], ['2','3']]: `train` runs one ordinary run per stage, "
+        "each continuing the last, and reports the accuracy matrix, average accuracy and forgetting; null = one run.",
+    )
+
+
 class ImageRecipe(TrainedRecipe):
     """Image classification: what to learn (data, model), how (optim, schedule, train), and where it goes (track)."""
 
     task: Literal["image_classification"] = Field("image_classification", description="The task family.")
     data: ImageData = Field(default_factory=ImageData)
     model: ImageModel = Field(default_factory=ImageModel)
+    continual: Continual = Field(default_factory=Continual)
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -48,6 +48,7 @@ class Setup:
     summary: str  # the run's first console line (the device is added)
     callbacks: list[Callback] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # anything else run.json should record
+    keep: dict[str, Any] = field(default_factory=dict)  # what the family's finish() needs from setup
 
 
 class EvaluatedFamily(TaskFamily):

@@ -1,0 +1,154 @@
+"""Continual learning on digits: head growth keeps the old classes' logits, replay forgets less than
+naive fine-tuning (measured), EWC with lambda 0 is fine-tuning, and stages report the accuracy matrix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tests.conftest import make_recipe
+
+from nnrecipe.continual import train_stages
+from nnrecipe.engine.checkpoint import load_checkpoint, load_weights
+from nnrecipe.engine.loop import make_accelerator
+from nnrecipe.errors import RecipeError, UserError
+from nnrecipe.reporting.continual import continual_metrics
+from nnrecipe.runs import open_run
+from nnrecipe.tasks import get_family
+from nnrecipe.tasks.image_inputs import input_pipeline
+
+image = get_family("image_classification")
+LOW, HIGH = [str(d) for d in range(5)], [str(d) for d in range(5, 10)]
+
+
+def staged(runs, strategy, name, *extra):
+    """Digits 0-4, then 5-9 (class-incremental), 5 epochs each."""
+    recipe = make_recipe(
+        runs, "train.epochs=5", f"continual.strategy={strategy}", f"track.name={name}", *extra,
+        continual={"stages": [LOW, HIGH]},
+    )  # fmt: skip
+    return train_stages(image, recipe, image.continual_stages(recipe), name)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("continual") / "runs"
+
+
+@pytest.fixture(scope="module")
+def naive(runs):
+    return staged(runs, "finetune", "naive")
+
+
+def test_metrics_follow_their_definitions():
+    r = [[0.9, 0.0, 0.0], [0.6, 0.8, 0.0], [0.5, 0.7, 0.9]]
+    m = continual_metrics(r)
+    assert m["average_accuracy"] == pytest.approx((0.5 + 0.7 + 0.9) / 3)
+    assert m["average_forgetting"] == pytest.approx(((0.9 - 0.5) + (0.8 - 0.7)) / 2)
+    assert m["backward_transfer"] == pytest.approx(((0.5 - 0.9) + (0.7 - 0.8)) / 2)
+
+
+def test_a_grown_head_keeps_the_old_classes_logits(recipe_factory, new_run):
+    old = recipe_factory("train.epochs=2", continual={}, data={"classes": LOW})
+    old_run = new_run(old, "old")
+    image.train(old, old_run)
+    new = recipe_factory("train.epochs=2", data={"classes": HIGH})
+    image.continue_from(new, old_run.dir)
+    splits = image.splits(new)
+    assert splits.classes == LOW + HIGH and set(splits.train.labels.tolist()) == set(range(5, 10))
+    setup = image.setup(new, splits, make_accelerator(new.train), new_run(new, "new"))
+    before = image.trained(old_run).model
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(setup.model.eval()(x)[:, :5], before(x), rtol=0, atol=0)
+        assert setup.model(x).shape == (16, 10)
+
+
+def test_replay_forgets_less_than_naive_fine_tuning(runs, naive):
+    replay = staged(runs, "replay", "replay", "continual.memory=200")
+    # Fine-tuning on 5-9 alone forgets 0-4 almost entirely; a 200-image memory keeps much of it.
+    # Measured: fine-tuning on 5-9 alone forgets 0-4 entirely (0.98 -> 0.00); the 200-image memory keeps
+    # 0.89 of them (forgetting 0.09).
+    assert naive["accuracy_matrix"][0][0] > 0.9 and naive["accuracy_matrix"][1][0] < 0.2
+    assert replay["average_forgetting"] < naive["average_forgetting"] - 0.5
+    assert replay["average_accuracy"] > naive["average_accuracy"] + 0.3
+    tensors, state = load_checkpoint(f"{replay['runs'][0]}/memory.safetensors")
+    assert state["classes"] == LOW and tensors["images"].shape[0] == 200
+    assert torch.bincount(tensors["labels"]).tolist() == [40] * 5
+    report = json.loads((runs / "replay-continual" / "report.json").read_text())
+    assert report["accuracy_matrix"] == replay["accuracy_matrix"] and report["strategy"] == "replay"
+    assert (runs / "replay-continual" / "accuracy_matrix.png").is_file()
+    assert "| 2: 5,6,7,8,9 (`replay-stage2`) |" in (runs / "replay-continual" / "report.md").read_text()
+
+
+def test_ewc_with_lambda_zero_is_fine_tuning(runs, naive):
+    ewc0 = staged(runs, "ewc", "ewc0", "continual.ewc_lambda=0")
+    a, b = (load_weights(f"{r['runs'][1]}/checkpoints/best.safetensors") for r in (naive, ewc0))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    fisher, _ = load_checkpoint(f"{ewc0['runs'][0]}/fisher.safetensors")
+    assert all(bool((t >= 0).all()) for t in fisher.values()) and any(bool((t > 0).any()) for t in fisher.values())
+
+
+def test_ewc_holds_important_weights_and_lwf_holds_old_outputs(runs, naive):
+    """In this class-incremental split EWC and LwF forget as much as fine-tuning (the known result: the new
+    classes' head rows win every old image, van de Ven et al. 2019); what each does is still measurable.
+    EWC: the Fisher-weighted distance from the stage-1 weights is smaller; LwF: the old classes' logits on
+    stage-1 test images stay closer to the stage-1 model's."""
+    ewc = staged(runs, "ewc", "ewc", "continual.ewc_lambda=10000")
+    lwf = staged(runs, "lwf", "lwf", "continual.lwf_alpha=1")
+    fisher, _ = load_checkpoint(f"{ewc['runs'][0]}/fisher.safetensors")
+    start = load_weights(f"{ewc['runs'][0]}/checkpoints/best.safetensors")
+
+    def moved(result):
+        end = load_weights(f"{result['runs'][1]}/checkpoints/best.safetensors")
+        return sum(float((f * (end[k.removeprefix("fisher.")][: len(f)] - start[k.removeprefix("fisher.")]) ** 2).sum())
+                   for k, f in fisher.items())  # fmt: skip
+
+    assert moved(ewc) < 0.5 * moved(naive)
+
+    recipe = make_recipe(runs, data={"classes": LOW})
+    x = image.splits(recipe).test.images
+    stage1 = image.trained(open_run(runs / "naive-stage1")).model
+
+    def drift(result):
+        inf = image.trained(open_run(result["runs"][1]))
+        after, pipeline = inf.model, input_pipeline(recipe, inf.spec, augment=False)
+        with torch.no_grad():
+            xs = pipeline(x, 0)
+            return float((after(xs)[:, :5].softmax(1) - stage1(xs).softmax(1)).abs().mean())
+
+    assert drift(lwf) < 0.5 * drift(naive)
+
+
+def test_bad_continual_input_is_named(recipe_factory, trained_digits_run):
+    with pytest.raises(UserError, match="data.classes: 11 not in the data"):
+        image.splits(recipe_factory(data={"classes": ["1", "11"]}))
+    with pytest.raises(RecipeError, match="continual.strategy"):
+        recipe_factory("continual.strategy=magic")
+    with pytest.raises(UserError, match="continual learning supports image_classification"):
+        get_family("text_classification").continue_from(None, trained_digits_run.dir)
+    other = recipe_factory("data.image_size=16")
+    image.continue_from(other, trained_digits_run.dir)
+    with pytest.raises(UserError, match="continual.from_run: that run's model reads 1x8x8 images"):
+        image.setup(other, image.splits(other), make_accelerator(other.train), None)
+
+
+def test_the_bundled_stages_recipe_runs_from_the_command_line(tmp_path):
+    """recipes/digits-continual.yaml through the real CLI: five stage runs and the accuracy matrix."""
+    from tests.test_cli import ROOT, nnrecipe
+
+    res = nnrecipe(
+        "train", ROOT / "recipes/digits-continual.yaml", "--set", f"track.runs_dir={tmp_path / 'runs'}",
+        "--set", "track.name=five", cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "runs" / "five-continual" / "report.json").read_text())
+    r = report["accuracy_matrix"]
+    assert len(r) == 5 and all(len(row) == 5 for row in r)
+    assert all(r[i][j] == 0.0 for i in range(5) for j in range(i + 1, 5))  # classes not seen yet: never predicted
+    # Measured here: 0.92 (strategy finetune: 0.10, the last pair only); other learning rates and epoch counts
+    # gave 0.46-0.68, so the bound leaves room for other CPUs' arithmetic.
+    assert report["average_accuracy"] > 0.4
+    res = nnrecipe("predict", tmp_path / "runs" / "five-stage5", "--json", tmp_path / "x.png", cwd=tmp_path)
+    assert res.returncode == 1 and "image not found" in res.stderr
