@@ -6,12 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.metrics import classification_report, confusion_matrix
 
 from nnrecipe.reporting import merge_report, plot_lines, source_line
+from nnrecipe.reporting.calibration import calibration_line, calibration_summary
 
 
-def classification_summary(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
+def classification_summary(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], probs: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """scikit-learn's per-class report and confusion matrix; with `probs`, calibration too."""
     labels = list(range(len(classes)))
     rep = classification_report(y_true, y_pred, labels=labels, target_names=classes, output_dict=True, zero_division=0)
     per_class = {c: {k: rep[c][k] for k in ("precision", "recall", "f1-score", "support")} for c in classes}
@@ -23,7 +28,7 @@ def classification_summary(y_true: np.ndarray, y_pred: np.ndarray, classes: list
         "weighted_avg": {k: rep["weighted avg"][k] for k in ("precision", "recall", "f1-score")},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "classes": classes,
-    }
+    } | ({"calibration": calibration_summary(probs, torch.as_tensor(y_true))} if probs is not None else {})
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -49,6 +54,7 @@ def write_report(run_dir: Path, split: str, summary: dict[str, Any], extra: dict
         md += [f"## {name}: accuracy {s['accuracy']:.4f} on {s['examples']} examples", ""]
         md += source_line(s)
         md += [summary_table(s), ""]
+        md += calibration_line(s)
         md += plot_lines(s)
         if s.get("confidently_wrong"):
             md += ["Most confidently wrong:", "", "| text | label | predicted | confidence |", "|---|---|---|---:|"]

@@ -136,7 +136,7 @@ class EmbeddingClassification(EvaluatedFamily):
             raise UserError(f"{split}: labels {', '.join(unknown)} have no prototype (known: {', '.join(labels)})")
         probs = inf.model(part.texts)
         y = np.array([labels.index(label) for label in part.labels])
-        summary = classification_summary(y, probs.argmax(1).numpy(), labels)
+        summary = classification_summary(y, probs.argmax(1).numpy(), labels, probs)
         path = write_report(run.dir, split, summary, {"source": source or f"{split} split", "mode": inf.spec["mode"]})
         console.print(
             f"\n{split} accuracy {summary['accuracy']:.4f} on {summary['examples']} examples\n" + summary_table(summary)

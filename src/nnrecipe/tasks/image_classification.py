@@ -35,7 +35,7 @@ from nnrecipe.tasks.image_doctor import plan as doctor_plan
 from nnrecipe.tasks.image_inputs import ImageSpec, eval_loader, image_spec, initial_model, input_pipeline, splits_of
 from nnrecipe.tasks.image_recipe import ImageRecipe
 from nnrecipe.tasks.serving import ImageInputs, Predictor, autocast, decode_image, ort_session
-from nnrecipe.tasks.supervised import Setup, SupervisedFamily, plot_paths, split_tag
+from nnrecipe.tasks.supervised import Setup, SupervisedFamily, plot_paths, reliability_plot, split_tag
 
 
 def continued_spec(spec: ImageSpec, old: ImageSpec) -> ImageSpec:
@@ -191,10 +191,11 @@ class ImageClassification(SupervisedFamily):
         spec = inf.spec
         probs, labels = predict_probs(inf.model, eval_loader(recipe, spec, part, device))
         pred, y = probs.argmax(1).numpy(), labels.numpy()
-        summary = classification_summary(y, pred, spec.classes)
+        summary = classification_summary(y, pred, spec.classes, probs)
         names = []
         if recipe.track.plots:
             tag = split_tag(split)
+            names.append(reliability_plot(run, summary, tag))
             confusion = plot_confusion(
                 summary["confusion_matrix"], spec.classes, run.plots_dir / f"confusion_{tag}.png"
             )

@@ -30,6 +30,7 @@ from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.engine.tracking import Tracker
 from nnrecipe.errors import UserError
 from nnrecipe.models import head_parameter_names
+from nnrecipe.reporting.calibration import plot_reliability
 from nnrecipe.reporting.plots import plot_curves
 from nnrecipe.runs import Run
 from nnrecipe.tasks.family import Splits, TaskFamily
@@ -172,6 +173,15 @@ def plot_paths(run: Run, *names: str) -> list[str]:
     """Run-relative paths of the plots a report lists: the learning curves first, when there are any."""
     curves = ["plots/curves.png"] if (run.dir / "plots" / "curves.png").exists() else []
     return curves + [n for n in names if n]
+
+
+def reliability_plot(run: Run, summary: dict[str, Any], tag: str) -> str:
+    """The reliability diagram of a classification summary, as the run-relative path a report lists ("" for
+    an empty split)."""
+    if not summary.get("calibration"):
+        return ""
+    path = plot_reliability(summary["calibration"], run.plots_dir / f"reliability_{tag}.png")
+    return str(path.relative_to(run.dir))
 
 
 def split_tag(split: str) -> str:

@@ -19,7 +19,7 @@ from nnrecipe.runs import Run
 from nnrecipe.tasks import outputs
 from nnrecipe.tasks.family import DoctorPlan, Metric, Splits, register_family
 from nnrecipe.tasks.serving import autocast
-from nnrecipe.tasks.supervised import plot_paths, split_tag
+from nnrecipe.tasks.supervised import plot_paths, reliability_plot, split_tag
 from nnrecipe.tasks.text_doctor import plan as doctor_plan
 from nnrecipe.tasks.text_inputs import read_texts, text_loader, text_splits, texts
 from nnrecipe.tasks.text_recipes import TextRecipe
@@ -89,7 +89,7 @@ class TextClassification(TransformerFamily):
         loader = text_loader(inf.tokenizer, part, labels, recipe.train.eval_batch_size, inf.spec["max_length"], device)
         probs, y = predict_probs(inf.model, loader)
         pred, y = probs.argmax(1).numpy(), y.numpy()
-        summary = classification_summary(y, pred, labels)
+        summary = classification_summary(y, pred, labels, probs)
         wrong = np.flatnonzero(pred != y)
         worst = wrong[np.argsort(-probs.numpy()[wrong, pred[wrong]])][:10]
         confidently_wrong = [
@@ -109,7 +109,7 @@ class TextClassification(TransformerFamily):
         if recipe.track.plots:
             tag = split_tag(split)
             plot_confusion(summary["confusion_matrix"], labels, run.plots_dir / f"confusion_{tag}.png")
-            extra["plots"] = plot_paths(run, f"plots/confusion_{tag}.png")
+            extra["plots"] = plot_paths(run, f"plots/confusion_{tag}.png", reliability_plot(run, summary, tag))
         path = write_report(run.dir, split, summary, extra)
         console.print(
             f"\n{split} accuracy {summary['accuracy']:.4f} on {summary['examples']} examples\n" + summary_table(summary)
