@@ -240,6 +240,16 @@ def ensemble(
 
 
 @app.command()
+def calibrate(run_dir: Path = typer.Argument(..., help="A trained image or text classification run.")) -> None:
+    """Fit temperature scaling on the validation split; evaluate, predict, serve and export then use it. The
+    report shows the expected calibration error before and after."""
+    from nnrecipe.deploy.calibrate import calibrate_run
+    from nnrecipe.runs import open_run
+
+    calibrate_run(open_run(run_dir))
+
+
+@app.command()
 def merge(
     run_dir: Path = typer.Argument(..., help="A trained text or NER run."),
     out: Path | None = typer.Option(None, help="Model folder to write (default runs/<run>/merged)."),

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from nnrecipe.errors import UserError
+from nnrecipe.models.calibrated import uncalibrated
 from nnrecipe.models.hf import merged
 from nnrecipe.runs import Run
 from nnrecipe.tasks.ensemble import refuse_ensemble
@@ -28,7 +29,7 @@ def merge_run(run: Run, out: Path | None = None) -> tuple[Path, float]:
     refuse_ensemble(run, "merge")
     auto = family.merge_class()
     inf = family.inference(run)
-    model, tokenizer, meta = inf.model, inf.tokenizer, inf.spec
+    model, tokenizer, meta = uncalibrated(inf.model), inf.tokenizer, inf.spec
     if not hasattr(model, "save_pretrained"):
         raise UserError(
             f"{run.dir}: merge writes a Hugging Face model folder, and {meta['model']} is not a Hugging Face "

@@ -18,6 +18,7 @@ from torch.nn.utils import prune
 from nnrecipe.engine.checkpoint import save_checkpoint, with_prefix
 from nnrecipe.engine.loop import Callback, console
 from nnrecipe.errors import UserError
+from nnrecipe.models.calibrated import uncalibrated
 from nnrecipe.runs import Run, create_run
 from nnrecipe.tasks.ensemble import refuse_ensemble
 from nnrecipe.tasks.family import TaskFamily, family_of
@@ -80,7 +81,7 @@ def prune_run(run: Run, amount: float, structured: bool = False, finetune_epochs
     if not 0 < amount < 1:
         raise UserError(f"--amount: a fraction between 0 and 1 (got {amount})")
     recipe = run.recipe()
-    model = family.inference(run).model
+    model = uncalibrated(family.inference(run).model)  # a pruned copy is calibrated again, if at all
     keep_whole = family.prune_keep_whole(model)
     new = recipe.model_copy(deep=True)
     if finetune_epochs > 0:  # refused before anything is written when the run cannot be fine-tuned

@@ -27,6 +27,11 @@ def merge_report(run_dir: Path, split: str, entry: dict[str, Any]) -> tuple[Path
     meta = run_meta(run_dir)
     note = weights_note(Path(run_dir) / "checkpoints" / "best.safetensors") or meta.get("weights")
     entry = entry | ({"weights": note} if note else {})
+    if meta.get("temperature"):  # `nnrecipe calibrate`: the temperature, and this split's ECE before it
+        done = meta.get("calibrated", {})
+        entry["temperature"] = {"value": meta["temperature"]} | (
+            {"ece_before": done["ece_before"]} if done.get("split") == split else {}
+        )
     members = meta.get("member_scores", {}).get(split)
     if members and members["metric"] in entry:  # an ensemble: its members on the same split, and the gain
         scores, mine = members["scores"], entry[members["metric"]]
@@ -44,6 +49,10 @@ def source_line(entry: dict[str, Any]) -> list[str]:
     """Which data and which weights an entry scored (for an ensemble, its members' scores beside its own)."""
     lines = [f"Data: `{entry['source']}`", ""] if entry.get("source") else []
     lines += [f"Weights: {entry['weights']}", ""] if entry.get("weights") else []
+    t = entry.get("temperature")
+    if t:
+        was = f"; ECE before it {t['ece_before']:.4f}" if "ece_before" in t else ""
+        lines += [f"Temperature: {t['value']:.4g} (fitted on the validation split by `nnrecipe calibrate`{was})", ""]
     m = entry.get("members")
     if m:
         metric = m["metric"]

@@ -182,17 +182,29 @@ class TaskFamily(ABC):
         self.unsupported("predict")
 
     def inference(self, run: Any, device: str = "cpu") -> Inference:
-        """The run's model ready for use: `trained` for a trained run, all members averaged for an ensemble.
-        A family that offers ensembles implements `trained`; others may override this instead."""
-        if "ensemble" in run.meta():
+        """The run's model ready for use: `trained` for a trained run, all members averaged for an ensemble,
+        its logits divided by the run's temperature once calibrated. A family that offers ensembles and
+        calibration implements `trained`; others may override this instead."""
+        meta = run.meta()
+        if "ensemble" in meta:
             from nnrecipe.tasks.ensemble import ensemble_inference
 
-            return ensemble_inference(self, run, device)
-        return self.trained(run, device)
+            inf = ensemble_inference(self, run, device)
+        else:
+            inf = self.trained(run, device)
+        if meta.get("temperature"):  # `nnrecipe calibrate` fitted one
+            from nnrecipe.models.calibrated import Tempered
+
+            inf.model = Tempered(inf.model, meta["temperature"]).eval()
+        return inf
 
     def trained(self, run: Any, device: str = "cpu") -> Inference:
         """One trained run's best weights, in eval mode on `device` (what an ensemble's members are)."""
         self.unsupported("ensemble")
+
+    def probabilities(self, run: Any, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class probabilities of the run's model on one of its splits, with the labels (`nnrecipe calibrate`)."""
+        self.unsupported("calibrate")
 
     def generate(self, run: Any, prompt: str, **options: Any) -> dict[str, Any]:
         """Continue `prompt` (language models): {prompt, text, new_tokens, tokens_per_s}."""
@@ -280,6 +292,7 @@ VERBS = {
     "merge": ("merge_class", "merge"),
     "doctor": ("doctor", "nnrecipe doctor"),
     "ensemble": ("trained", "ensembles"),
+    "calibrate": ("probabilities", "calibration"),
     "continual": ("continue_from", "continual learning"),
 }
 

@@ -160,6 +160,12 @@ class ImageClassification(SupervisedFamily):
             loader = eval_loader(recipe, inf.spec, train, "cpu")
             continual.save_fisher(run, inf.model, ImageClassifier(), loader, keep["prior"])
 
+    def probabilities(self, run: Run, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        recipe = run.recipe()
+        device = self.eval_device(recipe)
+        inf = self.inference(run, device)
+        return predict_probs(inf.model, eval_loader(recipe, inf.spec, self.splits(recipe).named(split), device))
+
     def continue_from(self, recipe: ImageRecipe, path: Path) -> None:
         recipe.continual.from_run = Path(path).resolve()  # the stage's recipe.yaml works from anywhere
 

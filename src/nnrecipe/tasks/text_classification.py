@@ -117,6 +117,16 @@ class TextClassification(TransformerFamily):
         console.print(f"report: {path} and {run.dir / 'report.md'}", soft_wrap=True)
         return summary
 
+    def probabilities(self, run: Run, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        recipe = run.recipe()
+        device = self.eval_device(recipe)
+        inf = self.inference(run, device)
+        part = self.splits(recipe).named(split)
+        loader = text_loader(
+            inf.tokenizer, part, inf.labels, recipe.train.eval_batch_size, inf.spec["max_length"], device
+        )
+        return predict_probs(inf.model, loader)
+
     def read(self, run: Run, recipe: TextRecipe, path: Path) -> TextSet:
         return read_texts(recipe.data, path)
 
