@@ -63,6 +63,14 @@ def test_a_grown_head_keeps_the_old_classes_logits(recipe_factory, new_run):
     with torch.no_grad():
         torch.testing.assert_close(setup.model.eval()(x)[:, :5], before(x), rtol=0, atol=0)
         assert setup.model(x).shape == (16, 10)
+    # EWC from a run that kept no Fisher information: computed from that run's own training images.
+    new.continual.strategy = "ewc"
+    task = image.setup(new, splits, make_accelerator(new.train), new_run(new, "ewc")).task
+    fisher = image.fisher_of(old_run)
+    for name, f in fisher.items():
+        torch.testing.assert_close(task.fisher[name][: len(f)], f)
+        assert not task.fisher[name][len(f) :].any()  # the new classes' rows: nothing to hold yet
+    assert any(bool(f.any()) for f in fisher.values())
 
 
 def test_replay_forgets_less_than_naive_fine_tuning(runs, naive):

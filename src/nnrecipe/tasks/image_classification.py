@@ -134,8 +134,14 @@ class ImageClassification(SupervisedFamily):
             model=model,
             optimizer=build_optimizer(model, recipe.optim, backbone, recipe.model.backbone_lr_scale),
             task=continual.continual_task(
-                recipe, ImageClassifier(t.label_smoothing), model, old_model, prior, acc.device
-            ),
+                recipe,
+                ImageClassifier(t.label_smoothing),
+                model,
+                old_model,
+                prior,
+                acc.device,
+                fisher_of=lambda: self.fisher_of(prior),
+            ),  # fmt: skip
             train_loader=train_loader,
             val_loader=val_loader,
             spec=asdict(spec),
@@ -158,7 +164,12 @@ class ImageClassification(SupervisedFamily):
             continual.save_memory(run, inf.model, pipeline, pool, inf.spec.classes, c.memory, c.selection)
         else:
             loader = eval_loader(recipe, inf.spec, train, "cpu")
-            continual.save_fisher(run, inf.model, ImageClassifier(), loader, keep["prior"])
+            continual.save_fisher(run, inf.model, loader, keep["prior"])
+
+    def fisher_of(self, run: Run) -> dict[str, torch.Tensor]:
+        """The Fisher information of a run's model on its own training images (no augmentation)."""
+        recipe, inf = run.recipe(), self.trained(run)
+        return continual.fisher_information(inf.model, eval_loader(recipe, inf.spec, self.splits(recipe).train, "cpu"))
 
     def probabilities(self, run: Run, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         recipe = run.recipe()

@@ -7,7 +7,8 @@ so the old classes' logits are unchanged before training), and learns under one 
 - replay: the new data plus the old run's rehearsal memory (`memory.safetensors`: uint8 images and class
   names, an equal share per class chosen by herding or at random);
 - ewc: loss + lambda * sum_i F_i (w_i - w*_i)^2, F the diagonal Fisher information of the earlier data
-  (`fisher.safetensors`, summed over the stages so far; w* the old run's weights), as in Avalanche's EWC;
+  (`fisher.safetensors`, summed over the stages so far; computed from the old run's training data when it
+  kept none; w* the old run's weights), as in Avalanche's EWC;
 - lwf: loss + alpha * KL(old model's softmax / T || new model's over the old classes / T) on the new data.
 
 Every finished run leaves its memory and Fisher information for the next one.
@@ -92,18 +93,15 @@ class ContinualClassifier:
         return self.base.evaluate(model, loader)
 
 
-def continual_task(recipe, base, model: nn.Module, old_model: nn.Module | None, prior: Run | None, device):
-    """The TrainTask of a continued run (the plain one for a first run, finetune and replay)."""
+def continual_task(recipe, base, model: nn.Module, old_model: nn.Module | None, prior: Run | None, device, fisher_of):
+    """The TrainTask of a continued run (the plain one for a first run, finetune and replay). `fisher_of()`:
+    the earlier run's Fisher information from its own training data, for a run that did not keep one."""
     c = recipe.continual
     if prior is None or c.strategy in ("finetune", "replay"):
         return base
     if c.strategy == "lwf":
         return ContinualClassifier(base, teacher=old_model.eval(), alpha=c.lwf_alpha, temperature=c.lwf_temperature)
-    path = prior.dir / FISHER
-    if not path.is_file():
-        raise UserError(f"continual.strategy ewc: {prior.dir} has no {FISHER} (train it with strategy ewc too)")
-    tensors, _ = load_checkpoint(path)
-    fisher = padded({k.removeprefix("fisher."): v for k, v in tensors.items() if k.startswith("fisher.")}, model)
+    fisher = padded(stored_fisher(prior) or fisher_of(), model)
     anchor = padded(load_weights(prior.best_checkpoint), model)
     fisher, anchor = ({k: v.to(device) for k, v in d.items()} for d in (fisher, anchor))
     return ContinualClassifier(base, fisher=fisher, anchor=anchor, ewc_lambda=c.ewc_lambda)
@@ -168,9 +166,26 @@ def herding(feats: torch.Tensor, k: int) -> list[int]:
     return chosen
 
 
-def save_fisher(run: Run, model: nn.Module, task, loader, prior: Run | None) -> None:
-    """The diagonal Fisher information of this run's training data (squared minibatch gradients of the
-    loss, averaged over batches, as Avalanche's EWC), added to the earlier runs'."""
+def stored_fisher(run: Run) -> dict[str, torch.Tensor] | None:
+    if not (run.dir / FISHER).is_file():
+        return None
+    tensors, _ = load_checkpoint(run.dir / FISHER)
+    return {k.removeprefix("fisher."): v for k, v in tensors.items() if k.startswith("fisher.")}
+
+
+def save_fisher(run: Run, model: nn.Module, loader, prior: Run | None) -> None:
+    """This run's Fisher information added to the earlier runs' (what the next stage's EWC holds)."""
+    fisher = fisher_information(model, loader)
+    old = stored_fisher(prior) if prior is not None else None
+    if old is not None:
+        old = padded(old, model)
+        fisher = {n: fisher[n] + old[n] for n in fisher}
+    save_checkpoint(run.dir / FISHER, {f"fisher.{n}": t for n, t in fisher.items()})
+
+
+def fisher_information(model: nn.Module, loader) -> dict[str, torch.Tensor]:
+    """The diagonal Fisher information of a loader's data (squared minibatch gradients of the
+    cross-entropy, averaged over batches, as Avalanche's EWC computes it)."""
     model = copy.deepcopy(model).eval()
     total = {n: torch.zeros_like(p, device="cpu") for n, p in model.named_parameters()}
     batches = 0
@@ -181,12 +196,7 @@ def save_fisher(run: Run, model: nn.Module, task, loader, prior: Run | None) -> 
             if p.grad is not None:
                 total[n] += p.grad.detach().float().cpu() ** 2
         batches += 1
-    fisher = {n: t / max(1, batches) for n, t in total.items()}
-    if prior is not None and (prior.dir / FISHER).is_file():
-        tensors, _ = load_checkpoint(prior.dir / FISHER)
-        old = padded({k.removeprefix("fisher."): v for k, v in tensors.items() if k.startswith("fisher.")}, model)
-        fisher = {n: fisher[n] + old[n] for n in fisher}
-    save_checkpoint(run.dir / FISHER, {f"fisher.{n}": t for n, t in fisher.items()})
+    return {n: t / max(1, batches) for n, t in total.items()}
 
 
 def describe(recipe, prior: Run | None, memory: ImageSet | None) -> str:
