@@ -158,3 +158,20 @@ def test_an_rl_study_on_frozenlake_runs(tmp_path):
     report = run_study(p, tmp_path / "runs" / "rl")
     assert report["metric"] == "val_mean_return" and report["states"]["complete"] == 2
     assert all(0 <= t["value"] <= 1 for t in report["trials"])
+
+
+def test_a_terminal_shows_a_bar_over_the_trials(tmp_path, monkeypatch):
+    """The bar counts finished trials of the planned total (polled from the storage under --jobs)."""
+    import io
+
+    from rich.console import Console
+
+    from nnrecipe.tune import study
+
+    out = io.StringIO()
+    monkeypatch.setattr(study, "console", Console(file=out, force_terminal=True, width=80))
+    with study.trial_bar(plan(tmp_path, ["optim.lr=loguniform(0.01,0.1)"], 4), 1) as advance:
+        advance(3)
+        advance(9)  # never past the plan
+    text = out.getvalue()
+    assert "study s" in text and "1/4" in text and "4/4" in text and "9/4" not in text

@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,20 @@ def announce(study, trial) -> None:
     console.print(f"trial {trial.number}: {trial.state.name.lower()}, value {value}; best {best}")
 
 
+@contextmanager
+def trial_bar(plan: Plan, done: int):
+    """A bar over the study's trials on a terminal (yields `advance(finished)`); nothing elsewhere."""
+    if not console.is_terminal:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn(f"study {plan.name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:  # fmt: skip
+        task = bar.add_task("trials", total=plan.trials, completed=done)
+        yield lambda n: bar.update(task, completed=min(n, plan.trials))
+
+
 def run_study(plan: Plan, folder: Path, jobs: int = 1, resume: bool = False) -> Any:
     """Run (or go on with) the study until `plan.trials` trials have finished (complete or pruned)."""
     if not resume:
@@ -305,8 +320,9 @@ def run_study(plan: Plan, folder: Path, jobs: int = 1, resume: bool = False) -> 
     console.print(f"study {plan.name}: {finished(study)} of {plan.trials} trials finished; {plan.metric} "
                   f"({plan.direction}), sampler {plan.sampler}, pruner {plan.pruner}; {folder}")  # fmt: skip
     if remaining > 0 and jobs <= 1:
-        study.optimize(objective(plan, folder), n_trials=remaining, timeout=plan.timeout, catch=(UserError,),
-                       callbacks=callbacks(plan))  # fmt: skip
+        with trial_bar(plan, finished(study)) as advance:
+            study.optimize(objective(plan, folder), n_trials=remaining, timeout=plan.timeout, catch=(UserError,),
+                           callbacks=[*callbacks(plan), lambda st, tr: advance(finished(st))])  # fmt: skip
     elif remaining > 0:
         import multiprocessing
 
@@ -316,8 +332,11 @@ def run_study(plan: Plan, folder: Path, jobs: int = 1, resume: bool = False) -> 
         procs = [ctx.Process(target=worker, args=(str(folder), q, threads)) for q in quotas if q]
         for p in procs:
             p.start()
-        for p in procs:
-            p.join()
+        with trial_bar(plan, finished(study)) as advance:
+            while any(p.is_alive() for p in procs):  # the workers write the storage; the bar reads it
+                for p in procs:
+                    p.join(timeout=2.0)
+                advance(finished(open_study(plan, folder)))
     from nnrecipe.tune.report import write_study_report
 
     return write_study_report(open_study(plan, folder), plan, folder)
