@@ -240,6 +240,42 @@ def ensemble(
 
 
 @app.command()
+def explain(
+    run_dir: Path = typer.Argument(..., help="A trained image classification run."),
+    inputs: list[str] = typer.Argument(None, help="Image files to explain."),
+    method: str = typer.Option("gradcam", help="gradcam, ig, occlusion, saliency, or several: ig,gradcam."),
+    target: str | None = typer.Option(None, help="Explain this label (default: the predicted one)."),
+    folder: Path | None = typer.Option(None, "--out", help="Folder for the PNG overlays (default: beside each input)."),
+    check: bool = typer.Option(False, "--check", help="Randomisation and deletion checks on validation images."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per explanation."),
+) -> None:
+    """Why the model decided (Captum): a heat map per input and method, as a PNG overlay; --check tests
+    whether the maps depend on the model at all and find what it uses (runs/<run>/explain/report.md)."""
+    from nnrecipe.runs import open_run
+    from nnrecipe.trust.explain import explain_run
+
+    if not inputs and not check:
+        raise UserError("nothing to explain: give image files, or --check")
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    run = open_run(run_dir)
+    result = explain_run(run, list(inputs or []), [m.strip() for m in method.split(",")], target, folder, check)
+    for row in result["explanations"]:
+        text = f"{row['file']}: {row['method']} for {row['target']} (p {row['probability']:.3f}) -> {row['png']}"
+        if as_json:
+            out.print(json.dumps(row), soft_wrap=True)
+        else:
+            err.print(text)
+    for name, c in result.get("checks", {}).items():
+        r, d = c["randomisation"], c["deletion"]
+        err.print(f"{name}: randomisation rank correlation {r['rank_correlation']:.3f} "
+                  f"({'pass' if r['passed'] else 'FAIL'}); deletion AUC {d['area_attributed']:.4f} vs random "
+                  f"{d['area_random']:.4f}")  # fmt: skip
+    if check:
+        err.print(f"report: {run.dir / 'explain' / 'report.md'}")
+
+
+@app.command()
 def calibrate(run_dir: Path = typer.Argument(..., help="A trained image or text classification run.")) -> None:
     """Fit temperature scaling on the validation split; evaluate, predict, serve and export then use it. The
     report shows the expected calibration error before and after."""

@@ -124,6 +124,19 @@ class DetectionsExport:
 
 
 @dataclass
+class ExplainSubject:
+    """What `nnrecipe explain` needs from a family: the model (eval, CPU), its labels, `load(paths)` ->
+    (model inputs, the raw uint8 images to draw on), the model input of a black image (the baseline), and
+    `sample(n)` -> n validation inputs with their labels (for the checks)."""
+
+    model: nn.Module
+    labels: list[str]
+    load: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+    black: torch.Tensor
+    sample: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
 class DoctorPlan:
     """What `nnrecipe doctor` needs from a family: the Subject its generic checks (3-9) drive, and the
     family's own data checks (1, 2), each writing into the doctor's output folder."""
@@ -219,6 +232,9 @@ class TaskFamily(ABC):
     def export_subject(self, run: Any) -> LogitsExport | DetectionsExport:
         self.unsupported("export")
 
+    def explain_subject(self, run: Any) -> ExplainSubject:
+        self.unsupported("explain")
+
     def prune_start(self, recipe: Any, model: nn.Module, folder: Path) -> None:
         """Point a fine-tuning recipe at pruned weights (in place), in the form this family starts from."""
         self.unsupported("prune --finetune-epochs")
@@ -293,6 +309,7 @@ VERBS = {
     "doctor": ("doctor", "nnrecipe doctor"),
     "ensemble": ("trained", "ensembles"),
     "calibrate": ("probabilities", "calibration"),
+    "explain": ("explain_subject", "explanations"),
     "continual": ("continue_from", "continual learning"),
 }
 

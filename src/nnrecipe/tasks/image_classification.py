@@ -30,12 +30,31 @@ from nnrecipe.reporting.plots import plot_confusion, plot_image_grid
 from nnrecipe.runs import Run
 from nnrecipe.tasks import image_continual as continual
 from nnrecipe.tasks import outputs
-from nnrecipe.tasks.family import DoctorPlan, Inference, LogitsExport, Metric, Splits, Stages, register_family
+from nnrecipe.tasks.family import (
+    DoctorPlan,
+    ExplainSubject,
+    Inference,
+    LogitsExport,
+    Metric,
+    Splits,
+    Stages,
+    register_family,
+)
 from nnrecipe.tasks.image_doctor import plan as doctor_plan
 from nnrecipe.tasks.image_inputs import ImageSpec, eval_loader, image_spec, initial_model, input_pipeline, splits_of
 from nnrecipe.tasks.image_recipe import ImageRecipe
 from nnrecipe.tasks.serving import ImageInputs, Predictor, autocast, decode_image, ort_session
 from nnrecipe.tasks.supervised import Setup, SupervisedFamily, plot_paths, reliability_plot, split_tag
+
+
+def read_files(paths: list[str], spec: ImageSpec) -> torch.Tensor:
+    """Image files as one uint8 batch, each converted and resized like the run's training images."""
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"image not found: {missing[0]}")
+    return torch.stack(
+        [conform(read_image(Path(p), spec.channels).unsqueeze(0), spec.channels, spec.image_size)[0] for p in paths]
+    )
 
 
 def continued_spec(spec: ImageSpec, old: ImageSpec) -> ImageSpec:
@@ -171,6 +190,25 @@ class ImageClassification(SupervisedFamily):
         recipe, inf = run.recipe(), self.trained(run)
         return continual.fisher_information(inf.model, eval_loader(recipe, inf.spec, self.splits(recipe).train, "cpu"))
 
+    def explain_subject(self, run: Run) -> ExplainSubject:
+        """Image files in (resized like the training images), normalised inputs out; validation images to check."""
+        recipe = run.recipe()
+        inf = self.inference(run)
+        spec, prepare = inf.spec, input_pipeline(recipe, inf.spec, augment=False)
+
+        def load(paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+            raw = read_files(paths, spec)
+            return prepare(raw, 0), raw
+
+        def sample(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            splits = self.splits(recipe)
+            part = splits.val if splits.val is not None else splits.test
+            part = part.subset(range(min(n, len(part))))
+            return prepare(part.images, 0), part.labels
+
+        black = prepare(torch.zeros(1, spec.channels, spec.image_size, spec.image_size, dtype=torch.uint8), 0)
+        return ExplainSubject(inf.model, spec.classes, load, black, sample)
+
     def probabilities(self, run: Run, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         recipe = run.recipe()
         device = self.eval_device(recipe)
@@ -258,15 +296,7 @@ class ImageClassification(SupervisedFamily):
         device = self.eval_device(recipe)
         inf = self.inference(run, device)
         spec = inf.spec
-        missing = [f for f in inputs if not Path(f).is_file()]
-        if missing:
-            raise UserError(f"image not found: {missing[0]}")
-        images = torch.stack(
-            [
-                conform(read_image(Path(f), spec.channels).unsqueeze(0), spec.channels, spec.image_size)[0]
-                for f in inputs
-            ]
-        )
+        images = read_files(inputs, spec)
         x = input_pipeline(recipe, spec, augment=False)(images.to(device), 0)
         with torch.no_grad():
             probs = inf.model(x).float().softmax(1).cpu()

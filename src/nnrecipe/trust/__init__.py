@@ -1,0 +1,1 @@
+"""Trust in a model: explanations (Captum) and their sanity checks."""
