@@ -21,7 +21,7 @@ import torch
 
 from nnrecipe.recipe import load_recipe
 from nnrecipe.rl import runner
-from nnrecipe.rl.dqn import train_dqn
+from nnrecipe.rl.dqn import actor_for, train_dqn
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLVED = 475.0
@@ -40,9 +40,7 @@ def nnrecipe_run(recipe, seed: int) -> dict:
             solved_at, solved_step = time.perf_counter() - start, row["step"]
 
     out = train_dqn(lambda: runner.make_env(recipe), recipe.dqn, recipe.gamma, seed, torch.device("cpu"), periodic, log)
-    final = runner.evaluate_policy(env, runner._net_policy(out["final"], "cpu"), 20, 10_000, "CartPole-v1")[
-        "mean_return"
-    ]
+    final = runner.evaluate_policy(env, actor_for(out["final"], "cpu"), 20, 10_000, "CartPole-v1")["mean_return"]
     return {"seconds": time.perf_counter() - start, "solved_at": solved_at, "solved_step": solved_step, "final": final}
 
 

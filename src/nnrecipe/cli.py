@@ -400,7 +400,9 @@ def doctor(
         raise typer.Exit(1)
 
 
-rl_app = typer.Typer(no_args_is_help=True, help="Reinforcement learning: tabular Q-learning/SARSA and DQN.")
+rl_app = typer.Typer(
+    no_args_is_help=True, help="Reinforcement learning: tabular Q-learning/SARSA, DQN, REINFORCE and PPO."
+)
 app.add_typer(rl_app, name="rl")
 
 
@@ -440,12 +442,13 @@ def rl_play(
     run_dir: Path = typer.Argument(..., help="An RL run directory."),
     render: str = typer.Option("ansi", help="Render mode; ansi prints each frame in the terminal."),
     seed: int | None = typer.Option(None, help="Episode seed (default: the first evaluation seed)."),
+    gif: Path | None = typer.Option(None, help="Write the episode as an animated GIF here instead of printing it."),
 ) -> None:
-    """Play one greedy episode and show it."""
+    """Play one greedy episode and show it (or save it as a GIF)."""
     from nnrecipe.rl import runner
     from nnrecipe.runs import open_run
 
-    runner.play(open_run(run_dir), render=render, seed=seed)
+    runner.play(open_run(run_dir), render=render, seed=seed, gif=gif)
 
 
 @app.command()

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -98,6 +99,8 @@ def _own_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
+    if isinstance(obj, np.ndarray):  # comes back as a tensor; np.asarray() turns it back
+        obj = torch.from_numpy(np.ascontiguousarray(obj))
     if isinstance(obj, torch.Tensor):
         tensors[path] = obj.detach()
         return {"__tensor__": path}

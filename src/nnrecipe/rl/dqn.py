@@ -1,18 +1,20 @@
-"""DQN for discrete actions and vector observations, in the spirit of CleanRL: one file, top to bottom.
+"""DQN for discrete actions, vector or stacked-frame observations, in the spirit of CleanRL: one file, top
+to bottom.
 
 Replay buffer, target network (hard copy every `target_update` environment steps, or Polyak updates
 with tau < 1), optional Double DQN, Huber loss, gradient clipping, linear epsilon schedule, gymnasium
 vector environments (SyncVectorEnv, or AsyncVectorEnv with a process per environment). The network
 that scores best in the periodic greedy evaluations is kept next to the final one, and both are
-reported: a run that reaches 500 once and then collapses has not solved the task.
+reported: a run that reaches 500 once and then collapses has not solved the task. Checkpoints hold the
+replay buffer, random states and each environment's episode, so a resumed run is the uninterrupted run.
 """
 
 from __future__ import annotations
 
 import copy
-import random
-import time
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -21,12 +23,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnrecipe.engine.numerics import flush_denormals
+from nnrecipe.rl.best import BestNetwork, restore_rng, rng_state
+from nnrecipe.rl.envs import SeededEpisodes
+from nnrecipe.rl.networks import NatureCNN, is_image, obs_tensor
 
 
 class QNetwork(nn.Module):
-    def __init__(self, obs_dim: int, n_actions: int, hidden: list[int]):
+    """Q-values for each action: an MLP over vector observations (flattened), or the Nature-DQN CNN
+    over stacked frames."""
+
+    def __init__(self, obs_shape, n_actions: int, hidden: list[int]):
         super().__init__()
-        layers, width = [], obs_dim
+        obs_shape = [obs_shape] if isinstance(obs_shape, int) else list(obs_shape)
+        if is_image(obs_shape):
+            torso = NatureCNN(obs_shape[0])
+            self.net = nn.Sequential(torso, nn.Linear(torso.out_dim, n_actions))
+            return
+        layers, width = [], int(np.prod(obs_shape))
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
@@ -34,11 +47,11 @@ class QNetwork(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs)
+        return self.net(obs if obs.dtype == torch.uint8 else obs.flatten(1))
 
 
 class NumpyActor:
-    """A NumPy copy of the Q-network for acting. Weights only change in training phases (every
+    """A NumPy copy of an MLP Q-network for acting. Weights only change in training phases (every
     `train_freq` steps), so acting and evaluation run on a snapshot taken after each phase: a NumPy
     forward pass for one observation costs a fraction of torch's per-call overhead."""
 
@@ -50,6 +63,7 @@ class NumpyActor:
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         x = np.asarray(obs, np.float32)
+        x = x.reshape(len(x), -1) if x.ndim > 1 else x.reshape(-1)
         for i, (w, b) in enumerate(self.layers):
             x = x @ w + b
             if i < len(self.layers) - 1:
@@ -58,15 +72,35 @@ class NumpyActor:
 
     def __call__(self, obs) -> int:
         """Greedy action for one observation."""
-        return int(self.q_values(obs).argmax())
+        return int(self.q_values(obs[None]).argmax())
+
+
+class TorchActor:
+    """Acting with the Q-network itself (image observations: a convolution is not worth copying to NumPy)."""
+
+    def __init__(self, q_net: QNetwork, device):
+        self.q_net, self.device = q_net, device
+
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.q_net(obs_tensor(obs, self.device)).cpu().numpy()
+
+    def __call__(self, obs) -> int:
+        return int(self.q_values(np.asarray(obs)[None]).argmax())
+
+
+def actor_for(q_net: QNetwork, device):
+    return TorchActor(q_net, device) if isinstance(q_net.net[0], NatureCNN) else NumpyActor(q_net)
 
 
 class ReplayBuffer:
-    """Fixed-size ring buffer of transitions in preallocated NumPy arrays."""
+    """Fixed-size ring buffer of transitions in preallocated NumPy arrays (frames stay uint8)."""
 
-    def __init__(self, capacity: int, obs_dim: int, rng: np.random.Generator):
-        self.obs = np.zeros((capacity, obs_dim), np.float32)
-        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+    FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated")
+
+    def __init__(self, capacity: int, obs_shape, obs_dtype, rng: np.random.Generator):
+        self.obs = np.zeros((capacity, *obs_shape), obs_dtype)
+        self.next_obs = np.zeros((capacity, *obs_shape), obs_dtype)
         self.actions = np.zeros(capacity, np.int64)
         self.rewards = np.zeros(capacity, np.float32)
         self.terminated = np.zeros(capacity, np.float32)
@@ -92,6 +126,36 @@ class ReplayBuffer:
             for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
         )
 
+    def nbytes(self) -> int:
+        return sum(getattr(self, f)[: self.size].nbytes for f in self.FIELDS)
+
+    def save(self, path: Path, max_mb: float) -> bool:
+        """Write the filled part compressed and atomically, in place (so sampling after a resume draws the
+        same transitions); returns whether all of it fit in `max_mb`, otherwise only the newest
+        transitions that fit are written, oldest first."""
+        per = self.nbytes() / max(self.size, 1)
+        keep = min(self.size, int(max_mb * 2**20 // per)) if per else 0
+        if keep == self.size:
+            order, pos = np.arange(self.size), self.pos
+        else:
+            order = (np.arange(self.size) + (self.pos if self.size == self.capacity else 0)) % self.capacity
+            order, pos = order[len(order) - keep :], keep % self.capacity
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
+        try:
+            np.savez_compressed(tmp, pos=np.int64(pos), **{f: getattr(self, f)[order] for f in self.FIELDS})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return keep == self.size
+
+    def load(self, path: Path) -> None:
+        with np.load(path, allow_pickle=False) as data:  # plain arrays only: nothing is unpickled
+            n = min(len(data["actions"]), self.capacity)
+            for f in self.FIELDS:
+                getattr(self, f)[:n] = data[f][:n]
+            self.size, self.pos = n, int(data["pos"]) % self.capacity
+
 
 @flush_denormals()
 def train_dqn(
@@ -109,62 +173,45 @@ def train_dqn(
     network by periodic evaluation, "best_return", "best_step", "seconds"}.
 
     At every periodic evaluation `on_checkpoint` receives the state to resume from (networks, optimiser,
-    counters, best network). `resume` takes that state back; the replay buffer is not saved, so a
-    resumed run refills it with `learning_starts` steps of its current policy before training again."""
-    first = resume["step"] if resume else 0
-    random.seed(seed + first)
-    np.random.seed((seed + first) % 2**32)
-    torch.manual_seed(seed + first)
-    rng = np.random.default_rng([seed, first])
-    vector = gym.vector.AsyncVectorEnv if cfg.vector == "async" else gym.vector.SyncVectorEnv
-    envs = vector([make_env for _ in range(cfg.num_envs)])
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    counters, random states, environments, and the replay buffer to save beside it). `resume` takes that
+    state back, with the buffer already loaded into resume["buffer"] when it was saved."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    envs = SeededEpisodes(make_env, cfg.num_envs, seed, cfg.vector, resume and resume["envs"])
+    space = envs.single_observation_space
     n_actions = int(envs.single_action_space.n)
-    q_net = QNetwork(obs_dim, n_actions, cfg.hidden).to(device)
+    q_net = QNetwork(space.shape, n_actions, cfg.hidden).to(device)
     target = copy.deepcopy(q_net)
     # fused: one kernel for the whole Adam update instead of a loop over parameters (CPU and CUDA)
     optimizer = torch.optim.Adam(q_net.parameters(), lr=cfg.lr, fused=True)
-    actor = NumpyActor(q_net)
     params = list(q_net.parameters())  # module.parameters() walks the module tree on every call
-    buffer = ReplayBuffer(cfg.buffer_size, obs_dim, rng)
-    best = {"return": -np.inf, "state": copy.deepcopy(q_net.state_dict()), "step": 0}
-    grad_steps = 0
+    buffer = ReplayBuffer(cfg.buffer_size, space.shape, space.dtype, rng)
+    first, grad_steps, recent = 0, 0, []
     if resume:
         q_net.load_state_dict(resume["q"])
         target.load_state_dict(resume["target"])
         optimizer.load_state_dict(resume["optimizer"])
-        best = {"return": resume["best_return"], "state": resume["best"], "step": resume["best_step"]}
-        grad_steps = resume["gradient_steps"]
-        actor = NumpyActor(q_net)
-    envs.action_space.seed(seed + first)
-
-    obs, _ = envs.reset(seed=seed + first)
-    obs = obs.reshape(cfg.num_envs, obs_dim)
-    was_done = np.zeros(cfg.num_envs, bool)
-    episode_return, recent = np.zeros(cfg.num_envs), []
-    next_eval, start = first + cfg.eval_every, time.perf_counter()
+        restore_rng(rng, resume["rng"])
+        first, grad_steps, recent = resume["step"], resume["gradient_steps"], list(resume["recent"])
+        if resume.get("buffer") is not None:
+            buffer.load(resume["buffer"])
+    best = BestNetwork(q_net, evaluate, cfg.eval_every, first, resume)
+    actor = actor_for(q_net, device)
+    obs = envs.reset()
     decay_steps = cfg.exploration_fraction * cfg.total_steps
 
     for step in range(first, cfg.total_steps, cfg.num_envs):
         # ALGO LOGIC: epsilon-greedy action
         eps = cfg.epsilon + (cfg.epsilon_end - cfg.epsilon) * min(1.0, step / decay_steps)
         if rng.random() < eps:
-            actions = envs.action_space.sample()
+            actions = rng.integers(0, n_actions, cfg.num_envs)
         else:
             actions = actor.q_values(obs).argmax(1)
-        next_obs, rewards, terminated, truncated, _ = envs.step(actions)
-        next_obs = next_obs.reshape(cfg.num_envs, obs_dim)
-        for i in range(cfg.num_envs):
-            # gymnasium autoresets on the step after an episode ends; that step is not a transition.
-            if not was_done[i]:
-                buffer.add(obs[i], next_obs[i], actions[i], rewards[i], terminated[i])
-                episode_return[i] += rewards[i]
-        done = terminated | truncated
-        for i in np.flatnonzero(done & ~was_done):
-            recent.append(episode_return[i])
-            episode_return[i] = 0.0
-        was_done = done
-        obs = next_obs
+        obs_after, rewards, terminated, _, next_obs, finished = envs.step(actions)
+        for i in range(cfg.num_envs):  # next_obs is the true next state, also where an episode ended
+            buffer.add(obs[i], next_obs[i], actions[i], rewards[i], terminated[i])
+        recent += [ret for _, ret, _ in finished]
+        obs = obs_after
 
         # ALGO LOGIC: training phase
         warm = buffer.size >= max(cfg.learning_starts, cfg.batch_size)  # also after a resume's empty buffer
@@ -173,11 +220,9 @@ def train_dqn(
             # phase: draw every batch of the phase at once and value all next states in one pass.
             obs_all, act_all, rew_all, next_all, term_all = buffer.sample((cfg.gradient_steps, cfg.batch_size), device)
             with torch.no_grad():
-                target_q_all = target(next_all)
-                if not cfg.double:
-                    y_all = rew_all + gamma * target_q_all.max(-1).values * (
-                        1.0 - term_all
-                    )  # no bootstrap past termination
+                target_q_all = target(next_all.flatten(0, 1)).unflatten(0, next_all.shape[:2])
+                if not cfg.double:  # no bootstrap past termination
+                    y_all = rew_all + gamma * target_q_all.max(-1).values * (1.0 - term_all)
             for g in range(cfg.gradient_steps):
                 b_obs, b_act = obs_all[g], act_all[g]
                 if cfg.double:  # the online net (changing every step) chooses, the target net values
@@ -194,7 +239,7 @@ def train_dqn(
                 nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
                 optimizer.step()
                 grad_steps += 1
-            actor = NumpyActor(q_net)
+            actor = actor_for(q_net, device)
 
         # ALGO LOGIC: target network, every `target_update` environment steps (as in CleanRL and SB3):
         # a hard copy with tau = 1, a Polyak step towards the online net otherwise.
@@ -203,13 +248,10 @@ def train_dqn(
                 for t, p in zip(target.parameters(), q_net.parameters()):
                     t.lerp_(p, cfg.tau)
 
-        # TRY NOT TO MODIFY: periodic greedy evaluation, logging, best network
+        # TRY NOT TO MODIFY: periodic greedy evaluation, logging, checkpoint
         done_steps = step + cfg.num_envs
-        if done_steps >= next_eval or done_steps >= cfg.total_steps:
-            next_eval += cfg.eval_every
-            eval_return = evaluate(actor)
-            if eval_return >= best["return"]:
-                best = {"return": eval_return, "state": copy.deepcopy(q_net.state_dict()), "step": done_steps}
+        if best.due(done_steps, cfg.total_steps):
+            eval_return = best.evaluate(done_steps, q_net, actor)
             if on_log is not None:
                 on_log(
                     {
@@ -218,7 +260,7 @@ def train_dqn(
                         "train_return": float(np.mean(recent)) if recent else None,
                         "epsilon": eps,
                         "gradient_steps": grad_steps,
-                        "steps_per_s": (done_steps - first) / (time.perf_counter() - start),
+                        "steps_per_s": best.steps_per_s(done_steps),
                     }
                 )
             recent = []
@@ -230,18 +272,12 @@ def train_dqn(
                         "q": q_net.state_dict(),
                         "target": target.state_dict(),
                         "optimizer": optimizer.state_dict(),
-                        "best": best["state"],
-                        "best_return": float(best["return"]),
-                        "best_step": best["step"],
+                        "envs": envs.state(),
+                        "rng": rng_state(rng),
+                        "recent": recent,
+                        "buffer": buffer,
+                        **best.state(),
                     }
                 )
     envs.close()
-    best_net = copy.deepcopy(q_net)
-    best_net.load_state_dict(best["state"])
-    return {
-        "final": q_net,
-        "best": best_net,
-        "best_return": best["return"],
-        "best_step": best["step"],
-        "seconds": time.perf_counter() - start,
-    }
+    return best.result(q_net)

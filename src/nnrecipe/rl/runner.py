@@ -1,5 +1,6 @@
 """The RL verbs: train, evaluate, play. Shares recipes, run directories, tracking, checkpoints and plots
-with the rest of nnrecipe; the algorithms themselves live in tabular.py and dqn.py."""
+with the rest of nnrecipe; the algorithms themselves live in tabular.py, dqn.py, reinforce.py and ppo.py,
+the environments in envs.py."""
 
 from __future__ import annotations
 
@@ -17,76 +18,20 @@ from nnrecipe.engine.tracking import Tracker
 from nnrecipe.errors import UserError
 from nnrecipe.rl import gridworld
 from nnrecipe.rl.config import RLRecipe
-from nnrecipe.rl.dqn import QNetwork, train_dqn
+from nnrecipe.rl.dqn import QNetwork, actor_for, train_dqn
+from nnrecipe.rl.envs import evaluate_policy, make_env, max_steps, success_rule
+from nnrecipe.rl.gif import record_episode, renders_rgb
+from nnrecipe.rl.networks import ActorCritic, policy_actions
+from nnrecipe.rl.ppo import train_ppo
+from nnrecipe.rl.reinforce import train_reinforce
 from nnrecipe.rl.tabular import greedy_policy, train_tabular
 from nnrecipe.runs import Run
 
+# The deep algorithms: each trains from (make_env, its recipe section, gamma, seed, device, evaluate, on_log,
+# on_checkpoint, resume) and returns {"final", "best", "best_return", "best_step", "seconds"}.
+DEEP = {"dqn": train_dqn, "ppo": train_ppo, "reinforce": train_reinforce}
+
 Policy = Callable[[Any], int]
-
-
-# -- environments ------------------------------------------------------------------------------------
-
-
-def make_env(recipe: RLRecipe, render_mode: str | None = None) -> gym.Env:
-    cfg = recipe.env
-    gridworld.register()
-    limit = {"max_episode_steps": cfg.max_steps} if cfg.max_steps else {}
-    try:
-        if cfg.id == "gridmap":
-            limit.setdefault("max_episode_steps", 200)
-            return gym.make(
-                gridworld.ENV_ID,
-                map=cfg.map,
-                slip=cfg.slip,
-                step_reward=cfg.step_reward,
-                goal_reward=cfg.goal_reward,
-                hazard_reward=cfg.hazard_reward,
-                render_mode=render_mode,
-                **limit,
-            )
-        return gym.make(cfg.id, render_mode=render_mode, **cfg.kwargs, **limit)
-    except gym.error.Error as e:
-        raise UserError(f"env.id: cannot make {cfg.id!r}: {e}") from None
-    except TypeError as e:
-        raise UserError(f"env.kwargs: {e}") from None
-
-
-def max_steps(env: gym.Env) -> int:
-    return (env.spec.max_episode_steps if env.spec and env.spec.max_episode_steps else None) or 1000
-
-
-def success_rule(env_id: str) -> Callable[[bool, bool, float, dict], bool]:
-    """What counts as a successful episode: reaching the goal, or surviving (CartPole)."""
-    if env_id.startswith("CartPole"):
-        return lambda term, trunc, r, info: trunc and not term
-    if env_id.startswith(("CliffWalking", "Acrobot", "MountainCar")):
-        return lambda term, trunc, r, info: term
-    return lambda term, trunc, r, info: bool(info.get("success", term and r > 0))
-
-
-def evaluate_policy(env: gym.Env, policy: Policy, episodes: int, seed: int, env_id: str) -> dict[str, Any]:
-    """Greedy episodes reset with seeds seed, seed+1, ...: the same list for every run and every tool."""
-    success = success_rule(env_id)
-    returns, steps, wins = [], [], 0
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        total, n = 0.0, 0
-        while True:
-            obs, r, term, trunc, info = env.step(policy(obs))
-            total, n = total + float(r), n + 1
-            if term or trunc:
-                wins += success(term, trunc, r, info)
-                break
-        returns.append(total)
-        steps.append(n)
-    return {
-        "episodes": episodes,
-        "mean_return": float(np.mean(returns)),
-        "std_return": float(np.std(returns)),
-        "success_rate": wins / episodes,
-        "mean_steps": float(np.mean(steps)),
-        "first_seed": seed,
-    }
 
 
 # -- training ----------------------------------------------------------------------------------------
@@ -97,8 +42,8 @@ def train(recipe: RLRecipe, run: Run, *, resume: bool = False) -> dict[str, Any]
     tracker = Tracker(run.dir, recipe.track.tensorboard, recipe.track.wandb, recipe.model_dump(mode="json"))
     run.update_meta(status="running", task=recipe.task, algo=recipe.algo, env=recipe.env.id)
     try:
-        if recipe.algo == "dqn":
-            policy, extra = _train_dqn(recipe, run, env, tracker, resume)
+        if recipe.algo in DEEP:
+            policy, extra = _train_deep(recipe, run, env, tracker, resume)
         else:
             policy, extra = _train_tabular(recipe, run, env, tracker, resume)
     finally:
@@ -161,16 +106,27 @@ def _train_tabular(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, r
     }
 
 
-def _train_dqn(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resume: bool):
-    if not isinstance(env.action_space, gym.spaces.Discrete) or not isinstance(env.observation_space, gym.spaces.Box):
+def _check_spaces(recipe: RLRecipe, env: gym.Env) -> None:
+    obs, act = env.observation_space, env.action_space
+    box_actions = isinstance(act, gym.spaces.Box) and len(act.shape) == 1
+    ok = isinstance(obs, gym.spaces.Box) and (
+        isinstance(act, gym.spaces.Discrete) or (box_actions and recipe.algo != "dqn")
+    )
+    if not ok:
+        wants = "discrete actions" if recipe.algo == "dqn" else "discrete or 1-D continuous actions"
         raise UserError(
-            f"algo dqn needs vector observations and discrete actions; {recipe.env.id} has "
-            f"{env.observation_space} / {env.action_space}"
+            f"algo {recipe.algo} needs vector or image observations and {wants}; {recipe.env.id} has "
+            f"{obs} / {act}" + (" (use algo: ppo or reinforce for continuous actions)" if box_actions else "")
         )
-    cfg = recipe.dqn
+
+
+def _train_deep(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resume: bool):
+    _check_spaces(recipe, env)
+    cfg = getattr(recipe, recipe.algo)
     device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     eval_env = make_env(recipe)
     eval_seed = recipe.eval.seed + 1_000_000  # periodic evaluations never reuse the final evaluation's seeds
+    replay = run.dir / "checkpoints" / "replay-{step}.npz"
 
     def periodic(policy) -> float:
         return evaluate_policy(eval_env, policy, cfg.eval_episodes, eval_seed, recipe.env.id)["mean_return"]
@@ -178,45 +134,47 @@ def _train_dqn(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resum
     def log(row: dict) -> None:
         tracker.log_epoch({"epoch": row["step"], **row}, step_key="step")
         if recipe.track.progress:
+            train_return = row["train_return"] if row["train_return"] is not None else float("nan")
             console.print(
                 f"step {row['step']:,}/{cfg.total_steps:,}  eval return {row['eval_return']:.1f}  "
-                f"train return {row['train_return'] if row['train_return'] is not None else float('nan'):.1f}  "
-                f"epsilon {row['epsilon']:.3f}  {row['steps_per_s']:,.0f} steps/s"
+                f"train return {train_return:.1f}  {row['steps_per_s']:,.0f} steps/s"
             )
 
-    state = None
-    if resume and run.last_checkpoint.is_file():
-        tensors, meta = load_checkpoint(run.last_checkpoint, device=device)
-        if meta.get("step", cfg.total_steps) >= cfg.total_steps:
-            raise UserError(f"{run.dir} already trained all {cfg.total_steps:,} steps; nothing to resume")
-        state = {k: split_prefix(tensors, k) for k in ("q", "target", "best")} | meta
+    def checkpoint(state: dict) -> None:
+        buffer = state.pop("buffer", None)
+        if buffer is not None:  # the buffer first, named by its step: the checkpoint then points at it
+            state["buffer_whole"] = buffer.save(Path(str(replay).format(step=state["step"])), cfg.buffer_checkpoint_mb)
+        save_checkpoint(run.last_checkpoint, {}, state)
+        for old in replay.parent.glob("replay-*.npz"):
+            if old.name != Path(str(replay).format(step=state["step"])).name:
+                old.unlink(missing_ok=True)
+
+    state = _resume_state(run, cfg, replay, device) if resume and run.last_checkpoint.is_file() else None
+    if state is not None:
         tracker.keep_epochs_before(state["step"])
-        console.print(f"resuming at step {state['step']:,} (the replay buffer refills first: it is not checkpointed)")
-
-    def checkpoint(st: dict) -> None:
-        tensors = {f"{k}.{n}": t for k in ("q", "target", "best") for n, t in st[k].items()}
-        save_checkpoint(
-            run.last_checkpoint,
-            tensors,
-            {k: st[k] for k in ("step", "gradient_steps", "optimizer", "best_return", "best_step")},
-        )
-
-    out = train_dqn(lambda: make_env(recipe), cfg, recipe.gamma, recipe.seed, device, periodic, log, checkpoint, state)
-    spec = {
-        "obs_dim": int(np.prod(env.observation_space.shape)),
-        "n_actions": int(env.action_space.n),
-        "hidden": cfg.hidden,
-    }
-    run.update_meta(dqn=spec)
+    train = DEEP[recipe.algo]
+    out = train(
+        lambda: make_env(recipe, training=True),
+        cfg,
+        recipe.gamma,
+        recipe.seed,
+        device,
+        periodic,
+        log,
+        checkpoint,
+        state,
+    )
+    spec = _policy_spec(recipe, env, cfg, out)
+    run.update_meta(policy=spec)
     save_checkpoint(run.best_checkpoint, with_prefix(out["best"].state_dict(), "model"), {"step": out["best_step"]})
     final = evaluate_policy(
-        eval_env, _net_policy(out["final"], device), recipe.eval.episodes, recipe.eval.seed, recipe.env.id
+        eval_env, _net_policy(out["final"], spec, device), recipe.eval.episodes, recipe.eval.seed, recipe.env.id
     )
     console.print(
         f"{cfg.total_steps:,} steps in {out['seconds']:.1f} s ({cfg.total_steps / out['seconds']:,.0f} steps/s); "
         f"final network: mean return {final['mean_return']:.1f}; best network (step {out['best_step']:,}) is evaluated below"
     )
-    return _net_policy(out["best"], device), {
+    return _net_policy(out["best"], spec, device), {
         "final_network": final,
         "best_step": out["best_step"],
         "train_seconds": out["seconds"],
@@ -224,12 +182,46 @@ def _train_dqn(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resum
     }
 
 
-def _net_policy(net: torch.nn.Module, device) -> Policy:
-    def act(obs) -> int:
-        with torch.no_grad():
-            return int(net(torch.as_tensor(np.asarray(obs, np.float32), device=device).unsqueeze(0)).argmax(1).item())
+def _resume_state(run: Run, cfg, replay: Path, device) -> dict:
+    _, state = load_checkpoint(run.last_checkpoint, device=device)
+    if not isinstance(state, dict) or "envs" not in state:
+        raise UserError(f"{run.last_checkpoint} was written by an older nnrecipe and holds no resumable state")
+    if state["step"] >= cfg.total_steps:
+        raise UserError(f"{run.dir} already trained all {cfg.total_steps:,} steps; nothing to resume")
+    exact = True
+    if "buffer_whole" in state:
+        path = Path(str(replay).format(step=state["step"]))
+        state["buffer"] = path if path.is_file() else None
+        exact = state["buffer_whole"] and path.is_file()
+    console.print(
+        f"resuming at step {state['step']:,}"
+        + ("" if exact else " (not exactly: the replay buffer was not saved whole, see dqn.buffer_checkpoint_mb)")
+    )
+    return state
 
-    return act
+
+def _policy_spec(recipe: RLRecipe, env: gym.Env, cfg, out: dict) -> dict:
+    """What rebuilds the network without the recipe's environment (saved in run.json)."""
+    if recipe.algo == "dqn":
+        return {
+            "algo": "dqn",
+            "obs_shape": list(env.observation_space.shape),
+            "n_actions": int(env.action_space.n),
+            "hidden": cfg.hidden,
+        }
+    return {"algo": recipe.algo, "hidden": cfg.hidden, **out["spec"]}
+
+
+def build_network(spec: dict) -> torch.nn.Module:
+    if spec.get("algo", "dqn") == "dqn":  # runs before PPO saved "dqn": {"obs_dim", ...}
+        return QNetwork(spec.get("obs_shape", spec.get("obs_dim")), spec["n_actions"], spec["hidden"])
+    return ActorCritic(**{k: v for k, v in spec.items() if k != "algo"})
+
+
+def _net_policy(net: torch.nn.Module, spec: dict, device) -> Policy:
+    if isinstance(net, ActorCritic):
+        return policy_actions(net, spec, device)
+    return actor_for(net, device)
 
 
 # -- evaluation and play -----------------------------------------------------------------------------
@@ -237,11 +229,12 @@ def _net_policy(net: torch.nn.Module, device) -> Policy:
 
 def load_policy(run: Run, recipe: RLRecipe) -> Policy:
     tensors, _ = load_checkpoint(run.best_checkpoint)
-    if recipe.algo == "dqn":
-        spec = run.meta()["dqn"]
-        net = QNetwork(spec["obs_dim"], spec["n_actions"], spec["hidden"])
+    if recipe.algo in DEEP:
+        meta = run.meta()
+        spec = meta.get("policy") or meta["dqn"]
+        net = build_network(spec)
         net.load_state_dict(split_prefix(tensors, "model"))
-        return _net_policy(net.eval(), "cpu")
+        return _net_policy(net.eval(), spec, "cpu")
     policy = greedy_policy(tensors["q"].numpy())
     return lambda s: int(policy[s])
 
@@ -263,16 +256,35 @@ def evaluate(
         f"over {summary['episodes']} episodes (seeds {recipe.eval.seed}..{recipe.eval.seed + summary['episodes'] - 1})"
     )
     plots = _plots(run, recipe, env, policy)
+    if recipe.eval.gif and recipe.track.plots and renders_rgb(env):
+        record_episode(
+            make_env(recipe, render_mode="rgb_array"),
+            policy,
+            run.plots_dir / "episode.gif",
+            recipe.eval.seed,
+            recipe.eval.gif_frames,
+        )
+        plots.append("plots/episode.gif")
     _write_report(run, summary | {"plots": plots})
     return summary
 
 
-def play(run: Run, render: str = "ansi", seed: int | None = None) -> float:
-    """One greedy episode, each frame printed (ansi)."""
+def play(run: Run, render: str = "ansi", seed: int | None = None, gif: Path | None = None) -> float:
+    """One greedy episode: each frame printed (ansi), or written as an animated GIF."""
     recipe = run.recipe()
     policy = load_policy(run, recipe)
+    seed = recipe.eval.seed if seed is None else seed
+    if gif is not None:
+        probe = make_env(recipe)
+        if not renders_rgb(probe):
+            raise UserError(
+                f"--gif: {recipe.env.id} does not render images (its render modes: {probe.metadata.get('render_modes')})"
+            )
+        out = record_episode(make_env(recipe, render_mode="rgb_array"), policy, gif, seed, recipe.eval.gif_frames)
+        print(f"return {out['return']:.2f} over {out['steps']} steps; {out['frames']} frames written to {gif}")
+        return out["return"]
     env = make_env(recipe, render_mode=render)
-    obs, _ = env.reset(seed=recipe.eval.seed if seed is None else seed)
+    obs, _ = env.reset(seed=seed)
     total = 0.0
     while True:
         frame = env.render()
@@ -301,6 +313,13 @@ def _write_report(run: Run, summary: dict[str, Any]) -> None:
         f"{summary['mean_steps']:.1f} | {summary['episodes']} |",
         "",
     ]
+    if "collision_rate" in summary:
+        lines += [
+            "| collision rate | mean speed (m/s) | lane changes per episode |",
+            "|---:|---:|---:|",
+            f"| {summary['collision_rate']:.3f} | {summary['mean_speed']:.2f} | {summary['lane_changes_per_episode']:.2f} |",
+            "",
+        ]
     lines += [f"![{p}]({p})" for p in summary.get("plots", [])]
     (run.dir / "report.md").write_text("\n".join(lines) + "\n")
 
@@ -348,7 +367,7 @@ def _plots(run: Run, recipe: RLRecipe, env: gym.Env, policy: Policy) -> list[str
     if history:
         out.append(plot_returns(history, run.plots_dir / "returns.png"))
     rows = grid_rows(env)
-    if rows is not None and run.best_checkpoint.is_file() and recipe.algo != "dqn":
+    if rows is not None and run.best_checkpoint.is_file() and recipe.algo not in DEEP:
         q = load_checkpoint(run.best_checkpoint)[0]["q"].numpy()
         start = "".join(rows).index("S")
         path = intended_path(env, policy, start)

@@ -1,0 +1,274 @@
+"""Environments for every RL algorithm: the factory (gymnasium ids, Atari through ale-py with the standard
+preprocessing, highway-env, the grid world), and vector environments whose episodes are seeded one by one
+so that a run can be checkpointed and resumed exactly.
+
+Exact resume without pickling an environment: every episode of sub-environment i is reset with its own
+seed drawn from (run seed, i, episode number), and gymnasium environments take all their randomness from
+that seed. The checkpoint holds each sub-environment's episode number and the actions taken so far in the
+current episode; resuming resets with the same seed and replays those actions, which rebuilds the state.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from nnrecipe.errors import UserError
+from nnrecipe.rl import gridworld
+
+# Environment ids that another package registers on import, and the package that provides them.
+_PROVIDERS = (
+    (("ALE/",), "ale_py", "ale-py (its wheel ships the Atari ROMs)"),
+    (
+        ("highway", "merge-", "roundabout-", "intersection-", "parking-", "racetrack-", "two-way-", "u-turn-", "exit-"),
+        "highway_env",
+        "highway-env",
+    ),
+)
+
+
+def is_atari(env_id: str) -> bool:
+    return env_id.startswith("ALE/")
+
+
+def is_highway(env_id: str) -> bool:
+    return any(env_id.startswith(p) for p in _PROVIDERS[1][0])
+
+
+def _import_provider(env_id: str) -> None:
+    for prefixes, module, package in _PROVIDERS:
+        if env_id.startswith(prefixes):
+            try:
+                gym.register_envs(importlib.import_module(module))
+            except ImportError:
+                raise UserError(
+                    f"env.id {env_id!r} needs the package {package}: pip install 'nnrecipe[rl]' (or {module.replace('_', '-')})"
+                ) from None
+
+
+def make_env(recipe, render_mode: str | None = None, training: bool = False) -> gym.Env:
+    """One environment of the recipe. `training` adds what only training wants (Atari: episode end on a
+    lost life and rewards clipped to their sign); evaluation always plays whole games on raw scores."""
+    cfg = recipe.env
+    gridworld.register()
+    _import_provider(cfg.id)
+    limit = {"max_episode_steps": cfg.max_steps} if cfg.max_steps else {}
+    kwargs = dict(cfg.kwargs)
+    try:
+        if cfg.id == "gridmap":
+            limit.setdefault("max_episode_steps", 200)
+            return gym.make(
+                gridworld.ENV_ID,
+                map=cfg.map,
+                slip=cfg.slip,
+                step_reward=cfg.step_reward,
+                goal_reward=cfg.goal_reward,
+                hazard_reward=cfg.hazard_reward,
+                render_mode=render_mode,
+                **limit,
+            )
+        if is_atari(cfg.id):
+            kwargs["frameskip"] = 1  # AtariPreprocessing skips frames itself (and max-pools the last two)
+            kwargs.setdefault("repeat_action_probability", cfg.atari.sticky_actions)
+        env = gym.make(cfg.id, render_mode=render_mode, **kwargs, **limit)
+    except gym.error.Error as e:
+        raise UserError(f"env.id: cannot make {cfg.id!r}: {e}") from None
+    except TypeError as e:
+        raise UserError(f"env.kwargs: {e}") from None
+    if is_atari(cfg.id):
+        env = _atari(env, cfg.atari, training)
+    return env
+
+
+def _atari(env: gym.Env, cfg, training: bool) -> gym.Env:
+    """The Nature-DQN preprocessing: no-op starts, frame skip with max-pooling, 84x84 grey, frame stack."""
+    env = gym.wrappers.AtariPreprocessing(
+        env,
+        noop_max=cfg.noop_max,
+        frame_skip=cfg.frame_skip,
+        screen_size=84,
+        terminal_on_life_loss=training and cfg.terminal_on_life_loss,
+        grayscale_obs=True,
+    )
+    if training and cfg.clip_rewards:
+        env = gym.wrappers.TransformReward(env, np.sign)
+    return gym.wrappers.FrameStackObservation(env, cfg.frame_stack)
+
+
+def max_steps(env: gym.Env) -> int:
+    return (env.spec.max_episode_steps if env.spec and env.spec.max_episode_steps else None) or 1000
+
+
+def success_rule(env_id: str) -> Callable[[bool, bool, float, dict], bool]:
+    """What counts as a successful episode: reaching the goal, surviving (CartPole), not crashing (highway)."""
+    if env_id.startswith("CartPole"):
+        return lambda term, trunc, r, info: trunc and not term
+    if env_id.startswith(("CliffWalking", "Acrobot", "MountainCar")):
+        return lambda term, trunc, r, info: term
+    if is_highway(env_id):
+        return lambda term, trunc, r, info: not info.get("crashed", False)
+    return lambda term, trunc, r, info: bool(info.get("success", term and r > 0))
+
+
+class DrivingStats:
+    """highway-env's figures per episode: collision, mean speed (m/s) and lane changes."""
+
+    def __init__(self):
+        self.crashes, self.speeds, self.lane_changes = 0, [], []
+
+    def start(self, env: gym.Env) -> None:
+        self._speeds, self._changes, self._lane = [], 0, self._lane_of(env)
+
+    def step(self, env: gym.Env, info: dict) -> None:
+        self._speeds.append(float(info.get("speed", 0.0)))
+        lane = self._lane_of(env)
+        self._changes += lane != self._lane
+        self._lane = lane
+
+    def end(self, info: dict) -> None:
+        self.crashes += bool(info.get("crashed", False))
+        self.speeds.append(float(np.mean(self._speeds)) if self._speeds else 0.0)
+        self.lane_changes.append(self._changes)
+
+    def summary(self, episodes: int) -> dict[str, float]:
+        return {
+            "collision_rate": self.crashes / episodes,
+            "mean_speed": float(np.mean(self.speeds)),
+            "lane_changes_per_episode": float(np.mean(self.lane_changes)),
+        }
+
+    @staticmethod
+    def _lane_of(env: gym.Env):
+        vehicle = getattr(env.unwrapped, "vehicle", None)
+        return vehicle.lane_index[2] if vehicle is not None and vehicle.lane_index else None
+
+
+def evaluate_policy(env: gym.Env, policy, episodes: int, seed: int, env_id: str) -> dict[str, Any]:
+    """Greedy episodes reset with seeds seed, seed+1, ...: the same list for every run and every tool."""
+    success = success_rule(env_id)
+    driving = DrivingStats() if is_highway(env_id) else None
+    returns, steps, wins = [], [], 0
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        if driving:
+            driving.start(env)
+        total, n = 0.0, 0
+        while True:
+            obs, r, term, trunc, info = env.step(policy(obs))
+            total, n = total + float(r), n + 1
+            if driving:
+                driving.step(env, info)
+            if term or trunc:
+                wins += success(term, trunc, r, info)
+                if driving:
+                    driving.end(info)
+                break
+        returns.append(total)
+        steps.append(n)
+    return {
+        "episodes": episodes,
+        "mean_return": float(np.mean(returns)),
+        "std_return": float(np.std(returns)),
+        "success_rate": wins / episodes,
+        "mean_steps": float(np.mean(steps)),
+        "first_seed": seed,
+        **(driving.summary(episodes) if driving else {}),
+    }
+
+
+# -- vector environments with seeded episodes ----------------------------------------------------------
+
+
+def episode_seed(seed: int, env_index: int, episode: int) -> int:
+    return int(np.random.SeedSequence([seed, env_index, episode]).generate_state(1)[0])
+
+
+class _Replayed(gym.Wrapper):
+    """Rebuilds an episode in progress: reset with its seed, replay its actions; the vector env's first
+    reset() then returns that state instead of starting over."""
+
+    def __init__(self, env: gym.Env, seed: int, actions: np.ndarray):
+        super().__init__(env)
+        obs, info = env.reset(seed=seed)
+        for a in actions:
+            obs, _, term, trunc, info = env.step(a if a.ndim else a.item())
+            if term or trunc:
+                raise RuntimeError("the replayed episode ended early: the environment is not deterministic")
+        self._pending = (obs, info)
+
+    def reset(self, **kwargs):
+        if self._pending is not None:
+            out, self._pending = self._pending, None
+            return out
+        return self.env.reset(**kwargs)
+
+
+class SeededEpisodes:
+    """Vector environments (gymnasium Sync/AsyncVectorEnv, autoreset off) that reset each episode with
+    its own seed and can say where they stand (`state()`) and be rebuilt from that (`state=`).
+
+    step() returns (obs, rewards, terminated, truncated, final_obs, finished): obs is what the agent sees
+    next (a fresh episode's first observation where one ended), final_obs the true next observation
+    (for bootstrapping past a time limit), finished a list of (env index, return, length) that ended."""
+
+    def __init__(self, make: Callable[[], gym.Env], num_envs: int, seed: int, vector: str = "sync", state=None):
+        self.seed, self.n = seed, num_envs
+        self.episodes = np.zeros(num_envs, np.int64)
+        self.returns, self.lengths = np.zeros(num_envs), np.zeros(num_envs, np.int64)
+        self.actions: list[list] = [[] for _ in range(num_envs)]
+        fns = [make] * num_envs
+        if state is not None:
+            self.episodes = np.asarray(state["episodes"], np.int64)
+            self.returns = np.asarray(state["returns"], np.float64)
+            self.lengths = np.asarray(state["lengths"], np.int64)
+            self.actions = [list(np.asarray(a)) for a in state["actions"]]
+            fns = [self._replay_fn(make, i, np.asarray(state["actions"][i])) for i in range(num_envs)]
+        cls = gym.vector.AsyncVectorEnv if vector == "async" else gym.vector.SyncVectorEnv
+        self.envs = cls(fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+        self.single_observation_space = self.envs.single_observation_space
+        self.single_action_space = self.envs.single_action_space
+
+    def _replay_fn(self, make, i: int, actions: np.ndarray):
+        seed = episode_seed(self.seed, i, int(self.episodes[i]))
+        return lambda: _Replayed(make(), seed, actions)
+
+    def reset(self) -> np.ndarray:
+        obs, _ = self.envs.reset(seed=[episode_seed(self.seed, i, int(k)) for i, k in enumerate(self.episodes)])
+        return obs
+
+    def step(self, actions: np.ndarray):
+        next_obs, rewards, terminated, truncated, _ = self.envs.step(actions)
+        self.returns += rewards
+        self.lengths += 1
+        for i in range(self.n):
+            self.actions[i].append(np.asarray(actions[i]))
+        done = terminated | truncated
+        finished, obs = [], next_obs
+        if done.any():
+            obs = next_obs.copy()
+            for i in np.flatnonzero(done):
+                finished.append((int(i), float(self.returns[i]), int(self.lengths[i])))
+                self.episodes[i] += 1
+                self.returns[i], self.lengths[i], self.actions[i] = 0.0, 0, []
+            seeds = [episode_seed(self.seed, i, int(k)) for i, k in enumerate(self.episodes)]
+            fresh, _ = self.envs.reset(seed=seeds, options={"reset_mask": done})
+            obs[done] = fresh[done]
+        return obs, rewards, terminated, truncated, next_obs, finished
+
+    def state(self) -> dict:
+        """Where every sub-environment stands; arrays, so a checkpoint stores them as tensors."""
+        shape = self.single_action_space.shape
+        dtype = self.single_action_space.dtype
+        return {
+            "episodes": self.episodes.copy(),
+            "returns": self.returns.copy(),
+            "lengths": self.lengths.copy(),
+            "actions": [np.asarray(a, dtype).reshape(-1, *shape) for a in self.actions],
+        }
+
+    def close(self) -> None:
+        self.envs.close()

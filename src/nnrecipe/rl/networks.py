@@ -1,0 +1,137 @@
+"""The networks RL algorithms share: an MLP for vector observations, the Nature-DQN convolutional torso for
+stacked Atari frames, and an actor-critic with a Categorical or Gaussian policy head.
+
+Each network is rebuilt from a small JSON spec saved in run.json (`spec()`), so `rl evaluate`, `rl play`
+and export load a run without its recipe's environment."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Normal
+
+
+def _init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
+    """Orthogonal weights, constant bias: the initialisation the PPO implementation details rely on."""
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+class NatureCNN(nn.Module):
+    """Mnih et al. (2015): three convolutions and a 512-unit layer over 4 stacked 84x84 grey frames."""
+
+    def __init__(self, channels: int, out: int = 512):
+        super().__init__()
+        self.net = nn.Sequential(
+            _init(nn.Conv2d(channels, 32, 8, stride=4)),
+            nn.ReLU(),
+            _init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            _init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+            _init(nn.Linear(64 * 7 * 7, out)),
+            nn.ReLU(),
+        )
+        self.out_dim = out
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs.float() / 255.0)  # frames arrive as uint8: 4x less to move and store
+
+
+def mlp(in_dim: int, hidden: list[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+    layers, width = [nn.Flatten()], in_dim
+    for h in hidden:
+        layers += [_init(nn.Linear(width, h)), activation()]
+        width = h
+    return nn.Sequential(*layers)
+
+
+def is_image(obs_shape) -> bool:
+    return len(obs_shape) == 3
+
+
+def observation_spec(space: gym.Space) -> dict:
+    if not isinstance(space, gym.spaces.Box):
+        raise ValueError(f"needs Box observations, not {space}")
+    return {"obs_shape": list(space.shape)}
+
+
+def action_spec(space: gym.Space) -> dict:
+    if isinstance(space, gym.spaces.Discrete):
+        return {"n_actions": int(space.n)}
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+        return {"action_dim": int(space.shape[0]), "low": space.low.tolist(), "high": space.high.tolist()}
+    raise ValueError(f"needs Discrete or 1-D Box actions, not {space}")
+
+
+class ActorCritic(nn.Module):
+    """A policy and a value function. Images: one shared Nature-CNN torso with two heads (as in the PPO
+    Atari recipe); vectors: separate tanh MLPs for actor and critic (CleanRL's classic-control PPO).
+    Discrete actions: Categorical over logits; continuous: a Gaussian with a state-independent log-std."""
+
+    def __init__(
+        self, obs_shape: list[int], hidden: list[int], n_actions: int | None = None, action_dim: int | None = None, **_
+    ):
+        super().__init__()
+        self.continuous = action_dim is not None
+        out = action_dim if self.continuous else n_actions
+        if is_image(obs_shape):
+            torso = NatureCNN(obs_shape[0])
+            self.actor_torso, self.critic_torso, width = torso, torso, torso.out_dim
+            critic_width = width
+        else:
+            in_dim = int(np.prod(obs_shape))
+            self.actor_torso, self.critic_torso = mlp(in_dim, hidden), mlp(in_dim, hidden)
+            width = critic_width = hidden[-1] if hidden else in_dim
+        self.actor_head = _init(nn.Linear(width, out), gain=0.01)  # near-uniform first policy
+        self.critic_head = _init(nn.Linear(critic_width, 1), gain=1.0)
+        if self.continuous:
+            self.log_std = nn.Parameter(torch.zeros(out))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Logits (discrete) or the Gaussian's mean (continuous): what export and greedy play need."""
+        return self.actor_head(self.actor_torso(obs))
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic_head(self.critic_torso(obs)).squeeze(-1)
+
+    def distribution(self, obs: torch.Tensor):
+        out = self(obs)
+        if self.continuous:
+            return Normal(out, self.log_std.exp().expand_as(out))
+        return Categorical(logits=out)
+
+    def log_prob(self, dist, actions: torch.Tensor) -> torch.Tensor:
+        lp = dist.log_prob(actions)
+        return lp.sum(-1) if self.continuous else lp
+
+    def entropy(self, dist) -> torch.Tensor:
+        e = dist.entropy()
+        return e.sum(-1) if self.continuous else e
+
+
+def obs_tensor(obs, device) -> torch.Tensor:
+    """Observations as the networks take them: stacked frames stay uint8, vectors become float32."""
+    x = np.asarray(obs)
+    return torch.as_tensor(x if x.dtype == np.uint8 else x.astype(np.float32, copy=False), device=device)
+
+
+def policy_actions(net: ActorCritic, spec: dict, device) -> callable:
+    """Greedy play: the most likely action, or the Gaussian's mean clipped to the action bounds."""
+    low = np.asarray(spec.get("low", []), np.float32)
+    high = np.asarray(spec.get("high", []), np.float32)
+
+    def act(obs):
+        with torch.no_grad():
+            out = net(obs_tensor(obs, device).unsqueeze(0))[0]
+        if net.continuous:
+            return np.clip(out.cpu().numpy(), low, high)
+        return int(out.argmax().item())
+
+    return act

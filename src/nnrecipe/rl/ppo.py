@@ -1,0 +1,222 @@
+"""PPO (Schulman et al. 2017) in the spirit of CleanRL's ppo.py / ppo_atari.py / ppo_continuous_action.py:
+one file, top to bottom.
+
+Rollouts of `num_steps` from `num_envs` vector environments; GAE(lambda) advantages, normalised per
+minibatch; the clipped surrogate objective, an optionally clipped value loss, an entropy bonus; `epochs`
+passes over shuffled minibatches; the learning rate annealed linearly to zero; gradient clipping; an
+optional early stop of the epochs when the approximate KL passes `target_kl`. Discrete actions sample a
+Categorical, continuous ones a Gaussian with a state-independent log-std (clipped to the bounds only when
+stepping the environment). A time limit is not a terminal state: the value of the last observation is
+added to the reward there, so truncated episodes are bootstrapped, not cut.
+
+Checkpoints are taken at rollout boundaries and hold everything the next rollout depends on (networks,
+optimiser, random states, each environment's episode, the reward scaler), so a resumed run is the
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnrecipe.engine.numerics import flush_denormals
+from nnrecipe.rl.best import BestNetwork, restore_rng, rng_state
+from nnrecipe.rl.envs import SeededEpisodes
+from nnrecipe.rl.networks import ActorCritic, action_spec, obs_tensor, observation_spec, policy_actions
+
+
+class ReturnScale:
+    """Rewards divided by the running std of the discounted return (SB3's VecNormalize norm_reward, the
+    NormalizeReward wrapper): keeps value targets near unit scale whatever the environment's reward units."""
+
+    def __init__(self, num_envs: int, gamma: float, state=None):
+        self.gamma, self.ret = gamma, np.zeros(num_envs)
+        self.count, self.mean, self.var = 1e-4, 0.0, 1.0
+        if state is not None:
+            self.ret = np.asarray(state["ret"], np.float64)
+            self.count, self.mean, self.var = state["count"], state["mean"], state["var"]
+
+    def __call__(self, rewards: np.ndarray, done: np.ndarray) -> np.ndarray:
+        self.ret = self.ret * self.gamma + rewards
+        batch_mean, batch_var, n = self.ret.mean(), self.ret.var(), len(self.ret)
+        delta, total = batch_mean - self.mean, self.count + n  # Chan et al.'s parallel update
+        self.mean += delta * n / total
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.count = total
+        self.ret[done] = 0.0
+        return rewards / np.sqrt(self.var + 1e-8)
+
+    def state(self) -> dict:
+        return {"ret": self.ret.copy(), "count": self.count, "mean": self.mean, "var": self.var}
+
+
+def gae(rewards, values, dones, last_value, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation; dones[t] marks that step t ended an episode."""
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(last_value)
+    for t in reversed(range(len(rewards))):
+        next_value = last_value if t == len(rewards) - 1 else values[t + 1]
+        alive = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_value * alive - values[t]
+        advantages[t] = last = delta + gamma * lam * alive * last
+    return advantages, advantages + values
+
+
+def ppo_update(net: ActorCritic, optimizer, batch: dict, cfg) -> dict:
+    """`epochs` passes over shuffled minibatches of the flattened rollout."""
+    n = len(batch["values"])
+    clip_fractions, stats = [], {}
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, device=batch["values"].device)
+        for start in range(0, n, cfg.minibatch_size):
+            mb = order[start : start + cfg.minibatch_size]
+            dist = net.distribution(batch["obs"][mb])
+            log_prob = net.log_prob(dist, batch["actions"][mb])
+            log_ratio = log_prob - batch["log_probs"][mb]
+            ratio = log_ratio.exp()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - log_ratio).mean()  # the low-variance estimator (Schulman's blog)
+                clip_fractions.append(((ratio - 1.0).abs() > cfg.clip).float().mean().item())
+            adv = batch["advantages"][mb]
+            if cfg.normalize_advantages and len(mb) > 1:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)).mean()
+            value = net.value(batch["obs"][mb])
+            v_loss = (value - batch["returns"][mb]) ** 2
+            if cfg.clip_value:
+                clipped = batch["values"][mb] + (value - batch["values"][mb]).clamp(-cfg.clip, cfg.clip)
+                v_loss = torch.max(v_loss, (clipped - batch["returns"][mb]) ** 2)
+            v_loss = 0.5 * v_loss.mean()
+            entropy = net.entropy(dist).mean()
+            loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+        if cfg.target_kl is not None and approx_kl > cfg.target_kl:
+            break
+    stats.update(
+        policy_loss=pg_loss.item(),
+        value_loss=v_loss.item(),
+        entropy=entropy.item(),
+        approx_kl=approx_kl.item(),
+        clip_fraction=float(np.mean(clip_fractions)),
+    )
+    return stats
+
+
+@flush_denormals()
+def train_ppo(
+    make_env: Callable,
+    cfg,
+    gamma: float,
+    seed: int,
+    device: torch.device,
+    evaluate: Callable,
+    on_log: Callable[[dict], None] | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
+) -> dict:
+    """Returns {"final", "best", "best_return", "best_step", "seconds"} like train_dqn."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)  # not drawn from today; kept so every algorithm saves the same state
+    envs = SeededEpisodes(make_env, cfg.num_envs, seed, cfg.vector, resume and resume["envs"])
+    spec = observation_spec(envs.single_observation_space) | action_spec(envs.single_action_space)
+    net = ActorCritic(hidden=cfg.hidden, **spec).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, eps=1e-5)
+    scale = ReturnScale(cfg.num_envs, gamma, resume and resume.get("scale")) if cfg.normalize_rewards else None
+    step, update, recent = 0, 0, []
+    if resume:
+        net.load_state_dict(resume["net"])
+        optimizer.load_state_dict(resume["optimizer"])
+        restore_rng(rng, resume["rng"])
+        step, update, recent = resume["step"], resume["update"], list(resume["recent"])
+    best = BestNetwork(net, evaluate, cfg.eval_every, step, resume)
+    low = np.asarray(spec.get("low", -np.inf), np.float32)
+    high = np.asarray(spec.get("high", np.inf), np.float32)
+    batch_steps = cfg.num_steps * cfg.num_envs
+    updates = -(-cfg.total_steps // batch_steps)
+    obs = envs.reset()
+
+    while update < updates:
+        # ALGO LOGIC: anneal the learning rate linearly to zero over the updates
+        if cfg.anneal_lr:
+            optimizer.param_groups[0]["lr"] = cfg.lr * (1.0 - update / updates)
+        rollout = {k: [] for k in ("obs", "actions", "log_probs", "values", "rewards", "dones")}
+        for _ in range(cfg.num_steps):
+            with torch.no_grad():
+                x = obs_tensor(obs, device)
+                dist = net.distribution(x)
+                action = dist.sample()
+                rollout["log_probs"].append(net.log_prob(dist, action))
+                rollout["values"].append(net.value(x))
+            rollout["obs"].append(x)
+            rollout["actions"].append(action)
+            act = action.cpu().numpy()
+            obs, rewards, terminated, truncated, final_obs, finished = envs.step(
+                np.clip(act, low, high) if net.continuous else act
+            )
+            done = terminated | truncated
+            recent += [ret for _, ret, _ in finished]
+            if scale is not None:
+                rewards = scale(rewards, done)
+            cut = truncated & ~terminated
+            if cut.any():  # a time limit: bootstrap from the value of where the episode was cut
+                with torch.no_grad():
+                    tail = net.value(obs_tensor(final_obs[cut], device)).cpu().numpy()
+                rewards = rewards.astype(np.float64)
+                rewards[cut] += gamma * tail
+            rollout["rewards"].append(torch.as_tensor(rewards, dtype=torch.float32, device=device))
+            rollout["dones"].append(torch.as_tensor(done, dtype=torch.float32, device=device))
+        step += batch_steps
+        update += 1
+
+        # ALGO LOGIC: advantages, then the clipped-objective epochs
+        with torch.no_grad():
+            last_value = net.value(obs_tensor(obs, device))
+        r = {k: torch.stack(v) for k, v in rollout.items()}
+        advantages, returns = gae(r["rewards"], r["values"], r["dones"], last_value, gamma, cfg.gae_lambda)
+        batch = {
+            "obs": r["obs"].flatten(0, 1),
+            "actions": r["actions"].flatten(0, 1),
+            "log_probs": r["log_probs"].flatten(),
+            "values": r["values"].flatten(),
+            "advantages": advantages.flatten(),
+            "returns": returns.flatten(),
+        }
+        stats = ppo_update(net, optimizer, batch, cfg)
+
+        # TRY NOT TO MODIFY: periodic greedy evaluation, logging, checkpoint
+        if best.due(step, cfg.total_steps) or update == updates:
+            eval_return = best.evaluate(step, net, policy_actions(net, spec, device))
+            if on_log is not None:
+                on_log(
+                    {
+                        "step": step,
+                        "eval_return": eval_return,
+                        "train_return": float(np.mean(recent)) if recent else None,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        **stats,
+                        "steps_per_s": best.steps_per_s(step),
+                    }
+                )
+            recent = []
+            if on_checkpoint is not None:
+                on_checkpoint(
+                    {
+                        "step": step,
+                        "update": update,
+                        "net": net.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "envs": envs.state(),
+                        "rng": rng_state(rng),
+                        "recent": recent,
+                        **({"scale": scale.state()} if scale is not None else {}),
+                        **best.state(),
+                    }
+                )
+    envs.close()
+    return best.result(net) | {"spec": spec}

@@ -1,0 +1,233 @@
+"""Deep RL: PPO and REINFORCE learn, exact resume of DQN/PPO/REINFORCE, Atari frames, highway-env, GIFs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnrecipe.engine.checkpoint import load_checkpoint
+from nnrecipe.engine.tracking import read_metrics
+from nnrecipe.errors import UserError
+from nnrecipe.recipe import load_recipe, validate_recipe
+from nnrecipe.rl import runner
+from nnrecipe.rl.envs import SeededEpisodes, make_env
+from nnrecipe.runs import create_run
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["track.progress=false", "track.tensorboard=false"]
+
+
+def recipe_from(name: str, tmp_path, overrides: list[str]):
+    return load_recipe(ROOT / "recipes" / name, [f"track.runs_dir={tmp_path}", *QUIET, *overrides])
+
+
+def train(recipe, **kw):
+    return runner.train(recipe, create_run(recipe, "rl"), **kw)
+
+
+def test_ppo_learns_cartpole(tmp_path):
+    """20k steps take CartPole far above the random policy's 22 (the full solve is the slow test below)."""
+    recipe = recipe_from(
+        "cartpole-ppo.yaml",
+        tmp_path,
+        ["ppo.total_steps=20000", "ppo.eval_every=10000", "eval.episodes=5", "eval.gif=false"],
+    )
+    assert train(recipe)["mean_return"] >= 150
+
+
+def test_reinforce_learns_cartpole(tmp_path):
+    recipe = recipe_from(
+        "cartpole-reinforce.yaml",
+        tmp_path,
+        ["reinforce.total_steps=20000", "reinforce.eval_every=10000", "eval.episodes=5", "eval.gif=false"],
+    )
+    assert train(recipe)["mean_return"] >= 100
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("name", ["cartpole-ppo.yaml", "cartpole-reinforce.yaml"])
+def test_policy_gradients_solve_cartpole(tmp_path, name):
+    """The bundled recipes as they ship: mean >= 475 over 20 greedy episodes, for the final network too."""
+    out = train(recipe_from(name, tmp_path, ["eval.episodes=20", "eval.gif=false"]))
+    assert out["mean_return"] >= 475 and out["final_network"]["mean_return"] >= 475
+
+
+def test_ppo_with_continuous_actions_improves_pendulum(tmp_path):
+    """A Gaussian policy: the random policy scores about -1,200 on Pendulum; 25k steps must reach -700."""
+    recipe = recipe_from(
+        "pendulum-ppo.yaml",
+        tmp_path,
+        ["ppo.total_steps=25000", "ppo.eval_every=12500", "eval.episodes=5", "eval.gif=false"],
+    )
+    out = train(recipe)
+    assert out["mean_return"] >= -700
+
+
+def _interrupt_after(monkeypatch, step: int):
+    """Make the run die (as from Ctrl-C) right after the checkpoint of `step` is written."""
+    real = runner.save_checkpoint
+
+    def save(path, tensors, state=None):
+        real(path, tensors, state)
+        if Path(path).name == "last.safetensors" and isinstance(state, dict) and state.get("step") == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "save_checkpoint", save)
+
+
+def _history(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+CASES = {
+    "dqn": (
+        "cartpole-dqn.yaml",
+        [
+            "dqn.total_steps=4000",
+            "dqn.eval_every=1000",
+            "dqn.learning_starts=300",
+            "dqn.gradient_steps=8",
+            "dqn.train_freq=64",
+            "dqn.eval_episodes=2",
+            "dqn.num_envs=2",
+        ],
+        2000,
+    ),
+    "ppo": (
+        "cartpole-ppo.yaml",
+        ["ppo.total_steps=3072", "ppo.eval_every=1024", "ppo.num_envs=2", "ppo.num_steps=256", "ppo.eval_episodes=2"],
+        1024,
+    ),
+    "reinforce": (
+        "cartpole-reinforce.yaml",
+        [
+            "reinforce.total_steps=3000",
+            "reinforce.eval_every=1000",
+            "reinforce.num_envs=2",
+            "reinforce.batch_episodes=3",
+            "reinforce.eval_episodes=2",
+        ],
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("algo", list(CASES))
+def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_run(tmp_path, monkeypatch, algo):
+    """Killed right after a checkpoint and resumed: the same evaluation returns, losses and final weights
+    as the run that was never stopped (replay buffer, random states and episodes in progress restored)."""
+    name, overrides, _ = CASES[algo]
+    overrides = [*overrides, "eval.episodes=2", "eval.gif=false", "track.plots=false"]
+    whole = recipe_from(name, tmp_path / "whole", overrides)
+    train(whole)
+    (whole_dir,) = (tmp_path / "whole").iterdir()
+    rows = _history(whole_dir)
+    stop = CASES[algo][2] or rows[1]["step"]
+    cut = recipe_from(name, tmp_path / "cut", overrides)
+    run = create_run(cut, "rl")
+    with monkeypatch.context() as m:
+        _interrupt_after(m, stop)
+        with pytest.raises(KeyboardInterrupt):
+            runner.train(cut, run)
+    assert [r["step"] for r in _history(run.dir)][-1] == stop
+    runner.train(cut, run, resume=True)
+    assert _history(run.dir) == rows
+    a, _ = load_checkpoint(whole_dir / "checkpoints/best.safetensors")
+    b, _ = load_checkpoint(run.dir / "checkpoints/best.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _, last_a = load_checkpoint(whole_dir / "checkpoints/last.safetensors")
+    _, last_b = load_checkpoint(run.dir / "checkpoints/last.safetensors")
+    net = "q" if algo == "dqn" else "net"
+    assert all(torch.equal(last_a[net][k], last_b[net][k]) for k in last_a[net])
+
+
+def test_seeded_episodes_rebuild_an_episode_in_progress():
+    recipe = validate_recipe({"task": "rl", "env": {"id": "CartPole-v1"}, "algo": "ppo"})
+    envs = SeededEpisodes(lambda: make_env(recipe), 2, seed=3)
+    obs = envs.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        obs, *_ = envs.step(rng.integers(0, 2, 2))
+    again = SeededEpisodes(lambda: make_env(recipe), 2, seed=3, state=envs.state())
+    np.testing.assert_array_equal(again.reset(), obs)
+    actions = rng.integers(0, 2, 2)
+    np.testing.assert_array_equal(again.step(actions)[0], envs.step(actions)[0])
+
+
+def test_dqn_refuses_continuous_actions_and_points_to_ppo(tmp_path):
+    recipe = recipe_from("pendulum-ppo.yaml", tmp_path, ["algo=dqn"])
+    with pytest.raises(UserError, match="algo dqn needs .*discrete actions.*use algo: ppo"):
+        train(recipe)
+
+
+def test_atari_frames_are_4x84x84_uint8_and_a_ppo_step_runs_on_pong(tmp_path):
+    recipe = recipe_from(
+        "pong-ppo.yaml",
+        tmp_path,
+        [
+            "ppo.total_steps=64",
+            "ppo.num_envs=2",
+            "ppo.num_steps=32",
+            "ppo.minibatch_size=32",
+            "ppo.eval_every=64",
+            "ppo.eval_episodes=1",
+            "env.max_steps=50",
+            "eval.episodes=1",
+            "eval.gif=false",
+            "ppo.vector=sync",
+        ],
+    )
+    obs, _ = make_env(recipe, training=True).reset(seed=0)
+    assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
+    out = train(recipe)
+    assert np.isfinite(out["mean_return"])
+    spec = json.loads((Path(out["run"]) / "run.json").read_text())["policy"]
+    assert spec["obs_shape"] == [4, 84, 84] and spec["n_actions"] == 6
+
+
+def test_highway_dqn_trains_a_few_hundred_steps_and_reports_driving(tmp_path):
+    recipe = recipe_from(
+        "highway-dqn.yaml",
+        tmp_path,
+        [
+            "dqn.total_steps=200",
+            "dqn.learning_starts=50",
+            "dqn.eval_every=200",
+            "dqn.eval_episodes=1",
+            "eval.episodes=2",
+            "eval.gif=false",
+        ],
+    )
+    out = train(recipe)
+    assert 0 <= out["collision_rate"] <= 1 and out["mean_speed"] > 0 and "lane_changes_per_episode" in out
+    assert "collision rate" in (Path(out["run"]) / "report.md").read_text()
+
+
+def test_the_report_embeds_a_gif_and_rl_play_writes_one(tmp_path):
+    from PIL import Image
+
+    recipe = recipe_from(
+        "cartpole-ppo.yaml",
+        tmp_path / "runs",
+        ["ppo.total_steps=512", "ppo.num_steps=128", "ppo.eval_every=512", "eval.episodes=1", "eval.gif_frames=30"],
+    )
+    out = train(recipe)
+    run = Path(out["run"])
+    with Image.open(run / "plots/episode.gif") as gif:
+        assert gif.n_frames > 5 and gif.width <= 320
+    assert "plots/episode.gif" in (run / "report.md").read_text()
+    res = subprocess.run(
+        [sys.executable, "-m", "nnrecipe.cli", "rl", "play", str(run), "--gif", str(tmp_path / "out.gif")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    with Image.open(tmp_path / "out.gif") as gif:
+        assert gif.n_frames > 5
