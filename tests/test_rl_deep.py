@@ -231,3 +231,23 @@ def test_the_report_embeds_a_gif_and_rl_play_writes_one(tmp_path):
     assert res.returncode == 0, res.stderr
     with Image.open(tmp_path / "out.gif") as gif:
         assert gif.n_frames > 5
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [{"obs_shape": [4], "n_actions": 3}, {"obs_shape": [3], "action_dim": 2, "low": [-2.0, -1.0], "high": [2.0, 1.0]}],
+)
+def test_the_numpy_copy_of_an_actor_acts_like_the_network(spec):
+    from nnrecipe.rl.networks import ActorCritic, obs_tensor, policy_actions
+
+    torch.manual_seed(0)
+    net = ActorCritic(hidden=[16, 16], **spec)
+    for p in net.parameters():
+        torch.nn.init.normal_(p)
+    act = policy_actions(net, spec, "cpu")
+    for x in np.random.default_rng(0).normal(size=(20, *spec["obs_shape"])).astype(np.float32):
+        out = net(obs_tensor(x, "cpu")[None])[0].detach().numpy()
+        if "n_actions" in spec:
+            assert act(x) == out.argmax()
+        else:
+            np.testing.assert_allclose(act(x), np.clip(out, spec["low"], spec["high"]), rtol=1e-5, atol=1e-5)

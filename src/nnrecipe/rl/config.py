@@ -89,7 +89,10 @@ class DQN(DeepRL):
     """Deep Q-network for discrete actions, vector or Atari-frame observations (CleanRL-style)."""
 
     total_steps: int = Field(50_000, gt=0, description="Environment steps (summed over vectorised envs).")
-    lr: float = Field(2.3e-3, gt=0, description="Adam learning rate.")
+    lr: float = Field(2.3e-3, gt=0, description="Adam learning rate (at the start, when lr_end is set).")
+    lr_end: float | None = Field(
+        None, ge=0, description="Anneal the learning rate linearly to this by the last step; null = constant."
+    )
     buffer_size: int = Field(100_000, gt=0, description="Replay buffer capacity (transitions).")
     buffer_checkpoint_mb: float = Field(
         2048,
@@ -151,6 +154,7 @@ class PPO(PolicyGradient):
     minibatch_size: int = Field(128, gt=0, description="Transitions per gradient step.")
     epochs: int = Field(4, gt=0, description="Passes over each rollout.")
     clip: float = Field(0.2, gt=0, description="Clip range of the probability ratio (and of the value, when clipped).")
+    anneal_clip: bool = Field(False, description="Anneal the clip range linearly to 0 too (RL Zoo's lin_0.2).")
     clip_value: bool = Field(True, description="Clip the value loss as in the PPO paper's code.")
     normalize_rewards: bool = Field(
         False, description="Divide rewards by the running std of the discounted return (for large reward scales)."

@@ -216,6 +216,8 @@ def train_dqn(
         # ALGO LOGIC: training phase
         warm = buffer.size >= max(cfg.learning_starts, cfg.batch_size)  # also after a resume's empty buffer
         if warm and (step // cfg.num_envs) % max(1, cfg.train_freq // cfg.num_envs) == 0:
+            if cfg.lr_end is not None:
+                optimizer.param_groups[0]["lr"] = cfg.lr + (cfg.lr_end - cfg.lr) * step / cfg.total_steps
             # The target net only changes between environment steps, so it is constant for the whole
             # phase: draw every batch of the phase at once and value all next states in one pass.
             obs_all, act_all, rew_all, next_all, term_all = buffer.sample((cfg.gradient_steps, cfg.batch_size), device)

@@ -219,14 +219,14 @@ class SeededEpisodes:
         self.seed, self.n = seed, num_envs
         self.episodes = np.zeros(num_envs, np.int64)
         self.returns, self.lengths = np.zeros(num_envs), np.zeros(num_envs, np.int64)
-        self.actions: list[list] = [[] for _ in range(num_envs)]
         fns = [make] * num_envs
+        self._history: list[np.ndarray] = []  # the actions of every step since the oldest running episode began
         if state is not None:
             self.episodes = np.asarray(state["episodes"], np.int64)
             self.returns = np.asarray(state["returns"], np.float64)
             self.lengths = np.asarray(state["lengths"], np.int64)
-            self.actions = [list(np.asarray(a)) for a in state["actions"]]
             fns = [self._replay_fn(make, i, np.asarray(state["actions"][i])) for i in range(num_envs)]
+            self._history = self._padded(state["actions"])
         cls = gym.vector.AsyncVectorEnv if vector == "async" else gym.vector.SyncVectorEnv
         self.envs = cls(fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
         self.single_observation_space = self.envs.single_observation_space
@@ -236,6 +236,19 @@ class SeededEpisodes:
         seed = episode_seed(self.seed, i, int(self.episodes[i]))
         return lambda: _Replayed(make(), seed, actions)
 
+    def _padded(self, actions: list) -> list[np.ndarray]:
+        """Per-env action lists of different lengths back into per-step rows, right-aligned (the cells
+        before an episode began are never read)."""
+        filled = [np.asarray(a) for a in actions if len(a)]
+        if not filled:
+            return []
+        longest = max(len(a) for a in filled)
+        rows = np.zeros((longest, self.n, *filled[0].shape[1:]), filled[0].dtype)
+        for i, a in enumerate(actions):
+            if len(a):
+                rows[longest - len(a) :, i] = np.asarray(a)
+        return list(rows)
+
     def reset(self) -> np.ndarray:
         obs, _ = self.envs.reset(seed=[episode_seed(self.seed, i, int(k)) for i, k in enumerate(self.episodes)])
         return obs
@@ -244,8 +257,10 @@ class SeededEpisodes:
         next_obs, rewards, terminated, truncated, _ = self.envs.step(actions)
         self.returns += rewards
         self.lengths += 1
-        for i in range(self.n):
-            self.actions[i].append(np.asarray(actions[i]))
+        self._history.append(np.array(actions))
+        longest = int(self.lengths.max())
+        if len(self._history) > 2 * longest + 64:  # forget the steps no running episode needs
+            del self._history[: len(self._history) - longest]
         done = terminated | truncated
         finished, obs = [], next_obs
         if done.any():
@@ -253,7 +268,7 @@ class SeededEpisodes:
             for i in np.flatnonzero(done):
                 finished.append((int(i), float(self.returns[i]), int(self.lengths[i])))
                 self.episodes[i] += 1
-                self.returns[i], self.lengths[i], self.actions[i] = 0.0, 0, []
+                self.returns[i], self.lengths[i] = 0.0, 0
             seeds = [episode_seed(self.seed, i, int(k)) for i, k in enumerate(self.episodes)]
             fresh, _ = self.envs.reset(seed=seeds, options={"reset_mask": done})
             obs[done] = fresh[done]
@@ -261,13 +276,17 @@ class SeededEpisodes:
 
     def state(self) -> dict:
         """Where every sub-environment stands; arrays, so a checkpoint stores them as tensors."""
-        shape = self.single_action_space.shape
-        dtype = self.single_action_space.dtype
+        shape, dtype = self.single_action_space.shape, self.single_action_space.dtype
+        actions = []
+        for i in range(self.n):
+            n = int(self.lengths[i])
+            steps = self._history[len(self._history) - n :] if n else []
+            actions.append(np.asarray([a[i] for a in steps], dtype).reshape(-1, *shape))
         return {
             "episodes": self.episodes.copy(),
             "returns": self.returns.copy(),
             "lengths": self.lengths.copy(),
-            "actions": [np.asarray(a, dtype).reshape(-1, *shape) for a in self.actions],
+            "actions": actions,
         }
 
     def close(self) -> None:

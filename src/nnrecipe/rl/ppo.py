@@ -65,10 +65,10 @@ def gae(rewards, values, dones, last_value, gamma: float, lam: float) -> tuple[t
     return advantages, advantages + values
 
 
-def ppo_update(net: ActorCritic, optimizer, batch: dict, cfg) -> dict:
+def ppo_update(net: ActorCritic, optimizer, batch: dict, cfg, clip: float) -> dict:
     """`epochs` passes over shuffled minibatches of the flattened rollout."""
     n = len(batch["values"])
-    clip_fractions, stats = [], {}
+    clip_fractions, stats, params = [], {}, list(net.parameters())
     for _ in range(cfg.epochs):
         order = torch.randperm(n, device=batch["values"].device)
         for start in range(0, n, cfg.minibatch_size):
@@ -79,22 +79,22 @@ def ppo_update(net: ActorCritic, optimizer, batch: dict, cfg) -> dict:
             ratio = log_ratio.exp()
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - log_ratio).mean()  # the low-variance estimator (Schulman's blog)
-                clip_fractions.append(((ratio - 1.0).abs() > cfg.clip).float().mean().item())
+                clip_fractions.append(((ratio - 1.0).abs() > clip).float().mean())
             adv = batch["advantages"][mb]
             if cfg.normalize_advantages and len(mb) > 1:
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)).mean()
+            pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
             value = net.value(batch["obs"][mb])
             v_loss = (value - batch["returns"][mb]) ** 2
             if cfg.clip_value:
-                clipped = batch["values"][mb] + (value - batch["values"][mb]).clamp(-cfg.clip, cfg.clip)
+                clipped = batch["values"][mb] + (value - batch["values"][mb]).clamp(-clip, clip)
                 v_loss = torch.max(v_loss, (clipped - batch["returns"][mb]) ** 2)
             v_loss = 0.5 * v_loss.mean()
             entropy = net.entropy(dist).mean()
             loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
+            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
             optimizer.step()
         if cfg.target_kl is not None and approx_kl > cfg.target_kl:
             break
@@ -103,7 +103,7 @@ def ppo_update(net: ActorCritic, optimizer, batch: dict, cfg) -> dict:
         value_loss=v_loss.item(),
         entropy=entropy.item(),
         approx_kl=approx_kl.item(),
-        clip_fraction=float(np.mean(clip_fractions)),
+        clip_fraction=torch.stack(clip_fractions).mean().item(),
     )
     return stats
 
@@ -126,7 +126,8 @@ def train_ppo(
     envs = SeededEpisodes(make_env, cfg.num_envs, seed, cfg.vector, resume and resume["envs"])
     spec = observation_spec(envs.single_observation_space) | action_spec(envs.single_action_space)
     net = ActorCritic(hidden=cfg.hidden, **spec).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, eps=1e-5)
+    # fused: one kernel for the whole Adam update instead of a Python loop over parameters
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
     scale = ReturnScale(cfg.num_envs, gamma, resume and resume.get("scale")) if cfg.normalize_rewards else None
     step, update, recent = 0, 0, []
     if resume:
@@ -143,8 +144,9 @@ def train_ppo(
 
     while update < updates:
         # ALGO LOGIC: anneal the learning rate linearly to zero over the updates
+        left = 1.0 - update / updates
         if cfg.anneal_lr:
-            optimizer.param_groups[0]["lr"] = cfg.lr * (1.0 - update / updates)
+            optimizer.param_groups[0]["lr"] = cfg.lr * left
         rollout = {k: [] for k in ("obs", "actions", "log_probs", "values", "rewards", "dones")}
         for _ in range(cfg.num_steps):
             with torch.no_grad():
@@ -187,7 +189,7 @@ def train_ppo(
             "advantages": advantages.flatten(),
             "returns": returns.flatten(),
         }
-        stats = ppo_update(net, optimizer, batch, cfg)
+        stats = ppo_update(net, optimizer, batch, cfg, cfg.clip * (left if cfg.anneal_clip else 1.0))
 
         # TRY NOT TO MODIFY: periodic greedy evaluation, logging, checkpoint
         if best.due(step, cfg.total_steps) or update == updates:

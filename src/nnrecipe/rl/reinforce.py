@@ -58,7 +58,7 @@ def reinforce_update(net: ActorCritic, optimizer, episodes: list[dict], cfg, gam
     loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
+    nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm, foreach=True)
     optimizer.step()
     return {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy.item()}
 
@@ -95,7 +95,7 @@ def train_reinforce(
     obs_space, action_space = envs.single_observation_space, envs.single_action_space
     spec = observation_spec(obs_space) | action_spec(action_space)
     net = ActorCritic(hidden=cfg.hidden, **spec).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True)
     shapes = (obs_space.shape, obs_space.dtype, action_space.shape, action_space.dtype)
     running = [_empty() for _ in range(cfg.num_envs)]
     step, updates, recent = 0, 0, []
