@@ -197,7 +197,10 @@ class _Replayed(gym.Wrapper):
         for a in actions:
             obs, _, term, trunc, info = env.step(a if a.ndim else a.item())
             if term or trunc:
-                raise RuntimeError("the replayed episode ended early: the environment is not deterministic")
+                raise UserError(
+                    f"resume: replaying the episode in progress ended it early, so {env.spec.id if env.spec else env} "
+                    "is not deterministic given its seed and actions; this run cannot be resumed exactly"
+                )
         self._pending = (obs, info)
 
     def reset(self, **kwargs):

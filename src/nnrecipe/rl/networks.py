@@ -102,7 +102,16 @@ class ActorCritic(nn.Module):
         return self.critic_head(self.critic_torso(obs)).squeeze(-1)
 
     def distribution(self, obs: torch.Tensor):
-        out = self(obs)
+        return self._distribution(self(obs))
+
+    def distribution_and_value(self, obs: torch.Tensor):
+        """Both heads, the shared image torso run once (twice would double PPO's convolution work)."""
+        if self.actor_torso is self.critic_torso:
+            features = self.actor_torso(obs)
+            return self._distribution(self.actor_head(features)), self.critic_head(features).squeeze(-1)
+        return self.distribution(obs), self.value(obs)
+
+    def _distribution(self, out: torch.Tensor):
         # validate_args off: the argument checks cost more than the sampling for a batch of 8 observations
         if self.continuous:
             return Normal(out, self.log_std.exp().expand_as(out), validate_args=False)

@@ -73,7 +73,7 @@ def ppo_update(net: ActorCritic, optimizer, batch: dict, cfg, clip: float) -> di
         order = torch.randperm(n, device=batch["values"].device)
         for start in range(0, n, cfg.minibatch_size):
             mb = order[start : start + cfg.minibatch_size]
-            dist = net.distribution(batch["obs"][mb])
+            dist, value = net.distribution_and_value(batch["obs"][mb])
             log_prob = net.log_prob(dist, batch["actions"][mb])
             log_ratio = log_prob - batch["log_probs"][mb]
             ratio = log_ratio.exp()
@@ -84,7 +84,6 @@ def ppo_update(net: ActorCritic, optimizer, batch: dict, cfg, clip: float) -> di
             if cfg.normalize_advantages and len(mb) > 1:
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
             pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
-            value = net.value(batch["obs"][mb])
             v_loss = (value - batch["returns"][mb]) ** 2
             if cfg.clip_value:
                 clipped = batch["values"][mb] + (value - batch["values"][mb]).clamp(-clip, clip)
@@ -151,10 +150,10 @@ def train_ppo(
         for _ in range(cfg.num_steps):
             with torch.no_grad():
                 x = obs_tensor(obs, device)
-                dist = net.distribution(x)
+                dist, value = net.distribution_and_value(x)
                 action = dist.sample()
                 rollout["log_probs"].append(net.log_prob(dist, action))
-                rollout["values"].append(net.value(x))
+                rollout["values"].append(value)
             rollout["obs"].append(x)
             rollout["actions"].append(action)
             act = action.cpu().numpy()

@@ -44,11 +44,10 @@ def reinforce_update(net: ActorCritic, optimizer, episodes: list[dict], cfg, gam
     returns = torch.as_tensor(
         np.concatenate([reward_to_go(e["rewards"], gamma, tail) for e, tail in zip(episodes, tails)]), device=device
     )
-    dist = net.distribution(obs)
+    dist, value = net.distribution_and_value(obs)
     log_prob = net.log_prob(dist, actions)
     advantages, v_loss = returns, torch.zeros((), device=device)
     if cfg.baseline:
-        value = net.value(obs)
         advantages = returns - value.detach()
         v_loss = 0.5 * ((value - returns) ** 2).mean()
     if cfg.normalize_advantages and len(advantages) > 1:
