@@ -8,23 +8,18 @@ same evaluation episodes (highway-fast-v0): collision rate, mean speed, lane cha
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 from nnrecipe.recipe import load_recipe
 from nnrecipe.rl import runner
 from nnrecipe.rl.envs import evaluate_policy, make_env
 from nnrecipe.runs import create_run
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
 
 
 def row(name: str, s: dict) -> str:

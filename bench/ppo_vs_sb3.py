@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 from nnrecipe.recipe import load_recipe
 from nnrecipe.rl.envs import evaluate_policy, make_env
 from nnrecipe.rl.networks import policy_actions
@@ -98,11 +98,6 @@ def sb3_run(recipe, seed: int) -> dict | None:
     seconds = time.perf_counter() - start
     final = evaluate_policy(eval_env, policy, 20, FINAL_SEED, recipe.env.id)["mean_return"]
     return {"seconds": seconds, "final": final, "best": best["return"]}
-
-
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
 
 
 def main():
