@@ -190,6 +190,8 @@ def test_text_recipes_name_the_missing_data_file(recipe, path, tmp_path):
         "train", ROOT / "recipes" / f"{recipe}.yaml", "--set", f"track.runs_dir={tmp_path / 'runs'}", cwd=tmp_path
     )
     assert res.returncode == 1 and f"data file not found: {path}" in res.stderr and "Traceback" not in res.stderr
+    # A failed start leaves no empty run directory for `runs` or a newest-run look-up to trip over.
+    assert not any((tmp_path / "runs").glob("*")), list((tmp_path / "runs").glob("*"))
 
 
 def test_ner_predict_and_merge_from_the_command_line(trained_ner_run, tmp_path):

@@ -217,7 +217,7 @@ def _png(path: str, size: tuple[int, int] | None = None) -> bytes:
         return buf.getvalue()
 
 
-def test_serving_detection_returns_boxes_and_enforces_limits(trained, monkeypatch):
+def test_serving_detection_returns_boxes_and_enforces_limits(trained):
     import base64
 
     from fastapi.testclient import TestClient
@@ -228,7 +228,9 @@ def test_serving_detection_returns_boxes_and_enforces_limits(trained, monkeypatc
     item = detection.detection_splits(recipe).val[0]
     auth = {"Authorization": "Bearer k3y"}
     with TestClient(
-        create_app(ServeConfig(run_dir=run.dir, api_keys=["k3y"], max_batch=4, precision="fp32"))
+        create_app(
+            ServeConfig(run_dir=run.dir, api_keys=["k3y"], max_batch=4, precision="fp32", max_image_pixels=160 * 160)
+        )
     ) as client:
         assert (
             client.post("/v1/predict", json={"inputs": [base64.b64encode(_png(item.path)).decode()]}).status_code == 401
@@ -242,14 +244,13 @@ def test_serving_detection_returns_boxes_and_enforces_limits(trained, monkeypatc
         assert up.status_code == 200 and len(up.json()["predictions"]) == 2
         bad = client.post("/v1/predict", headers=auth, json={"inputs": [base64.b64encode(b"not an image").decode()]})
         assert bad.status_code == 422 and "inputs[0]" in bad.json()["detail"]
-        monkeypatch.setattr(detection.DetectionPredictor, "max_pixels", 100 * 100)
         big = client.post(
             "/v1/predict", headers=auth, json={"inputs": [base64.b64encode(_png(item.path, (200, 200))).decode()]}
         )
-        assert big.status_code == 422 and "the limit is 10000 pixels" in big.json()["detail"]
+        assert big.status_code == 422 and "the limit is 25600 pixels" in big.json()["detail"]
         card = client.get("/v1/model", headers=auth).json()
         assert card["task"] == "detection" and card["labels"] == CLASSES and card["metrics"]["val"]["map"] > 0.5
-        schema = client.get("/openapi.json").json()
+        schema = client.get("/openapi.json", headers=auth).json()
         assert "ImageDetections" in json.dumps(schema["components"]["schemas"])
 
 

@@ -122,8 +122,105 @@ def test_concurrent_requests_are_batched_and_all_answered(client):
 def test_model_card_and_openapi(client):
     card = client.get("/v1/model", headers=AUTH).json()
     assert card["labels"] == [str(i) for i in range(10)] and card["backend"] == "pytorch (fp32)"
-    schema = client.get("/openapi.json").json()
+    schema = client.get("/openapi.json", headers=AUTH).json()
     assert {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
+
+
+def test_docs_and_schema_need_the_key_unless_public(run, client):
+    assert client.get("/openapi.json").status_code == 401 and client.get("/docs").status_code == 401
+    assert client.get("/docs", headers=AUTH).status_code == 200
+    with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], public_docs=True))) as c:
+        assert c.get("/openapi.json").status_code == 200 and c.get("/docs").status_code == 200
+        assert c.post("/v1/predict", json={"inputs": [b64(digit_png(0))]}).status_code == 401
+
+
+def png_of_size(width: int, height: int) -> bytes:
+    """A few bytes that declare a width x height greyscale PNG (as a decompression bomb's header does)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_images_over_the_pixel_limit_are_refused_from_the_header(run, client):
+    """Attacks on the default limits: a 15,000^2 PNG trips PIL's decompression-bomb guard and once answered
+    500; a 12,000^2 one was decoded in full. Both are 422 naming the input and the limit."""
+    import PIL.Image
+
+    for side in (12_000, 15_000):
+        res = client.post(
+            "/v1/predict", headers=AUTH, json={"inputs": [b64(digit_png(0)), b64(png_of_size(side, side))]}
+        )
+        assert res.status_code == 422, res.text
+        assert "inputs[1]" in res.json()["detail"] and "the limit is 10000000 pixels" in res.json()["detail"]
+    with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], max_image_pixels=64))) as c:
+        assert c.post("/v1/predict", headers=AUTH, json={"inputs": [b64(digit_png(0))]}).status_code == 200
+        res = c.post("/v1/predict", headers=AUTH, files=[("files", ("a.png", png_of_size(9, 8), "image/png"))])
+        assert res.status_code == 422 and "9x8 pixels; the limit is 64 pixels" in res.json()["detail"]
+    assert PIL.Image.MAX_IMAGE_PIXELS is not None  # PIL's own guard stays on
+
+
+def test_a_decoder_crash_of_any_kind_is_422(client, monkeypatch):
+    import struct
+
+    import PIL.Image
+
+    def broken(*args, **kwargs):
+        raise struct.error("unpack requires a buffer of 4 bytes")  # as a truncated TIFF header does
+
+    monkeypatch.setattr(PIL.Image, "open", broken)
+    res = client.post("/v1/predict", headers=AUTH, json={"inputs": [b64(digit_png(0))]})
+    assert res.status_code == 422 and "inputs[0]: not a decodable image (error)" in res.json()["detail"]
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_a_late_answer_504(run, monkeypatch):
+    import time
+
+    from nnrecipe.tasks.image_classification import ImagePredictor
+
+    calls = []
+    real = ImagePredictor.predict
+
+    def slow(self, items):
+        calls.append(len(items))
+        time.sleep(0.5)
+        return real(self, items)
+
+    monkeypatch.setattr(ImagePredictor, "predict", slow)
+    one = {"inputs": [b64(digit_png(0))]}
+    with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], max_queue=2, batch_max=1))) as c:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: c.post("/v1/predict", headers=AUTH, json=one), range(6)))
+        codes = sorted(r.status_code for r in answers)
+        assert codes.count(200) >= 2 and 503 in codes and set(codes) <= {200, 503}, codes
+        busy = next(r for r in answers if r.status_code == 503)
+        assert busy.headers["retry-after"] == "1" and "queue holds 2" in busy.json()["detail"]
+        assert c.post("/v1/predict", headers=AUTH, json=one).status_code == 200  # the queue drains
+    calls.clear()
+    with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], deadline_s=0.2, batch_max=1))) as c:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: c.post("/v1/predict", headers=AUTH, json=one), range(4)))
+        late = [r for r in answers if r.status_code == 504]
+        assert late and "0.2 s deadline" in late[0].json()["detail"], [r.status_code for r in answers]
+        time.sleep(1.5)
+    assert len(calls) < 4, calls  # work whose request gave up waiting was dropped, not computed
+
+
+def test_rate_limit_per_key_answers_429_with_retry_after(run):
+    one = {"inputs": [b64(digit_png(0))]}
+    cfg = ServeConfig(run_dir=run.dir, api_keys=[KEY, "other"], rate_limit=0.5, rate_burst=2)
+    with TestClient(create_app(cfg)) as c:
+        codes = [c.post("/v1/predict", headers=AUTH, json=one).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        res = c.post("/v1/predict", headers=AUTH, json=one)
+        assert res.status_code == 429 and int(res.headers["retry-after"]) >= 1 and "0.5 requests/s" in res.text
+        other = {"Authorization": "Bearer other"}
+        assert c.post("/v1/predict", headers=other, json=one).status_code == 200  # each key has its own bucket
+        assert c.get("/healthz").status_code == 200
 
 
 def test_onnx_backend_gives_the_same_predictions(run, client):

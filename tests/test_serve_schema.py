@@ -13,7 +13,7 @@ KEY = "schema-key"
 
 def test_no_request_the_schema_allows_causes_a_server_error(trained_digits_run):
     app = create_app(ServeConfig(run_dir=trained_digits_run.dir, api_keys=[KEY], max_batch=8))
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers={"Authorization": f"Bearer {KEY}"})
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics"}
     for operation in operations:

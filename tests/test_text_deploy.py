@@ -79,7 +79,7 @@ def test_serving_ner_returns_entities_with_offsets_from_pytorch_and_onnx(trained
             r = c.post("/v1/predict", json={"inputs": [text]}, headers=AUTH)
             assert r.status_code == 200, r.text
             results.append(r.json()["predictions"][0]["entities"])
-            schema = c.get("/openapi.json").json()
+            schema = c.get("/openapi.json", headers=AUTH).json()
             assert "TaggedText" in json.dumps(schema["components"])
     assert results[0] == results[1]
     assert [(e["text"], e["type"]) for e in results[0]] == [("Maria Schmidt", "PER"), ("Osaka", "LOC")]

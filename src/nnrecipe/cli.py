@@ -59,7 +59,7 @@ def train_recipe(
 ) -> None:
     """`train` and `rl train`: one run, one per seed, or one per continual-learning stage."""
     from nnrecipe.recipe import load_recipe
-    from nnrecipe.runs import create_run
+    from nnrecipe.runs import train_new_run
     from nnrecipe.tasks.family import get_family
 
     if ensemble and seeds is None:
@@ -88,9 +88,7 @@ def train_recipe(
         if result["status"] == "interrupted":
             raise typer.Exit(130)
         return
-    run = create_run(r, Path(recipe).stem)
-    err.print(f"run directory: {run.dir}")
-    result = get_family(r.task).train(r, run)
+    _, result = train_new_run(family, r, Path(recipe).stem)
     if result["status"] == "interrupted":
         raise typer.Exit(130)
 
@@ -342,6 +340,16 @@ def serve(
     precision: str = typer.Option(
         "auto", help="Eager PyTorch numerics: auto (fp32; measured faster under load than bf16 autocast), fp32, bf16."
     ),
+    max_image_pixels: int = typer.Option(
+        10_000_000, min=1, help="Image runs: most pixels (width x height, read from the header) per image (422 above)."
+    ),
+    max_queue: int = typer.Option(
+        256, min=1, help="Most inputs being decoded, waiting or in the model at once (503 with Retry-After above)."
+    ),
+    deadline_s: float = typer.Option(30.0, min=0.001, help="Seconds a request may take (504 after)."),
+    rate_limit: float = typer.Option(0.0, min=0, help="Requests per second per API key (429 above); 0 = no limit."),
+    rate_burst: int = typer.Option(0, min=0, help="Requests a key may send at once above the rate (0 = 2 x rate)."),
+    public_docs: bool = typer.Option(False, "--public-docs", help="Serve /docs and /openapi.json without a key."),
 ) -> None:
     """Serve a run over HTTP: /v1/predict (and /v1/generate for language models), /v1/model, /healthz, /readyz, /metrics."""
     import dataclasses
@@ -365,6 +373,12 @@ def serve(
         max_text_chars=max_text_chars,
         max_new_tokens=max_new_tokens,
         precision=precision,
+        max_image_pixels=max_image_pixels,
+        max_queue=max_queue,
+        deadline_s=deadline_s,
+        rate_limit=rate_limit,
+        rate_burst=rate_burst,
+        public_docs=public_docs,
     )
     app_ = create_app(cfg)  # fails here, with one line, on a bad run, key or model
     if workers == 1:

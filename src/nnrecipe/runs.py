@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,13 +104,20 @@ def _create_run_dir(recipe: Any, recipe_name: str) -> Run:
     return run
 
 
-def train_new_run(family: Any, recipe: Any, recipe_name: str, label: str) -> tuple[Run, dict[str, Any]]:
-    """One more run of a series (a seed, a stage): create it, say where, train it."""
+def train_new_run(family: Any, recipe: Any, recipe_name: str, label: str = "") -> tuple[Run, dict[str, Any]]:
+    """A new run (or one more of a series: a seed, a stage): create it, say where, train it. A run that fails
+    before its training starts (a missing data file, a bad field found late) leaves no directory behind, so
+    that `runs`, `predict` and newest-run look-ups never trip over an empty one."""
     from nnrecipe.engine.loop import console
 
     run = create_run(recipe, recipe_name)
-    console.print(f"{label}: run directory {run.dir}")
-    return run, family.train(recipe, run)
+    console.print(f"{label + ': ' if label else ''}run directory {run.dir}")
+    try:
+        return run, family.train(recipe, run)
+    except BaseException:
+        if is_main_process() and run.meta().get("status") == "created":
+            shutil.rmtree(run.dir, ignore_errors=True)
+        raise
 
 
 def open_run(path: str | Path) -> Run:

@@ -2,8 +2,13 @@
 
 Endpoints: POST /v1/predict (JSON: base64 images or texts; or multipart files), POST /v1/generate (language
 models: a prompt and sampling options), GET /v1/model (the card), GET /healthz,
-GET /readyz (open), GET /metrics (Prometheus). Everything but the health endpoints needs
-`Authorization: Bearer <key>`: 401 without a key, 403 with a wrong one.
+GET /readyz (open), GET /metrics (Prometheus), GET /docs and /openapi.json. Everything but the health
+endpoints needs `Authorization: Bearer <key>`: 401 without a key, 403 with a wrong one (the docs are open
+with --public-docs).
+
+Under hostile load the server answers instead of falling over: images are refused from their header above a
+pixel limit (422), the model's work queue is bounded (503 with Retry-After when full), every request has a
+deadline (504), and each key can be held to a request rate (429 with Retry-After).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
@@ -29,7 +35,7 @@ from nnrecipe.errors import UserError
 from nnrecipe.runs import Run, open_run
 from nnrecipe.tasks.family import family_of
 from nnrecipe.tasks.outputs import Generated
-from nnrecipe.tasks.serving import InputError, Predictor, serving_precision
+from nnrecipe.tasks.serving import MAX_PIXELS, InputError, Predictor, serving_precision
 
 log = logging.getLogger("nnrecipe.serve")
 
@@ -47,6 +53,12 @@ class ServeConfig:
     max_text_chars: int = 10_000  # text, NER and language-model runs: longest text (or prompt) accepted
     max_new_tokens: int = 512  # language-model runs: most tokens one /v1/generate request may ask for
     precision: str = "auto"  # eager PyTorch: auto (= fp32, measured faster under load), fp32 or bf16
+    max_image_pixels: int = MAX_PIXELS  # image runs: width x height read from the header, refused above (422)
+    max_queue: int = 256  # inputs admitted at once (decoding, waiting or in the model); 503 above
+    deadline_s: float = 30.0  # a request not answered by then gets 504 (its queued work is dropped)
+    rate_limit: float = 0.0  # requests per second per API key (per client address without auth); 0 = none
+    rate_burst: int = 0  # requests a key may send at once above the rate (0 = twice the rate, at least 1)
+    public_docs: bool = False  # /docs and /openapi.json without a key
 
 
 class GenerateRequest(BaseModel):
@@ -73,6 +85,56 @@ def read_api_keys(key_file: Path | None) -> list[str]:
             raise UserError(f"--api-key-file: file not found: {key_file}")
         keys += [line.strip() for line in Path(key_file).read_text().splitlines() if line.strip()]
     return keys
+
+
+class Admission:
+    """Counts the inputs admitted to the model's work (being decoded, waiting or in a model call) and refuses a
+    request that would take the count over `limit` (503 with Retry-After), so a flood costs the server bounded
+    memory and time. Work a request started is counted until it ends, even when the request gave up on it (a
+    thread cannot be stopped). Only the event loop touches the count: no lock."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+
+    def take(self, n: int) -> None:
+        if self.used + n > self.limit:
+            raise HTTPException(
+                503,
+                f"server busy: {self.used} inputs in flight and the queue holds {self.limit}; retry",
+                headers={"Retry-After": "1"},
+            )
+        self.used += n
+
+    def give_when_done(self, n: int, job: asyncio.Future) -> None:
+        def give(done: asyncio.Future) -> None:
+            if not done.cancelled():
+                done.exception()  # retrieved: an abandoned job's error is not logged as unhandled
+            self.used -= n
+
+        job.add_done_callback(give)
+
+
+class RateLimiter:
+    """A token bucket per client (API key, or address without auth): `rate` requests per second on average,
+    up to `burst` at once. Returns the seconds to wait when a request is over the limit, else 0."""
+
+    MAX_CLIENTS = 10_000  # without auth the clients are addresses: the table is bounded
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst or max(1, int(2 * rate))
+        self.buckets: dict[str, tuple[float, float]] = {}
+
+    def wait(self, client: str) -> float:
+        now = time.monotonic()
+        tokens, last = self.buckets.pop(client, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if len(self.buckets) >= self.MAX_CLIENTS:
+            self.buckets.pop(next(iter(self.buckets)))  # the least recently seen
+        if tokens >= 1:
+            self.buckets[client] = (tokens - 1, now)
+            return 0.0
+        self.buckets[client] = (tokens, now)
+        return (1 - tokens) / self.rate
 
 
 class MicroBatcher:
@@ -106,6 +168,9 @@ class MicroBatcher:
                     break
                 jobs.append(job)
                 size += len(job[0])
+            jobs = [job for job in jobs if not job[1].done()]  # requests past their deadline are dropped
+            if not jobs:
+                continue
             items = [x for batch, _ in jobs for x in batch]
             self.batch_hist.observe(len(items))
             try:
@@ -136,6 +201,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     run = open_run(cfg.run_dir)
     family = family_of(run)
     predictor = load_predictor(run, cfg.onnx, cfg.precision)
+    predictor.max_pixels = cfg.max_image_pixels
+    admission = Admission(cfg.max_queue)
+    limiter = RateLimiter(cfg.rate_limit, cfg.rate_burst) if cfg.rate_limit > 0 else None
     registry = CollectorRegistry()
     requests = Counter("nnrecipe_requests_total", "HTTP requests", ["route", "status"], registry=registry)
     latency = Histogram("nnrecipe_request_seconds", "Request latency", ["route"], registry=registry)
@@ -154,7 +222,10 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         yield
         batcher.task.cancel()  # uvicorn drains in-flight requests on SIGTERM before this runs
 
-    app = FastAPI(title="nnrecipe model server", version="1", description=f"Serving {cfg.run_dir}", lifespan=lifespan)
+    docs = {} if cfg.public_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(
+        title="nnrecipe model server", version="1", description=f"Serving {cfg.run_dir}", lifespan=lifespan, **docs
+    )
 
     @app.middleware("http")
     async def limits_logs_metrics(request: Request, call_next):
@@ -199,6 +270,30 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         if not any([hmac.compare_digest(key.encode(), k.encode()) for k in cfg.api_keys]):
             raise HTTPException(403, "invalid API key")
 
+    def authorize_and_limit(request: Request) -> None:
+        """The model's endpoints: a valid key, then the key's request rate (429 above it)."""
+        authorize(request)
+        if limiter is not None:
+            client = request.headers.get("authorization", "") if not cfg.insecure_no_auth else ""
+            client = client or (request.client.host if request.client else "unknown")
+            wait = limiter.wait(client)
+            if wait > 0:
+                raise HTTPException(
+                    429,
+                    f"rate limit: {cfg.rate_limit:g} requests/s per key; retry in {wait:.1f} s",
+                    headers={"Retry-After": str(max(1, round(wait)))},
+                )
+
+    if not cfg.public_docs:
+
+        @app.get("/openapi.json", dependencies=[Depends(authorize)], include_in_schema=False)
+        def openapi() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", dependencies=[Depends(authorize)], include_in_schema=False)
+        def swagger() -> HTMLResponse:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="nnrecipe model server")
+
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok"}
@@ -221,7 +316,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
     @app.post(
         "/v1/predict",
-        dependencies=[Depends(authorize)],
+        dependencies=[Depends(authorize_and_limit)],
         response_model=family.output.response,
         openapi_extra={
             "requestBody": {
@@ -242,32 +337,46 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         if len(body) > cfg.max_body_bytes:  # chunked uploads carry no Content-Length
             raise HTTPException(413, f"request body over the {cfg.max_body_bytes} byte limit")
         content_type = request.headers.get("content-type", "")
-        try:
-            if content_type.startswith("multipart/form-data"):
-                form = await request.form()
-                files = [f for f in form.getlist("files") if hasattr(f, "read")]
-                raw = [await f.read() for f in files]
-                _check_batch(len(raw), cfg.max_batch)
-                items = [predictor.decode(data, i) for i, data in enumerate(raw)]
-            else:
-                try:
-                    payload = PredictRequest.model_validate_json(body)
-                except ValueError as e:
-                    raise HTTPException(
-                        422, f'expected JSON {{"inputs": [base64 image, ...]}}: {str(e).splitlines()[0]}'
-                    ) from None
-                _check_batch(len(payload.inputs), cfg.max_batch)
-                items = [predictor.decode_text(s, i) for i, s in enumerate(payload.inputs)]
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form()
+            files = [f for f in form.getlist("files") if hasattr(f, "read")]
+            raw = [await f.read() for f in files]
+            _check_batch(len(raw), cfg.max_batch)
+            decode = predictor.decode
+        else:
+            try:
+                raw = PredictRequest.model_validate_json(body).inputs
+            except ValueError as e:
+                raise HTTPException(
+                    422, f'expected JSON {{"inputs": [base64 image, ...]}}: {str(e).splitlines()[0]}'
+                ) from None
+            _check_batch(len(raw), cfg.max_batch)
+            decode = predictor.decode_text
+
+        def decode_all() -> list:
+            items = [decode(data, i) for i, data in enumerate(raw)]
             for i, item in enumerate(items):
                 if isinstance(item, str) and len(item) > cfg.max_text_chars:
                     raise InputError(f"inputs[{i}]: {len(item)} characters; the limit is {cfg.max_text_chars}")
-        except InputError as e:
-            raise HTTPException(422, str(e)) from None
-        return {"predictions": await batcher.submit(items)}
+            return items
+
+        admission.take(len(raw))  # before decoding: a flood is refused before it costs anything
+        # Decoding runs beside the event loop, which keeps answering other requests meanwhile.
+        decoding = asyncio.get_running_loop().run_in_executor(None, decode_all)
+        admission.give_when_done(len(raw), decoding)
+
+        async def work() -> list:
+            try:
+                items = await asyncio.shield(decoding)
+            except InputError as e:
+                raise HTTPException(422, str(e)) from None
+            return await batcher.submit(items)
+
+        return {"predictions": await within_deadline(work(), cfg.deadline_s)}
 
     if family.offers("generate"):
 
-        @app.post("/v1/generate", dependencies=[Depends(authorize)], response_model=Generated)
+        @app.post("/v1/generate", dependencies=[Depends(authorize_and_limit)], response_model=Generated)
         async def generate(request: GenerateRequest) -> dict:
             if len(request.prompt) > cfg.max_text_chars:
                 raise HTTPException(422, f"prompt: {len(request.prompt)} characters; the limit is {cfg.max_text_chars}")
@@ -279,16 +388,27 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                 predictor.check(request.prompt)  # e.g. characters a char-level model never saw
             except UserError as e:
                 raise HTTPException(422, f"prompt: {e}") from None
-            if request.stream:
+            if request.stream:  # no deadline: the client sees the text as it comes and can hang up
                 return StreamingResponse(
                     stream_generation(predictor, request.prompt, cfg.max_new_tokens, options, loop),
                     media_type="text/event-stream",
                 )
-            return await loop.run_in_executor(
+            admission.take(1)
+            job = loop.run_in_executor(
                 None, lambda: predictor.generate(request.prompt, limit=cfg.max_new_tokens, **options)
             )
+            admission.give_when_done(1, job)
+            return await within_deadline(asyncio.shield(job), cfg.deadline_s)
 
     return app
+
+
+async def within_deadline(work, seconds: float):
+    """`work`'s result, or 504 after `seconds` (work queued for the model is then dropped, not computed)."""
+    try:
+        return await asyncio.wait_for(work, seconds)
+    except asyncio.TimeoutError:
+        raise HTTPException(504, f"not answered within the {seconds:g} s deadline") from None
 
 
 async def stream_generation(predictor, prompt: str, limit: int, options: dict, loop):

@@ -30,6 +30,7 @@ class Check:
     advice: str = ""
     plots: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # filled in by run_doctor
 
 
 def split_overlap(

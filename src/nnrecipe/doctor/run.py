@@ -40,24 +40,27 @@ def run_doctor(recipe, out_dir: Path) -> list[Check]:
     family = get_family(recipe.task).require("doctor")
     plan = family.doctor(recipe)
     subject = plan.subject
+    budget = subject.budget
     data_steps = [lambda check=check: check(out_dir) for check in plan.data_checks]
     steps = [
         *data_steps,
         lambda: checks.loss_at_init(subject),
-        lambda: checks.input_independent_baseline(subject),
-        lambda: checks.overfit_one_batch(subject),
+        lambda: checks.input_independent_baseline(subject, budget.baseline),
+        lambda: checks.overfit_one_batch(subject, budget.overfit),
         lambda: checks.batch_independence(subject),
-        lambda: checks.lr_range_test(subject, out_dir),
-        lambda: checks.gradient_health(subject),
-        lambda: checks.determinism(subject),
+        lambda: checks.lr_range_test(subject, out_dir, budget.lr_range),
+        lambda: checks.gradient_health(subject, budget.gradients),
+        lambda: checks.determinism(subject, budget.determinism),
     ]
     results = []
     for step in steps:
+        t0 = time.perf_counter()
         result = step()
+        result.seconds = round(time.perf_counter() - t0, 2)
         results.append(result)
         colour = {"pass": "green", "warn": "yellow", "fail": "red"}[result.verdict]
         console.print(f"[{colour}]{result.verdict:4s}[/{colour}]  {result.number}. {result.name}: ", end="")
-        console.print(result.figure, markup=False)
+        console.print(f"{result.figure} ({result.seconds:.1f} s)", markup=False)
     write_report(results, out_dir, time.perf_counter() - started)
     return results
 
@@ -71,10 +74,10 @@ def write_report(results: list[Check], out_dir: Path, seconds: float) -> Path:
         f"{sum(r.verdict == 'warn' for r in results)} warn, {sum(r.verdict == FAIL for r in results)} fail "
         f"({seconds:.0f} s).",
         "",
-        "| # | check | verdict | figure |",
-        "|---|---|---|---|",
+        "| # | check | verdict | figure | seconds |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {r.number} | {r.name} | **{r.verdict}** | {r.figure} |" for r in results]
+    lines += [f"| {r.number} | {r.name} | **{r.verdict}** | {r.figure} | {r.seconds:.1f} |" for r in results]
     for r in results:
         lines += [
             "",

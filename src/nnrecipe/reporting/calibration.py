@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 from nnrecipe.reporting.plots import plt
 
@@ -17,6 +16,8 @@ BINS = 15
 def calibration_summary(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     """ECE and maximum calibration error over BINS bins, the Brier score (mean squared distance of the
     probability vector from the one-hot label, summed over classes), and the diagram's bins."""
+    from torchmetrics.functional.classification import multiclass_calibration_error  # 5 s to import: on use
+
     probs, labels = probs.float(), labels.long()
     if len(labels) == 0:
         return {}

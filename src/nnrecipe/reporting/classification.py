@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import classification_report, confusion_matrix
 
 from nnrecipe.reporting import merge_report, plot_lines, source_line
 from nnrecipe.reporting.calibration import calibration_line, calibration_summary
@@ -17,6 +16,8 @@ def classification_summary(
     y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], probs: torch.Tensor | None = None
 ) -> dict[str, Any]:
     """scikit-learn's per-class report and confusion matrix; with `probs`, calibration too."""
+    from sklearn.metrics import classification_report, confusion_matrix  # 2 s to import: on use
+
     labels = list(range(len(classes)))
     rep = classification_report(y_true, y_pred, labels=labels, target_names=classes, output_dict=True, zero_division=0)
     per_class = {c: {k: rep[c][k] for k in ("precision", "recall", "f1-score", "support")} for c in classes}

@@ -28,7 +28,7 @@ from nnrecipe.runs import Run
 from nnrecipe.tasks import outputs
 from nnrecipe.tasks.detection_recipe import DetectionRecipe
 from nnrecipe.tasks.family import DetectionsExport, Inference, Metric, Splits, register_family
-from nnrecipe.tasks.serving import MAX_PIXELS, ImageInputs, Predictor, autocast, decode_image, ort_session
+from nnrecipe.tasks.serving import ImageInputs, Predictor, autocast, decode_image, ort_session
 from nnrecipe.tasks.supervised import Setup, SupervisedFamily, plot_paths, split_tag
 
 
@@ -266,8 +266,6 @@ class Detection(SupervisedFamily):
 class DetectionPredictor(ImageInputs, Predictor):
     """Serving: images of any size in, boxes in that image's pixels out (above model.score_threshold)."""
 
-    max_pixels = MAX_PIXELS
-
     def __init__(self, family: Detection, run: Run, onnx_path: Path | None, precision: str):
         inf = family.inference(run)
         self.spec, self.labels, self.model_name = inf.spec, inf.labels, inf.spec.model
@@ -278,9 +276,10 @@ class DetectionPredictor(ImageInputs, Predictor):
             self.model = inf.model
 
     def decode(self, data: bytes, index: int) -> torch.Tensor:
-        return decode_image(data, index, "RGB", self.max_pixels).float().div_(255)
+        return decode_image(data, index, "RGB", self.max_pixels)  # uint8 while it waits: a quarter of float's bytes
 
     def predict(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:
+        images = [x.float().div_(255) for x in images]
         if self.onnx_path is not None:
             names = ("boxes", "labels", "scores")
             preds = [

@@ -34,16 +34,17 @@ if TYPE_CHECKING:  # annotations only: the registry imports nothing heavy
 
 DEFAULT_TASK = "image_classification"  # what a recipe without `task:` is
 
-# Imported the first time the registry is asked (so `nnrecipe recipes` never imports torch).
-BUILTIN = (
-    "nnrecipe.tasks.image_classification",
-    "nnrecipe.tasks.text_classification",
-    "nnrecipe.tasks.token_classification",
-    "nnrecipe.tasks.embedding_classification",
-    "nnrecipe.tasks.detection",
-    "nnrecipe.tasks.language_modeling",
-    "nnrecipe.rl.family",
-)
+# The built-in families and the module that registers each: a verb that asks for one family imports only
+# that module (a run of one family never pays for the others' imports); listing them all imports them all.
+BUILTIN = {
+    "image_classification": "nnrecipe.tasks.image_classification",
+    "text_classification": "nnrecipe.tasks.text_classification",
+    "token_classification": "nnrecipe.tasks.token_classification",
+    "embedding_classification": "nnrecipe.tasks.embedding_classification",
+    "detection": "nnrecipe.tasks.detection",
+    "language_modeling": "nnrecipe.tasks.language_modeling",
+    "rl": "nnrecipe.rl.family",
+}
 
 
 @dataclass(frozen=True)
@@ -314,7 +315,7 @@ VERBS = {
 }
 
 _REGISTRY: dict[str, TaskFamily] = {}
-_loaded = False
+_loaded: set[str] = set()
 
 
 def register_family(cls: type[TaskFamily]) -> type[TaskFamily]:
@@ -327,24 +328,27 @@ def unregister_family(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def _load_builtins() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in BUILTIN:
-            import_module(module)
+def _load_builtin(name: str) -> None:
+    """Import the module of one built-in family, once (a plugin registered under that name still wins)."""
+    if name in BUILTIN and name not in _loaded:
+        _loaded.add(name)
+        plugin = _REGISTRY.pop(name, None)
+        import_module(BUILTIN[name])
+        if plugin is not None:
+            _REGISTRY[name] = plugin
 
 
 def family_names() -> list[str]:
     """Every registered family: the built-in ones in BUILTIN's order (whatever was imported first), then
     the others in the order they registered."""
-    _load_builtins()
-    rank = {module: i for i, module in enumerate(BUILTIN)}
+    for name in BUILTIN:
+        _load_builtin(name)
+    rank = {module: i for i, module in enumerate(BUILTIN.values())}
     return sorted(_REGISTRY, key=lambda n: rank.get(type(_REGISTRY[n]).__module__, len(BUILTIN)))
 
 
 def get_family(name: str) -> TaskFamily:
-    _load_builtins()
+    _load_builtin(name)
     if name not in _REGISTRY:
         raise RecipeError(f"recipe error: task: must be one of {', '.join(family_names())} (got {name!r})")
     return _REGISTRY[name]

@@ -357,7 +357,7 @@ class ImagePredictor(ImageInputs, Predictor):
             self.model = inf.model
 
     def decode(self, data: bytes, index: int) -> torch.Tensor:
-        img = decode_image(data, index, "L" if self.spec.channels == 1 else "RGB")
+        img = decode_image(data, index, "L" if self.spec.channels == 1 else "RGB", self.max_pixels)
         return conform(img.unsqueeze(0), self.spec.channels, self.spec.image_size)[0]
 
     def predict(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import torch
 
 from nnrecipe.data.tokens import IGNORE, TokenSet, encode_words, entities, tag_names
 from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, data_check_result, exact_key, near_key, split_overlap
-from nnrecipe.doctor.subject import Subject
+from nnrecipe.doctor.subject import PRETRAINED_BUDGET, Subject
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.tasks.family import DoctorPlan
@@ -163,4 +163,5 @@ def make_subject(
         recipe_lr=recipe.optim.lr,
         leaf_inputs=embedding_leaf,
         safe_lr=safe_lr(recipe.model),
+        budget=PRETRAINED_BUDGET,
     )

@@ -9,7 +9,7 @@ import torch
 
 from nnrecipe.data.text import TextSet, label_names
 from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, data_check_result, exact_key, near_key, split_overlap
-from nnrecipe.doctor.subject import Subject
+from nnrecipe.doctor.subject import PRETRAINED_BUDGET, Subject
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.tasks.family import DoctorPlan
@@ -186,4 +186,5 @@ def make_subject(recipe, train: TextSet, val: TextSet | None, labels, lora, toke
         recipe_lr=recipe.optim.lr,
         leaf_inputs=embedding_leaf,
         safe_lr=safe_lr(recipe.model),
+        budget=PRETRAINED_BUDGET,
     )
