@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib import resources
 from pathlib import Path
 
 import typer
@@ -25,7 +26,9 @@ app = typer.Typer(
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+# The bundled recipes are package data: found the same way in a checkout (where ./recipes links here) and in
+# an installed wheel.
+RECIPES_DIR = Path(str(resources.files("nnrecipe") / "recipes"))
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -41,11 +44,27 @@ def train(
     continue_from: Path | None = typer.Option(
         None, help="Continual learning: continue this run (its weights, classes, memory) on the recipe's data."
     ),
+    nproc: int = typer.Option(1, min=1, help="Processes on this node (DDP through torchrun; one per GPU)."),
+    nnodes: int = typer.Option(1, min=1, help="Machines taking part (run the same command on each)."),
+    node_rank: int = typer.Option(0, min=0, help="This machine's number, 0..nnodes-1 (0 hosts the rendezvous)."),
+    master: str | None = typer.Option(None, help="Node 0's ADDR:PORT, the same on every node (with --nnodes > 1)."),
 ) -> None:
     """Train a model from a recipe; leaves a run directory with checkpoints, metrics, report and plots (a recipe
     with continual.stages: one run per stage and the accuracy matrix)."""
     if ctx.args and seeds is None or any(a.startswith("-") and not a.lstrip("-").isdigit() for a in ctx.args):
         raise UserError(f"unexpected arguments: {' '.join(ctx.args)}")
+    if nproc > 1 or nnodes > 1:
+        import subprocess
+
+        from nnrecipe.engine.distributed import torchrun_command, world_size
+
+        if world_size() > 1:
+            raise UserError("--nproc/--nnodes: already under torchrun; drop them (torchrun launched the processes)")
+        if seeds is not None or ensemble or continue_from is not None:
+            raise UserError("--nproc/--nnodes: train one run at a time (no --seeds, --ensemble or --continue-from)")
+        args = ["train", str(_find_recipe(recipe)), *[a for item in set_ for a in ("--set", item)]]
+        args += ["--name", name] if name else []
+        raise typer.Exit(subprocess.run(torchrun_command(args, nnodes, nproc, node_rank, master)).returncode)
     train_recipe(recipe, set_, name, None if seeds is None else [seeds, *ctx.args], ensemble, continue_from)
 
 
@@ -516,6 +535,103 @@ def tune(
         raise typer.Exit(130)
 
 
+def _print_table(table) -> None:
+    """A terminal's width, else rows whole (a pipe would get an 80-column squeeze)."""
+    (out if out.is_terminal else Console(highlight=False, width=250)).print(table)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n < 1e9 else f"{n / 1e9:,.2f} GB"
+
+
+@app.command("runs")
+def runs_table(
+    folder: Path = typer.Argument(Path("runs"), help="Where the runs are (searched three folders deep)."),
+    task: str | None = typer.Option(None, help="Only runs of this task family."),
+    status: str | None = typer.Option(None, help="Only runs with this status (finished, running, created...)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per run instead of the table."),
+) -> None:
+    """A table of runs: task, status, primary metric, when, how long, size on disk."""
+    from rich.table import Table
+
+    from nnrecipe.run_index import list_runs
+
+    rows = list_runs(folder, task, status)
+    if as_json:
+        for r in rows:
+            out.print(json.dumps(r.as_dict()), markup=False, soft_wrap=True)
+        return
+    table = Table(title=f"{len(rows)} runs under {folder}", box=None, header_style="bold")
+    for col in ("run", "task", "status", "metric", "value", "created", "time", "size"):
+        table.add_column(col, justify="right" if col in ("value", "time", "size") else "left")
+    for r in rows:
+        value = "-" if r.value is None else f"{r.value:.4g}"
+        seconds = "-" if r.seconds is None else f"{r.seconds / 60:.1f} min" if r.seconds >= 60 else f"{r.seconds:.0f} s"
+        table.add_row(
+            str(r.path.relative_to(folder)) if r.path != folder else str(r.path),
+            r.task,
+            r.status,
+            f"{r.metric} ({r.split})" if r.split else r.metric,
+            value,
+            r.created.replace("T", " "),
+            seconds,
+            _size(r.bytes),
+        )
+    _print_table(table)
+
+
+@app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Two or more run directories."),
+    out_png: Path = typer.Option(Path("compare.png"), "--out", help="The PNG of overlaid learning curves."),
+) -> None:
+    """Runs side by side: every reported metric, the recipe fields that differ, and overlaid learning curves."""
+    from rich.table import Table
+
+    from nnrecipe.run_index import compare as compare_runs
+
+    result = compare_runs(run_dirs, out_png)
+    names = [Path(r["path"]).name for r in result["runs"]]
+    for title, rows in (("metric", result["metrics"]), ("recipe field", result["recipe_differences"])):
+        if not rows:
+            continue
+        table = Table(box=None, header_style="bold")
+        table.add_column(title)
+        for name in names:
+            table.add_column(name, justify="right")
+        for key, values in rows.items():
+            table.add_row(key, *["-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in values])
+        _print_table(table)
+    if not result["recipe_differences"]:
+        out.print("recipes: identical (track.* aside)")
+    err.print(f"curves: {result['plot']}" if result["plot"] else "no learning curve is shared by all the runs")
+
+
+@app.command()
+def clean(
+    folder: Path = typer.Argument(Path("runs"), help="Where the runs are."),
+    keep_best: int = typer.Option(..., min=0, help="Keep the checkpoints of the N best finished runs of each recipe."),
+    task: str | None = typer.Option(None, help="Only runs of this task family."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before deleting."),
+) -> None:
+    """Delete the checkpoints of finished runs outside each recipe's N best (reports, metrics and plots stay);
+    unfinished runs, which need their checkpoints to resume, are never touched."""
+    from nnrecipe.run_index import list_runs, remove_checkpoints, to_clean
+
+    chosen = to_clean(list_runs(folder, task), keep_best)
+    if not chosen:
+        err.print("nothing to clean")
+        return
+    total = sum(r.checkpoint_bytes for r in chosen)
+    for r in chosen:
+        out.print(f"{r.path}  {r.metric} {r.value:.4g}  {_size(r.checkpoint_bytes)}", markup=False)
+    if not yes and not typer.confirm(f"delete the checkpoints of these {len(chosen)} runs ({_size(total)})?"):
+        raise typer.Exit(1)
+    for r in chosen:
+        remove_checkpoints(r)
+    err.print(f"freed {_size(total)} from {len(chosen)} runs")
+
+
 @app.command("recipes")
 def list_recipes() -> None:
     """List the bundled recipes, one line each."""
@@ -524,7 +640,7 @@ def list_recipes() -> None:
             desc = (yaml.safe_load(path.read_text()) or {}).get("description", "")
         except yaml.YAMLError:
             desc = "(unreadable)"
-        out.print(f"{str(path.relative_to(RECIPES_DIR.parent)):40s} {desc}")
+        out.print(f"{path.stem:32s} {desc}")
 
 
 @app.command()
@@ -546,7 +662,12 @@ def _find_recipe(path: Path) -> Path:
 
 def main() -> None:
     try:
-        app()
+        try:
+            app()
+        except ModuleNotFoundError as e:
+            from nnrecipe.extras import missing_extra
+
+            raise missing_extra(e) or e from None
     except UserError as e:
         msg = str(e) if str(e).startswith("recipe error") else f"error: {e}"
         err.print(msg, style="red", markup=False)

@@ -16,7 +16,7 @@ import yaml
 from nnrecipe.engine.distributed import is_main_process, world_size
 from nnrecipe.errors import UserError
 from nnrecipe.reporting import read_report
-from nnrecipe.tasks.family import family_of
+from nnrecipe.tasks.family import family_of, get_family
 
 
 @dataclass
@@ -57,6 +57,8 @@ class Run:
         meta = self.meta()
         spec = meta.get("spec")
         if spec is None or not (weights.is_file() or "ensemble" in meta):  # an ensemble's weights are its members'
+            if meta.get("cleaned"):
+                raise UserError(f"{self.dir}: its checkpoints were removed by `nnrecipe clean` on {meta['cleaned']}")
             raise UserError(f"{self.dir} has no trained model yet (no {weights.relative_to(self.dir)})")
         return spec
 
@@ -98,8 +100,13 @@ def _create_run_dir(recipe: Any, recipe_name: str) -> Run:
     path.mkdir(parents=True, exist_ok=True)
     (path / "recipe.yaml").write_text(recipe.to_yaml())
     run = Run(path)
+    metric = get_family(recipe.task).metric
     run.update_meta(
-        status="created", task=recipe.task, recipe_name=recipe_name, created=time.strftime("%Y-%m-%dT%H:%M:%S")
+        status="created",
+        task=recipe.task,
+        recipe_name=recipe_name,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        metric={"name": metric.name, "mode": metric.mode},  # read by `nnrecipe runs` without the family
     )
     return run
 

@@ -389,8 +389,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             except UserError as e:
                 raise HTTPException(422, f"prompt: {e}") from None
             if request.stream:  # no deadline: the client sees the text as it comes and can hang up
+                admission.take(1)
                 return StreamingResponse(
-                    stream_generation(predictor, request.prompt, cfg.max_new_tokens, options, loop),
+                    stream_generation(predictor, request.prompt, cfg.max_new_tokens, options, loop, admission),
                     media_type="text/event-stream",
                 )
             admission.take(1)
@@ -411,9 +412,10 @@ async def within_deadline(work, seconds: float):
         raise HTTPException(504, f"not answered within the {seconds:g} s deadline") from None
 
 
-async def stream_generation(predictor, prompt: str, limit: int, options: dict, loop):
+async def stream_generation(predictor, prompt: str, limit: int, options: dict, loop, admission: Admission):
     """Server-sent events: `data: {"text": ...}` per new piece of text, then `data: {"done": true, ...}`
-    with the counts (or `event: error`). The model runs in a thread and hands pieces over as they come."""
+    with the counts (or `event: error`). The model runs in a thread and hands pieces over as they come; the
+    stream's place in the work queue is given back when the generation ends."""
     queue: asyncio.Queue = asyncio.Queue()
 
     def put(item) -> None:
@@ -428,6 +430,7 @@ async def stream_generation(predictor, prompt: str, limit: int, options: dict, l
             put(("error", str(e)))
 
     job = loop.run_in_executor(None, work)
+    admission.give_when_done(1, job)
     while True:
         kind, value = await queue.get()
         if kind == "text":

@@ -156,7 +156,7 @@ class Train(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="auto: bf16 autocast on CUDA devices that support it, and for transformer tasks on CPUs with AMX bf16 units; fp32 elsewhere.",
+        description="auto: bf16 autocast on CUDA devices that support it, and for transformer tasks on CPUs with native bf16 units (AMX or AVX512-BF16); fp32 elsewhere. The choice and its reason are printed at start.",
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when present, else CPU.")
     seed: int = Field(0, description="Seeds Python, NumPy, torch, data order and augmentation.")
@@ -200,5 +200,14 @@ class Track(Section):
     name: str | None = Field(None, description="Run directory name; default <recipe>-<timestamp>.")
     tensorboard: bool = Field(True, description="Write TensorBoard event files.")
     wandb: bool = Field(False, description="Log to Weights & Biases in offline mode (needs `pip install wandb`).")
+    mlflow: bool = Field(
+        False,
+        description="Log to MLflow: params, per-epoch metrics, then the report, plots and best weights as artefacts (needs the mlflow extra).",
+    )
+    mlflow_uri: str = Field(
+        "mlruns",
+        description="MLflow tracking URI: a folder (a local file store, relative to the current folder) or a server's http(s):// URI.",
+    )
+    mlflow_experiment: str = Field("nnrecipe", description="MLflow experiment the run is logged under.")
     progress: bool = Field(True, description="Show a progress bar per epoch.")
     plots: bool = Field(True, description="Save PNG plots (curves, confusion matrix, misclassified examples).")

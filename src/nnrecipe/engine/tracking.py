@@ -1,4 +1,5 @@
-"""Where a run's numbers go: metrics.jsonl (the source of truth), TensorBoard, optionally W&B offline."""
+"""Where a run's numbers go: metrics.jsonl (the source of truth), TensorBoard, optionally W&B offline and
+MLflow (engine/mlflow_tracking.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,19 @@ from nnrecipe.errors import UserError
 class Tracker:
     """Writes from the main process only; other processes of a multi-process run keep their rows in memory."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, wandb: bool = False, config: dict | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        tensorboard: bool = True,
+        wandb: bool = False,
+        config: dict | None = None,
+        mlflow: tuple[str, str] | None = None,  # (tracking URI, experiment)
+    ):
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         self._wandb = None
+        self._mlflow = None
         self._main = is_main_process()
         self._rows: list[dict[str, Any]] = []
         if not self._main:
@@ -36,6 +45,17 @@ class Tracker:
             self._wandb = _wandb.init(
                 project="nnrecipe", name=Path(run_dir).name, dir=str(run_dir), config=config or {}
             )
+        if mlflow is not None:
+            from nnrecipe.engine.mlflow_tracking import MlflowLogger
+
+            self._mlflow = MlflowLogger(Path(run_dir), *mlflow, config or {})
+
+    @classmethod
+    def for_recipe(cls, run_dir: Path, recipe) -> Tracker:
+        """The sinks a recipe's `track` section asks for."""
+        t = recipe.track
+        mlflow = (t.mlflow_uri, t.mlflow_experiment) if t.mlflow else None
+        return cls(run_dir, t.tensorboard, t.wandb, recipe.model_dump(mode="json"), mlflow)
 
     def history(self) -> list[dict[str, Any]]:
         return read_metrics(self.path) if self._main else list(self._rows)
@@ -75,6 +95,8 @@ class Tracker:
             self._tb.flush()
         if self._wandb:
             self._wandb.log(scalars, step=row[step_key])
+        if self._mlflow:
+            self._mlflow.log(scalars, row[step_key])
 
     def close(self) -> None:
         if self._tb:

@@ -14,6 +14,7 @@ import torch
 
 from nnrecipe.engine.checkpoint import load_checkpoint, save_checkpoint, split_prefix, with_prefix
 from nnrecipe.engine.loop import console
+from nnrecipe.engine.mlflow_tracking import publish
 from nnrecipe.engine.tracking import Tracker
 from nnrecipe.errors import UserError
 from nnrecipe.rl import gridworld
@@ -39,7 +40,7 @@ Policy = Callable[[Any], int]
 
 def train(recipe: RLRecipe, run: Run, *, resume: bool = False) -> dict[str, Any]:
     env = make_env(recipe)
-    tracker = Tracker(run.dir, recipe.track.tensorboard, recipe.track.wandb, recipe.model_dump(mode="json"))
+    tracker = Tracker.for_recipe(run.dir, recipe)
     run.update_meta(status="running", task=recipe.task, algo=recipe.algo, env=recipe.env.id)
     try:
         if recipe.algo in DEEP:
@@ -50,6 +51,8 @@ def train(recipe: RLRecipe, run: Run, *, resume: bool = False) -> dict[str, Any]
         tracker.close()
     run.update_meta(status="finished")
     summary = evaluate(run, recipe=recipe, policy=policy)
+    if recipe.track.mlflow:
+        publish(run.dir, recipe.track.mlflow_uri, "finished")
     return {"status": "finished", "run": str(run.dir), **extra, **summary}
 
 

@@ -26,6 +26,7 @@ from nnrecipe.engine.loop import (
     describe,
     make_accelerator,
 )
+from nnrecipe.engine.mlflow_tracking import publish
 from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.engine.tracking import Tracker
 from nnrecipe.errors import UserError
@@ -107,6 +108,12 @@ class SupervisedFamily(EvaluatedFamily):
         """Train (or resume) a run, then report its best weights on test (else validation)."""
         seed_everything(recipe.train.seed)
         acc = make_accelerator(recipe.train, cpu_bf16=self.bf16_on_cpu(recipe))
+        before = run.meta().get("processes", 1)
+        if resume and before != acc.num_processes:  # each process's data shard and RNG depend on the count
+            raise UserError(
+                f"{run.dir} trained with {before} process(es); resume it with {before} (this launch has "
+                f"{acc.num_processes}), e.g. `torchrun --nproc-per-node {before} -m nnrecipe.cli resume {run.dir}`"
+            )
         splits = self.splits(recipe)
         if splits.skipped:
             console.print(
@@ -119,6 +126,7 @@ class SupervisedFamily(EvaluatedFamily):
         }
         run.update_meta(
             status="running",
+            processes=acc.num_processes,
             task=self.name,
             spec=s.spec,
             sizes=sizes,
@@ -127,7 +135,7 @@ class SupervisedFamily(EvaluatedFamily):
             **s.meta,
         )
         console.print(f"{s.summary}; {describe(acc)}", soft_wrap=True)
-        tracker = Tracker(run.dir, recipe.track.tensorboard, recipe.track.wandb, recipe.model_dump(mode="json"))
+        tracker = Tracker.for_recipe(run.dir, recipe)
         trainer = Trainer(
             accelerator=acc,
             model=s.model,
@@ -151,6 +159,8 @@ class SupervisedFamily(EvaluatedFamily):
             split, part = splits.reported()
             if part is not None:
                 summary = self.report(run, recipe, part, split, acc.device)
+            if recipe.track.mlflow:
+                publish(run.dir, recipe.track.mlflow_uri, result.status)
         return {"status": result.status, "run": str(run.dir), "history": result.history, **summary}
 
 

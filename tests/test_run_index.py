@@ -1,0 +1,84 @@
+"""Many runs: `nnrecipe runs` lists them with their primary metric, `compare` puts them side by side with
+overlaid curves, `clean --keep-best N` removes only the checkpoints of finished runs outside each recipe's best."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from nnrecipe.cli import app
+from nnrecipe.errors import UserError
+from nnrecipe.run_index import list_runs, to_clean
+
+
+def cli(*args, input: str | None = None):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False, input=input)
+
+
+def fake_run(root: Path, name: str, accuracy: float | None, status: str = "finished", lr: float = 0.01, **meta):
+    """A run directory as the image family writes one, without training: the index reads only files."""
+    run = root / name
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.safetensors").write_bytes(b"w" * 1000)
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"task": "image_classification", "optim": {"lr": lr}}))
+    info = {"status": status, "task": "image_classification", "recipe_name": "digits", "created": "2026-12-01T10:00:00"}
+    (run / "run.json").write_text(json.dumps(info | meta))
+    if accuracy is not None:
+        (run / "report.json").write_text(json.dumps({"test": {"accuracy": accuracy, "examples": 100}}))
+    history = [{"epoch": e, "train_loss": 1 / e, "val_accuracy": accuracy or 0.1} for e in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("\n".join(map(json.dumps, history)) + "\n{cut by a crash")
+    return run
+
+
+@pytest.fixture
+def many(tmp_path):
+    root = tmp_path / "runs"
+    fake_run(root, "a", 0.90)
+    fake_run(root, "b", 0.95, lr=0.1)
+    fake_run(root / "study", "c", 0.80)  # one folder deeper, as tune's trials
+    fake_run(root, "d", None, status="running")  # interrupted: needs its checkpoint to resume
+    return root
+
+
+def test_runs_lists_every_run_with_its_primary_metric(many, trained_digits_run):
+    shutil.copytree(trained_digits_run.dir, many / "real")
+    rows = {r.path.name: r for r in list_runs(many)}
+    assert set(rows) == {"a", "b", "c", "d", "real"}
+    assert (rows["b"].metric, rows["b"].value, rows["b"].split) == ("accuracy", 0.95, "test")
+    assert rows["d"].value is None and rows["d"].status == "running"
+    # A run made now records its metric in run.json, so listing it imports no family.
+    assert json.loads((many / "real" / "run.json").read_text())["metric"] == {"name": "accuracy", "mode": "max"}
+    assert rows["real"].value == trained_digits_run.report()["test"]["accuracy"] and rows["real"].checkpoint_bytes
+    res = cli("runs", many, "--status", "finished")
+    assert res.exit_code == 0 and "study/c" in res.output and "0.95" in res.output and " d " not in res.output
+    lines = cli("runs", many, "--json").output.splitlines()
+    assert len(lines) == 5 and {json.loads(line)["task"] for line in lines} == {"image_classification"}
+    with pytest.raises(UserError, match="no runs folder: .*missing"):  # main() prints it as one line
+        cli("runs", many / "missing")
+
+
+def test_compare_shows_metrics_the_recipe_difference_and_overlaid_curves(many, tmp_path):
+    out = tmp_path / "cmp.png"
+    res = cli("compare", many / "a", many / "b", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "test.accuracy" in res.output and "0.95" in res.output and "optim.lr" in res.output
+    assert out.stat().st_size > 5000  # train_loss and val_accuracy, one line per run
+
+
+def test_clean_keeps_the_best_and_every_unfinished_run(many, tmp_path):
+    chosen = [r.path.name for r in to_clean(list_runs(many), keep_best=1)]
+    assert chosen == ["a", "c"]  # b is the best of recipe "digits"; d is running
+    assert cli("clean", many, "--keep-best", "1", input="n\n").exit_code == 1  # asked, declined: nothing goes
+    assert (many / "a" / "checkpoints").is_dir()
+    res = cli("clean", many, "--keep-best", "1", "--yes")
+    assert res.exit_code == 0 and "freed" in res.output
+    assert not (many / "a" / "checkpoints").exists() and not (many / "study" / "c" / "checkpoints").exists()
+    assert (many / "b" / "checkpoints").is_dir() and (many / "d" / "checkpoints").is_dir()
+    assert (many / "a" / "report.json").is_file()  # the record stays
+    assert json.loads((many / "a" / "run.json").read_text())["cleaned"]
+    assert cli("clean", many, "--keep-best", "1").output.strip() == "nothing to clean"
