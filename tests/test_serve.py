@@ -200,6 +200,12 @@ def test_a_full_queue_answers_503_with_retry_after_and_a_late_answer_504(run, mo
         busy = next(r for r in answers if r.status_code == 503)
         assert busy.headers["retry-after"] == "1" and "queue holds 2" in busy.json()["detail"]
         assert c.post("/v1/predict", headers=AUTH, json=one).status_code == 200  # the queue drains
+        # Inputs already decoded and waiting for the model still count: two wait, a third is refused.
+        with ThreadPoolExecutor(2) as pool:
+            waiting = [pool.submit(c.post, "/v1/predict", headers=AUTH, json=one) for _ in range(2)]
+            time.sleep(0.25)  # both decoded (milliseconds), both still waiting for the 0.5 s model calls
+            assert c.post("/v1/predict", headers=AUTH, json=one).status_code == 503
+            assert [f.result().status_code for f in waiting] == [200, 200]
     calls.clear()
     with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], deadline_s=0.2, batch_max=1))) as c:
         with ThreadPoolExecutor(4) as pool:

@@ -363,7 +363,6 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         admission.take(len(raw))  # before decoding: a flood is refused before it costs anything
         # Decoding runs beside the event loop, which keeps answering other requests meanwhile.
         decoding = asyncio.get_running_loop().run_in_executor(None, decode_all)
-        admission.give_when_done(len(raw), decoding)
 
         async def work() -> list:
             try:
@@ -372,7 +371,11 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                 raise HTTPException(422, str(e)) from None
             return await batcher.submit(items)
 
-        return {"predictions": await within_deadline(work(), cfg.deadline_s)}
+        job = asyncio.ensure_future(work())
+        # The inputs stay counted until the model answered them, or until the request gave up and its
+        # decoding (a thread, which cannot be stopped) ended too.
+        admission.give_when_done(len(raw), asyncio.gather(job, decoding, return_exceptions=True))
+        return {"predictions": await within_deadline(job, cfg.deadline_s)}
 
     if family.offers("generate"):
 
