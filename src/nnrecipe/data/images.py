@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 
 from nnrecipe.data.splits import holdout
+from nnrecipe.data.stream import StreamedImages, readable
 from nnrecipe.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -25,21 +26,34 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 @dataclass
 class ImageSet:
-    images: torch.Tensor  # uint8, N x C x H x W
+    images: torch.Tensor | StreamedImages  # uint8, N x C x H x W (or files decoded on use: data/stream.py)
     labels: torch.Tensor  # int64, N
     paths: list[str] | None = None  # source files, when there are any
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.images, StreamedImages)
+
     def concat(self, other: ImageSet) -> ImageSet:
+        if self.streamed or other.streamed:
+            if not (self.streamed and other.streamed):
+                raise UserError(
+                    "data.stream: a streamed set and an in-memory one cannot be joined; set data.stream: false"
+                )
+            return ImageSet(self.images.concat(other.images), torch.cat([self.labels, other.labels]))
         return ImageSet(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]))
 
     def subset(self, idx) -> ImageSet:
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return ImageSet(
-            self.images[idx], self.labels[idx], [self.paths[i] for i in idx.tolist()] if self.paths else None
-        )
+        images = self.images.subset(idx) if self.streamed else self.images[idx]
+        return ImageSet(images, self.labels[idx], [self.paths[i] for i in idx.tolist()] if self.paths else None)
+
+    def tensor(self) -> torch.Tensor:
+        """The images as one uint8 tensor (decoding a streamed set: for small subsets)."""
+        return self.images[:] if self.streamed else self.images
 
 
 @dataclass
@@ -55,6 +69,8 @@ def load_splits(data, first: list[str] | None = None) -> ImageSplits:
     """Load the source named by the recipe's `data` section and split it (stratified, seeded), keeping the
     classes `data.classes` names (split membership stays that of the whole source). `first`: classes
     numbered before the kept ones (a continued run's), whether the data holds them or not."""
+    if data.stream is True and data.source != "imagefolder":
+        raise UserError(f"data.stream: true streams image folders; {data.source} is held in memory (use auto or false)")
     if data.source == "digits":
         splits = _digits(data)
     elif data.source == "cifar10":
@@ -69,7 +85,11 @@ def load_splits(data, first: list[str] | None = None) -> ImageSplits:
     for name in ("train", "val", "test"):
         part = getattr(splits, name)
         if part is not None:
-            part.images = conform(part.images, data.channels, size)
+            part.images = (
+                part.images.conformed(data.channels, size)
+                if part.streamed
+                else conform(part.images, data.channels, size)
+            )
     if data.limit:
         splits.train = splits.train.subset(range(min(data.limit, len(splits.train))))
     return splits
@@ -168,11 +188,12 @@ def _imagefolder(data) -> ImageSplits:
         raise UserError(f"data.path: {train_root} has no class subfolders (expected <class>/<image files>)")
     skipped: list[str] = []
     size = data.image_size
-    train = read_image_tree(train_root, classes, data.channels, size, skipped)
+    stream = choose_streaming(data, train_root, classes, [sub[k] for k in sub if k != "train"])
+    train = read_image_tree(train_root, classes, data.channels, size, skipped, stream)
     size = size or train.images.shape[-1]
     val_root = sub.get("val", sub.get("valid"))
-    val = read_image_tree(val_root, classes, data.channels, size, skipped) if val_root else None
-    test = read_image_tree(sub["test"], classes, data.channels, size, skipped) if "test" in sub else None
+    val = read_image_tree(val_root, classes, data.channels, size, skipped, stream) if val_root else None
+    test = read_image_tree(sub["test"], classes, data.channels, size, skipped, stream) if "test" in sub else None
     if test is None:
         train, test = _split(train, data.test_fraction, data.split_seed)
     if val is None:
@@ -198,14 +219,43 @@ def list_image_files(root: Path, classes: list[str]) -> tuple[list[Path], list[i
     return files, labels
 
 
+def choose_streaming(data, train_root: Path, classes: list[str], others: list[Path]) -> bool:
+    """data.stream, with `auto` resolved from the decoded size (files x C x H x W) against
+    data.memory_cap_mb; an auto choice to stream is printed."""
+    if data.stream != "auto":
+        return bool(data.stream)
+    files = [p for root in (train_root, *others) for p in list_image_files(root, classes)[0]]
+    first = read_image(files[0], data.channels)
+    side = data.image_size or first.shape[-1]
+    mb = len(files) * first.shape[0] * side * side / 2**20
+    if mb <= data.memory_cap_mb:
+        return False
+    from nnrecipe.engine.loop import console
+
+    console.print(
+        f"streaming {len(files):,} images from disk: decoded they would take {mb:,.0f} MB, over data.memory_cap_mb "
+        f"{data.memory_cap_mb:,} (data.stream: false keeps them in memory)"
+    )
+    return True
+
+
 def read_image_tree(
-    root: Path, classes: list[str], channels: int | None, size: int | None, skipped: list[str]
+    root: Path, classes: list[str], channels: int | None, size: int | None, skipped: list[str], stream: bool = False
 ) -> ImageSet:
-    """Decode a class-per-folder tree into one uint8 tensor; unreadable files are skipped and listed."""
+    """Decode a class-per-folder tree into one uint8 tensor (or, streamed, check each file's header and keep
+    the paths); unreadable files are skipped and listed."""
     files, labels = list_image_files(root, classes)
     first = read_image(files[0], channels) if size is None or channels is None else None
     channels = channels or first.shape[0]
     size = size or first.shape[-1]
+    if stream:
+        ok = readable(files)
+        skipped += [str(f) for f, good in zip(files, ok) if not good]
+        kept = [i for i, good in enumerate(ok) if good]
+        if not kept:
+            raise UserError(f"{root}: none of the {len(files)} image files could be read")
+        paths = [str(files[i]) for i in kept]
+        return ImageSet(StreamedImages(paths, channels, size), torch.tensor([labels[i] for i in kept]), paths)
 
     def load(path: Path):
         try:

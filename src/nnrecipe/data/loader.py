@@ -1,8 +1,10 @@
-"""An epoch loader over in-memory tensors: seeded order, batches moved to the device and prepared there.
+"""An epoch loader over in-memory tensors (or streamed image files): seeded order, batches moved to the
+device and prepared there.
 
 The order of epoch e is a permutation drawn from (seed, e) and batch i's augmentation from
 (seed, e, i), so skipping the first k batches of an epoch (resume after Ctrl-C) reproduces the rest of
-it exactly without replaying anything. With several processes each takes every world-th example.
+it exactly without replaying anything. With several processes each takes every world-th example. Streamed
+images (data/stream.py) are decoded by DataLoader workers from the same order, batch by batch.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from nnrecipe.data.splits import epoch_generator, epoch_order
+from nnrecipe.data.stream import StreamedImages, stream_batches
 from nnrecipe.engine.seeding import derived_seed
 
 
@@ -29,11 +32,13 @@ class TensorLoader:
         prepare: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        workers: int = 0,  # streamed images: DataLoader worker processes decoding ahead
     ):
         self.inputs, self.labels = inputs, labels
         self.batch_size, self.device, self.shuffle, self.seed = batch_size, torch.device(device), shuffle, seed
         self.prepare = prepare
         self.rank, self.world_size = rank, world_size
+        self.workers = workers
         per_rank = len(labels) // world_size if world_size > 1 else len(labels)
         n_batches = math.ceil(per_rank / batch_size)
         # A final batch of one example breaks BatchNorm in training; drop it there.
@@ -52,9 +57,15 @@ class TensorLoader:
         g = epoch_generator(self.seed, epoch) if self.shuffle else None
         order = epoch_order(len(self.labels), g, self.rank, self.world_size)
         pin = self.device.type == "cuda"
+        streamed = (
+            stream_batches(self.inputs, order, self.batch_size, start, self._len, self.workers, pin)
+            if isinstance(self.inputs, StreamedImages)
+            else None
+        )
         for i in range(start, self._len):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x, y = self.inputs[idx], self.labels[idx]
+            x = next(streamed) if streamed is not None else self.inputs[idx]
+            y = self.labels[idx]
             if pin:
                 x, y = x.pin_memory(), y.pin_memory()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -41,7 +41,15 @@ from nnrecipe.tasks.family import (
     register_family,
 )
 from nnrecipe.tasks.image_doctor import plan as doctor_plan
-from nnrecipe.tasks.image_inputs import ImageSpec, eval_loader, image_spec, initial_model, input_pipeline, splits_of
+from nnrecipe.tasks.image_inputs import (
+    ImageSpec,
+    eval_loader,
+    image_spec,
+    initial_model,
+    input_pipeline,
+    loader_workers,
+    splits_of,
+)
 from nnrecipe.tasks.image_recipe import ImageRecipe
 from nnrecipe.tasks.serving import ImageInputs, Predictor, autocast, decode_image, ort_session
 from nnrecipe.tasks.supervised import Setup, SupervisedFamily, plot_paths, reliability_plot, split_tag
@@ -128,6 +136,7 @@ class ImageClassification(SupervisedFamily):
             prepare=input_pipeline(recipe, spec, augment=True),
             rank=acc.process_index,
             world_size=acc.num_processes,
+            workers=loader_workers(recipe),
         )
         val_loader = eval_loader(recipe, spec, splits.val, acc.device) if splits.val is not None else None
         model, old_model = initial_model(recipe, spec), None
@@ -204,7 +213,7 @@ class ImageClassification(SupervisedFamily):
             splits = self.splits(recipe)
             part = splits.val if splits.val is not None else splits.test
             part = part.subset(range(min(n, len(part))))
-            return prepare(part.images, 0), part.labels
+            return prepare(part.tensor(), 0), part.labels
 
         black = prepare(torch.zeros(1, spec.channels, spec.image_size, spec.image_size, dtype=torch.uint8), 0)
         return ExplainSubject(inf.model, spec.classes, load, black, sample)

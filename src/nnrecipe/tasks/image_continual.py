@@ -130,7 +130,7 @@ def save_memory(run: Run, model: nn.Module, pipeline, pool: ImageSet, classes: l
         else:
             keep += idx[herding(features(model, pipeline, pool.images[idx]), share)].tolist()
     kept = pool.subset(keep)
-    save_checkpoint(run.dir / MEMORY, {"images": kept.images, "labels": kept.labels}, {"classes": classes})
+    save_checkpoint(run.dir / MEMORY, {"images": kept.tensor(), "labels": kept.labels}, {"classes": classes})
 
 
 @torch.no_grad()

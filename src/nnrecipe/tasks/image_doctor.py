@@ -26,6 +26,9 @@ from nnrecipe.tasks.image_recipe import ImageRecipe
 
 
 def prepare(recipe: ImageRecipe) -> tuple[Splits, ImageSpec]:
+    """The recipe's splits held in memory (the data check hashes every image; for a set too big for that,
+    run the doctor with data.limit)."""
+    recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"stream": False})})
     splits = splits_of(recipe)
     return splits, image_spec(recipe, splits)
 

@@ -12,6 +12,7 @@ from torch import nn
 from nnrecipe.data.augment import BatchAugment, Normalizer, channel_stats
 from nnrecipe.data.images import ImageSet, load_splits
 from nnrecipe.data.loader import TensorLoader
+from nnrecipe.data.stream import auto_workers
 from nnrecipe.engine.loop import console
 from nnrecipe.errors import UserError
 from nnrecipe.models import build_model
@@ -71,7 +72,13 @@ def eval_loader(recipe: ImageRecipe, spec: ImageSpec, part: ImageSet, device) ->
         recipe.train.eval_batch_size,
         device=device,
         prepare=input_pipeline(recipe, spec, False),
+        workers=loader_workers(recipe),
     )
+
+
+def loader_workers(recipe: ImageRecipe) -> int:
+    """DataLoader workers for streamed images (data.workers; auto = half the cores, at least one)."""
+    return auto_workers() if recipe.data.workers == "auto" else recipe.data.workers
 
 
 def initial_model(recipe: ImageRecipe, spec: ImageSpec) -> nn.Module:

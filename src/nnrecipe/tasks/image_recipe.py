@@ -87,6 +87,17 @@ class ImageData(Section):
         "auto", description="auto: mean/std computed on the training split; none; or {mean: [...], std: [...]}."
     )
     limit: int | None = Field(None, gt=0, description="Use only the first N training examples (quick experiments).")
+    stream: Literal["auto"] | bool = Field(
+        "auto",
+        description="imagefolder: decode images batch by batch in DataLoader workers instead of all into memory first; auto: when the decoded set would pass data.memory_cap_mb (the choice is printed).",
+    )
+    memory_cap_mb: int = Field(
+        2048, gt=0, description="stream auto: the decoded size (N x C x H x W bytes) above which images are streamed."
+    )
+    workers: Literal["auto"] | int = Field(
+        "auto",
+        description="Streamed images: DataLoader worker processes decoding ahead; 0 = decoding threads in the training process; auto = 0 on up to 4 cores (measured faster on 2), else a quarter of the cores.",
+    )
     classes: list[str] | None = Field(
         None,
         min_length=1,
