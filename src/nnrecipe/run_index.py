@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from nnrecipe.engine.tracking import flatten
 from nnrecipe.errors import UserError
 from nnrecipe.reporting import read_report, run_meta
 from nnrecipe.runs import Run
@@ -139,15 +140,6 @@ def history(run_dir: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:  # a line cut by a crash mid-write: the rest still counts
             continue
     return rows
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        out |= flatten(v, f"{prefix}.{k}" if prefix else str(k))
-    return out
 
 
 def recipe_differences(runs: list[Path]) -> dict[str, list[Any]]:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nnrecipe.engine.tracking import flatten
 from nnrecipe.errors import UserError
 
 ID_FILE = "mlflow_run_id"
@@ -34,15 +35,6 @@ def tracking_uri(uri: str) -> str:
     return uri if ":" in uri.split("/")[0] or uri.startswith("databricks") else Path(uri).resolve().as_uri()
 
 
-def flat_params(tree: Any, prefix: str = "") -> dict[str, str]:
-    if not isinstance(tree, dict):
-        return {prefix: str(tree)[:PARAM_MAX_CHARS]}
-    out: dict[str, str] = {}
-    for k, v in tree.items():
-        out |= flat_params(v, f"{prefix}.{k}" if prefix else str(k))
-    return out
-
-
 class MlflowLogger:
     """The metrics side: params once, a batch of metrics per logged row."""
 
@@ -63,7 +55,7 @@ class MlflowLogger:
         tmp = id_path.with_suffix(".tmp")
         tmp.write_text(self.run_id)
         os.replace(tmp, id_path)
-        params = [Param(k, v) for k, v in flat_params(config).items()]
+        params = [Param(k, str(v)[:PARAM_MAX_CHARS]) for k, v in flatten(config).items()]
         for i in range(0, len(params), PARAM_CHUNK):
             self.client.log_batch(self.run_id, params=params[i : i + PARAM_CHUNK])
 

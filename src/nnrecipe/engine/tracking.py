@@ -109,3 +109,13 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not Path(path).is_file():
         return []
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested sections as dotted field names ({"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}), as --set names them."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out |= flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
