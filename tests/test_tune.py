@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nnrecipe.errors import RecipeError
+from nnrecipe.errors import RecipeError, UserError
 from nnrecipe.recipe import validate_recipe
+from nnrecipe.runs import Run
+from nnrecipe.tasks import get_family
 from nnrecipe.tune.space import parse_param
 from nnrecipe.tune.study import load_plan, new_plan, open_study, run_study, save_plan
 
@@ -139,7 +141,7 @@ def test_ctrl_c_stops_the_running_trial_cleanly_and_resume_runs_it_again(tmp_pat
 def test_two_processes_on_one_storage_make_one_consistent_study(tmp_path):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(digits_raw(tmp_path)))
     out = cli("tune", str(tmp_path / "r.yaml"), "--param", "optim.lr=loguniform(0.001, 0.1)", "--trials", "4",
-              "--jobs", "2", "--pruner", "none", "--study", "par", cwd=tmp_path)  # fmt: skip
+              "--jobs", "2", "--pruner", "none", "--metric", "val_accuracy", "--study", "par", cwd=tmp_path)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     study = open_study(load_plan(tmp_path / "runs" / "par"), tmp_path / "runs" / "par")
     trials = study.get_trials()
@@ -148,16 +150,105 @@ def test_two_processes_on_one_storage_make_one_consistent_study(tmp_path):
     assert len({t.user_attrs["run"] for t in trials}) == 4
 
 
-def test_an_rl_study_on_frozenlake_runs(tmp_path):
+def frozenlake_plan(tmp_path, param: str, trials: int):
+    """A short FrozenLake Q-learning study: 1,500 episodes, evaluated every 500."""
     raw = yaml.safe_load((ROOT / "recipes" / "frozenlake-qlearning.yaml").read_text())
     raw["tabular"] |= {"episodes": 1500, "log_every": 500}
     raw["eval"] = {"episodes": 100}
     raw["track"] = {"runs_dir": str(tmp_path / "runs"), "progress": False, "plots": False, "tensorboard": False}
     options = {"sampler": "random", "pruner": "median", "metric": None, "direction": None, "seed": 0, "name": "rl"}
-    p = new_plan(raw, None, ["tabular.alpha=uniform(0.05, 0.5)"], 2, **options)
+    return new_plan(raw, None, [param], trials, **options)
+
+
+def test_an_rl_study_on_frozenlake_runs(tmp_path):
+    p = frozenlake_plan(tmp_path, "tabular.alpha=uniform(0.05, 0.5)", 2)
     report = run_study(p, tmp_path / "runs" / "rl")
     assert report["metric"] == "val_mean_return" and report["states"]["complete"] == 2
     assert all(0 <= t["value"] <= 1 for t in report["trials"])
+
+
+def test_ddp_trials_report_every_epoch_and_all_processes_stop_when_pruned(tmp_path):
+    """--nproc 2: each trial a two-process run under torchrun; rank 0 reports, the pruning decision is shared."""
+    import optuna
+
+    p = plan(tmp_path, ["optim.lr=choice(0.05, 0.00001)"], 4, pruner="median", nproc=2)
+    folder = tmp_path / "runs" / "s"
+    save_plan(p, folder)
+    study = open_study(p, folder, create=True)
+    lr = optuna.distributions.CategoricalDistribution([0.05, 0.00001])
+    for _ in range(2):  # the median pruner's two finished trials, written rather than trained (time)
+        study.add_trial(optuna.trial.create_trial(params={"optim.lr": 0.05}, distributions={"optim.lr": lr},
+                                                  value=0.4, intermediate_values={1: 0.2, 2: 0.3, 3: 0.4}))  # fmt: skip
+    for value in (0.05, 0.00001):
+        study.enqueue_trial({"optim.lr": value})
+    report = run_study(p, folder)
+    good, bad = report["trials"][2:]
+    assert [t["state"] for t in report["trials"]] == ["complete", "complete", "complete", "pruned"], report["trials"]
+    assert good["epochs"] == 3 and bad["epochs"] < 3 and good["value"] > 0.5
+    for t in (good, bad):
+        meta = json.loads((folder / t["run"] / "run.json").read_text())
+        assert meta["processes"] == 2 and meta["status"] == ("finished" if t is good else "pruned")
+
+
+def test_rl_trials_are_pruned_after_a_periodic_evaluation(tmp_path):
+    """The pruner hears each evaluation of an RL run (its own loop, not the engine's) and stops a bad trial."""
+    p = frozenlake_plan(tmp_path, "tabular.alpha=choice(0.3, 0.00001)", 3)
+    folder = tmp_path / "runs" / "rl"
+    save_plan(p, folder)
+    for alpha in (0.3, 0.3, 0.00001):  # two good trials for the median, then a learning rate that learns nothing
+        open_study(p, folder, create=True).enqueue_trial({"tabular.alpha": alpha})
+    report = run_study(p, folder)
+    last = report["trials"][2]
+    assert report["states"] == {"complete": 2, "pruned": 1, "fail": 0, "running": 0}, report["trials"]
+    assert last["state"] == "pruned" and last["epochs"] < 3
+    assert json.loads((folder / last["run"] / "run.json").read_text())["status"] == "pruned"
+
+
+def test_a_multi_objective_study_keeps_a_pareto_front_of_accuracy_size_and_latency(tmp_path):
+    p = plan(tmp_path, ["model.name=choice(convnet, lenet5, mlp)"], 3, sampler="grid",
+             metric=["val_accuracy", "parameters", "latency_ms"], pruner=None)  # fmt: skip
+    assert p.directions == ["maximize", "minimize", "minimize"] and p.pruner == "none"
+    folder = tmp_path / "runs" / "s"
+    report = run_study(p, folder)
+    trials = {t["params"]["model.name"]: t for t in report["trials"]}
+    assert report["states"]["complete"] == 3 and all(len(t["values"]) == 3 for t in trials.values())
+    for name, t in trials.items():  # `parameters` is the trained model's size
+        run = folder / t["run"]
+        recipe = validate_recipe(yaml.safe_load((run / "recipe.yaml").read_text()))
+        model = get_family("image_classification").trained(Run(run)).model
+        assert t["values"][1] == sum(q.numel() for q in model.parameters()) and recipe.model.name == name
+        assert t["values"][2] > 0
+    smallest = min(trials.values(), key=lambda t: t["values"][1])
+    most_accurate = max(trials.values(), key=lambda t: t["values"][0])
+    assert {smallest["number"], most_accurate["number"]} <= set(report["pareto"]), report
+    assert report["best"]["number"] == most_accurate["number"]
+    assert yaml.safe_load((folder / "best.yaml").read_text())["model"]["name"] == most_accurate["params"]["model.name"]
+    assert (folder / "plots" / "pareto.png").is_file() and "Pareto front: trials" in (folder / "report.md").read_text()
+
+
+def test_multi_objective_mistakes_are_one_line_errors(tmp_path):
+    with pytest.raises(RecipeError, match="prunes single-objective studies only"):
+        plan(tmp_path, ["optim.lr=loguniform(1e-3, 0.1)"], 2, metric=["val_accuracy", "parameters"], pruner="asha")
+    with pytest.raises(RecipeError, match="one per --metric"):
+        plan(tmp_path, ["optim.lr=loguniform(1e-3, 0.1)"], 2, metric=["val_accuracy", "parameters"],
+             direction=["maximize"])  # fmt: skip
+    raw = yaml.safe_load((ROOT / "recipes" / "frozenlake-qlearning.yaml").read_text())
+    with pytest.raises(RecipeError, match="latency_ms: needs a family that offers export"):
+        new_plan(raw, None, ["tabular.alpha=uniform(0.05, 0.5)"], 2, sampler="tpe", pruner=None,
+                 metric=["val_mean_return", "latency_ms"], direction=None, seed=0, name="x")  # fmt: skip
+
+
+def test_families_with_their_own_loop_refuse_multi_process_training(tmp_path):
+    from typer.testing import CliRunner
+
+    from nnrecipe.cli import app
+
+    recipe = ROOT / "recipes" / "frozenlake-qlearning.yaml"
+    with pytest.raises(UserError, match="--nproc/--nnodes: rl runs train in one process"):
+        CliRunner().invoke(app, ["train", str(recipe), "--nproc", "2"], catch_exceptions=False)
+    with pytest.raises(RecipeError, match="--nproc: rl runs train in one process"):
+        new_plan(yaml.safe_load(recipe.read_text()), None, ["tabular.alpha=uniform(0.05, 0.5)"], 2, sampler="tpe",
+                 pruner=None, metric=None, direction=None, seed=0, name="x", nproc=2)  # fmt: skip
 
 
 def test_a_terminal_shows_a_bar_over_the_trials(tmp_path, monkeypatch):

@@ -62,6 +62,12 @@ def train(
             raise UserError("--nproc/--nnodes: already under torchrun; drop them (torchrun launched the processes)")
         if seeds is not None or ensemble or continue_from is not None:
             raise UserError("--nproc/--nnodes: train one run at a time (no --seeds, --ensemble or --continue-from)")
+        from nnrecipe.recipe import load_recipe
+        from nnrecipe.tasks.family import get_family
+
+        family = get_family(load_recipe(_find_recipe(recipe), set_).task)
+        if not family.multi_process:
+            raise UserError(f"--nproc/--nnodes: {family.name} runs train in one process")
         args = ["train", str(_find_recipe(recipe)), *[a for item in set_ for a in ("--set", item)]]
         args += ["--name", name] if name else []
         raise typer.Exit(subprocess.run(torchrun_command(args, nnodes, nproc, node_rank, master)).returncode)
@@ -492,10 +498,17 @@ def tune(
     trials: int = typer.Option(20, help="Trials to finish (complete or pruned)."),
     timeout: str | None = typer.Option(None, help="Stop starting trials after this long: 2h, 30m, 90s."),
     jobs: int = typer.Option(1, help="Trials run at once, each in its own process with cores/jobs threads."),
-    sampler: str = typer.Option("tpe", help="tpe (seeded), random, grid (choice/int only), cmaes."),
-    pruner: str = typer.Option("median", help="none, median, asha (successive halving), hyperband."),
-    metric: str | None = typer.Option(None, help="Logged metric to optimise (default: the family's, on validation)."),
-    direction: str | None = typer.Option(None, help="maximize or minimize (default: the metric's own)."),
+    nproc: int = typer.Option(1, help="Processes per trial: each trial a DDP run through torchrun (one per GPU)."),
+    sampler: str = typer.Option("tpe", help="tpe (seeded), random, grid (choice/int only), cmaes, nsga2."),
+    pruner: str | None = typer.Option(
+        None, help="none, median, asha (successive halving), hyperband (default: median; none for several metrics)."
+    ),
+    metric: list[str] = typer.Option(
+        [],
+        help="Objective (repeatable: several make a Pareto front): a logged metric (default: the family's, "
+        "on validation), or parameters / latency_ms measured on the trained model.",
+    ),
+    direction: list[str] = typer.Option([], help="maximize or minimize, one per --metric (default: each one's own)."),
     storage: str | None = typer.Option(
         None, help="Optuna RDB URL shared by several machines (default: a journal file)."
     ),
@@ -528,7 +541,8 @@ def tune(
     raw = recipe_raw(path, set_)
     name = study or f"tune-{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     plan = new_plan(raw, space, param, trials, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
-                    seed=seed, storage=storage, name=name, timeout=parse_duration(timeout), source=str(path))  # fmt: skip
+                    seed=seed, storage=storage, name=name, timeout=parse_duration(timeout), source=str(path),
+                    nproc=nproc)  # fmt: skip
     folder = Path(raw.get("track", {}).get("runs_dir", "runs")) / name
     result = run_study(plan, folder, jobs=jobs, resume=study is not None and (folder / "study.json").is_file())
     if result["interrupted"]:

@@ -14,8 +14,10 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def torchrun_command(args: list[str], nnodes: int, nproc: int, node_rank: int, master: str | None) -> list[str]:
-    """`python -m torch.distributed.run ... -m nnrecipe.cli <args>`: one node (`--standalone`), or one of
+def torchrun_command(
+    args: list[str], nnodes: int, nproc: int, node_rank: int, master: str | None, module: str = "nnrecipe.cli"
+) -> list[str]:
+    """`python -m torch.distributed.run ... -m <module> <args>`: one node (`--standalone`), or one of
     `nnodes` nodes meeting at node 0's c10d rendezvous `master` (ADDR:PORT). Node 0 hosts the rendezvous
     store; saying so explicitly lets two "nodes" share one machine (the test does)."""
     import sys
@@ -32,4 +34,4 @@ def torchrun_command(args: list[str], nnodes: int, nproc: int, node_rank: int, m
             raise UserError(f"--node-rank: must be 0..{nnodes - 1} (got {node_rank})")
         cmd += ["--node-rank", str(node_rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", master]
         cmd += ["--rdzv-id", "nnrecipe", "--rdzv-conf", f"is_host={int(node_rank == 0)}"]
-    return [*cmd, "-m", "nnrecipe.cli", *args]
+    return [*cmd, "-m", module, *args]

@@ -71,6 +71,11 @@ class Callback:
         """After each epoch's row (train loss, validation metrics) is logged. Setting trainer.state.status to
         "pruned" ends the run there, its checkpoints written as for early stopping (a tuner's pruner)."""
 
+    def after_evaluation(self, step: int, row: dict[str, Any]) -> bool:
+        """Loops other than this one (RL's) call this after each periodic evaluation, with the step and the
+        family's validation metric(s); returning True stops the run there, marked pruned."""
+        return False
+
 
 class Diverged(UserError):
     """The loss became NaN or infinite."""

@@ -20,8 +20,8 @@ class ReinforcementLearning(TaskFamily):
     recipe = RLRecipe
     metric = Metric("mean_return", "max")
     hints = {"predict": "use `nnrecipe rl play` or `nnrecipe rl evaluate`"}
-    takes_callbacks = False  # its own interaction loop, not the engine's
     seed_field = "seed"
+    multi_process = False  # one interaction loop, one process
 
     def anchor_paths(self, recipe: RLRecipe, folder: Path) -> None:
         """A gridmap map file may be named relative to the recipe."""
@@ -30,9 +30,9 @@ class ReinforcementLearning(TaskFamily):
             env.map = str(folder / env.map)
 
     def train(self, recipe: RLRecipe, run: Run, *, resume: bool = False, callbacks: list = ()) -> dict[str, Any]:
-        if callbacks:
-            raise UserError("RL runs take no engine callbacks (they have their own interaction loop)")
-        return runner.train(recipe, run, resume=resume)
+        """Its own interaction loop, not the engine's: callbacks hear only `after_evaluation` (each periodic
+        evaluation's mean return), which may stop the run (a tuner's pruner)."""
+        return runner.train(recipe, run, resume=resume, listeners=callbacks)
 
     def evaluate(
         self, run: Run, split: str | None = None, data_path: str | None = None, episodes: int | None = None

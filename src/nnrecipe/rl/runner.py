@@ -35,18 +35,36 @@ DEEP = {"dqn": train_dqn, "ppo": train_ppo, "reinforce": train_reinforce}
 Policy = Callable[[Any], int]
 
 
+class Stopped(Exception):
+    """A listener (a tuner's pruner) stopped training after a periodic evaluation."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+
+def hear(listeners, step: int, value: float) -> None:
+    """Tell each listener the periodic evaluation's mean return (as the family's validation metric)."""
+    if any(cb.after_evaluation(step, {"val_mean_return": float(value)}) for cb in listeners):
+        raise Stopped(step)
+
+
 # -- training ----------------------------------------------------------------------------------------
 
 
-def train(recipe: RLRecipe, run: Run, *, resume: bool = False) -> dict[str, Any]:
+def train(recipe: RLRecipe, run: Run, *, resume: bool = False, listeners=()) -> dict[str, Any]:
+    """`listeners` hear each periodic evaluation (engine Callbacks' `after_evaluation`) and may stop the run."""
     env = make_env(recipe)
     tracker = Tracker.for_recipe(run.dir, recipe)
     run.update_meta(status="running", task=recipe.task, algo=recipe.algo, env=recipe.env.id)
     try:
         if recipe.algo in DEEP:
-            policy, extra = _train_deep(recipe, run, env, tracker, resume)
+            policy, extra = _train_deep(recipe, run, env, tracker, resume, listeners)
         else:
-            policy, extra = _train_tabular(recipe, run, env, tracker, resume)
+            policy, extra = _train_tabular(recipe, run, env, tracker, resume, listeners)
+    except Stopped as stop:
+        run.update_meta(status="pruned")
+        console.print(f"stopped after the evaluation at {stop.step:,}")
+        return {"status": "pruned", "run": str(run.dir), "stopped_at": stop.step}
     finally:
         tracker.close()
     run.update_meta(status="finished")
@@ -56,7 +74,7 @@ def train(recipe: RLRecipe, run: Run, *, resume: bool = False) -> dict[str, Any]
     return {"status": "finished", "run": str(run.dir), **extra, **summary}
 
 
-def _train_tabular(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resume: bool):
+def _train_tabular(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resume: bool, listeners):
     if not isinstance(env.observation_space, gym.spaces.Discrete) or not isinstance(
         env.action_space, gym.spaces.Discrete
     ):
@@ -76,6 +94,7 @@ def _train_tabular(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, r
         row = {"epoch": row["episode"], **row}
         tracker.log_epoch(row, step_key="episode")
         save_checkpoint(run.last_checkpoint, {"q": torch.from_numpy(table)}, {"episode": row["episode"]})
+        hear(listeners, row["episode"], row["mean_return"])
         if recipe.track.progress:
             console.print(
                 f"episode {row['episode']:,}/{recipe.tabular.episodes:,}  mean return {row['mean_return']:.3f}  "
@@ -123,7 +142,7 @@ def _check_spaces(recipe: RLRecipe, env: gym.Env) -> None:
         )
 
 
-def _train_deep(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resume: bool):
+def _train_deep(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resume: bool, listeners):
     _check_spaces(recipe, env)
     cfg = getattr(recipe, recipe.algo)
     device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
@@ -142,6 +161,7 @@ def _train_deep(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resu
                 f"step {row['step']:,}/{cfg.total_steps:,}  eval return {row['eval_return']:.1f}  "
                 f"train return {train_return:.1f}  {row['steps_per_s']:,.0f} steps/s"
             )
+        hear(listeners, row["step"], row["eval_return"])
 
     def checkpoint(state: dict) -> None:
         buffer = state.pop("buffer", None)

@@ -93,6 +93,7 @@ class EmbeddingClassification(EvaluatedFamily):
     output = outputs.CLASSIFICATION
     card_metrics = ("accuracy", "examples")
     predict_inputs = "texts"
+    multi_process = False  # no training loop to share
 
     def splits(self, recipe: EmbeddingRecipe) -> Splits:
         return text_splits(recipe.data)

@@ -170,6 +170,7 @@ class TaskFamily(ABC):
     predict_inputs: ClassVar[str] = "files"  # what `predict` takes: "files" (paths) or "texts"
     hints: ClassVar[dict[str, str]] = {}  # verb -> what to use instead, added to its refusal
     takes_callbacks: ClassVar[bool] = True  # train() accepts engine callbacks (a tuner's per-epoch pruning)
+    multi_process: ClassVar[bool] = True  # train() runs as one DDP run under torchrun (train/tune --nproc)
     seed_field: ClassVar[str] = "train.seed"  # the recipe field `train --seeds` sets
     ensemble_inputs: ClassVar[tuple[str, ...]] = ()  # spec keys an ensemble's members must share (see trained)
 

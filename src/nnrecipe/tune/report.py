@@ -1,5 +1,6 @@
 """A study's report: the trials table (parameters, value, state, seconds), the best trial and its recipe as
-`best.yaml` (ready for `nnrecipe train`), report.json, and Optuna's matplotlib plots."""
+`best.yaml` (ready for `nnrecipe train`), report.json, and Optuna's matplotlib plots. A multi-objective
+study adds its Pareto front (a table and pareto.png); its other plots follow the first objective."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def trial_rows(study) -> list[dict[str, Any]]:
         {
             "number": t.number,
             "state": t.state.name.lower(),
-            "value": t.value,
+            "value": t.values[0] if t.values else None,
+            "values": t.values,
             "params": t.params,
             "seconds": t.user_attrs.get("seconds"),
             "epochs": len(t.intermediate_values),
@@ -35,7 +37,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
     ]
 
 
-def draw(study, folder: Path) -> tuple[list[str], dict[str, str]]:
+def draw(study, folder: Path, metrics: list[str], maximize: bool) -> tuple[list[str], dict[str, str]]:
     """The plots Optuna can draw for this study (importances need two finished trials, ...)."""
     import matplotlib
 
@@ -50,9 +52,17 @@ def draw(study, folder: Path) -> tuple[list[str], dict[str, str]]:
 
     out, skipped = [], {}
     (folder / "plots").mkdir(exist_ok=True)
-    for name, fn in PLOTS.items():
+    plots, kw = dict(PLOTS), {}
+    if len(metrics) > 1:  # per-trial plots follow the first objective; the front gets its own
+        plots.pop("intermediate.png")
+        kw = {"target": lambda t: t.values[0], "target_name": metrics[0]}
+    for name, fn in plots.items():
+        if kw and name == "importances.png" and maximize:  # the evaluator ranks for low values of the target
+            kw_here = kw | {"target": lambda t: -t.values[0], "target_name": f"-{metrics[0]}"}
+        else:
+            kw_here = kw
         try:
-            ax = getattr(vis, fn)(study)
+            ax = getattr(vis, fn)(study, **kw_here)
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
             fig.savefig(folder / "plots" / name, dpi=110, bbox_inches="tight")
             plt.close(fig)
@@ -60,17 +70,37 @@ def draw(study, folder: Path) -> tuple[list[str], dict[str, str]]:
         except Exception as e:  # noqa: BLE001 - optuna raises several kinds for "not enough trials"
             skipped[name] = str(e).splitlines()[0] if str(e) else type(e).__name__
             plt.close("all")
+    if len(metrics) > 1:
+        try:
+            ax = vis.plot_pareto_front(study, target_names=metrics)
+            ax.get_figure().savefig(folder / "plots" / "pareto.png", dpi=110, bbox_inches="tight")
+            out.append("plots/pareto.png")
+        except Exception as e:  # noqa: BLE001 - more than three objectives, no complete trial, ...
+            skipped["pareto.png"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+        plt.close("all")
     return out, skipped
 
 
-def write_study_report(study, plan, folder: Path) -> dict[str, Any]:
+def leader(study, plan):
+    """The best trial; for several objectives, the Pareto front's best on the first."""
     from optuna.exceptions import OptunaError
 
+    if not plan.multi:
+        try:
+            return study.best_trial
+        except (ValueError, OptunaError):
+            return None
+    front = study.best_trials
+    if not front:
+        return None
+    sign = 1 if plan.direction == "maximize" else -1
+    return max(front, key=lambda t: sign * t.values[0])
+
+
+def write_study_report(study, plan, folder: Path) -> dict[str, Any]:
     rows = trial_rows(study)
-    try:
-        best = study.best_trial
-    except (ValueError, OptunaError):
-        best = None
+    best = leader(study, plan)
+    front = sorted(t.number for t in study.best_trials) if plan.multi else []
     if best is not None:
         src = folder / best.user_attrs["run"] / "recipe.yaml"
         if src.is_file():  # the trial's recipe, writing its runs where the base recipe does
@@ -78,7 +108,7 @@ def write_study_report(study, plan, folder: Path) -> dict[str, Any]:
             track = plan.recipe.get("track", {})
             recipe["track"] |= {"runs_dir": track.get("runs_dir", "runs"), "name": track.get("name")}
             (folder / "best.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-    plots, skipped = draw(study, folder)
+    plots, skipped = draw(study, folder, plan.metrics, plan.direction == "maximize")
     states = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail", "running")}
     rerun = {t.user_attrs.get("rerun_of") for t in study.get_trials(deepcopy=False)}
     interrupted = [t.number for t in study.get_trials(deepcopy=False)
@@ -87,12 +117,15 @@ def write_study_report(study, plan, folder: Path) -> dict[str, Any]:
         "study": plan.name,
         "metric": plan.metric,
         "direction": plan.direction,
+        "metrics": plan.metrics,
+        "directions": plan.directions,
         "sampler": plan.sampler,
         "pruner": plan.pruner,
         "planned": plan.trials,
         "states": states,
-        "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params,
-                                           "run": best.user_attrs.get("run")},
+        "best": None if best is None else {"number": best.number, "value": best.values[0], "values": best.values,
+                                           "params": best.params, "run": best.user_attrs.get("run")},
+        "pareto": front,  # trial numbers on the Pareto front (several objectives)
         "seconds": sum(r["seconds"] or 0 for r in rows),
         "interrupted": interrupted,  # Ctrl-C'd trials that --resume will run again
         "trials": rows,
@@ -103,29 +136,39 @@ def write_study_report(study, plan, folder: Path) -> dict[str, Any]:
     tmp.write_text(json.dumps(report, indent=2, default=str))
     tmp.replace(folder / "report.json")
     names = sorted({k for r in rows for k in r["params"]})
+    goal = ", ".join(f"{k} ({d})" for k, d in zip(plan.metrics, plan.directions, strict=True))
     md = [
         f"# Study {plan.name}",
         "",
-        f"Objective: {plan.metric} ({plan.direction}), best epoch of each trial; sampler {plan.sampler}, pruner "
+        f"Objective{'s' if plan.multi else ''}: {goal}, best epoch of each trial; sampler {plan.sampler}, pruner "
         f"{plan.pruner}; {states['complete']} complete, {states['pruned']} pruned, {states['fail']} failed of "
         f"{plan.trials} planned; {report['seconds'] / 60:.1f} min of training in all.",
         "",
     ]
+    if plan.multi:
+        md += [f"**Pareto front: trials {', '.join(map(str, front)) or 'none yet'}** (no other trial is as good on "
+               f"every objective and better on one).", ""]  # fmt: skip
     if best is not None:
-        md += [f"**Best: trial {best.number}**, {plan.metric} {best.value:.4f}: "
+        md += [f"**Best{' on ' + plan.metric + ' of the front' if plan.multi else ''}: trial {best.number}**, "
+               f"{plan.metric} {best.values[0]:.4f}: "
                + ", ".join(f"`{k}={v}`" for k, v in best.params.items())
                + f". Its recipe: `best.yaml` (`nnrecipe train {folder / 'best.yaml'}`).", ""]  # fmt: skip
-    md += ["| trial | state | value | " + " | ".join(names) + " | epochs | seconds |",
-           "|---|---|---|" + "---|" * len(names) + "---|---|"]  # fmt: skip
+    heads = plan.metrics if plan.multi else ["value"]
+    md += ["| trial | state | " + " | ".join(heads + names) + " | epochs | seconds |",
+           "|---|---|" + "---|" * len(heads + names) + "---|---|"]  # fmt: skip
     for r in rows:
-        value = "" if r["value"] is None else f"{r['value']:.4f}"
+        shown = r["values"] or [None] * len(heads)
+        values = " | ".join("" if v is None else f"{v:.4g}" if plan.multi else f"{v:.4f}" for v in shown)
         params = " | ".join(f"{r['params'][n]:.4g}" if isinstance(r["params"].get(n), float) else str(r["params"].get(n, ""))
                             for n in names)  # fmt: skip
-        md.append(f"| {r['number']} | {r['state']} | {value} | {params} | {r['epochs']} | {r['seconds'] or ''} |")
+        mark = " (front)" if r["number"] in front else ""
+        md.append(
+            f"| {r['number']}{mark} | {r['state']} | {values} | {params} | {r['epochs']} | {r['seconds'] or ''} |"
+        )
     md.append("")
     md += [line for p in plots for line in (f"![{p}]({p})", "")]
     (folder / "report.md").write_text("\n".join(md))
     if best is not None:
-        console.print(f"best: trial {best.number}, {plan.metric} {best.value:.4f} {best.params}; "
+        console.print(f"best: trial {best.number}, {plan.metric} {best.values[0]:.4f} {best.params}; "
                       f"recipe {folder / 'best.yaml'}; report {folder / 'report.md'}", soft_wrap=True)  # fmt: skip
     return report

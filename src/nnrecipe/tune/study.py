@@ -12,6 +12,10 @@ once, which SQLite does badly (Optuna's documented trap); an RDB URL (--storage 
 machines without a shared filesystem. The journal has no heartbeat, so a trial left RUNNING by a killed
 process is recognised by its recorded host and process id: `--resume` marks it failed and runs its
 parameters again, and counts only finished trials (complete or pruned) towards the planned number.
+
+Several objectives (`--metric val_accuracy --metric parameters`) make a multi-objective study: Optuna keeps
+the Pareto front (TPE or NSGA-II sample it), the report draws it, and `best.yaml` is the front's trial best on
+the first objective. Optuna prunes single-objective studies only, so such a study runs unpruned.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from nnrecipe.errors import RecipeError, UserError
 from nnrecipe.recipe import validate_recipe
 from nnrecipe.runs import create_run
 from nnrecipe.tasks.family import get_family
+from nnrecipe.tune.objectives import MEASURED, check_measurable, measure
 from nnrecipe.tune.space import Param, check_space, load_space, parse_param, with_values
 
-SAMPLERS = ("tpe", "random", "grid", "cmaes")
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsga2")
 PRUNERS = ("none", "median", "asha", "hyperband")
 PLAN = "study.json"
 JOURNAL = "journal.log"
@@ -48,19 +53,32 @@ class Plan:
     recipe: dict[str, Any]  # the raw recipe (file + --set), paths anchored
     space: list[str]  # the parameters as NAME=KIND(ARGS)
     trials: int
-    metric: str  # a logged key, e.g. val_accuracy
-    direction: str  # maximize | minimize
+    metrics: list[str]  # logged keys (val_accuracy) or measured ones (parameters, latency_ms); the first leads
+    directions: list[str]  # maximize | minimize, one per metric
     sampler: str = "tpe"
     pruner: str = "median"
     seed: int = 0
     storage: str | None = None  # an RDB URL; None = the journal file in the study directory
     name: str = "study"
     timeout: float | None = None
+    nproc: int = 1  # processes per trial (DDP through torchrun)
     source: str = ""  # the recipe file
     created: float = field(default_factory=time.time)
 
     def params(self) -> list[Param]:
         return [parse_param(p) for p in self.space]
+
+    @property
+    def metric(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def direction(self) -> str:
+        return self.directions[0]
+
+    @property
+    def multi(self) -> bool:
+        return len(self.metrics) > 1
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -73,16 +91,27 @@ def parse_duration(text: str | None) -> float | None:
     return float(m.group(1)) * {"h": 3600, "m": 60, "s": 1, "": 1}[m.group(2)]
 
 
-def objective_of(family, metric: str | None, direction: str | None) -> tuple[str, str]:
-    """(logged key, direction): the family's primary validation metric unless told otherwise."""
-    key = metric or f"val_{family.metric.name}"
-    if direction is None:
-        base = key.removeprefix("val_").removeprefix("train_")
-        mode = family.metric.mode if base == family.metric.name else ("min" if "loss" in base else "max")
-        direction = "maximize" if mode == "max" else "minimize"
-    if direction not in ("maximize", "minimize"):
-        raise RecipeError(f"--direction: maximize or minimize (got {direction!r})")
-    return key, direction
+def objective_of(family, metrics: list[str], directions: list[str]) -> tuple[list[str], list[str]]:
+    """(keys, directions): the family's primary validation metric unless told otherwise; a direction per
+    metric, each defaulting to its own (a measured one's, the family's for its metric, min for a loss)."""
+    keys = list(metrics) or [f"val_{family.metric.name}"]
+    if len(set(keys)) < len(keys):
+        raise RecipeError(f"--metric: each objective once (got {', '.join(keys)})")
+    if directions and len(directions) != len(keys):
+        raise RecipeError(f"--direction: one per --metric ({len(keys)}), or none for their own (got {len(directions)})")
+    out = []
+    for key, direction in zip(keys, directions or [None] * len(keys), strict=True):
+        if direction is None and key in MEASURED:
+            direction = MEASURED[key][0]
+        elif direction is None:
+            base = key.removeprefix("val_").removeprefix("train_")
+            mode = family.metric.mode if base == family.metric.name else ("min" if "loss" in base else "max")
+            direction = "maximize" if mode == "max" else "minimize"
+        if direction not in ("maximize", "minimize"):
+            raise RecipeError(f"--direction: maximize or minimize (got {direction!r})")
+        out.append(direction)
+    check_measurable(family, keys)
+    return keys, out
 
 
 def new_plan(
@@ -95,13 +124,29 @@ def new_plan(
         raise RecipeError(f"--trials: at least 1 (got {trials})")
     space = load_space(space_file, params)
     check_space(recipe_raw, space)
+    keys, directions = objective_of(family, as_list(options.pop("metric")), as_list(options.pop("direction")))
+    multi = len(keys) > 1
+    if options.get("pruner") is None:  # Optuna prunes single-objective studies only
+        options["pruner"] = "none" if multi else "median"
     for flag, value, allowed in (("--sampler", options["sampler"], SAMPLERS), ("--pruner", options["pruner"], PRUNERS)):
         if value not in allowed:
             raise RecipeError(f"{flag}: one of {', '.join(allowed)} (got {value!r})")
     if options["sampler"] == "grid" and any(p.kind not in ("choice", "int") for p in space):
         raise RecipeError("--sampler grid: every parameter must be choice(...) or int(...) (a grid has finite points)")
-    key, direction = objective_of(family, options.pop("metric"), options.pop("direction"))
-    return Plan(recipe_raw, [p.describe() for p in space], trials, key, direction, **options)
+    if multi and options["pruner"] != "none":
+        raise RecipeError(f"--pruner {options['pruner']}: Optuna prunes single-objective studies only; "
+                          f"a study of {len(keys)} objectives runs with --pruner none")  # fmt: skip
+    if options.get("nproc", 1) < 1:
+        raise RecipeError(f"--nproc: at least 1 (got {options['nproc']})")
+    if options.get("nproc", 1) > 1 and not family.multi_process:
+        raise RecipeError(f"--nproc: {family.name} runs train in one process")
+    if multi and options["sampler"] == "cmaes":
+        raise RecipeError("--sampler cmaes: single-objective only; use tpe or nsga2 for several objectives")
+    return Plan(recipe_raw, [p.describe() for p in space], trials, keys, directions, **options)
+
+
+def as_list(value: str | list[str] | None) -> list[str]:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
 
 
 def make_sampler(plan: Plan):
@@ -112,6 +157,8 @@ def make_sampler(plan: Plan):
     if plan.sampler == "grid":
         grid = {p.name: p.choices or list(range(p.low, p.high + 1, p.step or 1)) for p in plan.params()}
         return optuna.samplers.GridSampler(grid, seed=plan.seed)
+    if plan.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=plan.seed, population_size=max(4, min(50, plan.trials // 4)))
     if plan.sampler == "cmaes":
         try:
             import cmaes  # noqa: F401  (Optuna's CMA-ES sampler needs it)
@@ -149,23 +196,31 @@ def open_study(plan: Plan, folder: Path, create: bool = False):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     kw = {"storage": storage_of(plan, folder), "sampler": make_sampler(plan), "pruner": make_pruner(plan)}
     if create:
-        return optuna.create_study(study_name=plan.name, direction=plan.direction, load_if_exists=True, **kw)
+        return optuna.create_study(study_name=plan.name, directions=plan.directions, load_if_exists=True, **kw)
     return optuna.load_study(study_name=plan.name, **kw)
 
 
 class PruneTrial(Callback):
-    """Reports the objective to Optuna after every epoch; a trial its pruner stops ends there, marked pruned."""
+    """Reports the objective to Optuna after every epoch (or RL evaluation); a trial its pruner stops ends
+    there, marked pruned."""
 
     def __init__(self, trial, key: str):
         self.trial, self.key = trial, key
 
     def after_epoch(self, trainer, row: dict[str, Any]) -> None:
-        if self.key not in row:
-            return
-        self.trial.report(float(row[self.key]), trainer.state.epoch)
-        if self.trial.should_prune():
+        if self.after_evaluation(trainer.state.epoch, row):
             trainer.state.status = "pruned"
-            console.print(f"trial {self.trial.number}: pruned after epoch {trainer.state.epoch}")
+
+    def after_evaluation(self, step: int, row: dict[str, Any]) -> bool:
+        """Report `row`'s objective at `step`; True when the pruner stops the trial here (RL calls this after
+        each periodic evaluation)."""
+        if self.key not in row:
+            return False
+        self.trial.report(float(row[self.key]), step)
+        if not self.trial.should_prune():
+            return False
+        console.print(f"trial {self.trial.number}: pruned at {step}")
+        return True
 
 
 def objective(plan: Plan, folder: Path):
@@ -174,7 +229,7 @@ def objective(plan: Plan, folder: Path):
 
     params = plan.params()
 
-    def run_trial(trial) -> float:
+    def run_trial(trial) -> float | list[float]:
         values = {p.name: p.suggest(trial) for p in params}
         raw = with_values(plan.recipe, values)
         raw.setdefault("track", {}).update(
@@ -186,30 +241,58 @@ def objective(plan: Plan, folder: Path):
         for key, value in (("run", run.dir.name), ("host", socket.gethostname()), ("pid", os.getpid())):
             trial.set_user_attr(key, value)
         start = time.perf_counter()
-        pruning = [PruneTrial(trial, plan.metric)] if family.takes_callbacks else []
-        result = family.train(recipe, run, callbacks=pruning)
+        if plan.nproc > 1:
+            result = train_in_processes(plan, folder, trial.number, run)
+        else:
+            pruning = [PruneTrial(trial, plan.metric)] if family.takes_callbacks and not plan.multi else []
+            result = family.train(recipe, run, callbacks=pruning)
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
         if result.get("status") == "interrupted":
             trial.set_user_attr("interrupted", True)
             trial.study.stop()
             raise UserError(f"trial {trial.number} interrupted; `nnrecipe tune --resume {folder}` runs it again")
-        value = best_value(result, plan.metric, plan.direction)
         if result.get("status") == "pruned":
             raise optuna.TrialPruned()
-        return value
+        logged = [(k, d) for k, d in zip(plan.metrics, plan.directions, strict=True) if k not in MEASURED]
+        row = best_row(result, [k for k, _ in logged], logged[0][1]) if logged else {}
+        row |= measure(family, run, plan.metrics)
+        for key in plan.metrics:
+            trial.set_user_attr(f"objective:{key}", row[key])
+        values = [float(row[k]) for k in plan.metrics]
+        return values if plan.multi else values[0]
 
     return run_trial
 
 
-def best_value(result: dict[str, Any], key: str, direction: str) -> float:
-    """The best epoch's value of `key`; for runs without epochs (RL), the final summary's."""
-    seen = [row[key] for row in result.get("history") or [] if key in row]
-    if seen:
-        return max(seen) if direction == "maximize" else min(seen)
-    base = key.removeprefix("val_")
-    if base in result:
-        return float(result[base])
-    raise UserError(f"--metric: {key!r} is not logged by this run; logged: {', '.join(sorted(result))}")
+def train_in_processes(plan: Plan, folder: Path, number: int, run) -> dict[str, Any]:
+    """Train the trial's run with `plan.nproc` DDP processes (tune/trial.py) and read back what it logged."""
+    import subprocess
+
+    from nnrecipe.engine.distributed import torchrun_command
+    from nnrecipe.engine.tracking import read_metrics
+
+    args = [str(folder), str(number), str(run.dir)]
+    code = subprocess.run(torchrun_command(args, 1, plan.nproc, 0, None, module="nnrecipe.tune.trial")).returncode
+    status = run.meta().get("status")
+    if code == 130 or status == "interrupted":
+        return {"status": "interrupted", "run": str(run.dir)}
+    if code != 0:
+        raise UserError(f"trial {number}: its {plan.nproc} processes failed (exit {code}); see {run.dir}")
+    return {"status": status, "run": str(run.dir), "history": read_metrics(run.dir / "metrics.jsonl")}
+
+
+def best_row(result: dict[str, Any], keys: list[str], direction: str) -> dict[str, Any]:
+    """The logged objectives at the best epoch of the first; for runs without epochs (RL), the final summary's."""
+    rows = [row for row in result.get("history") or [] if keys[0] in row]
+    if rows:
+        row = (max if direction == "maximize" else min)(rows, key=lambda r: r[keys[0]])
+    else:
+        row = {k: float(result[k.removeprefix("val_")]) for k in keys if k.removeprefix("val_") in result}
+    missing = [k for k in keys if k not in row]
+    if missing:
+        logged = sorted({k for r in result.get("history") or [] for k in r} | set(result))
+        raise UserError(f"--metric: {missing[0]!r} is not logged by this run; logged: {', '.join(logged)}")
+    return row
 
 
 def finished(study) -> int:
@@ -259,7 +342,10 @@ def load_plan(folder: Path) -> Plan:
     path = Path(folder) / PLAN
     if not path.is_file():
         raise UserError(f"{folder}: not a study directory (no {PLAN})")
-    return Plan(**json.loads(path.read_text()))
+    data = json.loads(path.read_text())
+    if "metric" in data:  # a single-objective study.json from before multi-objective studies
+        data["metrics"], data["directions"] = [data.pop("metric")], [data.pop("direction")]
+    return Plan(**data)
 
 
 def worker(plan_dir: str, quota: int, threads: int | None) -> None:
@@ -284,7 +370,14 @@ def callbacks(plan: Plan) -> list:
 
 
 def announce(study, trial) -> None:
-    """One line per finished trial: number, state, value, best so far."""
+    """One line per finished trial: number, state, value, best so far (the Pareto front's size for several)."""
+    if len(study.directions) > 1:
+        values = "-" if trial.values is None else ", ".join(f"{v:.4g}" for v in trial.values)
+        front = len(study.best_trials)
+        console.print(
+            f"trial {trial.number}: {trial.state.name.lower()}, values {values}; Pareto front {front} trial(s)"
+        )
+        return
     value = "-" if trial.value is None else f"{trial.value:.4f}"
     try:
         best = f"{study.best_value:.4f} (trial {study.best_trial.number})"
@@ -317,8 +410,9 @@ def run_study(plan: Plan, folder: Path, jobs: int = 1, resume: bool = False) -> 
         if requeued:
             console.print(f"re-running {requeued} trial(s) that a stopped process left unfinished")
     remaining = plan.trials - finished(study)
-    console.print(f"study {plan.name}: {finished(study)} of {plan.trials} trials finished; {plan.metric} "
-                  f"({plan.direction}), sampler {plan.sampler}, pruner {plan.pruner}; {folder}")  # fmt: skip
+    goal = ", ".join(f"{k} ({d})" for k, d in zip(plan.metrics, plan.directions, strict=True))
+    console.print(f"study {plan.name}: {finished(study)} of {plan.trials} trials finished; {goal}, "
+                  f"sampler {plan.sampler}, pruner {plan.pruner}; {folder}")  # fmt: skip
     if remaining > 0 and jobs <= 1:
         with trial_bar(plan, finished(study)) as advance:
             study.optimize(objective(plan, folder), n_trials=remaining, timeout=plan.timeout, catch=(UserError,),
