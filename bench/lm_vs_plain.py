@@ -7,7 +7,9 @@ their losses after the same steps should agree; the clock covers the training st
 of each, their ratio, the mean training loss of each, and the achieved FLOP/s as a fraction of this
 machine's measured fp32 matmul peak (nanoGPT's estimate_mfu: 6N + 12 L T C FLOPs per token).
 
-Rounds alternate which side runs first.
+Rounds alternate which side runs first. Besides each side's total time, the time between the ends of
+successive steps is recorded, and its median gives a second tokens/s figure that a background process
+stealing a core for a few seconds does not move (this 2-core host is shared).
 
     python bench/lm_vs_plain.py --train ../shared/datasets/tinyshakespeare/train.txt --steps 300 --rounds 4
 """
@@ -50,7 +52,7 @@ def flops_per_token(cfg: SequenceConfig, n_params: int) -> float:
     return 6 * n_params + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
 
 
-def plain(tokens, cfg: SequenceConfig, steps: int, seed: int) -> tuple[float, float]:
+def plain(tokens, cfg: SequenceConfig, steps: int, seed: int) -> tuple[float, float, float]:
     torch.manual_seed(seed)
     model = build_sequence_model(cfg)
     opt = build_optimizer(
@@ -59,6 +61,7 @@ def plain(tokens, cfg: SequenceConfig, steps: int, seed: int) -> tuple[float, fl
     loader = BlockLoader(tokens, BLOCK, BATCH, batches=steps, shuffle=True, seed=seed)
     model.train()
     losses, start = [], time.perf_counter()
+    ends = [start]
     for x, y in loader.batches(0):
         logits, _ = model(x)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
@@ -67,23 +70,31 @@ def plain(tokens, cfg: SequenceConfig, steps: int, seed: int) -> tuple[float, fl
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
-    return time.perf_counter() - start, statistics.mean(losses)
+        ends.append(time.perf_counter())
+    return ends[-1] - start, median_step(ends), statistics.mean(losses)
+
+
+def median_step(ends: list[float]) -> float:
+    """The median time between the ends of successive steps (the first step, with its warm-up, left out)."""
+    return statistics.median(b - a for a, b in zip(ends[1:-1], ends[2:], strict=True))
 
 
 class Clock(Callback):
     """Training time from the first step's start to the last step's end."""
 
     def __init__(self):
-        self.start = self.end = None
+        self.start, self.ends = None, []
 
     def on_train_mode(self, epoch, model):
-        self.start = self.start or time.perf_counter()
+        if self.start is None:
+            self.start = time.perf_counter()
+            self.ends.append(self.start)
 
     def after_step(self, trainer):
-        self.end = time.perf_counter()
+        self.ends.append(time.perf_counter())
 
 
-def nnrecipe(text_file: Path, steps: int, seed: int, runs: Path) -> tuple[float, float]:
+def nnrecipe(text_file: Path, steps: int, seed: int, runs: Path) -> tuple[float, float, float]:
     recipe = validate_recipe(
         {
             "task": "language_modeling",
@@ -98,7 +109,7 @@ def nnrecipe(text_file: Path, steps: int, seed: int, runs: Path) -> tuple[float,
     )
     clock = Clock()
     result = get_family("language_modeling").train(recipe, create_run(recipe, "bench"), callbacks=[clock])
-    return clock.end - clock.start, result["history"][-1]["train_loss"]
+    return clock.ends[-1] - clock.start, median_step(clock.ends), result["history"][-1]["train_loss"]
 
 
 def main() -> None:
@@ -126,25 +137,28 @@ def main() -> None:
     print(
         f"GPT {n_params / 1e6:.2f}M parameters, vocabulary {tok.vocab_size}, {args.steps} steps of {BATCH} x {BLOCK} tokens"
     )
-    ratios = []
+    ratios, step_ratios = [], []
     with tempfile.TemporaryDirectory() as runs:
         for r in range(args.rounds):
             # Alternate which runs first (ABBA...): neither side always gets the warmer allocator and caches.
             if r % 2 == 0:
-                p_s, p_loss = plain(tokens, cfg, args.steps, seed=r)
-                n_s, n_loss = nnrecipe(Path(args.train), args.steps, r, Path(runs))
+                p_s, p_step, p_loss = plain(tokens, cfg, args.steps, seed=r)
+                n_s, n_step, n_loss = nnrecipe(Path(args.train), args.steps, r, Path(runs))
             else:
-                n_s, n_loss = nnrecipe(Path(args.train), args.steps, r, Path(runs))
-                p_s, p_loss = plain(tokens, cfg, args.steps, seed=r)
+                n_s, n_step, n_loss = nnrecipe(Path(args.train), args.steps, r, Path(runs))
+                p_s, p_step, p_loss = plain(tokens, cfg, args.steps, seed=r)
             tokens_done = args.steps * BATCH * BLOCK
-            for name, s, loss in (("plain loop", p_s, p_loss), ("nnrecipe", n_s, n_loss)):
+            for name, s, step, loss in (("plain loop", p_s, p_step, p_loss), ("nnrecipe", n_s, n_step, n_loss)):
                 achieved = flops_per_token(cfg, n_params) * tokens_done / s
-                print(f"round {r}: {name:10s} {tokens_done / s:8,.0f} tokens/s  mean train loss {loss:.4f}  "
+                print(f"round {r}: {name:10s} {tokens_done / s:8,.0f} tokens/s ({BATCH * BLOCK / step:8,.0f} at the "
+                      f"median step)  mean train loss {loss:.4f}  "
                       f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of the matmul peak")  # fmt: skip
             ratios.append(p_s / n_s)
-    print(
-        f"nnrecipe / plain tokens/s: median {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})"
-    )
+            step_ratios.append(p_step / n_step)
+    for what, xs in (("total time", ratios), ("median step", step_ratios)):
+        spread = statistics.stdev(xs) if len(xs) > 1 else 0.0
+        print(f"nnrecipe / plain tokens/s by {what}: mean {statistics.mean(xs):.3f} +/- {spread:.3f}, median "
+              f"{statistics.median(xs):.3f} (rounds: {', '.join(f'{x:.3f}' for x in xs)})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ def base_recipe(data: Path, epochs: int, runs: Path) -> dict:
         "data.source=imagefolder",
         f"data.path={data}",
         "data.val_fraction=0.2",
+        "data.test_fraction=0",
         f"train.epochs={epochs}",
         f"track.runs_dir={runs}",
         "track.progress=false",

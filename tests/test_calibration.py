@@ -22,6 +22,19 @@ def test_ece_mce_and_brier_equal_a_hand_computation():
     assert [(r["count"], round(r["accuracy"], 3)) for r in c["reliability"]] == [(2, 1.0), (2, 0.5)]
 
 
+def test_ece_and_mce_equal_torchmetrics():
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    g = torch.Generator().manual_seed(1)
+    probs = (3 * torch.randn(2000, 5, generator=g)).softmax(1)
+    labels = torch.randint(0, 5, (2000,), generator=g)
+    c = calibration_summary(probs, labels)
+    for key, norm in (("ece", "l1"), ("mce", "max")):
+        assert c[key] == pytest.approx(
+            multiclass_calibration_error(probs, labels, 5, n_bins=15, norm=norm).item(), abs=1e-6
+        )
+
+
 def test_an_over_confident_model_has_the_larger_error():
     """Labels drawn from the model's own probabilities make it calibrated; sharpening them (logits x 4) does not."""
     g = torch.Generator().manual_seed(0)

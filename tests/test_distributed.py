@@ -11,57 +11,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_processes_under_torchrun_train_one_run(tmp_path):
-    runs = tmp_path / "runs"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "nnrecipe.cli",
-        "train",
-        str(ROOT / "recipes/digits-convnet.yaml"),
-        "--set",
-        f"track.runs_dir={runs}",
-        "--set",
-        "train.epochs=20",
-        "--set",
-        "track.progress=false",
-        "--set",
-        "train.precision=fp32",
-    ]
-    res = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=600,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    made = list(runs.iterdir())
-    assert len(made) == 1, made  # both processes used rank 0's directory
-    run = made[0]
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == list(range(1, 21))  # written once, not once per process
-    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
-    assert json.loads((run / "run.json").read_text())["status"] == "finished"
-    assert json.loads((run / "report.json").read_text())["test"]["accuracy"] > 0.93
-    assert (run / "checkpoints" / "best.safetensors").is_file()
-    assert "2 processes (DDP)" in res.stdout + res.stderr
-
-
 def _history(run: Path) -> list[tuple[float, float]]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [(r["train_loss"], r["val_loss"]) for r in rows]
 
 
-def test_two_nodes_on_one_machine_match_one_node_with_two_processes(tmp_path):
-    """`nnrecipe train --nnodes 2 --node-rank R --master 127.0.0.1:PORT` (torchrun, c10d rendezvous), one
-    process per "node", gives the loss history of `nnrecipe train --nproc 2` on one node."""
+def test_two_processes_train_one_run_and_two_nodes_give_the_same_history(tmp_path):
+    """`nnrecipe train --nproc 2` (torchrun, one node): one run directory, metrics written once by rank 0, a
+    model that learns. Then `--nnodes 2 --node-rank R --master 127.0.0.1:PORT` (c10d rendezvous), one process
+    per "node", gives the same loss history."""
     import os
     import socket
 
@@ -69,13 +27,23 @@ def test_two_nodes_on_one_machine_match_one_node_with_two_processes(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    epochs = 8
     base = [sys.executable, "-m", "nnrecipe.cli", "train", str(ROOT / "recipes/digits-convnet.yaml")]
-    base += ["--set", "train.epochs=3", "--set", "track.progress=false", "--set", "track.tensorboard=false"]
+    base += ["--set", f"train.epochs={epochs}", "--set", "track.progress=false", "--set", "track.tensorboard=false"]
     base += ["--set", "train.precision=fp32", "--set", f"track.runs_dir={tmp_path / 'runs'}"]
     one = subprocess.run(
         [*base, "--name", "one-node", "--nproc", "2"], capture_output=True, text=True, env=env, timeout=600
     )
     assert one.returncode == 0, one.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["one-node"]  # both processes used rank 0's
+    run = tmp_path / "runs" / "one-node"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))  # written once, not once per process
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    assert json.loads((run / "report.json").read_text())["test"]["accuracy"] > 0.9
+    assert (run / "checkpoints" / "best.safetensors").is_file()
+    assert "2 processes (DDP)" in one.stdout + one.stderr
     nodes = [
         subprocess.Popen(
             [*base, "--name", "two-nodes", "--nnodes", "2", "--node-rank", str(r), "--master", f"127.0.0.1:{port}"],
@@ -89,8 +57,8 @@ def test_two_nodes_on_one_machine_match_one_node_with_two_processes(tmp_path):
     outputs = [p.communicate(timeout=600) for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one-node", "two-nodes"]  # rank 0's only
-    a, b = _history(tmp_path / "runs" / "one-node"), _history(tmp_path / "runs" / "two-nodes")
-    assert len(a) == 3 and a == b, (a, b)
+    a, b = _history(run), _history(tmp_path / "runs" / "two-nodes")
+    assert len(a) == epochs and a == b, (a, b)
 
 
 def test_resuming_with_another_number_of_processes_is_refused_clearly(tmp_path):

@@ -77,6 +77,18 @@ def test_the_median_pruner_stops_trials_in_a_bad_region_within_an_epoch(tmp_path
     assert report["states"]["complete"] + len(pruned) == 6
 
 
+def test_a_diverging_trial_counts_as_pruned_not_failed(tmp_path):
+    """A learning rate that blows the loss up is a bad region of the space: the sampler should learn from it."""
+    p = plan(tmp_path, ["optim.lr=choice(0.01, 1000000.0)"], 1)
+    folder = tmp_path / "runs" / "s"
+    save_plan(p, folder)
+    open_study(p, folder, create=True).enqueue_trial({"optim.lr": 1e6})
+    report = run_study(p, folder)
+    (trial,) = report["trials"]
+    assert trial["state"] == "pruned" and "NaN/inf" in trial["diverged"], trial
+    assert "| pruned (diverged) |" in (folder / "report.md").read_text()
+
+
 def test_bad_spaces_are_one_line_errors_before_any_trial(tmp_path):
     with pytest.raises(RecipeError, match="did you mean 'optim.lr'"):
         plan(tmp_path, ["optim.lrr=loguniform(1e-4, 0.1)"], 2)

@@ -144,14 +144,34 @@ def evaluate(
     data: Path | None = typer.Option(
         None, help="Evaluate on other data in the run's format instead (an ImageFolder tree, a text or CoNLL file)."
     ),
+    attack: str | None = typer.Option(None, help="Adversarial accuracy (images): fgsm, pgd, or fgsm,pgd."),
+    epsilon: str = typer.Option("2/255,8/255", help="--attack radii in pixel space, comma-separated."),
+    steps: int = typer.Option(20, help="--attack pgd: its steps (each 2.5 epsilon / steps)."),
+    corruptions: bool = typer.Option(False, "--corruptions", help="Accuracy under noise, blur, brightness, JPEG."),
+    limit: int = typer.Option(1000, help="--attack / --corruptions: images of the split used."),
 ) -> None:
-    """Evaluate a run's best weights; prints its scores and writes them into the run's report."""
+    """Evaluate a run's best weights; prints its scores and writes them into the run's report. With --attack
+    or --corruptions: clean vs perturbed accuracy instead (runs/<run>/robustness/report.md)."""
     from nnrecipe.runs import open_run
     from nnrecipe.tasks.family import family_of
 
     if split not in (None, "train", "val", "test"):
         raise UserError(f"--split: must be one of train, val, test (got {split!r})")
     run = open_run(run_dir)
+    if attack is not None or corruptions:
+        from nnrecipe.trust.robustness import evaluate_robustness, parse_epsilons
+
+        if data is not None:
+            raise UserError("--data: not with --attack / --corruptions (they use the run's own splits)")
+        attacks = [a.strip() for a in attack.split(",")] if attack else []
+        r = evaluate_robustness(run, split, attacks, parse_epsilons(epsilon), steps, corruptions, limit)
+        err.print(f"{r['images']:,} {r['split']} images: clean accuracy {r['clean_accuracy']:.4f}")
+        for a in r.get("attacks", []):
+            err.print(f"  {a['method']} epsilon {a['epsilon'] * 255:.3g}/255: accuracy {a['accuracy']:.4f}")
+        for c in r.get("corruptions", []):
+            err.print(f"  {c['corruption']} severity {c['severity']}: accuracy {c['accuracy']:.4f}")
+        err.print(f"report: {run.dir / 'robustness' / 'report.md'}")
+        return
     family_of(run).evaluate(run, split=split, data_path=str(data) if data else None)
 
 

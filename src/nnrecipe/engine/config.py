@@ -138,6 +138,37 @@ class Swa(Section):
     anneal_strategy: Literal["cos", "linear"] = Field("cos", description="Shape of that move: cos or linear.")
 
 
+class Adversarial(Section):
+    """Adversarial training: every batch is also attacked and trained on (image classification).
+
+    FGSM or PGD in an L-infinity ball around each image in pixel space, so epsilon = 2/255 means two grey
+    levels whatever the recipe's normalisation."""
+
+    method: Literal["fgsm", "pgd"] = Field("fgsm", description="fgsm (one step) or pgd (random start, `steps` steps).")
+    epsilon: float = Field(
+        8 / 255, gt=0, lt=1, description="Radius in pixel space [0, 1]; a fraction such as 8/255 works."
+    )
+    steps: int = Field(3, ge=1, description="PGD steps (each 2.5 epsilon / steps).")
+    clean: bool = Field(
+        True,
+        description="Train on the clean and the attacked batch, half the loss each (Goodfellow et al.); false: "
+        "the attacked batch only (Madry et al.).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fraction(cls, data: Any) -> Any:
+        """'8/255' in YAML -> 0.0314..."""
+        value = data.get("epsilon") if isinstance(data, dict) else None
+        if isinstance(value, str) and "/" in value:
+            top, _, bottom = value.partition("/")
+            try:
+                data = {**data, "epsilon": float(top) / float(bottom)}
+            except (ValueError, ZeroDivisionError):
+                pass  # left for the float check to name
+        return data
+
+
 class Train(Section):
     """The training loop."""
 
@@ -174,6 +205,9 @@ class Train(Section):
     )
     monitor: str = Field("val_accuracy", description="Metric that chooses the best checkpoint.")
     early_stopping: EarlyStopping | None = Field(None, description="Stop early when `metric` stalls; null = off.")
+    adversarial: Adversarial | None = Field(
+        None, description="Adversarial training (image classification); null = off."
+    )
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads; null = torch's default.")
     log_every: int = Field(50, gt=0, description="Steps between non-finite-loss checks and TensorBoard step logs.")
 

@@ -138,6 +138,20 @@ class ExplainSubject:
 
 
 @dataclass
+class RobustSubject:
+    """What `nnrecipe evaluate --attack / --corruptions` needs: the model (eval), uint8 images of one split
+    (N x C x H x W, as decoded), their labels, `normalize` (0-255 float pixels -> model input, differentiable)
+    and the label names."""
+
+    model: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    normalize: Callable[[torch.Tensor], torch.Tensor]
+    classes: list[str]
+    split: str
+
+
+@dataclass
 class DoctorPlan:
     """What `nnrecipe doctor` needs from a family: the Subject its generic checks (3-9) drive, and the
     family's own data checks (1, 2), each writing into the doctor's output folder."""
@@ -237,6 +251,10 @@ class TaskFamily(ABC):
     def explain_subject(self, run: Any) -> ExplainSubject:
         self.unsupported("explain")
 
+    def robust_subject(self, run: Any, split: str | None = None, limit: int = 1000) -> RobustSubject:
+        """Up to `limit` images of `split` (default: test, else val) for adversarial and corruption accuracy."""
+        self.unsupported("robustness")
+
     def prune_start(self, recipe: Any, model: nn.Module, folder: Path) -> None:
         """Point a fine-tuning recipe at pruned weights (in place), in the form this family starts from."""
         self.unsupported("prune --finetune-epochs")
@@ -312,6 +330,7 @@ VERBS = {
     "ensemble": ("trained", "ensembles"),
     "calibrate": ("probabilities", "calibration"),
     "explain": ("explain_subject", "explanations"),
+    "robustness": ("robust_subject", "adversarial and corruption evaluation"),
     "continual": ("continue_from", "continual learning"),
 }
 

@@ -19,6 +19,7 @@ from torch import nn
 from nnrecipe.data.augment import Normalizer
 from nnrecipe.data.images import ImageSet, conform, read_image, read_image_tree
 from nnrecipe.data.loader import TensorLoader
+from nnrecipe.engine.adversarial import PixelModel, adversarial
 from nnrecipe.engine.checkpoint import load_weights, save_checkpoint
 from nnrecipe.engine.freezing import FreezeBackbone
 from nnrecipe.engine.loop import console
@@ -36,6 +37,7 @@ from nnrecipe.tasks.family import (
     Inference,
     LogitsExport,
     Metric,
+    RobustSubject,
     Splits,
     Stages,
     register_family,
@@ -91,6 +93,33 @@ class ImageClassifier:
         return {"loss": loss, "accuracy": (probs.argmax(1) == labels).float().mean().item()}
 
 
+class AdversarialClassifier(ImageClassifier):
+    """`train.adversarial`: each (augmented, normalised) batch is attacked in pixel space (FGSM or PGD, the
+    network in eval mode so the attack moves no BatchNorm statistics) and trained on, in one forward beside
+    the clean batch (half the loss each) or alone."""
+
+    def __init__(self, label_smoothing: float, cfg, mean: list[float], std: list[float]):
+        super().__init__(label_smoothing)
+        self.cfg, self.normalize = cfg, Normalizer(mean, std)
+        self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+
+    def training_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
+        x, y = batch
+        bare = getattr(model, "module", model)  # DDP's wrapper syncs gradients: attack the network itself
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        pixels = (x.detach().float() * std + mean).clamp(0, 1)
+        was = bare.training
+        bare.eval()
+        adv = adversarial(
+            PixelModel(bare, self.normalize), pixels, y, self.cfg.method, self.cfg.epsilon, self.cfg.steps
+        )
+        bare.train(was)
+        attacked = ((adv - mean) / std).to(x.dtype)
+        if self.cfg.clean:
+            attacked, y = torch.cat([x, attacked]), torch.cat([y, y])
+        return F.cross_entropy(model(attacked), y, label_smoothing=self.label_smoothing), len(batch[1])
+
+
 @torch.no_grad()
 def predict_probs(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probabilities (float32, CPU) and labels for every batch of `loader`."""
@@ -112,6 +141,7 @@ class ImageClassification(SupervisedFamily):
     output = outputs.CLASSIFICATION
     card_metrics = ("accuracy", "examples")
     ensemble_inputs = ("classes", "channels", "image_size", "mean", "std")  # members' architectures may differ
+    adversarial_training = True
 
     def splits(self, recipe: ImageRecipe) -> Splits:
         prior = continual.earlier(recipe)
@@ -163,7 +193,9 @@ class ImageClassification(SupervisedFamily):
             optimizer=build_optimizer(model, recipe.optim, backbone, recipe.model.backbone_lr_scale),
             task=continual.continual_task(
                 recipe,
-                ImageClassifier(t.label_smoothing),
+                ImageClassifier(t.label_smoothing)
+                if t.adversarial is None
+                else AdversarialClassifier(t.label_smoothing, t.adversarial, spec.mean, spec.std),
                 model,
                 old_model,
                 prior,
@@ -217,6 +249,15 @@ class ImageClassification(SupervisedFamily):
 
         black = prepare(torch.zeros(1, spec.channels, spec.image_size, spec.image_size, dtype=torch.uint8), 0)
         return ExplainSubject(inf.model, spec.classes, load, black, sample)
+
+    def robust_subject(self, run: Run, split: str | None = None, limit: int = 1000) -> RobustSubject:
+        """The first `limit` images of a split (test, else val), as decoded, with the run's normalisation."""
+        recipe, inf = run.recipe(), self.inference(run)
+        splits = self.splits(recipe)
+        name, part = (split, splits.named(split)) if split else splits.reported()
+        part = part.subset(range(min(limit, len(part))))
+        normalize = Normalizer(inf.spec.mean, inf.spec.std)
+        return RobustSubject(inf.model, part.tensor(), part.labels, normalize, inf.spec.classes, name)
 
     def probabilities(self, run: Run, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         recipe = run.recipe()

@@ -29,12 +29,12 @@ from nnrecipe.engine.loop import (
 from nnrecipe.engine.mlflow_tracking import publish
 from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.engine.tracking import Tracker
-from nnrecipe.errors import UserError
+from nnrecipe.errors import RecipeError, UserError
 from nnrecipe.models import head_parameter_names
 from nnrecipe.reporting.calibration import plot_reliability
 from nnrecipe.reporting.plots import plot_curves
 from nnrecipe.runs import Run
-from nnrecipe.tasks.family import Splits, TaskFamily
+from nnrecipe.tasks.family import Splits, TaskFamily, family_names, get_family
 
 
 @dataclass
@@ -57,6 +57,7 @@ class EvaluatedFamily(TaskFamily):
     """A family scored on splits of its data: `evaluate` for one split, or other data it can read."""
 
     cpu_bf16: ClassVar[bool] = False  # matmul-heavy enough for train.precision auto to pick bf16 on AMX CPUs
+    adversarial_training: ClassVar[bool] = False  # its TrainTask honours train.adversarial
 
     @abstractmethod
     def splits(self, recipe: Any) -> Splits:
@@ -106,6 +107,9 @@ class SupervisedFamily(EvaluatedFamily):
 
     def train(self, recipe: Any, run: Run, *, resume: bool = False, callbacks: list[Callback] = ()) -> dict[str, Any]:
         """Train (or resume) a run, then report its best weights on test (else validation)."""
+        if recipe.train.adversarial is not None and not self.adversarial_training:
+            offering = [n for n in family_names() if getattr(get_family(n), "adversarial_training", False)]
+            raise RecipeError(f"train.adversarial: {', '.join(offering)} runs only (this one: {self.name}); remove it")
         seed_everything(recipe.train.seed)
         acc = make_accelerator(recipe.train, cpu_bf16=self.bf16_on_cpu(recipe))
         before = run.meta().get("processes", 1)

@@ -26,6 +26,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
         {
             "number": t.number,
             "state": t.state.name.lower(),
+            "diverged": t.user_attrs.get("diverged"),  # pruned because its loss became NaN/inf
             "value": t.values[0] if t.values else None,
             "values": t.values,
             "params": t.params,
@@ -162,9 +163,8 @@ def write_study_report(study, plan, folder: Path) -> dict[str, Any]:
         params = " | ".join(f"{r['params'][n]:.4g}" if isinstance(r["params"].get(n), float) else str(r["params"].get(n, ""))
                             for n in names)  # fmt: skip
         mark = " (front)" if r["number"] in front else ""
-        md.append(
-            f"| {r['number']}{mark} | {r['state']} | {values} | {params} | {r['epochs']} | {r['seconds'] or ''} |"
-        )
+        state = f"{r['state']} (diverged)" if r["diverged"] else r["state"]
+        md.append(f"| {r['number']}{mark} | {state} | {values} | {params} | {r['epochs']} | {r['seconds'] or ''} |")
     md.append("")
     md += [line for p in plots for line in (f"![{p}]({p})", "")]
     (folder / "report.md").write_text("\n".join(md))

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from nnrecipe.engine.loop import Callback, console
+from nnrecipe.engine.loop import Callback, Diverged, console
 from nnrecipe.errors import RecipeError, UserError
 from nnrecipe.recipe import validate_recipe
 from nnrecipe.runs import create_run
@@ -241,11 +241,17 @@ def objective(plan: Plan, folder: Path):
         for key, value in (("run", run.dir.name), ("host", socket.gethostname()), ("pid", os.getpid())):
             trial.set_user_attr(key, value)
         start = time.perf_counter()
-        if plan.nproc > 1:
-            result = train_in_processes(plan, folder, trial.number, run)
-        else:
-            pruning = [PruneTrial(trial, plan.metric)] if family.takes_callbacks and not plan.multi else []
-            result = family.train(recipe, run, callbacks=pruning)
+        try:
+            if plan.nproc > 1:
+                result = train_in_processes(plan, folder, trial.number, run)
+            else:
+                pruning = [PruneTrial(trial, plan.metric)] if family.takes_callbacks and not plan.multi else []
+                result = family.train(recipe, run, callbacks=pruning)
+        except Diverged as e:  # a bad region of the space, not a broken study: stopped early, like pruning
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
+            trial.set_user_attr("diverged", str(e).split(";")[0])
+            console.print(f"trial {trial.number}: diverged ({str(e).split(';')[0]}); counted as pruned")
+            raise optuna.TrialPruned() from None
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
         if result.get("status") == "interrupted":
             trial.set_user_attr("interrupted", True)

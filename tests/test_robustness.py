@@ -1,0 +1,102 @@
+"""`nnrecipe evaluate --attack / --corruptions`: adversarial images stay in their pixel-space ball, PGD hurts
+more than FGSM at the same radius, corruptions lower accuracy with severity, and bad options are one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nnrecipe.cli import app
+from nnrecipe.engine.adversarial import PixelModel, adversarial
+from nnrecipe.errors import UserError
+from nnrecipe.tasks import get_family
+from nnrecipe.trust.robustness import corrupt, evaluate_robustness, parse_epsilons
+
+
+def subject_of(run):
+    s = get_family("image_classification").robust_subject(run, "test", 200)
+    model = PixelModel(s.model.eval(), s.normalize)
+    return model, s.images.float() / 255, s.labels
+
+
+@pytest.mark.parametrize("method", ["fgsm", "pgd"])
+def test_adversarial_images_stay_in_the_ball_and_in_range(trained_digits_run, method):
+    model, x, y = subject_of(trained_digits_run)
+    eps = 8 / 255
+    adv = adversarial(model, x[:32], y[:32], method, eps, steps=5)
+    assert (adv - x[:32]).abs().max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    assert (adv - x[:32]).abs().max() > eps / 2  # it moved
+
+
+def test_pgd_lowers_accuracy_more_than_fgsm_and_corruptions_with_severity(trained_digits_run):
+    r = evaluate_robustness(trained_digits_run, "test", ["fgsm", "pgd"], [32 / 255, 64 / 255], 40, True, 300)
+    acc = {(a["method"], round(a["epsilon"] * 255)): a["accuracy"] for a in r["attacks"]}
+    assert r["clean_accuracy"] > 0.9
+    for eps in (32, 64):
+        assert acc[("pgd", eps)] < acc[("fgsm", eps)] < r["clean_accuracy"], acc
+    assert acc[("pgd", 64)] < acc[("pgd", 32)] and acc[("pgd", 64)] < 0.1, acc
+    noise = [c["accuracy"] for c in r["corruptions"] if c["corruption"] == "gaussian_noise"]
+    assert noise[2] < r["clean_accuracy"] and len(r["corruptions"]) == 12
+    folder = trained_digits_run.dir / "robustness"
+    assert json.loads((folder / "report.json").read_text())["images"] == 300
+    assert (folder / "adversarial.png").is_file() and (folder / "corruptions.png").is_file()
+    assert "| pgd | 64/255 |" in (folder / "report.md").read_text()
+
+
+def test_corruptions_keep_shape_and_range():
+    x = torch.rand(4, 3, 16, 16)
+    for name in ("gaussian_noise", "gaussian_blur", "brightness", "jpeg"):
+        y = corrupt(x, name, {"gaussian_noise": 0.1, "gaussian_blur": 1.0, "brightness": 1.5, "jpeg": 10}[name])
+        assert y.shape == x.shape and y.dtype == torch.float32 and 0 <= y.min() and y.max() <= 1
+        assert not torch.equal(y, x), name
+
+
+def test_the_command_line_reports_and_bad_options_are_one_line(trained_digits_run):
+    res = CliRunner().invoke(app, ["evaluate", str(trained_digits_run.dir), "--attack", "fgsm", "--epsilon", "4/255",
+                                   "--limit", "50"], catch_exceptions=False)  # fmt: skip
+    assert res.exit_code == 0 and "fgsm epsilon 4/255: accuracy" in res.output, res.output
+    with pytest.raises(UserError, match="--attack: one or more of fgsm, pgd"):
+        evaluate_robustness(trained_digits_run, None, ["cw"], [0.01], 10, False)
+    with pytest.raises(UserError, match="--epsilon: radii in"):
+        parse_epsilons("2")
+    with pytest.raises(UserError, match="--epsilon: radii in"):
+        parse_epsilons("2/255,abc")
+
+
+def test_families_without_images_refuse_in_one_line():
+    with pytest.raises(UserError, match="adversarial and corruption evaluation supports image_classification"):
+        get_family("text_classification").require("robustness")
+
+
+def test_adversarial_training_raises_pgd_accuracy(tmp_path):
+    """The same recipe with and without `train.adversarial` (FGSM): the adversarially trained net holds up
+    under PGD at that radius; the plain one collapses."""
+    from tests.conftest import make_recipe
+
+    from nnrecipe.runs import create_run
+
+    scores = {}
+    for name, extra in (("plain", []), ("adversarial", ["train.adversarial.method=fgsm",
+                                                        "train.adversarial.epsilon=32/255"])):  # fmt: skip
+        recipe = make_recipe(tmp_path / "runs", "train.epochs=6", *extra)
+        run = create_run(recipe, name)
+        get_family("image_classification").train(recipe, run)
+        r = evaluate_robustness(run, "test", ["pgd"], [32 / 255], 5, False, 300)
+        scores[name] = (r["clean_accuracy"], r["attacks"][0]["accuracy"])
+    (plain_clean, plain_pgd), (adv_clean, adv_pgd) = scores["plain"], scores["adversarial"]
+    assert plain_clean > 0.9 and adv_clean > 0.8, scores
+    assert adv_pgd > plain_pgd + 0.2, scores
+
+
+def test_adversarial_training_is_refused_where_no_family_supports_it(tmp_path):
+    from tests.test_language_modeling import lm_recipe
+
+    from nnrecipe.errors import RecipeError
+    from nnrecipe.runs import create_run
+
+    recipe = lm_recipe(tmp_path, "train.adversarial.epsilon=0.01")
+    with pytest.raises(RecipeError, match="train.adversarial: image_classification runs only"):
+        get_family("language_modeling").train(recipe, create_run(recipe, "lm"))
