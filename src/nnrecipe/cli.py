@@ -149,6 +149,8 @@ def evaluate(
     steps: int = typer.Option(20, help="--attack pgd: its steps (each 2.5 epsilon / steps)."),
     corruptions: bool = typer.Option(False, "--corruptions", help="Accuracy under noise, blur, brightness, JPEG."),
     limit: int = typer.Option(1000, help="--attack / --corruptions: images of the split used."),
+    groups: Path | None = typer.Option(None, help="Fairness by group: a CSV of example,group (image path or text)."),
+    positive: str | None = typer.Option(None, help="--groups: the positive label for selection and error rates."),
 ) -> None:
     """Evaluate a run's best weights; prints its scores and writes them into the run's report. With --attack
     or --corruptions: clean vs perturbed accuracy instead (runs/<run>/robustness/report.md)."""
@@ -158,6 +160,17 @@ def evaluate(
     if split not in (None, "train", "val", "test"):
         raise UserError(f"--split: must be one of train, val, test (got {split!r})")
     run = open_run(run_dir)
+    if groups is not None:
+        from nnrecipe.trust.fairness import evaluate_fairness
+
+        r = evaluate_fairness(run, split, groups, positive)
+        for g, row in r["by_group"].items():
+            err.print(f"  {g}: accuracy {row['accuracy']:.4f}, macro F1 {row['f1_macro']:.4f}, selection rate "
+                      f"{row['selection_rate']:.4f}, {row['support']:,} examples")  # fmt: skip
+        for k, v in r["differences"].items():
+            err.print(f"{k.replace('_', ' ')}: {v['value']:.4f} (positive class {v['positive']})")
+        err.print(f"report: {run.dir / 'fairness' / 'report.md'}")
+        return
     if attack is not None or corruptions:
         from nnrecipe.trust.robustness import evaluate_robustness, parse_epsilons
 

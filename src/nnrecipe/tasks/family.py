@@ -251,6 +251,11 @@ class TaskFamily(ABC):
     def explain_subject(self, run: Any) -> ExplainSubject:
         self.unsupported("explain")
 
+    def example_keys(self, run: Any, split: str) -> list[str]:
+        """What names each example of `split`, in the order `probabilities` scores them (`evaluate --groups`
+        maps these to groups): image paths, texts."""
+        self.unsupported("fairness")
+
     def robust_subject(self, run: Any, split: str | None = None, limit: int = 1000) -> RobustSubject:
         """Up to `limit` images of `split` (default: test, else val) for adversarial and corruption accuracy."""
         self.unsupported("robustness")
@@ -331,6 +336,7 @@ VERBS = {
     "calibrate": ("probabilities", "calibration"),
     "explain": ("explain_subject", "explanations"),
     "robustness": ("robust_subject", "adversarial and corruption evaluation"),
+    "fairness": ("example_keys", "fairness by group"),
     "continual": ("continue_from", "continual learning"),
 }
 

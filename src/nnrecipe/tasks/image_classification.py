@@ -250,6 +250,13 @@ class ImageClassification(SupervisedFamily):
         black = prepare(torch.zeros(1, spec.channels, spec.image_size, spec.image_size, dtype=torch.uint8), 0)
         return ExplainSubject(inf.model, spec.classes, load, black, sample)
 
+    def example_keys(self, run: Run, split: str) -> list[str]:
+        part = self.splits(run.recipe()).named(split)
+        if not part.paths:
+            raise UserError(f"--groups: this run's images come from {run.recipe().data.source}, not files; group "
+                            "them by path with an imagefolder run")  # fmt: skip
+        return [str(p) for p in part.paths]
+
     def robust_subject(self, run: Run, split: str | None = None, limit: int = 1000) -> RobustSubject:
         """The first `limit` images of a split (test, else val), as decoded, with the run's normalisation."""
         recipe, inf = run.recipe(), self.inference(run)

@@ -127,6 +127,9 @@ class TextClassification(TransformerFamily):
         )
         return predict_probs(inf.model, loader)
 
+    def example_keys(self, run: Run, split: str) -> list[str]:
+        return list(self.splits(run.recipe()).named(split).texts)
+
     def read(self, run: Run, recipe: TextRecipe, path: Path) -> TextSet:
         return read_texts(recipe.data, path)
 

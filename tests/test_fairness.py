@@ -1,0 +1,72 @@
+"""`nnrecipe evaluate --groups`: per-group scores and the parity differences equal a hand computation, a real
+image run is grouped by its file paths, and a bad groups file is one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nnrecipe.errors import UserError
+from nnrecipe.tasks import get_family
+from nnrecipe.trust.fairness import evaluate_fairness, group_table
+
+
+def test_group_metrics_and_differences_equal_a_hand_computation():
+    # group a: 4 examples, predicted positive 3 (selection 0.75); TPR 2/2 = 1, FPR 1/2 = 0.5; accuracy 3/4
+    # group b: 4 examples, predicted positive 1 (selection 0.25); TPR 1/3, FPR 0/1 = 0;     accuracy 2/4
+    y_true = np.array([1, 1, 0, 0, 1, 1, 1, 0])
+    y_pred = np.array([1, 1, 1, 0, 1, 0, 0, 0])
+    groups = ["a"] * 4 + ["b"] * 4
+    by_group, gaps = group_table(y_true, y_pred, groups, positive=1)
+    assert by_group["a"]["selection_rate"] == 0.75 and by_group["b"]["selection_rate"] == 0.25
+    assert by_group["a"]["accuracy"] == 0.75 and by_group["b"]["accuracy"] == 0.5
+    assert by_group["a"]["support"] == by_group["b"]["support"] == 4
+    assert gaps["demographic_parity_difference"] == pytest.approx(0.5)
+    assert gaps["equalized_odds_difference"] == pytest.approx(max(1 - 1 / 3, 0.5 - 0))
+
+
+def test_an_image_run_is_grouped_by_its_files_and_bad_files_are_named(tmp_path):
+    from tests.conftest import make_recipe, write_digit_tree
+
+    from nnrecipe.runs import create_run
+
+    tree = write_digit_tree(tmp_path / "imgs", [0, 1, 2], per_class=40)
+    recipe = make_recipe(tmp_path / "runs", "data.source=imagefolder", f"data.path={tree}", "train.epochs=3")
+    run = create_run(recipe, "folder")
+    get_family("image_classification").train(recipe, run)
+    keys = get_family("image_classification").example_keys(run, "test")
+    groups = tmp_path / "groups.csv"  # by file name only: the file's name is enough to find it
+    groups.write_text("example,group\n" + "".join(f"{k.split('/')[-1]},{'even' if i % 2 else 'odd'}\n"
+                                                  for i, k in enumerate(keys[:-2])))  # fmt: skip
+    r = evaluate_fairness(run, "test", groups)
+    assert r["grouped"] == len(keys) - 2 and r["ungrouped"] == 2
+    assert set(r["by_group"]) == {"even", "odd"} and sum(g["support"] for g in r["by_group"].values()) == r["grouped"]
+    assert r["positive"] is None and set(r["differences"]) == {
+        "demographic_parity_difference",
+        "equalized_odds_difference",
+    }
+    assert all(0 <= d["value"] <= 1 for d in r["differences"].values())
+    assert r["small_groups"] == sorted(r["by_group"])  # a dozen test images per group: flagged
+    saved = json.loads((run.dir / "fairness" / "report.json").read_text())
+    assert saved["by_group"] == r["by_group"] and (run.dir / "fairness" / "groups.png").is_file()
+    assert "too few to judge" in (run.dir / "fairness" / "report.md").read_text()
+    assert evaluate_fairness(run, "test", groups, positive="1")["positive"] == "1"
+    with pytest.raises(UserError, match="--groups: not found"):
+        evaluate_fairness(run, "test", tmp_path / "missing.csv")
+    (tmp_path / "one.csv").write_text("".join(f"{k},all\n" for k in keys))
+    with pytest.raises(UserError, match="in 1 group\\(s\\); fairness compares two or more"):
+        evaluate_fairness(run, "test", tmp_path / "one.csv")
+    (tmp_path / "bad.csv").write_text("just-one-column\n")
+    with pytest.raises(UserError, match="expected `example,group` rows"):
+        evaluate_fairness(run, "test", tmp_path / "bad.csv")
+    with pytest.raises(UserError, match="--positive: one of this run's labels"):
+        evaluate_fairness(run, "test", groups, positive="cat")
+
+
+def test_runs_without_files_or_labels_refuse_in_one_line(trained_digits_run):
+    with pytest.raises(UserError, match="come from digits, not files"):
+        evaluate_fairness(trained_digits_run, "test", trained_digits_run.dir / "recipe.yaml")
+    with pytest.raises(UserError, match="fairness by group supports"):
+        get_family("token_classification").require("fairness")
