@@ -34,3 +34,72 @@ def test_epoch_order_depends_on_seed_and_epoch_only_and_shards_equally():
     parts = [epoch_order(10, epoch_generator(7, 2), rank, 3) for rank in range(3)]
     assert all(len(p) == 3 for p in parts) and len(set(torch.cat(parts).tolist())) == 9  # disjoint, equal counts
     assert shard(list(range(7)), 1, 2) == [1, 3, 5] and shard([1, 2], 0, 1) == [1, 2]
+
+
+# -- texts that contain one another (SST-2's sub-phrases) ----------------------------------------------------
+
+PHRASES = [
+    "A gorgeous , witty film",  # 0 contains 1 and 2
+    "witty film",
+    "gorgeous",
+    "the plot is a mess",  # 3 contains 4
+    "a mess",
+    "slow and dull",  # 5 alone
+]
+
+
+def test_containment_links_texts_through_their_words():
+    from nnrecipe.data.containment import contained_across, containment_groups
+
+    g = containment_groups(PHRASES)
+    assert g[0] == g[1] == g[2] and g[3] == g[4] and len({g[0], g[3], g[5]}) == 3
+    assert (
+        containment_groups(["film", "the film", "films"])[:2]
+        == [containment_groups(["film", "the film", "films"])[0]] * 2
+    )
+    assert contained_across(["witty film", "slow and dull", "the plot is a mess today"], PHRASES[:5]) == [0, 2]
+
+
+def sub_phrase_rows(n: int = 60) -> tuple[list[str], list[str]]:
+    """n sentences, each followed by two of its own sub-phrases with the same label: SST-2 in miniature."""
+    texts, labels = [], []
+    for i in range(n):
+        label = "pos" if i % 2 else "neg"
+        words = f"movie{i} was {'truly wonderful' if i % 2 else 'truly awful'} to watch tonight".split()
+        texts += [" ".join(words), " ".join(words[:3]), " ".join(words[:2])]
+        labels += [label] * 3
+    return texts, labels
+
+
+def test_a_grouped_split_keeps_every_sentence_with_its_sub_phrases(tmp_path):
+    from nnrecipe.data.containment import contained_across
+    from nnrecipe.tasks.text_inputs import text_splits
+    from nnrecipe.tasks.text_recipes import TextData
+
+    texts, labels = sub_phrase_rows()
+    path = tmp_path / "train.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in zip(texts, labels, strict=True)))
+    flat = text_splits(TextData(train=path, split_groups="none"))
+    grouped = text_splits(TextData(train=path))  # auto: the file has containment, so grouped
+    assert flat.meta == {} and grouped.meta["split_groups"]["mode"] == "containment"
+    assert len(contained_across(flat.val.texts, flat.train.texts)) > len(flat.val) // 2  # the leak
+    assert contained_across(grouped.val.texts, grouped.train.texts) == []
+    assert abs(len(grouped.val) - 18) <= 3 and Counter(grouped.val.labels)["pos"] >= 6  # ~10%, both labels
+
+
+def test_the_doctor_warns_about_contained_validation_texts(tmp_path):
+    from nnrecipe.data.text import TextSet
+    from nnrecipe.tasks.text_doctor import data_check
+    from nnrecipe.tasks.text_recipes import TextRecipe
+
+    texts, labels = sub_phrase_rows()
+    recipe = TextRecipe.model_validate({"task": "text_classification", "data": {"train": str(tmp_path / "x.tsv")}})
+
+    def tokenizer(batch):
+        return {"input_ids": [t.split() for t in batch]}
+
+    train = TextSet(texts[::2], None, labels[::2])
+    val = TextSet(texts[1::2], None, labels[1::2])
+    check = data_check(recipe, train, val, None, tokenizer)
+    assert check.verdict == "warn" and "data.split_groups: containment" in check.advice, check
+    assert "contain or are contained in a training text" in check.figure

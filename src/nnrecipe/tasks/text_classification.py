@@ -79,7 +79,9 @@ class TextClassification(TransformerFamily):
 
     def describe(self, splits: Splits, labels: list[str]) -> str:
         n_val = len(splits.val) if splits.val else 0
-        return f"{len(splits.train):,} train / {n_val:,} val examples, {len(labels)} labels"
+        grouped = splits.meta.get("split_groups")
+        how = f" (val held out by containment groups: {grouped['linked_texts']:,} texts share one)" if grouped else ""
+        return f"{len(splits.train):,} train / {n_val:,} val examples{how}, {len(labels)} labels"
 
     def report(
         self, run: Run, recipe: TextRecipe, part: TextSet, split: str, device, source: str | None = None

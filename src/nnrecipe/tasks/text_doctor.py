@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from nnrecipe.data.containment import contained_across
 from nnrecipe.data.text import TextSet, label_names
 from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, data_check_result, exact_key, near_key, split_overlap
 from nnrecipe.doctor.subject import PRETRAINED_BUDGET, Subject
@@ -41,10 +42,20 @@ def data_check(recipe, train: TextSet, val: TextSet | None, test: TextSet | None
             notes.append(f"{name} has labels outside the training label map: {', '.join(outside[:5])}")
         exact = sum(exact_key(t) in train_exact for t in part.texts) / len(part.texts)
         near = sum(near_key(t) in train_near for t in part.texts) / len(part.texts)
-        figures.append(f"{name}: {exact:.1%} exact / {near:.1%} near duplicates of train")
+        contained = len(contained_across(part.texts, train.texts)) / len(part.texts)
+        figures.append(
+            f"{name}: {exact:.1%} exact / {near:.1%} near duplicates of train, {contained:.1%} contain or are "
+            "contained in a training text"
+        )
         if found := split_overlap(name, exact, near, 0.05, "texts", "after normalising"):
             verdicts.append(found[0])
             notes.append(found[1])
+        elif contained > 0.05:
+            verdicts.append(WARN)
+            notes.append(
+                f"{contained:.0%} of {name} texts contain, or sit inside, a training text (sub-phrases of one "
+                f"sentence on both sides flatter {name}); hold validation out with data.split_groups: containment"
+            )
     lengths = [len(ids) for ids in tokenizer(train.texts)["input_ids"]]
     truncated = sum(n > recipe.data.max_length for n in lengths) / len(lengths)
     if truncated > 0.05:

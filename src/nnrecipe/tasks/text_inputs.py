@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nnrecipe.data.containment import containment_groups, grouped_holdout
 from nnrecipe.data.splits import holdout
 from nnrecipe.data.text import TextLoader, TextSet, read_text_file
 from nnrecipe.data.tokens import Encoded, TokenSet, encode_words, read_token_file
@@ -37,11 +38,18 @@ def text_splits(data: TextData) -> Splits:
     if data.limit:
         train = train.subset(range(min(data.limit, len(train))))
     val = read_texts(data, data.val) if data.val else None
+    meta = {}
     if val is None and data.val_fraction > 0:
-        kept, held = holdout(len(train), data.val_fraction, data.split_seed, train.labels)
+        groups = containment_groups(train.texts) if data.split_groups != "none" else None
+        linked = len(groups) - len(set(groups)) if groups is not None else 0  # texts sharing a group
+        if linked and len(set(groups)) > 1:
+            kept, held = grouped_holdout(groups, data.val_fraction, data.split_seed, train.labels)
+            meta = {"split_groups": {"mode": "containment", "groups": len(set(groups)), "linked_texts": linked}}
+        else:
+            kept, held = holdout(len(train), data.val_fraction, data.split_seed, train.labels)
         train, val = train.subset(kept), train.subset(held)
     test = read_texts(data, data.test) if data.test else None
-    return Splits(train, val, test)
+    return Splits(train, val, test, meta=meta)
 
 
 class WordLoader(TextLoader):

@@ -44,6 +44,11 @@ class TextData(Section):
     label_column: str = Field("label", description="Column holding the label (a name or an id).")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Held back from train when data.val is null.")
     split_seed: int = Field(0, description="Seed of that split.")
+    split_groups: Literal["auto", "containment", "none"] = Field(
+        "auto",
+        description="Held-out validation keeps texts that contain one another (SST-2's sub-phrases) on one side: "
+        "containment always, auto when the training file has any, none = a plain row split.",
+    )
     limit: int | None = Field(None, gt=0, description="Use only the first N training rows.")
     max_length: int = Field(128, gt=1, description="Truncate to this many tokens.")
     group_by_length: bool = Field(True, description="Batch similar lengths together (less padding, same randomness).")
