@@ -27,7 +27,7 @@ def test_two_processes_train_one_run_and_two_nodes_give_the_same_history(tmp_pat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    epochs = 8
+    epochs = 15
     base = [sys.executable, "-m", "nnrecipe.cli", "train", str(ROOT / "recipes/digits-convnet.yaml")]
     base += ["--set", f"train.epochs={epochs}", "--set", "track.progress=false", "--set", "track.tensorboard=false"]
     base += ["--set", "train.precision=fp32", "--set", f"track.runs_dir={tmp_path / 'runs'}"]
