@@ -64,6 +64,8 @@ def test_the_command_line_reports_and_bad_options_are_one_line(trained_digits_ru
         parse_epsilons("2")
     with pytest.raises(UserError, match="--epsilon: radii in"):
         parse_epsilons("2/255,abc")
+    with pytest.raises(UserError, match="--epsilon: radii in"):
+        parse_epsilons("2/0")  # was a ZeroDivisionError traceback
 
 
 def test_families_without_images_refuse_in_one_line():

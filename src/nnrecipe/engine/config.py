@@ -7,6 +7,7 @@ They live with the engine so the engine depends on nothing above it; each task f
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -138,6 +139,17 @@ class Swa(Section):
     anneal_strategy: Literal["cos", "linear"] = Field("cos", description="Shape of that move: cos or linear.")
 
 
+_FRACTION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*(\d+(?:\.\d+)?))?\s*")
+
+
+def fraction(text: str) -> float | None:
+    """'8/255' or '0.03' -> the number it names; None for anything else (a zero denominator included)."""
+    m = _FRACTION.fullmatch(text)
+    if not m or (m.group(2) is not None and float(m.group(2)) == 0):
+        return None
+    return float(m.group(1)) / float(m.group(2) or 1)
+
+
 class Adversarial(Section):
     """Adversarial training: every batch is also attacked and trained on (image classification).
 
@@ -160,13 +172,8 @@ class Adversarial(Section):
     def _fraction(cls, data: Any) -> Any:
         """'8/255' in YAML -> 0.0314..."""
         value = data.get("epsilon") if isinstance(data, dict) else None
-        if isinstance(value, str) and "/" in value:
-            top, _, bottom = value.partition("/")
-            try:
-                data = {**data, "epsilon": float(top) / float(bottom)}
-            except (ValueError, ZeroDivisionError):
-                pass  # left for the float check to name
-        return data
+        parsed = fraction(value) if isinstance(value, str) else None
+        return {**data, "epsilon": parsed} if parsed is not None else data  # else the float check names it
 
 
 class Train(Section):

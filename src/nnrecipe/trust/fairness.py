@@ -90,16 +90,16 @@ def evaluate_fairness(run: Any, split: str | None, groups_file: Path, positive: 
 
     family = family_of(run).require("fairness")
     split = split or family.splits(run.recipe()).reported()[0]
-    probs, labels = family.probabilities(run, split)
-    names = family.inference(run).labels
-    keys = family.example_keys(run, split)
+    keys = family.example_keys(run, split)  # the cheap checks first, the model's predictions after them
     found = match(keys, read_groups(groups_file))
     keep = [i for i, g in enumerate(found) if g is not None]
     if len({found[i] for i in keep}) < 2:
         raise UserError(f"--groups {groups_file}: names {len(keep)} of the {len(keys)} {split} examples, in "
                         f"{len({found[i] for i in keep})} group(s); fairness compares two or more")  # fmt: skip
+    names = family.inference(run).labels
     if positive is not None and positive not in names:
         raise UserError(f"--positive: one of this run's labels ({', '.join(names)}), got {positive!r}")
+    probs, labels = family.probabilities(run, split)
     y_true, y_pred = labels.numpy()[keep], probs.argmax(1).numpy()[keep]
     groups = [found[i] for i in keep]
     if positive is not None or len(names) == 2:

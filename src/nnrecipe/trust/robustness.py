@@ -9,7 +9,6 @@ images and labels (`TaskFamily.robust_subject`); this module only perturbs and s
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from nnrecipe.engine.adversarial import METHODS as ATTACKS
 from nnrecipe.engine.adversarial import PixelModel, adversarial
+from nnrecipe.engine.config import fraction
 from nnrecipe.errors import UserError
 
 CORRUPTIONS: dict[str, tuple[float, ...]] = {  # name -> its three severities
@@ -32,9 +32,8 @@ def parse_epsilons(text: str) -> list[float]:
     """'2/255,8/255' or '0.01' -> pixel-space radii in (0, 1)."""
     out = []
     for item in text.split(","):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*(\d+(?:\.\d+)?))?\s*", item)
-        value = float(m.group(1)) / float(m.group(2) or 1) if m else -1.0
-        if not 0 < value < 1:
+        value = fraction(item)
+        if value is None or not 0 < value < 1:
             raise UserError(f"--epsilon: radii in (0, 1) such as 2/255 or 0.03, comma-separated (got {item!r})")
         out.append(value)
     return out

@@ -34,11 +34,10 @@ class SharedPrune(Callback):
             trainer.state.status = "pruned"
 
 
-def open_trial(folder: Path, number: int):
+def open_trial(plan, folder: Path, number: int):
     """The study's RUNNING trial `number`, as an Optuna Trial that can report and ask the pruner."""
     import optuna
 
-    plan = load_plan(folder)
     storage = optuna.storages.get_storage(storage_of(plan, folder))
     study = optuna.load_study(study_name=plan.name, storage=storage, sampler=make_sampler(plan),
                               pruner=make_pruner(plan))  # fmt: skip
@@ -52,7 +51,9 @@ def main(argv: list[str]) -> int:
     recipe = run.recipe()
     callbacks = []
     if not plan.multi and plan.pruner != "none":
-        callbacks = [SharedPrune(PruneTrial(open_trial(folder, number), plan.metric) if is_main_process() else None)]
+        callbacks = [
+            SharedPrune(PruneTrial(open_trial(plan, folder, number), plan.metric) if is_main_process() else None)
+        ]
     result = get_family(recipe.task).train(recipe, run, callbacks=callbacks)
     return 130 if result.get("status") == "interrupted" else 0
 
