@@ -61,7 +61,9 @@ def test_a_grown_head_keeps_the_old_classes_logits(recipe_factory, new_run):
     before = image.trained(old_run).model
     x = torch.randn(16, 1, 8, 8)
     with torch.no_grad():
-        torch.testing.assert_close(setup.model.eval()(x)[:, :5], before(x), rtol=0, atol=0)
+        # Equal up to float rounding: a 10-wide head's matmul may sum in another order than a 5-wide one's
+        # (on an AMD EPYC, 13 of 80 logits differed by 9e-8; on an Intel Xeon none did).
+        torch.testing.assert_close(setup.model.eval()(x)[:, :5], before(x), rtol=1e-5, atol=1e-6)
         assert setup.model(x).shape == (16, 10)
     # EWC from a run that kept no Fisher information: computed from that run's own training images.
     new.continual.strategy = "ewc"

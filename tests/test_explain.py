@@ -96,7 +96,7 @@ def test_checks_pass_for_real_maps_and_catch_an_explainer_that_ignores_the_model
     assert all(c["randomisation"]["passed"] == (rho[m] < 0.5) for m, c in result["checks"].items())
     d = result["checks"]["ig"]["deletion"]
     assert d["attributed"][0] == d["random"][0] > 0.9  # nothing removed yet
-    assert d["area_attributed"] < d["area_random"]
+    assert d["area_attributed"] < min(d["area_random"], d["area_least"])
     saved = json.loads((run.dir / "explain" / "report.json").read_text())
     md = (run.dir / "explain" / "report.md").read_text()
     assert saved["examples"] == 24 and "| gradcam |" in md and "(**fail**)" in md
@@ -106,3 +106,14 @@ def test_checks_pass_for_real_maps_and_catch_an_explainer_that_ignores_the_model
     edges = lambda model, xs, t: (xs - s.black).abs().sum(1)  # noqa: E731  (the input, whatever the weights)
     broken = randomisation_check(s.model, x, y, edges)
     assert not broken["passed"] and broken["rank_correlation"] > 0.99
+
+
+def test_up_to_n_examples_of_a_class_sorted_split_are_a_sample_of_every_class(corner_run):
+    """An ImageFolder split is sorted by class: its first 20 images were all `corner` (a --limit of attacked
+    images, the checks' images and an export's calibration images were one class) before spread_sample."""
+    run, _ = corner_run
+    splits = image.splits(run.recipe())
+    assert splits.test.labels[:20].unique().tolist() == [0]  # the split itself is sorted
+    assert set(image.robust_subject(run, "test", 20).labels.tolist()) == {0, 1}
+    assert set(image.explain_subject(run).sample(10)[1].tolist()) == {0, 1}
+    assert set(image.export_subject(run, limit=10).targets[0].tolist()) == {0, 1}

@@ -70,3 +70,78 @@ def test_runs_without_files_or_labels_refuse_in_one_line(trained_digits_run):
         evaluate_fairness(trained_digits_run, "test", trained_digits_run.dir / "recipe.yaml")
     with pytest.raises(UserError, match="fairness by group supports"):
         get_family("token_classification").require("fairness")
+
+
+def write_grouped(path, n, seed):
+    """The toy sentiment set with a document id (four rows each) and a genre per document."""
+    import random
+
+    from tests.test_text_classification import NEG, NOUNS, POS
+
+    rng = random.Random(seed)
+    lines = ["sentence\tlabel\tdoc\tgenre"]
+    for i in range(n):
+        good = i % 2 == 0
+        doc = i // 4
+        text = f"the {rng.choice(NOUNS)} is {rng.choice(POS if good else NEG)}"
+        lines.append(f"{text}\t{'pos' if good else 'neg'}\td{doc}\t{'news' if doc % 3 else 'review'}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_group_column_splits_by_document_and_makes_evaluate_report_by_group(tmp_path):
+    from tests.test_text_classification import text_recipe
+    from typer.testing import CliRunner
+
+    from nnrecipe.cli import app
+    from nnrecipe.runs import create_run
+
+    train, test = (
+        write_grouped(tmp_path / "grouped-train.tsv", 240, 0),
+        write_grouped(tmp_path / "grouped-test.tsv", 120, 1),
+    )
+    recipe = text_recipe(tmp_path, "model.name=bilstm", "model.embedding_dim=32", "model.hidden_size=32",
+                         "optim.lr=0.005", "train.epochs=4", f"data.train={train}", f"data.test={test}",
+                         "data.split_groups=doc", "data.group_column=genre")  # fmt: skip
+    family = get_family("text_classification")
+    splits = family.splits(recipe)
+    assert splits.meta["split_groups"]["mode"] == "column doc"
+    assert not set(splits.val.columns["doc"]) & set(splits.train.columns["doc"])  # no document on both sides
+    run = create_run(recipe, "grouped")
+    family.train(recipe, run)
+    res = CliRunner().invoke(app, ["evaluate", str(run.dir)])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((run.dir / "fairness" / "report.json").read_text())
+    probs, labels = family.probabilities(run, "test")
+    pred, genres = probs.argmax(1).numpy(), np.asarray(splits.test.columns["genre"])
+    for genre in ("news", "review"):
+        rows = genres == genre
+        assert saved["by_group"][genre]["support"] == rows.sum()
+        assert saved["by_group"][genre]["accuracy"] == pytest.approx((pred[rows] == labels.numpy()[rows]).mean())
+    assert saved["split"] == "test" and "news:" in res.output
+
+
+def test_bad_group_columns_are_named_and_the_doctor_flags_small_groups(tmp_path):
+    from nnrecipe.tasks.text_doctor import data_check
+    from nnrecipe.tasks.text_inputs import text_splits
+    from nnrecipe.tasks.text_recipes import TextData, TextRecipe
+
+    path = write_grouped(tmp_path / "g.tsv", 120, 0)
+    with pytest.raises(UserError, match="no column 'speaker'; columns are sentence, label, doc, genre"):
+        text_splits(TextData(train=path, group_column="speaker"))
+    one = tmp_path / "one.tsv"
+    one.write_text(path.read_text().replace("\treview\n", "\tnews\n"))
+    with pytest.raises(UserError, match="data.split_groups: column 'genre' holds one value"):
+        text_splits(TextData(train=one, split_groups="genre"))
+    recipe = TextRecipe.model_validate(
+        {"task": "text_classification", "data": {"train": str(path), "group_column": "genre"}}
+    )
+    splits = text_splits(recipe.data)
+
+    def tokenizer(batch):
+        return {"input_ids": [t.split() for t in batch]}
+
+    check = data_check(recipe, splits.train, splits.val, None, tokenizer)
+    # 12 validation rows: both genres under 30
+    assert check.verdict == "warn" and "fewer than 30 val examples" in check.advice, check
+    assert "2 groups in 'genre'" in check.figure

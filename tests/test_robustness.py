@@ -38,8 +38,9 @@ def test_pgd_lowers_accuracy_more_than_fgsm_and_corruptions_with_severity(traine
     for eps in (32, 64):
         assert acc[("pgd", eps)] < acc[("fgsm", eps)] < r["clean_accuracy"], acc
     assert acc[("pgd", 64)] < acc[("pgd", 32)] and acc[("pgd", 64)] < 0.1, acc
-    noise = [c["accuracy"] for c in r["corruptions"] if c["corruption"] == "gaussian_noise"]
-    assert noise[2] < r["clean_accuracy"] and len(r["corruptions"]) == 12
+    blur = [c["accuracy"] for c in r["corruptions"] if c["corruption"] == "gaussian_blur"]
+    assert blur[2] < blur[0] <= r["clean_accuracy"] and len(r["corruptions"]) == 12, r["corruptions"]
+    # (8x8 digits hold up under the noise: sigma 0.12 measured 0.960 against 0.957 clean on one sample)
     folder = trained_digits_run.dir / "robustness"
     assert json.loads((folder / "report.json").read_text())["images"] == 300
     assert (folder / "adversarial.png").is_file() and (folder / "corruptions.png").is_file()
@@ -100,5 +101,6 @@ def test_adversarial_training_is_refused_where_no_family_supports_it(tmp_path):
     from nnrecipe.runs import create_run
 
     recipe = lm_recipe(tmp_path, "train.adversarial.epsilon=0.01")
-    with pytest.raises(RecipeError, match="train.adversarial: image_classification runs only"):
+    with pytest.raises(RecipeError, match="train.adversarial: image_classification, text_classification, "
+                       "token_classification runs only"):  # fmt: skip
         get_family("language_modeling").train(recipe, create_run(recipe, "lm"))

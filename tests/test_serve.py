@@ -54,7 +54,9 @@ def test_refuses_to_start_without_a_key(run):
         create_app(ServeConfig(run_dir=run.dir))
 
 
-@pytest.mark.parametrize("path, method", [("/v1/predict", "post"), ("/v1/model", "get"), ("/metrics", "get")])
+@pytest.mark.parametrize(
+    "path, method", [("/v1/predict", "post"), ("/v1/explain", "post"), ("/v1/model", "get"), ("/metrics", "get")]
+)
 def test_auth_matrix(client, path, method):
     body = {"json": {"inputs": [b64(digit_png(0))]}} if method == "post" else {}
     assert getattr(client, method)(path, **body).status_code == 401
@@ -62,6 +64,24 @@ def test_auth_matrix(client, path, method):
     assert getattr(client, method)(path, headers={"Authorization": "Basic abc"}, **body).status_code == 401
     assert getattr(client, method)(path, headers=AUTH, **body).status_code == 200
     assert getattr(client, method)(path, headers={"Authorization": "Bearer other"}, **body).status_code == 200
+
+
+def test_explain_answers_heat_maps_within_its_own_lower_input_limit(client):
+    res = client.post("/v1/explain", headers=AUTH, json={"inputs": [b64(digit_png(i)) for i in (0, 1)]})
+    rows = res.json()["explanations"]
+    assert res.status_code == 200 and [r["method"] for r in rows] == ["gradcam", "gradcam"]
+    assert [r["input"] for r in rows] == [0, 1] and rows[0]["target"] == rows[0]["predicted"]
+    heat = np.asarray(Image.open(io.BytesIO(base64.b64decode(rows[0]["heatmap_png"]))))
+    assert heat.shape == (8, 8) and heat.max() == 255  # the training size, scaled to its own maximum
+    ig = client.post("/v1/explain", headers=AUTH, json={"inputs": [b64(digit_png(0))], "method": "ig", "target": "3"})
+    assert ig.status_code == 200 and ig.json()["explanations"][0]["target"] == "3"
+    five = client.post("/v1/explain", headers=AUTH, json={"inputs": [b64(digit_png(0))] * 5})
+    assert five.status_code == 422 and "the limit is 4" in five.json()["detail"]  # /v1/predict takes 8
+    for body, message in [({"inputs": [b64(digit_png(0))], "method": "lime"}, "--method: one or more of gradcam"),
+                          ({"inputs": [b64(digit_png(0))], "target": "cat"}, "'cat' is not one of"),
+                          ({"inputs": ["not base64!"]}, "inputs[0]: not valid base64")]:  # fmt: skip
+        bad = client.post("/v1/explain", headers=AUTH, json=body)
+        assert bad.status_code == 422 and message in bad.json()["detail"], bad.json()
 
 
 def test_health_endpoints_are_open(client):

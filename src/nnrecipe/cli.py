@@ -160,16 +160,9 @@ def evaluate(
     if split not in (None, "train", "val", "test"):
         raise UserError(f"--split: must be one of train, val, test (got {split!r})")
     run = open_run(run_dir)
+    family = family_of(run)
     if groups is not None:
-        from nnrecipe.trust.fairness import evaluate_fairness
-
-        r = evaluate_fairness(run, split, groups, positive)
-        for g, row in r["by_group"].items():
-            err.print(f"  {g}: accuracy {row['accuracy']:.4f}, macro F1 {row['f1_macro']:.4f}, selection rate "
-                      f"{row['selection_rate']:.4f}, {row['support']:,} examples")  # fmt: skip
-        for k, v in r["differences"].items():
-            err.print(f"{k.replace('_', ' ')}: {v['value']:.4f} (positive class {v['positive']})")
-        err.print(f"report: {run.dir / 'fairness' / 'report.md'}")
+        print_fairness(run, split, groups, positive)
         return
     if attack is not None or corruptions:
         from nnrecipe.trust.robustness import evaluate_robustness, parse_epsilons
@@ -185,7 +178,23 @@ def evaluate(
             err.print(f"  {c['corruption']} severity {c['severity']}: accuracy {c['accuracy']:.4f}")
         err.print(f"report: {run.dir / 'robustness' / 'report.md'}")
         return
-    family_of(run).evaluate(run, split=split, data_path=str(data) if data else None)
+    family.evaluate(run, split=split, data_path=str(data) if data else None)
+    if data is None and family.offers("fairness"):  # a recipe that names a group column: by group too
+        reported = split or family.splits(run.recipe()).reported()[0]
+        if family.example_groups(run, reported) is not None:
+            print_fairness(run, reported, None, positive)
+
+
+def print_fairness(run, split: str | None, groups: Path | None, positive: str | None) -> None:
+    from nnrecipe.trust.fairness import evaluate_fairness
+
+    r = evaluate_fairness(run, split, groups, positive)
+    for g, row in r["by_group"].items():
+        err.print(f"  {g}: accuracy {row['accuracy']:.4f}, macro F1 {row['f1_macro']:.4f}, selection rate "
+                  f"{row['selection_rate']:.4f}, {row['support']:,} examples")  # fmt: skip
+    for k, v in r["differences"].items():
+        err.print(f"{k.replace('_', ' ')}: {v['value']:.4f} (positive class {v['positive']})")
+    err.print(f"report: {run.dir / 'fairness' / 'report.md'}")
 
 
 @app.command()
@@ -297,36 +306,50 @@ def ensemble(
 
 @app.command()
 def explain(
-    run_dir: Path = typer.Argument(..., help="A trained image classification run."),
-    inputs: list[str] = typer.Argument(None, help="Image files to explain."),
-    method: str = typer.Option("gradcam", help="gradcam, ig, occlusion, saliency, or several: ig,gradcam."),
+    run_dir: Path = typer.Argument(..., help="A trained image classification, text classification or NER run."),
+    inputs: list[str] = typer.Argument(None, help="Image files (image runs) or texts (text and NER runs)."),
+    method: str | None = typer.Option(
+        None,
+        help="Images: gradcam (default), ig, occlusion, saliency; text: ig (default), occlusion, saliency; "
+        "or several: ig,saliency.",
+    ),
     target: str | None = typer.Option(None, help="Explain this label (default: the predicted one)."),
-    folder: Path | None = typer.Option(None, "--out", help="Folder for the PNG overlays (default: beside each input)."),
-    check: bool = typer.Option(False, "--check", help="Randomisation and deletion checks on validation images."),
+    folder: Path | None = typer.Option(
+        None, "--out", help="Folder for the files (default: beside each image; runs/<run>/explain for texts)."
+    ),
+    check: bool = typer.Option(False, "--check", help="Randomisation and deletion checks on validation examples."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per explanation."),
 ) -> None:
-    """Why the model decided (Captum): a heat map per input and method, as a PNG overlay; --check tests
-    whether the maps depend on the model at all and find what it uses (runs/<run>/explain/report.md)."""
+    """Why the model decided (Captum): a heat map per image and method as a PNG overlay, or word attributions
+    per text (per predicted entity for NER) as HTML and markdown; --check tests whether the explanations
+    depend on the model at all and find what it uses (runs/<run>/explain/report.md)."""
     from nnrecipe.runs import open_run
     from nnrecipe.trust.explain import explain_run
 
     if not inputs and not check:
-        raise UserError("nothing to explain: give image files, or --check")
+        raise UserError("nothing to explain: give image files or texts, or --check")
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     run = open_run(run_dir)
-    result = explain_run(run, list(inputs or []), [m.strip() for m in method.split(",")], target, folder, check)
+    methods = [m.strip() for m in method.split(",")] if method else None
+    result = explain_run(run, list(inputs or []), methods, target, folder, check)
     for row in result["explanations"]:
-        text = f"{row['file']}: {row['method']} for {row['target']} (p {row['probability']:.3f}) -> {row['png']}"
         if as_json:
             out.print(json.dumps(row), soft_wrap=True)
+        elif "png" in row:
+            err.print(
+                f"{row['file']}: {row['method']} for {row['target']} (p {row['probability']:.3f}) -> {row['png']}"
+            )
         else:
-            err.print(text)
+            top = sorted(row["words"], key=lambda w: -w["attribution"])[:3]
+            about = f"entity {row['entity']['text']!r} ({row['target']})" if "entity" in row else row["target"]
+            err.print(f"{row['text'][:60]!r}: {row['method']} for {about}, top words "
+                      f"{', '.join(w['word'] for w in top)} -> {row['html']}", soft_wrap=True)  # fmt: skip
     for name, c in result.get("checks", {}).items():
         r, d = c["randomisation"], c["deletion"]
         err.print(f"{name}: randomisation rank correlation {r['rank_correlation']:.3f} "
-                  f"({'pass' if r['passed'] else 'FAIL'}); deletion AUC {d['area_attributed']:.4f} vs random "
-                  f"{d['area_random']:.4f}")  # fmt: skip
+                  f"({'pass' if r['passed'] else 'FAIL'}); deletion AUC {d['area_attributed']:.4f} vs least "
+                  f"attributed first {d['area_least']:.4f}, random {d['area_random']:.4f}")  # fmt: skip
     if check:
         err.print(f"report: {run.dir / 'explain' / 'report.md'}")
 
@@ -391,6 +414,9 @@ def serve(
     max_body_mb: float = typer.Option(10.0, help="Largest request body in MB (413 above)."),
     max_batch: int = typer.Option(64, min=1, help="Most inputs in one request (422 above)."),
     batch_wait_ms: float = typer.Option(5.0, min=0, help="Micro-batching: how long a request waits for others."),
+    max_explain_inputs: int = typer.Option(
+        4, min=1, help="Most inputs in one /v1/explain request (an explanation costs tens of forward passes)."
+    ),
     max_text_chars: int = typer.Option(
         10_000, min=1, help="Text, NER and language-model runs: longest text or prompt in characters (422 above)."
     ),
@@ -428,6 +454,7 @@ def serve(
         max_batch=max_batch,
         batch_max=max(max_batch, 64),
         batch_wait_ms=batch_wait_ms,
+        max_explain_inputs=max_explain_inputs,
         max_text_chars=max_text_chars,
         max_new_tokens=max_new_tokens,
         precision=precision,

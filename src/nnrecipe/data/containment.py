@@ -49,7 +49,11 @@ def containment_groups(texts: Sequence[str]) -> list[int]:
                 a, b = root(i), root(j)
                 if a != b:
                     parent[a] = b
-    return [root(i) for i in range(len(texts))]
+    # Named by each group's first text: the roots themselves depend on the order the unions ran in, which
+    # follows set iteration, which follows string hashing, which Python seeds per process; group numbers
+    # that changed between processes made a different split from the same split_seed.
+    name: dict[int, int] = {}
+    return [name.setdefault(root(i), i) for i in range(len(texts))]
 
 
 def contained_across(held: Sequence[str], kept: Sequence[str]) -> list[int]:

@@ -34,6 +34,15 @@ def holdout(n: int, fraction: float, seed: int, labels: Sequence | None = None) 
     return sorted(order[n_held:].tolist()), sorted(order[:n_held].tolist())
 
 
+def spread_sample(n: int, k: int, seed: int = 0) -> list[int]:
+    """k of n indices drawn at random (seeded), in order: what a check on "up to k examples" of a split
+    reads. A split's first k are no sample: an ImageFolder split is sorted by class, so its first 1,000
+    images can be two classes of ten."""
+    if k >= n:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).choice(n, k, replace=False).tolist())
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The random stream of one epoch, from (seed, epoch) alone."""
     return torch.Generator().manual_seed(derived_seed(seed, epoch))

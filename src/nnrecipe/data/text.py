@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ class TextSet:
     texts: list[str]
     pairs: list[str] | None
     labels: list[str]
+    columns: dict[str, list[str]] = field(default_factory=dict)  # other columns asked for (groups), by name
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -30,13 +31,16 @@ class TextSet:
             [self.texts[i] for i in idx],
             [self.pairs[i] for i in idx] if self.pairs else None,
             [self.labels[i] for i in idx],
+            {name: [values[i] for i in idx] for name, values in self.columns.items()},
         )
 
 
 def read_text_file(
-    path: Path, fmt: str, text_column: str, label_column: str, pair_column: str | None = None
-) -> TextSet:
-    """Rows of a CSV/TSV (with a header) or JSONL file; `fmt` auto follows the extension."""
+    path: Path, fmt: str, text_column: str, label_column: str, pair_column: str | None = None,
+    other_columns: tuple[str, ...] = (),
+) -> TextSet:  # fmt: skip
+    """Rows of a CSV/TSV (with a header) or JSONL file; `fmt` auto follows the extension. `other_columns`
+    (a group column...) are read as strings into `columns`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
@@ -63,17 +67,18 @@ def read_text_file(
             )
     if not rows:
         raise UserError(f"{path}: no rows")
-    needed = [c for c in (text_column, label_column, pair_column) if c]
+    needed = [c for c in (text_column, label_column, pair_column, *other_columns) if c]
     missing = [c for c in needed if c not in rows[0]]
     if missing:
         raise UserError(
             f"{path}: no column {', '.join(repr(m) for m in missing)}; columns are {', '.join(map(str, rows[0]))} "
-            "(set data.text_column / data.label_column)"
+            "(set data.text_column / data.label_column / data.group_column / data.split_groups)"
         )
     return TextSet(
         [str(r[text_column]) for r in rows],
         [str(r[pair_column]) for r in rows] if pair_column else None,
         [str(r[label_column]) for r in rows],
+        {c: [str(r[c]) for r in rows] for c in other_columns},
     )
 
 

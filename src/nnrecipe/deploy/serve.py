@@ -1,7 +1,8 @@
 """The HTTP server: FastAPI + uvicorn, API-key auth, input limits, Prometheus metrics, micro-batching.
 
 Endpoints: POST /v1/predict (JSON: base64 images or texts; or multipart files), POST /v1/generate (language
-models: a prompt and sampling options), GET /v1/model (the card), GET /healthz,
+models: a prompt and sampling options), POST /v1/explain (classifiers: attributions for a few inputs, JSON),
+GET /v1/model (the card), GET /healthz,
 GET /readyz (open), GET /metrics (Prometheus), GET /docs and /openapi.json. Everything but the health
 endpoints needs `Authorization: Bearer <key>`: 401 without a key, 403 with a wrong one (the docs are open
 with --public-docs).
@@ -52,6 +53,7 @@ class ServeConfig:
     batch_wait_ms: float = 5.0  # how long a request waits for others to join its model call
     max_text_chars: int = 10_000  # text, NER and language-model runs: longest text (or prompt) accepted
     max_new_tokens: int = 512  # language-model runs: most tokens one /v1/generate request may ask for
+    max_explain_inputs: int = 4  # inputs per /v1/explain request: an explanation costs tens of forward passes
     precision: str = "auto"  # eager PyTorch: auto (= fp32, measured faster under load), fp32 or bf16
     max_image_pixels: int = MAX_PIXELS  # image runs: width x height read from the header, refused above (422)
     max_queue: int = 256  # inputs admitted at once (decoding, waiting or in the model); 503 above
@@ -75,6 +77,16 @@ class PredictRequest(BaseModel):
     inputs: list[str] = Field(
         ..., description="Image runs: base64-encoded image files. Text and NER runs: texts.", min_length=1
     )
+
+
+class ExplainRequest(BaseModel):
+    inputs: list[str] = Field(
+        ..., description="Image runs: base64-encoded image files. Text and NER runs: texts.", min_length=1
+    )
+    method: str | None = Field(
+        None, description="Images: gradcam (default), ig, occlusion, saliency. Text: ig (default), occlusion, saliency."
+    )
+    target: str | None = Field(None, description="Explain this label (default: the predicted one; not for NER).")
 
 
 def read_api_keys(key_file: Path | None) -> list[str]:
@@ -377,6 +389,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         admission.give_when_done(len(raw), asyncio.gather(job, decoding, return_exceptions=True))
         return {"predictions": await within_deadline(job, cfg.deadline_s)}
 
+    if family.offers("explain"):
+        add_explain_route(app, cfg, run, family, predictor, admission, authorize_and_limit)
+
     if family.offers("generate"):
 
         @app.post("/v1/generate", dependencies=[Depends(authorize_and_limit)], response_model=Generated)
@@ -405,6 +420,42 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             return await within_deadline(asyncio.shield(job), cfg.deadline_s)
 
     return app
+
+
+def add_explain_route(app: FastAPI, cfg: ServeConfig, run: Run, family, predictor: Predictor, admission: Admission,
+                      authorize_and_limit) -> None:  # fmt: skip
+    """POST /v1/explain: the inputs of /v1/predict (JSON), at most `max_explain_inputs` of them, explained by
+    the run's eager model (a copy of its own: attribution hooks never touch the model that predicts), one
+    request at a time; its inputs count against the work queue and it has the same deadline."""
+    import threading
+
+    from nnrecipe.trust.explain import explain_decoded
+
+    subject = family.explain_subject(run)
+    one_at_a_time = threading.Lock()
+
+    def explain_all(raw: list[str], method: str | None, target: str | None) -> list[dict[str, Any]]:
+        items = [predictor.decode_text(data, i) for i, data in enumerate(raw)]
+        for i, item in enumerate(items):
+            if isinstance(item, str) and len(item) > cfg.max_text_chars:
+                raise InputError(f"inputs[{i}]: {len(item)} characters; the limit is {cfg.max_text_chars}")
+        with one_at_a_time:
+            return explain_decoded(subject, items, method, target)
+
+    @app.post("/v1/explain", dependencies=[Depends(authorize_and_limit)])
+    async def explain(request: ExplainRequest) -> dict:
+        if len(request.inputs) > cfg.max_explain_inputs:
+            raise HTTPException(
+                422, f"{len(request.inputs)} inputs in one explain request; the limit is {cfg.max_explain_inputs}"
+            )
+        admission.take(len(request.inputs))
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(None, explain_all, request.inputs, request.method, request.target)
+        admission.give_when_done(len(request.inputs), job)
+        try:
+            return {"explanations": await within_deadline(asyncio.shield(job), cfg.deadline_s)}
+        except (InputError, UserError) as e:  # a bad input, method or target: this request's 422
+            raise HTTPException(422, str(e)) from None
 
 
 async def within_deadline(work, seconds: float):

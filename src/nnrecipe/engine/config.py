@@ -151,14 +151,22 @@ def fraction(text: str) -> float | None:
 
 
 class Adversarial(Section):
-    """Adversarial training: every batch is also attacked and trained on (image classification).
+    """Adversarial training: every batch is also attacked and trained on (image and text classification, NER).
 
-    FGSM or PGD in an L-infinity ball around each image in pixel space, so epsilon = 2/255 means two grey
-    levels whatever the recipe's normalisation."""
+    Images: FGSM or PGD in an L-infinity ball around each image in pixel space, so epsilon = 2/255 means two
+    grey levels whatever the recipe's normalisation. Text and NER: FGM (Miyato et al., 2017) or PGD in the
+    token embeddings, an L2 ball of radius epsilon around each example's embedded sequence."""
 
-    method: Literal["fgsm", "pgd"] = Field("fgsm", description="fgsm (one step) or pgd (random start, `steps` steps).")
-    epsilon: float = Field(
-        8 / 255, gt=0, lt=1, description="Radius in pixel space [0, 1]; a fraction such as 8/255 works."
+    method: Literal["fgsm", "fgm", "pgd"] = Field(
+        "fgsm",
+        description="Images: fgsm (one step) or pgd (random start, `steps` steps). Text and NER: fgm (one "
+        "gradient step of L2 length epsilon) or pgd (`steps` steps, projected back to the ball).",
+    )
+    epsilon: float | None = Field(
+        None,
+        gt=0,
+        description="Radius: in pixel space [0, 1] for images (a fraction such as 8/255 works; default 8/255), "
+        "the L2 norm of an example's embedding perturbation for text (default 1.0).",
     )
     steps: int = Field(3, ge=1, description="PGD steps (each 2.5 epsilon / steps).")
     clean: bool = Field(
@@ -213,7 +221,7 @@ class Train(Section):
     monitor: str = Field("val_accuracy", description="Metric that chooses the best checkpoint.")
     early_stopping: EarlyStopping | None = Field(None, description="Stop early when `metric` stalls; null = off.")
     adversarial: Adversarial | None = Field(
-        None, description="Adversarial training (image classification); null = off."
+        None, description="Adversarial training (image and text classification, NER); null = off."
     )
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads; null = torch's default.")
     log_every: int = Field(50, gt=0, description="Steps between non-finite-loss checks and TensorBoard step logs.")

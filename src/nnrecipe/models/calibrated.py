@@ -25,6 +25,10 @@ class Tempered(nn.Module):
             return out / self.temperature
         return SimpleNamespace(logits=out.logits / self.temperature)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The text model's token embeddings (what text explanations attribute to)."""
+        return self.inner.get_input_embeddings()
+
     def set_attn_implementation(self, name: str) -> None:
         if hasattr(self.inner, "set_attn_implementation"):
             self.inner.set_attn_implementation(name)

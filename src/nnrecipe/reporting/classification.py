@@ -11,6 +11,9 @@ import torch
 from nnrecipe.reporting import merge_report, plot_lines, source_line
 from nnrecipe.reporting.calibration import calibration_line, calibration_summary
 
+# A group (fairness) with fewer examples than this is flagged: one example moves its rates by over 3 points.
+MIN_GROUP_SUPPORT = 30
+
 
 def classification_summary(
     y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], probs: torch.Tensor | None = None

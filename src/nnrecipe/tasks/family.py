@@ -128,13 +128,33 @@ class DetectionsExport:
 class ExplainSubject:
     """What `nnrecipe explain` needs from a family: the model (eval, CPU), its labels, `load(paths)` ->
     (model inputs, the raw uint8 images to draw on), the model input of a black image (the baseline), and
-    `sample(n)` -> n validation inputs with their labels (for the checks)."""
+    `sample(n)` -> n validation inputs with their labels (for the checks), and `prepare` (uint8 images at the
+    training size -> model inputs: what a served request's decoded images go through)."""
 
     model: nn.Module
     labels: list[str]
     load: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
     black: torch.Tensor
     sample: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TextExplainSubject:
+    """What `nnrecipe explain` needs from a text family: the model (eval, CPU), its labels (or tags), the
+    tokenizer and max length its predict uses, its head ("sequence": one label per text, "token": one tag
+    per word; an NER explanation is one per predicted entity), the pad id the attributions' baseline puts in
+    place of words, and `sample(n)` -> n validation texts with their label ids, or for NER n sentences' words
+    with their gold tags (the checks; None: no checks)."""
+
+    model: nn.Module
+    labels: list[str]
+    tokenizer: Any
+    max_length: int
+    head: str
+    pad_id: int
+    sample: Callable[[int], tuple[list, list]] | None = None
+    max_entities: int = 20  # an NER text's explanations beyond this many entities are left out
 
 
 @dataclass
@@ -248,13 +268,18 @@ class TaskFamily(ABC):
     def export_subject(self, run: Any) -> LogitsExport | DetectionsExport:
         self.unsupported("export")
 
-    def explain_subject(self, run: Any) -> ExplainSubject:
+    def explain_subject(self, run: Any) -> ExplainSubject | TextExplainSubject:
         self.unsupported("explain")
 
     def example_keys(self, run: Any, split: str) -> list[str]:
         """What names each example of `split`, in the order `probabilities` scores them (`evaluate --groups`
         maps these to groups): image paths, texts."""
         self.unsupported("fairness")
+
+    def example_groups(self, run: Any, split: str) -> list[str] | None:
+        """Each example's group from the run's own data (a recipe's group column), in `example_keys`' order;
+        None: the data names no groups (`evaluate --groups FILE` can)."""
+        return None
 
     def robust_subject(self, run: Any, split: str | None = None, limit: int = 1000) -> RobustSubject:
         """Up to `limit` images of `split` (default: test, else val) for adversarial and corruption accuracy."""

@@ -19,6 +19,7 @@ from torch import nn
 from nnrecipe.data.augment import Normalizer
 from nnrecipe.data.images import ImageSet, conform, read_image, read_image_tree
 from nnrecipe.data.loader import TensorLoader
+from nnrecipe.data.splits import spread_sample
 from nnrecipe.engine.adversarial import PixelModel, adversarial
 from nnrecipe.engine.checkpoint import load_weights, save_checkpoint
 from nnrecipe.engine.freezing import FreezeBackbone
@@ -141,7 +142,8 @@ class ImageClassification(SupervisedFamily):
     output = outputs.CLASSIFICATION
     card_metrics = ("accuracy", "examples")
     ensemble_inputs = ("classes", "channels", "image_size", "mean", "std")  # members' architectures may differ
-    adversarial_training = True
+    adversarial_methods = ("fgsm", "pgd")  # in pixel space, an L-infinity ball
+    adversarial_epsilon = (8 / 255, 1.0)
 
     def splits(self, recipe: ImageRecipe) -> Splits:
         prior = continual.earlier(recipe)
@@ -195,7 +197,7 @@ class ImageClassification(SupervisedFamily):
                 recipe,
                 ImageClassifier(t.label_smoothing)
                 if t.adversarial is None
-                else AdversarialClassifier(t.label_smoothing, t.adversarial, spec.mean, spec.std),
+                else AdversarialClassifier(t.label_smoothing, self.adversarial_of(recipe), spec.mean, spec.std),
                 model,
                 old_model,
                 prior,
@@ -244,11 +246,11 @@ class ImageClassification(SupervisedFamily):
         def sample(n: int) -> tuple[torch.Tensor, torch.Tensor]:
             splits = self.splits(recipe)
             part = splits.val if splits.val is not None else splits.test
-            part = part.subset(range(min(n, len(part))))
+            part = part.subset(spread_sample(len(part), n))
             return prepare(part.tensor(), 0), part.labels
 
         black = prepare(torch.zeros(1, spec.channels, spec.image_size, spec.image_size, dtype=torch.uint8), 0)
-        return ExplainSubject(inf.model, spec.classes, load, black, sample)
+        return ExplainSubject(inf.model, spec.classes, load, black, sample, lambda raw: prepare(raw, 0))
 
     def example_keys(self, run: Run, split: str) -> list[str]:
         part = self.splits(run.recipe()).named(split)
@@ -262,7 +264,7 @@ class ImageClassification(SupervisedFamily):
         recipe, inf = run.recipe(), self.inference(run)
         splits = self.splits(recipe)
         name, part = (split, splits.named(split)) if split else splits.reported()
-        part = part.subset(range(min(limit, len(part))))
+        part = part.subset(spread_sample(len(part), limit))
         normalize = Normalizer(inf.spec.mean, inf.spec.std)
         return RobustSubject(inf.model, part.tensor(), part.labels, normalize, inf.spec.classes, name)
 
@@ -370,7 +372,7 @@ class ImageClassification(SupervisedFamily):
         part = splits.val if splits.val is not None else splits.test
         if part is None:
             raise UserError(f"{run.dir}: no validation or test split to check the export on")
-        part = part.subset(range(min(limit, len(part))))
+        part = part.subset(spread_sample(len(part), limit))
         xs, ys = zip(*eval_loader(recipe, spec, part, "cpu").batches())
         size = [spec.image_size, spec.image_size]
         facts = {

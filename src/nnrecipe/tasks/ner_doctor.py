@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from nnrecipe.data.containment import contained_across
 from nnrecipe.data.tokens import IGNORE, TokenSet, encode_words, entities, tag_names
 from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, data_check_result, exact_key, near_key, split_overlap
 from nnrecipe.doctor.subject import PRETRAINED_BUDGET, Subject
@@ -43,12 +44,18 @@ def data_check(recipe, train: TokenSet, val: TokenSet | None, test: TokenSet | N
         texts = [" ".join(w) for w in part.words if len(w) >= 6] or [""]
         exact = sum(exact_key(t) in train_exact for t in texts) / len(texts)
         near = sum(near_key(t) in train_near for t in texts) / len(texts)
-        figures.append(f"{name}: {exact:.1%} exact / {near:.1%} near duplicates of train (sentences of 6+ words)")
+        contained = len(contained_across(texts, joined)) / len(texts)
+        figures.append(f"{name}: {exact:.1%} exact / {near:.1%} near duplicates of train, {contained:.1%} contain or "
+                       "are contained in a training sentence (sentences of 6+ words)")  # fmt: skip
         # News NER repeats templated lines (headlines, table headers, score lines: 2.4% of CoNLL-2003 valid's
         # 6+ word sentences are in train); only a larger share fails.
         if found := split_overlap(name, exact, near, 0.05, "sentences", "after normalising", exact_limit=0.10):
             verdicts.append(found[0])
             notes.append(found[1])
+        elif contained > 0.05:
+            verdicts.append(WARN)
+            notes.append(f"{contained:.0%} of {name} sentences contain, or sit inside, a training sentence (one "
+                         f"sentence cut into pieces on both sides flatters {name}); give data.val a separate file")  # fmt: skip
     lengths = sorted(len(ids) for ids in tokenizer(train.words, is_split_into_words=True)["input_ids"])
     truncated = sum(n > recipe.data.max_length for n in lengths) / len(lengths)
     if truncated > 0.01:

@@ -57,7 +57,8 @@ class EvaluatedFamily(TaskFamily):
     """A family scored on splits of its data: `evaluate` for one split, or other data it can read."""
 
     cpu_bf16: ClassVar[bool] = False  # matmul-heavy enough for train.precision auto to pick bf16 on AMX CPUs
-    adversarial_training: ClassVar[bool] = False  # its TrainTask honours train.adversarial
+    adversarial_methods: ClassVar[tuple[str, ...]] = ()  # the train.adversarial methods its TrainTask honours
+    adversarial_epsilon: ClassVar[tuple[float, float | None]] = (8 / 255, None)  # (default, exclusive upper bound)
 
     @abstractmethod
     def splits(self, recipe: Any) -> Splits:
@@ -98,6 +99,23 @@ class EvaluatedFamily(TaskFamily):
 class SupervisedFamily(EvaluatedFamily):
     """A family trained by the engine on its splits: supply `splits`, `setup` and `report`."""
 
+    def adversarial_of(self, recipe: Any):
+        """`train.adversarial` checked against this family, its epsilon filled in; None when it is off."""
+        adv = recipe.train.adversarial
+        if adv is None:
+            return None
+        if not self.adversarial_methods:
+            offering = [n for n in family_names() if getattr(get_family(n), "adversarial_methods", ())]
+            raise RecipeError(f"train.adversarial: {', '.join(offering)} runs only (this one: {self.name}); remove it")
+        if adv.method not in self.adversarial_methods:
+            raise RecipeError(f"train.adversarial.method: for {self.name}, one of {', '.join(self.adversarial_methods)} "
+                              f"(got {adv.method!r})")  # fmt: skip
+        default, bound = self.adversarial_epsilon
+        eps = adv.epsilon if adv.epsilon is not None else default
+        if bound is not None and eps >= bound:
+            raise RecipeError(f"train.adversarial.epsilon: below {bound:g} for {self.name} (got {eps:g})")
+        return adv.model_copy(update={"epsilon": eps})
+
     @abstractmethod
     def setup(self, recipe: Any, splits: Splits, acc, run: Run) -> Setup:
         """Everything the engine needs for this run (`run`: for files the family keeps beside it)."""
@@ -107,9 +125,7 @@ class SupervisedFamily(EvaluatedFamily):
 
     def train(self, recipe: Any, run: Run, *, resume: bool = False, callbacks: list[Callback] = ()) -> dict[str, Any]:
         """Train (or resume) a run, then report its best weights on test (else validation)."""
-        if recipe.train.adversarial is not None and not self.adversarial_training:
-            offering = [n for n in family_names() if getattr(get_family(n), "adversarial_training", False)]
-            raise RecipeError(f"train.adversarial: {', '.join(offering)} runs only (this one: {self.name}); remove it")
+        self.adversarial_of(recipe)  # a method this family cannot train with: refused before anything starts
         seed_everything(recipe.train.seed)
         acc = make_accelerator(recipe.train, cpu_bf16=self.bf16_on_cpu(recipe))
         before = run.meta().get("processes", 1)

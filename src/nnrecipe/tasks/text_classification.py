@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnrecipe.data.splits import spread_sample
 from nnrecipe.data.text import TextLoader, TextSet, label_names
 from nnrecipe.engine.loop import console
+from nnrecipe.errors import UserError
 from nnrecipe.reporting.classification import classification_summary, summary_table, write_report
 from nnrecipe.reporting.plots import plot_confusion
 from nnrecipe.runs import Run
@@ -80,7 +82,11 @@ class TextClassification(TransformerFamily):
     def describe(self, splits: Splits, labels: list[str]) -> str:
         n_val = len(splits.val) if splits.val else 0
         grouped = splits.meta.get("split_groups")
-        how = f" (val held out by containment groups: {grouped['linked_texts']:,} texts share one)" if grouped else ""
+        how = (
+            f" (val held out by {grouped['mode']} groups: {grouped['linked_texts']:,} texts share one)"
+            if grouped
+            else ""
+        )
         return f"{len(splits.train):,} train / {n_val:,} val examples{how}, {len(labels)} labels"
 
     def report(
@@ -129,8 +135,28 @@ class TextClassification(TransformerFamily):
         )
         return predict_probs(inf.model, loader)
 
+    def explain_sample(self, run: Run, labels: list[str]):
+        """n validation (else test) texts and their label ids, read when asked (a server never asks)."""
+
+        def sample(n: int) -> tuple[list[str], list[int]]:
+            splits = self.splits(run.recipe())
+            part = splits.val if splits.val is not None else splits.test
+            if part is None:
+                raise UserError(f"explain --check: {run.dir} has no validation or test split to check on")
+            if part.pairs:
+                raise UserError("explain: offered for single-text runs; this one classifies text pairs")
+            known = [i for i, label in enumerate(part.labels) if label in labels]
+            known = [known[i] for i in spread_sample(len(known), n)]
+            return [part.texts[i] for i in known], [labels.index(part.labels[i]) for i in known]
+
+        return sample
+
     def example_keys(self, run: Run, split: str) -> list[str]:
         return list(self.splits(run.recipe()).named(split).texts)
+
+    def example_groups(self, run: Run, split: str) -> list[str] | None:
+        column = run.recipe().data.group_column
+        return self.splits(run.recipe()).named(split).columns[column] if column else None
 
     def read(self, run: Run, recipe: TextRecipe, path: Path) -> TextSet:
         return read_texts(recipe.data, path)

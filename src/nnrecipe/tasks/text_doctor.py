@@ -13,6 +13,7 @@ from nnrecipe.doctor.checks import FAIL, PASS, WARN, Check, data_check_result, e
 from nnrecipe.doctor.subject import PRETRAINED_BUDGET, Subject
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import seed_everything
+from nnrecipe.reporting.classification import MIN_GROUP_SUPPORT
 from nnrecipe.tasks.family import DoctorPlan
 from nnrecipe.tasks.text_inputs import text_loader, text_splits, texts
 from nnrecipe.tasks.text_models import new_model, safe_lr
@@ -56,6 +57,15 @@ def data_check(recipe, train: TextSet, val: TextSet | None, test: TextSet | None
                 f"{contained:.0%} of {name} texts contain, or sit inside, a training text (sub-phrases of one "
                 f"sentence on both sides flatter {name}); hold validation out with data.split_groups: containment"
             )
+    if column := recipe.data.group_column:  # fairness by group: each group needs enough examples to judge
+        name, part = next((n, p) for n, p in (("val", val), ("test", test), ("train", train)) if p is not None)
+        sizes = Counter(part.columns[column])
+        small = sorted(g for g, n in sizes.items() if n < MIN_GROUP_SUPPORT)
+        figures.append(f"{len(sizes)} groups in {column!r}, the smallest {min(sizes.values())} {name} examples")
+        if small:
+            verdicts.append(WARN)
+            notes.append(f"group(s) {', '.join(small[:5])} of {column!r} have fewer than {MIN_GROUP_SUPPORT} {name} "
+                         "examples: their accuracy and rates swing by several points per example")  # fmt: skip
     lengths = [len(ids) for ids in tokenizer(train.texts)["input_ids"]]
     truncated = sum(n > recipe.data.max_length for n in lengths) / len(lengths)
     if truncated > 0.05:

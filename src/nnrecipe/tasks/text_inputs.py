@@ -12,7 +12,7 @@ from nnrecipe.data.text import TextLoader, TextSet, read_text_file
 from nnrecipe.data.tokens import Encoded, TokenSet, encode_words, read_token_file
 from nnrecipe.errors import UserError
 from nnrecipe.tasks.family import Splits
-from nnrecipe.tasks.text_recipes import TextData, TokenData
+from nnrecipe.tasks.text_recipes import SPLIT_MODES, TextData, TokenData
 
 
 def text_loader(tokenizer, part: TextSet, labels: list[str], bs: int, max_length: int, device, **kw) -> TextLoader:
@@ -29,7 +29,9 @@ def text_loader(tokenizer, part: TextSet, labels: list[str], bs: int, max_length
 
 
 def read_texts(data: TextData, path: Path) -> TextSet:
-    return read_text_file(path, data.format, data.text_column, data.label_column, data.text_pair_column)
+    return read_text_file(
+        path, data.format, data.text_column, data.label_column, data.text_pair_column, data.other_columns()
+    )
 
 
 def text_splits(data: TextData) -> Splits:
@@ -40,11 +42,20 @@ def text_splits(data: TextData) -> Splits:
     val = read_texts(data, data.val) if data.val else None
     meta = {}
     if val is None and data.val_fraction > 0:
-        groups = containment_groups(train.texts) if data.split_groups != "none" else None
+        if data.split_groups in SPLIT_MODES:
+            mode = "containment"
+            groups = containment_groups(train.texts) if data.split_groups != "none" else None
+        else:  # a column: rows with one value stay together
+            mode = f"column {data.split_groups}"
+            index: dict[str, int] = {}
+            groups = [index.setdefault(v, len(index)) for v in train.columns[data.split_groups]]
+            if len(index) < 2:
+                raise UserError(f"data.split_groups: column {data.split_groups!r} holds one value; a grouped "
+                                "split needs two or more (or set split_groups: auto)")  # fmt: skip
         linked = len(groups) - len(set(groups)) if groups is not None else 0  # texts sharing a group
         if linked and len(set(groups)) > 1:
             kept, held = grouped_holdout(groups, data.val_fraction, data.split_seed, train.labels)
-            meta = {"split_groups": {"mode": "containment", "groups": len(set(groups)), "linked_texts": linked}}
+            meta = {"split_groups": {"mode": mode, "groups": len(set(groups)), "linked_texts": linked}}
         else:
             kept, held = holdout(len(train), data.val_fraction, data.split_seed, train.labels)
         train, val = train.subset(kept), train.subset(held)

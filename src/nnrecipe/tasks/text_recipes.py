@@ -32,6 +32,9 @@ def scratch_model(raw: dict[str, Any]) -> bool:
     return isinstance(model, dict) and model.get("name") in SCRATCH_MODELS
 
 
+SPLIT_MODES = ("auto", "containment", "none")  # data.split_groups' modes; any other value names a column
+
+
 class TextData(Section):
     """Text classification files: CSV/TSV (with a header) or JSONL, one example per row."""
 
@@ -44,11 +47,23 @@ class TextData(Section):
     label_column: str = Field("label", description="Column holding the label (a name or an id).")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Held back from train when data.val is null.")
     split_seed: int = Field(0, description="Seed of that split.")
-    split_groups: Literal["auto", "containment", "none"] = Field(
+    split_groups: str = Field(
         "auto",
         description="Held-out validation keeps texts that contain one another (SST-2's sub-phrases) on one side: "
-        "containment always, auto when the training file has any, none = a plain row split.",
+        "containment always, auto when the training file has any, none = a plain row split; or the name of a "
+        "column whose equal values stay on one side (a document or speaker id).",
     )
+    group_column: str | None = Field(
+        None,
+        description="Column naming each example's group (fairness): evaluate then reports accuracy, F1, selection "
+        "rate and support per group and the parity gaps; the doctor warns about groups too small to judge.",
+    )
+
+    def other_columns(self) -> tuple[str, ...]:
+        """The columns read beside text and label: the group column, a split-groups column."""
+        named = [self.group_column, None if self.split_groups in SPLIT_MODES else self.split_groups]
+        return tuple(dict.fromkeys(c for c in named if c))
+
     limit: int | None = Field(None, gt=0, description="Use only the first N training rows.")
     max_length: int = Field(128, gt=1, description="Truncate to this many tokens.")
     group_by_length: bool = Field(True, description="Batch similar lengths together (less padding, same randomness).")

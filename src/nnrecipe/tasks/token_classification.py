@@ -10,8 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnrecipe.data.splits import spread_sample
 from nnrecipe.data.tokens import TokenSet, encode_words, entities, split_words, tag_names
 from nnrecipe.engine.loop import console
+from nnrecipe.errors import UserError
 from nnrecipe.reporting.ner import ner_summary, ner_table, write_ner_report
 from nnrecipe.runs import Run
 from nnrecipe.tasks import outputs
@@ -146,6 +148,21 @@ class TokenClassification(TransformerFamily):
 
     export_output = ("batch", "sequence")  # a row of logits per sub-token
     export_notes = {"words": "split the CoNLL way; each word's tag is read at its first sub-token"}
+
+    def explain_sample(self, run: Run, labels: list[str]):
+        """n validation (else test) sentences and their gold tags, read when asked (a server never asks)."""
+
+        def sample(n: int) -> tuple[list[list[str]], list[list[str]]]:
+            splits = self.splits(run.recipe())
+            part = splits.val if splits.val is not None else splits.test
+            if part is None:
+                raise UserError(f"explain --check: {run.dir} has no validation or test split to check on")
+            known = set(labels)
+            fits = [i for i, tags in enumerate(part.tags) if set(tags) <= known]
+            fits = [fits[i] for i in spread_sample(len(fits), n)]
+            return [part.words[i] for i in fits], [part.tags[i] for i in fits]
+
+        return sample
 
     def doctor(self, recipe: TokenRecipe) -> DoctorPlan:
         return doctor_plan(recipe)

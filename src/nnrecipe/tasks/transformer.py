@@ -13,13 +13,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnrecipe.data.splits import spread_sample
+from nnrecipe.engine.adversarial import EmbeddingAdversarial
 from nnrecipe.engine.checkpoint import load_weights
 from nnrecipe.engine.loop import Callback
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.errors import UserError
 from nnrecipe.models.hf import parameter_counts, resolve, save_adapter
 from nnrecipe.runs import Run
-from nnrecipe.tasks.family import Inference, LogitsExport, Splits
+from nnrecipe.tasks.family import Inference, LogitsExport, Splits, TextExplainSubject
 from nnrecipe.tasks.serving import Predictor, TextInputs, ort_session
 from nnrecipe.tasks.supervised import Setup, SupervisedFamily
 from nnrecipe.tasks.text_models import TOKENIZER_DIR, from_scratch, new_model, saved_model
@@ -43,6 +45,8 @@ class TransformerFamily(SupervisedFamily):
     head: ClassVar[str]
     ensemble_inputs = ("labels", "max_length")  # and one tokenizer (checked); the encoders and modes may differ
     cpu_bf16 = True  # transformers: bf16 autocast makes a MiniLM step 1.85x faster on an AMX CPU
+    adversarial_methods = ("fgm", "pgd")  # in the token embeddings, an L2 ball per example
+    adversarial_epsilon = (1.0, None)
 
     # -- what each of the two families supplies -------------------------------------------------------
 
@@ -99,7 +103,9 @@ class TransformerFamily(SupervisedFamily):
         return Setup(
             model=model,
             optimizer=build_optimizer(model, recipe.optim),
-            task=self.train_task(labels, splits),
+            task=self.train_task(labels, splits)
+            if t.adversarial is None
+            else EmbeddingAdversarial(self.train_task(labels, splits), self.adversarial_of(recipe)),
             train_loader=train_loader,
             val_loader=val_loader,
             spec=spec,
@@ -153,6 +159,19 @@ class TransformerFamily(SupervisedFamily):
 
         return AutoModelForSequenceClassification if self.head == "sequence" else AutoModelForTokenClassification
 
+    def explain_sample(self, run: Run, labels: list[str]):
+        """`TextExplainSubject.sample` for this family's checks; None: it offers none."""
+        return None
+
+    def explain_subject(self, run: Run) -> TextExplainSubject:
+        """The model predict uses (its temperature included), its tokenizer, and validation texts to check on."""
+        inf = self.inference(run)
+        if not hasattr(inf.model, "get_input_embeddings"):
+            raise UserError(f"explain: {run.dir} is an ensemble of several encoders; explain one member run")
+        pad = inf.tokenizer.pad_token_id if inf.tokenizer.pad_token_id is not None else 0
+        return TextExplainSubject(inf.model, inf.labels, inf.tokenizer, inf.spec["max_length"], self.head, pad,
+                                  self.explain_sample(run, inf.labels))  # fmt: skip
+
     export_output: ClassVar[tuple[str, ...]] = ("batch",)  # the logits' axes before the label axis
     export_notes: ClassVar[dict[str, str]] = {}  # preprocessing the card adds for this family
 
@@ -169,7 +188,7 @@ class TransformerFamily(SupervisedFamily):
         # 206 vs 190 req/s (bench/RESULTS.md).
         if hasattr(inf.model, "set_attn_implementation"):  # the from-scratch models have no attention
             inf.model.set_attn_implementation("eager")
-        part = part.subset(range(min(limit, len(part))))
+        part = part.subset(spread_sample(len(part), limit))
         batches = list(self.loader(inf.tokenizer, part, inf.labels, 64, inf.spec["max_length"], "cpu").batches())
         for b in batches:
             b.setdefault("token_type_ids", torch.zeros_like(b["input_ids"]))

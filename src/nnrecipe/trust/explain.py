@@ -1,4 +1,5 @@
-"""`nnrecipe explain`: why an image classifier decided, with Captum, and whether the explanation is honest.
+"""`nnrecipe explain`: why an image classifier decided, with Captum, and whether the explanation is honest
+(text and NER: trust/text_explain.py).
 
 Methods (Captum): integrated gradients (from a black image), saliency (|gradient|), occlusion (a sliding
 patch of the black image) and Grad-CAM on the last convolution (found automatically), each reduced to one
@@ -94,22 +95,36 @@ def randomisation_check(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
 @torch.no_grad()
 def deletion_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, maps: torch.Tensor, black: torch.Tensor,
                    fractions=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5), seed: int = 0) -> dict[str, Any]:  # fmt: skip
-    """Accuracy as the top-`fraction` pixels by `maps` (and, for comparison, random pixels) become black."""
+    """Accuracy as the top-`fraction` pixels by `maps` become black, and for comparison the least attributed
+    pixels (removed in the same coherent shapes: blacking out scattered random pixels is noise the network
+    never saw, which can hurt more than a faithful map's region) and random pixels."""
     n, h, w = maps.shape
     order = maps.flatten(1).argsort(1, descending=True)
     rand = torch.rand(n, h * w, generator=torch.Generator().manual_seed(seed)).argsort(1)
-    out: dict[str, list[float]] = {"fractions": list(fractions), "attributed": [], "random": []}
+    out: dict[str, list[float]] = {"fractions": list(fractions), "attributed": [], "least": [], "random": []}
     for f in fractions:
         k = int(round(f * h * w))
-        for name, idx in (("attributed", order), ("random", rand)):
+        for name, idx in (("attributed", order), ("least", order.flip(1)), ("random", rand)):
             mask = torch.zeros(n, h * w, dtype=torch.bool)
             mask.scatter_(1, idx[:, :k], True)
             xs = torch.where(mask.view(n, 1, h, w), black.expand_as(x), x)
             out[name].append((model(xs).argmax(1) == y).float().mean().item())
     step = fractions[1] - fractions[0]
-    for name in ("attributed", "random"):
+    for name in ("attributed", "least", "random"):
         out[f"area_{name}"] = float(np.trapezoid(out[name], dx=step))
     return out
+
+
+def check_table(checks: dict[str, Any]) -> list[str]:
+    """The checks' markdown table: one row per method."""
+    md = ["| method | randomisation: rank correlation (pass < 0.5) | deletion AUC: most attributed first | "
+          "least attributed first | random |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for method, c in checks.items():
+        r, d = c["randomisation"], c["deletion"]
+        verdict = "pass" if r["passed"] else "**fail**"
+        md.append(f"| {method} | {r['rank_correlation']:.3f} ({verdict}) | {d['area_attributed']:.4f} | "
+                  f"{d['area_least']:.4f} | {d['area_random']:.4f} |")  # fmt: skip
+    return md
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, path: Path, title: str) -> Path:
@@ -132,38 +147,96 @@ def overlay(image: np.ndarray, heat: np.ndarray, path: Path, title: str) -> Path
 
 
 def explain_run(
-    run: Any, inputs: list[str], methods: list[str], target: str | None = None, out: Path | None = None,
-    check: bool = False, check_examples: int = 64,
+    run: Any, inputs: list[str], methods: list[str] | None = None, target: str | None = None,
+    out: Path | None = None, check: bool = False, check_examples: int = 64,
 ) -> dict[str, Any]:  # fmt: skip
-    """Heat maps of `inputs` for each method (PNG overlays in `out`, default beside each input), and with
-    `check` the randomisation and deletion checks on validation images (runs/<run>/explain/report.md)."""
-    from nnrecipe.tasks.family import family_of
+    """Explanations of `inputs` (image files, or texts for a text family) for each method (default: Grad-CAM
+    for images, integrated gradients for text), and with `check` the randomisation and deletion checks on
+    validation examples (runs/<run>/explain/report.md)."""
+    from nnrecipe.tasks.family import TextExplainSubject, family_of
 
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise UserError(f"--method: one or more of {', '.join(METHODS)} (got {', '.join(bad) or 'none'})")
     s = family_of(run).require("explain").explain_subject(run)
-    if target is not None and target not in s.labels:
-        raise UserError(f"--target: {target!r} is not one of this run's labels ({', '.join(s.labels)})")
+    if isinstance(s, TextExplainSubject):
+        from nnrecipe.trust.text_explain import explain_texts
+
+        return explain_texts(run, s, inputs, methods or ["ig"], target, out, check, check_examples)
+    methods = methods or ["gradcam"]
+    check_request(s, methods, target)
     rows: list[dict[str, Any]] = []
     if inputs:
         x, raw = s.load(inputs)
-        with torch.no_grad():
-            probs = s.model(x).float().softmax(1)
-        pred = probs.argmax(1)
-        t = torch.full_like(pred, s.labels.index(target)) if target is not None else pred
-        for method in methods:
-            maps = attribute(s.model, x, t, method, s.black)
-            for i, path in enumerate(inputs):
-                name = f"{Path(path).stem}.{method}.{s.labels[t[i]]}.png"
-                png = overlay(raw[i].numpy(), maps[i].numpy(), (out or Path(path).parent) / name,
-                              f"{method}: {s.labels[t[i]]} (p {probs[i, t[i]]:.2f})")  # fmt: skip
-                rows.append({"file": str(path), "method": method, "target": s.labels[t[i]],
-                             "predicted": s.labels[pred[i]], "probability": float(probs[i, t[i]]), "png": str(png)})  # fmt: skip
+        for row, heat in image_explanations(s, x, methods, target):
+            i = row.pop("input")
+            path = Path(inputs[i])
+            name = f"{path.stem}.{row['method']}.{row['target']}.png"
+            png = overlay(raw[i].numpy(), heat.numpy(), (out or path.parent) / name,
+                          f"{row['method']}: {row['target']} (p {row['probability']:.2f})")  # fmt: skip
+            rows.append({"file": str(path), **row, "png": str(png)})
     result: dict[str, Any] = {"explanations": rows}
     if check:
         result["checks"] = write_checks(run, s, methods, check_examples)
     return result
+
+
+def check_request(
+    s: Any, methods: list[str], target: str | None, allowed: tuple[str, ...] = METHODS, kind: str = ""
+) -> None:
+    """A request's methods among `allowed` and its target among the subject's labels, or one line saying not."""
+    bad = [m for m in methods if m not in allowed]
+    if bad or not methods:
+        raise UserError(f"--method: {kind}one or more of {', '.join(allowed)} (got {', '.join(bad) or 'none'})")
+    if target is not None and target not in s.labels:
+        raise UserError(f"--target: {target!r} is not one of this run's labels ({', '.join(s.labels)})")
+
+
+def image_explanations(s: Any, x: torch.Tensor, methods: list[str], target: str | None):
+    """(row, heat map H x W) per method and image of the batch `x`: the row names the input's index, the
+    method, the target (default: the predicted label), the prediction and the target's probability."""
+    with torch.no_grad():
+        probs = s.model(x).float().softmax(1)
+    pred = probs.argmax(1)
+    t = torch.full_like(pred, s.labels.index(target)) if target is not None else pred
+    out = []
+    for method in methods:
+        maps = attribute(s.model, x, t, method, s.black)
+        for i in range(len(x)):
+            row = {"input": i, "method": method, "target": s.labels[t[i]], "predicted": s.labels[pred[i]],
+                   "probability": float(probs[i, t[i]])}  # fmt: skip
+            out.append((row, maps[i]))
+    return out
+
+
+def explain_decoded(s: Any, items: list[Any], method: str | None, target: str | None) -> list[dict[str, Any]]:
+    """What `POST /v1/explain` answers for a batch of decoded inputs (uint8 images at the training size, or
+    texts): one row per input and explanation, an image's heat map as a base64 grey-level PNG (white = most
+    attributed, scaled to its own maximum), a text's as word attributions."""
+    from nnrecipe.tasks.family import TextExplainSubject
+
+    if isinstance(s, TextExplainSubject):
+        from nnrecipe.trust.text_explain import check_text_request, text_explanations
+
+        methods = [method or "ig"]
+        check_text_request(s, methods, target)
+        return [
+            {"input": i, **row} for i, text in enumerate(items) for row in text_explanations(s, text, methods, target)
+        ]
+    methods = [method or "gradcam"]
+    check_request(s, methods, target)
+    x = s.prepare(torch.stack(items))
+    return [row | {"heatmap_png": heat_png(heat)} for row, heat in image_explanations(s, x, methods, target)]
+
+
+def heat_png(heat: torch.Tensor) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    top = float(heat.max())
+    grey = (heat / top * 255 if top > 0 else heat * 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(grey, mode="L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def write_checks(run: Any, s: Any, methods: list[str], n: int) -> dict[str, Any]:
@@ -182,15 +255,10 @@ def write_checks(run: Any, s: Any, methods: list[str], n: int) -> dict[str, Any]
     folder.mkdir(exist_ok=True)
     (folder / "report.json").write_text(json.dumps({"examples": len(y), "checks": checks}, indent=2))
     md = [f"# Explanation checks: {run.dir.name} ({len(y)} validation images, their true labels as targets)", "",
-          "| method | randomisation: rank correlation (pass < 0.5) | deletion AUC, attributed | deletion AUC, random |",
-          "|---|---:|---:|---:|"]  # fmt: skip
-    for method, c in checks.items():
-        r, d = c["randomisation"], c["deletion"]
-        verdict = "pass" if r["passed"] else "**fail**"
-        md.append(
-            f"| {method} | {r['rank_correlation']:.3f} ({verdict}) | {d['area_attributed']:.4f} | {d['area_random']:.4f} |"
-        )
-    md += ["", "Deletion: accuracy as the top 0-50% of pixels by the map (or random pixels) turn black; the area "
-           "under that curve is smaller for a map that finds what the model uses.", ""]  # fmt: skip
+          *check_table(checks)]  # fmt: skip
+    md += ["", "Deletion: accuracy as the top 0-50% of pixels by the map (or the least attributed, or random pixels) "
+           "turn black; the area under that curve is smaller for a map that finds what the model uses. Compare it "
+           "with the least attributed first above all: scattered random black pixels are noise the network never "
+           "saw and can hurt more than any region.", ""]  # fmt: skip
     (folder / "report.md").write_text("\n".join(md))
     return checks

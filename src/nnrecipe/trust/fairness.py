@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 
 from nnrecipe.errors import UserError
-
-MIN_SUPPORT = 30
+from nnrecipe.reporting.classification import MIN_GROUP_SUPPORT as MIN_SUPPORT
 
 
 def read_groups(path: Path) -> dict[str, str]:
@@ -84,17 +83,26 @@ def group_table(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str], posit
     return by_group, gaps
 
 
-def evaluate_fairness(run: Any, split: str | None, groups_file: Path, positive: str | None = None) -> dict[str, Any]:
-    """Per-group scores of a run's predictions on a split; runs/<run>/fairness/report.md/json + a bar plot."""
+def evaluate_fairness(
+    run: Any, split: str | None, groups_file: Path | None, positive: str | None = None
+) -> dict[str, Any]:
+    """Per-group scores of a run's predictions on a split, its groups from `groups_file` or (None) from the
+    recipe's `data.group_column`; runs/<run>/fairness/report.md/json + a bar plot."""
     from nnrecipe.tasks.family import family_of
 
     family = family_of(run).require("fairness")
     split = split or family.splits(run.recipe()).reported()[0]
     keys = family.example_keys(run, split)  # the cheap checks first, the model's predictions after them
-    found = match(keys, read_groups(groups_file))
+    if groups_file is None:
+        found: list[str | None] | None = family.example_groups(run, split)
+        if found is None:
+            raise UserError("fairness: give --groups FILE, or name a group column in the recipe (data.group_column)")
+        source = "data.group_column"
+    else:
+        found, source = match(keys, read_groups(groups_file)), f"--groups {groups_file}"
     keep = [i for i, g in enumerate(found) if g is not None]
     if len({found[i] for i in keep}) < 2:
-        raise UserError(f"--groups {groups_file}: names {len(keep)} of the {len(keys)} {split} examples, in "
+        raise UserError(f"{source}: names {len(keep)} of the {len(keys)} {split} examples, in "
                         f"{len({found[i] for i in keep})} group(s); fairness compares two or more")  # fmt: skip
     names = family.inference(run).labels
     if positive is not None and positive not in names:
