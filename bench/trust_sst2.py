@@ -8,7 +8,7 @@ side:
   fitted on validation);
 - accuracy under a 5-step PGD attack in the embeddings at the FGM radius.
 
-    python bench/trust_sst2.py --data ../shared/datasets/sst2/train.tsv [--epsilon 1.0] [--seed 0]
+    python bench/trust_sst2.py --data ../shared/datasets/sst2/train.tsv [--epsilon 0.25] [--seed 0]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from nnrecipe.deploy.calibrate import calibrate_run
 from nnrecipe.engine.adversarial import embedding_attack_accuracy
 from nnrecipe.engine.config import Adversarial
 from nnrecipe.recipe import load_recipe
-from nnrecipe.runs import train_new_run
+from nnrecipe.runs import open_run, train_new_run
 from nnrecipe.tasks import get_family
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,8 @@ def held_out_test(data: Path, recipe, folder: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--epsilon", type=float, default=1.0)
+    ap.add_argument("--epsilon", type=float, default=0.25)
+    ap.add_argument("--reuse-plain", type=Path, help="A plain run trained before: measured again, not retrained.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-trust-sst2"))
     args = ap.parse_args()
@@ -61,7 +62,14 @@ def main() -> None:
     results = {}
     for name, extra in (("plain", []), ("fgm", fgm)):
         recipe = load_recipe(ROOT / "recipes" / "sst2-minilm.yaml", [*base, f"data.test={test}", *extra])
-        run, result = train_new_run(family, recipe, f"sst2-{name}")
+        if name == "plain" and args.reuse_plain:
+            run = open_run(args.reuse_plain)
+            run.update_meta(temperature=None)  # calibrated again below
+            rows = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
+            history = [r for r in rows if "val_accuracy" in r]
+            result = json.loads((run.dir / "report.json").read_text())["test"] | {"history": history}
+        else:
+            run, result = train_new_run(family, recipe, f"sst2-{name}")
         inf = family.inference(run)  # attacked before calibration: the attack follows the model's own loss
         loader = family.loader(inf.tokenizer, family.splits(recipe).test, inf.labels, 64, inf.spec["max_length"], "cpu")
         attacked = embedding_attack_accuracy(

@@ -317,3 +317,13 @@ def test_several_worker_processes_serve_and_stop_on_sigterm(run, tmp_path):
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
     assert err.count("Started server process") >= 2  # two workers, each with its own model
+
+
+def test_explain_without_captum_names_the_extra(run, monkeypatch):
+    def no_captum(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'captum'", name="captum")
+
+    monkeypatch.setattr("nnrecipe.trust.explain.explain_decoded", no_captum)
+    with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY]))) as c:
+        res = c.post("/v1/explain", headers=AUTH, json={"inputs": [b64(digit_png(0))]})
+    assert res.status_code == 501 and "pip install 'nnrecipe[trust]'" in res.json()["detail"], res.json()

@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 
 from nnrecipe.deploy.card import model_card
 from nnrecipe.errors import UserError
+from nnrecipe.extras import missing_extra
 from nnrecipe.runs import Run, open_run
 from nnrecipe.tasks.family import family_of
 from nnrecipe.tasks.outputs import Generated
@@ -456,6 +457,11 @@ def add_explain_route(app: FastAPI, cfg: ServeConfig, run: Run, family, predicto
             return {"explanations": await within_deadline(asyncio.shield(job), cfg.deadline_s)}
         except (InputError, UserError) as e:  # a bad input, method or target: this request's 422
             raise HTTPException(422, str(e)) from None
+        except ModuleNotFoundError as e:  # captum not installed: the server says which extra, not a 500
+            missing = missing_extra(e)
+            if missing is None:
+                raise
+            raise HTTPException(501, str(missing)) from None
 
 
 async def within_deadline(work, seconds: float):

@@ -166,7 +166,8 @@ class Adversarial(Section):
         None,
         gt=0,
         description="Radius: in pixel space [0, 1] for images (a fraction such as 8/255 works; default 8/255), "
-        "the L2 norm of an example's embedding perturbation for text (default 1.0).",
+        "the L2 norm of an example's embedding perturbation for text (default 0.25; MiniLM's token embeddings "
+        "have a norm of ~1.1).",
     )
     steps: int = Field(3, ge=1, description="PGD steps (each 2.5 epsilon / steps).")
     clean: bool = Field(

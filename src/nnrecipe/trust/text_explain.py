@@ -102,11 +102,10 @@ def piece_scores(model: nn.Module, e: Encoded, score: Score, method: str, pad_id
     if method == "occlusion":
         n = len(e.words)  # special tokens are features of their own, never read back
         mask = torch.tensor([[w if w is not None else n + i for i, w in enumerate(e.word_of)]])
+        batch = int(mask.max()) + 1  # every word's ablation in one forward, not one forward per word
         with torch.no_grad():
-            ablate = FeatureAblation(score)  # all words in one batch: a forward per text, not per word
-            return ablate.attribute(ids, baselines=base, feature_mask=mask, perturbations_per_eval=int(mask.max()) + 1)[
-                0
-            ].float()
+            a = FeatureAblation(score).attribute(ids, baselines=base, feature_mask=mask, perturbations_per_eval=batch)
+        return a[0].float()
     raise UserError(f"--method: for text, one or more of {', '.join(METHODS)} (got {method!r})")
 
 
