@@ -186,3 +186,19 @@ def test_serve_explains_texts_behind_the_key_and_the_text_limit(keyword_run):
         assert [max(r["words"], key=lambda w: w["attribution"])["word"] for r in rows] == ["wonderful", "dreadful"]
         long = client.post("/v1/explain", json={"inputs": ["word " * 30]}, headers={"Authorization": "Bearer k"})
         assert long.status_code == 422 and "the limit is 100" in long.json()["detail"]
+
+
+def test_a_peft_model_is_explained_and_a_temperature_scales_its_attributions():
+    """LoRA-wrapped MiniLM: the embeddings are found through peft; under a calibrated run's temperature every
+    logit, so every attribution of it, is divided by T."""
+    from nnrecipe.models.calibrated import Tempered
+
+    model, tokenizer = build("minilm", ["neg", "pos"], "lora", {"r": 8, "alpha": 16, "dropout": 0.0})
+    model.eval()
+    e = encode(tokenizer, "the film is wonderful", 64, "sequence")
+    for method in ("ig", "occlusion", "saliency"):
+        plain = word_scores(e, piece_scores(model, e, label_score(model, 1), method, 0), method)
+        tempered = Tempered(model, 2.0).eval()
+        halved = word_scores(e, piece_scores(tempered, e, label_score(tempered, 1), method, 0), method)
+        assert len(plain) == 4 and any(abs(v) > 1e-4 for v in plain), (method, plain)
+        assert halved == pytest.approx([v / 2 for v in plain], rel=1e-3, abs=1e-6), method
