@@ -10,6 +10,7 @@ import torch
 from tests.conftest import make_recipe
 
 from nnrecipe.continual import train_stages
+from nnrecipe.data.loader import TensorLoader
 from nnrecipe.engine.checkpoint import load_checkpoint, load_weights
 from nnrecipe.engine.loop import make_accelerator
 from nnrecipe.errors import RecipeError, UserError
@@ -92,6 +93,29 @@ def test_replay_forgets_less_than_naive_fine_tuning(runs, naive):
     assert "| 2: 5,6,7,8,9 (`replay-stage2`) |" in (runs / "replay-continual" / "report.md").read_text()
 
 
+def test_a_memory_batch_in_every_step_is_drawn_reproducibly():
+    """continual.replay_batch's loader: k memory examples after every batch of new data, the same ones when
+    an epoch is resumed part-way (drawn from seed, epoch and batch)."""
+    x, y = torch.arange(100).view(100, 1), torch.zeros(100, dtype=torch.long)
+    mx, my = torch.arange(1000, 1010).view(10, 1), torch.ones(10, dtype=torch.long)
+    loader = TensorLoader(x, y, 16, shuffle=True, seed=3, rehearsal=(mx, my, 4))
+    full = list(loader.batches(epoch=2))
+    assert len(full) == len(loader) == 7
+    for xb, yb in full:
+        assert yb[-4:].tolist() == [1] * 4 and int(yb[:-4].sum()) == 0 and bool((xb[-4:] >= 1000).all())
+    resumed = list(loader.batches(epoch=2, start=5))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(full[5:], resumed, strict=True))
+    other = list(loader.batches(epoch=3))
+    assert any(not torch.equal(a[0][-4:], b[0][-4:]) for a, b in zip(full, other, strict=True))
+
+
+def test_replay_drawn_into_every_batch_forgets_less_than_naive(runs, naive, capsys):
+    replay = staged(runs, "replay", "replay-batched", "continual.memory=200", "continual.replay_batch=32")
+    # Measured: 0-4 kept at 0.83 after 5-9 (forgetting 0.15; fine-tuning's 0.98).
+    assert replay["average_forgetting"] < naive["average_forgetting"] - 0.5
+    assert "with 200 replayed examples, 32 in every batch" in capsys.readouterr().err
+
+
 def test_ewc_with_lambda_zero_is_fine_tuning(runs, naive):
     ewc0 = staged(runs, "ewc", "ewc0", "continual.ewc_lambda=0")
     a, b = (load_weights(f"{r['runs'][1]}/checkpoints/best.safetensors") for r in (naive, ewc0))
@@ -136,6 +160,8 @@ def test_bad_continual_input_is_named(recipe_factory, trained_digits_run):
         image.splits(recipe_factory(data={"classes": ["1", "11"]}))
     with pytest.raises(RecipeError, match="continual.strategy"):
         recipe_factory("continual.strategy=magic")
+    with pytest.raises(RecipeError, match="continual.replay_batch needs continual.strategy: replay"):
+        recipe_factory("continual.strategy=ewc", "continual.replay_batch=8")
     with pytest.raises(UserError, match="continual learning supports image_classification"):
         get_family("text_classification").continue_from(None, trained_digits_run.dir)
     other = recipe_factory("data.image_size=16")

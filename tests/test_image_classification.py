@@ -71,6 +71,29 @@ def test_imagefolder_skips_and_lists_corrupt_files(recipe_factory, tmp_path):
     assert splits.train.images.shape[1:] == (3, 16, 16)
 
 
+def test_a_tree_read_again_is_not_decoded_again_until_a_file_changes(recipe_factory, tmp_path, monkeypatch):
+    """Continual stages and their scoring re-read one tree many times in a process: decoded once, the
+    splits equal; an image rewritten (or one skipped) is seen on the next read."""
+    import nnrecipe.data.images as images
+
+    tree = write_digit_tree(tmp_path / "tree", [0, 1], per_class=10)
+    (tree / "1" / "broken.png").write_bytes(b"\x89PNG garbage")
+    decoded = []
+    real = images.read_image
+    monkeypatch.setattr(images, "read_image", lambda path, channels=None: decoded.append(path) or real(path, channels))
+    recipe = recipe_factory("data.source=imagefolder", f"data.path={tree}")
+    first, second = load_splits(recipe.data), load_splits(recipe.data)
+    assert len(decoded) == 21 + 2 * 2  # every file once, and two one-file probes of the shape per read
+    assert torch.equal(first.train.images, second.train.images) and second.skipped == first.skipped != []
+    (tree / "1" / "broken.png").unlink()
+    write_digit_tree(tmp_path / "other", [1], per_class=1)
+    moved = next((tmp_path / "other" / "1").iterdir())
+    moved.rename(tree / "0" / moved.name)  # a "0" image that is a 1: a changed tree
+    third = load_splits(recipe.data)
+    assert len(decoded) > 25 + 2 and third.skipped == []
+    assert sum(len(s) for s in (third.train, third.val, third.test)) == 21
+
+
 def test_missing_data_gives_clear_errors(recipe_factory, tmp_path):
     r = recipe_factory("data.source=imagefolder", f"data.path={tmp_path / 'nowhere'}")
     with pytest.raises(UserError, match="data.path: folder not found: .*nowhere"):

@@ -1,7 +1,9 @@
 """Image sources (digits, CIFAR-10, ImageFolder) decoded once into uint8 tensors, with fixed splits.
 
 Decoding every image once and keeping the set in memory as N x C x H x W uint8 is what lets small nets
-train at compute speed on two cores: no loader workers fighting the model for the CPU.
+train at compute speed on two cores: no loader workers fighting the model for the CPU. Within one process a
+decoded tree is kept for the next reader (continual stages, their scoring, in-process tune trials), for as
+long as no file in it changes.
 """
 
 from __future__ import annotations
@@ -257,6 +259,35 @@ def read_image_tree(
         paths = [str(files[i]) for i in kept]
         return ImageSet(StreamedImages(paths, channels, size), torch.tensor([labels[i] for i in kept]), paths)
 
+    key = (str(root), tuple(classes), channels, size)
+    stamp = tuple((str(f), *file_stamp(f)) for f in files)
+    cached = _DECODED.get(key)
+    if cached is not None and cached[0] == stamp:
+        found, bad = cached[1]
+        skipped += bad
+        return ImageSet(found.images, found.labels, found.paths)
+    found, bad = decode_tree(files, labels, channels, size, root)
+    _DECODED.pop(key, None)
+    while len(_DECODED) >= 3:  # a train, val and test tree: the cache is for re-reading, not a store
+        _DECODED.pop(next(iter(_DECODED)))
+    _DECODED[key] = (stamp, (found, bad))
+    skipped += bad
+    return ImageSet(found.images, found.labels, found.paths)
+
+
+_DECODED: dict[tuple, tuple[tuple, tuple[ImageSet, list[str]]]] = {}
+
+
+def file_stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+def decode_tree(
+    files: list[Path], labels: list[int], channels: int, size: int, root: Path
+) -> tuple[ImageSet, list[str]]:
+    """Decode `files` (threads: PIL releases the GIL); the unreadable ones are returned by name."""
+
     def load(path: Path):
         try:
             return conform(read_image(path, channels).unsqueeze(0), channels, size)[0]
@@ -266,12 +297,13 @@ def read_image_tree(
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
         decoded = list(pool.map(load, files, chunksize=256))
     keep = [i for i, img in enumerate(decoded) if img is not None]
-    skipped += [str(files[i]) for i in range(len(files)) if decoded[i] is None]
+    bad = [str(files[i]) for i in range(len(files)) if decoded[i] is None]
     if not keep:
         raise UserError(f"{root}: none of the {len(files)} image files could be decoded")
-    return ImageSet(
+    found = ImageSet(
         torch.stack([decoded[i] for i in keep]), torch.tensor([labels[i] for i in keep]), [str(files[i]) for i in keep]
     )
+    return found, bad
 
 
 def read_image(path: Path, channels: int | None = None) -> torch.Tensor:

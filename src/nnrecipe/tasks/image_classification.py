@@ -156,7 +156,8 @@ class ImageClassification(SupervisedFamily):
             spec = continued_spec(spec, ImageSpec(**prior.spec()))
             if recipe.continual.strategy == "replay":
                 memory = continual.read_memory(prior, spec.classes)
-        train_set = splits.train if memory is None else splits.train.concat(memory)
+        batched = memory is not None and recipe.continual.replay_batch is not None
+        train_set = splits.train if memory is None or batched else splits.train.concat(memory)
         t = recipe.train
         train_loader = TensorLoader(
             train_set.images,
@@ -169,6 +170,7 @@ class ImageClassification(SupervisedFamily):
             rank=acc.process_index,
             world_size=acc.num_processes,
             workers=loader_workers(recipe),
+            rehearsal=(memory.tensor(), memory.labels, recipe.continual.replay_batch) if batched else None,
         )
         val_loader = eval_loader(recipe, spec, splits.val, acc.device) if splits.val is not None else None
         model, old_model = initial_model(recipe, spec), None
@@ -231,7 +233,8 @@ class ImageClassification(SupervisedFamily):
     def fisher_of(self, run: Run) -> dict[str, torch.Tensor]:
         """The Fisher information of a run's model on its own training images (no augmentation)."""
         recipe, inf = run.recipe(), self.trained(run)
-        return continual.fisher_information(inf.model, eval_loader(recipe, inf.spec, self.splits(recipe).train, "cpu"))
+        loader = eval_loader(recipe, inf.spec, self.splits(recipe).train, "cpu")
+        return continual.fisher_information(inf.model, loader, continual.IMAGES)
 
     def explain_subject(self, run: Run) -> ExplainSubject:
         """Image files in (resized like the training images), normalised inputs out; validation images to check."""

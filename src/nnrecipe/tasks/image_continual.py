@@ -5,7 +5,8 @@ so the old classes' logits are unchanged before training), and learns under one 
 
 - finetune: the new data alone (the baseline that forgets);
 - replay: the new data plus the old run's rehearsal memory (`memory.safetensors`: uint8 images and class
-  names, an equal share per class chosen by herding or at random);
+  names, an equal share per class chosen by herding or at random), joined to the new data once or drawn
+  into every batch (`continual.replay_batch`);
 - ewc: loss + lambda * sum_i F_i (w_i - w*_i)^2, F the diagonal Fisher information of the earlier data
   (`fisher.safetensors`, summed over the stages so far; computed from the old run's training data when it
   kept none; w* the old run's weights), as in Avalanche's EWC;
@@ -16,17 +17,15 @@ Every finished run leaves its memory and Fisher information for the next one.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nnrecipe.data.images import ImageSet
 from nnrecipe.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from nnrecipe.errors import UserError
 from nnrecipe.models import head_parameter_names
 from nnrecipe.runs import Run, open_run
+from nnrecipe.tasks.continual_parts import Forward, added_fisher, continual_loss, fisher_information, grown_state
 
 MEMORY, FISHER = "memory.safetensors", "fisher.safetensors"
 
@@ -37,74 +36,21 @@ def earlier(recipe) -> Run | None:
 
 def grown_head(model: nn.Module, old: dict[str, torch.Tensor]) -> None:
     """Load `old` weights into `model`, whose head may have more classes: old rows copied, new rows kept."""
-    head = head_parameter_names(model)
-    own = model.state_dict()
-    state = {}
-    for name, tensor in old.items():
-        if name not in own:
-            raise UserError(f"continual.from_run: the earlier run's weights do not fit this model ({name})")
-        if own[name].shape == tensor.shape:
-            state[name] = tensor
-        elif name in head and own[name].shape[1:] == tensor.shape[1:] and own[name].shape[0] > tensor.shape[0]:
-            state[name] = torch.cat([tensor, own[name][tensor.shape[0] :]])
-        else:
-            raise UserError(
-                f"continual.from_run: {name} is {tuple(tensor.shape)} there and {tuple(own[name].shape)} here "
-                "(the same model.name is needed)"
-            )
-    model.load_state_dict(state)
+    grown_state(model, old, head_parameter_names(model))
 
 
-def padded(old: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Per-parameter tensors of an earlier (smaller-headed) model, zero-padded to this model's shapes."""
-    out = {}
-    for name, p in model.named_parameters():
-        t = old.get(name, torch.zeros(0, *p.shape[1:]))
-        out[name] = torch.cat([t, torch.zeros(p.shape[0] - t.shape[0], *p.shape[1:])]) if t.shape != p.shape else t
-    return out
-
-
-class ContinualClassifier:
-    """Cross-entropy (the image TrainTask) plus the strategy's term: EWC's penalty or LwF's distillation."""
-
-    def __init__(self, base, fisher=None, anchor=None, ewc_lambda=0.0, teacher=None, alpha=1.0, temperature=2.0):
-        self.base, self.teacher = base, teacher
-        self.fisher, self.anchor, self.ewc_lambda = fisher, anchor, ewc_lambda
-        self.alpha, self.temperature = alpha, temperature
-
-    def training_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
-        x, y = batch
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.base.label_smoothing)
-        if self.fisher is not None:
-            bare = getattr(model, "module", model)  # DDP's wrapper
-            penalty = sum((self.fisher[n] * (p - self.anchor[n]).pow(2)).sum() for n, p in bare.named_parameters())
-            loss = loss + self.ewc_lambda * penalty
-        if self.teacher is not None:
-            with torch.no_grad():
-                old = self.teacher(x).float()
-            t = self.temperature
-            new = logits[:, : old.shape[1]].float()
-            kd = F.kl_div(F.log_softmax(new / t, 1), F.softmax(old / t, 1), reduction="batchmean")
-            loss = loss + self.alpha * kd
-        return loss, len(y)
-
-    def evaluate(self, model: nn.Module, loader) -> dict[str, float]:
-        return self.base.evaluate(model, loader)
+IMAGES = Forward(logits=lambda model, batch: model(batch[0]), targets=lambda batch: batch[1])
 
 
 def continual_task(recipe, base, model: nn.Module, old_model: nn.Module | None, prior: Run | None, device, fisher_of):
     """The TrainTask of a continued run (the plain one for a first run, finetune and replay). `fisher_of()`:
     the earlier run's Fisher information from its own training data, for a run that did not keep one."""
-    c = recipe.continual
-    if prior is None or c.strategy in ("finetune", "replay"):
+    if prior is None or recipe.continual.strategy in ("finetune", "replay"):
         return base
-    if c.strategy == "lwf":
-        return ContinualClassifier(base, teacher=old_model.eval(), alpha=c.lwf_alpha, temperature=c.lwf_temperature)
-    fisher = padded(stored_fisher(prior) or fisher_of(), model)
-    anchor = padded(load_weights(prior.best_checkpoint), model)
-    fisher, anchor = ({k: v.to(device) for k, v in d.items()} for d in (fisher, anchor))
-    return ContinualClassifier(base, fisher=fisher, anchor=anchor, ewc_lambda=c.ewc_lambda)
+    return continual_loss(
+        recipe.continual, base, IMAGES, model, old_model, prior, device, fisher_of, stored_fisher(prior),
+        load_weights(prior.best_checkpoint),
+    )  # fmt: skip
 
 
 def read_memory(prior: Run, classes: list[str]) -> ImageSet | None:
@@ -175,33 +121,17 @@ def stored_fisher(run: Run) -> dict[str, torch.Tensor] | None:
 
 def save_fisher(run: Run, model: nn.Module, loader, prior: Run | None) -> None:
     """This run's Fisher information added to the earlier runs' (what the next stage's EWC holds)."""
-    fisher = fisher_information(model, loader)
-    old = stored_fisher(prior) if prior is not None else None
-    if old is not None:
-        old = padded(old, model)
-        fisher = {n: fisher[n] + old[n] for n in fisher}
+    fisher = added_fisher(fisher_information(model, loader, IMAGES), stored_fisher(prior) if prior else None, model)
     save_checkpoint(run.dir / FISHER, {f"fisher.{n}": t for n, t in fisher.items()})
-
-
-def fisher_information(model: nn.Module, loader) -> dict[str, torch.Tensor]:
-    """The diagonal Fisher information of a loader's data (squared minibatch gradients of the
-    cross-entropy, averaged over batches, as Avalanche's EWC computes it)."""
-    model = copy.deepcopy(model).eval()
-    total = {n: torch.zeros_like(p, device="cpu") for n, p in model.named_parameters()}
-    batches = 0
-    for x, y in loader.batches():
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        for n, p in model.named_parameters():
-            if p.grad is not None:
-                total[n] += p.grad.detach().float().cpu() ** 2
-        batches += 1
-    return {n: t / max(1, batches) for n, t in total.items()}
 
 
 def describe(recipe, prior: Run | None, memory: ImageSet | None) -> str:
     if prior is None:
         return ""
     c = recipe.continual
-    extra = {"replay": f" with {len(memory) if memory else 0} replayed examples", "ewc": f" (lambda {c.ewc_lambda:g})"}
+    per_batch = f", {c.replay_batch} in every batch" if c.replay_batch else ""
+    extra = {
+        "replay": f" with {len(memory) if memory else 0} replayed examples{per_batch}",
+        "ewc": f" (lambda {c.ewc_lambda:g})",
+    }
     return f"; continues {prior.dir.name} ({c.strategy}{extra.get(c.strategy, '')})"

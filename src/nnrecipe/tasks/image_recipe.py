@@ -159,6 +159,13 @@ class Continual(Section):
         "herding",
         description="replay: which examples a class keeps: herding (iCaRL, closest to its feature mean) or random.",
     )
+    replay_batch: int | None = Field(
+        None,
+        ge=1,
+        description="replay: memory examples drawn at random into every training batch (experience replay's memory "
+        "batch, as Avalanche's Replay does; set it to train.batch_size for its default); null = the memory joins the "
+        "new training data once (few batches' worth when the new data is large).",
+    )
     ewc_lambda: float = Field(1000.0, ge=0, description="ewc: weight of the penalty sum_i F_i (w_i - w*_i)^2.")
     lwf_alpha: float = Field(1.0, ge=0, description="lwf: weight of the distillation loss.")
     lwf_temperature: float = Field(2.0, gt=0, description="lwf: softmax temperature of the distillation.")
@@ -168,6 +175,12 @@ class Continual(Section):
         description="Class-incremental stages, e.g. [['0','1'], ['2','3']]: `train` runs one ordinary run per stage, "
         "each continuing the last, and reports the accuracy matrix, average accuracy and forgetting; null = one run.",
     )
+
+    @model_validator(mode="after")
+    def _replay_fields(self):
+        if self.replay_batch is not None and self.strategy != "replay":
+            raise ValueError(f"continual.replay_batch needs continual.strategy: replay (not {self.strategy})")
+        return self
 
 
 class ImageRecipe(TrainedRecipe):
