@@ -162,8 +162,10 @@ def test_bad_continual_input_is_named(recipe_factory, trained_digits_run):
         recipe_factory("continual.strategy=magic")
     with pytest.raises(RecipeError, match="continual.replay_batch needs continual.strategy: replay"):
         recipe_factory("continual.strategy=ewc", "continual.replay_batch=8")
-    with pytest.raises(UserError, match="continual learning supports image_classification"):
-        get_family("text_classification").continue_from(None, trained_digits_run.dir)
+    with pytest.raises(
+        UserError, match="continual learning supports image_classification, text_classification, token_classification"
+    ):
+        get_family("detection").continue_from(None, trained_digits_run.dir)
     other = recipe_factory("data.image_size=16")
     image.continue_from(other, trained_digits_run.dir)
     with pytest.raises(UserError, match="continual.from_run: that run's model reads 1x8x8 images"):

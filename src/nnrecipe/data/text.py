@@ -34,6 +34,14 @@ class TextSet:
             {name: [values[i] for i in idx] for name, values in self.columns.items()},
         )
 
+    def concat(self, other: TextSet) -> TextSet:
+        """Both sets' rows (pairs kept when both have them; other columns when both hold them)."""
+        if (self.pairs is None) != (other.pairs is None):
+            raise UserError("continual: single texts and text pairs cannot be trained together")
+        pairs = self.pairs + other.pairs if self.pairs is not None else None
+        columns = {n: v + other.columns[n] for n, v in self.columns.items() if n in other.columns}
+        return TextSet(self.texts + other.texts, pairs, self.labels + other.labels, columns)
+
 
 def read_text_file(
     path: Path, fmt: str, text_column: str, label_column: str, pair_column: str | None = None,

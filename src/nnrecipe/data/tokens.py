@@ -25,6 +25,9 @@ class TokenSet:
         idx = list(idx)
         return TokenSet([self.words[i] for i in idx], [self.tags[i] for i in idx])
 
+    def concat(self, other: TokenSet) -> TokenSet:
+        return TokenSet(self.words + other.words, self.tags + other.tags)
+
 
 def to_iob2(tags: list[str]) -> list[str]:
     """IOB1 (I- may open an entity; B- only between two adjacent entities of one type) to IOB2 (every

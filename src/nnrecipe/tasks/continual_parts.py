@@ -18,7 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnrecipe.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from nnrecipe.errors import UserError
+from nnrecipe.runs import Run, open_run
+from nnrecipe.tasks.family import Stages
+
+FISHER = "fisher.safetensors"
 
 
 @dataclass(frozen=True)
@@ -90,9 +95,19 @@ class ContinualLoss:
         self.alpha, self.temperature = alpha, temperature
 
     def training_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
-        logits, y = self.forward.logits(model, batch), self.forward.targets(batch)
-        smoothing = getattr(self.base, "label_smoothing", 0.0)
-        loss = F.cross_entropy(logits.flatten(0, -2), y.flatten(), label_smoothing=smoothing)
+        if self.teacher is None:  # EWC: the family's own loss (label smoothing, adversarial...) plus the penalty
+            loss, n = self.base.training_loss(model, batch)
+        else:  # LwF: one forward for both terms
+            logits, y = self.forward.logits(model, batch), self.forward.targets(batch)
+            smoothing = getattr(self.base, "label_smoothing", 0.0)
+            loss, n = F.cross_entropy(logits.flatten(0, -2), y.flatten(), label_smoothing=smoothing), len(y)
+            with torch.no_grad():
+                old = self.forward.logits(self.teacher, batch).float()
+            t, keep = self.temperature, (y != -100).flatten()
+            new = logits[..., : old.shape[-1]].float().flatten(0, -2)[keep]
+            old = old.flatten(0, -2)[keep]
+            kd = F.kl_div(F.log_softmax(new / t, 1), F.softmax(old / t, 1), reduction="batchmean")
+            loss = loss + self.alpha * kd
         if self.fisher is not None:
             bare = getattr(model, "module", model)  # DDP's wrapper
             penalty = sum(
@@ -101,37 +116,76 @@ class ContinualLoss:
                 if n in self.fisher
             )
             loss = loss + self.ewc_lambda * penalty
-        if self.teacher is not None:
-            with torch.no_grad():
-                old = self.forward.logits(self.teacher, batch).float()
-            t, keep = self.temperature, (y != -100).flatten()
-            new = logits[..., : old.shape[-1]].float().flatten(0, -2)[keep]
-            old = old.flatten(0, -2)[keep]
-            kd = F.kl_div(F.log_softmax(new / t, 1), F.softmax(old / t, 1), reduction="batchmean")
-            loss = loss + self.alpha * kd
-        return loss, len(y)
+        return loss, n
 
     def evaluate(self, model: nn.Module, loader) -> dict[str, float]:
         return self.base.evaluate(model, loader)
 
 
-def continual_loss(c, base, forward: Forward, model, old_model, prior, device, fisher_of, stored_fisher, old_weights):
+def continual_loss(c, base, forward: Forward, model, old_model, prior, device, fisher_of, adversarial: bool):
     """The TrainTask of a continued run under strategy `c.strategy` (the plain `base` for a first run,
     finetune and replay). `fisher_of()`: the earlier run's Fisher information computed now, for a run that
-    kept none; `stored_fisher`: the one it kept (or None); `old_weights`: its best weights."""
+    kept none."""
     if prior is None or c.strategy in ("finetune", "replay"):
         return base
     if c.strategy == "lwf":
+        if adversarial:
+            raise UserError("continual.strategy: lwf computes its own loss; train.adversarial goes with finetune, "
+                            "replay or ewc")  # fmt: skip
         return ContinualLoss(base, forward, teacher=old_model.eval(), alpha=c.lwf_alpha, temperature=c.lwf_temperature)
-    fisher = padded(stored_fisher or fisher_of(), model)
-    anchor = padded(old_weights, model)
+    fisher = padded(stored_fisher(prior) or fisher_of(), model)
+    anchor = padded(load_weights(prior.best_checkpoint), model)
     fisher, anchor = ({k: v.to(device) for k, v in d.items()} for d in (fisher, anchor))
     return ContinualLoss(base, forward, fisher=fisher, anchor=anchor, ewc_lambda=c.ewc_lambda)
 
 
-def added_fisher(new: dict[str, torch.Tensor], old: dict[str, torch.Tensor] | None, model: nn.Module):
-    """This run's Fisher information plus the earlier stages' (what the next stage's EWC holds)."""
-    if old is None:
-        return new
-    old = padded(old, model)
-    return {n: new[n] + old[n] for n in new}
+def earlier(recipe, family: str) -> Run | None:
+    """The run a recipe continues (None for a first run); one of another family is a one-line error."""
+    if recipe.continual.from_run is None:
+        return None
+    prior = open_run(recipe.continual.from_run)
+    task = prior.recipe().task
+    if task != family:
+        raise UserError(f"continual.from_run: {prior.dir} is a run of {task}; this recipe is {family}")
+    return prior
+
+
+def stored_fisher(run: Run) -> dict[str, torch.Tensor] | None:
+    if not (run.dir / FISHER).is_file():
+        return None
+    tensors, _ = load_checkpoint(run.dir / FISHER)
+    return {k.removeprefix("fisher."): v for k, v in tensors.items() if k.startswith("fisher.")}
+
+
+def save_fisher(run: Run, model: nn.Module, loader, prior: Run | None, forward: Forward) -> None:
+    """This run's Fisher information added to the earlier runs' (what the next stage's EWC holds)."""
+    fisher = fisher_information(model, loader, forward)
+    old = stored_fisher(prior) if prior is not None else None
+    if old is not None:
+        old = padded(old, model)
+        fisher = {n: fisher[n] + old[n] for n in fisher}
+    save_checkpoint(run.dir / FISHER, {f"fisher.{n}": t for n, t in fisher.items()})
+
+
+def balanced_memory(keys: list[str], budget: int, seed: int = 0) -> list[int]:
+    """Indices of `budget` examples, an equal share per key (class) present, drawn at random (seeded)."""
+    present = sorted(set(keys))
+    share = budget // max(1, len(present))
+    keep: list[int] = []
+    for k, c in enumerate(present):
+        idx = torch.tensor([i for i, key in enumerate(keys) if key == c])
+        keep += idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed + k))][:share].tolist()
+    return keep
+
+
+def class_stages(recipe) -> Stages | None:
+    """Class-incremental stages: copies of the recipe, each keeping one stage's classes (data.classes)."""
+    stages = recipe.continual.stages
+    if stages is None:
+        return None
+    out = []
+    for classes in stages:
+        stage = recipe.model_copy(deep=True)
+        stage.data.classes, stage.continual.stages = list(classes), None
+        out.append(stage)
+    return Stages(out, [f"{i + 1}: {','.join(c)}" for i, c in enumerate(stages)], recipe.continual.strategy)

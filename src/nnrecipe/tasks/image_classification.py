@@ -32,6 +32,7 @@ from nnrecipe.reporting.plots import plot_confusion, plot_image_grid
 from nnrecipe.runs import Run
 from nnrecipe.tasks import image_continual as continual
 from nnrecipe.tasks import outputs
+from nnrecipe.tasks.continual_parts import class_stages, fisher_information, save_fisher
 from nnrecipe.tasks.family import (
     DoctorPlan,
     ExplainSubject,
@@ -228,13 +229,13 @@ class ImageClassification(SupervisedFamily):
             continual.save_memory(run, inf.model, pipeline, pool, inf.spec.classes, c.memory, c.selection)
         else:
             loader = eval_loader(recipe, inf.spec, train, "cpu")
-            continual.save_fisher(run, inf.model, loader, keep["prior"])
+            save_fisher(run, inf.model, loader, keep["prior"], continual.IMAGES)
 
     def fisher_of(self, run: Run) -> dict[str, torch.Tensor]:
         """The Fisher information of a run's model on its own training images (no augmentation)."""
         recipe, inf = run.recipe(), self.trained(run)
         loader = eval_loader(recipe, inf.spec, self.splits(recipe).train, "cpu")
-        return continual.fisher_information(inf.model, loader, continual.IMAGES)
+        return fisher_information(inf.model, loader, continual.IMAGES)
 
     def explain_subject(self, run: Run) -> ExplainSubject:
         """Image files in (resized like the training images), normalised inputs out; validation images to check."""
@@ -281,17 +282,7 @@ class ImageClassification(SupervisedFamily):
         recipe.continual.from_run = Path(path).resolve()  # the stage's recipe.yaml works from anywhere
 
     def continual_stages(self, recipe: ImageRecipe) -> Stages | None:
-        """Class-incremental stages: the same recipe keeping each stage's classes."""
-        stages = recipe.continual.stages
-        if stages is None:
-            return None
-        out = []
-        for classes in stages:
-            stage = recipe.model_copy(deep=True)
-            stage.data.classes, stage.continual.stages = list(classes), None
-            out.append(stage)
-        names = [f"{i + 1}: {','.join(c)}" for i, c in enumerate(stages)]
-        return Stages(out, names, recipe.continual.strategy)
+        return class_stages(recipe)
 
     def continual_score(self, run: Run, recipe: ImageRecipe) -> float:
         """Accuracy of the run's model on the test (else val) images of `recipe`'s classes, over the run's whole head."""

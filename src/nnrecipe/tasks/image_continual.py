@@ -22,16 +22,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnrecipe.data.images import ImageSet
-from nnrecipe.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from nnrecipe.engine.checkpoint import load_checkpoint, save_checkpoint
 from nnrecipe.models import head_parameter_names
-from nnrecipe.runs import Run, open_run
-from nnrecipe.tasks.continual_parts import Forward, added_fisher, continual_loss, fisher_information, grown_state
+from nnrecipe.runs import Run
+from nnrecipe.tasks.continual_parts import (
+    Forward,
+    continual_loss,
+    grown_state,
+)
+from nnrecipe.tasks.continual_parts import earlier as continual_earlier
 
-MEMORY, FISHER = "memory.safetensors", "fisher.safetensors"
+MEMORY = "memory.safetensors"
 
 
 def earlier(recipe) -> Run | None:
-    return open_run(recipe.continual.from_run) if recipe.continual.from_run is not None else None
+    return continual_earlier(recipe, "image_classification")
 
 
 def grown_head(model: nn.Module, old: dict[str, torch.Tensor]) -> None:
@@ -47,10 +52,8 @@ def continual_task(recipe, base, model: nn.Module, old_model: nn.Module | None, 
     the earlier run's Fisher information from its own training data, for a run that did not keep one."""
     if prior is None or recipe.continual.strategy in ("finetune", "replay"):
         return base
-    return continual_loss(
-        recipe.continual, base, IMAGES, model, old_model, prior, device, fisher_of, stored_fisher(prior),
-        load_weights(prior.best_checkpoint),
-    )  # fmt: skip
+    adversarial = recipe.train.adversarial is not None
+    return continual_loss(recipe.continual, base, IMAGES, model, old_model, prior, device, fisher_of, adversarial)
 
 
 def read_memory(prior: Run, classes: list[str]) -> ImageSet | None:
@@ -110,19 +113,6 @@ def herding(feats: torch.Tensor, k: int) -> list[int]:
         chosen.append(best)
         total += feats[best]
     return chosen
-
-
-def stored_fisher(run: Run) -> dict[str, torch.Tensor] | None:
-    if not (run.dir / FISHER).is_file():
-        return None
-    tensors, _ = load_checkpoint(run.dir / FISHER)
-    return {k.removeprefix("fisher."): v for k, v in tensors.items() if k.startswith("fisher.")}
-
-
-def save_fisher(run: Run, model: nn.Module, loader, prior: Run | None) -> None:
-    """This run's Fisher information added to the earlier runs' (what the next stage's EWC holds)."""
-    fisher = added_fisher(fisher_information(model, loader, IMAGES), stored_fisher(prior) if prior else None, model)
-    save_checkpoint(run.dir / FISHER, {f"fisher.{n}": t for n, t in fisher.items()})
 
 
 def describe(recipe, prior: Run | None, memory: ImageSet | None) -> str:

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from nnrecipe.engine.config import Section
 from nnrecipe.models import check_model_name
-from nnrecipe.tasks.sections import TrainedRecipe
+from nnrecipe.tasks.sections import ContinualBase, TrainedRecipe
 
 
 class Augment(Section):
@@ -140,21 +140,9 @@ class ImageModel(Section):
         return v
 
 
-class Continual(Section):
+class Continual(ContinualBase):
     """Continual learning: a run that continues another on new data or new classes, or a list of stages."""
 
-    from_run: Path | None = Field(
-        None,
-        description="The run this one continues (`train --continue-from`): its weights start this run, its classes "
-        "keep their head rows (new classes get new rows), and its replay memory or Fisher information is used.",
-    )
-    strategy: Literal["finetune", "replay", "ewc", "lwf"] = Field(
-        "finetune",
-        description="finetune: train on the new data alone (the baseline); replay: add a rehearsal memory of earlier "
-        "examples; ewc: penalise moving weights the earlier data's Fisher information marks as important; lwf: "
-        "distil the earlier model's outputs on the new data.",
-    )
-    memory: int = Field(200, ge=0, description="replay: examples kept over all classes seen (equal share per class).")
     selection: Literal["herding", "random"] = Field(
         "herding",
         description="replay: which examples a class keeps: herding (iCaRL, closest to its feature mean) or random.",
@@ -166,9 +154,6 @@ class Continual(Section):
         "batch, as Avalanche's Replay does; set it to train.batch_size for its default); null = the memory joins the "
         "new training data once (few batches' worth when the new data is large).",
     )
-    ewc_lambda: float = Field(1000.0, ge=0, description="ewc: weight of the penalty sum_i F_i (w_i - w*_i)^2.")
-    lwf_alpha: float = Field(1.0, ge=0, description="lwf: weight of the distillation loss.")
-    lwf_temperature: float = Field(2.0, gt=0, description="lwf: softmax temperature of the distillation.")
     stages: list[list[str]] | None = Field(
         None,
         min_length=2,

@@ -3,7 +3,8 @@ families the engine trains, the optimiser, schedule and loop with the family's o
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import Field, model_validator
@@ -57,3 +58,24 @@ class TrainedRecipe(FamilyRecipe):
                 if given is None or isinstance(given, dict):
                     raw[section] = {**values, **(given or {})}
         return raw
+
+
+class ContinualBase(Section):
+    """Continual learning, what every classifier family offers: a run that continues another (its weights,
+    its classes with their head rows, its replay memory or Fisher information) under one strategy."""
+
+    from_run: Path | None = Field(
+        None,
+        description="The run this one continues (`train --continue-from`): its weights start this run, its classes "
+        "keep their head rows (new classes get new rows), and its replay memory or Fisher information is used.",
+    )
+    strategy: Literal["finetune", "replay", "ewc", "lwf"] = Field(
+        "finetune",
+        description="finetune: train on the new data alone (the baseline); replay: add a rehearsal memory of earlier "
+        "examples; ewc: penalise moving weights the earlier data's Fisher information marks as important; lwf: "
+        "distil the earlier model's outputs on the new data.",
+    )
+    memory: int = Field(200, ge=0, description="replay: examples kept over all classes seen (equal share per class).")
+    ewc_lambda: float = Field(1000.0, ge=0, description="ewc: weight of the penalty sum_i F_i (w_i - w*_i)^2.")
+    lwf_alpha: float = Field(1.0, ge=0, description="lwf: weight of the distillation loss.")
+    lwf_temperature: float = Field(2.0, gt=0, description="lwf: softmax temperature of the distillation.")

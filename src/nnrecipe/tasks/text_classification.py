@@ -19,7 +19,8 @@ from nnrecipe.reporting.classification import classification_summary, summary_ta
 from nnrecipe.reporting.plots import plot_confusion
 from nnrecipe.runs import Run
 from nnrecipe.tasks import outputs
-from nnrecipe.tasks.family import DoctorPlan, Metric, Splits, register_family
+from nnrecipe.tasks.continual_parts import class_stages
+from nnrecipe.tasks.family import DoctorPlan, Metric, Splits, Stages, register_family
 from nnrecipe.tasks.serving import autocast
 from nnrecipe.tasks.supervised import plot_paths, reliability_plot, split_tag
 from nnrecipe.tasks.text_doctor import plan as doctor_plan
@@ -78,6 +79,35 @@ class TextClassification(TransformerFamily):
 
     def texts_of(self, part: TextSet) -> list[str]:
         return texts(part)
+
+    def memory_rows(self, part: TextSet) -> list[dict[str, Any]]:
+        pairs = part.pairs or [None] * len(part)
+        return [{"text": t, "pair": p, "label": y} for t, p, y in zip(part.texts, pairs, part.labels, strict=True)]
+
+    def memory_part(self, rows: list[dict[str, Any]]) -> TextSet:
+        paired = bool(rows) and rows[0]["pair"] is not None
+        return TextSet(
+            [r["text"] for r in rows], [r["pair"] for r in rows] if paired else None, [r["label"] for r in rows]
+        )
+
+    def memory_keys(self, part: TextSet) -> list[str]:
+        return list(part.labels)
+
+    def continual_stages(self, recipe: TextRecipe) -> Stages | None:
+        return class_stages(recipe)
+
+    def continual_score(self, run: Run, recipe: TextRecipe) -> float:
+        """Accuracy of the run's model on the test (else val) texts of `recipe`'s labels, over its whole head."""
+        splits = self.splits(recipe)
+        part = splits.test if splits.test is not None else splits.val
+        if part is None:
+            raise UserError("continual.stages: each stage needs validation or test texts to be scored on")
+        inf = self.inference(run)
+        labels = inf.labels + sorted(set(part.labels) - set(inf.labels))  # not learnt yet: never predicted
+        batch, length = recipe.train.eval_batch_size, inf.spec["max_length"]
+        loader = text_loader(inf.tokenizer, part, labels, batch, length, "cpu")
+        probs, labels = predict_probs(inf.model, loader)
+        return (probs.argmax(1) == labels).float().mean().item()
 
     def describe(self, splits: Splits, labels: list[str]) -> str:
         n_val = len(splits.val) if splits.val else 0

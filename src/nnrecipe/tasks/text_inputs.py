@@ -60,7 +60,24 @@ def text_splits(data: TextData) -> Splits:
             kept, held = holdout(len(train), data.val_fraction, data.split_seed, train.labels)
         train, val = train.subset(kept), train.subset(held)
     test = read_texts(data, data.test) if data.test else None
+    if data.classes is not None:
+        train, val, test = (
+            kept_labels(p, data.classes, name) for p, name in ((train, "train"), (val, "val"), (test, "test"))
+        )
     return Splits(train, val, test, meta=meta)
+
+
+def kept_labels(part: TextSet | None, classes: list[str], name: str) -> TextSet | None:
+    """The rows of `part` whose label is one of `classes` (None when none are; the train split must have some)."""
+    if part is None:
+        return None
+    kept = part.subset(i for i, label in enumerate(part.labels) if label in classes)
+    if len(kept):
+        return kept
+    if name == "train":
+        raise UserError(f"data.classes: no training rows labelled {', '.join(classes)} "
+                        f"(the labels there: {', '.join(sorted(set(part.labels))[:20])})")  # fmt: skip
+    return None
 
 
 class WordLoader(TextLoader):

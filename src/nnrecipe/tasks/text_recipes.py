@@ -10,7 +10,7 @@ from pydantic import Field
 
 from nnrecipe.engine.config import Section
 from nnrecipe.models.text_encoders import SCRATCH_MODELS
-from nnrecipe.tasks.sections import FamilyRecipe, TrainedRecipe
+from nnrecipe.tasks.sections import ContinualBase, FamilyRecipe, TrainedRecipe
 
 TRANSFORMER_DEFAULTS = {
     "optim": {"name": "adamw", "lr": 5e-5, "weight_decay": 0.01},
@@ -65,6 +65,12 @@ class TextData(Section):
         return tuple(dict.fromkeys(c for c in named if c))
 
     limit: int | None = Field(None, gt=0, description="Use only the first N training rows.")
+    classes: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Keep only the rows of these labels (a continual stage's); splits are cut from the whole file "
+        "first, so a label's validation rows are the same in every recipe. null = all.",
+    )
     max_length: int = Field(128, gt=1, description="Truncate to this many tokens.")
     group_by_length: bool = Field(True, description="Batch similar lengths together (less padding, same randomness).")
 
@@ -116,6 +122,17 @@ class TextModel(Section):
         }
 
 
+class TextContinual(ContinualBase):
+    """Continual learning for text classifiers: new data for the same labels, or new labels (head rows added)."""
+
+    stages: list[list[str]] | None = Field(
+        None,
+        min_length=2,
+        description="Class-incremental stages, label lists, e.g. [['World','Sports'], ['Business','Sci/Tech']]: one "
+        "ordinary run per stage, each continuing the last, and the accuracy matrix; null = one run.",
+    )
+
+
 class TextRecipe(TrainedRecipe):
     """Text classification by fine-tuning a pretrained transformer."""
 
@@ -123,6 +140,7 @@ class TextRecipe(TrainedRecipe):
     task: Literal["text_classification"] = Field("text_classification", description="The task family.")
     data: TextData = Field(default_factory=TextData)
     model: TextModel = Field(default_factory=TextModel)
+    continual: TextContinual = Field(default_factory=TextContinual)
 
     @classmethod
     def defaults_for(cls, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -160,6 +178,9 @@ class TokenRecipe(TrainedRecipe):
     task: Literal["token_classification"] = Field("token_classification", description="The task family.")
     data: TokenData = Field(default_factory=TokenData)
     model: TextModel = Field(default_factory=TextModel)
+    continual: ContinualBase = Field(
+        default_factory=ContinualBase, description="Continual learning: new sentences, new entity types (tags added)."
+    )
 
     @classmethod
     def defaults_for(cls, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -96,6 +96,16 @@ class TokenClassification(TransformerFamily):
     def train_task(self, labels: list[str], splits: Splits) -> NerTask:
         return NerTask(labels, splits.val.tags if splits.val else None)
 
+    def memory_rows(self, part: TokenSet) -> list[dict[str, Any]]:
+        return [{"words": w, "tags": t} for w, t in zip(part.words, part.tags, strict=True)]
+
+    def memory_part(self, rows: list[dict[str, Any]]) -> TokenSet:
+        return TokenSet([r["words"] for r in rows], [r["tags"] for r in rows])
+
+    def memory_keys(self, part: TokenSet) -> list[str]:
+        """A sentence's share is its first entity type's (sentences without one share the key O)."""
+        return [next((t[2:] for t in tags if t != "O"), "O") for tags in part.tags]
+
     def texts_of(self, part: TokenSet) -> list[str]:
         return sentences(part)
 

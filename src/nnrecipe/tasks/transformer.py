@@ -21,6 +21,8 @@ from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.errors import UserError
 from nnrecipe.models.hf import parameter_counts, resolve, save_adapter
 from nnrecipe.runs import Run
+from nnrecipe.tasks import text_continual
+from nnrecipe.tasks.continual_parts import fisher_information, grown_state, save_fisher
 from nnrecipe.tasks.family import Inference, LogitsExport, Splits, TextExplainSubject
 from nnrecipe.tasks.serving import Predictor, TextInputs, ort_session
 from nnrecipe.tasks.supervised import Setup, SupervisedFamily
@@ -80,8 +82,23 @@ class TransformerFamily(SupervisedFamily):
         it, saved in the run), the loaders, the optimiser, and AdaLoRA's rank schedule."""
         labels = self.labels_of(splits)
         d, t, m = recipe.data, recipe.train, recipe.model
-        steps = t.total_steps(-(-len(splits.train) // t.batch_size) // t.grad_accum_steps)
-        model, tokenizer, architecture = new_model(m, labels, self.head, self.texts_of(splits.train), total_steps=steps)
+        cont, old_tokenizer, old_model = text_continual.continued(self, recipe, labels), None, None
+        train = splits.train
+        if cont is not None:
+            labels, old_state = cont.labels, load_weights(cont.prior.best_checkpoint)
+            if from_scratch(m.name) or recipe.continual.strategy == "lwf":  # its tokenizer; the teacher
+                old_model, old_tokenizer = saved_model(cont.prior.spec(), cont.prior.dir, self.head)
+                old_model.load_state_dict(old_state)
+            train = train if cont.memory is None else train.concat(cont.memory)
+        steps = t.total_steps(-(-len(train) // t.batch_size) // t.grad_accum_steps)
+        model, tokenizer, architecture = new_model(
+            m, labels, self.head, self.texts_of(train), tokenizer=old_tokenizer if from_scratch(m.name) else None,
+            total_steps=steps,
+        )  # fmt: skip
+        if cont is not None:
+            grown_state(model, old_state)
+            if old_tokenizer is not None:
+                text_continual.warn_unknown_words(old_tokenizer, self.texts_of(splits.train))
         if architecture and acc.is_main_process:
             tokenizer.save_pretrained(str(run.dir / TOKENIZER_DIR))
         trainable, total = parameter_counts(model)
@@ -97,18 +114,24 @@ class TransformerFamily(SupervisedFamily):
         if architecture:
             spec |= {"architecture": architecture, "vocab_size": len(tokenizer)}
         train_loader = self.loader(
-            tokenizer, splits.train, labels, t.batch_size, d.max_length, acc.device, shuffle=True, seed=t.seed,
+            tokenizer, train, labels, t.batch_size, d.max_length, acc.device, shuffle=True, seed=t.seed,
             group_by_length=d.group_by_length, rank=acc.process_index, world_size=acc.num_processes,
         )  # fmt: skip
         val_loader = None
         if splits.val:
             val_loader = self.loader(tokenizer, splits.val, labels, t.eval_batch_size, d.max_length, acc.device)
+        base = self.train_task(labels, splits)
+        if t.adversarial is not None:
+            base = EmbeddingAdversarial(base, self.adversarial_of(recipe))
+        if cont is not None and recipe.continual.strategy == "lwf":
+            old_model.to(acc.device)
+        task = text_continual.text_continual_task(
+            recipe, base, model, old_model, cont, acc.device, lambda: self.fisher_of(cont.prior)
+        )
         return Setup(
             model=model,
             optimizer=build_optimizer(model, recipe.optim),
-            task=self.train_task(labels, splits)
-            if t.adversarial is None
-            else EmbeddingAdversarial(self.train_task(labels, splits), self.adversarial_of(recipe)),
+            task=task,
             train_loader=train_loader,
             val_loader=val_loader,
             spec=spec,
@@ -117,8 +140,11 @@ class TransformerFamily(SupervisedFamily):
                 if architecture
                 else f"{m.name} ({m.finetune}): {trainable:,} trainable of {total:,} parameters ({trainable / total:.2%})"
             )
-            + f"; {self.describe(splits, labels)}",
+            + f"; {self.describe(splits, labels)}"
+            + text_continual.describe(recipe.continual, cont),
             callbacks=[AdaLoraSchedule(model)] if m.finetune == "adalora" else [],
+            meta={"continues": str(cont.prior.dir)} if cont is not None else {},
+            keep={"train": train, "prior": cont.prior if cont else None},
         )
 
     def trained(self, run: Run, device="cpu") -> Inference:
@@ -133,8 +159,39 @@ class TransformerFamily(SupervisedFamily):
         return [folder] if folder.is_dir() else []
 
     def finish(self, run: Run, recipe, setup: Setup) -> None:
-        """peft runs keep the adapter weights alone too (adapter/), loadable with peft on the base model."""
+        """peft runs keep the adapter weights alone too (adapter/), loadable with peft on the base model; a
+        continual strategy leaves what the next stage needs (the replay memory, the Fisher information)."""
         save_adapter(self.inference(run).model, recipe.model.finetune, run.dir / "adapter")
+        c = recipe.continual
+        if c.strategy == "replay":
+            text_continual.save_memory(run, self, setup.keep["train"], c.memory, recipe.train.seed)
+        elif c.strategy == "ewc":
+            inf = self.trained(run)
+            loader = self.loader(inf.tokenizer, setup.keep["train"], inf.labels, recipe.train.eval_batch_size,
+                                 inf.spec["max_length"], "cpu")  # fmt: skip
+            save_fisher(run, inf.model, loader, setup.keep["prior"], text_continual.TEXTS)
+
+    def fisher_of(self, run: Run) -> dict[str, torch.Tensor]:
+        """The Fisher information of a run's model on its own training data."""
+        recipe, inf = run.recipe(), self.trained(run)
+        part = self.splits(recipe).train
+        loader = self.loader(
+            inf.tokenizer, part, inf.labels, recipe.train.eval_batch_size, inf.spec["max_length"], "cpu"
+        )
+        return fisher_information(inf.model, loader, text_continual.TEXTS)
+
+    def continue_from(self, recipe, path: Path) -> None:
+        recipe.continual.from_run = Path(path).resolve()  # the stage's recipe.yaml works from anywhere
+
+    # The rows of the replay memory (JSON-able) and back, the key an equal share is kept per.
+    @abstractmethod
+    def memory_rows(self, part) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def memory_part(self, rows: list[dict[str, Any]]): ...
+
+    @abstractmethod
+    def memory_keys(self, part) -> list[str]: ...
 
     def check_prune_finetune(self, recipe) -> None:
         if from_scratch(recipe.model.name):
