@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -92,6 +93,28 @@ def test_a_tree_read_again_is_not_decoded_again_until_a_file_changes(recipe_fact
     third = load_splits(recipe.data)
     assert len(decoded) > 25 + 2 and third.skipped == []
     assert sum(len(s) for s in (third.train, third.val, third.test)) == 21
+
+
+def test_an_old_trees_listing_is_kept_until_a_folder_changes(tmp_path, monkeypatch):
+    """A continual run lists one 50,000-file tree dozens of times: an unchanged tree is walked once, and a file
+    added, removed or renamed (its folder's mtime moves) is seen on the next listing."""
+    import os
+
+    import nnrecipe.data.images as images
+
+    tree = write_digit_tree(tmp_path / "tree", [0, 1], per_class=3)
+    hour_ago = time.time() - 3600
+    for folder in (tree, tree / "0", tree / "1"):
+        os.utime(folder, (hour_ago, hour_ago))
+    walks = []
+    real = os.walk
+    monkeypatch.setattr(images.os, "walk", lambda top, *a, **k: walks.append(top) or real(top, *a, **k))
+    first = images.list_image_files(tree, ["0", "1"])
+    assert images.list_image_files(tree, ["0", "1"]) == first and len(walks) == 2  # one walk per class folder
+    (tree / "1" / "extra.png").write_bytes((tree / "1" / first[0][-1].name).read_bytes())
+    files, labels = images.list_image_files(tree, ["0", "1"])
+    assert len(walks) == 4 and len(files) == 7 and labels.count(1) == 4
+    assert [str(f) for f in files] == sorted(str(f) for f in files)
 
 
 def test_missing_data_gives_clear_errors(recipe_factory, tmp_path):

@@ -9,6 +9,7 @@ long as no file in it changes.
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,21 +205,51 @@ def _imagefolder(data) -> ImageSplits:
 
 
 def list_image_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
-    files, labels = [], []
+    """The image files under each class folder of `root` (sorted) and their labels. The listing is kept for
+    the next call in the process while no folder in the tree changed (its mtime moves when a file is added,
+    removed or renamed), so a continual run's stages do not walk 50,000 files again and again. A folder changed
+    within a second of the listing is not trusted to show a later change (timestamps are coarse), so a listing
+    of a tree being written is not kept."""
     unknown = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in classes)
     if unknown:
         raise UserError(
             f"{root}: class folders {', '.join(unknown)} are not among the run's classes ({', '.join(classes)})"
         )
+    key = (str(root), tuple(classes))
+    cached = _LISTED.get(key)
+    if cached is not None and all(mtime_ns(folder) == stamp for folder, stamp in cached[0]):
+        return list(cached[1]), list(cached[2])
+    files: list[Path] = []
+    labels: list[int] = []
+    listed_at = time.time_ns()
+    folders = [(str(root), mtime_ns(str(root)))]
     for label, name in enumerate(classes):
         folder = root / name
         if folder.is_dir():
-            found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            files += found
+            found = []
+            for here, _, names in os.walk(folder):
+                folders.append((here, mtime_ns(here)))
+                found += [os.path.join(here, n) for n in names if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES]
+            files += [Path(f) for f in sorted(found, key=lambda f: f.split(os.sep))]  # Path order
             labels += [label] * len(found)
     if not files:
         raise UserError(f"{root}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return files, labels
+    _LISTED.pop(key, None)
+    if all(stamp is not None and stamp < listed_at - 10**9 for _, stamp in folders):
+        while len(_LISTED) >= 8:
+            _LISTED.pop(next(iter(_LISTED)))
+        _LISTED[key] = (folders, files, labels)
+    return list(files), list(labels)
+
+
+_LISTED: dict[tuple, tuple[list[tuple[str, int]], list[Path], list[int]]] = {}
+
+
+def mtime_ns(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 def choose_streaming(data, train_root: Path, classes: list[str], others: list[Path]) -> bool:

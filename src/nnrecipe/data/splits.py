@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -19,19 +20,25 @@ from nnrecipe.engine.seeding import derived_seed
 
 def holdout(n: int, fraction: float, seed: int, labels: Sequence | None = None) -> tuple[list[int], list[int]]:
     """(kept, held) sorted indices of n examples, round(fraction * n) of them held out (at least one):
-    stratified by label (scikit-learn) where every label has two examples or more, else a seeded permutation."""
+    stratified by label (scikit-learn) where every label has two examples or more, else a seeded permutation.
+    Kept for the next call with the same arguments (continual stages split one tree again and again)."""
     if fraction <= 0 or n < 2:
         return list(range(n)), []
-    if labels is not None:
-        labels = [int(x) if hasattr(x, "item") else x for x in labels]
-        if min(Counter(labels).values()) >= 2:
-            from sklearn.model_selection import train_test_split
+    key = None if labels is None else tuple(int(x) if hasattr(x, "item") else x for x in labels)
+    kept, held = _holdout(n, fraction, seed, key)
+    return list(kept), list(held)
 
-            kept, held = train_test_split(np.arange(n), test_size=fraction, random_state=seed, stratify=labels)
-            return sorted(kept.tolist()), sorted(held.tolist())
+
+@lru_cache(maxsize=16)
+def _holdout(n: int, fraction: float, seed: int, labels: tuple | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if labels is not None and min(Counter(labels).values()) >= 2:
+        from sklearn.model_selection import train_test_split
+
+        kept, held = train_test_split(np.arange(n), test_size=fraction, random_state=seed, stratify=list(labels))
+        return tuple(sorted(kept.tolist())), tuple(sorted(held.tolist()))
     order = np.random.default_rng(seed).permutation(n)
     n_held = max(1, round(fraction * n))
-    return sorted(order[n_held:].tolist()), sorted(order[:n_held].tolist())
+    return tuple(sorted(order[n_held:].tolist())), tuple(sorted(order[:n_held].tolist()))
 
 
 def spread_sample(n: int, k: int, seed: int = 0) -> list[int]:
