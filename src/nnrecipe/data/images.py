@@ -8,6 +8,7 @@ long as no file in it changes.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -71,7 +72,55 @@ class ImageSplits:
 def load_splits(data, first: list[str] | None = None) -> ImageSplits:
     """Load the source named by the recipe's `data` section and split it (stratified, seeded), keeping the
     classes `data.classes` names (split membership stays that of the whole source). `first`: classes
-    numbered before the kept ones (a continued run's), whether the data holds them or not."""
+    numbered before the kept ones (a continued run's), whether the data holds them or not. An in-memory
+    image folder's splits are kept for the next call with the same `data` while no file in the tree changed."""
+    stamp = folder_stamp(data)
+    key = json.dumps([data.model_dump(mode="json"), first])
+    cached = _SPLITS.get(key)
+    if stamp is not None and cached is not None and cached[0] == stamp:
+        return copied(cached[1])
+    splits = read_splits(data, first)
+    _SPLITS.pop(key, None)
+    if stamp is not None and not any(part is not None and part.streamed for part in (splits.train, splits.val)):
+        while len(_SPLITS) >= 8:
+            _SPLITS.pop(next(iter(_SPLITS)))
+        _SPLITS[key] = (stamp, copied(splits))
+    return splits
+
+
+_SPLITS: dict[str, tuple[tuple, ImageSplits]] = {}
+
+
+def copied(splits: ImageSplits) -> ImageSplits:
+    """New ImageSplits and ImageSets over the same (read-only by convention) tensors."""
+
+    def one(part: ImageSet | None) -> ImageSet | None:
+        return None if part is None else ImageSet(part.images, part.labels, part.paths)
+
+    return ImageSplits(list(splits.classes), one(splits.train), one(splits.val), one(splits.test), list(splits.skipped))
+
+
+def folder_stamp(data) -> tuple | None:
+    """(path, mtime, size) of every file of an image-folder source, None for other sources or a missing folder."""
+    if data.source != "imagefolder" or data.path is None or data.stream is True:
+        return None
+    root = Path(data.path).expanduser()
+    if not root.is_dir():
+        return None
+    train = root / "train" if (root / "train").is_dir() else root
+    roots = [train] + [root / n for n in ("val", "valid", "test") if (root / n).is_dir()]
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+    stamp = []
+    for here in roots:
+        try:
+            files = list_image_files(here, classes)[0]
+        except UserError:
+            return None
+        stamp.append(tuple((str(f), *file_stamp(f)) for f in files))
+    return tuple(stamp)
+
+
+def read_splits(data, first: list[str] | None = None) -> ImageSplits:
     if data.stream is True and data.source != "imagefolder":
         raise UserError(f"data.stream: true streams image folders; {data.source} is held in memory (use auto or false)")
     if data.source == "digits":
@@ -310,7 +359,7 @@ _DECODED: dict[tuple, tuple[tuple, tuple[ImageSet, list[str]]]] = {}
 
 
 def file_stamp(path: Path) -> tuple[int, int]:
-    st = path.stat()
+    st = os.stat(str(path))
     return st.st_mtime_ns, st.st_size
 
 
