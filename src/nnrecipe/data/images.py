@@ -107,11 +107,11 @@ def folder_stamp(data) -> tuple | None:
     root = Path(data.path).expanduser()
     if not root.is_dir():
         return None
-    train = root / "train" if (root / "train").is_dir() else root
-    roots = [train] + [root / n for n in ("val", "valid", "test") if (root / n).is_dir()]
+    sub = tree_parts(root)
+    train = sub.get("train", root)
     classes = sorted(p.name for p in train.iterdir() if p.is_dir())
     stamp = []
-    for here in roots:
+    for here in [train] + [sub[k] for k in sub if k != "train"]:
         try:
             files = list_image_files(here, classes)[0]
         except UserError:
@@ -233,7 +233,7 @@ def _imagefolder(data) -> ImageSplits:
     root = Path(data.path).expanduser()
     if not root.is_dir():
         raise UserError(f"data.path: folder not found: {root}")
-    sub = {name: root / name for name in ("train", "val", "valid", "test") if (root / name).is_dir()}
+    sub = tree_parts(root)
     train_root = sub.get("train", root)
     classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
     if not classes:
@@ -251,6 +251,11 @@ def _imagefolder(data) -> ImageSplits:
     if val is None:
         train, val = _split(train, data.val_fraction, data.split_seed)
     return ImageSplits(classes, train, val, test, skipped)
+
+
+def tree_parts(root: Path) -> dict[str, Path]:
+    """The split folders an image-folder source has (train, val, valid, test); none: the root is the train set."""
+    return {name: root / name for name in ("train", "val", "valid", "test") if (root / name).is_dir()}
 
 
 def list_image_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
