@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import broadcast_object_list
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
@@ -29,6 +30,7 @@ from nnrecipe.engine.averaging import has_batchnorm, recompute_batchnorm, weight
 from nnrecipe.engine.checkpoint import load_checkpoint, save_checkpoint, split_prefix, with_prefix
 from nnrecipe.engine.config import Schedule, Train
 from nnrecipe.engine.optim import build_scheduler
+from nnrecipe.engine.precision_probe import decide, probe_enabled
 from nnrecipe.engine.seeding import rng_state, set_rng_state
 from nnrecipe.engine.tracking import Tracker
 from nnrecipe.errors import UserError
@@ -123,8 +125,9 @@ def choose_precision(cfg: Train, cuda: bool, cpu_bf16: bool) -> tuple[str, str]:
     """`train.precision` resolved for this machine, and why (printed at start). `cpu_bf16`: the task's models
     are matmul-heavy enough for bf16 to pay on a CPU with native bf16 units. Measured: a MiniLM step 1.85x
     faster under bf16 autocast with AMX; on an AMD EPYC with AVX512-BF16 and no AMX the HF Trainer ran SST-2
-    1.43x faster in bf16 (159.3 vs 111.2 samples/s, issue 17); small CNNs on small images got slower on AMX
-    (digits LeNet-5 3.3 s vs 1.7 s, ResNet-18 47 s vs 37 s), so image tasks keep fp32."""
+    1.43x faster in bf16 (159.3 vs 111.2 samples/s, issue 17). Other models differ by model and CPU (digits
+    LeNet-5 on AMX 3.3 s vs 1.7 s in fp32; the CIFAR ConvNet on the EPYC about 1.9x faster in bf16), so for
+    them the answer is "probe": fp32 until `settle_precision` has timed the run's own step in both."""
     if cfg.precision != "auto":
         return cfg.precision, "train.precision"
     if cuda:
@@ -134,7 +137,7 @@ def choose_precision(cfg: Train, cuda: bool, cpu_bf16: bool) -> tuple[str, str]:
     if not units:
         return "fp32", "auto: this CPU has no native bf16 units (AMX or AVX512-BF16)"
     if not cpu_bf16:
-        return "fp32", f"auto: this task's models are not matmul-heavy enough for bf16 to pay, even with {units}"
+        return "probe", f"auto: this CPU has {units}; whether bf16 pays for this model is timed"
     return "bf16", f"auto: a matmul-heavy task on a CPU with {units}"
 
 
@@ -155,6 +158,9 @@ def make_accelerator(cfg: Train, cpu_bf16: bool = False) -> Accelerator:
         raise UserError("train.device: mps, but MPS is not available here; use train.device: auto or cpu")
     cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
     precision, reason = choose_precision(cfg, cuda, cpu_bf16)
+    pending = precision == "probe"
+    if pending:
+        precision = "fp32"
     if precision == "fp16" and not cuda:
         raise UserError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on this machine")
     if cfg.num_threads:
@@ -166,8 +172,40 @@ def make_accelerator(cfg: Train, cpu_bf16: bool = False) -> Accelerator:
     # (DDP over gloo, under torchrun) when told so.
     on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not cuda and not torch.backends.mps.is_available())
     acc = Accelerator(cpu=on_cpu, mixed_precision={"fp32": "no"}.get(precision, precision))
-    acc.precision_reason = reason
+    acc.precision_reason, acc.precision_pending = reason, pending
     return acc
+
+
+def settle_precision(acc: Accelerator, cfg: Train, model: nn.Module, task: TrainTask, loader: EpochLoader,
+                     recorded: str | None = None) -> Accelerator:  # fmt: skip
+    """The accelerator to train with once the model and data exist: `acc` itself unless its precision is
+    pending (choose_precision's "probe"); then the precision the run recorded (a resume trains as it began),
+    else what precision_probe.decide finds on the first training batch, rank 0's answer for every process."""
+    if not getattr(acc, "precision_pending", False):
+        return acc
+    if recorded in ("fp32", "bf16"):
+        precision, reason = recorded, "auto: as this run began (resume)"
+    elif not probe_enabled():
+        precision, reason = "fp32", "auto: not timed (NNRECIPE_PRECISION_PROBE=off)"
+    elif not acc.is_main_process:
+        precision, reason = "", ""  # rank 0 times it alone; its answer comes below
+    else:
+        batches = loader.batches(0)
+        try:
+            batch = next(batches)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+        precision, reason = decide(model, task, batch, acc.device)
+    if acc.num_processes > 1:
+        precision, reason = broadcast_object_list([precision, reason], from_process=0)
+    if precision == "fp32":
+        acc.precision_reason, acc.precision_pending = reason, False
+        return acc
+    settled = make_accelerator(cfg.model_copy(update={"precision": precision}))
+    settled.precision_reason = reason
+    return settled
 
 
 def monitor_mode(metric: str, mode: str = "auto") -> str:

@@ -25,6 +25,7 @@ from nnrecipe.engine.loop import (
     console,
     describe,
     make_accelerator,
+    settle_precision,
 )
 from nnrecipe.engine.mlflow_tracking import publish
 from nnrecipe.engine.seeding import seed_everything
@@ -140,6 +141,9 @@ class SupervisedFamily(EvaluatedFamily):
                 f"[yellow]skipped {len(splits.skipped)} unreadable file(s), e.g. {splits.skipped[0]}[/yellow]"
             )
         s = self.setup(recipe, splits, acc, run)
+        acc = settle_precision(
+            acc, recipe.train, s.model, s.task, s.train_loader, run.meta().get("precision") if resume else None
+        )
         sizes = {
             k: len(v) if v is not None else 0
             for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test))
@@ -147,6 +151,7 @@ class SupervisedFamily(EvaluatedFamily):
         run.update_meta(
             status="running",
             processes=acc.num_processes,
+            precision=acc.mixed_precision.replace("no", "fp32"),
             task=self.name,
             spec=s.spec,
             sizes=sizes,
