@@ -76,7 +76,7 @@ def run_nnrecipe(args, seed: int, strategy: str, stamp: str) -> dict:
         for classes in stages:
             part = whole.model_copy(deep=True)
             part.data.classes = classes
-            final.append(family.continual_score(run, part))
+            final.append(family.continual_score(run, part, family.continual_holdout(part)))
         return {"average_accuracy": sum(final) / len(final), "final": final, "seconds": time.perf_counter() - start}
     extra = [f"continual.strategy={'finetune' if strategy == 'naive' else 'replay'}"]
     if strategy == "replay":

@@ -7,9 +7,10 @@ import json
 
 import pytest
 import torch
-from tests.conftest import make_recipe
+from tests.conftest import make_recipe, write_digit_tree
 
 from nnrecipe.continual import train_stages
+from nnrecipe.data import images
 from nnrecipe.data.loader import TensorLoader
 from nnrecipe.engine.checkpoint import load_checkpoint, load_weights
 from nnrecipe.engine.loop import make_accelerator
@@ -191,3 +192,21 @@ def test_the_bundled_stages_recipe_runs_from_the_command_line(tmp_path):
     assert second.meta()["spec"]["classes"] == ["0", "1", "2", "3"]
     res = nnrecipe("train", ROOT / "recipes/digits-continual.yaml", "--seeds", "0", "1", cwd=tmp_path)
     assert res.returncode == 1 and "no --seeds or --continue-from with them" in res.stderr
+
+
+def test_stages_on_an_image_folder_read_it_once_and_each_stage_holdout_once(tmp_path, monkeypatch):
+    tree = write_digit_tree(tmp_path / "tree", [0, 1, 2, 3], per_class=20)
+    recipe = make_recipe(
+        tmp_path / "runs", "data.source=imagefolder", f"data.path={tree}", "train.epochs=1", "track.name=folder",
+        continual={"stages": [["0", "1"], ["2", "3"]]},
+    )  # fmt: skip
+    reads, holdouts = [], []
+    read_source, holdout = images.read_source, image.continual_holdout
+    monkeypatch.setattr(images, "read_source", lambda data: reads.append(1) or read_source(data))
+    monkeypatch.setattr(type(image), "continual_holdout", lambda self, r: holdouts.append(1) or holdout(r))
+    result = train_stages(image, recipe, image.continual_stages(recipe), "folder")
+    # one decoding of the tree for both stages' training and scoring (class sets differ, the source does
+    # not), and 2 holdouts for the 2 x 2 scores (it was 6 reads and 4 holdouts)
+    assert len(reads) == 1 and len(holdouts) == 2
+    assert len(result["accuracy_matrix"]) == 2 and all(0 <= v <= 1 for row in result["accuracy_matrix"] for v in row)
+    assert result["accuracy_matrix"][0][1] == 0.0  # stage 2's classes are not in stage 1's head: never right

@@ -62,6 +62,8 @@ def test_the_probe_leaves_weights_statistics_and_random_state_untouched_and_is_r
     bigger = (torch.randn(32, 3, 8, 8), torch.randint(0, 4, (32,)))  # another workload is timed afresh
     with pytest.raises(pytest.fail.Exception, match="timed twice"):
         decide(model, Task(), bigger, torch.device("cpu"))
+    with pytest.raises(pytest.fail.Exception, match="timed twice"):  # so is another memory format
+        decide(model.to(memory_format=torch.channels_last), Task(), batch, torch.device("cpu"))
 
 
 def test_bf16_is_kept_only_when_clearly_faster():

@@ -72,14 +72,27 @@ class ImageSplits:
 def load_splits(data, first: list[str] | None = None) -> ImageSplits:
     """Load the source named by the recipe's `data` section and split it (stratified, seeded), keeping the
     classes `data.classes` names (split membership stays that of the whole source). `first`: classes
-    numbered before the kept ones (a continued run's), whether the data holds them or not. An in-memory
-    image folder's splits are kept for the next call with the same `data` while no file in the tree changed."""
+    numbered before the kept ones (a continued run's), whether the data holds them or not."""
+    splits = source_splits(data)
+    if data.classes is not None or first is not None:
+        kept = data.classes or splits.classes
+        first = first or []
+        splits = keep_classes(splits, kept, first + [c for c in kept if c not in first])
+    if data.limit:
+        splits.train = splits.train.subset(range(min(data.limit, len(splits.train))))
+    return splits
+
+
+def source_splits(data) -> ImageSplits:
+    """The whole source's splits, all classes, in the recipe's channels and size. An in-memory image
+    folder's are kept for the next call with the same `data` section (whatever classes and limit it keeps:
+    continual stages read one tree for many class sets) while no file in the tree changed."""
     stamp = folder_stamp(data)
-    key = json.dumps([data.model_dump(mode="json"), first])
+    key = json.dumps(data.model_dump(mode="json", exclude={"classes", "limit"}))
     cached = _SPLITS.get(key)
     if stamp is not None and cached is not None and cached[0] == stamp:
         return copied(cached[1])
-    splits = read_splits(data, first)
+    splits = read_source(data)
     _SPLITS.pop(key, None)
     if stamp is not None and not any(part is not None and part.streamed for part in (splits.train, splits.val)):
         while len(_SPLITS) >= 8:
@@ -120,7 +133,7 @@ def folder_stamp(data) -> tuple | None:
     return tuple(stamp)
 
 
-def read_splits(data, first: list[str] | None = None) -> ImageSplits:
+def read_source(data) -> ImageSplits:
     if data.stream is True and data.source != "imagefolder":
         raise UserError(f"data.stream: true streams image folders; {data.source} is held in memory (use auto or false)")
     if data.source == "digits":
@@ -129,10 +142,6 @@ def read_splits(data, first: list[str] | None = None) -> ImageSplits:
         splits = _cifar10(data)
     else:
         splits = _imagefolder(data)
-    if data.classes is not None or first is not None:
-        kept = data.classes or splits.classes
-        first = first or []
-        splits = keep_classes(splits, kept, first + [c for c in kept if c not in first])
     size = data.image_size or splits.train.images.shape[-1]
     for name in ("train", "val", "test"):
         part = getattr(splits, name)
@@ -142,8 +151,6 @@ def read_splits(data, first: list[str] | None = None) -> ImageSplits:
                 if part.streamed
                 else conform(part.images, data.channels, size)
             )
-    if data.limit:
-        splits.train = splits.train.subset(range(min(data.limit, len(splits.train))))
     return splits
 
 

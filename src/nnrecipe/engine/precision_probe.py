@@ -72,13 +72,17 @@ def batch_signature(batch: Any) -> str:
 
 
 def cache_key(model: nn.Module, batch: Any, device: torch.device) -> str:
-    """Machine, software and workload. Parameters rounded to 2 significant digits: a continual stage's
-    wider head is the same workload."""
+    """Machine, software and workload (the model's memory format included). Parameters rounded to 2
+    significant digits: a continual stage's wider head is the same workload."""
     n = sum(p.numel() for p in model.parameters())
+    layout = next(
+        (" channels_last" for p in model.parameters() if p.dim() == 4 and not p.is_contiguous()
+         and p.is_contiguous(memory_format=torch.channels_last)), "",
+    )  # fmt: skip
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return (
         f"{where} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
-        f"{type(model).__name__} {float(f'{n:.2g}'):.0f} params | {batch_signature(batch)}"
+        f"{type(model).__name__}{layout} {float(f'{n:.2g}'):.0f} params | {batch_signature(batch)}"
     )
 
 

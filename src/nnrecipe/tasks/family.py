@@ -319,8 +319,12 @@ class TaskFamily(ABC):
         """The recipe's continual-learning stages; None: the recipe is one run."""
         return None
 
-    def continual_score(self, run: Any, recipe: Any) -> float:
-        """The primary metric of the run's model on the held-out data of `recipe` (one stage's)."""
+    def continual_holdout(self, recipe: Any) -> Any:
+        """The held-out data of one stage's `recipe`, read once per continual run and scored after every stage."""
+        self.unsupported("continual")
+
+    def continual_score(self, run: Any, recipe: Any, holdout: Any) -> float:
+        """The primary metric of the run's model on `holdout` (continual_holdout of `recipe`, one stage's)."""
         self.unsupported("continual")
 
     # -- helpers -------------------------------------------------------------------------------------------

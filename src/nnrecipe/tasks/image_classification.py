@@ -284,11 +284,18 @@ class ImageClassification(SupervisedFamily):
     def continual_stages(self, recipe: ImageRecipe) -> Stages | None:
         return class_stages(recipe)
 
-    def continual_score(self, run: Run, recipe: ImageRecipe) -> float:
-        """Accuracy of the run's model on the test (else val) images of `recipe`'s classes, over the run's whole head."""
+    def continual_holdout(self, recipe: ImageRecipe) -> tuple[ImageSet, list[str]]:
+        """The test (else val) images of `recipe`'s classes, and the class names their labels index."""
+        splits = splits_of(recipe)
+        return (splits.test if splits.test is not None else splits.val), splits.classes
+
+    def continual_score(self, run: Run, recipe: ImageRecipe, holdout: tuple[ImageSet, list[str]]) -> float:
+        """Accuracy of the run's model on a stage's held-out images, over the run's whole head (a class it has
+        not learnt yet is never right)."""
         spec = ImageSpec(**run.spec())
-        splits = splits_of(recipe, spec.classes)
-        part = splits.test if splits.test is not None else splits.val
+        part, classes = holdout
+        index = torch.tensor([spec.classes.index(c) if c in spec.classes else -1 for c in classes])
+        part = ImageSet(part.images, index[part.labels])
         probs, labels = predict_probs(self.inference(run).model, eval_loader(recipe, spec, part, "cpu"))
         return (probs.argmax(1) == labels).float().mean().item()
 

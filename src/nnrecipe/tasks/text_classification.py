@@ -96,12 +96,17 @@ class TextClassification(TransformerFamily):
     def continual_stages(self, recipe: TextRecipe) -> Stages | None:
         return class_stages(recipe)
 
-    def continual_score(self, run: Run, recipe: TextRecipe) -> float:
-        """Accuracy of the run's model on the test (else val) texts of `recipe`'s labels, over its whole head."""
+    def continual_holdout(self, recipe: TextRecipe) -> Any:
+        """The test (else val) texts of `recipe`'s labels."""
         splits = self.splits(recipe)
         part = splits.test if splits.test is not None else splits.val
         if part is None:
             raise UserError("continual.stages: each stage needs validation or test texts to be scored on")
+        return part
+
+    def continual_score(self, run: Run, recipe: TextRecipe, holdout: Any) -> float:
+        """Accuracy of the run's model on a stage's held-out texts, over its whole head."""
+        part = holdout
         inf = self.inference(run)
         labels = inf.labels + sorted(set(part.labels) - set(inf.labels))  # not learnt yet: never predicted
         batch, length = recipe.train.eval_batch_size, inf.spec["max_length"]
