@@ -3,6 +3,7 @@ over seeds 0..N-1 with recipe overrides, the final network scored over 20 fixed 
 
     python bench/dqn_final_network.py 6                       # as shipped
     python bench/dqn_final_network.py 6 dqn.lr_end=0          # one setting changed
+    python bench/dqn_final_network.py 3:6                     # seeds 3, 4, 5 (run halves side by side)
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main():
-    seeds, overrides = int(sys.argv[1]) if len(sys.argv) > 1 else 6, sys.argv[2:]
+    first, _, last = (sys.argv[1] if len(sys.argv) > 1 else "6").rpartition(":")
+    seeds, overrides = range(int(first or 0), int(last)), sys.argv[2:]
     recipe = load_recipe(ROOT / "recipes/cartpole-dqn.yaml", ["track.progress=false", *overrides])
     env = make_env(recipe)
 
@@ -30,7 +32,7 @@ def main():
         return evaluate_policy(env, policy, recipe.dqn.eval_episodes, 1_000_000, recipe.env.id)["mean_return"]
 
     finals, speeds = [], []
-    for seed in range(seeds):
+    for seed in seeds:
         start = time.perf_counter()
         out = train_dqn(
             lambda: make_env(recipe, training=True), recipe.dqn, recipe.gamma, seed, torch.device("cpu"), periodic
@@ -43,7 +45,7 @@ def main():
             flush=True,
         )
     print(
-        f"{overrides or 'as shipped'}: final >= 475 on {sum(f >= 475 for f in finals)} of {seeds}; "
+        f"{overrides or 'as shipped'}: final >= 475 on {sum(f >= 475 for f in finals)} of {len(seeds)}; "
         f"median {statistics.median(speeds):,.0f} steps/s"
     )
 
