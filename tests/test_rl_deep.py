@@ -251,3 +251,16 @@ def test_the_numpy_copy_of_an_actor_acts_like_the_network(spec):
             assert act(x) == out.argmax()
         else:
             np.testing.assert_allclose(act(x), np.clip(out, spec["low"], spec["high"]), rtol=1e-5, atol=1e-5)
+
+
+def test_the_nature_cnn_computes_the_same_function_in_channels_last_and_keeps_contiguous_weights():
+    from nnrecipe.rl.networks import NatureCNN
+
+    torch.manual_seed(0)
+    cnn = NatureCNN(4)
+    frames = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
+    out = cnn(frames)
+    out.sum().backward()
+    reference = cnn.net(frames.float() / 255.0)  # the plain contiguous computation
+    assert torch.allclose(out, reference, atol=1e-5)
+    assert all(p.is_contiguous() and p.grad.shape == p.shape for p in cnn.parameters())  # checkpoints unchanged
