@@ -239,7 +239,8 @@ def test_auto_precision_is_bf16_on_cpu_for_matmul_heavy_tasks_with_native_bf16_a
         (True, True, True, "bf16", "with AMX"),
         (False, True, True, "bf16", "with AVX512-BF16"),  # AMD Zen 4: the HF Trainer ran 1.43x faster in bf16
         (False, False, True, "no", "no native bf16 units"),
-        (True, True, False, "no", "is timed"),  # other models: fp32 until settle_precision has timed both
+        (True, True, None, "no", "is timed"),  # other models: fp32 until settle_precision has timed both
+        (True, True, False, "no", "keeps fp32"),  # a family that knows bf16 costs it accuracy (detection)
     ]
     for amx, avx512_bf16, heavy, expected, why in cases:
         monkeypatch.setattr(loop.torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)

@@ -203,7 +203,7 @@ class Train(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="auto: bf16 autocast on CUDA devices that support it and for transformer tasks on CPUs with native bf16 units (AMX or AVX512-BF16); for other models on such CPUs, bf16 when a timed training step on the first batch is at least 1.1x faster (remembered per machine and model); fp32 elsewhere. The choice and its reason are printed at start.",
+        description="auto: bf16 autocast on CUDA devices that support it and for transformer tasks on CPUs with native bf16 units (AMX or AVX512-BF16); for other models on such CPUs (detection excepted), bf16 when a timed training step on the first batch is at least 1.1x faster (remembered per machine and model); fp32 elsewhere. The choice and its reason are printed at start.",
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when present, else CPU.")
     seed: int = Field(0, description="Seeds Python, NumPy, torch, data order and augmentation.")

@@ -121,9 +121,10 @@ def cpu_bf16_units() -> str:
     return ""
 
 
-def choose_precision(cfg: Train, cuda: bool, cpu_bf16: bool) -> tuple[str, str]:
-    """`train.precision` resolved for this machine, and why (printed at start). `cpu_bf16`: the task's models
-    are matmul-heavy enough for bf16 to pay on a CPU with native bf16 units. Measured: a MiniLM step 1.85x
+def choose_precision(cfg: Train, cuda: bool, cpu_bf16: bool | None) -> tuple[str, str]:
+    """`train.precision` resolved for this machine, and why (printed at start). `cpu_bf16`, the family's word
+    for a CPU with native bf16 units: True, its models are matmul-heavy enough for bf16 to pay; False, bf16
+    costs it accuracy for too little speed (detection); None, time it. Measured: a MiniLM step 1.85x
     faster under bf16 autocast with AMX; on an AMD EPYC with AVX512-BF16 and no AMX the HF Trainer ran SST-2
     1.43x faster in bf16 (159.3 vs 111.2 samples/s, issue 17). Other models differ by model and CPU (digits
     LeNet-5 on AMX 3.3 s vs 1.7 s in fp32; the CIFAR ConvNet on the EPYC about 1.9x faster in bf16), so for
@@ -136,8 +137,10 @@ def choose_precision(cfg: Train, cuda: bool, cpu_bf16: bool) -> tuple[str, str]:
     units = cpu_bf16_units()
     if not units:
         return "fp32", "auto: this CPU has no native bf16 units (AMX or AVX512-BF16)"
-    if not cpu_bf16:
+    if cpu_bf16 is None:
         return "probe", f"auto: this CPU has {units}; whether bf16 pays for this model is timed"
+    if not cpu_bf16:
+        return "fp32", f"auto: this task keeps fp32 even with {units}"
     return "bf16", f"auto: a matmul-heavy task on a CPU with {units}"
 
 
@@ -149,7 +152,7 @@ def describe(acc: Accelerator) -> str:
     return text + (f", {acc.num_processes} processes (DDP)" if acc.num_processes > 1 else "")
 
 
-def make_accelerator(cfg: Train, cpu_bf16: bool = False) -> Accelerator:
+def make_accelerator(cfg: Train, cpu_bf16: bool | None = None) -> Accelerator:
     """Pick the device at run time and the precision it supports (choose_precision); refuse what it cannot
     do, clearly."""
     if cfg.device == "cuda" and not torch.cuda.is_available():

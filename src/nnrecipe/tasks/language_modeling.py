@@ -198,10 +198,10 @@ class LanguageModeling(SupervisedFamily):
     def splits(self, recipe: LMRecipe) -> Splits:
         return stream_splits(recipe)
 
-    def bf16_on_cpu(self, recipe: LMRecipe) -> bool:
+    def bf16_on_cpu(self, recipe: LMRecipe) -> bool | None:
         """Pretrained transformers (causal or masked) are matmul-heavy as in the text families (MiniLM: 1.85x
-        faster with bf16 autocast on AMX); the small models from scratch stay fp32."""
-        return recipe.model.pretrained
+        faster with bf16 autocast on AMX); for the small models from scratch it is timed."""
+        return True if recipe.model.pretrained else None
 
     def setup(self, recipe: LMRecipe, splits: Splits, acc, run: Run) -> Setup:
         if recipe.objective == "mlm":

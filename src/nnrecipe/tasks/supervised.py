@@ -57,7 +57,9 @@ class Setup:
 class EvaluatedFamily(TaskFamily):
     """A family scored on splits of its data: `evaluate` for one split, or other data it can read."""
 
-    cpu_bf16: ClassVar[bool] = False  # matmul-heavy enough for train.precision auto to pick bf16 on AMX CPUs
+    # train.precision auto on a CPU with bf16 units: True, bf16 (matmul-heavy models); False, fp32; None, the
+    # run's own step is timed in both (engine/precision_probe.py)
+    cpu_bf16: ClassVar[bool | None] = None
     adversarial_methods: ClassVar[tuple[str, ...]] = ()  # the train.adversarial methods its TrainTask honours
     adversarial_epsilon: ClassVar[tuple[float, float | None]] = (8 / 255, None)  # (default, exclusive upper bound)
 
@@ -88,8 +90,9 @@ class EvaluatedFamily(TaskFamily):
     def eval_device(self, recipe: Any) -> torch.device:
         return make_accelerator(recipe.train, cpu_bf16=self.bf16_on_cpu(recipe)).device
 
-    def bf16_on_cpu(self, recipe: Any) -> bool:
-        """Whether train.precision auto picks bf16 on an AMX CPU for this recipe (default: the family's cpu_bf16)."""
+    def bf16_on_cpu(self, recipe: Any) -> bool | None:
+        """train.precision auto on a CPU with bf16 units for this recipe: bf16 (True), fp32 (False) or timed
+        (None); default: the family's cpu_bf16."""
         return self.cpu_bf16
 
     def prune_keep_whole(self, model: nn.Module) -> set[str]:
