@@ -210,3 +210,12 @@ def test_stages_on_an_image_folder_read_it_once_and_each_stage_holdout_once(tmp_
     assert len(reads) == 1 and len(holdouts) == 2
     assert len(result["accuracy_matrix"]) == 2 and all(0 <= v <= 1 for row in result["accuracy_matrix"] for v in row)
     assert result["accuracy_matrix"][0][1] == 0.0  # stage 2's classes are not in stage 1's head: never right
+
+
+def test_stages_without_held_out_images_are_refused_by_name(tmp_path):
+    recipe = make_recipe(
+        tmp_path / "runs", "train.epochs=1", "data.val_fraction=0", "data.test_fraction=0", "track.name=nohold",
+        continual={"stages": [LOW, HIGH]},
+    )  # fmt: skip
+    with pytest.raises(UserError, match="each stage needs validation or test images"):
+        train_stages(image, recipe, image.continual_stages(recipe), "nohold")

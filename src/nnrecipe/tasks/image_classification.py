@@ -287,7 +287,10 @@ class ImageClassification(SupervisedFamily):
     def continual_holdout(self, recipe: ImageRecipe) -> tuple[ImageSet, list[str]]:
         """The test (else val) images of `recipe`'s classes, and the class names their labels index."""
         splits = splits_of(recipe)
-        return (splits.test if splits.test is not None else splits.val), splits.classes
+        part = splits.test if splits.test is not None else splits.val
+        if part is None:
+            raise UserError("continual.stages: each stage needs validation or test images to be scored on")
+        return part, splits.classes
 
     def continual_score(self, run: Run, recipe: ImageRecipe, holdout: tuple[ImageSet, list[str]]) -> float:
         """Accuracy of the run's model on a stage's held-out images, over the run's whole head (a class it has
