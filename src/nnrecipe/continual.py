@@ -20,7 +20,7 @@ def train_stages(family: TaskFamily, recipe: Any, plan: Stages, recipe_name: str
     stages = plan.recipes
     runs: list[Run] = []
     matrix: list[list[float]] = []
-    holdouts: dict[int, Any] = {}  # each stage's held-out data, read once, when first scored
+    holdouts: list[Any] = []  # each stage's held-out data, read once, after the first stage trained
     for k, stage in enumerate(stages):
         if runs:
             family.continue_from(stage, runs[-1].dir)
@@ -29,10 +29,8 @@ def train_stages(family: TaskFamily, recipe: Any, plan: Stages, recipe_name: str
         if result["status"] == "interrupted":
             return {"status": "interrupted", "runs": [str(r.dir) for r in runs + [run]]}
         runs.append(run)
-        for j, s in enumerate(stages):
-            if j not in holdouts:
-                holdouts[j] = family.continual_holdout(s)
-        matrix.append([family.continual_score(run, s, holdouts[j]) for j, s in enumerate(stages)])
+        holdouts = holdouts or [family.continual_holdout(s) for s in stages]
+        matrix.append([family.continual_score(run, s, h) for s, h in zip(stages, holdouts)])
         console.print("accuracy on each stage: " + "  ".join(f"{v:.3f}" for v in matrix[-1]))
     folder = Path(recipe.track.runs_dir) / f"{base}-continual"
     path = write_continual_report(folder, plan.names, matrix, [r.dir.name for r in runs], plan.strategy)
