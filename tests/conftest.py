@@ -17,6 +17,15 @@ from nnrecipe.tasks import get_family
 # results would depend on the clock; tests/test_precision_probe.py turns it back on where it is the subject.
 os.environ["NNRECIPE_PRECISION_PROBE"] = "off"
 
+# Under pytest-xdist (`make test` runs two workers), each worker and the processes it starts get an equal share
+# of the cores: two workers of two threads each on two cores would spin against each other.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _share
+    import torch
+
+    torch.set_num_threads(int(_share))
+
 
 def make_recipe(runs_dir: Path, *overrides: str, **sections):
     raw = {
