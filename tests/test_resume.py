@@ -39,6 +39,19 @@ def _weights(path):
     return tensors
 
 
+def assert_resumes_exactly(family, recipe, straight, batch: int) -> None:
+    """A run of `recipe` interrupted during batch `batch` of epoch 1 and resumed equals `straight`, the same
+    recipe's uninterrupted run: its history and its final weights."""
+    from nnrecipe.runs import create_run
+
+    broken = create_run(recipe, "broken")
+    assert family.train(recipe, broken, callbacks=[InterruptAt(epoch=1, batch=batch)])["status"] == "interrupted"
+    assert family.train(broken.recipe(), broken, resume=True)["status"] == "finished"
+    assert _history(broken) == _history(straight)
+    a, b = _weights(straight.last_checkpoint), _weights(broken.last_checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("model."))
+
+
 # Dropout, crop+flip+rotation augmentation, EMA, a one-cycle schedule and accumulation: every piece of
 # state a resume has to restore.
 OVERRIDES = (

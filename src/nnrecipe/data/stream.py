@@ -11,9 +11,10 @@ starts at batch k without reading the k batches before it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from PIL import Image
 
 from nnrecipe.errors import UserError
 
+T = TypeVar("T")
 READ_THREADS = 8  # decoding in the main process (evaluation subsets, statistics): I/O-bound threads
 
 
@@ -103,14 +105,15 @@ class StreamedImages:
             yield self.decode(range(start, min(start + chunk, len(self))))
 
 
-def _threaded(batches: _EpochBatches, start: int, stop: int, ahead: int = 2) -> Iterator[torch.Tensor]:
-    """batches[start..stop-1], each decoded by a thread while the ones before it train."""
+def prefetched(make: Callable[[int], T], start: int, stop: int, ahead: int = 2) -> Iterator[T]:
+    """make(start), ..., make(stop - 1), each made by a thread while the ones before it train (decoding and
+    tokenising release the GIL)."""
     with ThreadPoolExecutor(max_workers=ahead) as pool:
-        pending = [pool.submit(batches.__getitem__, i) for i in range(start, min(stop, start + ahead))]
+        pending = [pool.submit(make, i) for i in range(start, min(stop, start + ahead))]
         for i in range(start, stop):
             x = pending.pop(0).result()
             if i + ahead < stop:
-                pending.append(pool.submit(batches.__getitem__, i + ahead))
+                pending.append(pool.submit(make, i + ahead))
             yield x
 
 
@@ -150,7 +153,7 @@ def stream_batches(
     by threads of this process (PIL decodes without the GIL; no start-up and no copy between processes)."""
     batches = _EpochBatches(images, order, batch_size)
     if workers == 0:
-        yield from _threaded(batches, start, stop)
+        yield from prefetched(batches.__getitem__, start, stop)
         return
     loader = torch.utils.data.DataLoader(
         batches,

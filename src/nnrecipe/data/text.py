@@ -12,30 +12,49 @@ from pathlib import Path
 import torch
 
 from nnrecipe.data.splits import epoch_generator, epoch_order, shard
+from nnrecipe.data.stream import prefetched
+from nnrecipe.data.text_rows import LazyTexts, check_columns, csv_options, index_text_file
 from nnrecipe.errors import UserError
 
 
 @dataclass
 class TextSet:
-    texts: list[str]
-    pairs: list[str] | None
+    texts: list[str] | LazyTexts  # LazyTexts: a streamed file's texts, read when asked for (data/text_rows.py)
+    pairs: list[str] | LazyTexts | None
     labels: list[str]
     columns: dict[str, list[str]] = field(default_factory=dict)  # other columns asked for (groups), by name
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.texts, LazyTexts)
+
+    def in_memory(self) -> TextSet:
+        """The same rows with their texts read into lists (for checks that compare every text with every other)."""
+        if not self.streamed:
+            return self
+        pairs = list(self.pairs) if self.pairs is not None else None
+        return TextSet(list(self.texts), pairs, self.labels, self.columns)
+
     def subset(self, idx) -> TextSet:
         idx = list(idx)
+
+        def pick(values):
+            return values.subset(idx) if isinstance(values, LazyTexts) else [values[i] for i in idx]
+
         return TextSet(
-            [self.texts[i] for i in idx],
-            [self.pairs[i] for i in idx] if self.pairs else None,
+            pick(self.texts),
+            pick(self.pairs) if self.pairs is not None else None,
             [self.labels[i] for i in idx],
             {name: [values[i] for i in idx] for name, values in self.columns.items()},
         )
 
     def concat(self, other: TextSet) -> TextSet:
         """Both sets' rows (pairs kept when both have them; other columns when both hold them)."""
+        if self.streamed or other.streamed:
+            raise UserError("continual: streamed texts cannot be joined with a replay memory; set data.stream: false")
         if (self.pairs is None) != (other.pairs is None):
             raise UserError("continual: single texts and text pairs cannot be trained together")
         pairs = self.pairs + other.pairs if self.pairs is not None else None
@@ -45,10 +64,11 @@ class TextSet:
 
 def read_text_file(
     path: Path, fmt: str, text_column: str, label_column: str, pair_column: str | None = None,
-    other_columns: tuple[str, ...] = (),
+    other_columns: tuple[str, ...] = (), stream: bool = False,
 ) -> TextSet:  # fmt: skip
     """Rows of a CSV/TSV (with a header) or JSONL file; `fmt` auto follows the extension. `other_columns`
-    (a group column...) are read as strings into `columns`."""
+    (a group column...) are read as strings into `columns`. `stream`: the texts stay in the file, read when
+    asked for (data/text_rows.py)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
@@ -56,6 +76,8 @@ def read_text_file(
         fmt = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower())
         if fmt is None:
             raise UserError(f"{path}: cannot tell the format from the extension; set data.format: csv, tsv or jsonl")
+    if stream:
+        return index_text_file(path, fmt, text_column, label_column, pair_column, other_columns)
     if fmt == "jsonl":
         rows = []
         for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -66,22 +88,10 @@ def read_text_file(
                     raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
     else:
         with path.open(newline="", encoding="utf-8") as f:
-            rows = list(
-                csv.DictReader(
-                    f,
-                    delimiter="\t" if fmt == "tsv" else ",",
-                    quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,
-                )
-            )
+            rows = list(csv.DictReader(f, **csv_options(fmt)))
     if not rows:
         raise UserError(f"{path}: no rows")
-    needed = [c for c in (text_column, label_column, pair_column, *other_columns) if c]
-    missing = [c for c in needed if c not in rows[0]]
-    if missing:
-        raise UserError(
-            f"{path}: no column {', '.join(repr(m) for m in missing)}; columns are {', '.join(map(str, rows[0]))} "
-            "(set data.text_column / data.label_column / data.group_column / data.split_groups)"
-        )
+    check_columns(path, [c for c in (text_column, label_column, pair_column, *other_columns) if c], list(rows[0]))
     return TextSet(
         [str(r[text_column]) for r in rows],
         [str(r[pair_column]) for r in rows] if pair_column else None,
@@ -118,7 +128,7 @@ class TextLoader:
         world_size: int = 1,
     ):
         # One tensor per example, made once: a batch is then a single pad_sequence call.
-        self.enc = [torch.tensor(e, dtype=torch.long) for e in encodings]
+        self.enc = [torch.as_tensor(e, dtype=torch.long) for e in encodings]
         self.lengths = [len(e) for e in encodings]
         self.per_token = bool(labels) and isinstance(labels[0], (list, tuple))
         self.labels = (
@@ -126,7 +136,10 @@ class TextLoader:
             if self.per_token
             else torch.tensor(labels, dtype=torch.long)
         )
-        self.type_ids = [torch.tensor(t, dtype=torch.long) for t in type_ids] if type_ids is not None else None
+        self.type_ids = [torch.as_tensor(t, dtype=torch.long) for t in type_ids] if type_ids is not None else None
+        self._batching(batch_size, pad_id, device, shuffle, seed, group_by_length, rank, world_size)
+
+    def _batching(self, batch_size, pad_id, device, shuffle, seed, group_by_length, rank, world_size) -> None:
         self.batch_size, self.pad_id, self.device = batch_size, pad_id, torch.device(device)
         self.shuffle, self.seed, self.group = shuffle, seed, group_by_length
         self.rank, self.world_size = rank, world_size
@@ -149,17 +162,50 @@ class TextLoader:
         return shard(batches, self.rank, self.world_size)
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        pad = torch.nn.utils.rnn.pad_sequence
         for idx in self._order(epoch)[start:]:
-            ids = pad([self.enc[i] for i in idx], batch_first=True, padding_value=self.pad_id)
-            lengths = torch.tensor([self.lengths[i] for i in idx])
-            mask = (torch.arange(ids.shape[1]) < lengths[:, None]).long()
-            labels = (
-                pad([self.labels[i] for i in idx], batch_first=True, padding_value=-100)
-                if self.per_token
-                else self.labels[idx]
+            yield self._collate(
+                [self.enc[i] for i in idx],
+                [self.lengths[i] for i in idx],
+                [self.labels[i] for i in idx] if self.per_token else self.labels[idx],
+                [self.type_ids[i] for i in idx] if self.type_ids is not None else None,
             )
-            batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-            if self.type_ids is not None:
-                batch["token_type_ids"] = pad([self.type_ids[i] for i in idx], batch_first=True, padding_value=0)
-            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _collate(self, enc: list[torch.Tensor], lengths: list[int], labels, type_ids) -> dict[str, torch.Tensor]:
+        """One batch padded to its longest sequence, on the device."""
+        pad = torch.nn.utils.rnn.pad_sequence
+        ids = pad(enc, batch_first=True, padding_value=self.pad_id)
+        mask = (torch.arange(ids.shape[1]) < torch.tensor(lengths)[:, None]).long()
+        labels = pad(labels, batch_first=True, padding_value=-100) if self.per_token else labels
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if type_ids is not None:
+            batch["token_type_ids"] = pad(type_ids, batch_first=True, padding_value=0)
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+
+class StreamedTextLoader(TextLoader):
+    """A TextLoader over a streamed TextSet: a batch's rows are read and tokenised when it is drawn (a thread
+    makes the next two while one trains); batches are grouped by the texts' character lengths, known from the
+    file's one pass, since token counts are not known before tokenising."""
+
+    def __init__(
+        self, tokenizer, part: TextSet, labels: list[int], batch_size: int, max_length: int, *, device="cpu",
+        shuffle=False, seed=0, group_by_length=False, rank: int = 0, world_size: int = 1,
+    ):  # fmt: skip
+        self.tokenizer, self.part, self.max_length = tokenizer, part, max_length
+        chars = part.texts.lengths + (part.pairs.lengths if part.pairs is not None else 0)
+        self.lengths = chars.tolist()
+        self.per_token, self.labels, self.type_ids = False, torch.tensor(labels, dtype=torch.long), None
+        self._batching(batch_size, tokenizer.pad_token_id, device, shuffle, seed, group_by_length, rank, world_size)
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        order = self._order(epoch)
+        yield from prefetched(lambda i: self._batch(order[i]), start, len(order))
+
+    def _batch(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        texts = self.part.texts.read(idx)
+        pairs = self.part.pairs.read(idx) if self.part.pairs is not None else None
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
+        ids = [torch.tensor(e, dtype=torch.long) for e in enc["input_ids"]]
+        types = enc.get("token_type_ids")
+        types = [torch.tensor(t, dtype=torch.long) for t in types] if types is not None else None
+        return self._collate(ids, [len(e) for e in ids], self.labels[idx], types)

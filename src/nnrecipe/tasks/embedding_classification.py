@@ -135,7 +135,7 @@ class EmbeddingClassification(EvaluatedFamily):
         unknown = sorted(set(part.labels) - set(labels))
         if unknown:
             raise UserError(f"{split}: labels {', '.join(unknown)} have no prototype (known: {', '.join(labels)})")
-        probs = inf.model(part.texts)
+        probs = inf.model(list(part.texts))  # a streamed split's texts read here (no tokens kept)
         y = np.array([labels.index(label) for label in part.labels])
         summary = classification_summary(y, probs.argmax(1).numpy(), labels, probs)
         path = write_report(run.dir, split, summary, {"source": source or f"{split} split", "mode": inf.spec["mode"]})

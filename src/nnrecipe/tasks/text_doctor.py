@@ -145,8 +145,10 @@ def plan(recipe) -> DoctorPlan:
 
 
 def prepare(recipe):
-    splits = text_splits(recipe.data)
-    train, val, test = splits.train, splits.val, splits.test
+    splits = text_splits(recipe.data)  # a streamed file is read whole here: the data check compares every text
+    train, val, test = (
+        part.in_memory() if part is not None else None for part in (splits.train, splits.val, splits.test)
+    )
     labels = label_names(train.labels)
     lora = recipe.model.peft_options()
     _, tokenizer, _ = new_model(recipe.model.model_copy(update={"finetune": "full"}), labels, "sequence", texts(train))

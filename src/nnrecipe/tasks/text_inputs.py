@@ -4,34 +4,75 @@ classification, embeddings) and their doctors."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from pathlib import Path
+
+import torch
 
 from nnrecipe.data.containment import containment_groups, grouped_holdout
 from nnrecipe.data.splits import holdout
-from nnrecipe.data.text import TextLoader, TextSet, read_text_file
+from nnrecipe.data.text import StreamedTextLoader, TextLoader, TextSet, read_text_file
 from nnrecipe.data.tokens import Encoded, TokenSet, encode_words, read_token_file
 from nnrecipe.errors import UserError
 from nnrecipe.tasks.family import Splits
 from nnrecipe.tasks.text_recipes import SPLIT_MODES, TextData, TokenData
 
+TOKENISE_CHUNK = 8192  # texts tokenised at a time: a fast tokenizer's full output for all rows at once (offsets,
+# token strings) peaked at 1.7 GB for a 29 MB JSONL file of 200,000 short reviews; only the ids are kept
+
 
 def text_loader(tokenizer, part: TextSet, labels: list[str], bs: int, max_length: int, device, **kw) -> TextLoader:
-    """Tokenised once, batched with dynamic padding; labels outside `labels` are a clear error."""
+    """Tokenised once (a streamed set: batch by batch as drawn), batched with dynamic padding; labels outside
+    `labels` are a clear error."""
     ids = {label: i for i, label in enumerate(labels)}
     unknown = sorted(set(part.labels) - set(ids))
     if unknown:
         raise UserError(f"labels {', '.join(unknown[:5])} are not in the run's label map ({', '.join(labels)})")
-    enc = tokenizer(part.texts, part.pairs, truncation=True, max_length=max_length)
-    types = enc.get("token_type_ids")
-    return TextLoader(
-        enc["input_ids"], [ids[x] for x in part.labels], bs, tokenizer.pad_token_id, device=device, type_ids=types, **kw
-    )
+    label_ids = [ids[x] for x in part.labels]
+    if part.streamed:
+        return StreamedTextLoader(tokenizer, part, label_ids, bs, max_length, device=device, **kw)
+    input_ids, types = [], []
+    for start in range(0, len(part), TOKENISE_CHUNK):
+        end = start + TOKENISE_CHUNK
+        enc = tokenizer(part.texts[start:end], part.pairs[start:end] if part.pairs else None, truncation=True,
+                        max_length=max_length)  # fmt: skip
+        input_ids += [torch.tensor(e) for e in enc["input_ids"]]
+        types += [torch.tensor(t) for t in enc.get("token_type_ids") or []]
+    return TextLoader(input_ids, label_ids, bs, tokenizer.pad_token_id, device=device, type_ids=types or None, **kw)
+
+
+# A text file held in memory (its strings, the label list, the token ids as one tensor per row) took 18-25x its
+# bytes on disk at the peak: JSONL files of short reviews tokenised for MiniLM raised the peak resident memory by
+# 513 MB (29 MB, 200,000 rows) and 220 MB (8.7 MB, 60,000 rows; tests/test_text_stream.py).
+MEMORY_PER_FILE_BYTE = 25
 
 
 def read_texts(data: TextData, path: Path) -> TextSet:
     return read_text_file(
-        path, data.format, data.text_column, data.label_column, data.text_pair_column, data.other_columns()
+        path, data.format, data.text_column, data.label_column, data.text_pair_column, data.other_columns(),
+        stream=streams(data, path),
+    )  # fmt: skip
+
+
+def streams(data: TextData, path: Path) -> bool:
+    """data.stream, with auto resolved from the file's size on disk against data.memory_cap_mb (printed)."""
+    if data.stream != "auto":
+        return bool(data.stream)
+    try:
+        mb = Path(path).stat().st_size * MEMORY_PER_FILE_BYTE / 2**20
+    except OSError:
+        return False  # the reader names the missing file
+    if mb <= data.memory_cap_mb:
+        return False
+    from nnrecipe.engine.loop import console
+
+    console.print(
+        f"streaming the texts of {path}: held in memory they would take about {mb:,.0f} MB, over "
+        f"data.memory_cap_mb {data.memory_cap_mb:,} (data.stream: false keeps them in memory)",
+        soft_wrap=True,
     )
+    return True
 
 
 def text_splits(data: TextData) -> Splits:
@@ -44,7 +85,11 @@ def text_splits(data: TextData) -> Splits:
     if val is None and data.val_fraction > 0:
         if data.split_groups in SPLIT_MODES:
             mode = "containment"
-            groups = containment_groups(train.texts) if data.split_groups != "none" else None
+            if train.streamed and data.split_groups == "containment":
+                raise UserError("data.split_groups: containment compares every training text with every other, "
+                                "in memory; with data.stream use auto (a row split), none or a column")  # fmt: skip
+            contained = data.split_groups != "none" and not train.streamed
+            groups = containment_groups(train.texts) if contained else None
         else:  # a column: rows with one value stay together
             mode = f"column {data.split_groups}"
             index: dict[str, int] = {}
@@ -52,6 +97,11 @@ def text_splits(data: TextData) -> Splits:
             if len(index) < 2:
                 raise UserError(f"data.split_groups: column {data.split_groups!r} holds one value; a grouped "
                                 "split needs two or more (or set split_groups: auto)")  # fmt: skip
+        if train.streamed and groups is None and data.split_groups == "auto":
+            from nnrecipe.engine.loop import console
+
+            console.print("data.stream: validation held out by rows (texts that contain one another are not "
+                          "looked for in a streamed file; split_groups: a column keeps groups together)")  # fmt: skip
         linked = len(groups) - len(set(groups)) if groups is not None else 0  # texts sharing a group
         if linked and len(set(groups)) > 1:
             kept, held = grouped_holdout(groups, data.val_fraction, data.split_seed, train.labels)
@@ -114,8 +164,11 @@ def word_loader(tokenizer, part: TokenSet, tags: list[str], bs: int, max_length:
     return WordLoader(encoded, bs, tokenizer.pad_token_id, device=device, **kw)
 
 
-def texts(part: TextSet) -> list[str]:
-    """The raw text of a classification split (both texts of a pair), to fit a tokenizer on."""
+def texts(part: TextSet) -> Iterable[str]:
+    """The raw text of a classification split (both texts of a pair), to fit a tokenizer on (a streamed
+    split's read from its file as iterated)."""
+    if part.streamed:
+        return itertools.chain(part.texts, part.pairs or ())
     return part.texts + (part.pairs or [])
 
 

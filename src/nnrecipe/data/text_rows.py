@@ -1,0 +1,165 @@
+"""Text files bigger than memory (`data.stream` for text data): one pass over the file keeps, per row, where
+it starts, how long it is, its label and the character length of its text; the texts stay on disk and are
+read (a seek and a parse per row) when a batch, a report or a check asks for them.
+
+`LazyTexts` stands where the in-memory path has a list of strings: it has a length, integer indexing,
+subsets that stay on disk and iteration in file order; the text loader (data/text.py) tokenises a batch's
+rows when it is drawn, so a mid-epoch resume reads none of the rows before it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from nnrecipe.errors import UserError
+
+CHUNK = 4096  # rows parsed together when iterating
+
+
+class RowFile:
+    """A CSV/TSV (with a header) or JSONL file's rows, located by byte offset."""
+
+    def __init__(self, path: Path, fmt: str, header: list[str] | None, starts: np.ndarray, sizes: np.ndarray):
+        self.path, self.fmt, self.header, self.starts, self.sizes = Path(path), fmt, header, starts, sizes
+
+    def rows(self, idx) -> list[dict]:
+        """The parsed rows at `idx`, in that order (read in file order)."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        out: list[dict | None] = [None] * len(idx)
+        with self.path.open("rb") as f:
+            for j in np.argsort(self.starts[idx], kind="stable").tolist():
+                f.seek(int(self.starts[idx[j]]))
+                out[j] = self._parse(f.read(int(self.sizes[idx[j]])).decode("utf-8"))
+        return out  # type: ignore[return-value]
+
+    def _parse(self, record: str) -> dict:
+        if self.fmt == "jsonl":
+            return json.loads(record)
+        return dict(zip(self.header, next(csv_reader(io.StringIO(record), self.fmt)), strict=False))
+
+
+class LazyTexts:
+    """One text column of some rows of a RowFile: what a TextSet holds for a streamed file."""
+
+    def __init__(self, file: RowFile, column: str, rows: np.ndarray, lengths: np.ndarray):
+        self.file, self.column, self.rows, self.lengths = file, column, rows, lengths
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i) -> str:
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError("LazyTexts: index with one integer, or read(indices)")
+        return self.read([i])[0]
+
+    def read(self, idx) -> list[str]:
+        """The texts at positions `idx` of this column."""
+        return [str(r[self.column]) for r in self.file.rows(self.rows[np.asarray(idx, dtype=np.int64)])]
+
+    def subset(self, idx) -> LazyTexts:
+        idx = np.asarray(list(idx), dtype=np.int64)
+        return LazyTexts(self.file, self.column, self.rows[idx], self.lengths[idx])
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, len(self), CHUNK):
+            yield from self.read(range(start, min(start + CHUNK, len(self))))
+
+
+def csv_options(fmt: str) -> dict:
+    """The csv module's dialect for data.format csv (quoted fields) or tsv (no quoting)."""
+    return {
+        "delimiter": "\t" if fmt == "tsv" else ",",
+        "quoting": csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,
+    }
+
+
+def csv_reader(f, fmt: str):
+    return csv.reader(f, **csv_options(fmt))
+
+
+def records(path: Path, fmt: str) -> Iterator[tuple[int, int, dict | list[str]]]:
+    """(start byte, size in bytes, parsed record) of each non-empty record; CSV records may span lines."""
+    with path.open("rb") as f:
+        if fmt == "jsonl":
+            pos = 0
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield pos, len(line), json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                pos += len(line)
+            return
+        starts, pos = [], [0]
+
+        def lines() -> Iterator[str]:
+            for line in f:
+                starts.append(pos[0])
+                pos[0] += len(line)
+                yield line.decode("utf-8")
+
+        for record in csv_reader(lines(), fmt):
+            first = starts[0]
+            starts.clear()
+            if record:
+                yield first, pos[0] - first, record
+
+
+def index_text_file(
+    path: Path, fmt: str, text_column: str, label_column: str, pair_column: str | None, other_columns: tuple[str, ...]
+):
+    """One pass over `path`: a TextSet whose texts (and pairs) are LazyTexts on the file; labels and the other
+    columns in memory."""
+    from nnrecipe.data.text import TextSet
+
+    starts, sizes, text_len, pair_len, labels = [], [], [], [], []
+    others: dict[str, list[str]] = {c: [] for c in other_columns}
+    interned: dict[str, str] = {}  # one string object per distinct label or group
+    header = None
+    needed = [c for c in (text_column, label_column, pair_column, *other_columns) if c]
+    for start, size, record in records(path, fmt):
+        if fmt != "jsonl":
+            if header is None:
+                header = list(record)
+                check_columns(path, needed, header)
+                continue
+            record = dict(zip(header, record, strict=False))
+        elif not starts:
+            check_columns(path, needed, list(record))
+        missing = [c for c in needed if record.get(c) is None]
+        if missing:
+            raise UserError(
+                f"{path}: row {len(starts) + 1:,} (at byte {start:,}) has no {', '.join(map(repr, missing))}"
+            )
+        starts.append(start)
+        sizes.append(size)
+        text_len.append(len(str(record[text_column])))
+        if pair_column:
+            pair_len.append(len(str(record[pair_column])))
+        label = str(record[label_column])
+        labels.append(interned.setdefault(label, label))
+        for c in other_columns:
+            value = str(record[c])
+            others[c].append(interned.setdefault(value, value))
+    if not starts:
+        raise UserError(f"{path}: no rows")
+    file = RowFile(path, fmt, header, np.asarray(starts, dtype=np.int64), np.asarray(sizes, dtype=np.int32))
+    rows = np.arange(len(starts), dtype=np.int64)
+    texts = LazyTexts(file, text_column, rows, np.asarray(text_len, dtype=np.int32))
+    pairs = LazyTexts(file, pair_column, rows, np.asarray(pair_len, dtype=np.int32)) if pair_column else None
+    return TextSet(texts, pairs, labels, others)
+
+
+def check_columns(path: Path, needed: list[str], columns: list[str]) -> None:
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise UserError(
+            f"{path}: no column {', '.join(repr(m) for m in missing)}; columns are {', '.join(map(str, columns))} "
+            "(set data.text_column / data.label_column / data.group_column / data.split_groups)"
+        )
