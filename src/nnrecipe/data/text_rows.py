@@ -1,6 +1,6 @@
 """Text files bigger than memory (`data.stream` for text data): one pass over the file keeps, per row, where
-it starts, how long it is, its label and the character length of its text; the texts stay on disk and are
-read (a seek and a parse per row) when a batch, a report or a check asks for them.
+it starts, how many bytes it takes and its label; the texts stay on disk and are read (a seek and a parse
+per row) when a batch, a report or a check asks for them.
 
 `LazyTexts` stands where the in-memory path has a list of strings: it has a length, integer indexing,
 subsets that stay on disk and iteration in file order; the text loader (data/text.py) tokenises a batch's
@@ -47,8 +47,8 @@ class RowFile:
 class LazyTexts:
     """One text column of some rows of a RowFile: what a TextSet holds for a streamed file."""
 
-    def __init__(self, file: RowFile, column: str, rows: np.ndarray, lengths: np.ndarray):
-        self.file, self.column, self.rows, self.lengths = file, column, rows, lengths
+    def __init__(self, file: RowFile, column: str, rows: np.ndarray):
+        self.file, self.column, self.rows = file, column, rows
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -64,7 +64,7 @@ class LazyTexts:
 
     def subset(self, idx) -> LazyTexts:
         idx = np.asarray(list(idx), dtype=np.int64)
-        return LazyTexts(self.file, self.column, self.rows[idx], self.lengths[idx])
+        return LazyTexts(self.file, self.column, self.rows[idx])
 
     def __iter__(self) -> Iterator[str]:
         for start in range(0, len(self), CHUNK):
@@ -118,7 +118,7 @@ def index_text_file(
     columns in memory."""
     from nnrecipe.data.text import TextSet
 
-    starts, sizes, text_len, pair_len, labels = [], [], [], [], []
+    starts, sizes, labels = [], [], []
     others: dict[str, list[str]] = {c: [] for c in other_columns}
     interned: dict[str, str] = {}  # one string object per distinct label or group
     header = None
@@ -139,9 +139,6 @@ def index_text_file(
             )
         starts.append(start)
         sizes.append(size)
-        text_len.append(len(str(record[text_column])))
-        if pair_column:
-            pair_len.append(len(str(record[pair_column])))
         label = str(record[label_column])
         labels.append(interned.setdefault(label, label))
         for c in other_columns:
@@ -151,8 +148,8 @@ def index_text_file(
         raise UserError(f"{path}: no rows")
     file = RowFile(path, fmt, header, np.asarray(starts, dtype=np.int64), np.asarray(sizes, dtype=np.int32))
     rows = np.arange(len(starts), dtype=np.int64)
-    texts = LazyTexts(file, text_column, rows, np.asarray(text_len, dtype=np.int32))
-    pairs = LazyTexts(file, pair_column, rows, np.asarray(pair_len, dtype=np.int32)) if pair_column else None
+    texts = LazyTexts(file, text_column, rows)
+    pairs = LazyTexts(file, pair_column, rows) if pair_column else None
     return TextSet(texts, pairs, labels, others)
 
 

@@ -72,17 +72,13 @@ class TextData(Section):
         "first, so a label's validation rows are the same in every recipe. null = all.",
     )
     max_length: int = Field(128, gt=1, description="Truncate to this many tokens.")
-    group_by_length: bool = Field(
-        True,
-        description="Batch similar lengths together (less padding, same randomness); streamed files group by "
-        "characters (their token counts are not known before a batch is drawn).",
-    )
+    group_by_length: bool = Field(True, description="Batch similar lengths together (less padding, same randomness).")
     stream: Literal["auto"] | bool = Field(
         "auto",
-        description="Leave the texts in their files: one pass keeps each row's place, label and length; a batch's "
-        "rows are read and tokenised when drawn. auto: when a file held in memory would pass data.memory_cap_mb "
-        "(about 25x its size on disk; the choice is printed). Streamed training data is split by rows "
-        "(split_groups auto or a column; containment needs the texts in memory).",
+        description="Leave the texts in their files: one pass keeps each row's place and label; a batch's rows "
+        "are read and tokenised when drawn (the batches are the in-memory path's). auto: when a file held in "
+        "memory would pass data.memory_cap_mb (about 25x its size on disk; the choice is printed). Streamed "
+        "training data is split by rows (split_groups auto or a column; containment needs the texts in memory).",
     )
     memory_cap_mb: int = Field(
         2048, gt=0, description="stream auto: the estimated in-memory size above which a file is streamed."
