@@ -14,6 +14,7 @@ from nnrecipe.data.containment import containment_groups, grouped_holdout
 from nnrecipe.data.splits import holdout
 from nnrecipe.data.text import StreamedTextLoader, TextLoader, TextSet, read_text_file
 from nnrecipe.data.tokens import Encoded, TokenSet, encode_words, read_token_file
+from nnrecipe.engine.loop import console
 from nnrecipe.errors import UserError
 from nnrecipe.tasks.family import Splits
 from nnrecipe.tasks.text_recipes import SPLIT_MODES, TextData, TokenData
@@ -65,8 +66,6 @@ def streams(data: TextData, path: Path) -> bool:
         return False  # the reader names the missing file
     if mb <= data.memory_cap_mb:
         return False
-    from nnrecipe.engine.loop import console
-
     console.print(
         f"streaming the texts of {path}: held in memory they would take about {mb:,.0f} MB, over "
         f"data.memory_cap_mb {data.memory_cap_mb:,} (data.stream: false keeps them in memory)",
@@ -98,8 +97,6 @@ def text_splits(data: TextData) -> Splits:
                 raise UserError(f"data.split_groups: column {data.split_groups!r} holds one value; a grouped "
                                 "split needs two or more (or set split_groups: auto)")  # fmt: skip
         if train.streamed and groups is None and data.split_groups == "auto":
-            from nnrecipe.engine.loop import console
-
             console.print("data.stream: validation held out by rows (texts that contain one another are not "
                           "looked for in a streamed file; split_groups: a column keeps groups together)")  # fmt: skip
         linked = len(groups) - len(set(groups)) if groups is not None else 0  # texts sharing a group
