@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -71,7 +74,85 @@ def test_resuming_with_another_number_of_processes_is_refused_clearly(tmp_path):
     recipe = make_recipe(tmp_path / "runs")
     run = create_run(recipe, "ddp")
     run.update_meta(status="running", processes=2)  # as a 2-process run killed mid-way leaves it
-    import pytest
-
     with pytest.raises(UserError, match=r"trained with 2 process\(es\); resume it with 2 \(this launch has 1\)"):
         get_family("image_classification").train(recipe, run, resume=True)
+
+
+def test_fsdp_trains_a_gpt_as_ddp_does_and_resumes_exactly(tmp_path):
+    """`train.strategy: fsdp` (FSDP2, gloo on CPU, two processes): the same losses and weights as DDP, a run
+    stopped mid-epoch and resumed equal to one that was not, and whole checkpoints a single process uses."""
+    import os
+
+    from tests.test_language_modeling import corpus
+
+    from nnrecipe.engine.checkpoint import load_checkpoint
+    from nnrecipe.runs import Run
+    from nnrecipe.tasks import get_family
+
+    (tmp_path / "train.txt").write_text(corpus())
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += [str(ROOT / "tests" / "fsdp_driver.py"), str(tmp_path / "train.txt"), str(tmp_path / "runs")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = done.stdout + done.stderr
+    assert "2 processes (FSDP)" in said and "2 processes (DDP)" in said
+    assert said.count("interrupted: checkpoint saved") == 1  # said once, by rank 0
+    runs = tmp_path / "runs"
+    ddp, fsdp, resumed = (_history(runs / n) for n in ("ddp", "fsdp", "fsdp-resumed"))
+    assert len(fsdp) == 3 and fsdp[-1][1] < fsdp[0][1]
+    assert sum(fsdp, ()) == pytest.approx(
+        sum(ddp, ()), rel=1e-5
+    )  # sharding changes where the sums are taken, nothing else
+    assert resumed == fsdp  # the interrupted epoch's loss included, summed over both processes
+    weights = {
+        n: load_checkpoint(runs / n / "checkpoints" / "last.safetensors")[0] for n in ("ddp", "fsdp", "fsdp-resumed")
+    }
+    assert weights["fsdp"].keys() == weights["ddp"].keys()  # whole, with the plain model's names
+    for name, value in weights["fsdp"].items():
+        assert torch.equal(value, weights["fsdp-resumed"][name]), name
+        # 1e-4: the attention's key bias has a gradient of rounding noise only (softmax ignores a shift),
+        # which Adam scales up; every other weight agrees to 2e-7
+        assert torch.allclose(value, weights["ddp"][name], atol=1e-4), name
+    optim = {n: load_checkpoint(runs / n / "checkpoints" / "last.safetensors")[1]["optimizer"] for n in ("ddp", "fsdp")}
+    assert optim["fsdp"]["state"].keys() == optim["ddp"]["state"].keys()  # numbered as Optimizer.state_dict()
+    for i, state in optim["ddp"]["state"].items():
+        assert torch.allclose(optim["fsdp"]["state"][i]["exp_avg_sq"], state["exp_avg_sq"], atol=1e-7), i
+    assert list((runs / "fsdp" / "tensorboard").iterdir())  # its samples, drawn by both processes
+    run = Run(runs / "fsdp")
+    assert run.report()["val"]["loss"] == pytest.approx(Run(runs / "ddp").report()["val"]["loss"], rel=1e-5)
+    family = get_family("language_modeling")
+    assert len(family.generate(run, "the ", max_new_tokens=12, seed=0)["text"]) == 12  # one process, no group
+
+
+def test_fsdp_is_refused_where_it_cannot_shard(tmp_path):
+    """Families without transformer blocks, recurrent models, and what would need the whole weights."""
+    from tests.conftest import make_recipe
+
+    from nnrecipe.engine.sharding import shard, shard_units
+    from nnrecipe.errors import RecipeError, UserError
+    from nnrecipe.models.sequence import SequenceConfig, build_sequence_model
+    from nnrecipe.recipe import validate_recipe
+    from nnrecipe.runs import create_run
+    from nnrecipe.tasks import get_family
+
+    recipe = make_recipe(tmp_path / "runs", "train.strategy=fsdp")
+    with pytest.raises(
+        RecipeError, match=r"train.strategy: fsdp is for .*language_modeling.*this run: image_classification"
+    ):
+        get_family("image_classification").train(recipe, create_run(recipe, "fsdp"))
+    for extra, named in ((["train.ema=true"], "ema"), (["train.adversarial.method=fgm"], "adversarial")):
+        with pytest.raises(RecipeError, match=f"fsdp does not combine with {named}"):
+            make_recipe(tmp_path / "runs", "train.strategy=fsdp", *extra)
+    with pytest.raises(RecipeError, match="continual.strategy: ewc does not combine with train.strategy: fsdp"):
+        validate_recipe(
+            {"task": "text_classification", "train": {"strategy": "fsdp"}, "continual": {"strategy": "ewc"}}
+        )
+    gpt = build_sequence_model(SequenceConfig(kind="gpt", vocab_size=10, block_size=8, n_layer=3, n_head=2, n_embd=16))
+    assert shard_units(gpt) == list(gpt.blocks)[::-1]
+    lstm = build_sequence_model(
+        SequenceConfig(kind="lstm", vocab_size=10, block_size=8, n_layer=1, n_embd=16, hidden=16)
+    )
+    optimizer = torch.optim.AdamW(lstm.parameters())
+    with pytest.raises(UserError, match="this model has a LSTM, which FSDP cannot shard; use train.strategy: ddp"):
+        shard(lstm, optimizer, torch.device("cpu"), 2)

@@ -224,6 +224,14 @@ class Train(Section):
     adversarial: Adversarial | None = Field(
         None, description="Adversarial training (image and text classification, NER); null = off."
     )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="How the processes of a multi-process run (--nproc, torchrun) share the model: ddp, each "
+        "holds all of it and gradients are averaged; fsdp, PyTorch FSDP2: parameters, gradients and optimiser "
+        "state sharded across the processes, each transformer block gathered only while it computes (text "
+        "and token classification, language modelling; CPU over gloo and CUDA over NCCL). Checkpoints are "
+        "whole either way. One process: no difference.",
+    )
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads; null = torch's default.")
     log_every: int = Field(50, gt=0, description="Steps between non-finite-loss checks and TensorBoard step logs.")
 
@@ -232,6 +240,11 @@ class Train(Section):
         chosen = [n for n, on in (("ema", self.ema), ("swa", self.swa), ("average_last", self.average_last)) if on]
         if len(chosen) > 1:
             raise ValueError(f"{chosen[0]} and {chosen[1]} both average the weights; choose one")
+        if chosen and self.strategy == "fsdp":  # the averaged copy would be a second, unsharded model
+            raise ValueError(f"strategy: fsdp does not combine with {chosen[0]} (its averaged copy is not sharded); "
+                             "use strategy: ddp, or drop the averaging")  # fmt: skip
+        if self.adversarial is not None and self.strategy == "fsdp":  # it perturbs whole weights between passes
+            raise ValueError("strategy: fsdp does not combine with adversarial training; use strategy: ddp")
         return self
 
     def total_steps(self, steps_per_epoch: int) -> int:

@@ -29,13 +29,16 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from nnrecipe.engine.averaging import has_batchnorm, recompute_batchnorm, weight_averaging
 from nnrecipe.engine.checkpoint import load_checkpoint, save_checkpoint, split_prefix, with_prefix
 from nnrecipe.engine.config import Schedule, Train
+from nnrecipe.engine.distributed import is_main_process
 from nnrecipe.engine.optim import build_scheduler
 from nnrecipe.engine.precision_probe import decide, probe_enabled
 from nnrecipe.engine.seeding import rng_state, set_rng_state
+from nnrecipe.engine.sharding import autocast_forward, full_model_state, full_optimizer_state, load_full_state, shard
 from nnrecipe.engine.tracking import Tracker
 from nnrecipe.errors import UserError
 
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+# what a run says is said once: by rank 0 of a multi-process run (errors still come from every process)
+console = Console(stderr=True, highlight=False, soft_wrap=True, quiet=not is_main_process())
 
 
 class EpochLoader(Protocol):
@@ -144,12 +147,12 @@ def choose_precision(cfg: Train, cuda: bool, cpu_bf16: bool | None) -> tuple[str
     return "bf16", f"auto: a matmul-heavy task on a CPU with {units}"
 
 
-def describe(acc: Accelerator) -> str:
+def describe(acc: Accelerator, strategy: str = "ddp") -> str:
     """Where a run trains, for its first console line."""
     text = f"device {acc.device}, precision {acc.mixed_precision.replace('no', 'fp32')}"
     reason = getattr(acc, "precision_reason", "")
     text += f" ({reason})" if reason else ""
-    return text + (f", {acc.num_processes} processes (DDP)" if acc.num_processes > 1 else "")
+    return text + (f", {acc.num_processes} processes ({strategy.upper()})" if acc.num_processes > 1 else "")
 
 
 def make_accelerator(cfg: Train, cpu_bf16: bool | None = None) -> Accelerator:
@@ -247,7 +250,16 @@ class Trainer:
         # step in package look-ups, which is 5% of a small convnet's step on CPU; the fp16 loss scaler it
         # would drive is driven below instead. The scheduler is not prepared either: Accelerate would step
         # it once per process.
-        self.model, self.optimizer = accelerator.prepare(model), optimizer
+        # train.strategy fsdp shards the model over the processes instead (engine/sharding.py).
+        self.sharded = train_cfg.strategy == "fsdp" and accelerator.num_processes > 1
+        if self.sharded:
+            self.model, self.optimizer = (
+                shard(model, optimizer, accelerator.device, accelerator.num_processes),
+                optimizer,
+            )
+            autocast_forward(self.model, accelerator)
+        else:
+            self.model, self.optimizer = accelerator.prepare(model), optimizer
         self.scaler = accelerator.scaler  # a GradScaler with fp16, else None
         self.total_steps = train_cfg.total_steps(self.steps_per_epoch)
         self.epochs = train_cfg.planned_epochs(self.steps_per_epoch)
@@ -311,12 +323,16 @@ class Trainer:
         self.model.train()
         for cb in self.callbacks:
             cb.on_train_mode(epoch, self._bare())
-        loss_sum = torch.tensor(s.epoch_loss_sum, device=self.acc.device)
-        examples, started = s.epoch_examples, time.perf_counter() - s.epoch_seconds
+        # a resumed epoch's partial sums are totals over all processes: rank 0 carries them on, the rest start at 0
+        carried = self.acc.is_main_process
+        loss_sum = torch.tensor(s.epoch_loss_sum if carried else 0.0, device=self.acc.device)
+        examples, started = s.epoch_examples if carried else 0, time.perf_counter() - s.epoch_seconds
         bar = self._progress(epoch, n_batches, s.step_in_epoch)
         for i, batch in enumerate(self.train_loader.batches(epoch, s.step_in_epoch), start=s.step_in_epoch):
             sync = (i + 1) % accum == 0 or i + 1 == n_batches
-            with self.acc.no_sync(self.model) if not sync else nullcontext():
+            if self.sharded and accum > 1:
+                self.model.set_requires_gradient_sync(sync)  # FSDP's no_sync: reduce once per optimiser step
+            with self.acc.no_sync(self.model) if not sync and not self.sharded else nullcontext():
                 loss, n = self.task.training_loss(self.model, batch)
                 scaled = loss / accum if accum > 1 else loss
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
@@ -337,19 +353,24 @@ class Trainer:
             if done:
                 break
             if sync and self.stop_requested and i + 1 < n_batches:
-                s.step_in_epoch, s.epoch_loss_sum, s.epoch_examples = i + 1, loss_sum.item(), examples
+                s.step_in_epoch = i + 1
+                s.epoch_loss_sum, s.epoch_examples = self._over_processes(loss_sum, examples)
                 s.epoch_seconds = time.perf_counter() - started
                 self._interrupt(bar)
                 return
         if bar is not None:
             bar[0].stop()
-        if self.acc.num_processes > 1:  # the epoch's loss and throughput over all processes
+        s.epoch_loss_sum, s.epoch_examples = self._over_processes(loss_sum, examples)
+        s.epoch_seconds = time.perf_counter() - started
+
+    def _over_processes(self, loss_sum: torch.Tensor, examples: int) -> tuple[float, int]:
+        """The epoch's loss sum and example count so far, summed over all processes."""
+        if self.acc.num_processes > 1:
             totals = self.acc.reduce(
                 torch.stack([loss_sum, torch.tensor(float(examples), device=loss_sum.device)]), "sum"
             )
             loss_sum, examples = totals[0], int(totals[1].item())
-        s.epoch_loss_sum, s.epoch_examples = loss_sum.item(), examples
-        s.epoch_seconds = time.perf_counter() - started
+        return loss_sum.item(), examples
 
     def _optimizer_step(self) -> None:
         if self.scaler is not None and (self.cfg.clip_grad_norm or self.cfg.clip_grad_value):
@@ -494,9 +515,13 @@ class Trainer:
     def _save(self, path: Path, full: bool, weights: str = "", model: nn.Module | None = None) -> None:
         """`full`: everything resume needs; else the weights a run is used with (`model`, default the live
         one), with `weights` saying what they are."""
+        if self.sharded:  # gathering the shards is a collective: every process joins, rank 0 writes
+            weights_now, optimizer_now = full_model_state(self.model), full_optimizer_state(self.model, self.optimizer)
         if not self.acc.is_main_process:
             return
-        tensors = with_prefix((model or self._bare()).state_dict(), "model")
+        if not self.sharded:
+            weights_now = (model or self._bare()).state_dict()
+        tensors = with_prefix(weights_now, "model")
         if self.ema is not None and model is None:
             tensors.update(with_prefix(self.ema.state_dict(), "ema"))
         state: dict[str, Any] = {"fit": asdict(self.state)}
@@ -504,7 +529,7 @@ class Trainer:
             self.weights = state["weights"] = weights
         if full:
             state |= {
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer_now if self.sharded else self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state(),
             }
@@ -517,10 +542,13 @@ class Trainer:
         tensors, state = load_checkpoint(self.last_path, device="cpu")
         if not isinstance(state, dict) or "optimizer" not in state:
             raise UserError(f"{self.last_path} is not a resumable checkpoint")
-        self._bare().load_state_dict(split_prefix(tensors, "model"))
+        if self.sharded:
+            load_full_state(self.model, self.optimizer, split_prefix(tensors, "model"), state["optimizer"])
+        else:
+            self._bare().load_state_dict(split_prefix(tensors, "model"))
+            self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
             self.ema.load_state_dict(split_prefix(tensors, "ema"))
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = FitState(**state["fit"])
         if self.averaging is not None:

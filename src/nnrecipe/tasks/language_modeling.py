@@ -93,14 +93,16 @@ class SampleEveryEpoch(Callback):
 
     def after_step(self, trainer) -> None:
         step = trainer.state.global_step
-        if not trainer.acc.is_main_process or step % self.every:
+        # a sharded model's every forward is a collective: then every process samples, rank 0 logs
+        if step % self.every or not (trainer.acc.is_main_process or trainer.sharded):
             return
         s = self.sample
         inf = Inference(trainer.eval_model(), [], None, self.tokenizer)
         prompt = s.prompts[0] if s.prompts else "\n"
         out = self.family.continue_text(inf, prompt, min(s.max_new_tokens, 200), s.temperature, s.top_k, s.top_p, s.seed,
                                         device=trainer.acc.device)  # fmt: skip
-        trainer.tracker.log_text("sample", prompt + out["text"], step)
+        if trainer.acc.is_main_process:
+            trainer.tracker.log_text("sample", prompt + out["text"], step)
 
 
 def stream_splits(recipe: LMRecipe) -> Splits:
@@ -194,6 +196,7 @@ class LanguageModeling(SupervisedFamily):
     output = outputs.GENERATION
     card_metrics = ("loss", "perplexity", "bits_per_char")
     predict_inputs = "texts"
+    fsdp = True
 
     def splits(self, recipe: LMRecipe) -> Splits:
         return stream_splits(recipe)

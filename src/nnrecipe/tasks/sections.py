@@ -59,6 +59,14 @@ class TrainedRecipe(FamilyRecipe):
                     raw[section] = {**values, **(given or {})}
         return raw
 
+    @model_validator(mode="after")
+    def _ewc_unsharded(self):
+        continual = getattr(self, "continual", None)
+        if self.train.strategy == "fsdp" and getattr(continual, "strategy", "") == "ewc":
+            # its penalty compares each whole weight with the earlier run's; FSDP holds shards of them
+            raise ValueError("continual.strategy: ewc does not combine with train.strategy: fsdp; use ddp")
+        return self
+
 
 class ContinualBase(Section):
     """Continual learning, what every classifier family offers: a run that continues another (its weights,

@@ -103,6 +103,9 @@ class EvaluatedFamily(TaskFamily):
 class SupervisedFamily(EvaluatedFamily):
     """A family trained by the engine on its splits: supply `splits`, `setup` and `report`."""
 
+    # train.strategy fsdp: its models are transformers that FSDP shards block by block (engine/sharding.py)
+    fsdp: ClassVar[bool] = False
+
     def adversarial_of(self, recipe: Any):
         """`train.adversarial` checked against this family, its epsilon filled in; None when it is off."""
         adv = recipe.train.adversarial
@@ -130,6 +133,9 @@ class SupervisedFamily(EvaluatedFamily):
     def train(self, recipe: Any, run: Run, *, resume: bool = False, callbacks: list[Callback] = ()) -> dict[str, Any]:
         """Train (or resume) a run, then report its best weights on test (else validation)."""
         self.adversarial_of(recipe)  # a method this family cannot train with: refused before anything starts
+        if recipe.train.strategy == "fsdp" and not self.fsdp:
+            offering = [n for n in family_names() if getattr(get_family(n), "fsdp", False)]
+            raise RecipeError(f"train.strategy: fsdp is for {', '.join(offering)} (this run: {self.name}); use ddp")
         seed_everything(recipe.train.seed)
         acc = make_accelerator(recipe.train, cpu_bf16=self.bf16_on_cpu(recipe))
         before = run.meta().get("processes", 1)
@@ -162,7 +168,7 @@ class SupervisedFamily(EvaluatedFamily):
             **splits.meta,
             **s.meta,
         )
-        console.print(f"{s.summary}; {describe(acc)}", soft_wrap=True)
+        console.print(f"{s.summary}; {describe(acc, recipe.train.strategy)}", soft_wrap=True)
         tracker = Tracker.for_recipe(run.dir, recipe)
         trainer = Trainer(
             accelerator=acc,

@@ -44,6 +44,8 @@ class TransformerFamily(SupervisedFamily):
     """A text encoder with a `head` ("sequence" or "token"): pretrained (Hugging Face) and fine-tuned fully, as
     a frozen probe or with a peft method, or a from-scratch baseline (text_models.py)."""
 
+    fsdp = True
+
     head: ClassVar[str]
     ensemble_inputs = ("labels", "max_length")  # and one tokenizer (checked); the encoders and modes may differ
     cpu_bf16 = True  # transformers: bf16 autocast makes a MiniLM step 1.85x faster on an AMX CPU
