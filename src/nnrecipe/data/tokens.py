@@ -1,31 +1,50 @@
 """Token classification (NER) data: CoNLL column files and JSONL, tags normalised to IOB2, and the
-alignment between words and a fast tokenizer's sub-tokens (label on the first sub-token, -100 elsewhere)."""
+alignment between words and a fast tokenizer's sub-tokens (label on the first sub-token, -100 elsewhere).
+A streamed file (data.stream) keeps each sentence's place and its tags; its words are read when a batch,
+a report or a check asks for them."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from nnrecipe.errors import UserError
 
 IGNORE = -100  # the label cross-entropy skips
+CHUNK = 4096  # streamed sentences read together when iterating
 
 
 @dataclass
 class TokenSet:
-    words: list[list[str]]
+    words: list[list[str]] | LazyWords  # LazyWords: a streamed file's words, read when asked for
     tags: list[list[str]]
 
     def __len__(self) -> int:
-        return len(self.words)
+        return len(self.tags)
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.words, LazyWords)
+
+    def in_memory(self) -> TokenSet:
+        """The same sentences with their words read into lists."""
+        return TokenSet(list(self.words), self.tags) if self.streamed else self
 
     def subset(self, idx) -> TokenSet:
         idx = list(idx)
-        return TokenSet([self.words[i] for i in idx], [self.tags[i] for i in idx])
+        words = self.words.subset(idx) if self.streamed else [self.words[i] for i in idx]
+        return TokenSet(words, [self.tags[i] for i in idx])
 
     def concat(self, other: TokenSet) -> TokenSet:
+        if self.streamed or other.streamed:
+            raise UserError(
+                "continual: streamed sentences cannot be joined with a replay memory; set data.stream: false"
+            )
         return TokenSet(self.words + other.words, self.tags + other.tags)
 
 
@@ -47,6 +66,73 @@ def _check_tags(path: Path, where: str, tags: list[str]) -> None:
             raise UserError(f"{path}:{where}: tag {t!r} is not O, B-TYPE or I-TYPE (IOB1/IOB2 expected)")
 
 
+@dataclass
+class TokenFormat:
+    """How a file's sentences are written: CoNLL columns or JSONL keys."""
+
+    fmt: str = "conll"
+    token_column: int = 0
+    tag_column: int = -1
+    tokens_key: str = "tokens"
+    tags_key: str = "tags"
+
+    def jsonl_row(self, path: Path, n: int, line: str) -> tuple[list[str], list[str]]:
+        try:
+            row = json.loads(line)
+            return [str(x) for x in row[self.tokens_key]], [str(x) for x in row[self.tags_key]]
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        except (KeyError, TypeError):
+            raise UserError(
+                f"{path}:{n}: expected an object with lists {self.tokens_key!r} and {self.tags_key!r} "
+                "(set data.tokens_key / data.tags_key)"
+            ) from None
+
+    def conll_columns(self, path: Path, n: int, cols: list[str]) -> tuple[str, str]:
+        try:
+            return cols[self.token_column], cols[self.tag_column]
+        except IndexError:
+            raise UserError(
+                f"{path}:{n}: {len(cols)} columns; data.token_column={self.token_column} and "
+                f"data.tag_column={self.tag_column} need more"
+            ) from None
+
+
+def sentences_of(path: Path, form: TokenFormat) -> Iterator[tuple[int, int, list[str], list[str]]]:
+    """(start byte, size in bytes, words, IOB2 tags) of each sentence of a CoNLL or JSONL file, checked."""
+    with path.open("rb") as f:
+        pos = 0
+        if form.fmt == "jsonl":
+            for n, raw in enumerate(f, 1):
+                line = raw.decode("utf-8")
+                if line.strip():
+                    w, t = form.jsonl_row(path, n, line)
+                    if len(w) != len(t):
+                        raise UserError(f"{path}:{n}: {len(w)} tokens but {len(t)} tags")
+                    _check_tags(path, str(n), t)
+                    if w:
+                        yield pos, len(raw), w, to_iob2(t)
+                pos += len(raw)
+            return
+        first, sent_w, sent_t = 0, [], []
+        for n, raw in enumerate(f, 1):
+            cols = raw.decode("utf-8").split()
+            if not cols or cols[0] == "-DOCSTART-":
+                if sent_w:
+                    yield first, pos - first, sent_w, to_iob2(sent_t)
+                sent_w, sent_t = [], []
+            else:
+                w, t = form.conll_columns(path, n, cols)
+                _check_tags(path, str(n), [t])
+                if not sent_w:
+                    first = pos
+                sent_w.append(w)
+                sent_t.append(t)
+            pos += len(raw)
+        if sent_w:
+            yield first, pos - first, sent_w, to_iob2(sent_t)
+
+
 def read_token_file(
     path: Path,
     fmt: str = "auto",
@@ -54,63 +140,83 @@ def read_token_file(
     tag_column: int = -1,
     tokens_key: str = "tokens",
     tags_key: str = "tags",
+    stream: bool = False,
 ) -> TokenSet:
     """Sentences from a CoNLL column file (whitespace-separated columns, blank lines and -DOCSTART-
-    between sentences) or a JSONL file ({"tokens": [...], "tags": [...]} per line); tags come back IOB2."""
+    between sentences) or a JSONL file ({"tokens": [...], "tags": [...]} per line); tags come back IOB2.
+    `stream`: the words stay in the file, read when asked for; the tags (one shared string per tag) are held."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
     if fmt == "auto":
         fmt = "jsonl" if path.suffix.lower() in (".jsonl", ".json") else "conll"
+    form = TokenFormat(fmt, token_column, tag_column, tokens_key, tags_key)
     words: list[list[str]] = []
     tags: list[list[str]] = []
-    if fmt == "jsonl":
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                w, t = [str(x) for x in row[tokens_key]], [str(x) for x in row[tags_key]]
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-            except (KeyError, TypeError):
-                raise UserError(
-                    f"{path}:{i}: expected an object with lists {tokens_key!r} and {tags_key!r} "
-                    "(set data.tokens_key / data.tags_key)"
-                ) from None
-            if len(w) != len(t):
-                raise UserError(f"{path}:{i}: {len(w)} tokens but {len(t)} tags")
-            _check_tags(path, str(i), t)
-            if w:
-                words.append(w)
-                tags.append(to_iob2(t))
-    else:
-        sent_w: list[str] = []
-        sent_t: list[str] = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            cols = line.split()
-            if not cols or cols[0] == "-DOCSTART-":
-                if sent_w:
-                    words.append(sent_w)
-                    tags.append(to_iob2(sent_t))
-                sent_w, sent_t = [], []
-                continue
-            try:
-                w, t = cols[token_column], cols[tag_column]
-            except IndexError:
-                raise UserError(
-                    f"{path}:{i}: {len(cols)} columns; data.token_column={token_column} and "
-                    f"data.tag_column={tag_column} need more"
-                ) from None
-            _check_tags(path, str(i), [t])
-            sent_w.append(w)
-            sent_t.append(t)
-        if sent_w:
-            words.append(sent_w)
-            tags.append(to_iob2(sent_t))
-    if not words:
+    starts: list[int] = []
+    sizes: list[int] = []
+    interned: dict[str, str] = {}
+    for start, size, w, t in sentences_of(path, form):
+        if stream:
+            starts.append(start)
+            sizes.append(size)
+            t = [interned.setdefault(x, x) for x in t]
+        else:
+            words.append(w)
+        tags.append(t)
+    if not tags:
         raise UserError(f"{path}: no sentences")
+    if stream:
+        file = SentenceFile(path, form, np.asarray(starts, dtype=np.int64), np.asarray(sizes, dtype=np.int32))
+        return TokenSet(LazyWords(file, np.arange(len(tags), dtype=np.int64)), tags)
     return TokenSet(words, tags)
+
+
+class SentenceFile:
+    """A CoNLL or JSONL file's sentences, located by byte offset (data.stream for NER data)."""
+
+    def __init__(self, path: Path, form: TokenFormat, starts: np.ndarray, sizes: np.ndarray):
+        self.path, self.form, self.starts, self.sizes = Path(path), form, starts, sizes
+
+    def words(self, idx) -> list[list[str]]:
+        """The words of the sentences at `idx`, in that order (read in file order)."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        out: list[list[str]] = [[] for _ in idx]
+        with self.path.open("rb") as f:
+            for j in np.argsort(self.starts[idx], kind="stable").tolist():
+                f.seek(int(self.starts[idx[j]]))
+                out[j] = self._parse(f.read(int(self.sizes[idx[j]])).decode("utf-8"))
+        return out
+
+    def _parse(self, record: str) -> list[str]:
+        if self.form.fmt == "jsonl":
+            return self.form.jsonl_row(self.path, 0, record)[0]
+        return [line.split()[self.form.token_column] for line in record.splitlines() if line.strip()]
+
+
+class LazyWords:
+    """The word lists of some sentences of a SentenceFile: what a TokenSet holds for a streamed file."""
+
+    def __init__(self, file: SentenceFile, rows: np.ndarray):
+        self.file, self.rows = file, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i) -> list[str]:
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError("LazyWords: index with one integer, or read(indices)")
+        return self.read([i])[0]
+
+    def read(self, idx) -> list[list[str]]:
+        return self.file.words(self.rows[np.asarray(idx, dtype=np.int64)])
+
+    def subset(self, idx) -> LazyWords:
+        return LazyWords(self.file, self.rows[np.asarray(list(idx), dtype=np.int64)])
+
+    def __iter__(self) -> Iterator[list[str]]:
+        for start in range(0, len(self), CHUNK):
+            yield from self.read(range(start, min(start + CHUNK, len(self))))
 
 
 def tag_names(tags: list[list[str]]) -> list[str]:

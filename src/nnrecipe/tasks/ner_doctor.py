@@ -105,7 +105,8 @@ def plan(recipe) -> DoctorPlan:
 
 def prepare(recipe):
     splits = token_splits(recipe.data)
-    train, val, test = splits.train, splits.val, splits.test
+    # its checks tokenise and compare whole splits: a streamed file's words are read into memory for them
+    train, val, test = (p.in_memory() if p is not None else None for p in (splits.train, splits.val, splits.test))
     tags = tag_names(train.tags + (val.tags if val else []))
     _, tokenizer, _ = new_model(recipe.model.model_copy(update={"finetune": "full"}), tags, "token", sentences(train))
     return train, val, test, tags, tokenizer

@@ -5,13 +5,14 @@ classification, embeddings) and their doctors."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 
 from nnrecipe.data.containment import containment_groups, grouped_holdout
 from nnrecipe.data.splits import holdout
+from nnrecipe.data.stream import prefetched
 from nnrecipe.data.text import StreamedTextLoader, TextLoader, TextSet, read_text_file
 from nnrecipe.data.tokens import Encoded, TokenSet, encode_words, read_token_file
 from nnrecipe.engine.loop import console
@@ -47,6 +48,8 @@ def text_loader(tokenizer, part: TextSet, labels: list[str], bs: int, max_length
 # bytes on disk at the peak: JSONL files of short reviews tokenised for MiniLM raised the peak resident memory by
 # 513 MB (29 MB, 200,000 rows) and 220 MB (8.7 MB, 60,000 rows; tests/test_text_stream.py).
 MEMORY_PER_FILE_BYTE = 25
+# NER: CoNLL-2003's 3.1 MB train file read, tokenised for MiniLM and batched raised the peak by 114 MB (36x)
+MEMORY_PER_CONLL_BYTE = 36
 
 
 def read_texts(data: TextData, path: Path) -> TextSet:
@@ -56,18 +59,19 @@ def read_texts(data: TextData, path: Path) -> TextSet:
     )  # fmt: skip
 
 
-def streams(data: TextData, path: Path) -> bool:
-    """data.stream, with auto resolved from the file's size on disk against data.memory_cap_mb (printed)."""
+def streams(data: TextData | TokenData, path: Path, per_byte: int = MEMORY_PER_FILE_BYTE) -> bool:
+    """data.stream, with auto resolved from the file's size on disk (times `per_byte`, the measured cost of
+    holding a byte of it in memory) against data.memory_cap_mb (printed)."""
     if data.stream != "auto":
         return bool(data.stream)
     try:
-        mb = Path(path).stat().st_size * MEMORY_PER_FILE_BYTE / 2**20
+        mb = Path(path).stat().st_size * per_byte / 2**20
     except OSError:
         return False  # the reader names the missing file
     if mb <= data.memory_cap_mb:
         return False
     console.print(
-        f"streaming the texts of {path}: held in memory they would take about {mb:,.0f} MB, over "
+        f"streaming {path}: held in memory they would take about {mb:,.0f} MB, over "
         f"data.memory_cap_mb {data.memory_cap_mb:,} (data.stream: false keeps them in memory)",
         soft_wrap=True,
     )
@@ -134,9 +138,63 @@ class WordLoader(TextLoader):
         super().__init__(encoded.input_ids, encoded.labels, batch_size, pad_id, **kw)
         self.encoded = encoded
 
+    def tagged_batches(self) -> Iterator[tuple[dict[str, torch.Tensor], list[list[int]], list[int]]]:
+        """Each batch in order with, per sentence, the word of each labelled position and the word count."""
+        i, enc = 0, self.encoded
+        for batch in self.batches():
+            n = len(batch["labels"])
+            yield batch, enc.word_index[i : i + n], enc.n_words[i : i + n]
+            i += n
+
+
+class StreamedWordLoader(TextLoader):
+    """A WordLoader over a streamed TokenSet: a batch's sentences are read, tokenised and aligned when it is
+    drawn (a thread makes the next two while one trains). Grouping by length takes one tokenising pass that
+    keeps each sentence's sub-token count alone, so the batches are the in-memory loader's, tensor for tensor."""
+
+    def __init__(
+        self, tokenizer, part: TokenSet, tag_ids: dict[str, int], batch_size: int, max_length: int, *,
+        device="cpu", shuffle=False, seed=0, group_by_length=False, rank: int = 0, world_size: int = 1,
+    ):  # fmt: skip
+        self.tokenizer, self.part, self.tag_ids, self.max_length = tokenizer, part, tag_ids, max_length
+        grouped = group_by_length and shuffle
+        self.lengths = self._counts() if grouped else [0] * len(part)
+        self.per_token, self.type_ids = True, None
+        self._batching(batch_size, tokenizer.pad_token_id, device, shuffle, seed, group_by_length, rank, world_size)
+
+    def _counts(self, chunk: int = 1024) -> list[int]:
+        counts: list[int] = []
+        for start in range(0, len(self.part), chunk):
+            words = self.part.words.read(range(start, min(start + chunk, len(self.part))))
+            enc = self.tokenizer(words, is_split_into_words=True, truncation=True, max_length=self.max_length)
+            counts += [len(ids) for ids in enc["input_ids"]]
+        return counts
+
+    def _encoded(self, idx: list[int]) -> tuple[dict[str, torch.Tensor], Encoded]:
+        tags = [self.part.tags[i] for i in idx]
+        enc = encode_words(self.tokenizer, self.part.words.read(idx), tags, self.tag_ids, self.max_length)
+        ids = [torch.tensor(e, dtype=torch.long) for e in enc.input_ids]
+        labels = [torch.tensor(row, dtype=torch.long) for row in enc.labels]
+        return self._collate(ids, [len(e) for e in ids], labels, None), enc
+
+    def _drawn(self, epoch: int, start: int) -> Iterator[tuple[dict[str, torch.Tensor], Encoded]]:
+        order = self._order(epoch)
+        return prefetched(lambda i: self._encoded(order[i]), start, len(order))
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        for batch, _ in self._drawn(epoch, start):
+            yield batch
+
+    def tagged_batches(self) -> Iterator[tuple[dict[str, torch.Tensor], list[list[int]], list[int]]]:
+        for batch, enc in self._drawn(0, 0):
+            yield batch, enc.word_index, enc.n_words
+
 
 def read_tokens(data: TokenData, path: Path) -> TokenSet:
-    return read_token_file(path, data.format, data.token_column, data.tag_column, data.tokens_key, data.tags_key)
+    return read_token_file(
+        path, data.format, data.token_column, data.tag_column, data.tokens_key, data.tags_key,
+        stream=streams(data, path, MEMORY_PER_CONLL_BYTE),
+    )  # fmt: skip
 
 
 def token_splits(data: TokenData) -> Splits:
@@ -152,11 +210,16 @@ def token_splits(data: TokenData) -> Splits:
     return Splits(train, val, test)
 
 
-def word_loader(tokenizer, part: TokenSet, tags: list[str], bs: int, max_length: int, device, **kw) -> WordLoader:
+def word_loader(
+    tokenizer, part: TokenSet, tags: list[str], bs: int, max_length: int, device, **kw
+) -> WordLoader | StreamedWordLoader:
+    """Tokenised and aligned once (a streamed set: batch by batch as drawn); tags outside `tags` are a clear error."""
     tag_ids = {t: i for i, t in enumerate(tags)}
     unknown = sorted({t for sent in part.tags for t in sent} - set(tag_ids))
     if unknown:
         raise UserError(f"tags {', '.join(unknown[:5])} are not in the run's tag set ({', '.join(tags)})")
+    if part.streamed:
+        return StreamedWordLoader(tokenizer, part, tag_ids, bs, max_length, device=device, **kw)
     encoded = encode_words(tokenizer, part.words, part.tags, tag_ids, max_length)
     return WordLoader(encoded, bs, tokenizer.pad_token_id, device=device, **kw)
 
@@ -169,6 +232,8 @@ def texts(part: TextSet) -> Iterable[str]:
     return part.texts + (part.pairs or [])
 
 
-def sentences(part: TokenSet) -> list[str]:
-    """The words of an NER split as one line per sentence, to fit a tokenizer on."""
-    return [" ".join(words) for words in part.words]
+def sentences(part: TokenSet) -> Iterable[str]:
+    """The words of an NER split as one line per sentence, to fit a tokenizer on (a streamed split's read
+    from its file as iterated)."""
+    lines = (" ".join(words) for words in part.words)
+    return lines if part.streamed else list(lines)

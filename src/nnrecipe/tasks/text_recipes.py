@@ -179,6 +179,15 @@ class TokenData(Section):
     limit: int | None = Field(None, gt=0, description="Use only the first N training sentences.")
     max_length: int = Field(128, gt=1, description="Truncate to this many sub-tokens; words beyond it are predicted O.")
     group_by_length: bool = Field(True, description="Batch similar lengths together (less padding, same randomness).")
+    stream: Literal["auto"] | bool = Field(
+        "auto",
+        description="Leave the words in their files: one pass keeps each sentence's place and its tags; a "
+        "batch's sentences are read and tokenised when drawn (the batches are the in-memory path's). auto: when "
+        "a file held in memory would pass data.memory_cap_mb (the estimate and the choice are printed).",
+    )
+    memory_cap_mb: int = Field(
+        2048, gt=0, description="stream auto: the estimated in-memory size above which a file is streamed."
+    )
 
 
 class TokenRecipe(TrainedRecipe):

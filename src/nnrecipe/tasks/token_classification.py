@@ -4,6 +4,8 @@ Labels sit on each word's first sub-token; predictions are read back per word an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from nnrecipe.tasks.family import DoctorPlan, Metric, Splits, register_family
 from nnrecipe.tasks.ner_doctor import plan as doctor_plan
 from nnrecipe.tasks.serving import autocast
 from nnrecipe.tasks.supervised import plot_paths
-from nnrecipe.tasks.text_inputs import WordLoader, read_tokens, sentences, token_splits, word_loader
+from nnrecipe.tasks.text_inputs import StreamedWordLoader, WordLoader, read_tokens, sentences, token_splits, word_loader
 from nnrecipe.tasks.text_recipes import TokenRecipe
 from nnrecipe.tasks.transformer import TransformerFamily, TransformerPredictor
 
@@ -36,10 +38,10 @@ class NerTask:
         return model(**batch).loss, len(batch["labels"])
 
     def evaluate(self, model: nn.Module, loader: WordLoader) -> dict[str, float]:
-        pred, loss = predict_tags(model, loader, self.tags)
-        s = ner_summary(self.gold, pred)
+        tagged = predict_tags(model, loader, self.tags)
+        s = ner_summary(self.gold, tagged.tags)
         return {
-            "loss": loss,
+            "loss": tagged.loss,
             "f1": s["f1"],
             "precision": s["precision"],
             "recall": s["recall"],
@@ -47,16 +49,25 @@ class NerTask:
         }
 
 
+@dataclass
+class Tagged:
+    """What predict_tags found: per sentence, per word, the tag predicted; the mean token loss where labels
+    exist; how many words max_length cut off (predicted O)."""
+
+    tags: list[list[str]]
+    loss: float
+    truncated_words: int
+
+
 @torch.no_grad()
-def predict_tags(model: nn.Module, loader: WordLoader, tags: list[str]) -> tuple[list[list[str]], float]:
-    """Per word: the tag predicted at its first sub-token ("O" for words the tokenizer cut off), and the
-    mean token loss where labels exist. The loader must not shuffle."""
+def predict_tags(model: nn.Module, loader: WordLoader | StreamedWordLoader, tags: list[str]) -> Tagged:
+    """Per word: the tag predicted at its first sub-token ("O" for words the tokenizer cut off). The loader
+    must not shuffle."""
     was_training = model.training
     model.eval()
     out: list[list[str]] = []
-    loss_sum, count = 0.0, 0
-    enc = loader.encoded
-    for batch in loader.batches():
+    loss_sum, count, truncated = 0.0, 0, 0
+    for batch, word_index, n_words in loader.tagged_batches():
         labels = batch.pop("labels")
         logits = model(**batch).logits.float()
         keep = labels != -100
@@ -64,14 +75,14 @@ def predict_tags(model: nn.Module, loader: WordLoader, tags: list[str]) -> tuple
             loss_sum += torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum").item()
             count += int(keep.sum())
         best = logits.argmax(-1).cpu()
-        for row, k in zip(best, keep.cpu()):
-            i = len(out)
-            words = ["O"] * enc.n_words[i]
-            for w, t in zip(enc.word_index[i], row[k].tolist()):
+        for row, k, index, n in zip(best, keep.cpu(), word_index, n_words):
+            words = ["O"] * n
+            for w, t in zip(index, row[k].tolist()):
                 words[w] = tags[t]
             out.append(words)
+            truncated += n - (max(index) + 1 if index else 0)
     model.train(was_training)
-    return out, loss_sum / max(1, count)
+    return Tagged(out, loss_sum / max(1, count), truncated)
 
 
 @register_family
@@ -106,7 +117,7 @@ class TokenClassification(TransformerFamily):
         """A sentence's share is its first entity type's (sentences without one share the key O)."""
         return [next((t[2:] for t in tags if t != "O"), "O") for tags in part.tags]
 
-    def texts_of(self, part: TokenSet) -> list[str]:
+    def texts_of(self, part: TokenSet) -> Iterable[str]:
         return sentences(part)
 
     def describe(self, splits: Splits, labels: list[str]) -> str:
@@ -119,10 +130,9 @@ class TokenClassification(TransformerFamily):
         inf = self.inference(run, device)
         tags = inf.labels
         loader = word_loader(inf.tokenizer, part, tags, recipe.train.eval_batch_size, inf.spec["max_length"], device)
-        pred, _ = predict_tags(inf.model, loader, tags)
+        tagged = predict_tags(inf.model, loader, tags)
+        pred = tagged.tags
         summary = ner_summary(part.tags, pred)
-        enc = loader.encoded
-        truncated = sum(n - (max(ix) + 1 if ix else 0) for n, ix in zip(enc.n_words, enc.word_index))
 
         def shown(words, seq):
             return ", ".join(f"{' '.join(words[a:b])}/{k}" for k, a, b in entities(seq)) or "-"
@@ -134,7 +144,7 @@ class TokenClassification(TransformerFamily):
         ][:10]
         extra = {
             "source": source or f"{split} split",
-            "truncated_words": truncated,
+            "truncated_words": tagged.truncated_words,
             "errors": errors,
             "plots": plot_paths(run),
         }
@@ -183,7 +193,7 @@ def tag_texts(model, tokenizer, tags: list[str], max_length: int, texts: list[st
     spans = [split_words(t) for t in texts]
     words = [[w for w, _, _ in s] or [""] for s in spans]
     loader = WordLoader(encode_words(tokenizer, words, None, {}, max_length), 64, tokenizer.pad_token_id)
-    pred, _ = predict_tags(model, loader, tags)
+    pred = predict_tags(model, loader, tags).tags
     out = []
     for text, span, seq in zip(texts, spans, pred):
         found = [
