@@ -183,13 +183,19 @@ def test_recipe_errors_name_the_field():
     assert recipe.train.monitor == "val_map" and recipe.train.clip_grad_norm == 10.0  # task defaults kept
 
 
-def test_loader_flips_boxes_with_pixels_and_resumes_mid_epoch(tmp_path):
+def test_loader_flips_boxes_with_pixels_and_resumes_mid_epoch(tmp_path, monkeypatch):
+    """Images are decoded per batch (nothing is held but the annotations): a late start decodes only the
+    images of the batches it yields."""
+    from nnrecipe.data import box_loader
+
     yolo = shapes_dataset(tmp_path, n_train=12, n_val=1, size=64, seed=2)
     items = load_detection_splits(DetectionData(format="yolo", path=yolo, train="train", val_fraction=0)).train
     loader = DetectionLoader(items, 3, device="cpu", shuffle=True, seed=5, hflip=True)
     full = list(loader.batches(epoch=1))
+    decoded: list[str] = []
+    monkeypatch.setattr(box_loader, "read_rgb", lambda path: decoded.append(path) or read_rgb(path))
     resumed = list(loader.batches(epoch=1, start=2))
-    assert len(full) == 4 and len(resumed) == 2
+    assert len(full) == 4 and len(resumed) == 2 and len(decoded) == 6
     for (xa, ta), (xb, tb) in zip(full[2:], resumed):
         assert all(torch.equal(a, b) for a, b in zip(xa, xb))
         assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(ta, tb))

@@ -1,4 +1,6 @@
-"""Batches of boxed images for detection: decoded per batch, flipped with their boxes, in a seeded order.
+"""Batches of boxed images for detection: decoded per batch (a thread two batches ahead), flipped with their
+boxes, in a seeded order. Only the annotations are held in memory: a detection set of any size is read
+from disk as it trains, the way `data.stream` reads an image folder.
 
 Images keep their own sizes (the detector's transform resizes them). The order of epoch e and the flips
 of batch i derive from (seed, e[, i]), so resuming mid-epoch reproduces the rest exactly. An image that
@@ -17,6 +19,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from nnrecipe.data.boxes import BoxedImage
 from nnrecipe.data.splits import epoch_generator, epoch_order
+from nnrecipe.data.stream import prefetched
 from nnrecipe.engine.loop import console
 from nnrecipe.engine.seeding import derived_seed
 from nnrecipe.errors import UserError
@@ -57,26 +60,31 @@ class DetectionLoader:
         return self._len
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[list[torch.Tensor], list[dict]]]:
+        """Batch `start` on of epoch `epoch`, each decoded by a thread while the ones before it train; a
+        batch whose every image failed to decode is left out."""
         g = epoch_generator(self.seed, epoch) if self.shuffle else None
         order = epoch_order(len(self.items), g, self.rank, self.world_size).tolist()
-        for i in range(start, self._len):
-            flips = torch.Generator().manual_seed(derived_seed(self.seed, epoch, i))
-            images, targets = [], []
-            for j in order[i * self.batch_size : (i + 1) * self.batch_size]:
-                item = self.items[j]
-                try:
-                    img = read_rgb(item.path)
-                except UserError as e:
-                    if item.path not in self.unreadable:
-                        self.unreadable.add(item.path)
-                        console.print(f"[yellow]skipped: {e}[/yellow]")
-                    continue
-                boxes = item.boxes
-                if self.hflip and torch.rand((), generator=flips) < 0.5:
-                    img = TF.horizontal_flip(img)
-                    canvas = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=img.shape[-2:])
-                    boxes = TF.horizontal_flip(canvas).as_subclass(torch.Tensor)
-                images.append(img.to(self.device))
-                targets.append({"boxes": boxes.to(self.device), "labels": (item.labels + 1).to(self.device)})
+        for images, targets in prefetched(lambda i: self._batch(order, epoch, i), start, self._len):
             if images:
                 yield images, targets
+
+    def _batch(self, order: list[int], epoch: int, i: int) -> tuple[list[torch.Tensor], list[dict]]:
+        flips = torch.Generator().manual_seed(derived_seed(self.seed, epoch, i))
+        images, targets = [], []
+        for j in order[i * self.batch_size : (i + 1) * self.batch_size]:
+            item = self.items[j]
+            try:
+                img = read_rgb(item.path)
+            except UserError as e:
+                if item.path not in self.unreadable:
+                    self.unreadable.add(item.path)
+                    console.print(f"[yellow]skipped: {e}[/yellow]")
+                continue
+            boxes = item.boxes
+            if self.hflip and torch.rand((), generator=flips) < 0.5:
+                img = TF.horizontal_flip(img)
+                canvas = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=img.shape[-2:])
+                boxes = TF.horizontal_flip(canvas).as_subclass(torch.Tensor)
+            images.append(img.to(self.device))
+            targets.append({"boxes": boxes.to(self.device), "labels": (item.labels + 1).to(self.device)})
+        return images, targets
