@@ -141,6 +141,8 @@ def test_fsdp_is_refused_where_it_cannot_shard(tmp_path):
         RecipeError, match=r"train.strategy: fsdp is for .*language_modeling.*this run: image_classification"
     ):
         get_family("image_classification").train(recipe, create_run(recipe, "fsdp"))
+    with pytest.raises(RecipeError, match="fsdp trains in bf16 or fp32"):
+        make_recipe(tmp_path / "runs", "train.strategy=fsdp", "train.precision=fp16")
     for extra, named in ((["train.ema=true"], "ema"), (["train.adversarial.method=fgm"], "adversarial")):
         with pytest.raises(RecipeError, match=f"fsdp does not combine with {named}"):
             make_recipe(tmp_path / "runs", "train.strategy=fsdp", *extra)

@@ -245,6 +245,8 @@ class Train(Section):
                              "use strategy: ddp, or drop the averaging")  # fmt: skip
         if self.adversarial is not None and self.strategy == "fsdp":  # it perturbs whole weights between passes
             raise ValueError("strategy: fsdp does not combine with adversarial training; use strategy: ddp")
+        if self.precision == "fp16" and self.strategy == "fsdp":  # the loss scaler is not tried on sharded gradients
+            raise ValueError("strategy: fsdp trains in bf16 or fp32; precision fp16 goes with strategy: ddp")
         return self
 
     def total_steps(self, steps_per_epoch: int) -> int:

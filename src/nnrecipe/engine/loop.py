@@ -252,14 +252,12 @@ class Trainer:
         # it once per process.
         # train.strategy fsdp shards the model over the processes instead (engine/sharding.py).
         self.sharded = train_cfg.strategy == "fsdp" and accelerator.num_processes > 1
+        self.optimizer = optimizer
         if self.sharded:
-            self.model, self.optimizer = (
-                shard(model, optimizer, accelerator.device, accelerator.num_processes),
-                optimizer,
-            )
+            self.model = shard(model, optimizer, accelerator.device, accelerator.num_processes)
             autocast_forward(self.model, accelerator)
         else:
-            self.model, self.optimizer = accelerator.prepare(model), optimizer
+            self.model = accelerator.prepare(model)
         self.scaler = accelerator.scaler  # a GradScaler with fp16, else None
         self.total_steps = train_cfg.total_steps(self.steps_per_epoch)
         self.epochs = train_cfg.planned_epochs(self.steps_per_epoch)
