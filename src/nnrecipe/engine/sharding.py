@@ -15,6 +15,7 @@ dicts are gathered to rank 0 (a collective every process joins), the optimiser's
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import torch
@@ -47,6 +48,9 @@ def shard(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.devi
     if recurrent:  # their flat weight lists would keep pointing at the unsharded tensors
         raise UserError(f"train.strategy: fsdp shards transformer blocks; this model has a {recurrent[0]}, "
                         "which FSDP cannot shard; use train.strategy: ddp")  # fmt: skip
+    # nnrecipe's GPT block also returns its keys and values (views, the KV cache of generation); nothing
+    # changes them in place, which is what FSDP warns of on every forward
+    warnings.filterwarnings("ignore", r"FSDP2-wrapped module \(FSDPBlock\) returned a view tensor")
     names = {id(p): n for n, p in model.named_parameters()}
     if device.type == "cpu":
         return_gathered_blocks_to_the_system()
