@@ -9,6 +9,7 @@ rows when it is drawn, so a mid-epoch resume reads none of the rows before it.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -22,6 +23,18 @@ from nnrecipe.errors import UserError
 CHUNK = 4096  # rows parsed together when iterating
 
 
+def read_records(path: Path, starts: np.ndarray, sizes: np.ndarray, idx) -> list[str]:
+    """The records at `idx` of an indexed file (byte offsets and sizes), decoded, in that order; read in file
+    order, one seek each."""
+    idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+    out = [""] * len(idx)
+    with Path(path).open("rb") as f:
+        for j in np.argsort(starts[idx], kind="stable").tolist():
+            f.seek(int(starts[idx[j]]))
+            out[j] = f.read(int(sizes[idx[j]])).decode("utf-8")
+    return out
+
+
 class RowFile:
     """A CSV/TSV (with a header) or JSONL file's rows, located by byte offset."""
 
@@ -29,14 +42,8 @@ class RowFile:
         self.path, self.fmt, self.header, self.starts, self.sizes = Path(path), fmt, header, starts, sizes
 
     def rows(self, idx) -> list[dict]:
-        """The parsed rows at `idx`, in that order (read in file order)."""
-        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
-        out: list[dict | None] = [None] * len(idx)
-        with self.path.open("rb") as f:
-            for j in np.argsort(self.starts[idx], kind="stable").tolist():
-                f.seek(int(self.starts[idx[j]]))
-                out[j] = self._parse(f.read(int(self.sizes[idx[j]])).decode("utf-8"))
-        return out  # type: ignore[return-value]
+        """The parsed rows at `idx`, in that order."""
+        return [self._parse(record) for record in read_records(self.path, self.starts, self.sizes, idx)]
 
     def _parse(self, record: str) -> dict:
         if self.fmt == "jsonl":
@@ -44,31 +51,46 @@ class RowFile:
         return dict(zip(self.header, next(csv_reader(io.StringIO(record), self.fmt)), strict=False))
 
 
-class LazyTexts:
-    """One text column of some rows of a RowFile: what a TextSet holds for a streamed file."""
+class LazyRecords:
+    """Some records of an indexed file, read when used: a length, integer indexing, subsets that stay on disk
+    and iteration in file order. What a streamed split holds where the in-memory one has a list; a subclass
+    says how records are read (`read`)."""
 
-    def __init__(self, file: RowFile, column: str, rows: np.ndarray):
-        self.file, self.column, self.rows = file, column, rows
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i) -> str:
+    def __getitem__(self, i):
         if not isinstance(i, (int, np.integer)):
-            raise TypeError("LazyTexts: index with one integer, or read(indices)")
+            raise TypeError(f"{type(self).__name__}: index with one integer, or read(indices)")
         return self.read([i])[0]
+
+    def read(self, idx) -> list:
+        """The values at positions `idx`."""
+        raise NotImplementedError
+
+    def subset(self, idx):
+        part = copy.copy(self)
+        part.rows = self.rows[np.asarray(list(idx), dtype=np.int64)]
+        return part
+
+    def __iter__(self) -> Iterator:
+        for start in range(0, len(self), CHUNK):
+            yield from self.read(range(start, min(start + CHUNK, len(self))))
+
+
+class LazyTexts(LazyRecords):
+    """One text column of some rows of a RowFile: what a TextSet holds for a streamed file."""
+
+    def __init__(self, file: RowFile, column: str, rows: np.ndarray):
+        super().__init__(rows)
+        self.file, self.column = file, column
 
     def read(self, idx) -> list[str]:
         """The texts at positions `idx` of this column."""
         return [str(r[self.column]) for r in self.file.rows(self.rows[np.asarray(idx, dtype=np.int64)])]
-
-    def subset(self, idx) -> LazyTexts:
-        idx = np.asarray(list(idx), dtype=np.int64)
-        return LazyTexts(self.file, self.column, self.rows[idx])
-
-    def __iter__(self) -> Iterator[str]:
-        for start in range(0, len(self), CHUNK):
-            yield from self.read(range(start, min(start + CHUNK, len(self))))
 
 
 def csv_options(fmt: str) -> dict:

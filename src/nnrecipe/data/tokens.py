@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from nnrecipe.data.text_rows import LazyRecords, read_records
 from nnrecipe.errors import UserError
 
 IGNORE = -100  # the label cross-entropy skips
-CHUNK = 4096  # streamed sentences read together when iterating
 
 
 @dataclass
@@ -179,14 +179,8 @@ class SentenceFile:
         self.path, self.form, self.starts, self.sizes = Path(path), form, starts, sizes
 
     def words(self, idx) -> list[list[str]]:
-        """The words of the sentences at `idx`, in that order (read in file order)."""
-        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
-        out: list[list[str]] = [[] for _ in idx]
-        with self.path.open("rb") as f:
-            for j in np.argsort(self.starts[idx], kind="stable").tolist():
-                f.seek(int(self.starts[idx[j]]))
-                out[j] = self._parse(f.read(int(self.sizes[idx[j]])).decode("utf-8"))
-        return out
+        """The words of the sentences at `idx`, in that order."""
+        return [self._parse(record) for record in read_records(self.path, self.starts, self.sizes, idx)]
 
     def _parse(self, record: str) -> list[str]:
         if self.form.fmt == "jsonl":
@@ -194,29 +188,15 @@ class SentenceFile:
         return [line.split()[self.form.token_column] for line in record.splitlines() if line.strip()]
 
 
-class LazyWords:
+class LazyWords(LazyRecords):
     """The word lists of some sentences of a SentenceFile: what a TokenSet holds for a streamed file."""
 
     def __init__(self, file: SentenceFile, rows: np.ndarray):
-        self.file, self.rows = file, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i) -> list[str]:
-        if not isinstance(i, (int, np.integer)):
-            raise TypeError("LazyWords: index with one integer, or read(indices)")
-        return self.read([i])[0]
+        super().__init__(rows)
+        self.file = file
 
     def read(self, idx) -> list[list[str]]:
         return self.file.words(self.rows[np.asarray(idx, dtype=np.int64)])
-
-    def subset(self, idx) -> LazyWords:
-        return LazyWords(self.file, self.rows[np.asarray(list(idx), dtype=np.int64)])
-
-    def __iter__(self) -> Iterator[list[str]]:
-        for start in range(0, len(self), CHUNK):
-            yield from self.read(range(start, min(start + CHUNK, len(self))))
 
 
 def tag_names(tags: list[list[str]]) -> list[str]:

@@ -514,12 +514,14 @@ class Trainer:
         """`full`: everything resume needs; else the weights a run is used with (`model`, default the live
         one), with `weights` saying what they are."""
         if self.sharded:  # gathering the shards is a collective: every process joins, rank 0 writes
-            weights_now, optimizer_now = full_model_state(self.model), full_optimizer_state(self.model, self.optimizer)
+            model_state = full_model_state(self.model)
+            optimizer = full_optimizer_state(self.model, self.optimizer) if full else None
         if not self.acc.is_main_process:
             return
         if not self.sharded:
-            weights_now = (model or self._bare()).state_dict()
-        tensors = with_prefix(weights_now, "model")
+            model_state = (model or self._bare()).state_dict()
+            optimizer = self.optimizer.state_dict() if full else None
+        tensors = with_prefix(model_state, "model")
         if self.ema is not None and model is None:
             tensors.update(with_prefix(self.ema.state_dict(), "ema"))
         state: dict[str, Any] = {"fit": asdict(self.state)}
@@ -527,7 +529,7 @@ class Trainer:
             self.weights = state["weights"] = weights
         if full:
             state |= {
-                "optimizer": optimizer_now if self.sharded else self.optimizer.state_dict(),
+                "optimizer": optimizer,
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state(),
             }
