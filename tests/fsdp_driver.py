@@ -31,7 +31,26 @@ def recipe(text: str, runs: str, name: str, strategy: str):
     })  # fmt: skip
 
 
+def slow_interrupt_writes() -> None:
+    """Rank 0 takes two seconds to write the checkpoint it stops with, as a loaded machine may: the resume that
+    follows in the same process group must not read the file before it is there (it once read the epoch's
+    older checkpoint on rank 1, and the two processes waited for each other forever)."""
+    import time
+
+    from nnrecipe.engine import loop
+
+    write = loop.save_checkpoint
+
+    def slowly(path, tensors, state):
+        if state["fit"]["status"] == "interrupted":
+            time.sleep(2)
+        write(path, tensors, state)
+
+    loop.save_checkpoint = slowly
+
+
 def main(text: str, runs: str) -> None:
+    slow_interrupt_writes()
     family = get_family("language_modeling")
     for name, strategy in (("ddp", "ddp"), ("fsdp", "fsdp")):
         r = recipe(text, runs, name, strategy)

@@ -93,7 +93,7 @@ def test_fsdp_trains_a_gpt_as_ddp_does_and_resumes_exactly(tmp_path):
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     cmd += [str(ROOT / "tests" / "fsdp_driver.py"), str(tmp_path / "train.txt"), str(tmp_path / "runs")]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     said = done.stdout + done.stderr
     assert "2 processes (FSDP)" in said and "2 processes (DDP)" in said

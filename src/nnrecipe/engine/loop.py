@@ -323,7 +323,9 @@ class Trainer:
             cb.on_train_mode(epoch, self._bare())
         # a resumed epoch's partial sums are totals over all processes: rank 0 carries them on, the rest start at 0
         carried = self.acc.is_main_process
-        loss_sum = torch.tensor(s.epoch_loss_sum if carried else 0.0, device=self.acc.device)
+        # float64 (where the device has it): a sum of float32 losses that is exact, so the same whatever order it
+        # is taken in, and a resumed epoch's total equals an uninterrupted one's to the last bit
+        loss_sum = torch.tensor(s.epoch_loss_sum if carried else 0.0, device=self.acc.device, dtype=self._sum_dtype())
         examples, started = s.epoch_examples if carried else 0, time.perf_counter() - s.epoch_seconds
         bar = self._progress(epoch, n_batches, s.step_in_epoch)
         for i, batch in enumerate(self.train_loader.batches(epoch, s.step_in_epoch), start=s.step_in_epoch):
@@ -334,7 +336,7 @@ class Trainer:
                 loss, n = self.task.training_loss(self.model, batch)
                 scaled = loss / accum if accum > 1 else loss
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            loss_sum += loss.detach().float() * n
+            loss_sum += loss.detach().to(loss_sum.dtype) * n
             examples += n
             if sync:
                 self._optimizer_step()
@@ -361,11 +363,15 @@ class Trainer:
         s.epoch_loss_sum, s.epoch_examples = self._over_processes(loss_sum, examples)
         s.epoch_seconds = time.perf_counter() - started
 
+    def _sum_dtype(self) -> torch.dtype:
+        return torch.float32 if self.acc.device.type == "mps" else torch.float64  # MPS has no float64
+
     def _over_processes(self, loss_sum: torch.Tensor, examples: int) -> tuple[float, int]:
         """The epoch's loss sum and example count so far, summed over all processes."""
         if self.acc.num_processes > 1:
             totals = self.acc.reduce(
-                torch.stack([loss_sum, torch.tensor(float(examples), device=loss_sum.device)]), "sum"
+                torch.stack([loss_sum, torch.tensor(float(examples), device=loss_sum.device, dtype=loss_sum.dtype)]),
+                "sum",
             )
             loss_sum, examples = totals[0], int(totals[1].item())
         return loss_sum.item(), examples
@@ -539,6 +545,11 @@ class Trainer:
         save_checkpoint(path, tensors, state)
 
     def _restore(self) -> None:
+        if self.acc.num_processes > 1:
+            # rank 0 may still be writing the checkpoint it stopped with (a resume in the same process group):
+            # a process that read the file before would start from an older step and wait forever in a
+            # collective the others never join
+            self.acc.wait_for_everyone()
         tensors, state = load_checkpoint(self.last_path, device="cpu")
         if not isinstance(state, dict) or "optimizer" not in state:
             raise UserError(f"{self.last_path} is not a resumable checkpoint")
