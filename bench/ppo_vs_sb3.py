@@ -1,9 +1,9 @@
 """PPO: nnrecipe vs Stable-Baselines3's PPO with the same settings (RL Zoo's tuned set, as in
 recipes/cartpole-ppo.yaml and recipes/lunarlander-ppo.yaml), several seeds, one after the other here.
 
-For each tool and seed: environment steps/s (wall, the periodic evaluations included: 10 greedy episodes
-every eval_every steps on the same seeds for both tools) and the final network's mean return over 20
-fixed evaluation episodes; then the medians and how many seeds end solved.
+For each tool and seed: environment steps/s (wall, the periodic evaluations included: eval_episodes greedy
+episodes every eval_every steps and at the end, on the same seeds for both tools) and the final network's
+mean return over 20 fixed evaluation episodes; then the medians and how many seeds end solved.
 
     pip install -r requirements-bench.txt     # stable-baselines3
     python bench/ppo_vs_sb3.py --env cartpole --seeds 0 1 2 3 4 5
@@ -87,11 +87,23 @@ def sb3_run(recipe, seed: int) -> dict | None:
     best = {"return": float("-inf")}
 
     class Periodic(BaseCallback):
+        """Every eval_every steps and once more at the end, as nnrecipe evaluates (it keeps the best network):
+        both tools do the same evaluation work inside the clock."""
+
+        last = -1
+
+        def evaluate(self) -> None:
+            r = evaluate_policy(eval_env, policy, c.eval_episodes, PERIODIC_SEED, recipe.env.id)["mean_return"]
+            best["return"], self.last = max(best["return"], r), self.num_timesteps
+
         def _on_step(self) -> bool:
             if self.num_timesteps % c.eval_every < c.num_envs:
-                r = evaluate_policy(eval_env, policy, c.eval_episodes, PERIODIC_SEED, recipe.env.id)["mean_return"]
-                best["return"] = max(best["return"], r)
+                self.evaluate()
             return True
+
+        def _on_training_end(self) -> None:
+            if self.last != self.num_timesteps:
+                self.evaluate()
 
     start = time.perf_counter()
     model.learn(total_timesteps=c.total_steps, callback=Periodic())

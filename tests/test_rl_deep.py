@@ -264,3 +264,85 @@ def test_the_nature_cnn_computes_the_same_function_in_channels_last_and_keeps_co
     reference = cnn.net(frames.float() / 255.0)  # the plain contiguous computation
     assert torch.allclose(out, reference, atol=1e-5)
     assert all(p.is_contiguous() and p.grad.shape == p.shape for p in cnn.parameters())  # checkpoints unchanged
+
+
+def test_torso_precision_takes_bf16_only_for_a_cnn_torso_on_bf16_hardware(monkeypatch):
+    from nnrecipe.rl import networks
+
+    cpu, frames, vector = torch.device("cpu"), [4, 84, 84], [4]
+    monkeypatch.setattr(networks, "cpu_bf16_units", lambda: "AMX")
+    assert networks.torso_precision("auto", frames, cpu)[0] is torch.bfloat16
+    assert networks.torso_precision("auto", vector, cpu)[0] is None  # an MLP torso stays fp32
+    assert networks.torso_precision("bf16", vector, cpu)[0] is None
+    assert networks.torso_precision("fp32", frames, cpu)[0] is None
+    monkeypatch.setattr(networks, "cpu_bf16_units", lambda: "")
+    dtype, why = networks.torso_precision("auto", frames, cpu)
+    assert dtype is None and "no native bf16 units" in why
+    assert networks.torso_precision("bf16", frames, cpu)[0] is torch.bfloat16
+
+
+def test_a_bf16_torso_gives_ppo_the_same_ratios_in_rollout_and_update_and_fp32_heads(tmp_path):
+    """PPO's probability ratios compare the rollout's log-probabilities (batches of 8 frames) with the
+    update's (minibatches of 256): under a bf16 torso both are bf16 computations that must agree far inside
+    the clip range, the heads' outputs stay fp32, and the policy and its gradient stay close to fp32's."""
+    from nnrecipe.rl.networks import ActorCritic
+
+    recipe = recipe_from("pong-ppo.yaml", tmp_path, [])
+    env, rng = make_env(recipe, training=True), np.random.default_rng(0)
+    frames = [env.reset(seed=0)[0]]
+    while len(frames) < 256:
+        obs, _, term, trunc, _ = env.step(int(rng.integers(6)))
+        frames.append(obs if not (term or trunc) else env.reset()[0])
+    x = torch.as_tensor(np.stack(frames))
+    torch.manual_seed(0)
+    net = ActorCritic([4, 84, 84], [512], n_actions=6)
+    with torch.no_grad():
+        net.actor_head.weight.mul_(300)  # a confident policy, as after training, not the near-uniform first one
+
+    def log_probs_and_grads(dtype):
+        net.torso_dtype = dtype
+        net.zero_grad()
+        dist, value = net.distribution_and_value(x)
+        (dist.log_prob(torch.zeros(256, dtype=torch.long)).mean() + value.pow(2).mean()).backward()
+        grads = torch.cat([p.grad.flatten() for p in net.parameters()])
+        return dist.logits.detach(), value, grads
+
+    fp32, _, g32 = log_probs_and_grads(None)
+    bf16, value, g16 = log_probs_and_grads(torch.bfloat16)
+    assert bf16.dtype == value.dtype == torch.float32
+    with torch.no_grad():
+        rollout = torch.cat([net.distribution(x[i : i + 8]).logits for i in range(0, 256, 8)])
+    # the ratio before any update: 1 to 1e-3 (bf16 rounds layer outputs, which kernels of other batch sizes and
+    # thread counts may round differently); rollout in fp32 against an update in bf16 would be 2e-2 off
+    assert (rollout - bf16).exp().sub(1).abs().max() < 5e-3
+    assert (fp32.exp() * (fp32 - bf16)).sum(-1).max() < 1e-3  # KL(fp32 || bf16) per frame
+    assert torch.nn.functional.cosine_similarity(g32, g16, dim=0) > 0.99
+
+
+def test_a_bf16_pixel_run_resumes_exactly_in_the_precision_it_began_with(tmp_path, monkeypatch):
+    """PPO on Pong with a bf16 torso, stopped and resumed by a recipe that now says fp32: the resumed run
+    keeps bf16 (its checkpoint says so) and equals the uninterrupted one; a run in fp32 differs."""
+    tiny = [
+        *("ppo.total_steps=128", "ppo.num_envs=2", "ppo.num_steps=32", "ppo.minibatch_size=32", "ppo.vector=sync"),
+        *("ppo.eval_every=64", "ppo.eval_episodes=1", "env.max_steps=50", "eval.episodes=1", "eval.gif=false"),
+        "track.plots=false",
+    ]  # fmt: skip
+
+    def weights(run_dir: Path) -> dict:
+        return load_checkpoint(run_dir / "checkpoints/last.safetensors")[1]["net"]
+
+    runs = {}
+    for precision in ("bf16", "fp32"):
+        train(recipe_from("pong-ppo.yaml", tmp_path / precision, [*tiny, f"ppo.precision={precision}"]))
+        (runs[precision],) = (tmp_path / precision).iterdir()
+    cut = recipe_from("pong-ppo.yaml", tmp_path / "cut", [*tiny, "ppo.precision=bf16"])
+    run = create_run(cut, "rl")
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 64)
+        with pytest.raises(KeyboardInterrupt):
+            runner.train(cut, run)
+    runner.train(recipe_from("pong-ppo.yaml", tmp_path / "cut", [*tiny, "ppo.precision=fp32"]), run, resume=True)
+    assert _history(run.dir) == _history(runs["bf16"])
+    resumed, bf16, fp32 = weights(run.dir), weights(runs["bf16"]), weights(runs["fp32"])
+    assert all(torch.equal(resumed[k], bf16[k]) for k in bf16)
+    assert not all(torch.equal(fp32[k], bf16[k]) for k in bf16)

@@ -30,6 +30,7 @@ from nnrecipe.engine.averaging import has_batchnorm, recompute_batchnorm, weight
 from nnrecipe.engine.checkpoint import load_checkpoint, save_checkpoint, split_prefix, with_prefix
 from nnrecipe.engine.config import Schedule, Train
 from nnrecipe.engine.distributed import is_main_process
+from nnrecipe.engine.numerics import cpu_bf16_units
 from nnrecipe.engine.optim import build_scheduler
 from nnrecipe.engine.precision_probe import decide, probe_enabled
 from nnrecipe.engine.seeding import rng_state, set_rng_state
@@ -111,17 +112,6 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     weights: str = ""  # what the best checkpoint holds, in words (the reports repeat it)
     averaged: dict[str, float] = field(default_factory=dict)  # validation metrics of the averaged weights
-
-
-def cpu_bf16_units() -> str:
-    """The CPU's native bf16 matrix hardware, in words ("" when there is none): Intel AMX tiles (Sapphire
-    Rapids and later), or AVX512-BF16 dot products (AMD Zen 4 and later, Intel Cooper Lake). Without either,
-    bf16 is emulated and slower than fp32."""
-    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
-        return "AMX"
-    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
-        return "AVX512-BF16"
-    return ""
 
 
 def choose_precision(cfg: Train, cuda: bool, cpu_bf16: bool | None) -> tuple[str, str]:

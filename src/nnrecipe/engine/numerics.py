@@ -1,4 +1,4 @@
-"""Floating-point settings a training run needs regardless of the model."""
+"""Floating-point settings a training run needs regardless of the model, and what the CPU computes natively."""
 
 from __future__ import annotations
 
@@ -23,3 +23,14 @@ def flush_denormals() -> Iterator[None]:
     finally:
         if supported:
             torch.set_flush_denormal(False)
+
+
+def cpu_bf16_units() -> str:
+    """The CPU's native bf16 matrix hardware, in words ("" when there is none): Intel AMX tiles (Sapphire
+    Rapids and later), or AVX512-BF16 dot products (AMD Zen 4 and later, Intel Cooper Lake). Without either,
+    bf16 is emulated and slower than fp32."""
+    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return "AMX"
+    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return "AVX512-BF16"
+    return ""

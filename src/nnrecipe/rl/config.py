@@ -141,6 +141,10 @@ class PolicyGradient(DeepRL):
     hidden: list[int] = Field(
         [64, 64], description="Hidden layers of the actor and critic MLPs (image observations: the Nature CNN)."
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="What the Nature-CNN torso of image observations computes in (bf16 autocast; heads, log-probabilities and losses stay fp32); auto: bf16 on CUDA with bf16 and on CPUs with AMX or AVX512-BF16, else fp32. Vector observations always train in fp32. A resume keeps the precision its run began with.",
+    )
 
 
 class PPO(PolicyGradient):

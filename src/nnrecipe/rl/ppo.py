@@ -22,10 +22,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnrecipe.engine.loop import console
 from nnrecipe.engine.numerics import flush_denormals
 from nnrecipe.rl.best import BestNetwork, restore_rng, rng_state
 from nnrecipe.rl.envs import SeededEpisodes
-from nnrecipe.rl.networks import ActorCritic, action_spec, obs_tensor, observation_spec, policy_actions
+from nnrecipe.rl.networks import (
+    ActorCritic,
+    action_spec,
+    obs_tensor,
+    observation_spec,
+    policy_actions,
+    torso_precision,
+)
 
 
 class ReturnScale:
@@ -125,6 +133,11 @@ def train_ppo(
     envs = SeededEpisodes(make_env, cfg.num_envs, seed, cfg.vector, resume and resume["envs"])
     spec = observation_spec(envs.single_observation_space) | action_spec(envs.single_action_space)
     net = ActorCritic(hidden=cfg.hidden, **spec).to(device)
+    # a resumed run computes in the precision it began with, whatever this machine would choose
+    net.torso_dtype, why = torso_precision(
+        resume.get("precision", "fp32") if resume else cfg.precision, spec["obs_shape"], device
+    )
+    console.print(f"PPO: {why}" + ("; kept from the run's start" if resume else ""))
     # fused: one kernel for the whole Adam update instead of a Python loop over parameters
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
     scale = ReturnScale(cfg.num_envs, gamma, resume and resume.get("scale")) if cfg.normalize_rewards else None
@@ -215,9 +228,13 @@ def train_ppo(
                         "envs": envs.state(),
                         "rng": rng_state(rng),
                         "recent": recent,
+                        "precision": "fp32" if net.torso_dtype is None else "bf16",
                         **({"scale": scale.state()} if scale is not None else {}),
                         **best.state(),
                     }
                 )
     envs.close()
-    return best.result(net) | {"spec": spec}
+    out = best.result(net)
+    for trained in (out["final"], out["best"]):  # scored after training as `rl evaluate`, export and serve run them
+        trained.torso_dtype = None
+    return out | {"spec": spec}

@@ -19,10 +19,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnrecipe.engine.loop import console
 from nnrecipe.engine.numerics import flush_denormals
 from nnrecipe.rl.best import BestNetwork, restore_rng, rng_state
 from nnrecipe.rl.envs import SeededEpisodes
-from nnrecipe.rl.networks import ActorCritic, action_spec, obs_tensor, observation_spec, policy_actions
+from nnrecipe.rl.networks import (
+    ActorCritic,
+    action_spec,
+    obs_tensor,
+    observation_spec,
+    policy_actions,
+    torso_precision,
+)
 
 
 def reward_to_go(rewards: np.ndarray, gamma: float, tail: float = 0.0) -> np.ndarray:
@@ -94,6 +102,11 @@ def train_reinforce(
     obs_space, action_space = envs.single_observation_space, envs.single_action_space
     spec = observation_spec(obs_space) | action_spec(action_space)
     net = ActorCritic(hidden=cfg.hidden, **spec).to(device)
+    # a resumed run computes in the precision it began with, whatever this machine would choose
+    net.torso_dtype, why = torso_precision(
+        resume.get("precision", "fp32") if resume else cfg.precision, spec["obs_shape"], device
+    )
+    console.print(f"REINFORCE: {why}" + ("; kept from the run's start" if resume else ""))
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True)
     shapes = (obs_space.shape, obs_space.dtype, action_space.shape, action_space.dtype)
     running = [_empty() for _ in range(cfg.num_envs)]
@@ -153,9 +166,13 @@ def train_reinforce(
                         "envs": envs.state(),
                         "rng": rng_state(rng),
                         "recent": recent,
+                        "precision": "fp32" if net.torso_dtype is None else "bf16",
                         "running": [_stacked(t, *shapes) for t in running],
                         **best.state(),
                     }
                 )
     envs.close()
-    return best.result(net) | {"spec": spec}
+    out = best.result(net)
+    for trained in (out["final"], out["best"]):  # scored after training as `rl evaluate`, export and serve run them
+        trained.torso_dtype = None
+    return out | {"spec": spec}
