@@ -202,6 +202,24 @@ def test_ddp_trials_report_every_epoch_and_all_processes_stop_when_pruned(tmp_pa
         assert meta["processes"] == 2 and meta["status"] == ("finished" if t is good else "pruned")
 
 
+def test_a_best_trial_added_by_hand_without_a_run_is_reported(tmp_path):
+    """A study warm-started with a known result (optuna's add_trial) has a best trial that trained no run
+    here: the report names it and writes no best.yaml (it was a KeyError once a failed trial left it best)."""
+    import optuna
+
+    from nnrecipe.tune.report import write_study_report
+
+    p = plan(tmp_path, ["optim.lr=choice(0.05, 0.00001)"], 1)
+    folder = tmp_path / "runs" / "s"
+    save_plan(p, folder)
+    study = open_study(p, folder, create=True)
+    lr = optuna.distributions.CategoricalDistribution([0.05, 0.00001])
+    study.add_trial(optuna.trial.create_trial(params={"optim.lr": 0.05}, distributions={"optim.lr": lr}, value=0.9))
+    report = write_study_report(study, p, folder)
+    assert report["best"]["value"] == 0.9 and report["best"]["run"] is None
+    assert not (folder / "best.yaml").exists() and (folder / "report.md").is_file()
+
+
 def test_rl_trials_are_pruned_after_a_periodic_evaluation(tmp_path):
     """The pruner hears each evaluation of an RL run (its own loop, not the engine's) and stops a bad trial."""
     p = frozenlake_plan(tmp_path, "tabular.alpha=choice(0.3, 0.00001)", 3)

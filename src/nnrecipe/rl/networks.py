@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Normal
 
+from nnrecipe.engine.loop import console
 from nnrecipe.engine.numerics import cpu_bf16_units
 
 
@@ -161,6 +162,18 @@ def torso_precision(setting: str, obs_shape, device: torch.device) -> tuple[torc
     if units:
         return torch.bfloat16, f"bf16 for the CNN torso (auto: this CPU has {units}); heads and losses fp32"
     return None, "fp32 (auto: this CPU has no native bf16 units, AMX or AVX512-BF16)"
+
+
+def build_actor_critic(envs, cfg, device: torch.device, resume: dict | None, algo: str) -> tuple[ActorCritic, dict]:
+    """The actor-critic PPO and REINFORCE train on `envs` and its spec, its torso in the precision
+    `cfg.precision` resolves to (a resumed run's checkpoint says which it began with, whatever this machine
+    would choose), said once."""
+    spec = observation_spec(envs.single_observation_space) | action_spec(envs.single_action_space)
+    net = ActorCritic(hidden=cfg.hidden, **spec).to(device)
+    setting = resume.get("precision", "fp32") if resume else cfg.precision
+    net.torso_dtype, why = torso_precision(setting, spec["obs_shape"], device)
+    console.print(f"{algo}: {why}" + ("; kept from the run's start" if resume else ""))
+    return net, spec
 
 
 def obs_tensor(obs, device) -> torch.Tensor:

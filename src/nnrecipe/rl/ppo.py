@@ -22,18 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnrecipe.engine.loop import console
 from nnrecipe.engine.numerics import flush_denormals
 from nnrecipe.rl.best import BestNetwork, restore_rng, rng_state
 from nnrecipe.rl.envs import SeededEpisodes
-from nnrecipe.rl.networks import (
-    ActorCritic,
-    action_spec,
-    obs_tensor,
-    observation_spec,
-    policy_actions,
-    torso_precision,
-)
+from nnrecipe.rl.networks import ActorCritic, build_actor_critic, obs_tensor, policy_actions
 
 
 class ReturnScale:
@@ -131,13 +123,7 @@ def train_ppo(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)  # not drawn from today; kept so every algorithm saves the same state
     envs = SeededEpisodes(make_env, cfg.num_envs, seed, cfg.vector, resume and resume["envs"])
-    spec = observation_spec(envs.single_observation_space) | action_spec(envs.single_action_space)
-    net = ActorCritic(hidden=cfg.hidden, **spec).to(device)
-    # a resumed run computes in the precision it began with, whatever this machine would choose
-    net.torso_dtype, why = torso_precision(
-        resume.get("precision", "fp32") if resume else cfg.precision, spec["obs_shape"], device
-    )
-    console.print(f"PPO: {why}" + ("; kept from the run's start" if resume else ""))
+    net, spec = build_actor_critic(envs, cfg, device, resume, "PPO")
     # fused: one kernel for the whole Adam update instead of a Python loop over parameters
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
     scale = ReturnScale(cfg.num_envs, gamma, resume and resume.get("scale")) if cfg.normalize_rewards else None

@@ -19,18 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnrecipe.engine.loop import console
 from nnrecipe.engine.numerics import flush_denormals
 from nnrecipe.rl.best import BestNetwork, restore_rng, rng_state
 from nnrecipe.rl.envs import SeededEpisodes
-from nnrecipe.rl.networks import (
-    ActorCritic,
-    action_spec,
-    obs_tensor,
-    observation_spec,
-    policy_actions,
-    torso_precision,
-)
+from nnrecipe.rl.networks import ActorCritic, build_actor_critic, obs_tensor, policy_actions
 
 
 def reward_to_go(rewards: np.ndarray, gamma: float, tail: float = 0.0) -> np.ndarray:
@@ -100,13 +92,7 @@ def train_reinforce(
     rng = np.random.default_rng(seed)
     envs = SeededEpisodes(make_env, cfg.num_envs, seed, cfg.vector, resume and resume["envs"])
     obs_space, action_space = envs.single_observation_space, envs.single_action_space
-    spec = observation_spec(obs_space) | action_spec(action_space)
-    net = ActorCritic(hidden=cfg.hidden, **spec).to(device)
-    # a resumed run computes in the precision it began with, whatever this machine would choose
-    net.torso_dtype, why = torso_precision(
-        resume.get("precision", "fp32") if resume else cfg.precision, spec["obs_shape"], device
-    )
-    console.print(f"REINFORCE: {why}" + ("; kept from the run's start" if resume else ""))
+    net, spec = build_actor_critic(envs, cfg, device, resume, "REINFORCE")
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True)
     shapes = (obs_space.shape, obs_space.dtype, action_space.shape, action_space.dtype)
     running = [_empty() for _ in range(cfg.num_envs)]

@@ -102,8 +102,9 @@ def write_study_report(study, plan, folder: Path) -> dict[str, Any]:
     rows = trial_rows(study)
     best = leader(study, plan)
     front = sorted(t.number for t in study.best_trials) if plan.multi else []
-    if best is not None:
-        src = folder / best.user_attrs["run"] / "recipe.yaml"
+    run = best.user_attrs.get("run") if best is not None else None  # none for a trial added by hand (add_trial)
+    if run is not None:
+        src = folder / run / "recipe.yaml"
         if src.is_file():  # the trial's recipe, writing its runs where the base recipe does
             recipe = yaml.safe_load(src.read_text())
             track = plan.recipe.get("track", {})
