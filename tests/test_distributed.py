@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,80 @@ def test_two_processes_train_one_run_and_two_nodes_give_the_same_history(tmp_pat
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one-node", "two-nodes"]  # rank 0's only
     a, b = _history(run), _history(tmp_path / "runs" / "two-nodes")
     assert len(a) == epochs and a == b, (a, b)
+
+
+@contextmanager
+def two_machines():
+    """Two network namespaces joined by a veth pair, each with its own address (10.211.0.1 and .2) and its own
+    loopback: two machines as far as the network goes (the file system stays shared). Needs root."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("two network namespaces need root and iproute2's ip")
+    tag = f"{os.getpid() % 100000}"
+    names = [f"nnr{tag}a", f"nnr{tag}b"]
+    links = [f"nv{tag}a", f"nv{tag}b"]
+    steps = [["netns", "add", names[0]], ["netns", "add", names[1]],
+             ["link", "add", links[0], "type", "veth", "peer", "name", links[1]]]  # fmt: skip
+    for i in (0, 1):
+        steps += [["link", "set", links[i], "netns", names[i]],
+                  ["-n", names[i], "addr", "add", f"10.211.0.{i + 1}/24", "dev", links[i]],
+                  ["-n", names[i], "link", "set", links[i], "up"], ["-n", names[i], "link", "set", "lo", "up"]]  # fmt: skip
+    try:
+        for step in steps:
+            made = subprocess.run(["ip", *step], capture_output=True, text=True)
+            if made.returncode != 0:
+                pytest.skip(f"cannot make network namespaces here: ip {' '.join(step)}: {made.stderr.strip()}")
+        yield names, links
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)  # takes its end of the veth along
+
+
+def test_two_machines_meet_over_their_network_whatever_their_hostname_resolves_to(tmp_path):
+    """`--nnodes 2` on two "machines" (network namespaces) whose hostname resolves to a loopback address, as
+    on many cloud images: each node advertises its address on the route to the master (torchrun
+    --local-addr) and binds gloo to that interface. Before, both trained processes waited forever, each told
+    to meet the other at 127.0.0.1."""
+    import os
+    import signal
+
+    with two_machines() as (names, links):
+        env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        env.pop("GLOO_SOCKET_IFNAME", None)
+        fields = ["train.epochs=2", "track.progress=false", "track.tensorboard=false", "train.precision=fp32"]
+        base = [sys.executable, "-m", "nnrecipe.cli", "train", str(ROOT / "recipes/digits-convnet.yaml")]
+        base += ["--name", "two", "--nnodes", "2", "--master", "10.211.0.1:29517"]
+        for field in [*fields, f"track.runs_dir={tmp_path / 'runs'}"]:
+            base += ["--set", field]
+        nodes = []
+        for r in (0, 1):  # each in a session of its own: a hung node's torchrun and workers are killed with it
+            command = ["ip", "netns", "exec", names[r], *base, "--node-rank", str(r)]
+            pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+            nodes.append(subprocess.Popen(command, text=True, env=env, start_new_session=True, **pipes))
+        try:
+            outputs = [p.communicate(timeout=300) for p in nodes]
+        finally:
+            for p in nodes:
+                with suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+    assert [p.returncode for p in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
+    for r in (0, 1):
+        assert f"node {r} of 2: address 10.211.0.{r + 1} on {links[r]}" in outputs[r][0]
+    run = tmp_path / "runs" / "two"
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["two"] and len(_history(run)) == 2
+    assert "2 processes (DDP)" in outputs[0][0] + outputs[0][1]
+
+
+def test_a_route_to_loopback_changes_nothing_and_the_users_interface_wins():
+    from nnrecipe.engine.distributed import local_route, multi_node_environment, torchrun_command
+
+    assert local_route("127.0.0.1:29500") is None  # every node on this machine
+    assert "--local-addr" not in torchrun_command([], 2, 1, 0, "127.0.0.1:29500")
+    assert multi_node_environment(None, {"A": "1"}) == {"A": "1"}
+    env = multi_node_environment(("10.0.0.2", "eth9"), {"GLOO_SOCKET_IFNAME": "mine"})
+    assert env == {"GLOO_SOCKET_IFNAME": "mine", "NCCL_SOCKET_IFNAME": "eth9"}
 
 
 def test_resuming_with_another_number_of_processes_is_refused_clearly(tmp_path):

@@ -7,6 +7,7 @@ traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -56,7 +57,7 @@ def train(
     if nproc > 1 or nnodes > 1:
         import subprocess
 
-        from nnrecipe.engine.distributed import torchrun_command, world_size
+        from nnrecipe.engine.distributed import local_route, multi_node_environment, torchrun_command, world_size
 
         if world_size() > 1:
             raise UserError("--nproc/--nnodes: already under torchrun; drop them (torchrun launched the processes)")
@@ -70,7 +71,13 @@ def train(
             raise UserError(f"--nproc/--nnodes: {family.name} runs train in one process")
         args = ["train", str(_find_recipe(recipe)), *[a for item in set_ for a in ("--set", item)]]
         args += ["--name", name] if name else []
-        raise typer.Exit(subprocess.run(torchrun_command(args, nnodes, nproc, node_rank, master)).returncode)
+        command = torchrun_command(args, nnodes, nproc, node_rank, master)
+        route = local_route(master) if nnodes > 1 and master else None
+        env = multi_node_environment(route, dict(os.environ))
+        if route is not None:
+            out.print(f"node {node_rank} of {nnodes}: address {route[0]} on {route[1]}, the route to {master} "
+                      f"(torchrun --local-addr; gloo on {env['GLOO_SOCKET_IFNAME']}, NCCL on {env['NCCL_SOCKET_IFNAME']})")  # fmt: skip
+        raise typer.Exit(subprocess.run(command, env=env).returncode)
     train_recipe(recipe, set_, name, None if seeds is None else [seeds, *ctx.args], ensemble, continue_from)
 
 

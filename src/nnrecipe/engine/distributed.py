@@ -1,4 +1,5 @@
-"""Which process of a multi-process run this is (torchrun / accelerate launch set RANK and WORLD_SIZE)."""
+"""Which process of a multi-process run this is (torchrun / accelerate launch set RANK and WORLD_SIZE), and
+the torchrun command (and environment) that starts one."""
 
 from __future__ import annotations
 
@@ -34,4 +35,43 @@ def torchrun_command(
             raise UserError(f"--node-rank: must be 0..{nnodes - 1} (got {node_rank})")
         cmd += ["--node-rank", str(node_rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", master]
         cmd += ["--rdzv-id", "nnrecipe", "--rdzv-conf", f"is_host={int(node_rank == 0)}"]
+        route = local_route(master)
+        if route is not None:  # else torchrun names this node by its hostname (see local_route)
+            cmd += ["--local-addr", route[0]]
     return [*cmd, "-m", module, *args]
+
+
+def local_route(master: str) -> tuple[str, str] | None:
+    """This machine's address on the route to the rendezvous host of `master` (ADDR:PORT), and the name of
+    its network interface; None when the route is loopback (every node on one machine) or cannot be told.
+
+    Why: left alone, torchrun advertises a node by its hostname and gloo binds to the address the hostname
+    resolves to. Where /etc/hosts maps the hostname to 127.0.x.1 (many cloud images and containers), the
+    other node is told to meet this one at its own loopback, and a two-machine run waits forever (seen with
+    two network namespaces on one host, tests/test_distributed.py)."""
+    import socket
+
+    import psutil  # accelerate's dependency
+
+    host = master.rsplit(":", 1)[0].strip("[]")
+    try:
+        family, *_, address = socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((address[0], 9))  # a UDP connect sends nothing; it only picks the route
+            local = probe.getsockname()[0]
+    except OSError:
+        return None
+    if local.startswith("127.") or local == "::1":
+        return None
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == local for a in addresses):
+            return local, name
+    return None
+
+
+def multi_node_environment(route: tuple[str, str] | None, environ: dict[str, str]) -> dict[str, str]:
+    """`environ` with gloo and NCCL bound to the interface of `route` (local_route), unless the user chose
+    one (GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME)."""
+    if route is None:
+        return dict(environ)
+    return {"GLOO_SOCKET_IFNAME": route[1], "NCCL_SOCKET_IFNAME": route[1]} | dict(environ)
