@@ -200,6 +200,8 @@ def test_ddp_trials_report_every_epoch_and_all_processes_stop_when_pruned(tmp_pa
     for t in (good, bad):
         meta = json.loads((folder / t["run"] / "run.json").read_text())
         assert meta["processes"] == 2 and meta["status"] == ("finished" if t is good else "pruned")
+        # each process's output kept in the run, for a failed trial to be read after the fact
+        assert {p.parent.name for p in (folder / t["run"] / "logs").rglob("stderr.log")} == {"0", "1"}
 
 
 def test_a_best_trial_added_by_hand_without_a_run_is_reported(tmp_path):

@@ -4,6 +4,7 @@ the torchrun command (and environment) that starts one."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def is_main_process() -> bool:
@@ -16,16 +17,25 @@ def world_size() -> int:
 
 
 def torchrun_command(
-    args: list[str], nnodes: int, nproc: int, node_rank: int, master: str | None, module: str = "nnrecipe.cli"
+    args: list[str],
+    nnodes: int,
+    nproc: int,
+    node_rank: int,
+    master: str | None,
+    module: str = "nnrecipe.cli",
+    log_dir: Path | None = None,
 ) -> list[str]:
     """`python -m torch.distributed.run ... -m <module> <args>`: one node (`--standalone`), or one of
     `nnodes` nodes meeting at node 0's c10d rendezvous `master` (ADDR:PORT). Node 0 hosts the rendezvous
-    store; saying so explicitly lets two "nodes" share one machine (the test does)."""
+    store; saying so explicitly lets two "nodes" share one machine (the test does). `log_dir`: each process's
+    output is also kept there (torchrun --tee), so a failure can be read after the fact."""
     import sys
 
     from nnrecipe.errors import UserError
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc)]
+    if log_dir is not None:
+        cmd += ["--log-dir", str(log_dir), "--tee", "3"]
     if nnodes == 1:
         cmd.append("--standalone")
     else:

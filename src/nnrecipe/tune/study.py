@@ -278,12 +278,14 @@ def train_in_processes(plan: Plan, folder: Path, number: int, run) -> dict[str, 
     from nnrecipe.engine.tracking import read_metrics
 
     args = [str(folder), str(number), str(run.dir)]
-    code = subprocess.run(torchrun_command(args, 1, plan.nproc, 0, None, module="nnrecipe.tune.trial")).returncode
+    logs = run.dir / "logs"
+    command = torchrun_command(args, 1, plan.nproc, 0, None, module="nnrecipe.tune.trial", log_dir=logs)
+    code = subprocess.run(command).returncode
     status = run.meta().get("status")
     if code == 130 or status == "interrupted":
         return {"status": "interrupted", "run": str(run.dir)}
     if code != 0:
-        raise UserError(f"trial {number}: its {plan.nproc} processes failed (exit {code}); see {run.dir}")
+        raise UserError(f"trial {number}: its {plan.nproc} processes failed (exit {code}); their output is in {logs}")
     return {"status": status, "run": str(run.dir), "history": read_metrics(run.dir / "metrics.jsonl")}
 
 
