@@ -346,3 +346,43 @@ def test_a_bf16_pixel_run_resumes_exactly_in_the_precision_it_began_with(tmp_pat
     resumed, bf16, fp32 = weights(run.dir), weights(runs["bf16"]), weights(runs["fp32"])
     assert all(torch.equal(resumed[k], bf16[k]) for k in bf16)
     assert not all(torch.equal(fp32[k], bf16[k]) for k in bf16)
+
+
+@pytest.mark.parametrize("sticky", [0.0, 0.25])
+def test_seeded_atari_resets_skip_the_rom_reload_and_play_the_same_episodes(tmp_path, sticky):
+    """Breakout (an episode per life: many seeded resets): without sticky actions the ROM is loaded once and
+    every episode equals, frame for frame, what a reset that reloads it gives; with sticky actions (the
+    emulator's own random draws) every seeded reset still reloads."""
+    from nnrecipe.rl.envs import SeedWithoutReload
+
+    recipe = recipe_from("breakout-ppo.yaml", tmp_path, [f"env.atari.sticky_actions={sticky}"])
+    envs, loads = [make_env(recipe, training=True) for _ in range(2)], [0, 0]
+    for k, env in enumerate(envs):
+        game, load = env.unwrapped, env.unwrapped.load_game
+
+        def counted(k=k, load=load):
+            loads[k] += 1
+            load()
+
+        game.load_game = counted
+    fast, reference = envs
+    layer = reference
+    while not isinstance(layer, SeedWithoutReload) and hasattr(layer, "env"):
+        layer = layer.env
+    if sticky == 0:  # the reference resets as ale-py does: seed, reload, reset
+        assert isinstance(layer, SeedWithoutReload)
+        layer.reset = lambda *, seed=None, options=None: layer.env.reset(seed=seed, options=options)
+    else:
+        assert not isinstance(layer, SeedWithoutReload)
+    rng, resets = np.random.default_rng(0), 0
+    a, b = fast.reset(seed=5)[0], reference.reset(seed=5)[0]
+    for step in range(600):
+        np.testing.assert_array_equal(a, b)
+        action = int(rng.integers(fast.action_space.n))
+        (a, ra, ta, ca, _), (b, rb, tb, cb, _) = fast.step(action), reference.step(action)
+        assert (ra, ta, ca) == (rb, tb, cb)
+        if ta or ca:
+            resets += 1
+            a, b = fast.reset(seed=100 + step)[0], reference.reset(seed=100 + step)[0]
+    assert resets >= 5 and loads[1] == resets + 1
+    assert loads[0] == (0 if sticky == 0 else resets + 1)
