@@ -89,9 +89,9 @@ class SeedWithoutReload(gym.Wrapper):
     (about 100 ms, against 7 ms for the reset itself), and SeededEpisodes seeds every episode so that a run
     resumes exactly: on Breakout, whose training episodes end at each lost life, the reloads took 82% of the
     environment's time under a random policy. The reload only applies the seed to the emulator's own random
-    generator, which draws for sticky actions alone, so make_env uses this wrapper when they are off; the
-    agent's random source (no-op starts) is seeded as before, and the episodes are the same frame for frame
-    (tests/test_rl_deep.py)."""
+    generator, which draws for sticky actions (and, as checked frame by frame on Pong and Breakout, for
+    nothing else), so make_env uses this wrapper when they are off; the game's np_random (no-op starts) is
+    seeded as before, and the episodes are the same frame for frame (tests/test_rl_deep.py)."""
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is None:
