@@ -71,8 +71,8 @@ def train(
             raise UserError(f"--nproc/--nnodes: {family.name} runs train in one process")
         args = ["train", str(_find_recipe(recipe)), *[a for item in set_ for a in ("--set", item)]]
         args += ["--name", name] if name else []
-        command = torchrun_command(args, nnodes, nproc, node_rank, master)
         route = local_route(master) if nnodes > 1 and master else None
+        command = torchrun_command(args, nnodes, nproc, node_rank, master, local_addr=route and route[0])
         env = multi_node_environment(route, dict(os.environ))
         if route is not None:
             out.print(f"node {node_rank} of {nnodes}: address {route[0]} on {route[1]}, the route to {master} "

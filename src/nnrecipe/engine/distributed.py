@@ -24,11 +24,14 @@ def torchrun_command(
     master: str | None,
     module: str = "nnrecipe.cli",
     log_dir: Path | None = None,
+    local_addr: str | None = None,
 ) -> list[str]:
     """`python -m torch.distributed.run ... -m <module> <args>`: one node (`--standalone`), or one of
     `nnodes` nodes meeting at node 0's c10d rendezvous `master` (ADDR:PORT). Node 0 hosts the rendezvous
     store; saying so explicitly lets two "nodes" share one machine (the test does). `log_dir`: each process's
-    output is also kept there (torchrun --tee), so a failure can be read after the fact."""
+    output is also kept there (torchrun --tee), so a failure can be read after the fact. `local_addr`: this
+    node's address on the route to the master (local_route); without it torchrun names the node by its
+    hostname."""
     import sys
 
     from nnrecipe.errors import UserError
@@ -45,9 +48,8 @@ def torchrun_command(
             raise UserError(f"--node-rank: must be 0..{nnodes - 1} (got {node_rank})")
         cmd += ["--node-rank", str(node_rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", master]
         cmd += ["--rdzv-id", "nnrecipe", "--rdzv-conf", f"is_host={int(node_rank == 0)}"]
-        route = local_route(master)
-        if route is not None:  # else torchrun names this node by its hostname (see local_route)
-            cmd += ["--local-addr", route[0]]
+        if local_addr is not None:
+            cmd += ["--local-addr", local_addr]
     return [*cmd, "-m", module, *args]
 
 
