@@ -9,6 +9,7 @@ mean return over 20 fixed evaluation episodes; then the medians and how many see
     python bench/ppo_vs_sb3.py --env cartpole --seeds 0 1 2 3 4 5
     python bench/ppo_vs_sb3.py --env lunarlander --seeds 0 1 --set ppo.total_steps=300000
     python bench/ppo_vs_sb3.py --env pong --seeds 0 --set ppo.total_steps=100000    # a CPU budget
+    python bench/ppo_vs_sb3.py --env breakout --seeds 0 --set ppo.total_steps=500000 ppo.eval_every=100000
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ ENVS = {
     "cartpole": ("cartpole-ppo.yaml", 475.0),
     "lunarlander": ("lunarlander-ppo.yaml", 200.0),
     "pong": ("pong-ppo.yaml", 18.0),
+    "breakout": ("breakout-ppo.yaml", 400.0),  # CleanRL's level at 10M steps; a CPU budget reaches far less
 }
 PERIODIC_SEED, FINAL_SEED = 1_000_000, 10_000
 
@@ -40,7 +42,9 @@ def nnrecipe_run(recipe, seed: int) -> dict:
     start = time.perf_counter()
 
     def periodic(policy) -> float:
-        return evaluate_policy(env, policy, c.eval_episodes, PERIODIC_SEED, recipe.env.id)["mean_return"]
+        r = evaluate_policy(env, policy, c.eval_episodes, PERIODIC_SEED, recipe.env.id)["mean_return"]
+        print(f"  nnrecipe periodic evaluation at {time.perf_counter() - start:7.1f} s: {r:.1f}", flush=True)
+        return r
 
     device = torch.device("cuda" if c.device != "cpu" and torch.cuda.is_available() else "cpu")
     out = train_ppo(lambda: make_env(recipe, training=True), c, recipe.gamma, seed, device, periodic)
@@ -94,6 +98,10 @@ def sb3_run(recipe, seed: int) -> dict | None:
 
         def evaluate(self) -> None:
             r = evaluate_policy(eval_env, policy, c.eval_episodes, PERIODIC_SEED, recipe.env.id)["mean_return"]
+            print(
+                f"  sb3 periodic evaluation at {time.perf_counter() - start:7.1f} s, step {self.num_timesteps:,}: {r:.1f}",
+                flush=True,
+            )
             best["return"], self.last = max(best["return"], r), self.num_timesteps
 
         def _on_step(self) -> bool:

@@ -386,3 +386,19 @@ def test_seeded_atari_resets_skip_the_rom_reload_and_play_the_same_episodes(tmp_
             a, b = fast.reset(seed=100 + step)[0], reference.reset(seed=100 + step)[0]
     assert resets >= 5 and loads[1] == resets + 1
     assert loads[0] == (0 if sticky == 0 else resets + 1)
+
+
+@pytest.mark.parametrize("fire_reset", [True, False])
+def test_breakout_serves_after_every_lost_life_so_a_policy_that_never_fires_ends_its_game(tmp_path, fire_reset):
+    """Breakout waits for FIRE to serve: with fire_reset a do-nothing policy loses its five lives and the game
+    ends within a few hundred steps; without it the game never starts (it would run to the 27,000-step limit)."""
+    recipe = recipe_from("breakout-ppo.yaml", tmp_path, [f"env.atari.fire_reset={fire_reset}"])
+    env = make_env(recipe)  # evaluation: whole games, every life
+    _, info = env.reset(seed=3)
+    lives, terminated = [info["lives"]], False
+    for _ in range(1500):
+        _, _, terminated, truncated, info = env.step(0)  # NOOP
+        lives += [info["lives"]] if info["lives"] != lives[-1] else []
+        if terminated or truncated:
+            break
+    assert (terminated, lives) == ((True, [5, 4, 3, 2, 1, 0]) if fire_reset else (False, [5]))

@@ -23,6 +23,10 @@ class Atari(Section):
         lt=1,
         description="ALE repeat_action_probability (v5's own default is 0.25; 0 matches the NoFrameskip-v4 results CleanRL and SB3 publish).",
     )
+    fire_reset: bool = Field(
+        True,
+        description="In games with a FIRE action, press it at the start of a game and after each lost life (SB3's and CleanRL's FireResetEnv): Breakout waits for it, and a greedy policy that never serves would stall until the time limit.",
+    )
 
 
 class Env(Section):

@@ -101,6 +101,35 @@ class SeedWithoutReload(gym.Wrapper):
         return obs, info | {"seeds": seeded}
 
 
+class FireOnNewLife(gym.Wrapper):
+    """Presses FIRE once at the start of a game and after each lost life, as SB3's and CleanRL's FireResetEnv
+    do (with their episodic-life wrapper, a lost life is a reset there). Breakout and similar games wait for
+    FIRE to serve: a greedy policy that has not learned to press it plays nothing until the 108,000-frame
+    limit. The extra step is the environment's own (its reward is added; it is not an agent step), and it
+    is a function of the state, so a replayed episode (SeededEpisodes) presses it at the same frames."""
+
+    def __init__(self, env: gym.Env, fire: int):
+        super().__init__(env)
+        self.fire, self.lives = fire, 0
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        obs, _, terminated, truncated, info = self.env.step(self.fire)
+        if terminated or truncated:  # not in any game's first frames; kept for safety, as FireResetEnv does
+            obs, info = self.env.reset()
+        self.lives = info.get("lives", 0)
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        lives = info.get("lives", 0)
+        if 0 < lives < self.lives and not (terminated or truncated):
+            obs, extra, terminated, truncated, info = self.env.step(self.fire)
+            reward, lives = reward + extra, info.get("lives", 0)
+        self.lives = lives
+        return obs, reward, terminated, truncated, info
+
+
 def _atari(env: gym.Env, cfg, training: bool) -> gym.Env:
     """The Nature-DQN preprocessing: no-op starts, frame skip with max-pooling, 84x84 grey, frame stack."""
     game = env.unwrapped
@@ -114,6 +143,9 @@ def _atari(env: gym.Env, cfg, training: bool) -> gym.Env:
         terminal_on_life_loss=training and cfg.terminal_on_life_loss,
         grayscale_obs=True,
     )
+    meanings = game.get_action_meanings()
+    if cfg.fire_reset and "FIRE" in meanings:
+        env = FireOnNewLife(env, meanings.index("FIRE"))
     if training and cfg.clip_rewards:
         env = gym.wrappers.TransformReward(env, np.sign)
     return gym.wrappers.FrameStackObservation(env, cfg.frame_stack)
