@@ -85,20 +85,18 @@ def _history(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in read_metrics(run_dir / "metrics.jsonl")]
 
 
+DQN_SMALL = [
+    "dqn.total_steps=4000",
+    "dqn.eval_every=1000",
+    "dqn.learning_starts=300",
+    "dqn.gradient_steps=8",
+    "dqn.train_freq=64",
+    "dqn.eval_episodes=2",
+    "dqn.num_envs=2",
+]
 CASES = {
-    "dqn": (
-        "cartpole-dqn.yaml",
-        [
-            "dqn.total_steps=4000",
-            "dqn.eval_every=1000",
-            "dqn.learning_starts=300",
-            "dqn.gradient_steps=8",
-            "dqn.train_freq=64",
-            "dqn.eval_episodes=2",
-            "dqn.num_envs=2",
-        ],
-        2000,
-    ),
+    "dqn": ("cartpole-dqn.yaml", [*DQN_SMALL, "dqn.average=null"], 2000),
+    "dqn-averaged": ("cartpole-dqn.yaml", [*DQN_SMALL, "dqn.average=0.99"], 2000),
     "ppo": (
         "cartpole-ppo.yaml",
         ["ppo.total_steps=3072", "ppo.eval_every=1024", "ppo.num_envs=2", "ppo.num_steps=256", "ppo.eval_episodes=2"],
@@ -143,8 +141,8 @@ def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_run(tmp_path, m
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     _, last_a = load_checkpoint(whole_dir / "checkpoints/last.safetensors")
     _, last_b = load_checkpoint(run.dir / "checkpoints/last.safetensors")
-    net = "q" if algo == "dqn" else "net"
-    assert all(torch.equal(last_a[net][k], last_b[net][k]) for k in last_a[net])
+    for net in {"dqn": ["q"], "dqn-averaged": ["q", "averaged"]}.get(algo, ["net"]):
+        assert all(torch.equal(last_a[net][k], last_b[net][k]) for k in last_a[net])
 
 
 def test_seeded_episodes_rebuild_an_episode_in_progress():

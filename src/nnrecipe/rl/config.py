@@ -129,6 +129,12 @@ class DQN(DeepRL):
         0.16, gt=0, le=1, description="Fraction of total_steps over which epsilon decays linearly."
     )
     max_grad_norm: float = Field(10.0, gt=0, description="Gradient clipping by global norm.")
+    average: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Decay of an exponential moving average of the Q-network's weights over gradient steps (e.g. 0.999); when set, that average is what is evaluated, kept and returned as the final network, while the online network explores and learns. null = off.",
+    )
     eval_every: int = Field(
         5_000, gt=0, description="Steps between greedy evaluations (logged, and the best network is kept)."
     )

@@ -5,8 +5,11 @@ Replay buffer, target network (hard copy every `target_update` environment steps
 with tau < 1), optional Double DQN, Huber loss, gradient clipping, linear epsilon schedule, gymnasium
 vector environments (SyncVectorEnv, or AsyncVectorEnv with a process per environment). The network
 that scores best in the periodic greedy evaluations is kept next to the final one, and both are
-reported: a run that reaches 500 once and then collapses has not solved the task. Checkpoints hold the
-replay buffer, random states and each environment's episode, so a resumed run is the uninterrupted run.
+reported: a run that reaches 500 once and then collapses has not solved the task. With `average` the
+network the run answers with (evaluated, kept, returned as final) is an exponential moving average of the
+online network's weights over gradient steps: each training phase (128 steps against a freshly copied
+target) swings the greedy policy, and the average smooths the swings (bench/RESULTS.md). Checkpoints hold
+the replay buffer, random states and each environment's episode, so a resumed run is the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -185,17 +188,23 @@ def train_dqn(
     # fused: one kernel for the whole Adam update instead of a loop over parameters (CPU and CUDA)
     optimizer = torch.optim.Adam(q_net.parameters(), lr=cfg.lr, fused=True)
     params = list(q_net.parameters())  # module.parameters() walks the module tree on every call
+    # dqn.average: the network the run answers with is an average of the online one over recent steps
+    averaged = copy.deepcopy(q_net) if cfg.average else None
+    averaged_params = list(averaged.parameters()) if averaged is not None else []
     buffer = ReplayBuffer(cfg.buffer_size, space.shape, space.dtype, rng)
     first, grad_steps, recent = 0, 0, []
     if resume:
         q_net.load_state_dict(resume["q"])
+        if averaged is not None:
+            averaged.load_state_dict(resume["averaged"])
         target.load_state_dict(resume["target"])
         optimizer.load_state_dict(resume["optimizer"])
         restore_rng(rng, resume["rng"])
         first, grad_steps, recent = resume["step"], resume["gradient_steps"], list(resume["recent"])
         if resume.get("buffer") is not None:
             buffer.load(resume["buffer"])
-    best = BestNetwork(q_net, evaluate, cfg.eval_every, first, resume)
+    answer = averaged if averaged is not None else q_net  # what is evaluated, kept and returned
+    best = BestNetwork(answer, evaluate, cfg.eval_every, first, resume)
     actor = actor_for(q_net, device)
     obs = envs.reset()
     decay_steps = cfg.exploration_fraction * cfg.total_steps
@@ -240,6 +249,9 @@ def train_dqn(
                 loss.backward()
                 nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
                 optimizer.step()
+                if averaged is not None:
+                    with torch.no_grad():
+                        torch._foreach_lerp_(averaged_params, params, 1.0 - cfg.average)
                 grad_steps += 1
             actor = actor_for(q_net, device)
 
@@ -253,7 +265,7 @@ def train_dqn(
         # TRY NOT TO MODIFY: periodic greedy evaluation, logging, checkpoint
         done_steps = step + cfg.num_envs
         if best.due(done_steps, cfg.total_steps):
-            eval_return = best.evaluate(done_steps, q_net, actor)
+            eval_return = best.evaluate(done_steps, answer, actor if averaged is None else actor_for(averaged, device))
             if on_log is not None:
                 on_log(
                     {
@@ -272,6 +284,7 @@ def train_dqn(
                         "step": done_steps,
                         "gradient_steps": grad_steps,
                         "q": q_net.state_dict(),
+                        **({"averaged": averaged.state_dict()} if averaged is not None else {}),
                         "target": target.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "envs": envs.state(),
@@ -282,4 +295,4 @@ def train_dqn(
                     }
                 )
     envs.close()
-    return best.result(q_net)
+    return best.result(answer)
