@@ -6,7 +6,7 @@ nnrecipe runs its defaults (precision auto: bf16 autocast on CUDA or on CPUs wit
 fused AdamW). The Trainer runs with length grouping, once in its default fp32 and once with `bf16=True`
 (equal precision), and with `--with-default-sampler` also with its default random sampler.
 Prints training samples/s (model loading and evaluation excluded) and held-out accuracy for each, and
-the ratios last.
+the ratios last. Each run is its own process, so none inherits another's allocator state or settings.
 
     python bench/text_vs_hf_trainer.py --train ../shared/datasets/sst2/train.tsv
 """
@@ -14,6 +14,9 @@ the ratios last.
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 from nnrecipe.data.text import label_names
 from nnrecipe.models.hf import build
 from nnrecipe.recipe import load_recipe
@@ -94,28 +98,42 @@ def hf(recipe, group: bool, bf16: bool = False) -> dict:
     return {"samples_per_s": len(train_rows) * recipe.train.epochs / seconds, "accuracy": accuracy, "seconds": seconds}
 
 
+RUNS = {
+    "nnrecipe": lambda recipe: ours(recipe.model_copy(deep=True)),
+    "HF Trainer, length grouping": lambda recipe: hf(recipe, True),
+    "HF Trainer, grouping + bf16": lambda recipe: hf(recipe, True, bf16=True),
+    "HF Trainer, default sampler": lambda recipe: hf(recipe, False),
+}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", required=True, help="SST-2 train.tsv")
     ap.add_argument(
         "--with-default-sampler", action="store_true", help="also time the Trainer without length grouping (slow)"
     )
+    ap.add_argument("--only", choices=sorted(RUNS), help=argparse.SUPPRESS)  # one run, in this process
     args = ap.parse_args()
     recipe = load_recipe(
         ROOT / "recipes/sst2-minilm.yaml",
         [f"data.train={args.train}", "track.progress=false", "track.plots=false", "track.tensorboard=false"],
     )
+    if args.only:
+        print("RESULT " + json.dumps(RUNS[args.only](recipe)), flush=True)
+        return
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    names = [n for n in RUNS if args.with_default_sampler or n != "HF Trainer, default sampler"]
     rows = {}
-    runs = [
-        ("nnrecipe", lambda: ours(recipe.model_copy(deep=True))),
-        ("HF Trainer, length grouping", lambda: hf(recipe, True)),
-        ("HF Trainer, grouping + bf16", lambda: hf(recipe, True, bf16=True)),
-    ]
-    if args.with_default_sampler:
-        runs.append(("HF Trainer, default sampler", lambda: hf(recipe, False)))
-    for name, fn in runs:
-        rows[name] = fn()
-        r = rows[name]
+    for name in names:
+        # Each run in a fresh process: nothing one leaves behind (the allocator's state, oneDNN's caches,
+        # process-wide settings such as nnrecipe's malloc thresholds) reaches the next.
+        out = subprocess.run(
+            [sys.executable, __file__, "--train", args.train, "--only", name], capture_output=True, text=True
+        )
+        result = next((line for line in out.stdout.splitlines() if line.startswith("RESULT ")), None)
+        if result is None:
+            raise SystemExit(f"{name} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+        rows[name] = r = json.loads(result.removeprefix("RESULT "))
         print(
             f"{name:30s} {r['samples_per_s']:6.1f} samples/s   {r['seconds']:6.1f} s   held-out accuracy {r['accuracy']:.4f}",
             flush=True,

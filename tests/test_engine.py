@@ -89,6 +89,42 @@ def test_engine_matches_a_hand_written_loop_exactly(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_norm_clipping_folded_into_fused_adamw_matches_a_hand_written_loop(tmp_path):
+    """The engine passes 1/clip coefficient to the fused AdamW kernel instead of rescaling the gradients in
+    memory; the weights must follow clip_grad_norm_ + step to rounding, with clipping active."""
+    clip = 0.05
+    optim = Optim(name="adamw", lr=0.01, weight_decay=0.01, fused=True)
+    trainer = make_trainer(
+        tmp_path, net(), train=Train(epochs=2, batch_size=32, device="cpu", clip_grad_norm=clip, precision="fp32"),
+        optim=optim,
+    )  # fmt: skip
+    assert trainer.clip_in_step
+    trainer.fit()
+
+    model = net()
+    opt = build_optimizer(model, optim)
+    x, y = blobs(256)
+    loader = TensorLoader(x, y, 32, shuffle=True, seed=0)
+    norms = []
+    for epoch in range(2):
+        for xb, yb in loader.batches(epoch):
+            opt.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip)))
+            opt.step()
+    assert sum(n > clip for n in norms) > len(norms) // 2  # clipping changed most steps
+    for a, b in zip(trainer.eval_model().parameters(), model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    unclipped = net()
+    opt = build_optimizer(unclipped, optim)
+    for epoch in range(2):
+        for xb, yb in loader.batches(epoch):
+            opt.zero_grad()
+            F.cross_entropy(unclipped(xb), yb).backward()
+            opt.step()
+    assert not torch.allclose(next(unclipped.parameters()), next(model.parameters()), rtol=1e-3)
+
+
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     big = make_trainer(tmp_path / "a", net(), train=Train(epochs=1, batch_size=64, device="cpu", precision="fp32"))
     big.fit()

@@ -22,7 +22,8 @@ from nnrecipe.tasks import get_family
 from nnrecipe.trust.explain import explain_run
 from nnrecipe.trust.text_explain import encode, label_score, piece_scores, word_scores
 
-SMALL = ("model.name=bilstm", "model.embedding_dim=32", "model.hidden_size=32", "optim.lr=0.005", "train.epochs=6")
+# 12 epochs: at 6 the entity F1 depended on the dropout draws (0.72-0.93 over seeds 0-4); at 12 it is 0.98-1.0
+SMALL = ("model.name=bilstm", "model.embedding_dim=32", "model.hidden_size=32", "optim.lr=0.005", "train.epochs=12")
 NEUTRAL = ["long", "new", "old", "short", "french", "recent", "late", "early"]
 KEYWORDS = set(POS) | set(NEG)
 

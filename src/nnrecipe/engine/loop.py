@@ -30,6 +30,8 @@ from nnrecipe.engine.averaging import has_batchnorm, recompute_batchnorm, weight
 from nnrecipe.engine.checkpoint import load_checkpoint, save_checkpoint, split_prefix, with_prefix
 from nnrecipe.engine.config import Schedule, Train
 from nnrecipe.engine.distributed import is_main_process
+from nnrecipe.engine.fast_dropout import fast_dropout
+from nnrecipe.engine.host_memory import keep_freed_blocks
 from nnrecipe.engine.numerics import cpu_bf16_units
 from nnrecipe.engine.optim import build_scheduler
 from nnrecipe.engine.precision_probe import decide, probe_enabled
@@ -168,6 +170,8 @@ def make_accelerator(cfg: Train, cpu_bf16: bool | None = None) -> Accelerator:
     # (DDP over gloo, under torchrun) when told so.
     on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not cuda and not torch.backends.mps.is_available())
     acc = Accelerator(cpu=on_cpu, mixed_precision={"fp32": "no"}.get(precision, precision))
+    if acc.device.type == "cpu":
+        keep_freed_blocks()  # a step's large tensors reused from the heap, not mapped afresh each step
     acc.precision_reason, acc.precision_pending = reason, pending
     return acc
 
@@ -249,6 +253,15 @@ class Trainer:
         else:
             self.model = accelerator.prepare(model)
         self.scaler = accelerator.scaler  # a GradScaler with fp16, else None
+        self.all_parameters = list(self.model.parameters())  # those with a gradient are clipped (freezing may change)
+        self.clip_in_step = (
+            bool(train_cfg.clip_grad_norm)
+            and not train_cfg.clip_grad_value
+            and self.scaler is None
+            and not self.sharded
+            and isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW)
+            and all(group.get("fused") for group in optimizer.param_groups)
+        )
         self.total_steps = train_cfg.total_steps(self.steps_per_epoch)
         self.epochs = train_cfg.planned_epochs(self.steps_per_epoch)
         self.scheduler = build_scheduler(optimizer, schedule_cfg, self.steps_per_epoch, self.total_steps)
@@ -273,11 +286,14 @@ class Trainer:
         if resume:
             self._restore()
         previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        # CPU dropout masks drawn 16 bits at a time while training; the model is given back as built
+        cheap_masks = fast_dropout(self._bare()) if self.acc.device.type == "cpu" else nullcontext()
         try:
-            while self.state.epoch < self.epochs and self.state.status == "running":
-                self._train_epoch()
-                if self.state.status == "running":
-                    self._end_epoch()
+            with cheap_masks:
+                while self.state.epoch < self.epochs and self.state.status == "running":
+                    self._train_epoch()
+                    if self.state.status == "running":
+                        self._end_epoch()
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -369,6 +385,9 @@ class Trainer:
     def _optimizer_step(self) -> None:
         if self.scaler is not None and (self.cfg.clip_grad_norm or self.cfg.clip_grad_value):
             self.scaler.unscale_(self.optimizer)  # clip true gradients, not scaled ones
+        if self.clip_in_step:
+            self._step_clipped_by_norm()
+            return self._after_optimizer_step()
         if self.cfg.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
         if self.cfg.clip_grad_value:
@@ -378,6 +397,24 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        self._after_optimizer_step()
+
+    def _step_clipped_by_norm(self) -> None:
+        """clip_grad_norm_ then step, with the clipping folded into the fused Adam kernel: it divides every
+        gradient by `grad_scale` as it reads it (the hook GradScaler uses), which saves a pass that
+        multiplies every gradient in memory (3% of a MiniLM step on the CPU). The same update up to rounding:
+        the gradient divided by 1/c instead of multiplied by c, with c = min(1, max_norm / (norm + 1e-6))
+        exactly as clip_grad_norm_ computes it."""
+        grads = [p.grad for p in self.all_parameters if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        coef = torch.clamp(self.cfg.clip_grad_norm / (norm + 1e-6), max=1.0)
+        self.optimizer.grad_scale = torch.reciprocal(coef)
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.grad_scale
+
+    def _after_optimizer_step(self) -> None:
         if self.averaging is None or self.averaging.steps_schedule(self.state.epoch):
             self.scheduler.step()
         for cb in self.callbacks:
