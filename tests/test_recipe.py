@@ -41,7 +41,7 @@ def test_override_types_follow_yaml(tmp_path):
         ({"optim": {"lr": -1}}, ["optim.lr", "greater than 0", "-1"]),
         ({"train": {"batch_size": 0}}, ["train.batch_size", "greater than 0"]),
         ({"train": {"epochs": "many"}}, ["train.epochs", "integer"]),
-        ({"data": {"source": "mnist"}}, ["data.source", "'digits', 'cifar10' or 'imagefolder'", "mnist"]),
+        ({"data": {"source": "mnist"}}, ["data.source", "'digits', 'cifar10', 'imagefolder' or 'shards'", "mnist"]),
         ({"model": {"name": "resnet5"}}, ["model.name", "allowed: convnet", "resnet18"]),
         ({"model": {"name": "tv:resnet_999"}}, ["model.name", "unknown torchvision model"]),
         ({"schedule": {"name": "poly"}}, ["schedule.name", "'constant', 'step', 'linear', 'cosine' or 'onecycle'"]),

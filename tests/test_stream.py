@@ -71,7 +71,7 @@ def test_auto_streams_above_the_memory_cap_and_stream_needs_a_folder(tmp_path, c
     assert not load_splits(tree_recipe(tmp_path, tree).data).train.streamed
     capped = load_splits(tree_recipe(tmp_path, tree, "data.memory_cap_mb=1", "data.image_size=256").data)
     assert capped.train.streamed and "streaming 30 images from disk" in capsys.readouterr().err
-    with pytest.raises(UserError, match="data.stream: true streams image folders; digits is held in memory"):
+    with pytest.raises(UserError, match="data.stream: true streams image folders and shards; digits is held in memory"):
         load_splits(make_recipe(tmp_path / "runs", "data.stream=true").data)
 
 

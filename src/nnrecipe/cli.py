@@ -490,6 +490,32 @@ def serve(
 
 
 @app.command()
+def pack(
+    folder: Path = typer.Argument(..., help="An image folder: <class>/<images>, optionally under train/ val/ test/."),
+    out: Path = typer.Argument(..., help="The folder to write the shards, index.npz and shards.json into."),
+    shard_mb: float = typer.Option(
+        256.0, min=0.001, help="Largest shard size in MB (a shard holds one image at least)."
+    ),
+) -> None:
+    """Pack an image folder into WebDataset tar shards with a byte index (data.source: shards reads them, from
+    this folder or any fsspec URL it is copied to); each image's bytes are kept as they are."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from nnrecipe.data.shards import pack_image_folder
+
+    with Progress(TextColumn("packing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+                  transient=True) as bar:  # fmt: skip
+        task = bar.add_task("pack", total=None)
+        done = pack_image_folder(folder, out, shard_mb, lambda n, total: bar.update(task, completed=n, total=total))
+    for path in done["skipped"]:
+        err.print(f"skipped (not a readable image): {path}")
+    err.print(
+        f"packed {done['samples']:,} images of {len(done['classes'])} classes into {done['shards']} shard(s) in {out}; "
+        f"train with data.source=shards data.path={out}"
+    )
+
+
+@app.command()
 def doctor(
     recipe: Path = typer.Argument(..., help="The recipe to check."),
     set_: list[str] = typer.Option([], "--set", help="Override a field, e.g. --set optim.lr=0.1."),

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 
+from nnrecipe.data.shards import open_packed
 from nnrecipe.data.splits import holdout
 from nnrecipe.data.stream import StreamedImages, readable
 from nnrecipe.errors import UserError
@@ -134,12 +135,16 @@ def folder_stamp(data) -> tuple | None:
 
 
 def read_source(data) -> ImageSplits:
-    if data.stream is True and data.source != "imagefolder":
-        raise UserError(f"data.stream: true streams image folders; {data.source} is held in memory (use auto or false)")
+    if data.stream is True and data.source not in ("imagefolder", "shards"):
+        raise UserError(
+            f"data.stream: true streams image folders and shards; {data.source} is held in memory (use auto or false)"
+        )
     if data.source == "digits":
         splits = _digits(data)
     elif data.source == "cifar10":
         splits = _cifar10(data)
+    elif data.source == "shards":
+        splits = _shards(data)
     else:
         splits = _imagefolder(data)
     size = data.image_size or splits.train.images.shape[-1]
@@ -258,6 +263,52 @@ def _imagefolder(data) -> ImageSplits:
     if val is None:
         train, val = _split(train, data.val_fraction, data.split_seed)
     return ImageSplits(classes, train, val, test, skipped)
+
+
+def _shards(data) -> ImageSplits:
+    """A packed set (data/shards.py): streamed from its shards, or decoded into memory when data.stream says
+    so (auto: when the decoded set fits data.memory_cap_mb, as for folders)."""
+    location = data.url or (str(Path(data.path).expanduser()) if data.path is not None else None)
+    if location is None:
+        raise UserError("data.path: required for data.source: shards (the folder `nnrecipe pack` wrote), or data.url")
+    packed = open_packed(location)
+    train_split = packed.splits.get("train")
+    if train_split is None or train_split.stop == train_split.start:
+        raise UserError(f"{location}: the packed set has no training images")
+
+    def part(name: str, channels: int, size: int) -> ImageSet | None:
+        span = packed.splits.get(name)
+        if span is None or span.stop == span.start:
+            return None
+        items = list(range(span.start, span.stop))
+        return ImageSet(
+            StreamedImages(items, channels, size, packed.source),
+            torch.from_numpy(packed.labels[span.start : span.stop]),
+        )
+
+    first = read_image(packed.source.open(train_split.start), data.channels, packed.source.name(train_split.start))
+    channels, size = data.channels or first.shape[0], data.image_size or first.shape[-1]
+    train = part("train", channels, size)
+    val, test = part("val", channels, size) or part("valid", channels, size), part("test", channels, size)
+    total = sum(len(p) for p in (train, val, test) if p is not None)
+    mb = total * channels * size * size / 2**20
+    stream = data.stream if data.stream != "auto" else mb > data.memory_cap_mb
+    if stream and data.stream == "auto":
+        from nnrecipe.engine.loop import console
+
+        console.print(
+            f"streaming {total:,} images from {location}: decoded they would take {mb:,.0f} MB, over "
+            f"data.memory_cap_mb {data.memory_cap_mb:,} (data.stream: false holds them in memory)"
+        )
+    if not stream:
+        for p in (train, val, test):
+            if p is not None:
+                p.images = p.images[:]
+    if test is None:
+        train, test = _split(train, data.test_fraction, data.split_seed)
+    if val is None:
+        train, val = _split(train, data.val_fraction, data.split_seed)
+    return ImageSplits(packed.classes, train, val, test)
 
 
 def tree_parts(root: Path) -> dict[str, Path]:
@@ -398,8 +449,10 @@ def decode_tree(
     return found, bad
 
 
-def read_image(path: Path, channels: int | None = None) -> torch.Tensor:
-    """Decode one file to uint8 C x H x W; raises UserError naming the file if it is not a readable image."""
+def read_image(path, channels: int | None = None, name: str | None = None) -> torch.Tensor:
+    """Decode one file (a path, or an open binary file called `name`) to uint8 C x H x W; raises UserError
+    naming the file if it is not a readable image."""
+    name = name or path
     try:
         with Image.open(path) as im:
             im.seek(0)  # animated formats: first frame
@@ -409,8 +462,8 @@ def read_image(path: Path, channels: int | None = None) -> torch.Tensor:
                 im = im.convert("L" if im.mode in ("1", "LA", "I", "I;16", "F") else "RGB")
             array = np.asarray(im, dtype=np.uint8)
     except FileNotFoundError:
-        raise UserError(f"image not found: {path}") from None
+        raise UserError(f"image not found: {name}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise UserError(f"cannot decode image {path}: {e}") from None
+        raise UserError(f"cannot decode image {name}: {e}") from None
     img = torch.from_numpy(array.copy())
     return img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1).contiguous()

@@ -35,11 +35,28 @@ def auto_workers() -> int:
     return 0 if cores <= 4 else cores // 4
 
 
-class StreamedImages:
-    """Images on disk, decoded on use to uint8 C x H x W at `channels` and a square `size`."""
+class Files:
+    """The default source of a streamed set's bytes: its items are file paths, opened as they are."""
 
-    def __init__(self, paths: list[str], channels: int, size: int):
-        self.paths, self.channels, self.size = list(paths), channels, size
+    def open(self, item: str) -> str:
+        return item
+
+    def name(self, item: str) -> str:
+        return item
+
+    def same_set(self, other) -> bool:
+        return isinstance(other, Files)
+
+
+FILES = Files()
+
+
+class StreamedImages:
+    """Images on disk, decoded on use to uint8 C x H x W at `channels` and a square `size`. `paths` are the
+    items `source` opens: file paths (the default), or sample numbers of a packed set (data/shards.py)."""
+
+    def __init__(self, paths: list, channels: int, size: int, source=FILES):
+        self.paths, self.channels, self.size, self.source = list(paths), channels, size, source
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -52,21 +69,24 @@ class StreamedImages:
         return StreamedImages([self.paths[i] for i in torch.as_tensor(idx, dtype=torch.long).tolist()], *self._at)
 
     def concat(self, other: StreamedImages) -> StreamedImages:
+        if not self.source.same_set(other.source):
+            raise UserError("streamed images from two different sources cannot be joined; set data.stream: false")
         return StreamedImages(self.paths + other.paths, *self._at)
 
     def conformed(self, channels: int | None, size: int) -> StreamedImages:
-        return StreamedImages(self.paths, channels or self.channels, size)
+        return StreamedImages(self.paths, channels or self.channels, size, self.source)
 
     @property
-    def _at(self) -> tuple[int, int]:
-        return self.channels, self.size
+    def _at(self) -> tuple:
+        return self.channels, self.size, self.source
 
-    def decode_one(self, path: str) -> torch.Tensor:
+    def decode_one(self, path) -> torch.Tensor:
         from nnrecipe.data.images import conform, read_image
 
-        return conform(read_image(Path(path), self.channels).unsqueeze(0), self.channels, self.size)[0]
+        image = read_image(self.source.open(path), self.channels, self.source.name(path))
+        return conform(image.unsqueeze(0), self.channels, self.size)[0]
 
-    def decode_batch(self, paths: list[str]) -> torch.Tensor:
+    def decode_batch(self, paths: list) -> torch.Tensor:
         """Several files into one N x C x H x W uint8 tensor, the same values as stacking `decode_one`'s: files
         already at the size are converted by PIL straight into one array (3x faster than one tensor per
         file), the others go through `decode_one`'s resize."""
@@ -74,11 +94,13 @@ class StreamedImages:
         out = np.empty((len(paths), self.size, self.size, self.channels), dtype=np.uint8)
         for j, path in enumerate(paths):
             try:
-                with Image.open(path) as im:
+                with Image.open(self.source.open(path)) as im:
                     im.seek(0)  # animated formats: first frame, as read_image
                     if im.size == (self.size, self.size):
                         out[j] = np.asarray(im.convert(mode), dtype=np.uint8).reshape(self.size, self.size, -1)
                         continue
+            except UserError:  # the source's own complaint (a missing or cut-off shard)
+                raise
             except Exception:  # decode_one reports it, naming the file
                 pass
             out[j] = self.decode_one(path).permute(1, 2, 0).numpy()

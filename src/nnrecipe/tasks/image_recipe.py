@@ -51,13 +51,17 @@ class Normalize(Section):
 class ImageData(Section):
     """Where the images come from and how they are split."""
 
-    source: Literal["digits", "cifar10", "imagefolder"] = Field(
+    source: Literal["digits", "cifar10", "imagefolder", "shards"] = Field(
         "digits",
-        description="digits: scikit-learn's embedded 8x8 digits; cifar10: torchvision's CIFAR-10; imagefolder: a class-per-folder tree.",
+        description="digits: scikit-learn's embedded 8x8 digits; cifar10: torchvision's CIFAR-10; imagefolder: a class-per-folder tree; shards: an image folder packed into WebDataset tar shards by `nnrecipe pack`.",
     )
     path: Path | None = Field(
         None,
-        description="cifar10: folder holding cifar-10-batches-py (default ~/.cache/nnrecipe/cifar10); imagefolder: the tree (with train/ val/ test/ subfolders, or one tree to split).",
+        description="cifar10: folder holding cifar-10-batches-py (default ~/.cache/nnrecipe/cifar10); imagefolder: the tree (with train/ val/ test/ subfolders, or one tree to split); shards: the folder `nnrecipe pack` wrote.",
+    )
+    url: str | None = Field(
+        None,
+        description="shards: an fsspec URL of a packed set instead of data.path (s3://bucket/set, gs://..., https://...; simplecache::s3://... keeps each shard on local disk after its first read); needs the protocol's fsspec package (s3fs, gcsfs).",
     )
     download: bool = Field(True, description="cifar10: download when the files are missing and the network allows.")
     val_fraction: float = Field(
@@ -89,7 +93,7 @@ class ImageData(Section):
     limit: int | None = Field(None, gt=0, description="Use only the first N training examples (quick experiments).")
     stream: Literal["auto"] | bool = Field(
         "auto",
-        description="imagefolder: decode images batch by batch in DataLoader workers instead of all into memory first; auto: when the decoded set would pass data.memory_cap_mb (the choice is printed).",
+        description="imagefolder, shards: decode images batch by batch in DataLoader workers instead of all into memory first; auto: when the decoded set would pass data.memory_cap_mb (the choice is printed).",
     )
     memory_cap_mb: int = Field(
         2048, gt=0, description="stream auto: the decoded size (N x C x H x W bytes) above which images are streamed."
