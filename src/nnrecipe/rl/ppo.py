@@ -25,7 +25,7 @@ from torch import nn
 from nnrecipe.engine.numerics import flush_denormals
 from nnrecipe.rl.best import BestNetwork, restore_rng, rng_state
 from nnrecipe.rl.envs import SeededEpisodes
-from nnrecipe.rl.networks import ActorCritic, build_actor_critic, obs_tensor, policy_actions
+from nnrecipe.rl.networks import ActorCritic, NumpyActorCritic, build_actor_critic, obs_tensor, policy_actions
 
 
 class ReturnScale:
@@ -66,45 +66,52 @@ def gae(rewards, values, dones, last_value, gamma: float, lam: float) -> tuple[t
 
 
 def ppo_update(net: ActorCritic, optimizer, batch: dict, cfg, clip: float) -> dict:
-    """`epochs` passes over shuffled minibatches of the flattened rollout."""
+    """`epochs` passes over shuffled minibatches of the flattened rollout. Each epoch gathers the batch in
+    its shuffled order once, so a minibatch is a slice (a view) rather than six gathers."""
     n = len(batch["values"])
-    clip_fractions, stats, params = [], {}, list(net.parameters())
+    ratios, params = [], list(net.parameters())
     for _ in range(cfg.epochs):
         order = torch.randperm(n, device=batch["values"].device)
+        shuffled = {k: v[order] for k, v in batch.items()}
         for start in range(0, n, cfg.minibatch_size):
-            mb = order[start : start + cfg.minibatch_size]
-            dist, value = net.distribution_and_value(batch["obs"][mb])
-            log_prob = net.log_prob(dist, batch["actions"][mb])
-            log_ratio = log_prob - batch["log_probs"][mb]
+            mb = {k: v[start : start + cfg.minibatch_size] for k, v in shuffled.items()}
+            log_prob, entropy, value = net.evaluate_actions(mb["obs"], mb["actions"])
+            log_ratio = log_prob - mb["log_probs"]
             ratio = log_ratio.exp()
-            with torch.no_grad():
-                approx_kl = ((ratio - 1) - log_ratio).mean()  # the low-variance estimator (Schulman's blog)
-                clip_fractions.append(((ratio - 1.0).abs() > clip).float().mean())
-            adv = batch["advantages"][mb]
-            if cfg.normalize_advantages and len(mb) > 1:
+            ratios.append(ratio.detach())
+            adv = mb["advantages"]
+            if cfg.normalize_advantages and len(adv) > 1:
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
             pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
-            v_loss = (value - batch["returns"][mb]) ** 2
+            v_loss = (value - mb["returns"]) ** 2
             if cfg.clip_value:
-                clipped = batch["values"][mb] + (value - batch["values"][mb]).clamp(-clip, clip)
-                v_loss = torch.max(v_loss, (clipped - batch["returns"][mb]) ** 2)
+                clipped = mb["values"] + (value - mb["values"]).clamp(-clip, clip)
+                v_loss = torch.max(v_loss, (clipped - mb["returns"]) ** 2)
             v_loss = 0.5 * v_loss.mean()
-            entropy = net.entropy(dist).mean()
+            entropy = entropy.mean()
             loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
             optimizer.step()
+        with torch.no_grad():  # the epoch's last minibatch: the low-variance estimator (Schulman's blog)
+            approx_kl = ((ratio - 1) - log_ratio).mean()
         if cfg.target_kl is not None and approx_kl > cfg.target_kl:
             break
-    stats.update(
-        policy_loss=pg_loss.item(),
-        value_loss=v_loss.item(),
-        entropy=entropy.item(),
-        approx_kl=approx_kl.item(),
-        clip_fraction=torch.stack(clip_fractions).mean().item(),
-    )
-    return stats
+    return {
+        "policy_loss": pg_loss.item(),
+        "value_loss": v_loss.item(),
+        "entropy": entropy.item(),
+        "approx_kl": approx_kl.item(),
+        "clip_fraction": ((torch.cat(ratios) - 1.0).abs() > clip).float().mean().item(),  # of the samples seen
+    }
+
+
+def stacked(steps: list, device: torch.device) -> torch.Tensor:
+    """A rollout's per-step arrays (NumPy) or tensors as one num_steps x num_envs tensor on `device`."""
+    if isinstance(steps[0], torch.Tensor):
+        return torch.stack(steps)
+    return torch.as_tensor(np.stack(steps), device=device)
 
 
 @flush_denormals()
@@ -121,7 +128,7 @@ def train_ppo(
 ) -> dict:
     """Returns {"final", "best", "best_return", "best_step", "seconds"} like train_dqn."""
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)  # not drawn from today; kept so every algorithm saves the same state
+    rng = np.random.default_rng(seed)  # the NumPy rollout's actions (MLP policies on the CPU)
     envs = SeededEpisodes(make_env, cfg.num_envs, seed, cfg.vector, resume and resume["envs"])
     net, spec = build_actor_critic(envs, cfg, device, resume, "PPO")
     # fused: one kernel for the whole Adam update instead of a Python loop over parameters
@@ -146,16 +153,21 @@ def train_ppo(
         if cfg.anneal_lr:
             optimizer.param_groups[0]["lr"] = cfg.lr * left
         rollout = {k: [] for k in ("obs", "actions", "log_probs", "values", "rewards", "dones")}
+        sampler = NumpyActorCritic(net) if NumpyActorCritic.fits(net, device) else None
         for _ in range(cfg.num_steps):
-            with torch.no_grad():
-                x = obs_tensor(obs, device)
-                dist, value = net.distribution_and_value(x)
-                action = dist.sample()
-                rollout["log_probs"].append(net.log_prob(dist, action))
-                rollout["values"].append(value)
-            rollout["obs"].append(x)
-            rollout["actions"].append(action)
-            act = action.cpu().numpy()
+            if sampler is not None:  # MLPs on the CPU: a NumPy forward pass and draw per step
+                x = np.asarray(obs, np.float32)
+                action, log_prob, value = sampler.sample(x, rng)
+                act = action
+            else:
+                with torch.no_grad():
+                    x = obs_tensor(obs, device)
+                    dist, value = net.distribution_and_value(x)
+                    action = dist.sample()
+                    log_prob = net.log_prob(dist, action)
+                act = action.cpu().numpy()
+            for key, v in (("obs", x), ("actions", action), ("log_probs", log_prob), ("values", value)):
+                rollout[key].append(v)
             obs, rewards, terminated, truncated, final_obs, finished = envs.step(
                 np.clip(act, low, high) if net.continuous else act
             )
@@ -165,19 +177,22 @@ def train_ppo(
                 rewards = scale(rewards, done)
             cut = truncated & ~terminated
             if cut.any():  # a time limit: bootstrap from the value of where the episode was cut
-                with torch.no_grad():
-                    tail = net.value(obs_tensor(final_obs[cut], device)).cpu().numpy()
+                if sampler is not None:
+                    tail = sampler.value(np.asarray(final_obs[cut], np.float32))
+                else:
+                    with torch.no_grad():
+                        tail = net.value(obs_tensor(final_obs[cut], device)).cpu().numpy()
                 rewards = rewards.astype(np.float64)
                 rewards[cut] += gamma * tail
-            rollout["rewards"].append(torch.as_tensor(rewards, dtype=torch.float32, device=device))
-            rollout["dones"].append(torch.as_tensor(done, dtype=torch.float32, device=device))
+            rollout["rewards"].append(np.asarray(rewards, np.float32))
+            rollout["dones"].append(done.astype(np.float32))
         step += batch_steps
         update += 1
 
         # ALGO LOGIC: advantages, then the clipped-objective epochs
         with torch.no_grad():
             last_value = net.value(obs_tensor(obs, device))
-        r = {k: torch.stack(v) for k, v in rollout.items()}
+        r = {k: stacked(v, device) for k, v in rollout.items()}
         advantages, returns = gae(r["rewards"], r["values"], r["dones"], last_value, gamma, cfg.gae_lambda)
         batch = {
             "obs": r["obs"].flatten(0, 1),
