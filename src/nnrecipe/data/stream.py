@@ -81,9 +81,12 @@ class StreamedImages:
         return self.channels, self.size, self.source
 
     def decode_one(self, path) -> torch.Tensor:
+        return self._decode(self.source.open(path), path)
+
+    def _decode(self, opened, path) -> torch.Tensor:
         from nnrecipe.data.images import conform, read_image
 
-        image = read_image(self.source.open(path), self.channels, self.source.name(path))
+        image = read_image(opened, self.channels, self.source.name(path))
         return conform(image.unsqueeze(0), self.channels, self.size)[0]
 
     def decode_batch(self, paths: list) -> torch.Tensor:
@@ -93,17 +96,18 @@ class StreamedImages:
         mode = "L" if self.channels == 1 else "RGB"
         out = np.empty((len(paths), self.size, self.size, self.channels), dtype=np.uint8)
         for j, path in enumerate(paths):
+            opened = self.source.open(path)  # a path, or a shard's bytes: read once
             try:
-                with Image.open(self.source.open(path)) as im:
+                with Image.open(opened) as im:
                     im.seek(0)  # animated formats: first frame, as read_image
                     if im.size == (self.size, self.size):
                         out[j] = np.asarray(im.convert(mode), dtype=np.uint8).reshape(self.size, self.size, -1)
                         continue
-            except UserError:  # the source's own complaint (a missing or cut-off shard)
-                raise
-            except Exception:  # decode_one reports it, naming the file
+            except Exception:  # _decode reports it, naming the file
                 pass
-            out[j] = self.decode_one(path).permute(1, 2, 0).numpy()
+            if hasattr(opened, "seek"):
+                opened.seek(0)
+            out[j] = self._decode(opened, path).permute(1, 2, 0).numpy()
         return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
     def decode(self, idx) -> torch.Tensor:
