@@ -3,18 +3,23 @@ run twice, once with every image decoded into memory first (`data.stream: false`
 by batch in DataLoader workers (`data.stream: true`), each in its own process so that its peak resident
 memory is its own.
 
+With `--shards`, a third run reads the tree packed into WebDataset shards first (`nnrecipe pack`, timed),
+streamed from them (`data.source: shards`).
+
 Printed per path: training samples/s of each epoch (the engine's own figure: the epoch loop, decoding
 included when streamed), the time to load the data before the first step, the total wall time and the peak
 RSS; then streamed / in-memory throughput.
 
     python bench/stream_vs_memory.py --tree ../shared/datasets/cifar10-jpeg/train --epochs 2
     python bench/stream_vs_memory.py --tree ... --workers 2 --limit 20000
+    python bench/stream_vs_memory.py --tree ... --epochs 2 --shards
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -48,9 +53,9 @@ print(json.dumps({
 """
 
 
-def run_once(tree: Path, stream: bool, args, out: Path) -> dict:
+def run_once(tree: Path, stream: bool, args, out: Path, source: str = "imagefolder") -> dict:
     sets = [
-        "data.source=imagefolder",
+        f"data.source={source}",
         f"data.path={tree}",
         "data.test_fraction=0.1",
         f"data.stream={str(stream).lower()}",
@@ -76,6 +81,16 @@ def run_once(tree: Path, stream: bool, args, out: Path) -> dict:
     return row
 
 
+def show(name: str, r: dict) -> dict:
+    print(
+        f"{name:10s} samples/s per epoch {', '.join(f'{v:,.0f}' for v in r['samples_per_s'])}   "
+        f"loading before the first step {r['before_training_s']:.0f} s   wall {r['wall_s']:.0f} s   "
+        f"peak RSS {r['peak_mb']:,.0f} MB   accuracy {r['accuracy']:.4f}",
+        flush=True,
+    )
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tree", type=Path, default=ROOT.parent / "shared/datasets/cifar10-jpeg/train")
@@ -83,17 +98,22 @@ def main() -> None:
     ap.add_argument("--workers", default="auto", help="data.workers for the streamed run")
     ap.add_argument("--limit", type=int, default=0, help="data.limit: train on the first N images only")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-stream")
+    ap.add_argument("--shards", action="store_true", help="also pack the tree into shards and train from them")
     args = ap.parse_args()
     rows = {}
     for stream in (False, True):
         name = "streamed" if stream else "in memory"
-        r = rows[name] = run_once(args.tree, stream, args, args.out)
-        print(
-            f"{name:10s} samples/s per epoch {', '.join(f'{v:,.0f}' for v in r['samples_per_s'])}   "
-            f"loading before the first step {r['before_training_s']:.0f} s   wall {r['wall_s']:.0f} s   "
-            f"peak RSS {r['peak_mb']:,.0f} MB   accuracy {r['accuracy']:.4f}",
-            flush=True,
-        )
+        show(name, rows.setdefault(name, run_once(args.tree, stream, args, args.out)))
+    if args.shards:
+        from nnrecipe.data.shards import pack_image_folder
+
+        packed = args.out / "shards"
+        shutil.rmtree(packed, ignore_errors=True)
+        t = time.perf_counter()
+        done = pack_image_folder(args.tree, packed, 256.0)
+        print(f"packed {done['samples']:,} images into {done['shards']} shard(s) in {time.perf_counter() - t:.0f} s")
+        r = show("shards", run_once(packed, True, args, args.out, "shards"))
+        print(f"shards / in memory: {r['samples_per_s'][-1] / rows['in memory']['samples_per_s'][-1]:.2f}x samples/s")
     a, b = rows["in memory"], rows["streamed"]
     last = b["samples_per_s"][-1] / a["samples_per_s"][-1]
     print(

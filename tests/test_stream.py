@@ -66,6 +66,27 @@ def test_streamed_and_in_memory_loaders_give_the_same_batches_in_the_same_order(
     assert len(later) == len(a) - 3 and all(torch.equal(x, u) for (x, _), (u, _) in zip(later, list(a.batches(1))[3:]))
 
 
+@pytest.mark.parametrize("channels", [3, 1])
+def test_jpegs_decode_to_the_pixels_pil_gives_whatever_their_colour_space(tmp_path, channels):
+    """The batch decoder's libjpeg-turbo call against PIL (read_image + the resize) file by file: colour, grey
+    and CMYK JPEGs, at the size and resized, beside a PNG, in RGB and grey; a corrupt JPEG is named."""
+    from nnrecipe.data.images import conform, read_image
+
+    rng = np.random.default_rng(0)
+    files = []
+    for i, (mode, side) in enumerate([("RGB", 24), ("RGB", 31), ("L", 24), ("L", 40), ("CMYK", 24), ("RGB", 24)]):
+        image = Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).convert(mode)
+        files.append(tmp_path / f"{i}.{'png' if i == 5 else 'jpg'}")
+        image.save(files[-1], quality=85)
+    images = StreamedImages([str(f) for f in files], channels, 24)
+    batch = images.decode_batch(images.paths)
+    for f, decoded in zip(files, batch):
+        assert torch.equal(decoded, conform(read_image(f, channels).unsqueeze(0), channels, 24)[0]), f.name
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff" + b"\0" * 64)
+    with pytest.raises(UserError, match="cannot decode image .*bad.jpg"):
+        images.decode_batch(images.paths + [str(tmp_path / "bad.jpg")])
+
+
 def test_auto_streams_above_the_memory_cap_and_stream_needs_a_folder(tmp_path, capsys):
     tree = noise_tree(tmp_path / "tree", 10, 16)  # 30 images x 3 x 16 x 16 = 22.5 KB decoded
     assert not load_splits(tree_recipe(tmp_path, tree).data).train.streamed

@@ -8,6 +8,7 @@ long as no file in it changes.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -286,7 +287,9 @@ def _shards(data) -> ImageSplits:
             torch.from_numpy(packed.labels[span.start : span.stop]),
         )
 
-    first = read_image(packed.source.open(train_split.start), data.channels, packed.source.name(train_split.start))
+    first = read_image(
+        io.BytesIO(packed.source.read(train_split.start)), data.channels, packed.source.name(train_split.start)
+    )
     channels, size = data.channels or first.shape[0], data.image_size or first.shape[-1]
     train = part("train", channels, size)
     val, test = part("val", channels, size) or part("valid", channels, size), part("test", channels, size)
@@ -429,16 +432,18 @@ def file_stamp(path: Path) -> tuple[int, int]:
 def decode_tree(
     files: list[Path], labels: list[int], channels: int, size: int, root: Path
 ) -> tuple[ImageSet, list[str]]:
-    """Decode `files` (threads: PIL releases the GIL); the unreadable ones are returned by name."""
+    """Decode `files` with the streamed path's batch decoder (so both paths give the same pixels by
+    construction), in chunks on threads; the unreadable ones are returned by name."""
+    images = StreamedImages([str(f) for f in files], channels, size)
 
-    def load(path: Path):
-        try:
-            return conform(read_image(path, channels).unsqueeze(0), channels, size)[0]
-        except UserError:
-            return None
+    def load(chunk: list[str]) -> list[torch.Tensor | None]:
+        bad: list[int] = []
+        batch = images.decode_batch(chunk, bad)
+        return [None if j in bad else image for j, image in enumerate(batch)]
 
+    chunks = [images.paths[i : i + 256] for i in range(0, len(images), 256)]
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        decoded = list(pool.map(load, files, chunksize=256))
+        decoded = [image for part in pool.map(load, chunks) for image in part]
     keep = [i for i, img in enumerate(decoded) if img is not None]
     bad = [str(files[i]) for i in range(len(files)) if decoded[i] is None]
     if not keep:

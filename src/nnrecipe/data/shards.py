@@ -41,8 +41,8 @@ class PackedSplit:
 
 
 class ShardSource:
-    """Where a packed set's image bytes are: `open(i)` gives sample i's file (bytes read by one ranged read of
-    its shard), `name(i)` says which it is. Picklable (a filesystem and arrays), so DataLoader workers read
+    """Where a packed set's image bytes are: `read(i)` gives sample i's file (one ranged read of its shard),
+    `name(i)` says which it is. Picklable (a filesystem and arrays), so DataLoader workers read
     on their own."""
 
     def __init__(self, fs, root: str, location: str, shards: list[str], index: dict[str, np.ndarray]):
@@ -50,7 +50,7 @@ class ShardSource:
         self.shard, self.offset, self.size = index["shard"], index["offset"], index["size"]
         self.suffix = index["suffix"]
 
-    def open(self, i: int) -> io.BytesIO:
+    def read(self, i: int) -> bytes:
         shard, offset, size = self.shard[i], int(self.offset[i]), int(self.size[i])
         try:
             data = self.fs.cat_file(f"{self.root}/{self.shards[shard]}", start=offset, end=offset + size)
@@ -62,7 +62,7 @@ class ShardSource:
             raise UserError(f"cannot read {self.name(i)}: {e}") from None
         if len(data) != size:
             raise UserError(f"{self.name(i)}: {len(data)} of its {size} bytes are in the shard (a cut-off file?)")
-        return io.BytesIO(data)
+        return data
 
     def name(self, i: int) -> str:
         return f"{self.location}/{self.shards[self.shard[i]]}:{i:09d}{SUFFIXES[self.suffix[i]]}"
