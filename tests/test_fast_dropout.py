@@ -81,3 +81,49 @@ def test_cpu_training_runs_with_fast_dropout_and_returns_the_model_as_built(tmp_
     assert layers.seen == [["FastDropout"], ["FastDropout"]]
     assert [type(m) for m in model] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
     assert result.history[-1]["val_accuracy"] > 0.9  # it learns (three separable blobs)
+
+
+def tiny_bert(attention_dropout: float):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=attention_dropout, attn_implementation="sdpa",
+    )  # fmt: skip
+    return BertModel(config)
+
+
+def test_a_transformers_encoder_attends_through_fast_dropout_with_the_padding_mask_and_is_given_back():
+    """Inside the swap a Hugging Face encoder's SDPA attention is replaced by one whose probability dropout is
+    the module's FastDropout: with (almost) nothing dropped it computes SDPA's function, padding included
+    (what the padded tokens hold changes no real token's output); with p = 0.5 the seed decides the output;
+    after, the config says sdpa again and evaluation is untouched."""
+    ids = torch.randint(1, 50, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 5:], mask[2, 2:] = 0, 0
+    other = ids.clone()
+    other[mask == 0] = 7
+    model = tiny_bert(1e-6)  # a FastDropout of p 1e-6 drops nothing (16-bit threshold) and scales by 1.000001
+    reference = model.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+    model.train()
+    calls = []
+    with fast_dropout(model):
+        assert model.config._attn_implementation != "sdpa"
+        layer = model.encoder.layer[0].attention.self
+        layer.dropout.register_forward_hook(lambda *_: calls.append(1))  # SDPA would never call it
+        out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        out_other = model(input_ids=other, attention_mask=mask).last_hidden_state
+    assert model.config._attn_implementation == "sdpa" and type(layer.dropout) is nn.Dropout and len(calls) == 2
+    real = mask.bool()
+    torch.testing.assert_close(out[real], reference[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_other[real], out[real], rtol=1e-6, atol=1e-6)
+
+    model = tiny_bert(0.5).train()
+    runs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        with fast_dropout(model):
+            runs.append(model(input_ids=ids, attention_mask=mask).last_hidden_state)
+    assert torch.equal(runs[0], runs[1]) and not torch.allclose(runs[0], runs[2])
+    assert not torch.allclose(runs[0][real], model.eval()(input_ids=ids, attention_mask=mask).last_hidden_state[real])
