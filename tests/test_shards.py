@@ -121,6 +121,13 @@ def test_broken_packed_sets_are_named_in_one_line(tmp_path, packed):
         pack_image_folder(tree, out)
     with pytest.raises(UserError, match="nosuchproto"):
         load_splits(recipe_for(tmp_path, "data.source=shards", "data.url=nosuchproto://x/y").data)
+    for name, edit in (("version", {"version": 99}), ("escape", {"shards": ["../../outside.tar"]})):
+        forged = tmp_path / name
+        shutil.copytree(out, forged)
+        meta = json.loads((forged / "shards.json").read_text())
+        (forged / "shards.json").write_text(json.dumps(meta | edit))
+        with pytest.raises(UserError, match="not an nnrecipe-shards v1 file|plain file names"):
+            load_splits(recipe_for(tmp_path, "data.source=shards", f"data.path={forged}").data)
     cut = tmp_path / "cut"
     shutil.copytree(out, cut)
     last = sorted(cut.glob("train-*.tar"))[-1]

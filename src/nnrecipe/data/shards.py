@@ -102,11 +102,23 @@ def open_packed(location: str) -> PackedSet:
         ) from None
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{location}: unreadable packed set: {type(e).__name__}: {e}") from None
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise UserError(f"{location}/shards.json: not an {FORMAT} v{VERSION} file (format {meta.get('format')!r})")
-    splits = {name: PackedSplit(name, *span) for name, span in meta["splits"].items()}
-    source = ShardSource(fs, root, location.rstrip("/"), list(meta["shards"]), index)
-    return PackedSet(source, list(meta["classes"]), splits, index["label"].astype(np.int64))
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise UserError(f"{location}/shards.json: not an {FORMAT} v{VERSION} file (format {found!r})")
+    try:
+        splits = {name: PackedSplit(name, int(a), int(b)) for name, (a, b) in meta["splits"].items()}
+        shards, classes = [str(n) for n in meta["shards"]], [str(c) for c in meta["classes"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{location}/shards.json: malformed ({type(e).__name__}: {e})") from None
+    if any("/" in name or "\\" in name or name in ("", ".", "..") for name in shards):
+        raise UserError(f"{location}/shards.json: shard names must be plain file names in the set's folder")
+    n = len(index["shard"])
+    if any(not 0 <= span.start <= span.stop <= n for span in splits.values()) or (
+        n and not 0 <= int(index["shard"].min()) <= int(index["shard"].max()) < len(shards)
+    ):
+        raise UserError(f"{location}: shards.json and index.npz do not match (written by different packs?)")
+    source = ShardSource(fs, root, location.rstrip("/"), shards, index)
+    return PackedSet(source, classes, splits, index["label"].astype(np.int64))
 
 
 def pack_image_folder(tree: Path, out: Path, shard_mb: float = 256.0, progress=None) -> dict:
