@@ -259,11 +259,17 @@ def _imagefolder(data) -> ImageSplits:
     val_root = sub.get("val", sub.get("valid"))
     val = read_image_tree(val_root, classes, data.channels, size, skipped, stream) if val_root else None
     test = read_image_tree(sub["test"], classes, data.channels, size, skipped, stream) if "test" in sub else None
+    return held_out(data, classes, train, val, test, skipped)
+
+
+def held_out(data, classes, train: ImageSet, val: ImageSet | None, test: ImageSet | None, skipped=()) -> ImageSplits:
+    """The splits a source gives, with the missing test and validation splits cut from training (stratified,
+    data.split_seed)."""
     if test is None:
         train, test = _split(train, data.test_fraction, data.split_seed)
     if val is None:
         train, val = _split(train, data.val_fraction, data.split_seed)
-    return ImageSplits(classes, train, val, test, skipped)
+    return ImageSplits(classes, train, val, test, list(skipped))
 
 
 def _shards(data) -> ImageSplits:
@@ -273,45 +279,29 @@ def _shards(data) -> ImageSplits:
     if location is None:
         raise UserError("data.path: required for data.source: shards (the folder `nnrecipe pack` wrote), or data.url")
     packed = open_packed(location)
-    train_split = packed.splits.get("train")
-    if train_split is None or train_split.stop == train_split.start:
+    train_span = packed.splits.get("train")
+    if not train_span:
         raise UserError(f"{location}: the packed set has no training images")
 
     def part(name: str, channels: int, size: int) -> ImageSet | None:
         span = packed.splits.get(name)
-        if span is None or span.stop == span.start:
+        if not span:
             return None
-        items = list(range(span.start, span.stop))
-        return ImageSet(
-            StreamedImages(items, channels, size, packed.source),
-            torch.from_numpy(packed.labels[span.start : span.stop]),
-        )
+        images = StreamedImages(list(span), channels, size, packed.source)
+        return ImageSet(images, torch.from_numpy(packed.labels[span.start : span.stop]))
 
     first = read_image(
-        io.BytesIO(packed.source.read(train_split.start)), data.channels, packed.source.name(train_split.start)
+        io.BytesIO(packed.source.read(train_span.start)), data.channels, packed.source.name(train_span.start)
     )
     channels, size = data.channels or first.shape[0], data.image_size or first.shape[-1]
     train = part("train", channels, size)
     val, test = part("val", channels, size) or part("valid", channels, size), part("test", channels, size)
     total = sum(len(p) for p in (train, val, test) if p is not None)
-    mb = total * channels * size * size / 2**20
-    stream = data.stream if data.stream != "auto" else mb > data.memory_cap_mb
-    if stream and data.stream == "auto":
-        from nnrecipe.engine.loop import console
-
-        console.print(
-            f"streaming {total:,} images from {location}: decoded they would take {mb:,.0f} MB, over "
-            f"data.memory_cap_mb {data.memory_cap_mb:,} (data.stream: false holds them in memory)"
-        )
-    if not stream:
+    if not (data.stream if data.stream != "auto" else over_memory_cap(data, total, channels, size, location)):
         for p in (train, val, test):
             if p is not None:
                 p.images = p.images[:]
-    if test is None:
-        train, test = _split(train, data.test_fraction, data.split_seed)
-    if val is None:
-        train, val = _split(train, data.val_fraction, data.split_seed)
-    return ImageSplits(packed.classes, train, val, test)
+    return held_out(data, packed.classes, train, val, test)
 
 
 def tree_parts(root: Path) -> dict[str, Path]:
@@ -374,14 +364,19 @@ def choose_streaming(data, train_root: Path, classes: list[str], others: list[Pa
         return bool(data.stream)
     files = [p for root in (train_root, *others) for p in list_image_files(root, classes)[0]]
     first = read_image(files[0], data.channels)
-    side = data.image_size or first.shape[-1]
-    mb = len(files) * first.shape[0] * side * side / 2**20
+    return over_memory_cap(data, len(files), first.shape[0], data.image_size or first.shape[-1], "disk")
+
+
+def over_memory_cap(data, count: int, channels: int, side: int, where: str) -> bool:
+    """`data.stream: auto`'s choice: whether `count` decoded images (count x C x side x side bytes) would pass
+    data.memory_cap_mb; a choice to stream is printed."""
+    mb = count * channels * side * side / 2**20
     if mb <= data.memory_cap_mb:
         return False
     from nnrecipe.engine.loop import console
 
     console.print(
-        f"streaming {len(files):,} images from disk: decoded they would take {mb:,.0f} MB, over data.memory_cap_mb "
+        f"streaming {count:,} images from {where}: decoded they would take {mb:,.0f} MB, over data.memory_cap_mb "
         f"{data.memory_cap_mb:,} (data.stream: false keeps them in memory)"
     )
     return True

@@ -33,13 +33,6 @@ VERSION = 1
 SUFFIXES = [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
 
 
-@dataclass
-class PackedSplit:
-    name: str
-    start: int  # global sample numbers start..stop-1 in index.npz
-    stop: int
-
-
 class ShardSource:
     """Where a packed set's image bytes are: `read(i)` gives sample i's file (one ranged read of its shard),
     `name(i)` says which it is. Picklable (a filesystem and arrays), so DataLoader workers read
@@ -75,7 +68,7 @@ class ShardSource:
 class PackedSet:
     source: ShardSource
     classes: list[str]
-    splits: dict[str, PackedSplit]
+    splits: dict[str, range]  # each split's sample numbers in index.npz
     labels: np.ndarray
 
 
@@ -106,7 +99,7 @@ def open_packed(location: str) -> PackedSet:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise UserError(f"{location}/shards.json: not an {FORMAT} v{VERSION} file (format {found!r})")
     try:
-        splits = {name: PackedSplit(name, int(a), int(b)) for name, (a, b) in meta["splits"].items()}
+        splits = {name: range(int(a), int(b)) for name, (a, b) in meta["splits"].items()}
         shards, classes = [str(n) for n in meta["shards"]], [str(c) for c in meta["classes"]]
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{location}/shards.json: malformed ({type(e).__name__}: {e})") from None

@@ -123,12 +123,17 @@ class ActorCritic(nn.Module):
     def distribution(self, obs: torch.Tensor):
         return self._distribution(self(obs))
 
-    def distribution_and_value(self, obs: torch.Tensor):
-        """Both heads, the shared image torso run once (twice would double PPO's convolution work)."""
+    def heads(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the policy head's output, the value), the shared image torso run once (twice would double PPO's
+        convolution work)."""
         if self.actor_torso is self.critic_torso:
             features = self._features(self.actor_torso, obs)
-            return self._distribution(self.actor_head(features)), self.critic_head(features).squeeze(-1)
-        return self.distribution(obs), self.value(obs)
+            return self.actor_head(features), self.critic_head(features).squeeze(-1)
+        return self(obs), self.value(obs)
+
+    def distribution_and_value(self, obs: torch.Tensor):
+        out, value = self.heads(obs)
+        return self._distribution(out), value
 
     def _distribution(self, out: torch.Tensor):
         # validate_args off: the argument checks cost more than the sampling for a batch of 8 observations
@@ -140,11 +145,7 @@ class ActorCritic(nn.Module):
         """(log-probability of `actions`, the policy's entropy, the value) at `obs`, written out instead of
         through a distribution object: PPO's minibatch step builds one per minibatch, and on a 64-sample
         LunarLander minibatch its construction and methods cost more than the two small MLPs."""
-        if self.actor_torso is self.critic_torso:
-            features = self._features(self.actor_torso, obs)
-            out, value = self.actor_head(features), self.critic_head(features).squeeze(-1)
-        else:
-            out, value = self(obs), self.value(obs)
+        out, value = self.heads(obs)
         if self.continuous:
             log_std = self.log_std.expand_as(out)
             z = (actions - out) * torch.exp(-log_std)
