@@ -46,12 +46,12 @@ def net(seed=0, dropout=0.0):
     return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(dropout), nn.Linear(32, 3))
 
 
-def make_trainer(tmp_path, model, *, train=None, optim=None, schedule=None, callbacks=(), n=256):
+def make_trainer(tmp_path, model, *, train=None, optim=None, schedule=None, callbacks=(), n=256, data=None):
+    """A Trainer on the Toy task; `data` = (x, y, x_val, y_val), the blobs by default."""
     train = train or Train(epochs=3, batch_size=32, device="cpu")
     optim = optim or Optim(name="sgd", lr=0.1, momentum=0.9, weight_decay=0.0)
     schedule = schedule or Schedule(name="constant")
-    x, y = blobs(n)
-    xv, yv = blobs(128, seed=1)
+    x, y, xv, yv = data if data is not None else (*blobs(n), *blobs(128, seed=1))
     acc = make_accelerator(train)
     return Trainer(
         accelerator=acc,

@@ -35,6 +35,7 @@ from nnrecipe.engine.host_memory import keep_freed_blocks
 from nnrecipe.engine.numerics import cpu_bf16_units
 from nnrecipe.engine.optim import build_scheduler
 from nnrecipe.engine.precision_probe import decide, probe_enabled
+from nnrecipe.engine.row_gradients import compact, row_gradients
 from nnrecipe.engine.seeding import rng_state, set_rng_state
 from nnrecipe.engine.sharding import autocast_forward, full_model_state, full_optimizer_state, load_full_state, shard
 from nnrecipe.engine.tracking import Tracker
@@ -272,6 +273,7 @@ class Trainer:
             )
         self.averaging = weight_averaging(train_cfg, self._bare(), self.epochs)
         self.weights, self.averaged_metrics = "", {}
+        self.row_modules = []  # row_gradients' embeddings while fit runs on one CPU process
         self.state = FitState()
         self.stop_requested = False
         self.last_path = self.run_dir / "checkpoints" / "last.safetensors"
@@ -286,15 +288,20 @@ class Trainer:
         if resume:
             self._restore()
         previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
-        # CPU dropout masks drawn 16 bits at a time while training; the model is given back as built
-        cheap_masks = fast_dropout(self._bare()) if self.acc.device.type == "cpu" else nullcontext()
+        # CPU dropout masks drawn 16 bits at a time, and a large embedding's gradient written, measured and
+        # cleared at the rows a step looked up, while training; the model is given back as built
+        on_cpu = self.acc.device.type == "cpu"
+        cheap_masks = fast_dropout(self._bare()) if on_cpu else nullcontext()
+        one_process = on_cpu and self.acc.num_processes == 1 and not self.sharded
+        sparse_rows = row_gradients(self._bare()) if one_process else nullcontext([])
         try:
-            with cheap_masks:
+            with cheap_masks, sparse_rows as self.row_modules:
                 while self.state.epoch < self.epochs and self.state.status == "running":
                     self._train_epoch()
                     if self.state.status == "running":
                         self._end_epoch()
         finally:
+            self.row_modules = []
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         if self.state.status == "running":
@@ -416,7 +423,7 @@ class Trainer:
         update up to rounding: the gradient divided by 1/c instead of multiplied by c, with
         c = min(1, max_norm / (norm + 1e-6)) exactly as clip_grad_norm_ computes it."""
         grads = [p.grad for p in self.all_parameters if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
+        norm = torch.nn.utils.get_total_norm(compact(grads, self.row_modules))
         coef = torch.clamp(self.cfg.clip_grad_norm / (norm + 1e-6), max=1.0)
         self.optimizer.grad_scale = torch.reciprocal(coef)
         try:
