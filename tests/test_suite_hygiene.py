@@ -17,12 +17,9 @@ def test_a_passing_tests_tmp_path_is_deleted_and_a_failing_ones_is_kept(tmp_path
         "    print('PATH', tmp_path)\n"
         "    assert False\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-s", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path), "--basetemp", str(tmp_path / "base"),
-         str(tmp_path / "test_sample.py")],
-        capture_output=True, text=True, cwd=tmp_path,
-    )
+    options = ["-s", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-c", str(ROOT / "pyproject.toml")]
+    options += ["--rootdir", str(tmp_path), "--basetemp", str(tmp_path / "base"), str(tmp_path / "test_sample.py")]
+    out = subprocess.run([sys.executable, "-m", "pytest", *options], capture_output=True, text=True, cwd=tmp_path)
     paths = [Path(line.split("PATH ", 1)[1].strip()) for line in out.stdout.splitlines() if "PATH " in line]
     assert len(paths) == 2, out.stdout + out.stderr
     passed, failed = paths
