@@ -3,14 +3,14 @@ rows its batches looked up, for the duration of CPU training.
 
 torch's embedding backward allocates a dense zero gradient the size of the table and adds the looked-up rows
 into it; clipping then reads all of it for the norm. For MiniLM's 30,522 x 384 word embedding, of which a
-batch of 32 sentences of 24 tokens looks up at most 768 rows, the zero-fill (47 MB) took 10 ms and the norm's
-read of it 4 ms of a 170 ms training step on the CPU (bench/RESULTS.md). Here the table's lookup is an autograd function whose backward
-adds its rows into a buffer that stays attached as the weight's `.grad`; the rows it wrote are remembered, so
-the next step clears only them, and `compact` gives clipping the rows that can be non-zero. The optimizer
-still sees the whole dense gradient (zeros elsewhere), so AdamW's update is the one it always was: a row's
-sum is taken in the order torch's own CPU backward takes it and accumulated batches are added as autograd
-adds them, so the gradient equals torch's bit for bit (tested); the norm over the rows equals the norm over
-the table up to the order of its sum.
+batch of 32 sentences of 24 tokens looks up at most 768 rows, the zero-fill (47 MB) took 10 ms and the
+norm's read of it 4 ms of a 170 ms training step on the CPU (bench/RESULTS.md). Here the table's lookup is
+an autograd function whose backward adds its rows into a buffer that stays attached as the weight's
+`.grad`; the rows it wrote are remembered, so the next step clears only them, and `compact` gives clipping
+the rows that can be non-zero. The optimizer still sees the whole dense gradient (zeros elsewhere), so
+AdamW's update is the one it always was: a row's sum is taken in the order torch's own CPU backward takes
+it and accumulated batches are added as autograd adds them, so the gradient equals torch's bit for bit
+(tested); the norm over the rows equals the norm over the table up to the order of its sum.
 
 Anything else that changes the buffer in place (another path into a tied weight, clip_grad_norm_'s
 multiply, zero_grad without set_to_none) moves the tensor's version counter: the buffer is then treated
