@@ -82,6 +82,22 @@ def test_a_gradient_changed_by_anything_else_is_measured_and_cleared_whole():
         assert torch.equal(ours.embed.weight.grad, ref.embed.weight.grad)  # no 1.0 left outside the rows
 
 
+def test_a_change_between_two_accumulated_backward_passes_is_not_forgotten():
+    """The buffer changed by something else, then a second backward pass added to it before any step: the
+    change must still make the next clearing whole (the second pass once took the buffer as its own again)."""
+    ids, y = token_ids(32, 5)
+    ours, ref = Bag(), Bag()
+    with row_gradients(ours) as modules:
+        backward(ours, ids[:16], y[:16])
+        ours.embed.weight.grad.add_(1.0)
+        backward(ours, ids[16:], y[16:])
+        assert modules[0].nonzero_rows() is None  # dense: measured whole
+        ours.zero_grad(set_to_none=True)
+        backward(ours, ids, y)
+        backward(ref, ids, y)
+        assert torch.equal(ours.embed.weight.grad, ref.embed.weight.grad)
+
+
 def test_tied_frozen_and_small_tables_are_left_alone():
     tied = Bag()
     head = nn.Linear(DIM, VOCAB, bias=False)

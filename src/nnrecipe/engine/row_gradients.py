@@ -71,16 +71,22 @@ class RowGradEmbedding(nn.Embedding):
         grad = self.weight.grad
         if grad is None:
             grad = self.weight.grad = self._cleared()
+        tracked = self._tracked(grad)  # asked before the add moves the version
         grad.index_add_(0, looked_up, sums.to(grad.dtype))
-        if grad is self.buffer and self.version >= 0:
+        if tracked:
             self.rows.append(looked_up)
             self.version = grad._version
+
+    def _tracked(self, grad: torch.Tensor) -> bool:
+        """Whether `grad` is the buffer and nothing but add_rows changed it since it was cleared (once not,
+        the version stays behind until the buffer is cleared whole)."""
+        return grad is self.buffer and grad._version == self.version
 
     def _cleared(self) -> torch.Tensor:
         w, buf = self.weight, self.buffer
         if buf is None or buf.shape != w.shape or buf.dtype != w.dtype or buf.device != w.device:
             self.buffer = torch.zeros_like(w, memory_format=torch.contiguous_format)
-        elif buf._version != self.version:  # changed by something else: dense
+        elif not self._tracked(buf):  # changed by something else: dense
             buf.zero_()
         elif self.rows:
             buf.index_fill_(0, torch.cat(self.rows), 0.0)
@@ -89,8 +95,7 @@ class RowGradEmbedding(nn.Embedding):
 
     def nonzero_rows(self) -> torch.Tensor | None:
         """The rows of the buffer that may be non-zero, or None when something else changed it (dense now)."""
-        if self.buffer is None or self.buffer._version != self.version:
-            self.version = -1  # dense until cleared whole
+        if self.buffer is None or not self._tracked(self.buffer):
             return None
         if len(self.rows) == 1:
             return self.rows[0]
@@ -99,11 +104,10 @@ class RowGradEmbedding(nn.Embedding):
 
 def compact(grads: list[torch.Tensor], modules: list[RowGradEmbedding]) -> list[torch.Tensor]:
     """`grads` with each kept buffer replaced by its possibly non-zero rows: the same norm, read from far less."""
-    rows = {id(m.buffer): m for m in modules if m.buffer is not None}
+    kept = {id(m.buffer): m for m in modules if m.buffer is not None}
     out = []
     for g in grads:
-        m = rows.get(id(g))
-        picked = m.nonzero_rows() if m is not None and g is m.buffer else None
+        picked = kept[id(g)].nonzero_rows() if id(g) in kept else None
         out.append(g if picked is None else g.index_select(0, picked))
     return out
 
