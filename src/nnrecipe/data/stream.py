@@ -33,9 +33,9 @@ READ_THREADS = 8  # decoding in the main process (evaluation subsets, statistics
 
 def auto_workers() -> int:
     """`data.workers: auto`: on up to 4 cores, 0 (decoding inside the training process: measured on 2 cores,
-    CIFAR-10 JPEGs, 0.80x the in-memory samples/s against 0.56x with one DataLoader process, whose start-up
-    and copies cost more than its decoding saves); above, a quarter of the cores as DataLoader processes,
-    leaving the rest to compute."""
+    CIFAR-10 JPEGs, 0.82x the in-memory samples/s against 0.62x with one DataLoader process, which takes a
+    core from the model's threads); above, a quarter of the cores as DataLoader processes, leaving the rest
+    to compute."""
     cores = os.cpu_count() or 2
     return 0 if cores <= 4 else cores // 4
 
@@ -191,8 +191,9 @@ def jpegs_decoded(blobs: list[bytes], channels: int) -> dict[int, torch.Tensor]:
 
 
 def prefetched(make: Callable[[int], T], start: int, stop: int, ahead: int = 2) -> Iterator[T]:
-    """make(start), ..., make(stop - 1), each made by a thread while the ones before it train (decoding and
-    tokenising release the GIL)."""
+    """make(start), ..., make(stop - 1), each made by a thread while the ones before it train: worth it where
+    the making waits on I/O or releases the GIL (reading files, tokenising, PIL), or the model computes on a
+    GPU; torchvision's JPEG decoder holds the GIL (two threads decode no faster than one)."""
     with ThreadPoolExecutor(max_workers=ahead) as pool:
         pending = [pool.submit(make, i) for i in range(start, min(stop, start + ahead))]
         for i in range(start, stop):
