@@ -111,6 +111,24 @@ def test_a_run_from_an_fsspec_url_learns_and_resumes_exactly(tmp_path, packed):
         fs.rm("/packed", recursive=True)
 
 
+def test_a_batch_read_at_once_equals_its_samples_read_one_by_one(packed):
+    """`read_many` (each local shard opened once; fsspec's cat_ranges for a URL) gives each sample's bytes in
+    the order asked, across shards, as `read` does one sample at a time."""
+    from nnrecipe.data.shards import open_packed
+
+    _, out, _ = packed
+    fs = fsspec.filesystem("memory")
+    fs.put(str(out), "/many", recursive=True)
+    try:
+        for location in (str(out), "memory://many"):
+            source = open_packed(location).source
+            items = np.random.default_rng(0).permutation(len(source.size)).tolist()
+            assert len({int(source.shard[i]) for i in items[:40]}) > 2  # a batch spans several shards
+            assert source.read_many(items) == [source.read(i) for i in items], location
+    finally:
+        fs.rm("/many", recursive=True)
+
+
 def test_broken_packed_sets_are_named_in_one_line(tmp_path, packed):
     tree, out, _ = packed
     with pytest.raises(UserError, match=r"not a packed set \(shards.json missing\); write one with: nnrecipe pack"):

@@ -18,7 +18,7 @@ from tests.test_resume import assert_resumes_exactly
 
 from nnrecipe.data.images import load_splits
 from nnrecipe.data.loader import TensorLoader
-from nnrecipe.data.stream import StreamedImages
+from nnrecipe.data.stream import StreamedImages, readable
 from nnrecipe.errors import UserError
 from nnrecipe.tasks import get_family
 
@@ -85,6 +85,32 @@ def test_jpegs_decode_to_the_pixels_pil_gives_whatever_their_colour_space(tmp_pa
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff" + b"\0" * 64)
     with pytest.raises(UserError, match="cannot decode image .*bad.jpg"):
         images.decode_batch(images.paths + [str(tmp_path / "bad.jpg")])
+
+
+def test_the_header_check_keeps_what_pil_opens_and_lists_the_rest(tmp_path):
+    """`readable` judges JPEG headers by libjpeg-turbo and the rest by PIL, in chunks of 256 across threads:
+    it agrees with PIL's open on every kind of file, in the files' order."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+    files, expected = [], []
+    for i in range(600):  # more than two chunks, kinds interleaved so that order matters
+        f = tmp_path / f"{i}.{['jpg', 'png', 'jpg', 'txt', 'jpg'][i % 5]}"
+        kind = i % 5
+        if kind == 0:
+            image.save(f, quality=80)
+        elif kind == 1:
+            image.save(f)
+        elif kind == 2:  # a JPEG cut after its header: the header opens, as it does for PIL
+            image.save(f, quality=80)
+            data = f.read_bytes()
+            f.write_bytes(data[: data.index(b"\xff\xda") + 20])  # the scan's first bytes only
+        elif kind == 3:
+            f.write_text("not an image")
+        else:  # JPEG magic, then nothing a decoder reads
+            f.write_bytes(b"\xff\xd8\xff" + bytes(64))
+        files.append(f)
+        expected.append(kind in (0, 1, 2))
+    assert readable(files) == expected
 
 
 def test_auto_streams_above_the_memory_cap_and_stream_needs_a_folder(tmp_path, capsys):

