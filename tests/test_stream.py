@@ -139,6 +139,35 @@ def test_a_streamed_run_learns_and_a_mid_epoch_resume_is_exact(tmp_path):
     assert_resumes_exactly(family, recipe, straight, batch=2)
 
 
+def test_a_file_that_breaks_mid_run_fails_the_run_naming_it_and_resume_finishes_once_it_is_mended(tmp_path):
+    """A streamed file whose header reads but whose body does not is found only when a batch decodes it: the
+    run stops with one line naming the file and its status says failed (it said diverged, the loss's word,
+    or finished when the file sat in the test split scored after training). Mended, `resume` goes on from
+    the last checkpoint; a run that had finished training writes its report."""
+    family = get_family("image_classification")
+    for split, cls in (("train", "a"), ("test", "b")):
+        tree = tmp_path / split / "tree"
+        noise_tree(tree / "train", 12, 16, "ab")
+        noise_tree(tree / "test", 4, 16, "ab", seed=1)
+        broken = tree / split / cls / "1.png"
+        whole = broken.read_bytes()
+        broken.write_bytes(whole[:60])  # the header and the start of the pixels: listed as readable
+        recipe = tree_recipe(
+            tmp_path / split, tree, "data.stream=true", "train.epochs=2", "train.batch_size=8",
+            "data.normalize=none", "train.precision=fp32",  # no streamed pass before training: an epoch finds it
+        )  # fmt: skip
+        run = make_run(recipe, "broken")
+        with pytest.raises(UserError, match=rf"cannot decode image .*{split}/{cls}/1.png"):
+            family.train(recipe, run)
+        meta = json.loads((run.dir / "run.json").read_text())
+        assert meta["status"] == "failed" and f"{split}/{cls}/1.png" in meta["error"], meta
+        broken.write_bytes(whole)
+        if split == "test":
+            result = family.train(recipe, run, resume=True)
+            assert result["status"] == "finished" and (run.dir / "report.json").is_file(), result
+            assert json.loads((run.dir / "run.json").read_text())["status"] == "finished"
+
+
 def make_run(recipe, name):
     from nnrecipe.runs import create_run
 

@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,20 @@ class Run:
     def report(self) -> dict[str, Any]:
         """report.json: one entry per evaluated split ({} before the first report)."""
         return read_report(self.dir)
+
+    @contextmanager
+    def failure_recorded(self, stage: str, expected: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+        """The run marked failed, with `stage` and the error's first line, when the block raises anything but
+        `expected` (a stop the caller records itself): a run that stopped on bad data or a crash is not left
+        saying running, finished, or diverged (the loss's word)."""
+        try:
+            yield
+        except expected:
+            raise
+        except Exception as e:
+            lines = str(e).strip().splitlines()
+            self.update_meta(status="failed", error=f"{stage}: {lines[0] if lines else type(e).__name__}")
+            raise
 
     def update_meta(self, **values: Any) -> None:
         if not is_main_process():

@@ -57,10 +57,11 @@ def train(recipe: RLRecipe, run: Run, *, resume: bool = False, listeners=()) -> 
     tracker = Tracker.for_recipe(run.dir, recipe)
     run.update_meta(status="running", task=recipe.task, algo=recipe.algo, env=recipe.env.id)
     try:
-        if recipe.algo in DEEP:
-            policy, extra = _train_deep(recipe, run, env, tracker, resume, listeners)
-        else:
-            policy, extra = _train_tabular(recipe, run, env, tracker, resume, listeners)
+        with run.failure_recorded("training", expected=(Stopped,)):
+            if recipe.algo in DEEP:
+                policy, extra = _train_deep(recipe, run, env, tracker, resume, listeners)
+            else:
+                policy, extra = _train_tabular(recipe, run, env, tracker, resume, listeners)
     except Stopped as stop:
         run.update_meta(status="pruned")
         console.print(f"stopped after the evaluation at {stop.step:,}")
@@ -68,9 +69,10 @@ def train(recipe: RLRecipe, run: Run, *, resume: bool = False, listeners=()) -> 
     finally:
         tracker.close()
     run.update_meta(status="finished")
-    summary = evaluate(run, recipe=recipe, policy=policy)
-    if recipe.track.mlflow:
-        publish(run.dir, recipe.track.mlflow_uri, "finished")
+    with run.failure_recorded("evaluating"):
+        summary = evaluate(run, recipe=recipe, policy=policy)
+        if recipe.track.mlflow:
+            publish(run.dir, recipe.track.mlflow_uri, "finished")
     return {"status": "finished", "run": str(run.dir), **extra, **summary}
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from nnrecipe.engine.loop import (
     Callback,
+    Diverged,
     EpochLoader,
     FitResult,
     Trainer,
@@ -189,20 +190,24 @@ class SupervisedFamily(EvaluatedFamily):
             return {"status": result.status, "run": str(run.dir)}
         summary: dict[str, Any] = {}
         if acc.is_main_process:
-            self.finish(run, recipe, s)
-            split, part = splits.reported()
-            if part is not None:
-                summary = self.report(run, recipe, part, split, acc.device)
-            if recipe.track.mlflow:
-                publish(run.dir, recipe.track.mlflow_uri, result.status)
+            with run.failure_recorded("reporting"):  # trained and saved; `resume` reports once it is mended
+                self.finish(run, recipe, s)
+                split, part = splits.reported()
+                if part is not None:
+                    summary = self.report(run, recipe, part, split, acc.device)
+                if recipe.track.mlflow:
+                    publish(run.dir, recipe.track.mlflow_uri, result.status)
+            if run.meta().get("error"):  # the error of a try before this one, mended
+                run.update_meta(error=None)
         return {"status": result.status, "run": str(run.dir), "history": result.history, **summary}
 
 
 def fit_run(run: Run, trainer: Trainer, tracker: Tracker, resume: bool, plots: bool) -> FitResult:
-    """trainer.fit() with the run's status recorded (diverged, interrupted, finished) and its curves drawn."""
+    """trainer.fit() with the run's status recorded (diverged, failed, interrupted, finished) and its curves drawn."""
     try:
-        result = trainer.fit(resume=resume)
-    except UserError:
+        with run.failure_recorded("training", expected=(Diverged,)):
+            result = trainer.fit(resume=resume)
+    except Diverged:
         run.update_meta(status="diverged")
         raise
     finally:
