@@ -1,6 +1,7 @@
-"""Image folders bigger than memory (`data.stream`): the files stay on disk and are decoded batch by batch in
-DataLoader worker processes, with the same decoding (`read_image` + `conform`) as the in-memory path, so a
-streamed run sees exactly the images, in exactly the order, that the in-memory run of the recipe sees.
+"""Image folders bigger than memory (`data.stream`): the files stay on disk and are decoded batch by batch (in
+the training process on small machines, else in DataLoader worker processes) by `decode_batch`, the decoder
+the in-memory path loads its tensor with, so a streamed run sees exactly the images, in exactly the order,
+that the in-memory run of the recipe sees.
 
 `StreamedImages` stands where the in-memory path has an N x C x H x W uint8 tensor: it has a shape, a
 length, subsets that stay on disk, and decodes what is indexed. The epoch loader (data/loader.py) hands it
