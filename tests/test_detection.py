@@ -172,6 +172,13 @@ def test_bad_files_are_reported_and_boxes_are_clipped(tmp_path):
         load_detection_splits(DetectionData(format="yolo", path=yolo, train="nope"))
     with pytest.raises(UserError, match="not found"):
         load_detection_splits(DetectionData(format="coco", path=yolo, train="missing.json"))
+    (yolo / "data.yaml").write_text("names: [circle, square\n")  # damaged: a YAML traceback before
+    with pytest.raises(UserError, match=r"data.yaml: not valid YAML"):
+        load_detection_splits(DetectionData(format="yolo", path=yolo, train="train"))
+    with pytest.raises(UserError, match=r"data.yaml: not valid YAML"):  # where the splits default to its train/val
+        detection.detection_splits(
+            validate_recipe({"task": "detection", "data": {"format": "yolo", "path": str(yolo)}})
+        )
 
 
 def test_recipe_errors_name_the_field():

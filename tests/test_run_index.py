@@ -82,3 +82,28 @@ def test_clean_keeps_the_best_and_every_unfinished_run(many, tmp_path):
     assert (many / "a" / "report.json").is_file()  # the record stays
     assert json.loads((many / "a" / "run.json").read_text())["cleaned"]
     assert cli("clean", many, "--keep-best", "1").output.strip() == "nothing to clean"
+
+
+def test_a_damaged_run_is_listed_as_such_and_named_by_every_verb_that_opens_it(many):
+    """run.json, recipe.yaml or report.json damaged from outside (a disk, a hand edit): `runs` lists the run as
+    damaged, or without its metric, and goes on; verbs that open it name the file in one line (they raised
+    JSON and YAML tracebacks)."""
+    (many / "a" / "run.json").write_text('{"status": "fini')
+    (many / "b" / "recipe.yaml").write_text("optim: [unclosed")
+    (many / "study" / "c" / "report.json").write_text("[1, 2")
+    rows = {r.path.name: r for r in list_runs(many)}
+    assert rows["a"].status == "damaged (run.json)" and rows["a"].value is None
+    assert rows["b"].value == 0.95 and rows["c"].status == "finished" and rows["c"].value is None
+    res = cli("runs", many)
+    assert res.exit_code == 0 and "damaged" in res.output
+    for args, damaged in (
+        (("evaluate", many / "a"), r"a/run.json is damaged \(not JSON"),
+        (("resume", many / "a"), r"a/run.json is damaged \(not JSON"),
+        (("evaluate", many / "b"), r"b/recipe.yaml is damaged \(not YAML"),
+        (("compare", many / "b", many / "d", "--out", many / "b.png"), r"b/recipe.yaml is damaged \(not YAML"),
+        (("compare", many / "d", many / "a", "--out", many / "a.png"), r"a/run.json is damaged \(not JSON"),
+    ):
+        with pytest.raises(UserError, match=damaged):
+            cli(*args)
+    assert not list(many.glob("*.png"))  # a refused comparison draws nothing
+    assert [r.path.name for r in to_clean(list_runs(many), keep_best=0)] == ["b"]  # never the damaged one

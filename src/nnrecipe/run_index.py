@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from nnrecipe.engine.tracking import flatten
 from nnrecipe.errors import UserError
 from nnrecipe.reporting import read_report, run_meta
@@ -64,7 +62,16 @@ def find_runs(root: Path) -> list[Path]:
             for child in sorted(p for p in folder.iterdir() if p.is_dir()):
                 (found if (child / "run.json").is_file() else nxt).append(child)
         frontier = nxt
-    return sorted(found, key=lambda p: (run_meta(p).get("created", ""), str(p)))
+    return sorted(found, key=lambda p: ((listed_meta(p) or {}).get("created", ""), str(p)))
+
+
+def listed_meta(run_dir: Path) -> dict[str, Any] | None:
+    """run.json for a listing, None when it is damaged: one damaged run is shown as such, not the end of the
+    listing (opening that run says what is wrong with it)."""
+    try:
+        return run_meta(run_dir)
+    except UserError:
+        return None
 
 
 def primary_metric(meta: dict[str, Any], run_dir: Path) -> tuple[str, str]:
@@ -94,9 +101,16 @@ def folder_bytes(path: Path) -> int:
 
 
 def describe(run_dir: Path) -> RunRow:
-    meta = run_meta(run_dir)
+    meta = listed_meta(run_dir)
+    if meta is None:
+        size = folder_bytes(run_dir), folder_bytes(run_dir / CHECKPOINTS)
+        return RunRow(run_dir, "?", "damaged (run.json)", "", "", "max", None, "", "", None, *size)
     metric, mode = primary_metric(meta, run_dir)
-    value, split = reported_value(read_report(run_dir), metric) if metric else (None, "")
+    try:
+        report = read_report(run_dir)
+    except UserError:  # a damaged report.json: the run is listed without its metric
+        report = {}
+    value, split = reported_value(report, metric) if metric else (None, "")
     created = meta.get("created", "")
     seconds = None
     if created:
@@ -144,7 +158,7 @@ def history(run_dir: Path) -> list[dict[str, Any]]:
 
 def recipe_differences(runs: list[Path]) -> dict[str, list[Any]]:
     """The recipe fields whose values differ between the runs (track.* aside: names and folders)."""
-    flat = [flatten(yaml.safe_load((p / "recipe.yaml").read_text()) or {}) for p in runs]
+    flat = [flatten(Run(p).raw_recipe()) for p in runs]
     keys = sorted({k for f in flat for k in f if not k.startswith("track.")})
     return {k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k), default=str) for f in flat}) > 1}
 
@@ -157,6 +171,8 @@ def compare(runs: list[Path], out: Path) -> dict[str, Any]:
     for p in runs:
         if not (Path(p) / "run.json").is_file():
             raise UserError(f"{p} is not a run directory (no run.json)")
+        run_meta(p)  # a damaged one is named here, before anything is written
+    differences = recipe_differences([Path(p) for p in runs])
     rows = [describe(Path(p)) for p in runs]
     reports = [read_report(p) for p in runs]
     metrics: dict[str, list[Any]] = {}
@@ -174,7 +190,7 @@ def compare(runs: list[Path], out: Path) -> dict[str, Any]:
     return {
         "runs": [r.as_dict() for r in rows],
         "metrics": metrics,
-        "recipe_differences": recipe_differences([Path(p) for p in runs]),
+        "recipe_differences": differences,
         "plot": str(plot) if plot else None,
     }
 

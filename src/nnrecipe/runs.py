@@ -17,7 +17,7 @@ import yaml
 
 from nnrecipe.engine.distributed import is_main_process, world_size
 from nnrecipe.errors import UserError
-from nnrecipe.reporting import read_report
+from nnrecipe.reporting import read_report, run_meta
 from nnrecipe.tasks.family import family_of, get_family
 
 
@@ -48,10 +48,25 @@ class Run:
 
     def recipe(self) -> Any:
         """The run's resolved recipe, as its own family's recipe model."""
-        return family_of(self).parse_recipe(yaml.safe_load(self.recipe_path.read_text()) or {})
+        return family_of(self).parse_recipe(self.raw_recipe())
+
+    def raw_recipe(self) -> dict[str, Any]:
+        """recipe.yaml as written, a dict; a missing or damaged one is a one-line error naming it."""
+        try:
+            raw = yaml.safe_load(self.recipe_path.read_text()) or {}
+        except FileNotFoundError:
+            raise UserError(f"{self.dir} is not a run directory (no recipe.yaml)") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise UserError(
+                f"{self.recipe_path} is damaged (not YAML: {first}); restore it, or remove the run"
+            ) from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{self.recipe_path} is damaged (not a mapping); restore it, or remove the run")
+        return raw
 
     def meta(self) -> dict[str, Any]:
-        return json.loads(self.meta_path.read_text()) if self.meta_path.is_file() else {}
+        return run_meta(self.dir)
 
     def spec(self, weights: Path | None = None) -> dict[str, Any]:
         """What inference needs besides the weights (run.json's "spec"); a clear error before training ends."""

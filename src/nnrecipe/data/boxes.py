@@ -71,7 +71,11 @@ def _classes(fmt: str, root: Path, train: str) -> list[str]:
             if f.is_file():
                 if f.suffix == ".txt":
                     return [line.strip() for line in f.read_text().splitlines() if line.strip()]
-                names = (yaml.safe_load(f.read_text()) or {}).get("names")
+                try:
+                    meta = yaml.safe_load(f.read_text()) or {}
+                except yaml.YAMLError as e:
+                    raise UserError(f"{f}: not valid YAML: {str(e).strip().splitlines()[0]}") from None
+                names = meta.get("names") if isinstance(meta, dict) else None
                 if isinstance(names, dict):
                     return [str(names[k]) for k in sorted(names)]
                 if isinstance(names, list):

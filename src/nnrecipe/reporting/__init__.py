@@ -8,17 +8,32 @@ from pathlib import Path
 from typing import Any
 
 from nnrecipe.engine.checkpoint import weights_note
+from nnrecipe.errors import UserError
 
 
 def read_report(run_dir: Path) -> dict[str, Any]:
     """report.json of a run: {split: entry}, {} before the first report."""
-    path = Path(run_dir) / "report.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_run_file(Path(run_dir) / "report.json")
 
 
 def run_meta(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "run.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_run_file(Path(run_dir) / "run.json")
+
+
+def read_run_file(path: Path) -> dict[str, Any]:
+    """A run's JSON file as a dict ({} when absent); a damaged one is a one-line error naming it. The run
+    writes these atomically, so damage comes from outside (a disk, a hand edit), not from a stopped run."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is damaged (not JSON: {e}); restore it, or remove the run") from None
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{path} is damaged (a JSON {type(data).__name__}, not an object); restore it, or remove the run"
+        )
+    return data
 
 
 def merge_report(run_dir: Path, split: str, entry: dict[str, Any]) -> tuple[Path, dict[str, Any]]:

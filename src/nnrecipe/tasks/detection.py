@@ -101,7 +101,12 @@ def detection_splits(recipe: DetectionRecipe) -> Splits:
         import yaml
 
         meta_file = Path(data.path) / "data.yaml"
-        meta = (yaml.safe_load(meta_file.read_text()) or {}) if meta_file.is_file() else {}
+        try:
+            meta = (yaml.safe_load(meta_file.read_text()) or {}) if meta_file.is_file() else {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{meta_file}: not valid YAML: {str(e).strip().splitlines()[0]}") from None
+        if not isinstance(meta, dict):
+            raise UserError(f"{meta_file}: expected a mapping (train:, val:, names:)")
         if data.train is None:
             data.train = meta.get("train") or "train"
         if data.val is None and meta.get("val"):

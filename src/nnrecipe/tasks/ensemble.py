@@ -99,7 +99,7 @@ def create_ensemble(
         weights = [1.0] * len(members)
     if len(weights) != len(members) or any(w < 0 for w in weights) or sum(weights) <= 0:
         raise UserError(f"--weights: one non-negative weight per run ({len(members)}), not all zero (got {weights})")
-    recipes = [yaml.safe_load(m.recipe_path.read_text()) or {} for m in members]
+    recipes = [m.raw_recipe() for m in members]
     for m, r in zip(members[1:], recipes[1:]):
         if r.get("data") != recipes[0].get("data"):
             raise UserError(
@@ -136,7 +136,7 @@ def new_run_dir(first: Run, name: str | None, runs_dir: Path | None) -> Run:
     if path.exists() and any(path.iterdir()):
         raise UserError(f"ensemble: {path} exists already; choose another --name")
     path.mkdir(parents=True, exist_ok=True)
-    recipe = yaml.safe_load(first.recipe_path.read_text()) or {}
+    recipe = first.raw_recipe()
     recipe.setdefault("track", {})["name"] = path.name
     (path / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     return Run(path)

@@ -18,7 +18,6 @@ from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
-import yaml
 from pydantic import BaseModel
 
 from nnrecipe.engine.config import validated
@@ -413,5 +412,5 @@ def family_of(run: Any) -> TaskFamily:
     """The family a run directory belongs to (run.json's task, else its recipe's)."""
     task = run.meta().get("task")
     if task is None:
-        task = (yaml.safe_load(run.recipe_path.read_text()) or {}).get("task", DEFAULT_TASK)
+        task = run.raw_recipe().get("task", DEFAULT_TASK)
     return get_family(task)
