@@ -137,6 +137,9 @@ def test_broken_packed_sets_are_named_in_one_line(tmp_path, packed):
         load_splits(recipe_for(tmp_path, "data.source=shards").data)
     with pytest.raises(UserError, match="already holds a packed set"):
         pack_image_folder(tree, out)
+    (tmp_path / "a-file").write_text("not a folder")  # a traceback (FileExistsError) before
+    with pytest.raises(UserError, match="a-file is a file; the packed set needs a folder"):
+        pack_image_folder(tree, tmp_path / "a-file")
     with pytest.raises(UserError, match="nosuchproto"):
         load_splits(recipe_for(tmp_path, "data.source=shards", "data.url=nosuchproto://x/y").data)
     for name, edit in (("version", {"version": 99}), ("escape", {"shards": ["../../outside.tar"]})):

@@ -148,6 +148,8 @@ def pack_image_folder(tree: Path, out: Path, shard_mb: float = 256.0, progress=N
     tree, out = tree.expanduser(), out.expanduser()
     if not tree.is_dir():
         raise UserError(f"image folder not found: {tree}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; the packed set needs a folder (a new one, or an empty one)")
     if (out / "shards.json").exists():
         raise UserError(f"{out} already holds a packed set; remove it or choose another folder")
     parts = tree_parts(tree) or {"train": tree}
@@ -162,26 +164,29 @@ def pack_image_folder(tree: Path, out: Path, shard_mb: float = 256.0, progress=N
         skipped += [str(f) for f, good in zip(files, ok) if not good]
         listed[name] = [(f, label) for f, label, good in zip(files, labels, ok) if good]
     total = sum(len(v) for v in listed.values())
-    out.mkdir(parents=True, exist_ok=True)
-    writer, splits = ShardWriter(out, int(shard_mb * 2**20)), {}
-    for name, samples in listed.items():
-        start = writer.count
-        writer.begin(name)
-        for f, label in samples:
-            writer.add(f, label)
-            if progress is not None:
-                progress(writer.count, total)
-        writer.end()
-        splits[name] = [start, writer.count]
-    index = writer.index()
-    tmp = out / "index.npz.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **index)
-    os.replace(tmp, out / "index.npz")
-    meta = {"format": FORMAT, "version": VERSION, "classes": classes, "splits": splits, "shards": writer.names}
-    tmp = out / "shards.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, out / "shards.json")  # last: its presence says the pack is whole
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        writer, splits = ShardWriter(out, int(shard_mb * 2**20)), {}
+        for name, samples in listed.items():
+            start = writer.count
+            writer.begin(name)
+            for f, label in samples:
+                writer.add(f, label)
+                if progress is not None:
+                    progress(writer.count, total)
+            writer.end()
+            splits[name] = [start, writer.count]
+        index = writer.index()
+        tmp = out / "index.npz.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, **index)
+        os.replace(tmp, out / "index.npz")
+        meta = {"format": FORMAT, "version": VERSION, "classes": classes, "splits": splits, "shards": writer.names}
+        tmp = out / "shards.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, out / "shards.json")  # last: its presence says the pack is whole
+    except OSError as e:  # a full disk, no permission: the set stays unfinished (no shards.json)
+        raise UserError(f"cannot write the packed set to {out}: {e.strerror or e}") from None
     return {"samples": writer.count, "shards": len(writer.names), "skipped": skipped, "classes": classes}
 
 
@@ -199,7 +204,10 @@ class ShardWriter:
         self.split = split
 
     def add(self, path: Path, label: int) -> None:
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as e:  # gone or unreadable since it was listed
+            raise UserError(f"cannot read {path}: {e.strerror or e}") from None
         suffix = path.suffix.lower()
         if self.tar is None or (self.tar.offset + len(data) > self.max_bytes and self.tar.members):
             self._next_shard()
