@@ -1,5 +1,13 @@
 """User-facing errors: anything raised as `RecipeError` or `UserError` is printed as one line, no traceback."""
 
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class UserError(Exception):
     """A problem the user can fix (bad path, missing data, corrupt file). The CLI prints it and exits 1."""
@@ -15,3 +23,18 @@ class RecipeError(UserError):
 
 class ExportMismatch(UserError):
     """An exported model's outputs differ from PyTorch's; the artefact is not kept."""
+
+
+def utf8_reader(read: Callable[..., T]) -> Callable[..., T]:
+    """For a reader whose first argument is a text file: bytes that are not UTF-8 are a one-line error naming
+    the file and the first bad byte, not a UnicodeDecodeError from somewhere inside the reader."""
+
+    @functools.wraps(read)
+    def reading(path, *args, **kwargs) -> T:
+        try:
+            return read(path, *args, **kwargs)
+        except UnicodeDecodeError as e:
+            bad = f"byte 0x{e.object[e.start]:02x}" if e.start < len(e.object) else "its end"
+            raise UserError(f"{path}: not UTF-8 text ({e.reason} at {bad}); save it as UTF-8") from None
+
+    return reading

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from nnrecipe.engine.seeding import derived_seed
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, utf8_reader
 
 
+@utf8_reader
 def read_text(path: Path, text_field: str = "text") -> str:
     """A .txt file, every .txt file of a folder (sorted, joined by blank lines), or a JSONL file's field."""
     path = Path(path)
@@ -31,7 +32,7 @@ def read_text(path: Path, text_field: str = "text") -> str:
         files = sorted(path.rglob("*.txt"))
         if not files:
             raise UserError(f"data: no .txt files in {path}")
-        return "\n\n".join(f.read_text(encoding="utf-8") for f in files)
+        return "\n\n".join(read_text(f) for f in files)  # a file that is not UTF-8 is named
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
     if path.suffix.lower() in (".jsonl", ".json"):

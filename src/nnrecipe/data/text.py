@@ -14,7 +14,7 @@ import torch
 from nnrecipe.data.splits import epoch_generator, epoch_order, shard
 from nnrecipe.data.stream import prefetched
 from nnrecipe.data.text_rows import LazyTexts, check_columns, csv_options, index_text_file
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, utf8_reader
 
 
 @dataclass
@@ -62,6 +62,7 @@ class TextSet:
         return TextSet(self.texts + other.texts, pairs, self.labels + other.labels, columns)
 
 
+@utf8_reader
 def read_text_file(
     path: Path, fmt: str, text_column: str, label_column: str, pair_column: str | None = None,
     other_columns: tuple[str, ...] = (), stream: bool = False,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from nnrecipe.data.text_rows import LazyRecords, read_records
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, utf8_reader
 
 IGNORE = -100  # the label cross-entropy skips
 
@@ -133,6 +133,7 @@ def sentences_of(path: Path, form: TokenFormat) -> Iterator[tuple[int, int, list
             yield first, pos - first, sent_w, to_iob2(sent_t)
 
 
+@utf8_reader
 def read_token_file(
     path: Path,
     fmt: str = "auto",

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, utf8_reader
 from nnrecipe.reporting.classification import MIN_GROUP_SUPPORT as MIN_SUPPORT
 
 
+@utf8_reader
 def read_groups(path: Path) -> dict[str, str]:
     if not Path(path).is_file():
         raise UserError(f"--groups: not found: {path}")

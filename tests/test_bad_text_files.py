@@ -1,0 +1,48 @@
+"""Text files that are not UTF-8 (a binary file, a Latin-1 export) are one line naming the file, from every
+reader of text data: classification rows in memory and streamed, NER sentences, language-model text (a
+folder's files one by one), fairness groups and `predict --file`. Each raised UnicodeDecodeError before."""
+
+from __future__ import annotations
+
+import pytest
+
+from nnrecipe.data.lm import read_text
+from nnrecipe.data.text import read_text_file
+from nnrecipe.data.tokens import read_token_file
+from nnrecipe.errors import UserError
+from nnrecipe.trust.fairness import read_groups
+
+LATIN1 = "sentence\tlabel\ncaf\xe9 cr\xe8me\t1\n".encode("latin-1")
+CONLL = "Caf\xe9 B-ORG\nopens O\n".encode("latin-1")
+
+
+@pytest.mark.parametrize(
+    "name, read",
+    [
+        ("rows.tsv", lambda p: read_text_file(p, "auto", "sentence", "label")),
+        ("rows.tsv", lambda p: read_text_file(p, "auto", "sentence", "label", stream=True)),
+        ("rows.jsonl", lambda p: read_text_file(p, "auto", "sentence", "label")),
+        ("words.conll", lambda p: read_token_file(p)),
+        ("words.conll", lambda p: read_token_file(p, stream=True)),
+        ("text/b.txt", lambda p: read_text(p.parent)),  # a folder: the bad file among good ones is named
+        ("groups.csv", read_groups),
+    ],
+)
+def test_a_file_that_is_not_utf8_is_named_in_one_line(tmp_path, name, read):
+    path = tmp_path / name
+    path.parent.mkdir(exist_ok=True)
+    (path.parent / "a.txt").write_text("good text\n")
+    path.write_bytes(CONLL if path.suffix == ".conll" else LATIN1)
+    with pytest.raises(UserError, match=rf"{path.name}: not UTF-8 text \(invalid continuation byte at byte 0xe9\)"):
+        read(path)
+
+
+def test_predict_file_that_is_not_utf8_is_named(tmp_path, trained_digits_run):
+    from typer.testing import CliRunner
+
+    from nnrecipe.cli import app
+
+    path = tmp_path / "inputs.txt"
+    path.write_bytes(LATIN1)
+    with pytest.raises(UserError, match="inputs.txt: not UTF-8 text"):
+        CliRunner().invoke(app, ["predict", str(trained_digits_run.dir), "--file", str(path)], catch_exceptions=False)
