@@ -1,15 +1,21 @@
 """Text files that are not UTF-8 (a binary file, a Latin-1 export) are one line naming the file, from every
-reader of text data: classification rows in memory and streamed, NER sentences, language-model text (a
-folder's files one by one), fairness groups and `predict --file`. Each raised UnicodeDecodeError before."""
+reader of a user's text: classification rows in memory and streamed, NER sentences, language-model text (a
+folder's files one by one), fairness groups, `predict --file`, a recipe, an API key file, detection label
+lists and annotations, a grid map. Each raised UnicodeDecodeError before."""
 
 from __future__ import annotations
 
 import pytest
 
+from nnrecipe.data.boxes import load_detection_splits
 from nnrecipe.data.lm import read_text
 from nnrecipe.data.text import read_text_file
 from nnrecipe.data.tokens import read_token_file
+from nnrecipe.deploy.serve import read_api_keys
 from nnrecipe.errors import UserError
+from nnrecipe.recipe import load_recipe
+from nnrecipe.rl.gridworld import read_map
+from nnrecipe.tasks.detection_recipe import DetectionData
 from nnrecipe.trust.fairness import read_groups
 
 LATIN1 = "sentence\tlabel\ncaf\xe9 cr\xe8me\t1\n".encode("latin-1")
@@ -26,11 +32,28 @@ CONLL = "Caf\xe9 B-ORG\nopens O\n".encode("latin-1")
         ("words.conll", lambda p: read_token_file(p, stream=True)),
         ("text/b.txt", lambda p: read_text(p.parent)),  # a folder: the bad file among good ones is named
         ("groups.csv", read_groups),
+        ("recipe.yaml", load_recipe),
+        ("keys.txt", read_api_keys),
+        ("map.txt", lambda p: read_map(str(p))),
+        (
+            "coco/ann.json",
+            lambda p: load_detection_splits(DetectionData(format="coco", path=p.parent, train="ann.json")),
+        ),
+        (
+            "voc/ImageSets/Main/train.txt",
+            lambda p: load_detection_splits(
+                DetectionData(format="voc", path=p.parents[2], train="train", classes=["cat"])
+            ),
+        ),
+        (
+            "yolo/classes.txt",
+            lambda p: load_detection_splits(DetectionData(format="yolo", path=p.parent, train="train")),
+        ),
     ],
 )
 def test_a_file_that_is_not_utf8_is_named_in_one_line(tmp_path, name, read):
     path = tmp_path / name
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     (path.parent / "a.txt").write_text("good text\n")
     path.write_bytes(CONLL if path.suffix == ".conll" else LATIN1)
     with pytest.raises(UserError, match=rf"{path.name}: not UTF-8 text \(invalid continuation byte at byte 0xe9\)"):

@@ -16,7 +16,7 @@ import typer
 import yaml
 from rich.console import Console
 
-from nnrecipe.errors import UserError, utf8_reader
+from nnrecipe.errors import UserError, read_utf8
 
 app = typer.Typer(
     add_completion=False,
@@ -223,7 +223,7 @@ def predict(
     if file is not None:
         if not file.is_file():
             raise UserError(f"--file: not found: {file}")
-        inputs += [line for line in input_lines(file) if line.strip()]
+        inputs += [line for line in read_utf8(file).splitlines() if line.strip()]
     if not inputs:
         raise UserError("nothing to predict: give inputs or --file")
     rows = family.predict(run, inputs)
@@ -782,11 +782,6 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("aborted")
         sys.exit(130)
-
-
-@utf8_reader
-def input_lines(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines()
 
 
 if __name__ == "__main__":

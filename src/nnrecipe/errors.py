@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -34,7 +35,17 @@ def utf8_reader(read: Callable[..., T]) -> Callable[..., T]:
         try:
             return read(path, *args, **kwargs)
         except UnicodeDecodeError as e:
-            bad = f"byte 0x{e.object[e.start]:02x}" if e.start < len(e.object) else "its end"
-            raise UserError(f"{path}: not UTF-8 text ({e.reason} at {bad}); save it as UTF-8") from None
+            raise not_utf8(path, e) from None
 
     return reading
+
+
+@utf8_reader
+def read_utf8(path: Path) -> str:
+    """A user's text file (a recipe, a key file, a label list) as text; not UTF-8 is a one-line error."""
+    return Path(path).read_text(encoding="utf-8")
+
+
+def not_utf8(path, e: UnicodeDecodeError) -> UserError:
+    bad = f"byte 0x{e.object[e.start]:02x}" if e.start < len(e.object) else "its end"
+    return UserError(f"{path}: not UTF-8 text ({e.reason} at {bad}); save it as UTF-8")

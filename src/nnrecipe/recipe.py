@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel
 
 from nnrecipe.engine.config import sub_section
-from nnrecipe.errors import RecipeError
+from nnrecipe.errors import RecipeError, read_utf8
 from nnrecipe.tasks.family import DEFAULT_TASK, family_names, get_family
 
 
@@ -25,7 +25,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(read_utf8(path)) or {}
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from nnrecipe.data.images import IMAGE_SUFFIXES
 from nnrecipe.data.splits import holdout
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, read_utf8
 
 
 @dataclass
@@ -70,9 +70,9 @@ def _classes(fmt: str, root: Path, train: str) -> list[str]:
             f = root / name
             if f.is_file():
                 if f.suffix == ".txt":
-                    return [line.strip() for line in f.read_text().splitlines() if line.strip()]
+                    return [line.strip() for line in read_utf8(f).splitlines() if line.strip()]
                 try:
-                    meta = yaml.safe_load(f.read_text()) or {}
+                    meta = yaml.safe_load(read_utf8(f)) or {}
                 except yaml.YAMLError as e:
                     raise UserError(f"{f}: not valid YAML: {str(e).strip().splitlines()[0]}") from None
                 names = meta.get("names") if isinstance(meta, dict) else None
@@ -157,7 +157,7 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"COCO annotation file not found: {path}")
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_utf8(path))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
 
@@ -202,7 +202,7 @@ def _voc_split(root: Path, split: str, classes: list[str], out: DetectionSplits)
     if not ids_file.is_file():
         raise UserError(f"VOC split not found: {ids_file}")
     items = []
-    for image_id in ids_file.read_text().split():
+    for image_id in read_utf8(ids_file).split():
         xml_file = root / "Annotations" / f"{image_id}.xml"
         try:
             tree = ET.parse(xml_file).getroot()

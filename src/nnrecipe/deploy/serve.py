@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, Field
 
 from nnrecipe.deploy.card import model_card
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, read_utf8
 from nnrecipe.extras import missing_extra
 from nnrecipe.runs import Run, open_run
 from nnrecipe.tasks.family import family_of
@@ -96,7 +96,7 @@ def read_api_keys(key_file: Path | None) -> list[str]:
     if key_file is not None:
         if not Path(key_file).is_file():
             raise UserError(f"--api-key-file: file not found: {key_file}")
-        keys += [line.strip() for line in Path(key_file).read_text().splitlines() if line.strip()]
+        keys += [line.strip() for line in read_utf8(key_file).splitlines() if line.strip()]
     return keys
 
 

@@ -21,7 +21,7 @@ from nnrecipe.data.shapes import shapes_dataset
 from nnrecipe.engine.checkpoint import load_weights, save_checkpoint
 from nnrecipe.engine.loop import console
 from nnrecipe.engine.optim import build_optimizer
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, read_utf8
 from nnrecipe.models.detection import build_detector
 from nnrecipe.reporting.detection import detection_summary, fmt, map_metric, plot_detections, write_detection_report
 from nnrecipe.runs import Run
@@ -102,7 +102,7 @@ def detection_splits(recipe: DetectionRecipe) -> Splits:
 
         meta_file = Path(data.path) / "data.yaml"
         try:
-            meta = (yaml.safe_load(meta_file.read_text()) or {}) if meta_file.is_file() else {}
+            meta = (yaml.safe_load(read_utf8(meta_file)) or {}) if meta_file.is_file() else {}
         except yaml.YAMLError as e:
             raise UserError(f"{meta_file}: not valid YAML: {str(e).strip().splitlines()[0]}") from None
         if not isinstance(meta, dict):
