@@ -162,8 +162,11 @@ def test_bad_files_are_reported_and_boxes_are_clipped(tmp_path):
     (labels / "edge.txt").write_text("0 0.95 0.5 0.3 0.2\n1 0.5 0.5 0.0 0.1\n")  # runs off the right edge; zero width
     Image.new("RGB", (64, 64)).save(images / "badclass.png")
     (labels / "badclass.txt").write_text("7 0.5 0.5 0.2 0.2\n")
-    splits = load_detection_splits(DetectionData(format="yolo", path=yolo, train="train", val_fraction=0))
-    assert any("broken.png" in s for s in splits.skipped)
+    Image.new("L", (100, 100)).save(images / "bomb.png")  # above the bomb limit set below: a traceback before
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Image, "MAX_IMAGE_PIXELS", 4096)
+        splits = load_detection_splits(DetectionData(format="yolo", path=yolo, train="train", val_fraction=0))
+    assert any("broken.png" in s for s in splits.skipped) and any(s.endswith("bomb.png") for s in splits.skipped)
     assert any("badclass.txt" in s and "class 7" in s for s in splits.skipped)
     edge = next(b for b in splits.train if b.path.endswith("edge.png"))
     assert edge.boxes.tolist() == [[pytest.approx(51.2), pytest.approx(25.6), 64.0, pytest.approx(38.4)]]

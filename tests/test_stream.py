@@ -113,6 +113,19 @@ def test_the_header_check_keeps_what_pil_opens_and_lists_the_rest(tmp_path):
     assert readable(files) == expected
 
 
+def test_a_decompression_bomb_in_a_folder_is_skipped_in_memory_and_streamed_alike(tmp_path, monkeypatch):
+    """An image whose header claims more pixels than PIL's bomb limit: the in-memory path raised PIL's
+    DecompressionBombError (a traceback); both paths now skip and list it, and keep the same images."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # PIL refuses above twice the limit: 32 x 32 here
+    tree = noise_tree(tmp_path / "tree", 6, 16, "ab")
+    Image.new("RGB", (40, 40)).save(tree / "a" / "bomb.png")
+    memory = load_splits(tree_recipe(tmp_path, tree, "data.test_fraction=0", "data.val_fraction=0").data)
+    streamed = load_splits(tree_recipe(tmp_path, tree, "data.test_fraction=0", "data.val_fraction=0", "data.stream=true").data)  # fmt: skip
+    for splits in (memory, streamed):
+        assert [Path(s).name for s in splits.skipped] == ["bomb.png"] and len(splits.train.labels) == 12
+    assert torch.equal(memory.train.tensor(), streamed.train.tensor())
+
+
 def test_auto_streams_above_the_memory_cap_and_stream_needs_a_folder(tmp_path, capsys):
     tree = noise_tree(tmp_path / "tree", 10, 16)  # 30 images x 3 x 16 x 16 = 22.5 KB decoded
     assert not load_splits(tree_recipe(tmp_path, tree).data).train.streamed

@@ -30,7 +30,7 @@ def read_rgb(path: str) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             return TF.to_dtype(TF.pil_to_tensor(im.convert("RGB")), torch.float32, scale=True)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"cannot decode image {path}: {e}") from None
 
 

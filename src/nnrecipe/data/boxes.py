@@ -101,7 +101,7 @@ def _image_size(path: Path, out: DetectionSplits) -> tuple[int, int] | None:
     try:
         with Image.open(path) as im:
             return im.size
-    except (OSError, UnidentifiedImageError):
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):  # listed as skipped, not a traceback
         out.skipped.append(str(path))
         return None
 

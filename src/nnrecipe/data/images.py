@@ -463,7 +463,7 @@ def read_image(path, channels: int | None = None, name: str | None = None) -> to
             array = np.asarray(im, dtype=np.uint8)
     except FileNotFoundError:
         raise UserError(f"image not found: {name}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise UserError(f"cannot decode image {name}: {e}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UserError(f"cannot decode image {name}: {e}") from None  # a bomb is skipped, as the header check does
     img = torch.from_numpy(array.copy())
     return img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1).contiguous()
