@@ -47,6 +47,8 @@ def test_override_types_follow_yaml(tmp_path):
         ({"schedule": {"name": "poly"}}, ["schedule.name", "'constant', 'step', 'linear', 'cosine' or 'onecycle'"]),
         ({"model": {"unfreeze_at_epoch": 2}}, ["unfreeze_at_epoch needs model.freeze"]),
         ({"dta": {}}, ["unknown field 'dta'", "did you mean 'data'"]),
+        ({"data": {"workers": -1}}, ["data.workers: must be auto or a number of DataLoader processes, 0 or more"]),
+        ({"data": {"workers": "many"}}, ["data.workers: must be auto or a number", "'many'"]),  # was two lines
     ],
 )
 def test_mistakes_are_one_readable_line(raw, expected):
@@ -109,3 +111,23 @@ def test_the_reference_shows_each_familys_own_defaults():
 
     text = reference_markdown().split("## `task: text_classification`")[1].split("## `task:")[0]
     assert "| `optim.name` | sgd / adam / adamw | `adamw` |" in text and "| `optim.lr` | float | `5e-05` |" in text
+
+
+def test_running_out_of_memory_is_one_line_and_other_errors_are_not_hidden(monkeypatch, capsys):
+    """torch's allocator failing (data.image_size=100000 asked for 12.9 TB) printed a traceback."""
+    from nnrecipe import cli
+
+    def out_of_memory():
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 12 TB")
+
+    monkeypatch.setattr(cli, "app", out_of_memory)
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 1 and "error: out of memory (" in capsys.readouterr().err
+
+    def bug():
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(cli, "app", bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # a bug keeps its traceback
+        cli.main()

@@ -23,6 +23,10 @@ def test_holdout_falls_back_to_a_seeded_permutation_and_holds_at_least_one():
     assert len(held) == 2 and sorted(kept + held) == list(range(10))
     assert len(holdout(5, 0.01, seed=0)[1]) == 1
     assert holdout(5, 0.0, seed=0) == ([0, 1, 2, 3, 4], [])
+    # Ten labels, but a side too small to hold all ten (data.test_fraction=0.999 on digits): scikit-learn's
+    # ValueError reached the user as a traceback; a seeded permutation instead.
+    kept, held = holdout(40, 0.95, seed=0, labels=[i % 10 for i in range(40)])
+    assert (len(kept), len(held)) == (2, 38) and sorted(kept + held) == list(range(40))
 
 
 def test_epoch_order_depends_on_seed_and_epoch_only_and_shards_equally():

@@ -782,6 +782,13 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("aborted")
         sys.exit(130)
+    except (MemoryError, RuntimeError) as e:  # torch's CPU and CUDA allocators raise RuntimeError subclasses
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not isinstance(e, MemoryError) and "out of memory" not in text and "can't allocate memory" not in text:
+            raise
+        err.print(f"error: out of memory ({text[:200]}); use a smaller train.batch_size, data.image_size or "
+                  "model, or free memory", style="red", markup=False)  # fmt: skip
+        sys.exit(1)
 
 
 if __name__ == "__main__":

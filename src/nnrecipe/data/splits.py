@@ -8,6 +8,7 @@ epoch (resume after Ctrl-C) reproduces the rest of it exactly without replaying 
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
@@ -20,7 +21,8 @@ from nnrecipe.engine.seeding import derived_seed
 
 def holdout(n: int, fraction: float, seed: int, labels: Sequence | None = None) -> tuple[list[int], list[int]]:
     """(kept, held) sorted indices of n examples, round(fraction * n) of them held out (at least one):
-    stratified by label (scikit-learn) where every label has two examples or more, else a seeded permutation.
+    stratified by label (scikit-learn) where every label has two examples or more and each side can hold
+    every label, else a seeded permutation.
     Kept for the next call with the same arguments (continual stages split one tree again and again)."""
     if fraction <= 0 or n < 2:
         return list(range(n)), []
@@ -31,7 +33,9 @@ def holdout(n: int, fraction: float, seed: int, labels: Sequence | None = None) 
 
 @lru_cache(maxsize=16)
 def _holdout(n: int, fraction: float, seed: int, labels: tuple | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    if labels is not None and min(Counter(labels).values()) >= 2:
+    counts = Counter(labels) if labels is not None else None
+    n_held = math.ceil(fraction * n)  # as scikit-learn counts a float test_size
+    if counts and min(counts.values()) >= 2 and min(n_held, n - n_held) >= len(counts):
         from sklearn.model_selection import train_test_split
 
         kept, held = train_test_split(np.arange(n), test_size=fraction, random_state=seed, stratify=list(labels))

@@ -100,7 +100,7 @@ class ImageData(Section):
     )
     workers: Literal["auto"] | int = Field(
         "auto",
-        description="Streamed images: DataLoader worker processes decoding ahead; 0 = decoding threads in the training process; auto = 0 on up to 4 cores (measured faster on 2), else a quarter of the cores.",
+        description="Streamed images: DataLoader worker processes decoding ahead; 0 = decoding in the training process (in its thread when the model computes on the CPU, by two threads ahead on a GPU); auto = 0 on up to 4 cores (measured faster on 2), else a quarter of the cores.",
     )
     classes: list[str] | None = Field(
         None,
@@ -109,6 +109,16 @@ class ImageData(Section):
         "Splits are cut from the whole source first, so a class's test images are the same in every recipe.",
     )
     augment: Augment = Field(default_factory=Augment)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, v):
+        """One line for every bad value (a union's per-branch errors named its branches, not the field)."""
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            return v
+        if isinstance(v, str) and v.strip().isdigit():
+            return int(v)
+        raise ValueError("must be auto or a number of DataLoader processes, 0 or more")
 
 
 class ImageModel(Section):
