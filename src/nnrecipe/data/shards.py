@@ -59,7 +59,7 @@ class ShardSource:
 
     def read_many(self, items: list[int]) -> list[bytes]:
         """Samples' files at once: from local shards, each shard opened once and its samples read by offset
-        (3 us a CIFAR-10 sample against read()'s 20 us); from a URL, by fsspec's cat_ranges (concurrent
+        (5 us a CIFAR-10 sample against read()'s 20 us); from a URL, by fsspec's cat_ranges (concurrent
         ranged requests on object stores). Raises if any read fails; `read` then names the file."""
         from fsspec.implementations.local import LocalFileSystem
 

@@ -104,10 +104,10 @@ class StreamedImages:
 
     def decode_batch(self, paths: list, unreadable: list[int] | None = None) -> torch.Tensor:
         """Several files into one N x C x H x W uint8 tensor, the same values as stacking `decode_one`'s. JPEGs
-        are decoded by libjpeg-turbo straight into the batch (`jpeg_decoded`); other files at the size are converted by
-        PIL straight into one array (3x faster than one tensor per file); the rest go through `decode_one`'s
-        resize. A file that is not an image raises, naming it; or, given `unreadable`, its position is added
-        there and its row left zero."""
+        are decoded by libjpeg-turbo straight into the batch (`jpeg_decoded`); other files at the size are
+        converted by PIL straight into it (3x faster than one tensor per file); the rest go through
+        `decode_one`'s resize. A file that is not an image raises, naming it; or, given `unreadable`, its
+        position is added there and its row left zero."""
         from nnrecipe.data.images import conform
 
         mode = "L" if self.channels == 1 else "RGB"
@@ -143,6 +143,7 @@ class StreamedImages:
             except UserError:
                 if unreadable is None:
                     raise
+                out[j] = 0  # whatever a failed decode left there
                 unreadable.append(j)
         return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
