@@ -103,3 +103,20 @@ def test_bilstm_tagger_learns_toy_ner(tmp_path):
     assert family.train(recipe, run)["f1"] >= 0.9
     found = family.predict(run, ["Yesterday, Olga visited Berlin again."])[0]["entities"]
     assert [(e["text"], e["type"]) for e in found] == [("Olga", "PER"), ("Berlin", "LOC")]
+
+
+@pytest.mark.parametrize("kind", ["bilstm", "gru", "textcnn"])
+def test_an_empty_text_is_read_as_one_padding_position_not_a_nan(kind):
+    """A text with no tokens (the word tokenizer adds no [CLS]): max-pooling over no position gave the
+    dtype's minimum, infinite logits, a NaN loss and a 'diverged' run from one blank row of the training file;
+    a batch of empty texts only (no time steps) crashed the RNN. Other rows are not changed by it."""
+    torch.manual_seed(0)
+    model = ScratchTextModel(EncoderConfig(kind, vocab_size=20, pad_id=0, n_labels=2, hidden_size=8)).eval()
+    ids = torch.tensor([[5, 6, 7], [0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1], [0, 0, 0]])
+    out = model(input_ids=ids, attention_mask=mask, labels=torch.tensor([1, 0]))
+    assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
+    alone = model(input_ids=ids[:1], attention_mask=mask[:1]).logits
+    assert torch.allclose(out.logits[:1], alone, atol=1e-6)
+    empty = model(input_ids=torch.zeros(2, 0, dtype=torch.long), attention_mask=torch.zeros(2, 0, dtype=torch.long))
+    assert torch.allclose(empty.logits, out.logits[1:].expand(2, -1), atol=1e-6)  # the same reading of nothing

@@ -116,11 +116,16 @@ class ScratchTextModel(nn.Module):
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         if attention_mask is None:
             attention_mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
-        lengths = attention_mask.sum(1).clamp_min(1)
+        if x.shape[1] == 0:  # every text of the batch empty: one padding position to read
+            x, attention_mask = x.new_zeros(x.shape[0], 1, x.shape[2]), attention_mask.new_zeros(x.shape[0], 1)
+        # An empty text (no tokens: the word tokenizer adds no [CLS]) is read as its first, padding position;
+        # max-pooling over no position at all gave the dtype's minimum, infinite logits and a NaN loss.
+        first = torch.ones_like(attention_mask).cumsum(1) == 1
+        real = attention_mask.bool() | (first & ~attention_mask.bool().any(1, keepdim=True))
+        lengths = real.sum(1)
         h = self.encoder(self.drop(x), lengths)
         if self.cfg.head == "sequence":
-            real = attention_mask.bool()[:, :, None]
-            h = h.masked_fill(~real, torch.finfo(h.dtype).min).amax(1)
+            h = h.masked_fill(~real[:, :, None], torch.finfo(h.dtype).min).amax(1)
         logits = self.classifier(self.drop(h))
         loss = None
         if labels is not None:
