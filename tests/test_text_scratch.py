@@ -120,3 +120,11 @@ def test_an_empty_text_is_read_as_one_padding_position_not_a_nan(kind):
     assert torch.allclose(out.logits[:1], alone, atol=1e-6)
     empty = model(input_ids=torch.zeros(2, 0, dtype=torch.long), attention_mask=torch.zeros(2, 0, dtype=torch.long))
     assert torch.allclose(empty.logits, out.logits[1:].expand(2, -1), atol=1e-6)  # the same reading of nothing
+
+
+def test_a_token_head_gives_no_position_for_no_token():
+    """NER's `predict RUN ""`: a batch of empty texts has no time steps; the token head answers with none
+    (the one padding position the encoder read was returned, and tagging failed on the shape)."""
+    model = ScratchTextModel(EncoderConfig("bilstm", vocab_size=20, pad_id=0, n_labels=3, head="token", hidden_size=8))
+    out = model(input_ids=torch.zeros(2, 0, dtype=torch.long), attention_mask=torch.zeros(2, 0, dtype=torch.long))
+    assert out.logits.shape == (2, 0, 3)

@@ -116,7 +116,8 @@ class ScratchTextModel(nn.Module):
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         if attention_mask is None:
             attention_mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
-        if x.shape[1] == 0:  # every text of the batch empty: one padding position to read
+        width = x.shape[1]
+        if width == 0:  # every text of the batch empty: one padding position to read (a token head returns none)
             x, attention_mask = x.new_zeros(x.shape[0], 1, x.shape[2]), attention_mask.new_zeros(x.shape[0], 1)
         # An empty text (no tokens: the word tokenizer adds no [CLS]) is read as its first, padding position;
         # max-pooling over no position at all gave the dtype's minimum, infinite logits and a NaN loss.
@@ -126,6 +127,8 @@ class ScratchTextModel(nn.Module):
         h = self.encoder(self.drop(x), lengths)
         if self.cfg.head == "sequence":
             h = h.masked_fill(~real[:, :, None], torch.finfo(h.dtype).min).amax(1)
+        else:
+            h = h[:, :width]
         logits = self.classifier(self.drop(h))
         loss = None
         if labels is not None:
