@@ -261,3 +261,16 @@ def test_samples_are_logged_to_tensorboard_while_training(tmp_path):
     texts = events.Tensors("sample/text_summary")
     assert [t.step for t in texts] == [5, 10]  # one sample per epoch
     assert texts[0].tensor_proto.string_val[0].decode().startswith("```\nthe ")
+
+
+def test_an_empty_prompt_starts_from_a_newline_or_a_space_the_vocabulary_has():
+    """`generate RUN ""` on a character model whose text had no newline said the prompt held a character
+    the text never had ('\\n', which the user never typed)."""
+    from nnrecipe.data.lm import fit_tokenizer
+    from nnrecipe.tasks.language_modeling import prompt_ids
+
+    lines, spaces, neither = (fit_tokenizer("char", text, 0) for text in ("ab\nab", "ab ab", "abab"))
+    assert prompt_ids(lines, "") == lines.encode("\n") and prompt_ids(spaces, "") == spaces.encode(" ")
+    assert prompt_ids(spaces, "ab") == spaces.encode("ab")
+    with pytest.raises(UserError, match="the prompt is empty, and this vocabulary has no newline or space"):
+        prompt_ids(neither, "")

@@ -325,7 +325,7 @@ class LanguageModeling(SupervisedFamily):
     ) -> dict[str, Any]:
         """The prompt's continuation, with how many tokens it took and how fast they came. `on_piece` is
         told each new piece of text as soon as its token is drawn (streaming)."""
-        ids = inf.tokenizer.encode(prompt or "\n", "the prompt")
+        ids = prompt_ids(inf.tokenizer, prompt)
         if not ids:
             raise UserError("the prompt encodes to no tokens")
         stop = None
@@ -436,7 +436,7 @@ class LMPredictor(TextInputs, Predictor):
 
     def check(self, prompt: str) -> None:
         """A clear error now for a prompt the tokenizer cannot read (before a stream has started)."""
-        self.inf.tokenizer.encode(prompt or "\n", "the prompt")
+        prompt_ids(self.inf.tokenizer, prompt)
 
     def generate(self, prompt: str, limit: int | None = None, **options: Any) -> dict[str, Any]:
         """`limit`: the server's cap, which also bounds the recipe's default length."""
@@ -457,3 +457,16 @@ class LMPredictor(TextInputs, Predictor):
             "model_config": cfg,
             "tokenizer": self.inf.spec["tokenizer"]["kind"],
         }
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The prompt's token ids; an empty prompt starts a new passage from a newline, or from a space where a
+    character vocabulary never saw a newline (it was told of a newline it could not read)."""
+    if prompt:
+        return tokenizer.encode(prompt, "the prompt")
+    for start in ("\n", " "):
+        try:
+            return tokenizer.encode(start, "the prompt")
+        except UserError:
+            continue
+    raise UserError("the prompt is empty, and this vocabulary has no newline or space to begin with: give a prompt")
