@@ -155,6 +155,10 @@ def test_bad_maps_and_envs_are_clear_errors(tmp_path):
         gridworld.read_map("..G\n...")
     with pytest.raises(UserError, match="unknown cells 'x'"):
         gridworld.read_map("S.x\n..G")
+    for walled in ("S#G\n.#.", "S~.\n~.G"):  # trained an agent that could never reach the goal, silently
+        with pytest.raises(UserError, match="no G can be reached from S"):
+            gridworld.read_map(walled)
+    assert gridworld.read_map("S#G\n...") == ["S#G", "..."]  # around the wall
     with pytest.raises(UserError, match="env.map: file not found"):
         gridworld.read_map(str(tmp_path / "missing.txt"))
     with pytest.raises(RecipeError, match="env.map is required"):

@@ -40,7 +40,26 @@ def read_map(text_or_path: str) -> list[str]:
         raise UserError(f"env.map: unknown cells {''.join(sorted(bad))!r}; allowed: S G # . ~")
     if cells.count("S") != 1 or cells.count("G") < 1:
         raise UserError("env.map: needs exactly one S and at least one G")
+    if not goal_reachable(rows):
+        raise UserError("env.map: no G can be reached from S (walls # and hazards ~ are in the way)")
     return rows
+
+
+def goal_reachable(rows: list[str]) -> bool:
+    """Whether some G is reachable from S by moves through free cells (a map without such a path trains an
+    agent that can never see the goal's reward)."""
+    start = next((r, c) for r, row in enumerate(rows) for c, cell in enumerate(row) if cell == "S")
+    seen, frontier = {start}, [start]
+    while frontier:
+        r, c = frontier.pop()
+        if rows[r][c] == "G":
+            return True
+        for dr, dc in MOVES.values():
+            nr, nc = r + dr, c + dc
+            if 0 <= nr < len(rows) and 0 <= nc < len(rows[0]) and (nr, nc) not in seen and rows[nr][nc] not in "#~":
+                seen.add((nr, nc))
+                frontier.append((nr, nc))
+    return False
 
 
 class GridMapEnv(gym.Env):
