@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from nnrecipe.errors import UserError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -137,6 +139,18 @@ def test_a_route_to_loopback_changes_nothing_and_the_users_interface_wins():
     assert multi_node_environment(None, {"A": "1"}) == {"A": "1"}
     env = multi_node_environment(("10.0.0.2", "eth9"), {"GLOO_SOCKET_IFNAME": "mine"})
     assert env == {"GLOO_SOCKET_IFNAME": "mine", "NCCL_SOCKET_IFNAME": "eth9"}
+
+
+def test_a_bad_master_address_is_one_line_before_torchrun_starts():
+    """A port out of range or not a number reached the user as torchrun's ValueError traceback."""
+    from nnrecipe.engine.distributed import torchrun_command
+
+    for master in ("127.0.0.1:99999", "localhost:abc", "10.0.0.1:0"):
+        with pytest.raises(UserError, match="--master: the port must be a number from 1 to 65535"):
+            torchrun_command([], 2, 1, 0, master)
+    with pytest.raises(UserError, match="give node 0's ADDR:PORT"):
+        torchrun_command([], 2, 1, 0, "10.0.0.1")
+    assert "10.0.0.1:29500" in torchrun_command([], 2, 1, 1, "10.0.0.1:29500")
 
 
 def test_resuming_with_another_number_of_processes_is_refused_clearly(tmp_path):

@@ -327,3 +327,13 @@ def test_explain_without_captum_names_the_extra(run, monkeypatch):
     with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY]))) as c:
         res = c.post("/v1/explain", headers=AUTH, json={"inputs": [b64(digit_png(0))]})
     assert res.status_code == 501 and "pip install 'nnrecipe[trust]'" in res.json()["detail"], res.json()
+
+
+def test_a_port_out_of_range_is_a_usage_error_not_a_traceback(trained_digits_run):
+    """`serve RUN --port 99999` reached uvicorn and ended in socket's OverflowError."""
+    from typer.testing import CliRunner
+
+    from nnrecipe.cli import app
+
+    res = CliRunner().invoke(app, ["serve", str(trained_digits_run.dir), "--insecure-no-auth", "--port", "99999"])
+    assert res.exit_code == 2 and "--port" in res.output, res.output

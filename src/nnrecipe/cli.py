@@ -411,7 +411,7 @@ def prune(
 def serve(
     run_dir: Path = typer.Argument(..., help="A trained run directory."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for all)."),
-    port: int = typer.Option(8080, help="Port."),
+    port: int = typer.Option(8080, min=0, max=65535, help="Port."),
     workers: int = typer.Option(1, min=1, help="Worker processes."),
     api_key_file: Path | None = typer.Option(None, help="File with one API key per line (or set NNRECIPE_API_KEYS)."),
     insecure_no_auth: bool = typer.Option(

@@ -44,6 +44,9 @@ def torchrun_command(
     else:
         if not master or ":" not in master:
             raise UserError("--master: give node 0's ADDR:PORT (the same on every node) with --nnodes > 1")
+        port = master.rsplit(":", 1)[1]
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise UserError(f"--master: the port must be a number from 1 to 65535 (got {master!r})")
         if not 0 <= node_rank < nnodes:
             raise UserError(f"--node-rank: must be 0..{nnodes - 1} (got {node_rank})")
         cmd += ["--node-rank", str(node_rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", master]
