@@ -35,7 +35,8 @@ def utf8_reader(read: Callable[..., T]) -> Callable[..., T]:
         try:
             return read(path, *args, **kwargs)
         except UnicodeDecodeError as e:
-            raise not_utf8(path, e) from None
+            bad = f"byte 0x{e.object[e.start]:02x}" if e.start < len(e.object) else "its end"
+            raise UserError(f"{path}: not UTF-8 text ({e.reason} at {bad}); save it as UTF-8") from None
 
     return reading
 
@@ -46,6 +47,15 @@ def read_utf8(path: Path) -> str:
     return Path(path).read_text(encoding="utf-8")
 
 
-def not_utf8(path, e: UnicodeDecodeError) -> UserError:
-    bad = f"byte 0x{e.object[e.start]:02x}" if e.start < len(e.object) else "its end"
-    return UserError(f"{path}: not UTF-8 text ({e.reason} at {bad}); save it as UTF-8")
+def read_yaml_mapping(path: Path, not_mapping: str, error: type[UserError] = UserError) -> dict:
+    """A user's YAML file that must hold a mapping ({} when empty): bad YAML, or YAML of another shape (then
+    `not_mapping` says what was expected), is one `error` line naming the file."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(read_utf8(path)) or {}
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise error(f"{path}: {not_mapping}")
+    return raw

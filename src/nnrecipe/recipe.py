@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel
 
 from nnrecipe.engine.config import sub_section
-from nnrecipe.errors import RecipeError, read_utf8
+from nnrecipe.errors import RecipeError, read_yaml_mapping
 from nnrecipe.tasks.family import DEFAULT_TASK, family_names, get_family
 
 
@@ -24,12 +24,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
-    try:
-        raw = yaml.safe_load(read_utf8(path)) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping of sections (data, model, optim, ...)")
+    raw = read_yaml_mapping(path, "a recipe is a mapping of sections (data, model, optim, ...)", RecipeError)
     for item in overrides:
         apply_override(raw, item)
     recipe = validate_recipe(raw)

@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from PIL import Image, UnidentifiedImageError
 
 from nnrecipe.data.images import IMAGE_SUFFIXES
 from nnrecipe.data.splits import holdout
-from nnrecipe.errors import UserError, read_utf8
+from nnrecipe.errors import UserError, read_utf8, read_yaml_mapping
 
 
 @dataclass
@@ -64,6 +63,11 @@ def load_detection_splits(data) -> DetectionSplits:
     return out
 
 
+def yolo_meta(path: Path) -> dict:
+    """A YOLO set's data.yaml (train, val, names), {} when absent; a damaged one is a one-line error."""
+    return read_yaml_mapping(path, "expected a mapping (train:, val:, names:)") if path.is_file() else {}
+
+
 def _classes(fmt: str, root: Path, train: str) -> list[str]:
     if fmt == "yolo":
         for name in ("data.yaml", "dataset.yaml", "classes.txt"):
@@ -71,11 +75,7 @@ def _classes(fmt: str, root: Path, train: str) -> list[str]:
             if f.is_file():
                 if f.suffix == ".txt":
                     return [line.strip() for line in read_utf8(f).splitlines() if line.strip()]
-                try:
-                    meta = yaml.safe_load(read_utf8(f)) or {}
-                except yaml.YAMLError as e:
-                    raise UserError(f"{f}: not valid YAML: {str(e).strip().splitlines()[0]}") from None
-                names = meta.get("names") if isinstance(meta, dict) else None
+                names = yolo_meta(f).get("names")
                 if isinstance(names, dict):
                     return [str(names[k]) for k in sorted(names)]
                 if isinstance(names, list):

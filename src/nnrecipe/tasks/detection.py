@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from nnrecipe.data.box_loader import DetectionLoader, read_rgb
-from nnrecipe.data.boxes import BoxedImage, load_detection_splits
+from nnrecipe.data.boxes import BoxedImage, load_detection_splits, yolo_meta
 from nnrecipe.data.shapes import shapes_dataset
 from nnrecipe.engine.checkpoint import load_weights, save_checkpoint
 from nnrecipe.engine.loop import console
 from nnrecipe.engine.optim import build_optimizer
-from nnrecipe.errors import UserError, read_utf8
+from nnrecipe.errors import UserError
 from nnrecipe.models.detection import build_detector
 from nnrecipe.reporting.detection import detection_summary, fmt, map_metric, plot_detections, write_detection_report
 from nnrecipe.runs import Run
@@ -98,15 +98,7 @@ def detection_splits(recipe: DetectionRecipe) -> Splits:
         data.path = shapes_dataset(data.path or Path("~/.cache/nnrecipe"))
         data.format = "yolo"
     if data.format == "yolo" and (data.train is None or data.val is None):
-        import yaml
-
-        meta_file = Path(data.path) / "data.yaml"
-        try:
-            meta = (yaml.safe_load(read_utf8(meta_file)) or {}) if meta_file.is_file() else {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{meta_file}: not valid YAML: {str(e).strip().splitlines()[0]}") from None
-        if not isinstance(meta, dict):
-            raise UserError(f"{meta_file}: expected a mapping (train:, val:, names:)")
+        meta = yolo_meta(Path(data.path) / "data.yaml")
         if data.train is None:
             data.train = meta.get("train") or "train"
         if data.val is None and meta.get("val"):
