@@ -62,6 +62,15 @@ def test_runs_lists_every_run_with_its_primary_metric(many, trained_digits_run):
         cli("runs", many / "missing")
 
 
+def test_a_status_or_task_no_run_can_have_is_named_not_an_empty_table(many):
+    with pytest.raises(UserError, match=r"--status: one of created, .*failed, damaged \(got 'done'\)"):
+        list_runs(many, status="done")
+    with pytest.raises(UserError, match=r"--task: one of image_classification, .* \(got 'image'\)"):
+        list_runs(many, task="image")
+    assert list_runs(many, task="detection") == [] and len(list_runs(many, status="failed")) == 0
+    assert [r.path.name for r in list_runs(many, task="image_classification", status="running")] == ["d"]
+
+
 def test_compare_shows_metrics_the_recipe_difference_and_overlaid_curves(many, tmp_path):
     out = tmp_path / "cmp.png"
     res = cli("compare", many / "a", many / "b", "--out", out)

@@ -655,7 +655,10 @@ def _size(n: int) -> str:
 def runs_table(
     folder: Path = typer.Argument(Path("runs"), help="Where the runs are (searched three folders deep)."),
     task: str | None = typer.Option(None, help="Only runs of this task family."),
-    status: str | None = typer.Option(None, help="Only runs with this status (finished, running, created...)."),
+    status: str | None = typer.Option(
+        None,
+        help="Only runs with this status: created, running, interrupted, finished, early_stopped, diverged, pruned, failed or damaged.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per run instead of the table."),
 ) -> None:
     """A table of runs: task, status, primary metric, when, how long, size on disk."""

@@ -18,7 +18,8 @@ from typing import Any
 from nnrecipe.engine.tracking import flatten
 from nnrecipe.errors import UserError
 from nnrecipe.reporting import read_report, run_meta
-from nnrecipe.runs import Run
+from nnrecipe.runs import RUN_STATUSES, Run
+from nnrecipe.tasks.family import family_names
 
 # Runs may sit one or two folders deep (runs/<study>/<trial>, runs/<bench>/<run>).
 MAX_DEPTH = 3
@@ -136,7 +137,13 @@ def describe(run_dir: Path) -> RunRow:
 
 
 def list_runs(root: Path, task: str | None = None, status: str | None = None) -> list[RunRow]:
+    """The runs under `root`, those of one task and/or status when given; a status or task that no run could
+    have is an error naming the ones there are (it printed an empty table, as if no run matched)."""
+    if status is not None and status not in (*RUN_STATUSES, "damaged"):
+        raise UserError(f"--status: one of {', '.join((*RUN_STATUSES, 'damaged'))} (got {status!r})")
     rows = [describe(p) for p in find_runs(root)]
+    if task is not None and task not in {r.task for r in rows} and task not in family_names():
+        raise UserError(f"--task: one of {', '.join(family_names())} (got {task!r})")
     return [r for r in rows if (task is None or r.task == task) and (status is None or r.status.split()[0] == status)]
 
 

@@ -20,6 +20,10 @@ from nnrecipe.errors import UserError
 from nnrecipe.reporting import read_report, run_meta
 from nnrecipe.tasks.family import family_of, get_family
 
+# Every status a run.json can hold: created (folder made), running, and how it ended. `nnrecipe runs
+# --status` accepts these, and `damaged` for a run whose run.json cannot be read.
+RUN_STATUSES = ("created", "running", "interrupted", "finished", "early_stopped", "diverged", "pruned", "failed")
+
 
 @dataclass
 class Run:
