@@ -196,10 +196,13 @@ def test_seed_lists_parse_and_bad_ones_are_named():
     from nnrecipe.seeds import parse_seeds
 
     assert parse_seeds(["0", "1", "2"]) == parse_seeds(["0,1,2"]) == parse_seeds(["0-2"]) == [0, 1, 2]
-    assert parse_seeds(["-1", "3"]) == [-1, 3]
-    for bad in (["0"], ["1", "1"], ["a-b"], ["0.5", "1"]):
+    assert parse_seeds(["4294967294-4294967295"]) == [2**32 - 2, 2**32 - 1]
+    for bad in (["0"], ["1", "1"], ["a-b"], ["0.5", "1"], ["-1", "3"], ["0", "4294967296"]):
         with pytest.raises(UserError, match="--seeds"):
             parse_seeds(bad)
+    # a typo'd range is refused before it is listed (0-4294967295 took the memory of 4 billion ints)
+    with pytest.raises(UserError, match="at most 1000 runs at once"):
+        parse_seeds(["0-4294967295"])
 
 
 def test_rl_seeds_set_the_families_own_seed_field(tmp_path):

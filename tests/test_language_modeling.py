@@ -139,6 +139,17 @@ def test_gpt_learns_the_corpus_reports_and_generates(trained_gpt):
     assert family.evaluate(run, data_path=str(tmp_path / "other.txt"))["loss"] < 0.5 * math.log(vocab)
     with pytest.raises(UserError, match="characters the training text never had"):
         family.generate(run, "QUIZ")
+    # options are held to the sample section's rules: a huge seed was torch's overflow traceback
+    from nnrecipe.errors import RecipeError
+
+    for options, message in (
+        ({"seed": 2**70}, r"--seed: Input should be less than or equal to 4294967295"),
+        ({"seed": -1}, r"--seed: Input should be greater than or equal to 0"),
+        ({"top_p": 0.0}, r"--top-p: Input should be greater than 0"),
+    ):
+        with pytest.raises(RecipeError, match=message):
+            family.generate(run, "a stitch", **options)
+    assert family.generate(run, "a stitch", max_new_tokens=5, top_k=0, seed=2**32 - 1)["new_tokens"] == 5
 
 
 def test_lstm_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path):
@@ -186,6 +197,7 @@ def test_a_language_model_is_served_with_limits(trained_gpt):
         assert (
             client.post("/v1/generate", json={"prompt": "x" * 51}).json()["detail"].startswith("prompt: 51 characters")
         )
+        assert client.post("/v1/generate", json={"prompt": "a", "seed": 2**70}).status_code == 422  # was a 500
         big = client.post("/v1/generate", json={"prompt": "a", "max_new_tokens": 31})
         assert big.status_code == 422 and big.json()["detail"].startswith("max_new_tokens")
         assert (

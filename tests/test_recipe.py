@@ -97,6 +97,22 @@ def test_cli_reports_recipe_errors_without_traceback(tmp_path):
     assert not any(tmp_path.iterdir()), "an invalid recipe must not create a run directory"
 
 
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        ({"train": {"seed": 2**64}}, "train.seed"),  # torch's overflow traceback at the first generator
+        ({"train": {"seed": -1}}, "train.seed"),
+        ({"data": {"split_seed": 2**32}}, "data.split_seed"),
+        ({"task": "rl", "seed": -3}, "seed"),  # gymnasium refused it at the first reset
+        ({"task": "rl", "eval": {"seed": 2**40}}, "eval.seed"),
+        ({"task": "language_modeling", "data": {"train": "t.txt"}, "sample": {"seed": -2}}, "sample.seed"),
+    ],
+)
+def test_seeds_are_what_numpy_takes_in_every_family(raw, field):
+    with pytest.raises(RecipeError, match=rf"recipe error: {field}: Input should be (greater|less) than or equal to"):
+        validate_recipe(raw)
+
+
 def test_every_field_is_documented_and_docs_are_current():
     from nnrecipe.recipe import reference_markdown
 

@@ -242,6 +242,8 @@ def test_gridmap_recipe_end_to_end_through_the_cli(tmp_path):
     assert res.returncode == 0 and "mean return" in res.stderr
     res = cli("rl", "play", run)
     assert res.returncode == 0 and "A" in res.stdout and "return" in res.stdout
+    res = cli("rl", "play", run, "--seed", "-1")  # was gymnasium's traceback
+    assert res.returncode == 2 and "--seed: a seed from 0 to 4294967295 (got -1)" in res.stderr
     res = cli("rl", "train", ROOT / "recipes/digits-convnet.yaml")
     assert res.returncode == 1 and "not an RL recipe" in res.stderr
 

@@ -98,6 +98,9 @@ def test_bad_spaces_are_one_line_errors_before_any_trial(tmp_path):
         parse_param("train.epochs=int(5, 2)")
     with pytest.raises(RecipeError, match="not a valid train.batch_size"):
         plan(tmp_path, ["train.batch_size=choice(32, 0)"], 2)
+    for seed in (-5, 2**70):  # NumPy's seeding traceback, after the recipe was read
+        with pytest.raises(RecipeError, match="--seed: a seed from 0 to 4294967295"):
+            plan(tmp_path, ["optim.lr=uniform(0.01, 0.1)"], 2, seed=seed)
     with pytest.raises(RecipeError, match="--sampler grid: every parameter must be"):
         plan(tmp_path, ["optim.lr=uniform(0.01, 0.1)"], 2, sampler="grid")
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(digits_raw(tmp_path)))

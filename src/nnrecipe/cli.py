@@ -248,7 +248,7 @@ def generate(
         None, min=0.0, help="Softmax temperature; 0 = always the most likely token."
     ),
     top_k: int | None = typer.Option(None, min=0, help="Sample among the k most likely tokens; 0 = all."),
-    top_p: float | None = typer.Option(None, min=0.0, max=1.0, help="Nucleus sampling mass (default: off)."),
+    top_p: float | None = typer.Option(None, help="Nucleus sampling mass in (0, 1] (default: off)."),
     seed: int | None = typer.Option(None, help="Sampling seed."),
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Recompute the whole context every step (slower; to compare)."

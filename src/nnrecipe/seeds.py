@@ -13,11 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nnrecipe.engine.config import check_seed
 from nnrecipe.engine.loop import console
 from nnrecipe.errors import UserError
 from nnrecipe.recipe import apply_override, validate_recipe
 from nnrecipe.runs import Run, train_new_run
 from nnrecipe.tasks.family import get_family
+
+# One run per seed: a range past this is a typo (0-10000), not a plan, and it was listed in memory first.
+MAX_RUNS = 1000
 
 
 def parse_seeds(items: list[str]) -> list[int]:
@@ -26,10 +30,14 @@ def parse_seeds(items: list[str]) -> list[int]:
     try:
         for item in (part for text in items for part in text.replace(",", " ").split()):
             if "-" in item.lstrip("-"):
-                low, high = item.split("-", 1)
-                seeds += range(int(low), int(high) + 1)
+                low, high = (check_seed(int(end), "--seeds") for end in item.split("-", 1))
+                if high - low >= MAX_RUNS:
+                    raise UserError(f"--seeds: at most {MAX_RUNS} runs at once (got {item}: {high - low + 1})")
+                seeds += range(low, high + 1)
             else:
-                seeds.append(int(item))
+                seeds.append(check_seed(int(item), "--seeds"))
+            if len(seeds) > MAX_RUNS:
+                raise UserError(f"--seeds: at most {MAX_RUNS} runs at once (got {len(seeds)} or more)")
     except ValueError:
         raise UserError(
             f"--seeds: whole numbers, e.g. --seeds 0 1 2 or --seeds 0-4 (got {' '.join(items)!r})"

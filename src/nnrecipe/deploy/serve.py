@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, Field
 
 from nnrecipe.deploy.card import model_card
+from nnrecipe.engine.config import Seed
 from nnrecipe.errors import UserError, read_utf8
 from nnrecipe.extras import missing_extra
 from nnrecipe.runs import Run, open_run
@@ -70,7 +71,7 @@ class GenerateRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, description="Softmax temperature; 0 = the most likely token.")
     top_k: int | None = Field(None, ge=0, description="Sample among the k most likely tokens; 0 = all.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
-    seed: int | None = Field(None, description="Sampling seed (default: the run's recipe).")
+    seed: Seed | None = Field(None, description="Sampling seed (default: the run's recipe).")
     stream: bool = Field(False, description="Send the text as server-sent events while it is generated.")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,6 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from nnrecipe.errors import RecipeError
 
 S = TypeVar("S", bound=BaseModel)
+
+# A seed is what NumPy's and scikit-learn's generators take, 0 to 2**32 - 1: larger ones ended in an
+# overflow traceback deep in torch's generator, negative ones in NumPy's.
+MAX_SEED = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
+def check_seed(seed: int | None, option: str = "--seed") -> int | None:
+    """A seed given on the command line, held to the recipe's range (None passes: the default applies)."""
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise RecipeError(f"{option}: a seed from 0 to {MAX_SEED} (got {seed})")
+    return seed
 
 
 class Section(BaseModel):
@@ -27,12 +39,16 @@ class Section(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def validated(cls: type[S], raw: dict[str, Any]) -> S:
-    """`cls` built from `raw`; RecipeError with a line per problem naming the field and what is allowed."""
+def validated(cls: type[S], raw: dict[str, Any], options: bool = False) -> S:
+    """`cls` built from `raw`; RecipeError with a line per problem naming the field and what is allowed.
+    `options`: the values came from command-line options, so a problem names the option (--top-k)."""
     try:
         return cls.model_validate(raw)
     except ValidationError as e:
-        raise RecipeError("\n".join(explain(err, cls) for err in e.errors())) from None
+        lines = [explain(err, cls) for err in e.errors()]
+        if options:
+            lines = [re.sub(r"^recipe error: (\w+):", lambda m: f"--{m[1].replace('_', '-')}:", line) for line in lines]
+        raise RecipeError("\n".join(lines)) from None
 
 
 def explain(err: dict[str, Any], root: type[BaseModel]) -> str:
@@ -206,7 +222,7 @@ class Train(Section):
         description="auto: bf16 autocast on CUDA devices that support it and for transformer tasks on CPUs with native bf16 units (AMX or AVX512-BF16); for other models on such CPUs (detection excepted), bf16 when a timed training step on the first batch is at least 1.1x faster (remembered per machine and model); fp32 elsewhere. The choice and its reason are printed at start.",
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when present, else CPU.")
-    seed: int = Field(0, description="Seeds Python, NumPy, torch, data order and augmentation.")
+    seed: Seed = Field(0, description="Seeds Python, NumPy, torch, data order and augmentation.")
     ema: bool = Field(False, description="Keep an exponential moving average of the weights and evaluate/save it.")
     ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per optimiser step.")
     swa: Swa | None = Field(

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from nnrecipe.engine.config import Section, Track
+from nnrecipe.engine.config import Section, Seed, Track
 
 
 class Atari(Section):
@@ -191,7 +191,7 @@ class Evaluation(Section):
     """Greedy evaluation after training (and by `nnrecipe rl evaluate`)."""
 
     episodes: int = Field(100, gt=0, description="Evaluation episodes.")
-    seed: int = Field(10_000, description="Episode i is reset with seed + i: a fixed list, comparable across runs.")
+    seed: Seed = Field(10_000, description="Episode i is reset with seed + i: a fixed list, comparable across runs.")
     gif: bool = Field(
         True, description="Record one greedy episode as plots/episode.gif (environments that render rgb arrays)."
     )
@@ -208,7 +208,7 @@ class RLRecipe(Section):
         "qlearning", description="The learning algorithm."
     )
     gamma: float = Field(0.99, ge=0, le=1, description="Discount factor.")
-    seed: int = Field(0, description="Seeds environments, exploration and networks.")
+    seed: Seed = Field(0, description="Seeds environments, exploration and networks.")
     tabular: Tabular = Field(default_factory=Tabular)
     dqn: DQN = Field(default_factory=DQN)
     ppo: PPO = Field(default_factory=PPO)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from nnrecipe.engine.checkpoint import load_checkpoint, save_checkpoint, split_prefix, with_prefix
+from nnrecipe.engine.config import check_seed
 from nnrecipe.engine.loop import console
 from nnrecipe.engine.mlflow_tracking import publish
 from nnrecipe.engine.tracking import Tracker
@@ -298,7 +299,7 @@ def play(run: Run, render: str = "ansi", seed: int | None = None, gif: Path | No
     """One greedy episode: each frame printed (ansi), or written as an animated GIF."""
     recipe = run.recipe()
     policy = load_policy(run, recipe)
-    seed = recipe.eval.seed if seed is None else seed
+    seed = recipe.eval.seed if check_seed(seed) is None else seed
     if gif is not None:
         probe = make_env(recipe)
         if not renders_rgb(probe):

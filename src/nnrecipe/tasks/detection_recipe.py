@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from nnrecipe.engine.config import Section
+from nnrecipe.engine.config import Section, Seed
 from nnrecipe.tasks.sections import TrainedRecipe
 
 
@@ -36,7 +36,7 @@ class DetectionData(Section):
         description="Class names in label order; null = from data.yaml/classes.txt (yolo), the categories (coco) or the annotations (voc).",
     )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Held back from train when there is no val split.")
-    split_seed: int = Field(0, description="Seed of that split.")
+    split_seed: Seed = Field(0, description="Seed of that split.")
     limit: int | None = Field(None, gt=0, description="Use only the first N training images.")
     hflip: bool = Field(True, description="Random horizontal flips (boxes flipped with the image) in training.")
 

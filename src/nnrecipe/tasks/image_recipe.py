@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from nnrecipe.engine.config import Section
+from nnrecipe.engine.config import Section, Seed
 from nnrecipe.models import check_model_name
 from nnrecipe.tasks.sections import ContinualBase, TrainedRecipe
 
@@ -76,7 +76,7 @@ class ImageData(Section):
         lt=1,
         description="Fraction held back for testing when the source has no test split (digits, single-tree imagefolder).",
     )
-    split_seed: int = Field(
+    split_seed: Seed = Field(
         0, description="Seed of the stratified split, independent of the training seed so splits stay fixed."
     )
     image_size: int | None = Field(

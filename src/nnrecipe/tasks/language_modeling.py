@@ -30,6 +30,7 @@ from nnrecipe.data.lm import (
     read_text,
 )
 from nnrecipe.engine.checkpoint import load_weights
+from nnrecipe.engine.config import validated
 from nnrecipe.engine.loop import Callback, console
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.errors import UserError
@@ -41,7 +42,7 @@ from nnrecipe.runs import Run
 from nnrecipe.tasks import masked_lm, outputs
 from nnrecipe.tasks.family import DoctorPlan, Inference, LogitsExport, Metric, Splits, register_family
 from nnrecipe.tasks.lm_doctor import plan as doctor_plan
-from nnrecipe.tasks.lm_recipe import LMRecipe
+from nnrecipe.tasks.lm_recipe import LMRecipe, Sampling
 from nnrecipe.tasks.serving import Predictor, TextInputs
 from nnrecipe.tasks.supervised import Setup, SupervisedFamily, plot_paths
 
@@ -364,11 +365,7 @@ class LanguageModeling(SupervisedFamily):
     def generate(self, run: Run, prompt: str, **options: Any) -> dict[str, Any]:
         """`nnrecipe generate`: options default to the recipe's `sample` section."""
         causal_only(run, "generate")
-        s = run.recipe().sample.model_dump() | {k: v for k, v in options.items() if v is not None}
-        s.pop("prompts")
-        if s.get("top_k") == 0:
-            s["top_k"] = None  # --top-k 0: sample from the whole vocabulary
-        return self.continue_text(self.inference(run), prompt, **s)
+        return self.continue_text(self.inference(run), prompt, **sampling(run.recipe().sample, options))
 
     def doctor(self, recipe: LMRecipe) -> DoctorPlan:
         if recipe.model.pretrained:
@@ -440,9 +437,7 @@ class LMPredictor(TextInputs, Predictor):
 
     def generate(self, prompt: str, limit: int | None = None, **options: Any) -> dict[str, Any]:
         """`limit`: the server's cap, which also bounds the recipe's default length."""
-        s = self.sample.model_dump() | {k: v for k, v in options.items() if v is not None}
-        s.pop("prompts")
-        s["top_k"] = s["top_k"] or None
+        s = sampling(self.sample, options)
         if limit is not None:
             s["max_new_tokens"] = min(s["max_new_tokens"], limit)
         return self.family.continue_text(self.inf, prompt, **s)
@@ -457,6 +452,19 @@ class LMPredictor(TextInputs, Predictor):
             "model_config": cfg,
             "tokenizer": self.inf.spec["tokenizer"]["kind"],
         }
+
+
+def sampling(sample: Sampling, options: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's sample section with the caller's options over it (those given; top_k 0 = all), held to
+    the section's own rules (a seed past 2**32 - 1 ended in a traceback from torch's generator), plus the
+    caller's other options (use_cache)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    s = sample.model_dump() | {k: v for k, v in given.items() if k in Sampling.model_fields}
+    if s["top_k"] == 0:
+        s["top_k"] = None
+    s = validated(Sampling, s, options=True).model_dump()
+    s.pop("prompts")
+    return s | {k: v for k, v in given.items() if k not in Sampling.model_fields}
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:

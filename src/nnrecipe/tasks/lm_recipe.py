@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from nnrecipe.engine.config import Section
+from nnrecipe.engine.config import Section, Seed
 from nnrecipe.tasks.sections import TrainedRecipe
 
 
@@ -81,7 +81,7 @@ class Sampling(Section):
     top_p: float | None = Field(
         None, gt=0, le=1, description="Nucleus sampling: the smallest set with this much probability; null = off."
     )
-    seed: int = Field(0, description="Seed of the sampling.")
+    seed: Seed = Field(0, description="Seed of the sampling.")
 
 
 class Masking(Section):

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from nnrecipe.engine.config import Section
+from nnrecipe.engine.config import Section, Seed
 from nnrecipe.models.text_encoders import SCRATCH_MODELS
 from nnrecipe.tasks.sections import ContinualBase, FamilyRecipe, TrainedRecipe
 
@@ -46,7 +46,7 @@ class TextData(Section):
     text_pair_column: str | None = Field(None, description="Second text for sentence-pair tasks; null = single text.")
     label_column: str = Field("label", description="Column holding the label (a name or an id).")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Held back from train when data.val is null.")
-    split_seed: int = Field(0, description="Seed of that split.")
+    split_seed: Seed = Field(0, description="Seed of that split.")
     split_groups: str = Field(
         "auto",
         description="Held-out validation keeps texts that contain one another (SST-2's sub-phrases) on one side: "
@@ -175,7 +175,7 @@ class TokenData(Section):
     tokens_key: str = Field("tokens", description="JSONL: key of the word list.")
     tags_key: str = Field("tags", description="JSONL: key of the tag list.")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Held back from train when data.val is null.")
-    split_seed: int = Field(0, description="Seed of that split.")
+    split_seed: Seed = Field(0, description="Seed of that split.")
     limit: int | None = Field(None, gt=0, description="Use only the first N training sentences.")
     max_length: int = Field(128, gt=1, description="Truncate to this many sub-tokens; words beyond it are predicted O.")
     group_by_length: bool = Field(True, description="Batch similar lengths together (less padding, same randomness).")
@@ -225,7 +225,7 @@ class EmbeddingModel(Section):
     template: str = Field(
         "{}", description="zeroshot: how a label description becomes a sentence, e.g. 'This review is {}.'"
     )
-    seed: int = Field(0, description="Seed of the few-shot draw.")
+    seed: Seed = Field(0, description="Seed of the few-shot draw.")
 
 
 class EmbeddingRecipe(FamilyRecipe):

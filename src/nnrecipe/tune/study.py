@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from nnrecipe.engine.config import check_seed
 from nnrecipe.engine.loop import Callback, Diverged, console
 from nnrecipe.errors import RecipeError, UserError
 from nnrecipe.recipe import validate_recipe
@@ -122,6 +123,7 @@ def new_plan(
     family = get_family(recipe.task)
     if trials < 1:
         raise RecipeError(f"--trials: at least 1 (got {trials})")
+    check_seed(options.get("seed"))
     space = load_space(space_file, params)
     check_space(recipe_raw, space)
     keys, directions = objective_of(family, as_list(options.pop("metric")), as_list(options.pop("direction")))
