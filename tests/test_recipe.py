@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nnrecipe.errors import RecipeError
-from nnrecipe.recipe import load_recipe, validate_recipe
+from nnrecipe.recipe import apply_override, load_recipe, validate_recipe
 from nnrecipe.tasks.image_recipe import ImageRecipe as Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +111,15 @@ def test_cli_reports_recipe_errors_without_traceback(tmp_path):
 def test_seeds_are_what_numpy_takes_in_every_family(raw, field):
     with pytest.raises(RecipeError, match=rf"recipe error: {field}: Input should be (greater|less) than or equal to"):
         validate_recipe(raw)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e400"])
+def test_no_number_in_a_recipe_may_be_infinite_or_nan(value):
+    """optim.lr=inf passed `gt=0`, and the run diverged on its first batch."""
+    for raw, field in (({}, "optim.lr"), ({"task": "rl", "algo": "dqn"}, "dqn.lr"), ({}, "train.clip_grad_norm")):
+        with pytest.raises(RecipeError, match=rf"recipe error: {field}: Input should be a finite number"):
+            apply_override(raw, f"{field}={value}")
+            validate_recipe(raw)
 
 
 def test_every_field_is_documented_and_docs_are_current():

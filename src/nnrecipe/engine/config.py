@@ -32,8 +32,9 @@ def check_seed(seed: int | None, option: str = "--seed") -> int | None:
 
 
 class Section(BaseModel):
-    # Unknown keys are errors (a typo must never be silently ignored); assignment is validated too.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Unknown keys are errors (a typo must never be silently ignored); assignment is validated too; no
+    # number may be inf or nan (optim.lr=inf passed `gt=0` and trained a run that diverged at once).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
