@@ -11,6 +11,7 @@ current episode; resuming resets with the same seed and replays those actions, w
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,12 @@ def make_env(recipe, render_mode: str | None = None, training: bool = False) -> 
     """One environment of the recipe. `training` adds what only training wants (Atari: episode end on a
     lost life and rewards clipped to their sign); evaluation always plays whole games on raw scores."""
     cfg = recipe.env
+    if render_mode == "rgb_array":
+        # Environments drawn with pygame (FrozenLake, CartPole... for the report's GIF) start SDL's audio
+        # and video, which on a machine without a desktop session printed "error: XDG_RUNTIME_DIR is
+        # invalid" as a run that went well ended. Images need neither; a user's own settings win.
+        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     gridworld.register()
     _import_provider(cfg.id)
     limit = {"max_episode_steps": cfg.max_steps} if cfg.max_steps else {}
