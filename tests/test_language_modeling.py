@@ -198,6 +198,9 @@ def test_a_language_model_is_served_with_limits(trained_gpt):
             client.post("/v1/generate", json={"prompt": "x" * 51}).json()["detail"].startswith("prompt: 51 characters")
         )
         assert client.post("/v1/generate", json={"prompt": "a", "seed": 2**70}).status_code == 422  # was a 500
+        infinite = b'{"prompt": "a", "temperature": Infinity}'  # Python's JSON reads it; FastAPI echoed it: 500
+        bad = client.post("/v1/generate", content=infinite, headers={"content-type": "application/json"})
+        assert bad.status_code == 422 and bad.json()["detail"] == "temperature: Input should be a finite number"
         big = client.post("/v1/generate", json={"prompt": "a", "max_new_tokens": 31})
         assert big.status_code == 422 and big.json()["detail"].startswith("max_new_tokens")
         assert (

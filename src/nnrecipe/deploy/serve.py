@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from nnrecipe.deploy.card import model_card
 from nnrecipe.engine.config import Seed
@@ -66,6 +67,8 @@ class ServeConfig:
 
 
 class GenerateRequest(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # JSON's Infinity/NaN: a 422 here, as the recipe would refuse
+
     prompt: str = Field(..., description="Text to continue.")
     max_new_tokens: int | None = Field(None, ge=1, description="Tokens to generate (default: the run's recipe).")
     temperature: float | None = Field(None, ge=0, description="Softmax temperature; 0 = the most likely token.")
@@ -201,6 +204,15 @@ class MicroBatcher:
                 start += len(batch)
 
 
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422, one line per problem naming its field. FastAPI's own handler echoes each bad value back, and a
+    JSON Infinity or NaN cannot be written back: such a request was answered 500."""
+    problems = (
+        "{}: {}".format(".".join(str(p) for p in e["loc"] if p != "body") or "body", e["msg"]) for e in exc.errors()
+    )
+    return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+
 def create_app(cfg: ServeConfig) -> FastAPI:
     if not cfg.api_keys and not cfg.insecure_no_auth:
         raise UserError(
@@ -240,6 +252,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     app = FastAPI(
         title="nnrecipe model server", version="1", description=f"Serving {cfg.run_dir}", lifespan=lifespan, **docs
     )
+    app.add_exception_handler(RequestValidationError, invalid_request)
 
     @app.middleware("http")
     async def limits_logs_metrics(request: Request, call_next):
