@@ -98,6 +98,16 @@ def test_bad_spaces_are_one_line_errors_before_any_trial(tmp_path):
         parse_param("train.epochs=int(5, 2)")
     with pytest.raises(RecipeError, match="not a valid train.batch_size"):
         plan(tmp_path, ["train.batch_size=choice(32, 0)"], 2)
+    # SQLAlchemy's traceback, after the study's folder was made; the URL's password is not printed
+    with pytest.raises(
+        UserError, match=r"--storage postgresql://u:\*\*\*@127.0.0.1:1/db: \S"
+    ):  # no driver, or no server
+        plan(tmp_path, ["optim.lr=uniform(0.01, 0.1)"], 2, storage="postgresql://u:secret@127.0.0.1:1/db")
+    with pytest.raises(UserError, match="--storage bogus://x: Can't load plugin"):
+        plan(tmp_path, ["optim.lr=uniform(0.01, 0.1)"], 2, storage="bogus://x")
+    with pytest.raises(RecipeError, match=r"--jobs: at least 1 \(got 0\)"):  # it ran one process, silently
+        run_study(plan(tmp_path, ["optim.lr=uniform(0.01, 0.1)"], 2), tmp_path / "jobs", jobs=0)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "jobs").exists()
     for seed in (-5, 2**70):  # NumPy's seeding traceback, after the recipe was read
         with pytest.raises(RecipeError, match="--seed: a seed from 0 to 4294967295"):
             plan(tmp_path, ["optim.lr=uniform(0.01, 0.1)"], 2, seed=seed)

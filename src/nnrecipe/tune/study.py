@@ -124,6 +124,8 @@ def new_plan(
     if trials < 1:
         raise RecipeError(f"--trials: at least 1 (got {trials})")
     check_seed(options.get("seed"))
+    if options.get("storage"):
+        rdb_storage(options["storage"])  # reachable and usable before the study's folder is made
     space = load_space(space_file, params)
     check_space(recipe_raw, space)
     keys, directions = objective_of(family, as_list(options.pop("metric")), as_list(options.pop("direction")))
@@ -185,11 +187,29 @@ def make_pruner(plan: Plan):
 
 def storage_of(plan: Plan, folder: Path):
     if plan.storage:
-        return plan.storage
+        return rdb_storage(plan.storage)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     return JournalStorage(JournalFileBackend(str(folder / JOURNAL)))
+
+
+def rdb_storage(url: str):
+    """Optuna's storage at a database URL; a URL it cannot use (unknown scheme, missing driver, database
+    out of reach) is one line naming --storage, not SQLAlchemy's traceback."""
+    from optuna.storages import RDBStorage
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return RDBStorage(url)
+    except (SQLAlchemyError, ImportError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        try:  # the URL may hold a password: never print it
+            url = make_url(url).render_as_string(hide_password=True)
+        except (SQLAlchemyError, ValueError):
+            url = "(the URL given)"
+        raise UserError(f"--storage {url}: {first}") from None
 
 
 def open_study(plan: Plan, folder: Path, create: bool = False):
@@ -412,6 +432,8 @@ def trial_bar(plan: Plan, done: int):
 
 def run_study(plan: Plan, folder: Path, jobs: int = 1, resume: bool = False) -> Any:
     """Run (or go on with) the study until `plan.trials` trials have finished (complete or pruned)."""
+    if jobs < 1:
+        raise RecipeError(f"--jobs: at least 1 (got {jobs})")
     if not resume:
         save_plan(plan, folder)
     study = open_study(plan, folder, create=not resume)
