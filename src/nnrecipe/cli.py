@@ -503,8 +503,15 @@ def pack(
 
     from nnrecipe.data.shards import pack_image_folder
 
-    with Progress(TextColumn("packing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
-                  transient=True) as bar:  # fmt: skip
+    with Progress(
+        TextColumn("packing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,  # in a log the bar left a blank line
+    ) as bar:
         task = bar.add_task("pack", total=None)
         done = pack_image_folder(folder, out, shard_mb, lambda n, total: bar.update(task, completed=n, total=total))
     for path in done["skipped"]:
