@@ -1,9 +1,12 @@
 """Text files that are not UTF-8 (a binary file, a Latin-1 export) are one line naming the file, from every
 reader of a user's text: classification rows in memory and streamed, NER sentences, language-model text (a
 folder's files one by one), fairness groups, `predict --file`, a recipe, an API key file, detection label
-lists and annotations, a grid map. Each raised UnicodeDecodeError before."""
+lists and annotations, a grid map. Each raised UnicodeDecodeError before. A folder where a file belongs is
+named as a folder."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -17,6 +20,7 @@ from nnrecipe.recipe import load_recipe
 from nnrecipe.rl.gridworld import read_map
 from nnrecipe.tasks.detection_recipe import DetectionData
 from nnrecipe.trust.fairness import read_groups
+from nnrecipe.tune.space import load_space
 
 LATIN1 = "sentence\tlabel\ncaf\xe9 cr\xe8me\t1\n".encode("latin-1")
 CONLL = "Caf\xe9 B-ORG\nopens O\n".encode("latin-1")
@@ -69,3 +73,29 @@ def test_predict_file_that_is_not_utf8_is_named(tmp_path, trained_digits_run):
     path.write_bytes(LATIN1)
     with pytest.raises(UserError, match="inputs.txt: not UTF-8 text"):
         CliRunner().invoke(app, ["predict", str(trained_digits_run.dir), "--file", str(path)], catch_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    "read, what",
+    [
+        (lambda p: read_text_file(p, "auto", "sentence", "label"), "data file"),
+        (lambda p: read_token_file(p), "data file"),
+        (lambda p: read_text(p), None),  # a folder is the language model's other input: its .txt files
+        (load_recipe, "recipe file"),
+        (read_api_keys, "--api-key-file: key file"),
+        (lambda p: read_map(str(p)), "env.map: map file"),
+        (lambda p: load_space(p, []), "--space: space file"),
+    ],
+)
+def test_a_folder_where_a_file_belongs_is_named_as_a_folder(tmp_path, read, what):
+    """A folder given for a file was reported 'not found', which sent users looking for a file that was there."""
+    folder = tmp_path / "data.tsv"
+    folder.mkdir()
+    if what is None:
+        with pytest.raises(UserError, match="no .txt files in"):
+            read(folder)
+        return
+    with pytest.raises(UserError, match=rf"^{re.escape(what)} is a folder, not a file: .*data.tsv$"):
+        read(folder)
+    with pytest.raises(UserError, match=rf"^{re.escape(what)} not found: .*missing.tsv$"):
+        read(tmp_path / "missing.tsv")

@@ -159,7 +159,7 @@ def test_bad_maps_and_envs_are_clear_errors(tmp_path):
         with pytest.raises(UserError, match="no G can be reached from S"):
             gridworld.read_map(walled)
     assert gridworld.read_map("S#G\n...") == ["S#G", "..."]  # around the wall
-    with pytest.raises(UserError, match="env.map: file not found"):
+    with pytest.raises(UserError, match="env.map: map file not found"):
         gridworld.read_map(str(tmp_path / "missing.txt"))
     with pytest.raises(RecipeError, match="env.map is required"):
         rl_recipe(tmp_path, env__id="gridmap")

@@ -16,7 +16,7 @@ import typer
 import yaml
 from rich.console import Console
 
-from nnrecipe.errors import UserError, read_utf8
+from nnrecipe.errors import UserError, existing_file, read_utf8
 
 app = typer.Typer(
     add_completion=False,
@@ -221,8 +221,7 @@ def predict(
     family = family_of(run).require("predict")
     inputs = list(inputs or [])
     if file is not None:
-        if not file.is_file():
-            raise UserError(f"--file: not found: {file}")
+        existing_file(file, "--file: text file")
         inputs += [line for line in read_utf8(file).splitlines() if line.strip()]
     if not inputs:
         raise UserError("nothing to predict: give inputs or --file")

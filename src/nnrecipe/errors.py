@@ -41,6 +41,17 @@ def utf8_reader(read: Callable[..., T]) -> Callable[..., T]:
     return reading
 
 
+def existing_file(path: str | Path, what: str, error: type[UserError] = UserError) -> Path:
+    """`path` when it is a file; otherwise one `error` line: `<what> not found: <path>`, or that it is a
+    folder (a folder was reported as not found, which sent users looking for a file that was there)."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{what} is a folder, not a file: {path}")
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    return path
+
+
 @utf8_reader
 def read_utf8(path: Path) -> str:
     """A user's text file (a recipe, a key file, a label list) as text; not UTF-8 is a one-line error."""

@@ -15,15 +15,13 @@ import yaml
 from pydantic import BaseModel
 
 from nnrecipe.engine.config import sub_section
-from nnrecipe.errors import RecipeError, read_yaml_mapping
+from nnrecipe.errors import RecipeError, existing_file, read_yaml_mapping
 from nnrecipe.tasks.family import DEFAULT_TASK, family_names, get_family
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """Read a YAML recipe, apply `a.b=c` overrides, validate. Raises RecipeError with readable lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}")
+    path = existing_file(path, "recipe file", RecipeError)
     raw = read_yaml_mapping(path, "a recipe is a mapping of sections (data, model, optim, ...)", RecipeError)
     for item in overrides:
         apply_override(raw, item)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from nnrecipe.engine.seeding import derived_seed
-from nnrecipe.errors import UserError, utf8_reader
+from nnrecipe.errors import UserError, existing_file, utf8_reader
 
 
 @utf8_reader
@@ -33,8 +33,7 @@ def read_text(path: Path, text_field: str = "text") -> str:
         if not files:
             raise UserError(f"data: no .txt files in {path}")
         return "\n\n".join(read_text(f) for f in files)  # a file that is not UTF-8 is named
-    if not path.is_file():
-        raise UserError(f"data file not found: {path}")
+    existing_file(path, "data file")
     if path.suffix.lower() in (".jsonl", ".json"):
         rows = []
         for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):

@@ -14,7 +14,7 @@ import torch
 from nnrecipe.data.splits import epoch_generator, epoch_order, shard
 from nnrecipe.data.stream import prefetched
 from nnrecipe.data.text_rows import LazyTexts, check_columns, csv_options, index_text_file
-from nnrecipe.errors import UserError, utf8_reader
+from nnrecipe.errors import UserError, existing_file, utf8_reader
 
 
 @dataclass
@@ -70,9 +70,7 @@ def read_text_file(
     """Rows of a CSV/TSV (with a header) or JSONL file; `fmt` auto follows the extension. `other_columns`
     (a group column...) are read as strings into `columns`. `stream`: the texts stay in the file, read when
     asked for (data/text_rows.py)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file not found: {path}")
+    path = existing_file(path, "data file")
     if fmt == "auto":
         fmt = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower())
         if fmt is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from nnrecipe.data.text_rows import LazyRecords, read_records
-from nnrecipe.errors import UserError, utf8_reader
+from nnrecipe.errors import UserError, existing_file, utf8_reader
 
 IGNORE = -100  # the label cross-entropy skips
 
@@ -146,9 +146,7 @@ def read_token_file(
     """Sentences from a CoNLL column file (whitespace-separated columns, blank lines and -DOCSTART-
     between sentences) or a JSONL file ({"tokens": [...], "tags": [...]} per line); tags come back IOB2.
     `stream`: the words stay in the file, read when asked for; the tags (one shared string per tag) are held."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file not found: {path}")
+    path = existing_file(path, "data file")
     if fmt == "auto":
         fmt = "jsonl" if path.suffix.lower() in (".jsonl", ".json") else "conll"
     form = TokenFormat(fmt, token_column, tag_column, tokens_key, tags_key)

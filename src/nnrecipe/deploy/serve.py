@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nnrecipe.deploy.card import model_card
 from nnrecipe.engine.config import Seed
-from nnrecipe.errors import UserError, read_utf8
+from nnrecipe.errors import UserError, existing_file, read_utf8
 from nnrecipe.extras import missing_extra
 from nnrecipe.runs import Run, open_run
 from nnrecipe.tasks.family import family_of
@@ -98,8 +98,7 @@ def read_api_keys(key_file: Path | None) -> list[str]:
     """Keys from a file (one per line) and/or NNRECIPE_API_KEYS (comma-separated)."""
     keys = [k.strip() for k in os.environ.get("NNRECIPE_API_KEYS", "").split(",") if k.strip()]
     if key_file is not None:
-        if not Path(key_file).is_file():
-            raise UserError(f"--api-key-file: file not found: {key_file}")
+        existing_file(key_file, "--api-key-file: key file")
         keys += [line.strip() for line in read_utf8(key_file).splitlines() if line.strip()]
     return keys
 

@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from nnrecipe.errors import UserError, read_utf8
+from nnrecipe.errors import UserError, existing_file, read_utf8
 
 MOVES = {0: (0, -1), 1: (1, 0), 2: (0, 1), 3: (-1, 0)}
 ARROWS = "<v>^"
@@ -29,8 +29,7 @@ def read_map(text_or_path: str) -> list[str]:
     """The map's rows; `text_or_path` is the map itself (it contains a newline) or a file."""
     if "\n" not in text_or_path:
         path = Path(text_or_path).expanduser()
-        if not path.is_file():
-            raise UserError(f"env.map: file not found: {path}")
+        existing_file(path, "env.map: map file")
         text_or_path = read_utf8(path)
     rows = [line.strip() for line in text_or_path.strip().splitlines() if line.strip()]
     if len({len(r) for r in rows}) != 1:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, existing_file
 
 # An image larger than this (width x height, read from the file's header) is refused (422) before it is decoded:
 # 10 megapixels takes a 4K video frame and most cameras' photos; `nnrecipe serve --max-image-pixels` changes it.
@@ -114,8 +114,7 @@ def ort_session(onnx_path: Path):
     the event loop (and every other process) on a small machine (measured in bench/serve_load.py)."""
     import onnxruntime as ort
 
-    if not Path(onnx_path).is_file():
-        raise UserError(f"--onnx: file not found: {onnx_path}")
+    existing_file(onnx_path, "--onnx: model file")
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from nnrecipe.errors import RecipeError
+from nnrecipe.errors import RecipeError, existing_file
 from nnrecipe.recipe import validate_recipe
 
 KINDS = ("loguniform", "uniform", "int", "choice")
@@ -104,9 +104,7 @@ def load_space(path: Path | None, params: list[str]) -> list[Param]:
     """The space file's parameters, then the --param ones (a name given twice keeps the last)."""
     space: dict[str, Param] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"--space: file not found: {path}")
+        path = existing_file(path, "--space: space file", RecipeError)
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
