@@ -15,7 +15,6 @@ deadline (504), and each key can be held to a request rate (429 with Retry-After
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field
 
 from nnrecipe.deploy.card import model_card
+from nnrecipe.deploy.guards import Access, Admission, within_deadline
 from nnrecipe.engine.config import Seed
 from nnrecipe.errors import UserError, existing_file, read_utf8
 from nnrecipe.extras import missing_extra
@@ -103,56 +103,6 @@ def read_api_keys(key_file: Path | None) -> list[str]:
     return keys
 
 
-class Admission:
-    """Counts the inputs admitted to the model's work (being decoded, waiting or in a model call) and refuses a
-    request that would take the count over `limit` (503 with Retry-After), so a flood costs the server bounded
-    memory and time. Work a request started is counted until it ends, even when the request gave up on it (a
-    thread cannot be stopped). Only the event loop touches the count: no lock."""
-
-    def __init__(self, limit: int):
-        self.limit, self.used = limit, 0
-
-    def take(self, n: int) -> None:
-        if self.used + n > self.limit:
-            raise HTTPException(
-                503,
-                f"server busy: {self.used} inputs in flight and the queue holds {self.limit}; retry",
-                headers={"Retry-After": "1"},
-            )
-        self.used += n
-
-    def give_when_done(self, n: int, job: asyncio.Future) -> None:
-        def give(done: asyncio.Future) -> None:
-            if not done.cancelled():
-                done.exception()  # retrieved: an abandoned job's error is not logged as unhandled
-            self.used -= n
-
-        job.add_done_callback(give)
-
-
-class RateLimiter:
-    """A token bucket per client (API key, or address without auth): `rate` requests per second on average,
-    up to `burst` at once. Returns the seconds to wait when a request is over the limit, else 0."""
-
-    MAX_CLIENTS = 10_000  # without auth the clients are addresses: the table is bounded
-
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = rate, burst or max(1, int(2 * rate))
-        self.buckets: dict[str, tuple[float, float]] = {}
-
-    def wait(self, client: str) -> float:
-        now = time.monotonic()
-        tokens, last = self.buckets.pop(client, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if len(self.buckets) >= self.MAX_CLIENTS:
-            self.buckets.pop(next(iter(self.buckets)))  # the least recently seen
-        if tokens >= 1:
-            self.buckets[client] = (tokens - 1, now)
-            return 0.0
-        self.buckets[client] = (tokens, now)
-        return (1 - tokens) / self.rate
-
-
 class MicroBatcher:
     """Requests put their decoded inputs in a queue; one worker takes up to `batch_max` inputs (waiting at
     most `batch_wait_ms` for more to arrive) and runs the model once for all of them, in a thread."""
@@ -212,6 +162,21 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
     return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
 
+@dataclass
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own (several apps in one process never clash)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter("nnrecipe_requests_total", "HTTP requests", ["route", "status"], registry=r)
+        self.latency = Histogram("nnrecipe_request_seconds", "Request latency", ["route"], registry=r)
+        self.batch = Histogram("nnrecipe_model_batch_size", "Inputs per model call", registry=r,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))  # fmt: skip
+        self.load = Gauge("nnrecipe_model_load_seconds", "Time to load the model", registry=r)
+
+
 def create_app(cfg: ServeConfig) -> FastAPI:
     if not cfg.api_keys and not cfg.insecure_no_auth:
         raise UserError(
@@ -228,18 +193,10 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     predictor = load_predictor(run, cfg.onnx, cfg.precision)
     predictor.max_pixels = cfg.max_image_pixels
     admission = Admission(cfg.max_queue)
-    limiter = RateLimiter(cfg.rate_limit, cfg.rate_burst) if cfg.rate_limit > 0 else None
-    registry = CollectorRegistry()
-    requests = Counter("nnrecipe_requests_total", "HTTP requests", ["route", "status"], registry=registry)
-    latency = Histogram("nnrecipe_request_seconds", "Request latency", ["route"], registry=registry)
-    batch_hist = Histogram(
-        "nnrecipe_model_batch_size",
-        "Inputs per model call",
-        registry=registry,
-        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-    )
-    Gauge("nnrecipe_model_load_seconds", "Time to load the model", registry=registry).set(time.perf_counter() - started)
-    batcher = MicroBatcher(predictor.predict, cfg.batch_max, cfg.batch_wait_ms, batch_hist)
+    access = Access(cfg.api_keys, cfg.insecure_no_auth, cfg.rate_limit, cfg.rate_burst)
+    metrics = Metrics()
+    metrics.load.set(time.perf_counter() - started)
+    batcher = MicroBatcher(predictor.predict, cfg.batch_max, cfg.batch_wait_ms, metrics.batch)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -252,15 +209,27 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         title="nnrecipe model server", version="1", description=f"Serving {cfg.run_dir}", lifespan=lifespan, **docs
     )
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.middleware("http")(limits_logs_metrics(cfg.max_body_bytes, metrics))
+    add_service_routes(app, cfg, run, family, predictor, batcher, metrics, access)
+    add_predict_route(app, cfg, family, predictor, batcher, admission, access)
+    if family.offers("explain"):
+        add_explain_route(app, cfg, run, family, predictor, admission, access)
+    if family.offers("generate"):
+        add_generate_route(app, cfg, predictor, admission, access)
+    return app
 
-    @app.middleware("http")
-    async def limits_logs_metrics(request: Request, call_next):
+
+def limits_logs_metrics(max_body_bytes: int, metrics: Metrics):
+    """The HTTP middleware: a body over the limit is refused from its Content-Length (413); whatever a
+    handler raises is a 500 that leaves the worker running; every request is counted, timed and logged."""
+
+    async def middleware(request: Request, call_next):
         t0 = time.perf_counter()
         route = request.url.path
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
+        if length is not None and length.isdigit() and int(length) > max_body_bytes:
             response: Response = JSONResponse(
-                {"detail": f"request body over the {cfg.max_body_bytes} byte limit"}, status_code=413
+                {"detail": f"request body over the {max_body_bytes} byte limit"}, status_code=413
             )
         else:
             try:
@@ -269,54 +238,25 @@ def create_app(cfg: ServeConfig) -> FastAPI:
                 log.exception("unhandled error")
                 response = JSONResponse({"detail": "internal error"}, status_code=500)
         seconds = time.perf_counter() - t0
-        requests.labels(route, str(response.status_code)).inc()
-        latency.labels(route).observe(seconds)
-        log.info(
-            json.dumps(
-                {
-                    "method": request.method,
-                    "path": route,
-                    "status": response.status_code,
-                    "ms": round(seconds * 1000, 2),
-                }
-            )
-        )
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(seconds)
+        log.info(json.dumps({"method": request.method, "path": route, "status": response.status_code,
+                             "ms": round(seconds * 1000, 2)}))  # fmt: skip
         return response
 
-    def authorize(request: Request) -> None:
-        if cfg.insecure_no_auth:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key:
-            raise HTTPException(
-                401, "missing API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"}
-            )
-        # compare against every key, always, in constant time per key
-        if not any([hmac.compare_digest(key.encode(), k.encode()) for k in cfg.api_keys]):
-            raise HTTPException(403, "invalid API key")
+    return middleware
 
-    def authorize_and_limit(request: Request) -> None:
-        """The model's endpoints: a valid key, then the key's request rate (429 above it)."""
-        authorize(request)
-        if limiter is not None:
-            client = request.headers.get("authorization", "") if not cfg.insecure_no_auth else ""
-            client = client or (request.client.host if request.client else "unknown")
-            wait = limiter.wait(client)
-            if wait > 0:
-                raise HTTPException(
-                    429,
-                    f"rate limit: {cfg.rate_limit:g} requests/s per key; retry in {wait:.1f} s",
-                    headers={"Retry-After": str(max(1, round(wait)))},
-                )
 
+def add_service_routes(app: FastAPI, cfg: ServeConfig, run: Run, family, predictor: Predictor,
+                       batcher: MicroBatcher, metrics: Metrics, access: Access) -> None:  # fmt: skip
+    """Everything but the model's work: health (open), readiness (open), the card, metrics and the docs."""
     if not cfg.public_docs:
 
-        @app.get("/openapi.json", dependencies=[Depends(authorize)], include_in_schema=False)
+        @app.get("/openapi.json", dependencies=[Depends(access.authorize)], include_in_schema=False)
         def openapi() -> JSONResponse:
             return JSONResponse(app.openapi())
 
-        @app.get("/docs", dependencies=[Depends(authorize)], include_in_schema=False)
+        @app.get("/docs", dependencies=[Depends(access.authorize)], include_in_schema=False)
         def swagger() -> HTMLResponse:
             return get_swagger_ui_html(openapi_url="/openapi.json", title="nnrecipe model server")
 
@@ -330,34 +270,40 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             raise HTTPException(503, "model worker not running")
         return {"status": "ready"}
 
-    @app.get("/v1/model", dependencies=[Depends(authorize)])
+    @app.get("/v1/model", dependencies=[Depends(access.authorize)])
     def card() -> dict[str, Any]:
         return model_card(
             run, family, predictor.labels, predictor.model_name, predictor.facts(), backend=predictor.backend
         )
 
-    @app.get("/metrics", dependencies=[Depends(authorize)])
-    def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    @app.get("/metrics", dependencies=[Depends(access.authorize)])
+    def metrics_text() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post(
-        "/v1/predict",
-        dependencies=[Depends(authorize_and_limit)],
-        response_model=family.output.response,
-        openapi_extra={
-            "requestBody": {
-                "content": {
-                    "application/json": {"schema": PredictRequest.model_json_schema()},
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                        }
-                    },
+
+# /v1/predict reads its body itself (JSON or multipart files), so its schema is declared here for the docs.
+PREDICT_BODY = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": PredictRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
                 }
-            }
-        },
-    )
+            },
+        }
+    }
+}
+
+
+def add_predict_route(app: FastAPI, cfg: ServeConfig, family, predictor: Predictor, batcher: MicroBatcher,
+                      admission: Admission, access: Access) -> None:  # fmt: skip
+    """POST /v1/predict: inputs decoded beside the event loop, then micro-batched into the model, within the
+    work queue's bound and the deadline."""
+
+    @app.post("/v1/predict", dependencies=[Depends(access.authorize_and_limit)],
+              response_model=family.output.response, openapi_extra=PREDICT_BODY)  # fmt: skip
     async def predict(request: Request) -> dict:
         body = await request.body()
         if len(body) > cfg.max_body_bytes:  # chunked uploads carry no Content-Length
@@ -403,41 +349,40 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         admission.give_when_done(len(raw), asyncio.gather(job, decoding, return_exceptions=True))
         return {"predictions": await within_deadline(job, cfg.deadline_s)}
 
-    if family.offers("explain"):
-        add_explain_route(app, cfg, run, family, predictor, admission, authorize_and_limit)
 
-    if family.offers("generate"):
+def add_generate_route(app: FastAPI, cfg: ServeConfig, predictor: Predictor, admission: Admission,
+                       access: Access) -> None:  # fmt: skip
+    """POST /v1/generate (language models): a prompt and sampling options within the server's limits; the
+    text at once (with the deadline), or streamed as server-sent events."""
 
-        @app.post("/v1/generate", dependencies=[Depends(authorize_and_limit)], response_model=Generated)
-        async def generate(request: GenerateRequest) -> dict:
-            if len(request.prompt) > cfg.max_text_chars:
-                raise HTTPException(422, f"prompt: {len(request.prompt)} characters; the limit is {cfg.max_text_chars}")
-            if (request.max_new_tokens or 0) > cfg.max_new_tokens:
-                raise HTTPException(422, f"max_new_tokens: {request.max_new_tokens}; the limit is {cfg.max_new_tokens}")
-            options = request.model_dump(exclude={"prompt", "stream"})
-            loop = asyncio.get_running_loop()
-            try:
-                predictor.check(request.prompt)  # e.g. characters a char-level model never saw
-            except UserError as e:
-                raise HTTPException(422, f"prompt: {e}") from None
-            if request.stream:  # no deadline: the client sees the text as it comes and can hang up
-                admission.take(1)
-                return StreamingResponse(
-                    stream_generation(predictor, request.prompt, cfg.max_new_tokens, options, loop, admission),
-                    media_type="text/event-stream",
-                )
+    @app.post("/v1/generate", dependencies=[Depends(access.authorize_and_limit)], response_model=Generated)
+    async def generate(request: GenerateRequest) -> dict:
+        if len(request.prompt) > cfg.max_text_chars:
+            raise HTTPException(422, f"prompt: {len(request.prompt)} characters; the limit is {cfg.max_text_chars}")
+        if (request.max_new_tokens or 0) > cfg.max_new_tokens:
+            raise HTTPException(422, f"max_new_tokens: {request.max_new_tokens}; the limit is {cfg.max_new_tokens}")
+        options = request.model_dump(exclude={"prompt", "stream"})
+        loop = asyncio.get_running_loop()
+        try:
+            predictor.check(request.prompt)  # e.g. characters a char-level model never saw
+        except UserError as e:
+            raise HTTPException(422, f"prompt: {e}") from None
+        if request.stream:  # no deadline: the client sees the text as it comes and can hang up
             admission.take(1)
-            job = loop.run_in_executor(
-                None, lambda: predictor.generate(request.prompt, limit=cfg.max_new_tokens, **options)
+            return StreamingResponse(
+                stream_generation(predictor, request.prompt, cfg.max_new_tokens, options, loop, admission),
+                media_type="text/event-stream",
             )
-            admission.give_when_done(1, job)
-            return await within_deadline(asyncio.shield(job), cfg.deadline_s)
-
-    return app
+        admission.take(1)
+        job = loop.run_in_executor(
+            None, lambda: predictor.generate(request.prompt, limit=cfg.max_new_tokens, **options)
+        )
+        admission.give_when_done(1, job)
+        return await within_deadline(asyncio.shield(job), cfg.deadline_s)
 
 
 def add_explain_route(app: FastAPI, cfg: ServeConfig, run: Run, family, predictor: Predictor, admission: Admission,
-                      authorize_and_limit) -> None:  # fmt: skip
+                      access: Access) -> None:  # fmt: skip
     """POST /v1/explain: the inputs of /v1/predict (JSON), at most `max_explain_inputs` of them, explained by
     the run's eager model (a copy of its own: attribution hooks never touch the model that predicts), one
     request at a time; its inputs count against the work queue and it has the same deadline."""
@@ -456,7 +401,7 @@ def add_explain_route(app: FastAPI, cfg: ServeConfig, run: Run, family, predicto
         with one_at_a_time:
             return explain_decoded(subject, items, method, target)
 
-    @app.post("/v1/explain", dependencies=[Depends(authorize_and_limit)])
+    @app.post("/v1/explain", dependencies=[Depends(access.authorize_and_limit)])
     async def explain(request: ExplainRequest) -> dict:
         if len(request.inputs) > cfg.max_explain_inputs:
             raise HTTPException(
@@ -475,14 +420,6 @@ def add_explain_route(app: FastAPI, cfg: ServeConfig, run: Run, family, predicto
             if missing is None:
                 raise
             raise HTTPException(501, str(missing)) from None
-
-
-async def within_deadline(work, seconds: float):
-    """`work`'s result, or 504 after `seconds` (work queued for the model is then dropped, not computed)."""
-    try:
-        return await asyncio.wait_for(work, seconds)
-    except asyncio.TimeoutError:
-        raise HTTPException(504, f"not answered within the {seconds:g} s deadline") from None
 
 
 async def stream_generation(predictor, prompt: str, limit: int, options: dict, loop, admission: Admission):
