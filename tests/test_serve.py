@@ -337,3 +337,26 @@ def test_a_port_out_of_range_is_a_usage_error_not_a_traceback(trained_digits_run
 
     res = CliRunner().invoke(app, ["serve", str(trained_digits_run.dir), "--insecure-no-auth", "--port", "99999"])
     assert res.exit_code == 2 and "--port" in res.output, res.output
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max-body-mb", "nan"], "--max-body-mb"),  # int(nan): a traceback
+        (["--max-body-mb", "-1"], "--max-body-mb"),  # a server that answered every request 413
+        (["--rate-limit", "inf"], "--rate-limit: a finite number (got inf)"),  # int(inf): a traceback
+        (["--batch-wait-ms", "inf"], "--batch-wait-ms: a finite number (got inf)"),  # never answered
+        (["--deadline-s", "inf"], "--deadline-s: a finite number (got inf)"),
+        (["--batch-wait-ms", "40000"], "--batch-wait-ms 40000: must be below the deadline (--deadline-s 30)"),
+    ],
+)
+def test_serve_numbers_that_cannot_work_are_refused_before_the_server_starts(trained_digits_run, flags, message):
+    from typer.testing import CliRunner
+
+    from nnrecipe.cli import app
+
+    res = CliRunner().invoke(app, ["serve", str(trained_digits_run.dir), "--insecure-no-auth", *flags])
+    if isinstance(res.exception, UserError):  # main() prints these as one line
+        assert message in str(res.exception)
+    else:
+        assert res.exit_code == 2 and message in res.output, res.output

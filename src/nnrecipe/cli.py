@@ -417,7 +417,7 @@ def serve(
         False, "--insecure-no-auth", help="Serve without authentication (logs a warning)."
     ),
     onnx: Path | None = typer.Option(None, help="Serve this exported ONNX model with onnxruntime instead of PyTorch."),
-    max_body_mb: float = typer.Option(10.0, help="Largest request body in MB (413 above)."),
+    max_body_mb: float = typer.Option(10.0, min=0.001, help="Largest request body in MB (413 above)."),
     max_batch: int = typer.Option(64, min=1, help="Most inputs in one request (422 above)."),
     batch_wait_ms: float = typer.Option(5.0, min=0, help="Micro-batching: how long a request waits for others."),
     max_explain_inputs: int = typer.Option(
@@ -444,6 +444,7 @@ def serve(
     """Serve a run over HTTP: /v1/predict (and /v1/generate for language models), /v1/model, /healthz, /readyz, /metrics."""
     import dataclasses
     import logging
+    import math
     import os
 
     import uvicorn
@@ -451,6 +452,10 @@ def serve(
     from nnrecipe.deploy.serve import ServeConfig, create_app, read_api_keys
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for flag, value in (("--max-body-mb", max_body_mb), ("--batch-wait-ms", batch_wait_ms),
+                        ("--deadline-s", deadline_s), ("--rate-limit", rate_limit)):  # fmt: skip
+        if not math.isfinite(value):  # inf passed typer's ranges: a traceback, or a server that never answers
+            raise UserError(f"{flag}: a finite number (got {value})")
     cfg = ServeConfig(
         run_dir=run_dir,
         api_keys=read_api_keys(api_key_file),

@@ -65,6 +65,12 @@ class ServeConfig:
     rate_burst: int = 0  # requests a key may send at once above the rate (0 = twice the rate, at least 1)
     public_docs: bool = False  # /docs and /openapi.json without a key
 
+    def __post_init__(self) -> None:
+        if self.batch_wait_ms / 1000 >= self.deadline_s:  # a lone request would wait out its own deadline
+            raise UserError(
+                f"--batch-wait-ms {self.batch_wait_ms:g}: must be below the deadline (--deadline-s {self.deadline_s:g})"
+            )
+
 
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)  # JSON's Infinity/NaN: a 422 here, as the recipe would refuse
