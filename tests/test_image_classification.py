@@ -124,6 +124,10 @@ def test_missing_data_gives_clear_errors(recipe_factory, tmp_path):
     r = recipe_factory("data.source=imagefolder", f"data.path={tmp_path / 'nowhere'}")
     with pytest.raises(UserError, match="data.path: folder not found: .*nowhere"):
         load_splits(r.data)
+    (tmp_path / "images.zip").write_bytes(b"PK")  # a file where the tree belongs: it was 'not found'
+    r = recipe_factory("data.source=imagefolder", f"data.path={tmp_path / 'images.zip'}")
+    with pytest.raises(UserError, match="data.path: folder is a file, not a folder: .*images.zip"):
+        load_splits(r.data)
     r = recipe_factory("data.source=cifar10", f"data.path={tmp_path}", "data.download=false")
     with pytest.raises(UserError) as e:
         load_splits(r.data)

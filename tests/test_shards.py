@@ -174,3 +174,13 @@ def test_pack_from_the_command_line(tmp_path):
         first = tar.extractfile("000000000.png").read()
     assert names[:2] == ["000000000.png", "000000000.cls"] and len(names) == 20
     assert first == (tree / "x" / "0.png").read_bytes()
+
+
+def test_pack_names_a_file_given_for_the_folder_and_a_shard_size_it_cannot_use(tmp_path):
+    from nnrecipe.data.shards import pack_image_folder
+
+    tree = noise_tree(tmp_path / "tree", 2, 8, "xy")
+    with pytest.raises(UserError, match="image folder is a file, not a folder: .*0.png"):
+        pack_image_folder(tree / "x" / "0.png", tmp_path / "out")
+    with pytest.raises(UserError, match=r"--shard-mb: a positive finite size in MB \(got inf\)"):  # a traceback
+        pack_image_folder(tree, tmp_path / "out", shard_mb=float("inf"))

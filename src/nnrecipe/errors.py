@@ -52,6 +52,17 @@ def existing_file(path: str | Path, what: str, error: type[UserError] = UserErro
     return path
 
 
+def existing_folder(path: str | Path, what: str, error: type[UserError] = UserError) -> Path:
+    """`path` when it is a folder; otherwise one `error` line: `<what> not found: <path>`, or that it is a
+    file (the counterpart of existing_file)."""
+    path = Path(path)
+    if path.is_file():
+        raise error(f"{what} is a file, not a folder: {path}")
+    if not path.is_dir():
+        raise error(f"{what} not found: {path}")
+    return path
+
+
 @utf8_reader
 def read_utf8(path: Path) -> str:
     """A user's text file (a recipe, a key file, a label list) as text; not UTF-8 is a one-line error."""

@@ -24,7 +24,7 @@ from torchvision.transforms.v2 import functional as F
 from nnrecipe.data.shards import open_packed
 from nnrecipe.data.splits import holdout
 from nnrecipe.data.stream import StreamedImages, readable
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, existing_folder
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -243,9 +243,7 @@ def _cifar_missing(root: Path) -> str:
 def _imagefolder(data) -> ImageSplits:
     if data.path is None:
         raise UserError("data.path: required for data.source: imagefolder (a folder with one subfolder per class)")
-    root = Path(data.path).expanduser()
-    if not root.is_dir():
-        raise UserError(f"data.path: folder not found: {root}")
+    root = existing_folder(Path(data.path).expanduser(), "data.path: folder")
     sub = tree_parts(root)
     train_root = sub.get("train", root)
     classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, existing_folder
 
 FORMAT = "nnrecipe-shards"
 VERSION = 1
@@ -146,8 +146,9 @@ def pack_image_folder(tree: Path, out: Path, shard_mb: float = 256.0, progress=N
     from nnrecipe.data.stream import readable
 
     tree, out = tree.expanduser(), out.expanduser()
-    if not tree.is_dir():
-        raise UserError(f"image folder not found: {tree}")
+    existing_folder(tree, "image folder")
+    if not 0 < shard_mb < float("inf"):  # inf: a traceback converting it to bytes
+        raise UserError(f"--shard-mb: a positive finite size in MB (got {shard_mb})")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; the packed set needs a folder (a new one, or an empty one)")
     if (out / "shards.json").exists():

@@ -25,7 +25,7 @@ from nnrecipe.engine.checkpoint import load_weights, save_checkpoint
 from nnrecipe.engine.freezing import FreezeBackbone
 from nnrecipe.engine.loop import console
 from nnrecipe.engine.optim import build_optimizer
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, existing_folder
 from nnrecipe.models import head_parameter_names
 from nnrecipe.reporting.classification import classification_summary, summary_table, write_report
 from nnrecipe.reporting.plots import plot_confusion, plot_image_grid
@@ -338,8 +338,7 @@ class ImageClassification(SupervisedFamily):
     def read(self, run: Run, recipe: ImageRecipe, path: Path) -> ImageSet:
         """Any ImageFolder tree with the run's classes."""
         spec = ImageSpec(**run.spec())
-        if not path.is_dir():
-            raise UserError(f"--data: folder not found: {path} (expected an ImageFolder tree: <class>/<images>)")
+        existing_folder(path, "--data: ImageFolder tree (<class>/<images>)")
         skipped: list[str] = []
         part = read_image_tree(path, spec.classes, spec.channels, spec.image_size, skipped)
         if skipped:
