@@ -44,21 +44,18 @@ def utf8_reader(read: Callable[..., T]) -> Callable[..., T]:
 def existing_file(path: str | Path, what: str, error: type[UserError] = UserError) -> Path:
     """`path` when it is a file; otherwise one `error` line: `<what> not found: <path>`, or that it is a
     folder (a folder was reported as not found, which sent users looking for a file that was there)."""
-    path = Path(path)
-    if path.is_dir():
-        raise error(f"{what} is a folder, not a file: {path}")
-    if not path.is_file():
-        raise error(f"{what} not found: {path}")
-    return path
+    return _existing(Path(path), what, error, folder=False)
 
 
 def existing_folder(path: str | Path, what: str, error: type[UserError] = UserError) -> Path:
-    """`path` when it is a folder; otherwise one `error` line: `<what> not found: <path>`, or that it is a
-    file (the counterpart of existing_file)."""
-    path = Path(path)
-    if path.is_file():
-        raise error(f"{what} is a file, not a folder: {path}")
-    if not path.is_dir():
+    """`path` when it is a folder; otherwise `<what> not found: <path>`, or that it is a file."""
+    return _existing(Path(path), what, error, folder=True)
+
+
+def _existing(path: Path, what: str, error: type[UserError], folder: bool) -> Path:
+    if path.is_file() if folder else path.is_dir():
+        raise error(f"{what} is a {'file, not a folder' if folder else 'folder, not a file'}: {path}")
+    if not (path.is_dir() if folder else path.is_file()):
         raise error(f"{what} not found: {path}")
     return path
 
