@@ -168,6 +168,13 @@ def test_bad_maps_and_envs_are_clear_errors(tmp_path):
     recipe = rl_recipe(tmp_path, env__id="CartPole-v1", algo="qlearning")
     with pytest.raises(UserError, match="needs discrete observations.*Use algo: dqn"):
         runner.train(recipe, _run(recipe))
+    for fields, why in (
+        ({"learning_starts": 5000}, "at or past total_steps"),
+        ({"buffer_size": 32}, "more than buffer_size"),
+    ):
+        with pytest.raises(RecipeError, match=rf"recipe error: dqn: learning starts at .* {why}"):  # trained nothing
+            rl_recipe(tmp_path, env__id="CartPole-v1", algo="dqn", **{f"dqn__{k}": v for k, v in fields.items()},
+                      dqn__total_steps=3000)  # fmt: skip
 
 
 def _run(recipe):
@@ -274,7 +281,9 @@ def test_dqn_resume_continues_from_the_last_checkpoint(tmp_path):
     assert meta["step"] == 3000 and meta["gradient_steps"] > 0
     run.recipe_path.write_text(run.recipe_path.read_text().replace("total_steps: 3000", "total_steps: 6000"))
     resumed = open_run(run.dir).recipe()
-    runner.train(resumed, run, resume=True)
+    out = runner.train(resumed, run, resume=True)
+    # the run's steps, and a speed over this session's 3,000 (it divided all 6,000 by this session's time)
+    assert out["steps"] == 6000 and out["steps_per_s"] == pytest.approx(3000 / out["train_seconds"])
     after, meta2 = load_checkpoint(run.last_checkpoint)
     assert meta2["step"] == 6000 and meta2["gradient_steps"] > meta["gradient_steps"]
     assert [r["step"] for r in read_metrics(run.dir / "metrics.jsonl")] == [1500, 3000, 4500, 6000]

@@ -218,6 +218,8 @@ def test_the_report_embeds_a_gif_and_rl_play_writes_one(tmp_path):
         ["ppo.total_steps=512", "ppo.num_steps=128", "ppo.eval_every=512", "eval.episodes=1", "eval.gif_frames=30"],
     )
     out = train(recipe)
+    rollout = recipe.ppo.num_steps * recipe.ppo.num_envs
+    assert out["steps"] == -(-512 // rollout) * rollout  # whole rollouts: the summary said 512
     run = Path(out["run"])
     with Image.open(run / "plots/episode.gif") as gif:
         assert gif.n_frames > 5 and gif.width <= 320

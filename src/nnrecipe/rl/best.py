@@ -20,11 +20,13 @@ class BestNetwork:
         self.evaluate_fn, self.every = evaluate, every
         self.next_eval = first_step + every
         self.first_step, self.start = first_step, time.perf_counter()
+        self.last_step = first_step  # the steps actually taken: whole rollouts can run past total_steps
         self.best = {"return": -np.inf, "state": copy.deepcopy(net.state_dict()), "step": 0}
         if state is not None:
             self.best = {"return": state["best_return"], "state": state["best"], "step": state["best_step"]}
 
     def due(self, step: int, total: int) -> bool:
+        self.last_step = step
         return step >= self.next_eval or step >= total
 
     def evaluate(self, step: int, net: torch.nn.Module, policy) -> float:
@@ -50,6 +52,8 @@ class BestNetwork:
             "best_return": self.best["return"],
             "best_step": self.best["step"],
             "seconds": time.perf_counter() - self.start,
+            "steps": self.last_step,  # every step of the run, resumed ones included
+            "session_steps": self.last_step - self.first_step,  # the steps `seconds` measured
         }
 
 

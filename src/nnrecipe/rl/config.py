@@ -139,6 +139,23 @@ class DQN(DeepRL):
         5_000, gt=0, description="Steps between greedy evaluations (logged, and the best network is kept)."
     )
 
+    @model_validator(mode="after")
+    def _learns(self):
+        """Learning starts once the buffer holds max(learning_starts, batch_size) transitions: a run that never
+        gets there trained nothing and reported a random network as its result."""
+        start = max(self.learning_starts, self.batch_size)
+        if start > self.buffer_size:
+            raise ValueError(
+                f"learning starts at {start:,} transitions (max of learning_starts and batch_size), more than "
+                f"buffer_size ({self.buffer_size:,}) holds: the network would never be trained"
+            )
+        if start >= self.total_steps:
+            raise ValueError(
+                f"learning starts at {start:,} transitions (max of learning_starts and batch_size), at or past "
+                f"total_steps ({self.total_steps:,}): the network would never be trained"
+            )
+        return self
+
 
 class PolicyGradient(DeepRL):
     """What REINFORCE and PPO share: the actor-critic network and its loss weights."""

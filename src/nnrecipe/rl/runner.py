@@ -196,15 +196,20 @@ def _train_deep(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resu
     final = evaluate_policy(
         eval_env, _net_policy(out["final"], spec, device), recipe.eval.episodes, recipe.eval.seed, recipe.env.id
     )
+    # The steps taken (PPO runs whole rollouts, past total_steps when it is not a multiple of one), and the
+    # speed of this session's steps alone (a resumed run's earlier steps took no time here).
+    resumed = f" ({out['session_steps']:,} since the resume)" if out["session_steps"] != out["steps"] else ""
+    speed = out["session_steps"] / max(out["seconds"], 1e-9)
     console.print(
-        f"{cfg.total_steps:,} steps in {out['seconds']:.1f} s ({cfg.total_steps / out['seconds']:,.0f} steps/s); "
+        f"{out['steps']:,} steps{resumed} in {out['seconds']:.1f} s ({speed:,.0f} steps/s); "
         f"final network: mean return {final['mean_return']:.1f}; best network (step {out['best_step']:,}) is evaluated below"
     )
     return _net_policy(out["best"], spec, device), {
         "final_network": final,
         "best_step": out["best_step"],
         "train_seconds": out["seconds"],
-        "steps_per_s": cfg.total_steps / out["seconds"],
+        "steps": out["steps"],
+        "steps_per_s": speed,
     }
 
 
