@@ -123,6 +123,8 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert res.returncode == 1 and "is not a run directory" in res.stderr
     res = nnrecipe("train", tmp_path / "missing.yaml", cwd=tmp_path)
     assert res.returncode == 2 and "recipe file not found" in res.stderr
+    res = nnrecipe("train", "digits-convnt", cwd=tmp_path)  # a bundled name, mistyped: the closest are offered
+    assert res.returncode == 2 and "recipe file not found: digits-convnt (did you mean digits-convnet" in res.stderr
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):

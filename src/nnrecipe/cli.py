@@ -778,6 +778,15 @@ def _find_recipe(path: Path) -> Path:
         for candidate in (RECIPES_DIR / path.name, RECIPES_DIR / f"{path.name}.yaml"):
             if candidate.is_file():
                 return candidate
+        if path.parent == Path(".") and path.name:  # a bare name: most likely a bundled recipe, mistyped
+            import difflib
+
+            from nnrecipe.errors import RecipeError
+
+            names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+            close = difflib.get_close_matches(path.stem, names, n=3)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise RecipeError(f"recipe file not found: {path} ({hint}`nnrecipe recipes` lists the bundled ones)")
     return path
 
 
