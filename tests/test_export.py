@@ -58,8 +58,8 @@ def test_tasks_without_a_predictor_are_refused_in_one_line(tmp_path):
     run.update_meta(task="rl")
     with pytest.raises(
         UserError,
-        match="export supports image_classification, text_classification, token_classification, detection, language_modeling runs",
+        match=r"no export for .* runs \(offered for image_classification, text_classification, token_classification, detection, language_modeling\)",
     ):
         export.export_run(run, "onnx")
-    with pytest.raises(UserError, match="serving supports .* runs \\(this one: rl\\)"):
+    with pytest.raises(UserError, match="rl: no serving for rl runs \\(offered for .*\\)"):
         load_predictor(run)

@@ -228,10 +228,10 @@ def test_verbs_a_family_leaves_out_are_refused_in_one_line(blobs, tmp_path):
 
     run = open_run(tmp_path / "runs" / "toy")
     with pytest.raises(
-        UserError, match=r"merge supports text_classification, token_classification runs \(this one: blobs\)"
+        UserError, match=r"blobs: no merging for blobs runs \(offered for text_classification, token_classification\)"
     ):
         merge_run(run)
-    with pytest.raises(UserError, match=r"pruning supports .*detection runs \(this one: blobs\)"):
+    with pytest.raises(UserError, match=r"blobs: no pruning for blobs runs \(offered for .*detection\)"):
         prune_run(run, 0.5)
 
 

@@ -334,7 +334,7 @@ class TaskFamily(ABC):
         if verb in VERBS:
             method, noun = VERBS[verb]
             offering = [n for n in family_names() if get_family(n).offers(verb)]
-            raise Unsupported(f"{self.name}: {noun} supports {', '.join(offering)} runs (this one: {self.name}){hint}")
+            raise Unsupported(f"{self.name}: no {noun} for {self.name} runs (offered for {', '.join(offering)}){hint}")
         raise Unsupported(f"{verb}: not offered for {self.name} runs{hint}")
 
     def offers(self, verb: str) -> bool:
@@ -353,12 +353,12 @@ class TaskFamily(ABC):
 VERBS = {
     "train": ("train", "training"),
     "evaluate": ("evaluate", "evaluation"),
-    "predict": ("predict", "predict"),
-    "generate": ("generate", "generate"),
+    "predict": ("predict", "prediction"),
+    "generate": ("generate", "generation"),
     "serve": ("predictor", "serving"),
     "export": ("export_subject", "export"),
     "prune": ("prune_start", "pruning"),
-    "merge": ("merge_class", "merge"),
+    "merge": ("merge_class", "merging"),
     "doctor": ("doctor", "nnrecipe doctor"),
     "ensemble": ("trained", "ensembles"),
     "calibrate": ("probabilities", "calibration"),
