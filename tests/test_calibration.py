@@ -94,18 +94,43 @@ def test_temperature_scaling_lowers_ece_of_an_over_confident_model_everywhere(re
     torch.testing.assert_close(onnx, sharp_logits / result["temperature"], rtol=1e-4, atol=1e-4)
 
 
-def test_a_text_run_is_calibrated_through_the_hugging_face_logits(trained_text_run, tmp_path):
+def test_a_text_run_is_calibrated_through_the_hugging_face_logits(trained_text_run, tmp_path, monkeypatch):
     import shutil
 
     from nnrecipe.deploy.calibrate import calibrate_run
+    from nnrecipe.errors import UserError
     from nnrecipe.runs import open_run
 
     shutil.copytree(trained_text_run.dir, tmp_path / "run")  # the shared run stays as it is
     run = open_run(tmp_path / "run")
     text = get_family("text_classification")
     (before,) = text.predict(run, ["a wonderful film"])
+    with pytest.raises(UserError, match="classifies all 24 validation examples correctly"):  # the toy set is easy
+        calibrate_run(run)
+    real = text.probabilities
+
+    def with_one_mistake(run, split):  # one validation label the model now gets wrong: a temperature fits
+        probs, labels = real(run, split)
+        labels = labels.clone()
+        labels[0] = 1 - labels[0]
+        return probs, labels
+
+    monkeypatch.setattr(text, "probabilities", with_one_mistake)
     result = calibrate_run(run)
     (after,) = text.predict(run, ["a wonderful film"])
     assert after["label"] == before["label"] and result["temperature"] != pytest.approx(1.0)
     assert (after["confidence"] < before["confidence"]) == (result["temperature"] > 1)
     assert run.meta()["temperature"] == pytest.approx(result["temperature"])
+
+
+def test_a_validation_split_without_mistakes_fits_no_temperature():
+    """All right: the NLL falls as T -> 0, and the fit returned 2e-7 (every answer 100% sure; export's parity
+    check then failed on logits scaled by 1e7). One mistake among them bounds the fit."""
+    from nnrecipe.errors import UserError
+    from nnrecipe.models.calibrated import fit_temperature
+
+    probs = torch.tensor([[0.6, 0.4], [0.3, 0.7], [0.8, 0.2], [0.45, 0.55]])
+    with pytest.raises(UserError, match="classifies all 4 validation examples correctly"):
+        fit_temperature(probs, torch.tensor([0, 1, 0, 1]))
+    t = fit_temperature(probs, torch.tensor([0, 1, 0, 0]))
+    assert 0.1 < t < 100

@@ -11,6 +11,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from nnrecipe.errors import UserError
+
 
 class Tempered(nn.Module):
     def __init__(self, model: nn.Module, temperature: float):
@@ -41,7 +43,17 @@ def uncalibrated(model: nn.Module) -> nn.Module:
 
 def fit_temperature(probs: torch.Tensor, labels: torch.Tensor) -> float:
     """The temperature minimising validation NLL of log(probs) / T (log-probabilities differ from the logits by
-    a per-row constant, which softmax ignores), by L-BFGS on log T."""
+    a per-row constant, which softmax ignores), by L-BFGS on log T.
+
+    When every example is classified right, the NLL falls all the way as T goes to 0: no temperature is the
+    best, and the fit returned one near 1e-7 that made every answer 100% sure (and the export's parity check
+    fail on logits scaled by 1e7). That is refused."""
+    if len(labels) and bool((probs.argmax(1) == labels).all()):
+        raise UserError(
+            f"calibrate: the model classifies all {len(labels)} validation examples correctly, so they say nothing "
+            "about its over-confidence (the fit would shrink the temperature towards 0, making every answer 100% "
+            "sure); calibrate on a validation split the model makes mistakes on (a larger data.val_fraction)"
+        )
     logp = probs.float().clamp_min(1e-12).log()
     log_t = torch.zeros((), requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
