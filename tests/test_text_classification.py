@@ -116,3 +116,16 @@ def test_multi_process_sharding_gives_each_process_equal_disjoint_batches():
     seen = [[int(i) for b in s.batches(epoch=1) for i in b["labels"]] for s in shards]
     assert len(shards[0]) == len(shards[1]) == 6 and all(len(list(s.batches(1))) == 6 for s in shards)
     assert not set(seen[0]) & set(seen[1]) and len(seen[0]) + len(seen[1]) >= 203 - 2 * 16
+
+
+def test_a_long_text_is_shortened_in_the_printed_line_not_in_json():
+    """`predict RUN --file` with a 200,000-character line echoed all of it before the label."""
+    from nnrecipe.tasks.outputs import CLASSIFICATION, ENTITIES
+
+    text = "word " * 40_000
+    line = CLASSIFICATION.line({"text": text, "label": "pos", "confidence": 0.9, "top": {"pos": 0.9, "neg": 0.1}})
+    assert line.endswith("… (200,000 characters): pos (0.900)   top: pos 0.900  neg 0.100") and len(line) < 160
+    assert ENTITIES.line({"text": text, "entities": []}).endswith("(200,000 characters): (no entities)")
+    assert CLASSIFICATION.line({"text": "short", "label": "a", "confidence": 1.0, "top": {"a": 1.0}}).startswith(
+        "short: a"
+    )

@@ -77,8 +77,17 @@ class Output:
     line: Callable[[dict[str, Any]], str]
 
 
+# A printed line shows this much of a text input: a 200,000-character text was echoed in full before its
+# label (--json keeps every character).
+SHOWN_CHARS = 80
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else f"{text[: SHOWN_CHARS - 1]}… ({len(text):,} characters)"
+
+
 def _source(row: dict[str, Any]) -> str:
-    return str(row.get("file", row.get("text", "")))
+    return str(row["file"]) if "file" in row else _shown(str(row.get("text", "")))
 
 
 def _class_line(row: dict[str, Any]) -> str:
@@ -88,7 +97,7 @@ def _class_line(row: dict[str, Any]) -> str:
 
 def _entity_line(row: dict[str, Any]) -> str:
     found = "  ".join(f"[{e['text']}]{e['type']}@{e['start']}-{e['end']}" for e in row["entities"])
-    return f"{row['text']}: {found or '(no entities)'}"
+    return f"{_shown(row['text'])}: {found or '(no entities)'}"
 
 
 def _detection_line(row: dict[str, Any]) -> str:
