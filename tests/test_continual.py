@@ -4,6 +4,7 @@ naive fine-tuning (measured), EWC with lambda 0 is fine-tuning, and stages repor
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from nnrecipe.data.loader import TensorLoader
 from nnrecipe.engine.checkpoint import load_checkpoint, load_weights
 from nnrecipe.engine.loop import make_accelerator
 from nnrecipe.errors import RecipeError, UserError
+from nnrecipe.recipe import validate_recipe
 from nnrecipe.reporting.continual import continual_metrics
 from nnrecipe.runs import open_run
 from nnrecipe.tasks import get_family
@@ -161,8 +163,18 @@ def test_bad_continual_input_is_named(recipe_factory, trained_digits_run):
         image.splits(recipe_factory(data={"classes": ["1", "11"]}))
     with pytest.raises(RecipeError, match="continual.strategy"):
         recipe_factory("continual.strategy=magic")
-    with pytest.raises(RecipeError, match="continual.replay_batch needs continual.strategy: replay"):
+    with pytest.raises(RecipeError, match="^recipe error: continual.replay_batch needs continual.strategy: replay"):
         recipe_factory("continual.strategy=ewc", "continual.replay_batch=8")
+    # an empty stage was pydantic's traceback; a class in two stages, or replay without a memory, trained silently
+    for fields, message in (
+        ({"stages": [["0", "1"], []]}, "continual.stages: stage 2 has no classes"),
+        ({"stages": [["0", "1"], ["1", "2"]]}, "continual.stages: '1' is in stage 1 and stage 2"),
+        ({"strategy": "replay", "memory": 0}, "continual.memory: 0 keeps nothing to replay"),
+    ):
+        with pytest.raises(RecipeError, match=rf"^recipe error: {re.escape(message)}"):
+            recipe_factory(continual=fields)
+    with pytest.raises(RecipeError, match=r"continual.stages: 'World' is in stage 1 and stage 3"):  # text too
+        validate_recipe({"task": "text_classification", "continual": {"stages": [["World"], ["Sports"], ["World"]]}})
     with pytest.raises(
         UserError,
         match=r"no continual learning for .* runs \(offered for image_classification, text_classification, token_classification",

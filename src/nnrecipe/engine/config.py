@@ -70,7 +70,7 @@ def explain(err: dict[str, Any], root: type[BaseModel]) -> str:
         msg = f"must be one of {allowed}"
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    if not loc:  # whole-recipe checks
+    if not loc or msg.startswith(f"{loc}."):  # whole-recipe checks; a section's check that names its field
         return f"recipe error: {msg}"
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"recipe error: {loc}: {msg}{shown}"

@@ -87,3 +87,21 @@ class ContinualBase(Section):
     ewc_lambda: float = Field(1000.0, ge=0, description="ewc: weight of the penalty sum_i F_i (w_i - w*_i)^2.")
     lwf_alpha: float = Field(1.0, ge=0, description="lwf: weight of the distillation loss.")
     lwf_temperature: float = Field(2.0, gt=0, description="lwf: softmax temperature of the distillation.")
+
+    @model_validator(mode="after")
+    def _stages_and_memory(self):
+        """Class-incremental stages each bring classes of their own (an empty stage ended in pydantic's
+        traceback; a class in two stages trained as if it were new twice), and replay needs a memory."""
+        seen: dict[str, int] = {}
+        for i, stage in enumerate(getattr(self, "stages", None) or [], 1):
+            if not stage:
+                raise ValueError(f"continual.stages: stage {i} has no classes")
+            for c in stage:
+                if c in seen:
+                    raise ValueError(
+                        f"continual.stages: {c!r} is in stage {seen[c]} and stage {i}; each stage brings new classes"
+                    )
+                seen[c] = i
+        if self.strategy == "replay" and self.memory == 0:
+            raise ValueError("continual.memory: 0 keeps nothing to replay (continual.strategy: finetune is that run)")
+        return self
