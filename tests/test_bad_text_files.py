@@ -85,6 +85,7 @@ def test_predict_file_that_is_not_utf8_is_named(tmp_path, trained_digits_run):
         (read_api_keys, "--api-key-file: key file"),
         (lambda p: read_map(str(p)), "env.map: map file"),
         (lambda p: load_space(p, []), "--space: space file"),
+        (read_groups, "--groups: group file"),
     ],
 )
 def test_a_folder_where_a_file_belongs_is_named_as_a_folder(tmp_path, read, what):

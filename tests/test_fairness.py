@@ -53,7 +53,7 @@ def test_an_image_run_is_grouped_by_its_files_and_bad_files_are_named(tmp_path):
     assert saved["by_group"] == r["by_group"] and (run.dir / "fairness" / "groups.png").is_file()
     assert "too few to judge" in (run.dir / "fairness" / "report.md").read_text()
     assert evaluate_fairness(run, "test", groups, positive="1")["positive"] == "1"
-    with pytest.raises(UserError, match="--groups: not found"):
+    with pytest.raises(UserError, match="--groups: group file not found"):
         evaluate_fairness(run, "test", tmp_path / "missing.csv")
     (tmp_path / "one.csv").write_text("".join(f"{k},all\n" for k in keys))
     with pytest.raises(UserError, match="in 1 group\\(s\\); fairness compares two or more"):

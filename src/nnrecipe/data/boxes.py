@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from nnrecipe.data.images import IMAGE_SUFFIXES
 from nnrecipe.data.splits import holdout
-from nnrecipe.errors import UserError, read_utf8, read_yaml_mapping
+from nnrecipe.errors import UserError, existing_file, read_utf8, read_yaml_mapping
 
 
 @dataclass
@@ -154,8 +154,7 @@ def _yolo_split(root: Path, split: str, classes: list[str], out: DetectionSplits
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"COCO annotation file not found: {path}")
+    existing_file(path, "COCO annotation file")
     try:
         return json.loads(read_utf8(path))
     except json.JSONDecodeError as e:

@@ -20,14 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from nnrecipe.errors import UserError, utf8_reader
+from nnrecipe.errors import UserError, existing_file, utf8_reader
 from nnrecipe.reporting.classification import MIN_GROUP_SUPPORT as MIN_SUPPORT
 
 
 @utf8_reader
 def read_groups(path: Path) -> dict[str, str]:
-    if not Path(path).is_file():
-        raise UserError(f"--groups: not found: {path}")
+    existing_file(path, "--groups: group file")
     rows = list(csv.reader(Path(path).read_text(encoding="utf-8").splitlines()))
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["example", "group"]:
         rows = rows[1:]
