@@ -13,7 +13,10 @@ def _cifar_stem(net: torchvision.models.ResNet, in_channels: int, dropout: float
     net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
     if dropout:
-        net.fc = nn.Sequential(nn.Dropout(dropout), net.fc)
+        # After the pooling, which holds no weights: the checkpoint's keys stay those of a run without dropout
+        # (inside fc they became fc.1.*, and every verb that builds the model for inference, without dropout,
+        # failed to load the run's weights).
+        net.avgpool = nn.Sequential(net.avgpool, nn.Dropout(dropout))
     return net
 
 
