@@ -124,6 +124,12 @@ def test_missing_data_gives_clear_errors(recipe_factory, tmp_path):
     r = recipe_factory("data.source=imagefolder", f"data.path={tmp_path / 'nowhere'}")
     with pytest.raises(UserError, match="data.path: folder not found: .*nowhere"):
         load_splits(r.data)
+    one = write_digit_tree(tmp_path / "one", [3], per_class=5)  # a one-class classifier trained, learning nothing
+    with pytest.raises(UserError, match=r"data.path: .*one has one class subfolder \(3\); a classifier needs two"):
+        load_splits(recipe_factory("data.source=imagefolder", f"data.path={one}").data)
+    (one / "7").mkdir()  # a class no image trains: never predicted
+    with pytest.raises(UserError, match=r"data.path: no readable images in the class folder\(s\) 7 of"):
+        load_splits(recipe_factory("data.source=imagefolder", f"data.path={one}").data)
     (tmp_path / "images.zip").write_bytes(b"PK")  # a file where the tree belongs: it was 'not found'
     r = recipe_factory("data.source=imagefolder", f"data.path={tmp_path / 'images.zip'}")
     with pytest.raises(UserError, match="data.path: folder is a file, not a folder: .*images.zip"):

@@ -74,3 +74,15 @@ def test_weights_that_match_nothing_are_an_error(tmp_path):
         load_matching(
             build_model("mlp", 3, 1, 8), read_state_dict(tmp_path / "w.safetensors"), str(tmp_path / "w.safetensors")
         )
+
+
+@pytest.mark.parametrize("name, size", [("tv:alexnet", 8), ("timm:vit_tiny_patch16_224", 32)])
+def test_a_model_that_cannot_take_the_images_is_named_before_training(name, size):
+    """A pooling layer's RuntimeError in the first batch (or timm's size assertion) before."""
+    from nnrecipe.tasks.image_inputs import ImageSpec, takes_its_images
+
+    spec = ImageSpec(model=name, classes=["a", "b"], channels=3, image_size=size, mean=[0.5] * 3, std=[0.5] * 3)
+    with pytest.raises(
+        UserError, match=rf"model.name {name}: cannot take 3x{size}x{size} images .*larger data.image_size"
+    ):
+        takes_its_images(spec.build_model(), spec, name)

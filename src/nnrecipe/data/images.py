@@ -249,10 +249,17 @@ def _imagefolder(data) -> ImageSplits:
     classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
     if not classes:
         raise UserError(f"data.path: {train_root} has no class subfolders (expected <class>/<image files>)")
+    if len(classes) == 1:  # it trained a classifier that is always right and learns nothing
+        raise UserError(
+            f"data.path: {train_root} has one class subfolder ({classes[0]}); a classifier needs two or more"
+        )
     skipped: list[str] = []
     size = data.image_size
     stream = choose_streaming(data, train_root, classes, [sub[k] for k in sub if k != "train"])
     train = read_image_tree(train_root, classes, data.channels, size, skipped, stream)
+    empty = [c for c, n in zip(classes, torch.bincount(train.labels, minlength=len(classes)).tolist()) if n == 0]
+    if empty:  # a head row no example ever trains: the class is never predicted, and reports divide by nothing
+        raise UserError(f"data.path: no readable images in the class folder(s) {', '.join(empty)} of {train_root}")
     size = size or train.images.shape[-1]
     val_root = sub.get("val", sub.get("valid"))
     val = read_image_tree(val_root, classes, data.channels, size, skipped, stream) if val_root else None

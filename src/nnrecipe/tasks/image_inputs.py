@@ -84,6 +84,7 @@ def loader_workers(recipe: ImageRecipe) -> int:
 def initial_model(recipe: ImageRecipe, spec: ImageSpec) -> nn.Module:
     """A fresh network for the spec, started from model.init_from when the recipe names weights."""
     model = spec.build_model(recipe.model.dropout)
+    takes_its_images(model, spec, recipe.model.name)
     if recipe.model.init_from is not None:
         loaded, fresh = load_matching(model, read_state_dict(recipe.model.init_from), str(recipe.model.init_from))
         console.print(
@@ -93,6 +94,23 @@ def initial_model(recipe: ImageRecipe, spec: ImageSpec) -> nn.Module:
     if recipe.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def takes_its_images(model: nn.Module, spec: ImageSpec, name: str) -> None:
+    """One blank image of the spec's size through the model (eval, no gradients): a network too deep for
+    small images is one line here, not a pooling layer's RuntimeError in the first batch."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, spec.channels, spec.image_size, spec.image_size))
+    except (RuntimeError, AssertionError) as e:  # pooling below 1x1; timm's fixed-size models assert
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"model.name {name}: cannot take {spec.channels}x{spec.image_size}x{spec.image_size} images ({first}); "
+            "use a larger data.image_size or a shallower model"
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def splits_of(recipe: ImageRecipe, first: list[str] | None = None) -> Splits:

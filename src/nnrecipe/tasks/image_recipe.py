@@ -81,8 +81,8 @@ class ImageData(Section):
     )
     image_size: int | None = Field(
         None,
-        gt=0,
-        description="Resize images to this square size; null = the source's native size (imagefolder: the first image's).",
+        ge=4,
+        description="Resize images to this square size (4 or more); null = the source's native size (imagefolder: the first image's).",
     )
     channels: Literal[1, 3] | None = Field(
         None, description="Convert images to 1 (grey) or 3 (RGB) channels; null = the source's own."
