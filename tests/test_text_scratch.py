@@ -128,3 +128,15 @@ def test_a_token_head_gives_no_position_for_no_token():
     model = ScratchTextModel(EncoderConfig("bilstm", vocab_size=20, pad_id=0, n_labels=3, head="token", hidden_size=8))
     out = model(input_ids=torch.zeros(2, 0, dtype=torch.long), attention_mask=torch.zeros(2, 0, dtype=torch.long))
     assert out.logits.shape == (2, 0, 3)
+
+
+def test_data_with_one_label_or_no_entity_is_refused_before_training(tmp_path):
+    """Every row labelled alike (or every tag O) trained a model that is always right and learned nothing."""
+    (tmp_path / "one.tsv").write_text("sentence\tlabel\n" + "".join(f"a good film {i}\tpos\n" for i in range(40)))
+    recipe = text_recipe(tmp_path, "model.name=bilstm", f"data.train={tmp_path / 'one.tsv'}", "data.test=null")
+    with pytest.raises(UserError, match="data.train: every training example is labelled 'pos'"):
+        get_family("text_classification").train(recipe, create_run(recipe, "one"))
+    (tmp_path / "o.conll").write_text("".join(f"Bob O\nruns O\n{i} O\n\n" for i in range(40)))
+    recipe = ner_recipe(tmp_path, "model.name=bilstm", f"data.train={tmp_path / 'o.conll'}", "data.test=null")
+    with pytest.raises(UserError, match="every training example is labelled 'O'.*entity tags besides O"):
+        get_family("token_classification").train(recipe, create_run(recipe, "o"))

@@ -85,6 +85,11 @@ class TransformerFamily(SupervisedFamily):
         labels = self.labels_of(splits)
         d, t, m = recipe.data, recipe.train, recipe.model
         cont, old_tokenizer, old_model = text_continual.continued(self, recipe, labels), None, None
+        if cont is None and len(labels) < 2:  # it trained a model that is always right and learns nothing
+            raise UserError(
+                f"data.train: every training example is labelled {labels[0]!r}: nothing to tell apart (a classifier "
+                "needs two labels or more; NER needs entity tags besides O)"
+            )
         train = splits.train
         if cont is not None:
             labels, old_state = cont.labels, load_weights(cont.prior.best_checkpoint)
