@@ -175,6 +175,10 @@ def test_bad_files_are_reported_and_boxes_are_clipped(tmp_path):
         load_detection_splits(DetectionData(format="yolo", path=yolo, train="nope"))
     with pytest.raises(UserError, match="not found"):
         load_detection_splits(DetectionData(format="coco", path=yolo, train="missing.json"))
+    for f in labels.glob("*.txt"):  # no box anywhere: it trained on background alone and reported mAP n/a
+        f.write_text("")
+    with pytest.raises(UserError, match=r"data.train: none of the \d+ images in .* has a box"):
+        load_detection_splits(DetectionData(format="yolo", path=yolo, train="train", val_fraction=0))
     (yolo / "data.yaml").write_text("names: [circle, square\n")  # damaged: a YAML traceback before
     with pytest.raises(UserError, match=r"data.yaml: not valid YAML"):
         load_detection_splits(DetectionData(format="yolo", path=yolo, train="train"))

@@ -55,6 +55,11 @@ def load_detection_splits(data) -> DetectionSplits:
             setattr(out, name, reader(root, where, classes, out))
     if not out.train:
         raise UserError(f"data.train: no readable annotated images in {root} / {data.train}")
+    if not any(len(item.boxes) for item in out.train):  # it trained on background alone and reported mAP n/a
+        raise UserError(
+            f"data.train: none of the {len(out.train)} images in {root} / {data.train} has a box "
+            f"(the {data.format} annotations are empty or missing)"
+        )
     if data.limit:
         out.train = out.train[: data.limit]
     if out.val is None and data.val_fraction > 0:
