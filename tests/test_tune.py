@@ -118,6 +118,14 @@ def test_bad_spaces_are_one_line_errors_before_any_trial(tmp_path):
     assert out.returncode == 2 and "unknown kind 'between'" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_metric_no_run_logs_stops_the_study_at_its_first_trial(tmp_path):
+    """--metric val_acc (a typo): every trial trained in full and failed the same way, each with a traceback."""
+    p = plan(tmp_path, ["optim.lr=loguniform(0.01, 0.1)"], 4, metric="val_acc")
+    with pytest.raises(RecipeError, match="--metric: 'val_acc' is not logged by this run; logged: .*val_accuracy"):
+        run_study(p, tmp_path / "runs" / "s")
+    assert states(tmp_path / "runs" / "s") == ["FAIL"]
+
+
 def study_in_trial_1(tmp_path, name: str, epochs: int, trials: int):
     """A `nnrecipe tune` process on a digits recipe, returned once its second trial (trial 1) is training."""
     raw = digits_raw(tmp_path) | {"train": BASE["train"] | {"epochs": epochs}}

@@ -50,6 +50,8 @@ def draw(study, folder: Path, metrics: list[str], maximize: bool) -> tuple[list[
     from optuna.exceptions import ExperimentalWarning
 
     warnings.filterwarnings("ignore", category=ExperimentalWarning)
+    # matplotlib's complaints about a study's few points (no legend entries, equal axis limits): noise in a log
+    warnings.filterwarnings("ignore", category=UserWarning, module="optuna.visualization")
 
     out, skipped = [], {}
     (folder / "plots").mkdir(exist_ok=True)

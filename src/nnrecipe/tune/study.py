@@ -215,11 +215,17 @@ def rdb_storage(url: str):
 def open_study(plan: Plan, folder: Path, create: bool = False):
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Errors only: a failed trial is announced in one line below (Optuna's warning carried its traceback)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     kw = {"storage": storage_of(plan, folder), "sampler": make_sampler(plan), "pruner": make_pruner(plan)}
     if create:
         return optuna.create_study(study_name=plan.name, directions=plan.directions, load_if_exists=True, **kw)
     return optuna.load_study(study_name=plan.name, **kw)
+
+
+class MetricNotLogged(UserError):
+    """--metric names something the runs do not log: every trial would train in full and fail the same way, so
+    the study stops at the first (it ran them all, each ending in this error)."""
 
 
 class PruneTrial(Callback):
@@ -252,6 +258,13 @@ def objective(plan: Plan, folder: Path):
     params = plan.params()
 
     def run_trial(trial) -> float | list[float]:
+        try:
+            return one_trial(trial)
+        except UserError as e:  # the trial fails (Optuna catches it); its reason is announced in one line
+            trial.set_user_attr("error", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+            raise
+
+    def one_trial(trial) -> float | list[float]:
         values = {p.name: p.suggest(trial) for p in params}
         raw = with_values(plan.recipe, values)
         raw.setdefault("track", {}).update(
@@ -282,7 +295,12 @@ def objective(plan: Plan, folder: Path):
         if result.get("status") == "pruned":
             raise optuna.TrialPruned()
         logged = [(k, d) for k, d in zip(plan.metrics, plan.directions, strict=True) if k not in MEASURED]
-        row = best_row(result, [k for k, _ in logged], logged[0][1]) if logged else {}
+        try:
+            row = best_row(result, [k for k, _ in logged], logged[0][1]) if logged else {}
+        except MetricNotLogged as e:
+            trial.set_user_attr("metric_error", str(e))
+            trial.study.stop()
+            raise
         row |= measure(family, run, plan.metrics)
         for key in plan.metrics:
             trial.set_user_attr(f"objective:{key}", row[key])
@@ -321,7 +339,7 @@ def best_row(result: dict[str, Any], keys: list[str], direction: str) -> dict[st
     missing = [k for k in keys if k not in row]
     if missing:
         logged = sorted({k for r in result.get("history") or [] for k in r} | set(result))
-        raise UserError(f"--metric: {missing[0]!r} is not logged by this run; logged: {', '.join(logged)}")
+        raise MetricNotLogged(f"--metric: {missing[0]!r} is not logged by this run; logged: {', '.join(logged)}")
     return row
 
 
@@ -413,7 +431,8 @@ def announce(study, trial) -> None:
         best = f"{study.best_value:.4f} (trial {study.best_trial.number})"
     except ValueError:
         best = "-"
-    console.print(f"trial {trial.number}: {trial.state.name.lower()}, value {value}; best {best}")
+    why = f" ({trial.user_attrs['error']})" if "error" in trial.user_attrs else ""
+    console.print(f"trial {trial.number}: {trial.state.name.lower()}{why}, value {value}; best {best}")
 
 
 @contextmanager
@@ -465,7 +484,11 @@ def run_study(plan: Plan, folder: Path, jobs: int = 1, resume: bool = False) -> 
                 advance(finished(open_study(plan, folder)))
     from nnrecipe.tune.report import write_study_report
 
-    return write_study_report(open_study(plan, folder), plan, folder)
+    study = open_study(plan, folder)
+    wrong = [t.user_attrs["metric_error"] for t in study.get_trials() if "metric_error" in t.user_attrs]
+    if wrong:
+        raise RecipeError(wrong[0])
+    return write_study_report(study, plan, folder)
 
 
 def recipe_raw(path: Path, overrides: list[str]) -> dict[str, Any]:
