@@ -263,6 +263,23 @@ def test_onnx_backend_gives_the_same_predictions(run, client):
     assert np.allclose([p["confidence"] for p in onnx], [p["confidence"] for p in torch_preds], atol=1e-4)
 
 
+def test_an_onnx_file_that_is_not_this_runs_export_is_refused_at_start(run, trained_text_run, tmp_path):
+    """Another run's export loaded and then answered every request 500; a damaged file was ONNX Runtime's
+    traceback."""
+    import shutil
+
+    from nnrecipe.deploy.export import export_run
+    from nnrecipe.runs import open_run
+
+    text = open_run(shutil.copytree(trained_text_run.dir, tmp_path / "text"))  # the shared run stays as it is
+    export_run(text, "onnx")
+    with pytest.raises(UserError, match=r"--onnx .*model.onnx: not an export of .*\(one input fails: "):
+        create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], onnx=text.dir / "export" / "model.onnx"))
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    with pytest.raises(UserError, match=r"--onnx .*bad.onnx: ONNX Runtime cannot load it"):
+        create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], onnx=tmp_path / "bad.onnx"))
+
+
 def test_bf16_serving_gives_the_same_labels_and_says_so_in_the_card(run, client):
     payload = {"inputs": [b64(digit_png(i)) for i in range(1500, 1508)]}
     with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], precision="bf16"))) as c:

@@ -464,7 +464,17 @@ async def stream_generation(predictor, prompt: str, limit: int, options: dict, l
 def load_predictor(run: Run, onnx_path: Path | None = None, precision: str = "auto") -> Predictor:
     """The run's family's predictor, or one line saying that this family is not served."""
     family = family_of(run).require("serve")
-    return family.predictor(run, onnx_path, serving_precision(precision))
+    predictor = family.predictor(run, onnx_path, serving_precision(precision))
+    sample = predictor.sample_file() if onnx_path is not None else None
+    if sample is not None:  # another run's export loaded, then failed every request with a 500
+        try:
+            predictor.predict([predictor.decode(sample, 0)])
+        except Exception as e:  # noqa: BLE001 - whatever the mismatch makes ONNX Runtime or the head raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"--onnx {onnx_path}: not an export of {run.dir} (one input fails: {first[:300]})"
+            ) from None
+    return predictor
 
 
 def _check_batch(n: int, limit: int) -> None:

@@ -57,12 +57,22 @@ class Predictor(ABC):
     def facts(self) -> dict[str, Any]:
         return {}
 
+    def sample_file(self) -> bytes | None:
+        """A file `decode` takes, to try an --onnx model on before serving; None: not tried."""
+        return None
+
 
 class ImageInputs:
     """Inputs are image files: multipart uploads, or base64 strings in JSON."""
 
     def decode_text(self, item: str, index: int):
         return self.decode(from_base64(item, index), index)
+
+    def sample_file(self) -> bytes:
+        """A file this kind of predictor takes (a black 8x8 PNG), to try a model file on before serving."""
+        out = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(out, format="PNG")
+        return out.getvalue()
 
 
 class TextInputs:
@@ -78,6 +88,10 @@ class TextInputs:
         if not item.strip():
             raise InputError(f"inputs[{index}]: empty text")
         return item
+
+    def sample_file(self) -> bytes:
+        """A file this kind of predictor takes (one word), to try a model file on before serving."""
+        return b"a"
 
 
 def from_base64(item: str, index: int) -> bytes:
@@ -117,7 +131,11 @@ def ort_session(onnx_path: Path):
     existing_file(onnx_path, "--onnx: model file")
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime's own exception classes (InvalidProtobuf, Fail, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--onnx {onnx_path}: ONNX Runtime cannot load it ({first})") from None
 
 
 def serving_precision(precision: str) -> str:
