@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from nnrecipe.deploy import export
+from nnrecipe.errors import UserError
 from nnrecipe.tasks import family_of
 
 
@@ -46,7 +47,13 @@ def test_a_mismatching_export_is_refused_and_leaves_no_artefact(trained_run, tmp
     monkeypatch.setattr(export, "onnx_outputs", lambda path, x: real(path, x) + np.float32(1e-2))
     with pytest.raises(export.ExportMismatch, match="differ from PyTorch by up to 0.01"):
         export.export_run(trained_run, "onnx", out=tmp_path / "bad.onnx")
-    assert not (tmp_path / "bad.onnx").exists()
+    assert not (tmp_path / "bad.onnx").exists() and not list(tmp_path.glob(".*tmp*"))
+    (tmp_path / "good.onnx").write_bytes(b"an earlier export")  # a refused export deleted it
+    with pytest.raises(export.ExportMismatch):
+        export.export_run(trained_run, "onnx", out=tmp_path / "good.onnx")
+    assert (tmp_path / "good.onnx").read_bytes() == b"an earlier export"
+    with pytest.raises(UserError, match=r"--out .*: a folder; give the artefact's file name, e.g. .*model.onnx"):
+        export.export_run(trained_run, "onnx", out=tmp_path)  # IsADirectoryError before
 
 
 def test_tasks_without_a_predictor_are_refused_in_one_line(tmp_path):

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nnrecipe.deploy.artefact import artefact_path, staged
 from nnrecipe.deploy.card import model_card, write_card
 from nnrecipe.deploy.export_detection import export_detection
 from nnrecipe.engine.loop import console
@@ -80,30 +81,27 @@ def _export_logits(
     with torch.no_grad():
         reference = [subject.model(*subject.args(b)).numpy() for b in subject.batches]
     suffix = {"onnx": ".int8.onnx" if quantize else ".onnx", "torchscript": ".pt"}[fmt]
-    out = Path(out) if out else run.dir / "export" / f"model{suffix}"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = artefact_path(out, run.dir / "export" / f"model{suffix}")
     checks: dict[str, Any] = {"validation_examples": sum(len(t) for t in subject.targets)}
-    try:
-        if fmt == "torchscript":
-            scripted = torch.jit.trace(subject.model, subject.args(subject.batches[0]))
-            scripted.save(str(out))
-            loaded = torch.jit.load(str(out))
+    if fmt == "torchscript":
+        with staged(out) as tmp:
+            torch.jit.trace(subject.model, subject.args(subject.batches[0])).save(str(tmp))
+            loaded = torch.jit.load(str(tmp))
             with torch.no_grad():
                 checks["max_abs_diff"] = _max_diff(
                     subject, reference, lambda b: loaded(*subject.args(b)).numpy(), "TorchScript"
                 )
-        else:
-            fp32 = out if not quantize else out.with_name(out.name.replace(".int8.onnx", ".onnx"))
-            _export_onnx(subject, fp32)
-            single = subject.input_names == ["input"]
+    else:
+        fp32 = out if not quantize else out.with_name(out.name.replace(".int8.onnx", ".onnx"))
+        single = subject.input_names == ["input"]
+        with staged(fp32) as tmp:
+            _export_onnx(subject, tmp)
             checks["max_abs_diff"] = _max_diff(
-                subject, reference, lambda b: onnx_outputs(fp32, b["input"] if single else b), "ONNX"
+                subject, reference, lambda b: onnx_outputs(tmp, b["input"] if single else b), "ONNX"
             )
-            if quantize:
-                checks |= _quantize(fp32, out, subject)
-    except Exception:
-        out.unlink(missing_ok=True)
-        raise
+        if quantize:
+            with staged(out) as tmp:
+                checks |= _quantize(fp32, tmp, subject)
     card = model_card(
         run,
         family,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nnrecipe.deploy.artefact import artefact_path, staged
 from nnrecipe.deploy.card import model_card, write_card
 from nnrecipe.engine.loop import console
 from nnrecipe.errors import ExportMismatch, UserError
@@ -59,23 +60,19 @@ def export_detection(
     model, inputs = subject.model, subject.images
     with torch.no_grad():
         reference = [model([x])[0] for x in inputs]
-    out = Path(out) if out else run.dir / "export" / ("model.onnx" if fmt == "onnx" else "model.pt")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    out = artefact_path(out, run.dir / "export" / ("model.onnx" if fmt == "onnx" else "model.pt"))
+    with staged(out) as tmp:
         if fmt == "torchscript":
             with warnings.catch_warnings():  # TorchScript's deprecation notices; it still ships in torch 2.14
                 warnings.simplefilter("ignore")
-                torch.jit.script(model).save(str(out))
-                loaded = torch.jit.load(str(out))
+                torch.jit.script(model).save(str(tmp))
+                loaded = torch.jit.load(str(tmp))
                 with torch.no_grad():  # scripted detectors return (losses, detections)
                     got = [{k: v.numpy() for k, v in loaded([x])[1][0].items()} for x in inputs]
         else:
-            _export_onnx(model, inputs[0], out)
-            got = _run_onnx(out, inputs)
+            _export_onnx(model, inputs[0], tmp)
+            got = _run_onnx(tmp, inputs)
         checks = check_detections(reference, got, "TorchScript" if fmt == "torchscript" else "ONNX")
-    except Exception:
-        out.unlink(missing_ok=True)
-        raise
     checks["validation_images"] = len(inputs)
     facts = subject.facts | {
         "input": subject.facts["input"] | {"batch": "one image per call" if fmt == "onnx" else "a list of images"}

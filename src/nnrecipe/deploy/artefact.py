@@ -1,0 +1,32 @@
+"""Where an export is written: the artefact's path checked, and a temporary file beside it that takes its
+place only once every parity check passed, so an export that is refused leaves the earlier artefact as it
+was (it used to delete it)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from nnrecipe.errors import UserError
+
+
+def artefact_path(out: Path | None, default: Path) -> Path:
+    """--out, or the run's default; a folder is refused (it ended in IsADirectoryError)."""
+    path = Path(out) if out else default
+    if path.is_dir():
+        raise UserError(f"--out {path}: a folder; give the artefact's file name, e.g. {path / default.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A temporary path beside `out` that becomes `out` when the block ends without an error."""
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
