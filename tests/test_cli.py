@@ -202,3 +202,10 @@ def test_ner_predict_and_merge_from_the_command_line(trained_ner_run, tmp_path):
     assert "[Li Wei]PER@11-17" in res.stdout and "[Nairobi]LOC@26-33" in res.stdout
     res = nnrecipe("merge", trained_ner_run.dir, "--out", tmp_path / "merged", cwd=tmp_path)
     assert res.returncode == 0 and (tmp_path / "merged" / "config.json").is_file(), res.stderr
+    res = nnrecipe("merge", trained_ner_run.dir, "--out", tmp_path / "merged", cwd=tmp_path)  # its own: replaced
+    assert res.returncode == 0, res.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    res = nnrecipe("merge", trained_ner_run.dir, "--out", tmp_path / "mine", cwd=tmp_path)  # it was rmtree'd
+    assert res.returncode == 1 and "is not a folder an earlier merge wrote" in res.stderr, res.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

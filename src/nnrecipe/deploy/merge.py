@@ -3,6 +3,7 @@ checked to give the run's own logits before it is kept."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -21,12 +22,26 @@ PROBE = [
     "Reuters reported that Apple Inc. opened an office in Berlin on Monday.",
 ]
 TOLERANCE = 1e-5
+MARK = "nnrecipe-merge.json"  # in every folder a merge writes: what a later merge may replace
+
+
+def replaceable(out: Path, default: Path) -> None:
+    """A merge replaces its folder whole; refuse a folder it did not write (`--out .` removed the current
+    folder once the merge had succeeded; a file there ended in a traceback)."""
+    if not out.exists() or out == default or (out.is_dir() and ((out / MARK).is_file() or not any(out.iterdir()))):
+        return
+    raise UserError(
+        f"--out {out}: exists and is not a folder an earlier merge wrote; choose a new folder (nothing was changed)"
+    )
 
 
 def merge_run(run: Run, out: Path | None = None) -> tuple[Path, float]:
     """Write the merged model folder; return it and the largest |logit difference| on probe sentences."""
     family = family_of(run).require("merge")
     refuse_ensemble(run, "merge")
+    default = run.dir / "merged"
+    out = Path(out) if out is not None else default
+    replaceable(out, default)
     auto = family.merge_class()
     inf = family.inference(run)
     model, tokenizer, meta = uncalibrated(inf.model), inf.tokenizer, inf.spec
@@ -39,11 +54,11 @@ def merge_run(run: Run, out: Path | None = None) -> tuple[Path, float]:
     with torch.no_grad():
         expected = model(**batch).logits
         plain = merged(model, meta["finetune"])
-    out = Path(out) if out is not None else run.dir / "merged"
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     plain.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    (tmp / MARK).write_text(json.dumps({"run": str(run.dir.resolve()), "finetune": meta["finetune"]}))
     reloaded = auto.from_pretrained(str(tmp)).eval()
     with torch.no_grad():
         diff = (reloaded(**batch).logits - expected).abs().max().item()
