@@ -122,6 +122,20 @@ def test_no_number_in_a_recipe_may_be_infinite_or_nan(value):
             validate_recipe(raw)
 
 
+def test_a_run_name_is_one_folder_and_runs_dir_a_folder_it_can_make(tmp_path):
+    """track.name=../../x wrote the run outside runs_dir; a runs_dir on a file was NotADirectoryError."""
+    from nnrecipe.errors import UserError
+    from nnrecipe.runs import create_run
+
+    for name in ("../../escape", "a/b", ".."):
+        with pytest.raises(RecipeError, match="track.name: one folder name, without / or .."):
+            validate_recipe({"track": {"name": name}})
+    (tmp_path / "file").write_text("")
+    recipe = validate_recipe({"track": {"runs_dir": str(tmp_path / "file")}})
+    with pytest.raises(UserError, match=r"track.runs_dir .*file: cannot make the run folder .*\(Not a directory\)"):
+        create_run(recipe, "x")
+
+
 def test_every_field_is_documented_and_docs_are_current():
     from nnrecipe.recipe import reference_markdown
 

@@ -132,7 +132,12 @@ def _create_run_dir(recipe: Any, recipe_name: str) -> Run:
     if path.exists() and any(path.iterdir()):
         # Never overwrite a finished run; a fresh timestamped name when the given one is taken.
         path = Path(recipe.track.runs_dir) / f"{name}-{time.strftime('%H%M%S')}-{os.getpid()}"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file on the way, a read-only place: it was a traceback
+        raise UserError(
+            f"track.runs_dir {recipe.track.runs_dir}: cannot make the run folder {path} ({e.strerror})"
+        ) from None
     (path / "recipe.yaml").write_text(recipe.to_yaml())
     run = Run(path)
     metric = get_family(recipe.task).metric

@@ -279,7 +279,9 @@ class Track(Section):
     """Where results go and what is logged."""
 
     runs_dir: Path = Field(Path("runs"), description="Parent folder of run directories.")
-    name: str | None = Field(None, description="Run directory name; default <recipe>-<timestamp>.")
+    name: str | None = Field(
+        None, description="Run directory name (one folder name, no / or ..); default <recipe>-<timestamp>."
+    )
     tensorboard: bool = Field(True, description="Write TensorBoard event files.")
     wandb: bool = Field(False, description="Log to Weights & Biases in offline mode (needs `pip install wandb`).")
     mlflow: bool = Field(
@@ -293,3 +295,10 @@ class Track(Section):
     mlflow_experiment: str = Field("nnrecipe", description="MLflow experiment the run is logged under.")
     progress: bool = Field(True, description="Show a progress bar per epoch.")
     plots: bool = Field(True, description="Save PNG plots (curves, confusion matrix, misclassified examples).")
+
+    @model_validator(mode="after")
+    def _one_folder_name(self):
+        # `../x` wrote the run outside runs_dir; `a/b` a folder deeper than `nnrecipe runs` looks
+        if self.name is not None and (self.name in ("", ".", "..") or any(c in self.name for c in "/\\")):
+            raise ValueError(f"track.name: one folder name, without / or .. (got {self.name!r})")
+        return self
