@@ -51,3 +51,28 @@ def test_structured_pruning_with_fine_tuning_keeps_channels_removed(trained_digi
         per_channel = weights[key].flatten(1).abs().sum(1)
         assert (per_channel == 0).sum() == round(0.3 * len(per_channel))
     assert stats["after"] >= 0.9
+
+
+def test_a_re_prune_that_fails_keeps_the_previous_result(trained_digits_run, monkeypatch, tmp_path):
+    """The previous <run>-pruned<N> was deleted before the new prune had succeeded."""
+    import shutil
+
+    import pytest
+
+    import nnrecipe.deploy.prune as prune_module
+
+    run = open_run(shutil.copytree(trained_digits_run.dir, tmp_path / "run"))  # its prunes land beside the copy
+    first = prune_run(run, 0.3)
+    marker = open_run(first["run"]).meta_path.read_bytes()
+
+    def broken(*args):
+        raise RuntimeError("scoring failed")
+
+    monkeypatch.setattr(prune_module, "_score", broken)
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        prune_run(run, 0.3)
+    assert open_run(first["run"]).meta_path.read_bytes() == marker  # the earlier result, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run-pruned30"]  # nothing left aside
+    monkeypatch.undo()
+    again = prune_run(run, 0.3)
+    assert again["run"] == first["run"] and sorted(p.name for p in tmp_path.iterdir()) == ["run", "run-pruned30"]

@@ -5,6 +5,7 @@ was (it used to delete it)."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,3 +31,22 @@ def staged(out: Path) -> Iterator[Path]:
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def replacing(folder: Path) -> Iterator[None]:
+    """An existing `folder` moved aside while the block makes its replacement: put back when the block fails
+    (a re-prune that failed had already deleted the previous result), removed when it succeeds."""
+    aside = folder.with_name(f".{folder.name}.previous-{os.getpid()}")
+    moved = folder.exists()
+    if moved:
+        folder.rename(aside)
+    try:
+        yield
+    except BaseException:
+        if moved:
+            shutil.rmtree(folder, ignore_errors=True)
+            aside.rename(folder)
+        raise
+    if moved:
+        shutil.rmtree(aside, ignore_errors=True)

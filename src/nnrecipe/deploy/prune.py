@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from nnrecipe.deploy.artefact import replacing
 from nnrecipe.engine.checkpoint import save_checkpoint, with_prefix
 from nnrecipe.engine.loop import Callback, console
 from nnrecipe.errors import UserError
@@ -91,34 +92,33 @@ def prune_run(run: Run, amount: float, structured: bool = False, finetune_epochs
     name = f"{run.dir.name}-pruned{round(amount * 100)}{'-structured' if structured else ''}"
     new.track.name = name
     new.track.runs_dir = run.dir.parent
-    if (run.dir.parent / name).exists():
-        shutil.rmtree(run.dir.parent / name)  # a re-prune replaces the previous result
-    out = create_run(new, name)
-    if finetune_epochs > 0:
-        family.prune_start(new, model, out.dir / "pruned_init")
-        new.train.epochs = finetune_epochs
-        new.optim.lr = recipe.optim.lr * 0.1  # fine-tuning: a tenth of the original peak LR
-        out.recipe_path.write_text(new.to_yaml())  # the run's recipe is the fine-tuning one
-        family.train(new, out, callbacks=[KeepMasks(masks)])
-    else:
-        out.update_meta(status="finished", spec=run.meta()["spec"])
-        for path in family.run_files(run):
-            (shutil.copytree if path.is_dir() else shutil.copy2)(path, out.dir / path.name)
-        save_checkpoint(out.best_checkpoint, with_prefix(model.state_dict(), "model"))
-    split, after = _score(family, out)
-    pruned = family.inference(out).model
-    before = run.report().get(split, {}).get(family.metric.name)
-    stats = {
-        "method": kind,
-        "amount": amount,
-        "sparsity": sparsity(pruned, structured, keep_whole),
-        "finetune_epochs": finetune_epochs,
-        "metric": f"{split} {family.metric.name}",
-        "before": before,
-        "after": after,
-        "source_run": str(run.dir),
-    }
-    out.update_meta(pruning=stats)
+    with replacing(run.dir.parent / name):  # a re-prune replaces the previous result, once it has succeeded
+        out = create_run(new, name)
+        if finetune_epochs > 0:
+            family.prune_start(new, model, out.dir / "pruned_init")
+            new.train.epochs = finetune_epochs
+            new.optim.lr = recipe.optim.lr * 0.1  # fine-tuning: a tenth of the original peak LR
+            out.recipe_path.write_text(new.to_yaml())  # the run's recipe is the fine-tuning one
+            family.train(new, out, callbacks=[KeepMasks(masks)])
+        else:
+            out.update_meta(status="finished", spec=run.meta()["spec"])
+            for path in family.run_files(run):
+                (shutil.copytree if path.is_dir() else shutil.copy2)(path, out.dir / path.name)
+            save_checkpoint(out.best_checkpoint, with_prefix(model.state_dict(), "model"))
+        split, after = _score(family, out)
+        pruned = family.inference(out).model
+        before = run.report().get(split, {}).get(family.metric.name)
+        stats = {
+            "method": kind,
+            "amount": amount,
+            "sparsity": sparsity(pruned, structured, keep_whole),
+            "finetune_epochs": finetune_epochs,
+            "metric": f"{split} {family.metric.name}",
+            "before": before,
+            "after": after,
+            "source_run": str(run.dir),
+        }
+        out.update_meta(pruning=stats)
     shown = lambda v: v if v is None else round(v, 4)
     console.print(
         f"pruned ({kind}, {amount:.0%}): sparsity {stats['sparsity']:.1%}, {split} {family.metric.name} "
