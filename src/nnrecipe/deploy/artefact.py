@@ -1,6 +1,6 @@
-"""Where an export is written: the artefact's path checked, and a temporary file beside it that takes its
-place only once every parity check passed, so an export that is refused leaves the earlier artefact as it
-was (it used to delete it)."""
+"""Replacing what a verb wrote before only once the new one is complete: an export goes to a temporary file
+beside its path until every parity check passed (a refused export deleted the earlier artefact), and a
+re-pruned run's folder is moved aside, then put back if the new one fails (it was deleted first)."""
 
 from __future__ import annotations
 
