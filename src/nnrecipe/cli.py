@@ -16,7 +16,7 @@ import typer
 import yaml
 from rich.console import Console
 
-from nnrecipe.errors import UserError, existing_file, read_utf8
+from nnrecipe.errors import UserError, existing_file, first_line, read_utf8
 
 app = typer.Typer(
     add_completion=False,
@@ -806,7 +806,7 @@ def main() -> None:
         err.print("aborted")
         sys.exit(130)
     except (MemoryError, RuntimeError) as e:  # torch's CPU and CUDA allocators raise RuntimeError subclasses
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = first_line(e)
         if not isinstance(e, MemoryError) and "out of memory" not in text and "can't allocate memory" not in text:
             raise
         err.print(f"error: out of memory ({text[:200]}); use a smaller train.batch_size, data.image_size or "

@@ -41,6 +41,12 @@ def utf8_reader(read: Callable[..., T]) -> Callable[..., T]:
     return reading
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first line for a one-line message (its class name when it says nothing)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def existing_file(path: str | Path, what: str, error: type[UserError] = UserError) -> Path:
     """`path` when it is a file; otherwise one `error` line: `<what> not found: <path>`, or that it is a
     folder (a folder was reported as not found, which sent users looking for a file that was there)."""

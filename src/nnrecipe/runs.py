@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from nnrecipe.engine.distributed import is_main_process, world_size
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, first_line
 from nnrecipe.reporting import read_report, run_meta
 from nnrecipe.tasks.family import family_of, get_family
 
@@ -97,8 +97,7 @@ class Run:
         except expected:
             raise
         except Exception as e:
-            lines = str(e).strip().splitlines()
-            self.update_meta(status="failed", error=f"{stage}: {lines[0] if lines else type(e).__name__}")
+            self.update_meta(status="failed", error=f"{stage}: {first_line(e)}")
             raise
 
     def update_meta(self, **values: Any) -> None:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from nnrecipe.deploy.card import model_card
 from nnrecipe.deploy.guards import Access, Admission, within_deadline
 from nnrecipe.engine.config import Seed
-from nnrecipe.errors import UserError, existing_file, read_utf8
+from nnrecipe.errors import UserError, existing_file, first_line, read_utf8
 from nnrecipe.extras import missing_extra
 from nnrecipe.runs import Run, open_run
 from nnrecipe.tasks.family import family_of
@@ -470,7 +470,7 @@ def load_predictor(run: Run, onnx_path: Path | None = None, precision: str = "au
         try:
             predictor.predict([predictor.decode(sample, 0)])
         except Exception as e:  # noqa: BLE001 - whatever the mismatch makes ONNX Runtime or the head raise
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise UserError(
                 f"--onnx {onnx_path}: not an export of {run.dir} (one input fails: {first[:300]})"
             ) from None

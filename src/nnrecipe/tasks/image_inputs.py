@@ -14,7 +14,7 @@ from nnrecipe.data.images import ImageSet, load_splits
 from nnrecipe.data.loader import TensorLoader
 from nnrecipe.data.stream import auto_workers
 from nnrecipe.engine.loop import console
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, first_line
 from nnrecipe.models import build_model
 from nnrecipe.models.pretrained import load_matching, read_state_dict
 from nnrecipe.tasks.family import Splits
@@ -104,7 +104,7 @@ def takes_its_images(model: nn.Module, spec: ImageSpec, name: str) -> None:
         with torch.no_grad():
             model.eval()(torch.zeros(1, spec.channels, spec.image_size, spec.image_size))
     except (RuntimeError, AssertionError) as e:  # pooling below 1x1; timm's fixed-size models assert
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UserError(
             f"model.name {name}: cannot take {spec.channels}x{spec.image_size}x{spec.image_size} images ({first}); "
             "use a larger data.image_size or a shallower model"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nnrecipe.errors import UserError, existing_file
+from nnrecipe.errors import UserError, existing_file, first_line
 
 # An image larger than this (width x height, read from the file's header) is refused (422) before it is decoded:
 # 10 megapixels takes a 4K video frame and most cameras' photos; `nnrecipe serve --max-image-pixels` changes it.
@@ -134,7 +134,7 @@ def ort_session(onnx_path: Path):
     try:
         return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ONNX Runtime's own exception classes (InvalidProtobuf, Fail, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UserError(f"--onnx {onnx_path}: ONNX Runtime cannot load it ({first})") from None
 
 

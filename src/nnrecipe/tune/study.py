@@ -34,7 +34,7 @@ import yaml
 
 from nnrecipe.engine.config import check_seed
 from nnrecipe.engine.loop import Callback, Diverged, console
-from nnrecipe.errors import RecipeError, UserError
+from nnrecipe.errors import RecipeError, UserError, first_line
 from nnrecipe.recipe import validate_recipe
 from nnrecipe.runs import create_run
 from nnrecipe.tasks.family import get_family
@@ -204,7 +204,7 @@ def rdb_storage(url: str):
     try:
         return RDBStorage(url)
     except (SQLAlchemyError, ImportError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         try:  # the URL may hold a password: never print it
             url = make_url(url).render_as_string(hide_password=True)
         except (SQLAlchemyError, ValueError):
@@ -261,7 +261,7 @@ def objective(plan: Plan, folder: Path):
         try:
             return one_trial(trial)
         except UserError as e:  # the trial fails (Optuna catches it); its reason is announced in one line
-            trial.set_user_attr("error", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+            trial.set_user_attr("error", first_line(e))
             raise
 
     def one_trial(trial) -> float | list[float]:
