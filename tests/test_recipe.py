@@ -170,3 +170,37 @@ def test_running_out_of_memory_is_one_line_and_other_errors_are_not_hidden(monke
     monkeypatch.setattr(cli, "app", bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):  # a bug keeps its traceback
         cli.main()
+
+
+def test_a_path_the_disk_refuses_is_one_line_and_other_os_errors_keep_their_traceback(monkeypatch, capsys, tmp_path):
+    """`compare --out /proc/x.png` or a disk that is full ended in an OSError traceback."""
+    from nnrecipe import cli
+
+    in_the_way = tmp_path / "run.json"
+    in_the_way.write_text("{}")
+
+    def refused():
+        (in_the_way / "plots").mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(cli, "app", refused)
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert (
+        e.value.code == 1
+        and capsys.readouterr().err.strip() == f"error: {in_the_way}: a file, where a folder is needed"
+    )
+
+    def disk_full():
+        raise OSError(28, "No space left on device", str(tmp_path / "ckpt.safetensors"))
+
+    monkeypatch.setattr(cli, "app", disk_full)
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert "ckpt.safetensors: No space left on device" in capsys.readouterr().err
+
+    def bug():
+        raise OSError("a socket closed")  # no file named: a bug keeps its traceback
+
+    monkeypatch.setattr(cli, "app", bug)
+    with pytest.raises(OSError, match="socket"):
+        cli.main()

@@ -77,12 +77,18 @@ def test_compare_shows_metrics_the_recipe_difference_and_overlaid_curves(many, t
     assert res.exit_code == 0, res.output
     assert "test.accuracy" in res.output and "0.95" in res.output and "optim.lr" in res.output
     assert out.stat().st_size > 5000  # train_loss and val_accuracy, one line per run
+    # A folder was written as <folder>.png and reported as the folder; x.txt was a matplotlib traceback.
+    for bad in (tmp_path, tmp_path / "cmp.txt"):
+        with pytest.raises(UserError, match=f"--out {bad}: the curves are a PNG; give a file name ending in .png"):
+            cli("compare", many / "a", many / "b", "--out", bad)
+    assert not list(tmp_path.parent.glob("*.png")) and not (tmp_path / "cmp.txt").exists()
 
 
 def test_clean_keeps_the_best_and_every_unfinished_run(many, tmp_path):
     chosen = [r.path.name for r in to_clean(list_runs(many), keep_best=1)]
     assert chosen == ["a", "c"]  # b is the best of recipe "digits"; d is running
-    assert cli("clean", many, "--keep-best", "1", input="n\n").exit_code == 1  # asked, declined: nothing goes
+    declined = cli("clean", many, "--keep-best", "1", input="n\n")  # asked, declined: nothing goes
+    assert declined.exit_code == 1 and "nothing deleted" in declined.output
     assert (many / "a" / "checkpoints").is_dir()
     res = cli("clean", many, "--keep-best", "1", "--yes")
     assert res.exit_code == 0 and "freed" in res.output

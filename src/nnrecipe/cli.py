@@ -6,6 +6,7 @@ traceback.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -747,6 +748,7 @@ def clean(
     for r in chosen:
         out.print(f"{r.path}  {r.metric} {r.value:.4g}  {_size(r.checkpoint_bytes)}", markup=False)
     if not yes and not typer.confirm(f"delete the checkpoints of these {len(chosen)} runs ({_size(total)})?"):
+        err.print("nothing deleted")
         raise typer.Exit(1)
     for r in chosen:
         remove_checkpoints(r)
@@ -790,6 +792,17 @@ def _find_recipe(path: Path) -> Path:
     return path
 
 
+def _os_error(e: OSError) -> str:
+    """`<path>: <why>`; a file standing where a folder is needed is named itself (mkdir said "Not a
+    directory" about the folder it could not make)."""
+    if e.errno in (errno.EEXIST, errno.ENOTDIR):
+        path = Path(e.filename)
+        for p in (path, *path.parents):
+            if p.is_file():
+                return f"{p}: a file, where a folder is needed"
+    return f"{e.filename}: {e.strerror}"
+
+
 def main() -> None:
     try:
         try:
@@ -805,6 +818,11 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("aborted")
         sys.exit(130)
+    except OSError as e:
+        if e.filename is None or not e.strerror:  # not a file the user named or a disk that refused: a bug
+            raise
+        err.print(f"error: {_os_error(e)}", style="red", markup=False)
+        sys.exit(1)
     except (MemoryError, RuntimeError) as e:  # torch's CPU and CUDA allocators raise RuntimeError subclasses
         text = first_line(e)
         if not isinstance(e, MemoryError) and "out of memory" not in text and "can't allocate memory" not in text:

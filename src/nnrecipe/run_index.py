@@ -175,6 +175,9 @@ def compare(runs: list[Path], out: Path) -> dict[str, Any]:
     curves that the runs share (one panel per metric, one line per run)."""
     if len(runs) < 2:
         raise UserError("compare: give two or more run directories")
+    out = Path(out)
+    if out.is_dir() or out.suffix.lower() != ".png":  # a folder became <folder>.png; x.txt a matplotlib traceback
+        raise UserError(f"--out {out}: the curves are a PNG; give a file name ending in .png")
     for p in runs:
         if not (Path(p) / "run.json").is_file():
             raise UserError(f"{p} is not a run directory (no run.json)")
