@@ -67,6 +67,9 @@ def test_the_command_line_reports_and_bad_options_are_one_line(trained_digits_ru
         parse_epsilons("2/255,abc")
     with pytest.raises(UserError, match="--epsilon: radii in"):
         parse_epsilons("2/0")  # was a ZeroDivisionError traceback
+    for limit in (0, -5):  # torch.cat's and NumPy's tracebacks
+        with pytest.raises(UserError, match=f"--limit: at least 1 image \\(got {limit}\\)"):
+            evaluate_robustness(trained_digits_run, None, ["fgsm"], [0.01], 10, False, limit=limit)
 
 
 def test_families_without_images_refuse_in_one_line():

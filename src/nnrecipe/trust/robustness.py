@@ -97,6 +97,8 @@ def evaluate_robustness(run: Any, split: str | None, attacks: list[str], epsilon
         raise UserError(f"--attack: one or more of {', '.join(ATTACKS)} (got {', '.join(bad)})")
     if steps < 1:
         raise UserError(f"--steps: at least 1 (got {steps})")
+    if limit < 1:  # 0 was torch.cat's traceback, a negative count NumPy's
+        raise UserError(f"--limit: at least 1 image (got {limit})")
     s = family_of(run).require("robustness").robust_subject(run, split, limit)
     model = PixelModel(s.model.eval(), s.normalize)
     for p in model.parameters():
