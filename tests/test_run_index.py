@@ -122,3 +122,38 @@ def test_a_damaged_run_is_listed_as_such_and_named_by_every_verb_that_opens_it(m
             cli(*args)
     assert not list(many.glob("*.png"))  # a refused comparison draws nothing
     assert [r.path.name for r in to_clean(list_runs(many), keep_best=0)] == ["b"]  # never the damaged one
+
+
+def test_a_run_finds_its_relative_data_and_map_files_from_any_folder(tmp_path, monkeypatch):
+    """A recipe names its files relative to where it is started; the run keeps them absolute. `evaluate` on an
+    imagefolder run started in another folder said "data.path: folder not found: tree", and `rl evaluate` on a
+    gridmap run "env.map: map file not found: m.txt"."""
+    from tests.conftest import write_digit_tree
+
+    from nnrecipe.recipe import load_recipe
+    from nnrecipe.runs import create_run, open_run
+    from nnrecipe.tasks import get_family
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    write_digit_tree(work / "tree", [0, 1], per_class=12, size=8)
+    (work / "m.txt").write_text("S.G\n")
+    elsewhere.mkdir()
+    (work / "image.yaml").write_text(yaml.safe_dump({
+        "task": "image_classification", "data": {"source": "imagefolder", "path": "tree", "image_size": 8},
+        "model": {"name": "convnet"}, "train": {"epochs": 1, "batch_size": 8},
+        "track": {"runs_dir": "runs", "progress": False, "plots": False, "tensorboard": False}}))  # fmt: skip
+    (work / "grid.yaml").write_text(yaml.safe_dump({
+        "task": "rl", "env": {"id": "gridmap", "map": "m.txt"}, "algo": "qlearning", "tabular": {"episodes": 50},
+        "track": {"runs_dir": "runs", "progress": False, "plots": False}}))  # fmt: skip
+    monkeypatch.chdir(work)
+    runs = []
+    for name in ("image", "grid"):
+        recipe = load_recipe(Path(f"{name}.yaml"))
+        runs.append(create_run(recipe, name))
+        get_family(recipe.task).train(recipe, runs[-1])
+    saved = yaml.safe_load((runs[0].dir / "recipe.yaml").read_text())
+    assert saved["data"]["path"] == str(work / "tree") and saved["track"]["runs_dir"] == "runs"
+    monkeypatch.chdir(elsewhere)
+    for run in runs:
+        run = open_run(work / run.dir)
+        assert get_family(run.recipe().task).evaluate(run)

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from nnrecipe.engine.config import with_absolute_paths
 from nnrecipe.engine.distributed import is_main_process, world_size
 from nnrecipe.errors import UserError, first_line
 from nnrecipe.reporting import read_report, run_meta
@@ -137,7 +138,7 @@ def _create_run_dir(recipe: Any, recipe_name: str) -> Run:
         raise UserError(
             f"track.runs_dir {recipe.track.runs_dir}: cannot make the run folder {path} ({e.strerror})"
         ) from None
-    (path / "recipe.yaml").write_text(recipe.to_yaml())
+    (path / "recipe.yaml").write_text(with_absolute_paths(recipe).to_yaml())
     run = Run(path)
     metric = get_family(recipe.task).metric
     run.update_meta(

@@ -7,6 +7,7 @@ They live with the engine so the engine depends on nothing above it; each task f
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -38,6 +39,19 @@ class Section(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def with_absolute_paths(section: S) -> S:
+    """A copy whose relative file paths (data files, init weights, an earlier run) are absolute, for the
+    recipe.yaml a run keeps: a later verb started in another folder read `data.path: tree` from there
+    (evaluate said "folder not found: tree"). track.runs_dir stays as given: it says where new runs go."""
+    changes: dict[str, Any] = {}
+    for name, value in section:
+        if isinstance(value, Section):
+            changes[name] = with_absolute_paths(value)
+        elif isinstance(value, Path) and not value.is_absolute() and name != "runs_dir":
+            changes[name] = Path(os.path.abspath(value))
+    return section.model_copy(update=changes)
 
 
 def validated(cls: type[S], raw: dict[str, Any], options: bool = False) -> S:

@@ -4,6 +4,7 @@ interaction loop, run directory and reports in runner.py."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,13 @@ class ReinforcementLearning(TaskFamily):
     multi_process = False  # one interaction loop, one process
 
     def anchor_paths(self, recipe: RLRecipe, folder: Path) -> None:
-        """A gridmap map file may be named relative to the recipe."""
+        """A gridmap map file may be named relative to the recipe (or the current folder); it is kept as an
+        absolute path, so the run's recipe finds it from any folder (`rl evaluate` elsewhere said not found)."""
         env = recipe.env
-        if env.map and "\n" not in env.map and not Path(env.map).exists() and (folder / env.map).is_file():
-            env.map = str(folder / env.map)
+        if env.map and "\n" not in env.map:
+            found = [p for p in (Path(env.map), folder / env.map) if p.is_file()]
+            if found:
+                env.map = os.path.abspath(found[0])
 
     def train(self, recipe: RLRecipe, run: Run, *, resume: bool = False, callbacks: list = ()) -> dict[str, Any]:
         """Its own interaction loop, not the engine's: callbacks hear only `after_evaluation` (each periodic
