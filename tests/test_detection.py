@@ -75,6 +75,12 @@ def test_predicted_boxes_match_the_ground_truth(trained):
                 for d in row["detections"]
             )
     assert found / total >= 0.75, (found, total)
+    folder = Path(val[0].path).parent  # a folder stands for the images under it (it was "image not found")
+    listed = [r["file"] for r in family.predict(run, [str(folder)])]
+    assert (
+        listed == sorted(str(p) for p in folder.rglob("*") if p.suffix in (".png", ".jpg"))
+        and str(val[0].path) in listed
+    )
 
 
 def test_predict_and_evaluate_through_the_cli(trained):

@@ -5,6 +5,7 @@ the attributed pixels hurts more than blacking out random ones."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,6 +84,24 @@ def test_pngs_are_written_and_bad_requests_are_named(corner_run, tmp_path):
         explain_run(run, files, ["ig"], target="cat")
     with pytest.raises(UserError, match="image not found"):
         explain_run(run, [str(tmp_path / "missing.png")], ["ig"])
+
+
+def test_overlays_go_to_the_run_never_into_the_data_and_same_named_files_keep_apart(corner_run):
+    """By default each overlay was written beside its image: into a class folder of the training tree, where
+    the next run read it as one more image of that class; and a/0.png and b/0.png wrote the same overlay."""
+    run, tree = corner_run
+    first = sorted((tree / "corner").glob("*.png"))[0]
+    twin = tree.parent / "other" / first.name
+    twin.parent.mkdir(exist_ok=True)
+    twin.write_bytes(first.read_bytes())
+    before = sorted(tree.rglob("*"))
+    rows = explain_run(run, [str(first), str(twin)], ["ig"])["explanations"]
+    assert sorted(tree.rglob("*")) == before and [p.name for p in twin.parent.iterdir()] == [first.name]
+    pngs = [Path(r["png"]) for r in rows]
+    assert [p.name for p in pngs] == [f"corner-{first.stem}.ig.corner.png", f"other-{first.stem}.ig.corner.png"]
+    assert all(p.parent == run.dir / "explain" and p.is_file() for p in pngs)
+    folder_rows = explain_run(run, [str(twin.parent)], ["ig"])["explanations"]  # a folder: the images under it
+    assert [r["file"] for r in folder_rows] == [str(twin)]
 
 
 def test_checks_pass_for_real_maps_and_catch_an_explainer_that_ignores_the_model(corner_run):

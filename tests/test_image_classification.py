@@ -51,7 +51,7 @@ def test_convnet_learns_digits_and_writes_the_report(recipe_factory, new_run):
 
 
 def test_predict_reports_unreadable_images(recipe_factory, new_run, tmp_path):
-    recipe = recipe_factory("train.epochs=1")
+    recipe = recipe_factory("train.epochs=1", "train.eval_batch_size=4")
     run = new_run(recipe)
     task.train(recipe, run)
     bad = tmp_path / "bad.png"
@@ -60,6 +60,16 @@ def test_predict_reports_unreadable_images(recipe_factory, new_run, tmp_path):
         task.predict(run, [str(bad)])
     with pytest.raises(UserError, match="image not found: .*nope.png"):
         task.predict(run, [str(tmp_path / "nope.png")])
+    # A folder stands for the images under it (it was "image not found"), read a batch at a time.
+    tree = write_digit_tree(tmp_path / "tree", [3, 4], per_class=3)
+    (tree / "notes.txt").write_text("not an image")
+    rows = task.predict(run, [str(tree)])  # train.eval_batch_size 4: two batches
+    assert [r["file"] for r in rows] == sorted(str(p) for p in tree.rglob("*.png")) and len(rows) == 6
+    alone = task.predict(run, [rows[5]["file"]])[0]
+    assert alone["label"] == rows[5]["label"] and alone["confidence"] == pytest.approx(rows[5]["confidence"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="empty: a folder without image files"):
+        task.predict(run, [str(tmp_path / "empty")])
 
 
 def test_imagefolder_skips_and_lists_corrupt_files(recipe_factory, tmp_path):

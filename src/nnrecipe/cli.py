@@ -208,7 +208,7 @@ def print_fairness(run, split: str | None, groups: Path | None, positive: str | 
 @app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="A run directory."),
-    inputs: list[str] = typer.Argument(None, help="Image files, or texts for a text run."),
+    inputs: list[str] = typer.Argument(None, help="Image files or folders of images, or texts for a text run."),
     file: Path | None = typer.Option(None, "--file", help="Text runs: a file with one text per line."),
     to: Path | None = typer.Option(None, "--out", help="Write one JSON object per input to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per input."),
@@ -314,16 +314,14 @@ def ensemble(
 @app.command()
 def explain(
     run_dir: Path = typer.Argument(..., help="A trained image classification, text classification or NER run."),
-    inputs: list[str] = typer.Argument(None, help="Image files (image runs) or texts (text and NER runs)."),
+    inputs: list[str] = typer.Argument(None, help="Image files or folders (image runs) or texts (text and NER runs)."),
     method: str | None = typer.Option(
         None,
         help="Images: gradcam (default), ig, occlusion, saliency; text: ig (default), occlusion, saliency; "
         "or several: ig,saliency.",
     ),
     target: str | None = typer.Option(None, help="Explain this label (default: the predicted one)."),
-    folder: Path | None = typer.Option(
-        None, "--out", help="Folder for the files (default: beside each image; runs/<run>/explain for texts)."
-    ),
+    folder: Path | None = typer.Option(None, "--out", help="Folder for the files (default: runs/<run>/explain)."),
     check: bool = typer.Option(False, "--check", help="Randomisation and deletion checks on validation examples."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per explanation."),
 ) -> None:

@@ -454,6 +454,26 @@ def decode_tree(
     return found, bad
 
 
+def image_inputs(inputs: list[str]) -> list[str]:
+    """Image files to predict on: each folder replaced by the image files under it, sorted (a folder was
+    reported as "image not found"); a missing path is named."""
+    files: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(f) for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if not found:
+                raise UserError(
+                    f"{item}: a folder without image files (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
+            files += found
+        elif path.is_file():
+            files.append(item)
+        else:
+            raise UserError(f"image not found: {item}")
+    return files
+
+
 def read_image(path, channels: int | None = None, name: str | None = None) -> torch.Tensor:
     """Decode one file (a path, or an open binary file called `name`) to uint8 C x H x W; raises UserError
     naming the file if it is not a readable image."""

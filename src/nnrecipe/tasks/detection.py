@@ -17,6 +17,7 @@ from torch import nn
 
 from nnrecipe.data.box_loader import DetectionLoader, read_rgb
 from nnrecipe.data.boxes import BoxedImage, load_detection_splits, yolo_meta
+from nnrecipe.data.images import image_inputs
 from nnrecipe.data.shapes import shapes_dataset
 from nnrecipe.engine.checkpoint import load_weights, save_checkpoint
 from nnrecipe.engine.loop import console
@@ -207,16 +208,19 @@ class Detection(SupervisedFamily):
         return Inference(model.to(device).eval(), spec.classes, spec)
 
     def predict(self, run: Run, inputs: list[str]) -> list[dict[str, Any]]:
-        """Boxes (x1, y1, x2, y2 in the image's pixels), labels and scores at or above model.score_threshold."""
-        missing = [f for f in inputs if not Path(f).is_file()]
-        if missing:
-            raise UserError(f"image not found: {missing[0]}")
-        device = self.eval_device(run.recipe())
+        """Boxes (x1, y1, x2, y2 in the image's pixels), labels and scores at or above model.score_threshold,
+        for image files (a folder: the images under it), a batch at a time."""
+        files = image_inputs(inputs)
+        recipe = run.recipe()
+        device = self.eval_device(recipe)
         inf = self.inference(run, device)
-        with torch.no_grad():
-            preds = inf.model([read_rgb(f).to(device) for f in inputs])
-        threshold = inf.spec.score_threshold
-        return [{"file": str(f), "detections": detections(p, inf.labels, threshold)} for f, p in zip(inputs, preds)]
+        threshold, batch, rows = inf.spec.score_threshold, recipe.train.eval_batch_size, []
+        for i in range(0, len(files), batch):
+            chunk = files[i : i + batch]
+            with torch.no_grad():
+                preds = inf.model([read_rgb(f).to(device) for f in chunk])
+            rows += [{"file": f, "detections": detections(p, inf.labels, threshold)} for f, p in zip(chunk, preds)]
+        return rows
 
     def predictor(self, run: Run, onnx_path: Path | None = None, precision: str = "fp32") -> Predictor:
         return DetectionPredictor(self, run, onnx_path, precision)

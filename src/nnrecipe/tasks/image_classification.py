@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnrecipe.data.augment import Normalizer
-from nnrecipe.data.images import ImageSet, conform, read_image, read_image_tree
+from nnrecipe.data.images import ImageSet, conform, image_inputs, read_image, read_image_tree
 from nnrecipe.data.loader import TensorLoader
 from nnrecipe.data.splits import spread_sample
 from nnrecipe.engine.adversarial import PixelModel, adversarial
@@ -61,9 +61,6 @@ from nnrecipe.tasks.supervised import Setup, SupervisedFamily, plot_paths, relia
 
 def read_files(paths: list[str], spec: ImageSpec) -> torch.Tensor:
     """Image files as one uint8 batch, each converted and resized like the run's training images."""
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise UserError(f"image not found: {missing[0]}")
     return torch.stack(
         [conform(read_image(Path(p), spec.channels).unsqueeze(0), spec.channels, spec.image_size)[0] for p in paths]
     )
@@ -353,16 +350,20 @@ class ImageClassification(SupervisedFamily):
         return Inference(model.to(device).eval(), spec.classes, spec)
 
     def predict(self, run: Run, inputs: list[str], top_k: int = 3) -> list[dict[str, Any]]:
-        """Classify image files: label, confidence and the top-k classes per file."""
+        """Classify image files (a folder: the images under it): label, confidence and the top-k classes per
+        file, read and classified a batch at a time (a folder of many images was decoded into one batch)."""
         recipe = run.recipe()
+        files = image_inputs(inputs)
         device = self.eval_device(recipe)
         inf = self.inference(run, device)
-        spec = inf.spec
-        images = read_files(inputs, spec)
-        x = input_pipeline(recipe, spec, augment=False)(images.to(device), 0)
-        with torch.no_grad():
-            probs = inf.model(x).float().softmax(1).cpu()
-        return [{"file": str(f), **outputs.top_k(p, spec.classes, top_k)} for f, p in zip(inputs, probs)]
+        spec, prepare, batch = inf.spec, input_pipeline(recipe, inf.spec, augment=False), recipe.train.eval_batch_size
+        rows = []
+        for i in range(0, len(files), batch):
+            chunk = files[i : i + batch]
+            with torch.no_grad():
+                probs = inf.model(prepare(read_files(chunk, spec).to(device), 0)).float().softmax(1).cpu()
+            rows += [{"file": f, **outputs.top_k(p, spec.classes, top_k)} for f, p in zip(chunk, probs)]
+        return rows
 
     def predictor(self, run: Run, onnx_path: Path | None = None, precision: str = "fp32") -> Predictor:
         return ImagePredictor(self, run, onnx_path, precision)

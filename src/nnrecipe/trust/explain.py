@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnrecipe.data.images import image_inputs
 from nnrecipe.errors import UserError
 
 METHODS = ("gradcam", "ig", "occlusion", "saliency")
@@ -164,18 +165,28 @@ def explain_run(
     check_request(s, methods, target)
     rows: list[dict[str, Any]] = []
     if inputs:
-        x, raw = s.load(inputs)
+        files = image_inputs(inputs)
+        x, raw = s.load(files)
+        stems, folder = distinct_stems(files), Path(out or run.dir / "explain")
+        folder.mkdir(parents=True, exist_ok=True)
         for row, heat in image_explanations(s, x, methods, target):
             i = row.pop("input")
-            path = Path(inputs[i])
-            name = f"{path.stem}.{row['method']}.{row['target']}.png"
-            png = overlay(raw[i].numpy(), heat.numpy(), (out or path.parent) / name,
+            name = f"{stems[i]}.{row['method']}.{row['target']}.png"
+            png = overlay(raw[i].numpy(), heat.numpy(), folder / name,
                           f"{row['method']}: {row['target']} (p {row['probability']:.2f})")  # fmt: skip
-            rows.append({"file": str(path), **row, "png": str(png)})
+            rows.append({"file": files[i], **row, "png": str(png)})
     result: dict[str, Any] = {"explanations": rows}
     if check:
         result["checks"] = write_checks(run, s, methods, check_examples)
     return result
+
+
+def distinct_stems(files: list[str]) -> list[str]:
+    """A name per file for its overlays: the file's stem, with its folder's name in front where two files
+    share a stem (a/1.png and b/1.png wrote the same overlay), and a number where that is not enough."""
+    stems = [Path(f).stem for f in files]
+    stems = [f"{Path(f).parent.name}-{stem}" if stems.count(stem) > 1 else stem for f, stem in zip(files, stems)]
+    return [f"{stem}-{i}" if stems.count(stem) > 1 else stem for i, stem in enumerate(stems)]
 
 
 def check_request(
