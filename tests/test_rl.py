@@ -315,3 +315,16 @@ def test_dqn_flushes_subnormal_floats_while_training_only(tmp_path):
     )
     assert seen and all(v == 0.0 for v in seen)
     assert float((tiny * 1.0)[0]) > 0.0
+
+
+def test_rl_evaluate_and_play_name_a_run_of_another_family(trained_digits_run):
+    """An image run given to `rl evaluate` or `rl play` ended in AttributeError: no attribute 'algo'."""
+    from typer.testing import CliRunner
+
+    from nnrecipe.cli import app
+
+    for verb in ("evaluate", "play"):
+        with pytest.raises(
+            UserError, match=r"is a run of image_classification, not an RL run; use `nnrecipe evaluate`"
+        ):
+            CliRunner().invoke(app, ["rl", verb, str(trained_digits_run.dir)], catch_exceptions=False)

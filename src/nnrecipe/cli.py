@@ -572,11 +572,8 @@ def rl_evaluate(
 ) -> None:
     """Greedy evaluation on a fixed seed list: mean return, success rate, steps."""
     from nnrecipe.rl import runner
-    from nnrecipe.runs import open_run
 
-    run = open_run(run_dir)
-    run.recipe()  # a clear error for a run of another family
-    runner.evaluate(run, episodes=episodes)
+    runner.evaluate(_rl_run(run_dir), episodes=episodes)
 
 
 @rl_app.command("play")
@@ -588,9 +585,20 @@ def rl_play(
 ) -> None:
     """Play one greedy episode and show it (or save it as a GIF)."""
     from nnrecipe.rl import runner
+
+    runner.play(_rl_run(run_dir), render=render, seed=seed, gif=gif)
+
+
+def _rl_run(run_dir: Path):
+    """The run, when it is an RL run (an image run ended in AttributeError: no attribute 'algo')."""
+    from nnrecipe.rl.family import ReinforcementLearning
     from nnrecipe.runs import open_run
 
-    runner.play(open_run(run_dir), render=render, seed=seed, gif=gif)
+    run = open_run(run_dir)
+    task = run.meta().get("task")
+    if task != ReinforcementLearning.name:
+        raise UserError(f"{run_dir} is a run of {task}, not an RL run; use `nnrecipe evaluate` or `predict`")
+    return run
 
 
 @app.command()
