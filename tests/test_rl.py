@@ -328,3 +328,28 @@ def test_rl_evaluate_and_play_name_a_run_of_another_family(trained_digits_run):
             UserError, match=r"is a run of image_classification, not an RL run; use `nnrecipe evaluate`"
         ):
             CliRunner().invoke(app, ["rl", verb, str(trained_digits_run.dir)], catch_exceptions=False)
+
+
+def test_play_options_are_checked_against_what_the_environment_draws():
+    """`rl play` on CartPole (no text frames) ended in gymnasium's AssertionError under the default ansi, as
+    did any unknown --render; --gif x.png or a bare name wrote a GIF under that name."""
+    cartpole, grid = ["human", "rgb_array"], ["ansi"]
+    runner.check_play_options("FrozenLake-v1", ["human", "ansi", "rgb_array"], None, None)
+    runner.check_play_options("CartPole-v1", cartpole, "human", None)
+    runner.check_play_options("CartPole-v1", cartpole, None, Path("episode.GIF"))
+    for modes, render, gif, message in (
+        (
+            cartpole,
+            None,
+            None,
+            "CartPole-v1 draws no text frames: write the episode with --gif episode.gif or --render",
+        ),
+        (cartpole, "foo", None, r"--render: CartPole-v1 offers human \(got 'foo'\); rgb_array frames: --gif"),
+        (cartpole, "rgb_array", None, r"--render: CartPole-v1 offers human \(got 'rgb_array'\)"),
+        (grid, "human", None, r"--render: CartPole-v1 offers ansi \(got 'human'\)$"),
+        (grid, None, Path("e.gif"), r"--gif: CartPole-v1 does not render images \(its render modes: ansi\)"),
+        (cartpole, None, Path("e.png"), "--gif e.png: give a file name ending in .gif"),
+        (cartpole, None, Path("episode"), "--gif episode: give a file name ending in .gif"),
+    ):
+        with pytest.raises(UserError, match=message):
+            runner.check_play_options("CartPole-v1", modes, render, gif)

@@ -579,7 +579,9 @@ def rl_evaluate(
 @rl_app.command("play")
 def rl_play(
     run_dir: Path = typer.Argument(..., help="An RL run directory."),
-    render: str = typer.Option("ansi", help="Render mode; ansi prints each frame in the terminal."),
+    render: str | None = typer.Option(
+        None, help="ansi prints each frame in the terminal (the default where the environment has it); human: a window."
+    ),
     seed: int | None = typer.Option(None, help="Episode seed (default: the first evaluation seed)."),
     gif: Path | None = typer.Option(None, help="Write the episode as an animated GIF here instead of printing it."),
 ) -> None:

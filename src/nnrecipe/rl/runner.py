@@ -300,17 +300,16 @@ def evaluate(
     return summary
 
 
-def play(run: Run, render: str = "ansi", seed: int | None = None, gif: Path | None = None) -> float:
-    """One greedy episode: each frame printed (ansi), or written as an animated GIF."""
+def play(run: Run, render: str | None = None, seed: int | None = None, gif: Path | None = None) -> float:
+    """One greedy episode: each frame printed (ansi, the default where the environment has it), shown in a
+    window (human), or written as an animated GIF."""
     recipe = run.recipe()
-    policy = load_policy(run, recipe)
     seed = recipe.eval.seed if check_seed(seed) is None else seed
+    modes = list(make_env(recipe).metadata.get("render_modes") or [])
+    check_play_options(recipe.env.id, modes, render, gif)
+    render = render or "ansi"
+    policy = load_policy(run, recipe)
     if gif is not None:
-        probe = make_env(recipe)
-        if not renders_rgb(probe):
-            raise UserError(
-                f"--gif: {recipe.env.id} does not render images (its render modes: {probe.metadata.get('render_modes')})"
-            )
         out = record_episode(make_env(recipe, render_mode="rgb_array"), policy, gif, seed, recipe.eval.gif_frames)
         print(f"return {out['return']:.2f} over {out['steps']} steps; {out['frames']} frames written to {gif}")
         return out["return"]
@@ -329,6 +328,24 @@ def play(run: Run, render: str = "ansi", seed: int | None = None, gif: Path | No
                 print(frame)
             print(f"return {total:.2f} ({'terminated' if term else 'truncated'})")
             return total
+
+
+def check_play_options(env_id: str, modes: list[str], render: str | None, gif: Path | None) -> None:
+    """`rl play`'s --render and --gif against what the environment draws: CartPole, which has no text
+    frames, ended in gymnasium's AssertionError under the default ansi, as did any unknown mode."""
+    if gif is not None:
+        if "rgb_array" not in modes:
+            raise UserError(f"--gif: {env_id} does not render images (its render modes: {', '.join(modes) or 'none'})")
+        if Path(gif).is_dir() or Path(gif).suffix.lower() != ".gif":  # x.png and a bare name held a GIF
+            raise UserError(f"--gif {gif}: give a file name ending in .gif")
+        return
+    shown = [m for m in modes if m in ("ansi", "human")]
+    if render is None and "ansi" not in modes:
+        how = " or --render human on a desktop" if "human" in modes else ""
+        raise UserError(f"{env_id} draws no text frames: write the episode with --gif episode.gif{how}")
+    if render is not None and render not in shown:
+        hint = "; rgb_array frames: --gif episode.gif" if "rgb_array" in modes else ""
+        raise UserError(f"--render: {env_id} offers {', '.join(shown) or 'no mode to show'} (got {render!r}){hint}")
 
 
 def _write_report(run: Run, summary: dict[str, Any]) -> None:
