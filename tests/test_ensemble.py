@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -119,6 +120,12 @@ def test_weights_and_bad_ensembles_are_refused_in_one_line(seeded, tmp_path, tra
     assert "weights 1, 0" in only.meta()["weights"]
     with pytest.raises(UserError, match="one non-negative weight per run"):
         create_ensemble(members, "w", [1.0])
+    for bad in ([math.nan, 1.0], [math.inf, 1.0]):  # nan made every probability nan: accuracy 0.1
+        with pytest.raises(UserError, match="one non-negative weight per run"):
+            create_ensemble(members[:2], "w", bad)
+    with pytest.raises(UserError, match=r"--name: one folder name, without / or \.\. \(got '\.\./\.\./out'\)"):
+        create_ensemble(members[:2], "../../out")  # was written outside the runs folder
+    assert not (seeded.parent.parent / "out").exists()
     with pytest.raises(UserError, match="give two runs or more"):
         create_ensemble(members[:1])
     with pytest.raises(UserError, match="belong to different tasks"):

@@ -130,6 +130,15 @@ def test_a_run_name_is_one_folder_and_runs_dir_a_folder_it_can_make(tmp_path):
     for name in ("../../escape", "a/b", ".."):
         with pytest.raises(RecipeError, match="track.name: one folder name, without / or .."):
             validate_recipe({"track": {"name": name}})
+    # The options that name a run or a study: train --name was pydantic's traceback, tune --study wrote there.
+    from typer.testing import CliRunner
+
+    from nnrecipe.cli import app
+
+    for args in (["train", "digits-convnet", "--name", "../x"], ["tune", "digits-convnet", "--study", "../x",
+                                                                   "--param", "optim.lr=loguniform(1e-3,0.3)"]):  # fmt: skip
+        with pytest.raises(RecipeError, match=rf"{args[2]}: one folder name, without / or .. \(got '\.\./x'\)"):
+            CliRunner().invoke(app, args, catch_exceptions=False)
     (tmp_path / "file").write_text("")
     recipe = validate_recipe({"track": {"runs_dir": str(tmp_path / "file")}})
     with pytest.raises(UserError, match=r"track.runs_dir .*file: cannot make the run folder .*\(Not a directory\)"):

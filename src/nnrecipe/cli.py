@@ -99,7 +99,9 @@ def train_recipe(
         raise UserError("--ensemble: goes with --seeds (an ensemble of several runs of the recipe)")
     r = load_recipe(_find_recipe(recipe), set_)
     if name:
-        r.track.name = name
+        from nnrecipe.engine.config import check_folder_name
+
+        r.track.name = check_folder_name(name, "--name")  # `../x` was pydantic's traceback
     family = get_family(r.task)
     if continue_from is not None:
         from nnrecipe.runs import open_run
@@ -652,7 +654,9 @@ def tune(
         raise UserError("tune: give a recipe file, or --resume / --report with a study directory")
     path = _find_recipe(recipe)
     raw = recipe_raw(path, set_)
-    name = study or f"tune-{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from nnrecipe.engine.config import check_folder_name
+
+    name = check_folder_name(study, "--study") or f"tune-{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     plan = new_plan(raw, space, param, trials, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
                     seed=seed, storage=storage, name=name, timeout=parse_duration(timeout), source=str(path),
                     nproc=nproc)  # fmt: skip

@@ -54,6 +54,22 @@ def with_absolute_paths(section: S) -> S:
     return section.model_copy(update=changes)
 
 
+FOLDER_NAME = "one folder name, without / or .."
+
+
+def is_folder_name(name: str) -> bool:
+    """A run's or study's name is one folder under runs_dir: `../x` wrote outside it, `a/b` a folder deeper
+    than `nnrecipe runs` looks."""
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\")
+
+
+def check_folder_name(name: str | None, option: str) -> str | None:
+    """`name` (None passes), or a RecipeError naming the option (train --name, ensemble --name, tune --study)."""
+    if name is not None and not is_folder_name(name):
+        raise RecipeError(f"{option}: {FOLDER_NAME} (got {name!r})")
+    return name
+
+
 def validated(cls: type[S], raw: dict[str, Any], options: bool = False) -> S:
     """`cls` built from `raw`; RecipeError with a line per problem naming the field and what is allowed.
     `options`: the values came from command-line options, so a problem names the option (--top-k)."""
@@ -312,7 +328,6 @@ class Track(Section):
 
     @model_validator(mode="after")
     def _one_folder_name(self):
-        # `../x` wrote the run outside runs_dir; `a/b` a folder deeper than `nnrecipe runs` looks
-        if self.name is not None and (self.name in ("", ".", "..") or any(c in self.name for c in "/\\")):
-            raise ValueError(f"track.name: one folder name, without / or .. (got {self.name!r})")
+        if self.name is not None and not is_folder_name(self.name):
+            raise ValueError(f"track.name: {FOLDER_NAME} (got {self.name!r})")
         return self

@@ -10,6 +10,7 @@ the inputs (the family's `ensemble_inputs` spec keys, and the tokenizer's vocabu
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from nnrecipe.engine.config import check_folder_name
 from nnrecipe.errors import UserError
 from nnrecipe.reporting import read_report
 from nnrecipe.runs import Run, open_run
@@ -97,7 +99,7 @@ def create_ensemble(
         m.spec()  # a clear error for a run that has not finished training
     if weights is None:
         weights = [1.0] * len(members)
-    if len(weights) != len(members) or any(w < 0 for w in weights) or sum(weights) <= 0:
+    if len(weights) != len(members) or not all(0 <= w < math.inf for w in weights) or sum(weights) <= 0:  # nan, inf
         raise UserError(f"--weights: one non-negative weight per run ({len(members)}), not all zero (got {weights})")
     recipes = [m.raw_recipe() for m in members]
     for m, r in zip(members[1:], recipes[1:]):
@@ -132,7 +134,7 @@ def create_ensemble(
 
 def new_run_dir(first: Run, name: str | None, runs_dir: Path | None) -> Run:
     parent = Path(runs_dir) if runs_dir is not None else first.dir.parent
-    path = parent / (name or f"ensemble-{time.strftime('%Y%m%d-%H%M%S')}")
+    path = parent / (check_folder_name(name, "--name") or f"ensemble-{time.strftime('%Y%m%d-%H%M%S')}")
     if path.exists() and any(path.iterdir()):
         raise UserError(f"ensemble: {path} exists already; choose another --name")
     path.mkdir(parents=True, exist_ok=True)
