@@ -162,3 +162,18 @@ def test_ner_recipe_passes_the_model_checks_and_its_copied_test_sentences_fail_t
     # A fresh token head is near-uniform over 5 tags while 60% of the toy tokens are O: check 3 says so.
     assert "class-prior entropy" in results[3].figure
     assert "/B-PER" in (tmp_path / "doctor" / "batch.txt").read_text()
+
+
+def test_a_refused_recipe_leaves_no_report_folder(recipe_factory, tmp_path):
+    """The report folder was made before the family or its data were checked: an RL recipe, or a data file
+    that is missing, left an empty doctor/ folder behind."""
+    from nnrecipe.errors import UserError
+    from nnrecipe.recipe import validate_recipe
+
+    for recipe in (
+        validate_recipe({"task": "rl", "env": {"id": "CartPole-v1"}, "algo": "dqn"}),
+        recipe_factory("data.source=imagefolder", f"data.path={tmp_path / 'missing'}"),
+    ):
+        with pytest.raises(UserError):
+            run_doctor(recipe, tmp_path / "doctor")
+        assert not (tmp_path / "doctor").exists()

@@ -35,10 +35,10 @@ WHY = {
 
 def run_doctor(recipe, out_dir: Path) -> list[Check]:
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     family = get_family(recipe.task).require("doctor")
     plan = family.doctor(recipe)
+    out_dir.mkdir(parents=True, exist_ok=True)  # once the data loaded: a refused check left an empty folder
     subject = plan.subject
     budget = subject.budget
     data_steps = [lambda check=check: check(out_dir) for check in plan.data_checks]
