@@ -160,6 +160,80 @@ class ReplayBuffer:
             self.size, self.pos = n, int(data["pos"]) % self.capacity
 
 
+class DQNLearner:
+    """What DQN learns with: the online Q-network, its target network, Adam, and with `dqn.average` the
+    averaged copy the run answers with (evaluated, kept, returned as final)."""
+
+    def __init__(self, space: gym.Space, n_actions: int, cfg, gamma: float, device: torch.device):
+        self.cfg, self.gamma, self.device = cfg, gamma, device
+        self.q_net = QNetwork(space.shape, n_actions, cfg.hidden).to(device)
+        self.target = copy.deepcopy(self.q_net)
+        # fused: one kernel for the whole Adam update instead of a loop over parameters (CPU and CUDA)
+        self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=cfg.lr, fused=True)
+        self.params = list(self.q_net.parameters())  # module.parameters() walks the module tree on every call
+        self.averaged = copy.deepcopy(self.q_net) if cfg.average else None
+        self.averaged_params = list(self.averaged.parameters()) if self.averaged is not None else []
+        self.answer = self.averaged if self.averaged is not None else self.q_net
+        self.gradient_steps = 0
+
+    def state(self) -> dict:
+        return {
+            "gradient_steps": self.gradient_steps,
+            "q": self.q_net.state_dict(),
+            **({"averaged": self.averaged.state_dict()} if self.averaged is not None else {}),
+            "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load(self, state: dict) -> None:
+        self.q_net.load_state_dict(state["q"])
+        if self.averaged is not None:
+            self.averaged.load_state_dict(state["averaged"])
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gradient_steps = state["gradient_steps"]
+
+    def learn(self, buffer: ReplayBuffer, step: int) -> None:
+        """One training phase of `cfg.gradient_steps` updates on batches from the replay buffer."""
+        cfg, gamma, q_net = self.cfg, self.gamma, self.q_net
+        if cfg.lr_end is not None:
+            self.optimizer.param_groups[0]["lr"] = cfg.lr + (cfg.lr_end - cfg.lr) * step / cfg.total_steps
+        # The target net only changes between environment steps, so it is constant for the whole
+        # phase: draw every batch of the phase at once and value all next states in one pass.
+        obs_all, act_all, rew_all, next_all, term_all = buffer.sample((cfg.gradient_steps, cfg.batch_size), self.device)
+        with torch.no_grad():
+            target_q_all = self.target(next_all.flatten(0, 1)).unflatten(0, next_all.shape[:2])
+            if not cfg.double:  # no bootstrap past termination
+                y_all = rew_all + gamma * target_q_all.max(-1).values * (1.0 - term_all)
+        for g in range(cfg.gradient_steps):
+            if cfg.double:  # the online net (changing every step) chooses, the target net values
+                with torch.no_grad():
+                    next_a = q_net(next_all[g]).argmax(1, keepdim=True)
+                    y = rew_all[g] + gamma * target_q_all[g].gather(1, next_a).squeeze(1) * (1.0 - term_all[g])
+            else:
+                y = y_all[g]
+            q = q_net(obs_all[g]).gather(1, act_all[g].unsqueeze(1)).squeeze(1)
+            loss = F.smooth_l1_loss(q, y)  # Huber
+            for p in self.params:  # optimizer.zero_grad's bookkeeping costs more than this loop
+                p.grad = None
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
+            self.optimizer.step()
+            if self.averaged is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(self.averaged_params, self.params, 1.0 - cfg.average)
+            self.gradient_steps += 1
+
+    def update_target(self, step: int) -> None:
+        """Every `target_update` environment steps (as in CleanRL and SB3): a hard copy with tau = 1, a
+        Polyak step towards the online net otherwise."""
+        cfg = self.cfg
+        if step // cfg.target_update != (step + cfg.num_envs) // cfg.target_update:
+            with torch.no_grad():
+                for t, p in zip(self.target.parameters(), self.q_net.parameters()):
+                    t.lerp_(p, cfg.tau)
+
+
 @flush_denormals()
 def train_dqn(
     make_env: Callable[[], gym.Env],
@@ -183,29 +257,18 @@ def train_dqn(
     envs = SeededEpisodes(make_env, cfg.num_envs, seed, cfg.vector, resume and resume["envs"])
     space = envs.single_observation_space
     n_actions = int(envs.single_action_space.n)
-    q_net = QNetwork(space.shape, n_actions, cfg.hidden).to(device)
-    target = copy.deepcopy(q_net)
-    # fused: one kernel for the whole Adam update instead of a loop over parameters (CPU and CUDA)
-    optimizer = torch.optim.Adam(q_net.parameters(), lr=cfg.lr, fused=True)
-    params = list(q_net.parameters())  # module.parameters() walks the module tree on every call
-    # dqn.average: the network the run answers with is an average of the online one over recent steps
-    averaged = copy.deepcopy(q_net) if cfg.average else None
-    averaged_params = list(averaged.parameters()) if averaged is not None else []
+    learner = DQNLearner(space, n_actions, cfg, gamma, device)
     buffer = ReplayBuffer(cfg.buffer_size, space.shape, space.dtype, rng)
-    first, grad_steps, recent = 0, 0, []
+    first, recent = 0, []
     if resume:
-        q_net.load_state_dict(resume["q"])
-        if averaged is not None:
-            averaged.load_state_dict(resume["averaged"])
-        target.load_state_dict(resume["target"])
-        optimizer.load_state_dict(resume["optimizer"])
+        learner.load(resume)
         restore_rng(rng, resume["rng"])
-        first, grad_steps, recent = resume["step"], resume["gradient_steps"], list(resume["recent"])
+        first, recent = resume["step"], list(resume["recent"])
         if resume.get("buffer") is not None:
             buffer.load(resume["buffer"])
-    answer = averaged if averaged is not None else q_net  # what is evaluated, kept and returned
+    answer = learner.answer
     best = BestNetwork(answer, evaluate, cfg.eval_every, first, resume)
-    actor = actor_for(q_net, device)
+    actor = actor_for(learner.q_net, device)
     obs = envs.reset()
     decay_steps = cfg.exploration_fraction * cfg.total_steps
 
@@ -222,50 +285,18 @@ def train_dqn(
         recent += [ret for _, ret, _ in finished]
         obs = obs_after
 
-        # ALGO LOGIC: training phase
+        # ALGO LOGIC: a training phase every `train_freq` steps once the buffer holds enough, then the target
         warm = buffer.size >= max(cfg.learning_starts, cfg.batch_size)  # also after a resume's empty buffer
         if warm and (step // cfg.num_envs) % max(1, cfg.train_freq // cfg.num_envs) == 0:
-            if cfg.lr_end is not None:
-                optimizer.param_groups[0]["lr"] = cfg.lr + (cfg.lr_end - cfg.lr) * step / cfg.total_steps
-            # The target net only changes between environment steps, so it is constant for the whole
-            # phase: draw every batch of the phase at once and value all next states in one pass.
-            obs_all, act_all, rew_all, next_all, term_all = buffer.sample((cfg.gradient_steps, cfg.batch_size), device)
-            with torch.no_grad():
-                target_q_all = target(next_all.flatten(0, 1)).unflatten(0, next_all.shape[:2])
-                if not cfg.double:  # no bootstrap past termination
-                    y_all = rew_all + gamma * target_q_all.max(-1).values * (1.0 - term_all)
-            for g in range(cfg.gradient_steps):
-                b_obs, b_act = obs_all[g], act_all[g]
-                if cfg.double:  # the online net (changing every step) chooses, the target net values
-                    with torch.no_grad():
-                        next_a = q_net(next_all[g]).argmax(1, keepdim=True)
-                        y = rew_all[g] + gamma * target_q_all[g].gather(1, next_a).squeeze(1) * (1.0 - term_all[g])
-                else:
-                    y = y_all[g]
-                q = q_net(b_obs).gather(1, b_act.unsqueeze(1)).squeeze(1)
-                loss = F.smooth_l1_loss(q, y)  # Huber
-                for p in params:  # optimizer.zero_grad's bookkeeping costs more than this loop
-                    p.grad = None
-                loss.backward()
-                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
-                optimizer.step()
-                if averaged is not None:
-                    with torch.no_grad():
-                        torch._foreach_lerp_(averaged_params, params, 1.0 - cfg.average)
-                grad_steps += 1
-            actor = actor_for(q_net, device)
-
-        # ALGO LOGIC: target network, every `target_update` environment steps (as in CleanRL and SB3):
-        # a hard copy with tau = 1, a Polyak step towards the online net otherwise.
-        if step // cfg.target_update != (step + cfg.num_envs) // cfg.target_update:
-            with torch.no_grad():
-                for t, p in zip(target.parameters(), q_net.parameters()):
-                    t.lerp_(p, cfg.tau)
+            learner.learn(buffer, step)
+            actor = actor_for(learner.q_net, device)
+        learner.update_target(step)
 
         # TRY NOT TO MODIFY: periodic greedy evaluation, logging, checkpoint
         done_steps = step + cfg.num_envs
         if best.due(done_steps, cfg.total_steps):
-            eval_return = best.evaluate(done_steps, answer, actor if averaged is None else actor_for(averaged, device))
+            greedy = actor if learner.averaged is None else actor_for(learner.averaged, device)
+            eval_return = best.evaluate(done_steps, answer, greedy)
             if on_log is not None:
                 on_log(
                     {
@@ -273,7 +304,7 @@ def train_dqn(
                         "eval_return": eval_return,
                         "train_return": float(np.mean(recent)) if recent else None,
                         "epsilon": eps,
-                        "gradient_steps": grad_steps,
+                        "gradient_steps": learner.gradient_steps,
                         "steps_per_s": best.steps_per_s(done_steps),
                     }
                 )
@@ -282,11 +313,7 @@ def train_dqn(
                 on_checkpoint(
                     {
                         "step": done_steps,
-                        "gradient_steps": grad_steps,
-                        "q": q_net.state_dict(),
-                        **({"averaged": averaged.state_dict()} if averaged is not None else {}),
-                        "target": target.state_dict(),
-                        "optimizer": optimizer.state_dict(),
+                        **learner.state(),
                         "envs": envs.state(),
                         "rng": rng_state(rng),
                         "recent": recent,
