@@ -114,6 +114,70 @@ def stacked(steps: list, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(np.stack(steps), device=device)
 
 
+def collect_rollout(
+    net: ActorCritic, envs, obs: np.ndarray, cfg, gamma: float, device: torch.device, rng: np.random.Generator,
+    scale: ReturnScale | None, bounds: tuple[np.ndarray, np.ndarray],
+) -> tuple[dict[str, list], np.ndarray, list[float]]:  # fmt: skip
+    """`cfg.num_steps` steps of every environment under the current policy: the rollout (per step: inputs,
+    actions, log-probabilities, values, rewards, dones), the observation after it, and the returns of the
+    episodes that finished."""
+    rollout: dict[str, list] = {k: [] for k in ("obs", "actions", "log_probs", "values", "rewards", "dones")}
+    sampler = NumpyActorCritic(net) if NumpyActorCritic.fits(net, device) else None
+    returns: list[float] = []
+    for _ in range(cfg.num_steps):
+        if sampler is not None:  # MLPs on the CPU: a NumPy forward pass and draw per step
+            x = np.asarray(obs, np.float32)
+            action, log_prob, value = sampler.sample(x, rng)
+            act = action
+        else:
+            with torch.no_grad():
+                x = obs_tensor(obs, device)
+                dist, value = net.distribution_and_value(x)
+                action = dist.sample()
+                log_prob = net.log_prob(dist, action)
+            act = action.cpu().numpy()
+        for key, v in (("obs", x), ("actions", action), ("log_probs", log_prob), ("values", value)):
+            rollout[key].append(v)
+        obs, rewards, terminated, truncated, final_obs, finished = envs.step(
+            np.clip(act, *bounds) if net.continuous else act
+        )
+        done = terminated | truncated
+        returns += [ret for _, ret, _ in finished]
+        if scale is not None:
+            rewards = scale(rewards, done)
+        cut = truncated & ~terminated
+        if cut.any():  # a time limit: bootstrap from the value of where the episode was cut
+            if sampler is not None:
+                tail = sampler.value(np.asarray(final_obs[cut], np.float32))
+            else:
+                with torch.no_grad():
+                    tail = net.value(obs_tensor(final_obs[cut], device)).cpu().numpy()
+            rewards = rewards.astype(np.float64)
+            rewards[cut] += gamma * tail
+        rollout["rewards"].append(np.asarray(rewards, np.float32))
+        rollout["dones"].append(done.astype(np.float32))
+    return rollout, obs, returns
+
+
+def rollout_batch(
+    net: ActorCritic, rollout: dict[str, list], obs: np.ndarray, cfg, gamma: float, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """The rollout as one flat batch with its GAE advantages and returns (bootstrapped from the value of
+    the observation after it)."""
+    with torch.no_grad():
+        last_value = net.value(obs_tensor(obs, device))
+    r = {k: stacked(v, device) for k, v in rollout.items()}
+    advantages, returns = gae(r["rewards"], r["values"], r["dones"], last_value, gamma, cfg.gae_lambda)
+    return {
+        "obs": r["obs"].flatten(0, 1),
+        "actions": r["actions"].flatten(0, 1),
+        "log_probs": r["log_probs"].flatten(),
+        "values": r["values"].flatten(),
+        "advantages": advantages.flatten(),
+        "returns": returns.flatten(),
+    }
+
+
 @flush_denormals()
 def train_ppo(
     make_env: Callable,
@@ -152,56 +216,13 @@ def train_ppo(
         left = 1.0 - update / updates
         if cfg.anneal_lr:
             optimizer.param_groups[0]["lr"] = cfg.lr * left
-        rollout = {k: [] for k in ("obs", "actions", "log_probs", "values", "rewards", "dones")}
-        sampler = NumpyActorCritic(net) if NumpyActorCritic.fits(net, device) else None
-        for _ in range(cfg.num_steps):
-            if sampler is not None:  # MLPs on the CPU: a NumPy forward pass and draw per step
-                x = np.asarray(obs, np.float32)
-                action, log_prob, value = sampler.sample(x, rng)
-                act = action
-            else:
-                with torch.no_grad():
-                    x = obs_tensor(obs, device)
-                    dist, value = net.distribution_and_value(x)
-                    action = dist.sample()
-                    log_prob = net.log_prob(dist, action)
-                act = action.cpu().numpy()
-            for key, v in (("obs", x), ("actions", action), ("log_probs", log_prob), ("values", value)):
-                rollout[key].append(v)
-            obs, rewards, terminated, truncated, final_obs, finished = envs.step(
-                np.clip(act, low, high) if net.continuous else act
-            )
-            done = terminated | truncated
-            recent += [ret for _, ret, _ in finished]
-            if scale is not None:
-                rewards = scale(rewards, done)
-            cut = truncated & ~terminated
-            if cut.any():  # a time limit: bootstrap from the value of where the episode was cut
-                if sampler is not None:
-                    tail = sampler.value(np.asarray(final_obs[cut], np.float32))
-                else:
-                    with torch.no_grad():
-                        tail = net.value(obs_tensor(final_obs[cut], device)).cpu().numpy()
-                rewards = rewards.astype(np.float64)
-                rewards[cut] += gamma * tail
-            rollout["rewards"].append(np.asarray(rewards, np.float32))
-            rollout["dones"].append(done.astype(np.float32))
+        rollout, obs, returns = collect_rollout(net, envs, obs, cfg, gamma, device, rng, scale, (low, high))
+        recent += returns
         step += batch_steps
         update += 1
 
         # ALGO LOGIC: advantages, then the clipped-objective epochs
-        with torch.no_grad():
-            last_value = net.value(obs_tensor(obs, device))
-        r = {k: stacked(v, device) for k, v in rollout.items()}
-        advantages, returns = gae(r["rewards"], r["values"], r["dones"], last_value, gamma, cfg.gae_lambda)
-        batch = {
-            "obs": r["obs"].flatten(0, 1),
-            "actions": r["actions"].flatten(0, 1),
-            "log_probs": r["log_probs"].flatten(),
-            "values": r["values"].flatten(),
-            "advantages": advantages.flatten(),
-            "returns": returns.flatten(),
-        }
+        batch = rollout_batch(net, rollout, obs, cfg, gamma, device)
         stats = ppo_update(net, optimizer, batch, cfg, cfg.clip * (left if cfg.anneal_clip else 1.0))
 
         # TRY NOT TO MODIFY: periodic greedy evaluation, logging, checkpoint
