@@ -29,17 +29,19 @@ def test_onnx_export_matches_pytorch_and_writes_a_card(trained_run):
     assert len(saved["sha256"]["artefact"]) == 64 and (trained_run.dir / "export" / "model.onnx.card.md").is_file()
 
 
-def test_int8_static_quantization_keeps_accuracy_and_reports_the_change(trained_run):
+def test_int8_static_quantization_keeps_accuracy_and_reports_the_change(trained_run, caplog):
     card = export.export_run(trained_run, "onnx", quantize="int8")
+    assert "pre-process" not in caplog.text  # ONNX Runtime's advice on the root logger, on every export
     c = card["checks"]
     assert c["method"] == "static QDQ per-channel"
     assert abs(c["accuracy_change"]) <= 0.03 and c["accuracy_int8"] > 0.9
     assert c["size_int8_mb"] < c["size_fp32_mb"] / 2
 
 
-def test_torchscript_export_matches_pytorch(trained_run):
+def test_torchscript_export_matches_pytorch(trained_run, recwarn):
     card = export.export_run(trained_run, "torchscript")
     assert card["checks"]["max_abs_diff"] <= export.ATOL
+    assert not [str(w.message) for w in recwarn if "torch.jit" in str(w.message)]  # deprecation notices
 
 
 def test_a_mismatching_export_is_refused_and_leaves_no_artefact(trained_run, tmp_path, monkeypatch):

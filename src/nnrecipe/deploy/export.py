@@ -5,7 +5,11 @@ inputs before it is kept, optionally int8, with a model card. The family supplie
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +88,7 @@ def _export_logits(
     out = artefact_path(out, run.dir / "export" / f"model{suffix}")
     checks: dict[str, Any] = {"validation_examples": sum(len(t) for t in subject.targets)}
     if fmt == "torchscript":
-        with staged(out) as tmp:
+        with staged(out) as tmp, quiet():  # the parity check below is what tells whether the trace holds
             torch.jit.trace(subject.model, subject.args(subject.batches[0])).save(str(tmp))
             loaded = torch.jit.load(str(tmp))
             with torch.no_grad():
@@ -100,7 +104,7 @@ def _export_logits(
                 subject, reference, lambda b: onnx_outputs(tmp, b["input"] if single else b), "ONNX"
             )
         if quantize:
-            with staged(out) as tmp:
+            with staged(out) as tmp, quiet():
                 checks |= _quantize(fp32, tmp, subject)
     card = model_card(
         run,
@@ -120,10 +124,22 @@ def _export_logits(
     return card
 
 
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Without the notices tracing and quantising print on every export: TorchScript's deprecation
+    (torch 2.14 still ships it), the tracer's "might not generalize" (the parity check measures that), and
+    ONNX Runtime's root-logger advice to pre-process (its shape inference; the accuracy change is measured)."""
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def _export_onnx(subject: LogitsExport, path: Path) -> None:
     if subject.exporter == "torchscript":
-        import warnings
-
         output = {i: d for i, d in enumerate(subject.facts["output"]["shape"]) if isinstance(d, str)}
         with warnings.catch_warnings():  # its deprecation notice; it ships in torch 2.14 and Optimum still uses it
             warnings.simplefilter("ignore")
