@@ -82,6 +82,24 @@ def test_compare_shows_metrics_the_recipe_difference_and_overlaid_curves(many, t
         with pytest.raises(UserError, match=f"--out {bad}: the curves are a PNG; give a file name ending in .png"):
             cli("compare", many / "a", many / "b", "--out", bad)
     assert not list(tmp_path.parent.glob("*.png")) and not (tmp_path / "cmp.txt").exists()
+    # Long values are cut in their cell (a description stretched every column to its length).
+    long = "a description that runs on well past the forty characters a cell shows"
+    fake_run(many, "e", 0.5)
+    for name, text in (("a", "short"), ("e", long)):
+        recipe = yaml.safe_load((many / name / "recipe.yaml").read_text()) | {"description": text}
+        (many / name / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    res = cli("compare", many / "a", many / "e", "--out", out)
+    assert f"{long[:39]}…" in res.output and long not in res.output
+
+
+def test_compare_refuses_runs_of_different_tasks(many, tmp_path):
+    """An image run beside a text run listed every field of both families as a difference, and no metric."""
+    other = fake_run(many, "text", 0.8)
+    meta = json.loads((other / "run.json").read_text()) | {"task": "text_classification"}
+    (other / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=r"different tasks \(image_classification, text_classification\)"):
+        cli("compare", many / "a", other, "--out", tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_clean_keeps_the_best_and_every_unfinished_run(many, tmp_path):

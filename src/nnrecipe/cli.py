@@ -734,11 +734,20 @@ def compare(
         for name in names:
             table.add_column(name, justify="right")
         for key, values in rows.items():
-            table.add_row(key, *["-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in values])
+            table.add_row(key, *[_cell(v) for v in values])
         _print_table(table)
     if not result["recipe_differences"]:
         out.print("recipes: identical (track.* aside)")
     err.print(f"curves: {result['plot']}" if result["plot"] else "no learning curve is shared by all the runs")
+
+
+def _cell(value) -> str:
+    """A compared value in a table cell: numbers to 4 significant digits, long text cut (a recipe's
+    description stretched every column to its length)."""
+    if value is None:
+        return "-"
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 40 else f"{text[:39]}…"
 
 
 @app.command()

@@ -182,8 +182,11 @@ def compare(runs: list[Path], out: Path) -> dict[str, Any]:
         if not (Path(p) / "run.json").is_file():
             raise UserError(f"{p} is not a run directory (no run.json)")
         run_meta(p)  # a damaged one is named here, before anything is written
-    differences = recipe_differences([Path(p) for p in runs])
     rows = [describe(Path(p)) for p in runs]
+    tasks = sorted({r.task for r in rows})
+    if len(tasks) > 1:  # every field of two families differed: a page of rows and no shared metric
+        raise UserError(f"compare: the runs belong to different tasks ({', '.join(tasks)}); compare runs of one task")
+    differences = recipe_differences([Path(p) for p in runs])
     reports = [read_report(p) for p in runs]
     metrics: dict[str, list[Any]] = {}
     for i, report in enumerate(reports):
