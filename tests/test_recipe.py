@@ -213,3 +213,11 @@ def test_a_path_the_disk_refuses_is_one_line_and_other_os_errors_keep_their_trac
     monkeypatch.setattr(cli, "app", bug)
     with pytest.raises(OSError, match="socket"):
         cli.main()
+
+
+def test_a_value_no_member_of_a_union_takes_is_one_line_at_the_field():
+    """`data.stream: maybe` was two lines at made-up paths: data.stream.literal['auto'] and data.stream.bool."""
+    for task in ("image_classification", "text_classification", "token_classification"):
+        with pytest.raises(RecipeError) as e:
+            validate_recipe({"task": task, "data": {"stream": "maybe"}})
+        assert str(e.value) == "recipe error: data.stream: 'auto' or true or false (got 'maybe')"

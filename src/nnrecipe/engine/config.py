@@ -76,10 +76,37 @@ def validated(cls: type[S], raw: dict[str, Any], options: bool = False) -> S:
     try:
         return cls.model_validate(raw)
     except ValidationError as e:
-        lines = [explain(err, cls) for err in e.errors()]
+        lines = [explain(err, cls) for err in merged_unions(e.errors())]
         if options:
             lines = [re.sub(r"^recipe error: (\w+):", lambda m: f"--{m[1].replace('_', '-')}:", line) for line in lines]
         raise RecipeError("\n".join(lines)) from None
+
+
+UNION_BRANCH = re.compile(r"(literal\[.*\]|bool|int|float|str)")
+BRANCH_WORDS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text"}
+
+
+def merged_unions(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pydantic reports a value that fits no member of a union (`stream: auto | bool`) once per member,
+    each at the field's path plus the member's name (`data.stream.literal['auto']`, `data.stream.bool`):
+    those become one error at the field's own path listing what it takes."""
+    merged: list[dict[str, Any]] = []
+    unions: dict[tuple, dict[str, Any]] = {}
+    for err in errors:
+        loc = err["loc"]
+        if len(loc) < 2 or not isinstance(loc[-1], str) or not UNION_BRANCH.fullmatch(loc[-1]):
+            merged.append(err)
+            continue
+        if loc[:-1] not in unions:
+            unions[loc[:-1]] = {"loc": loc[:-1], "type": "union", "input": err.get("input"), "takes": []}
+            merged.append(unions[loc[:-1]])
+        takes = (
+            err.get("ctx", {}).get("expected")
+            if err["type"] == "literal_error"
+            else BRANCH_WORDS[loc[-1].split("[")[0]]
+        )
+        unions[loc[:-1]]["takes"].append(takes)
+    return merged
 
 
 def explain(err: dict[str, Any], root: type[BaseModel]) -> str:
@@ -94,6 +121,9 @@ def explain(err: dict[str, Any], root: type[BaseModel]) -> str:
         where = ".".join(parent) or "the recipe"
         line = f"recipe error: unknown field '{loc}' in {where}; allowed: {', '.join(allowed)}"
         return line + (f" (did you mean '{'.'.join([*parent, hint[0]])}'?)" if hint else "")
+    if kind == "union":
+        *most, last = err["takes"]
+        return f"recipe error: {loc}: {', '.join(most)}{' or ' if most else ''}{last} (got {got!r})"
     msg = err["msg"]
     if kind == "literal_error":
         allowed = err.get("ctx", {}).get("expected", "")
