@@ -377,3 +377,23 @@ def test_serve_numbers_that_cannot_work_are_refused_before_the_server_starts(tra
         assert message in str(res.exception)
     else:
         assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_an_address_the_server_cannot_listen_on_is_one_line_before_the_model_loads(trained_digits_run):
+    """A host that does not resolve or a port in use was uvicorn's ERROR line after start-up (exit 3)."""
+    import socket
+
+    from nnrecipe.deploy.serve import check_listen
+
+    with pytest.raises(UserError, match=r"--host 999.1.1.1: no such host or address \("):
+        check_listen("999.1.1.1", 8080)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError, match=rf"--host 127.0.0.1 --port {port}: cannot listen there \(Address already"):
+            check_listen("127.0.0.1", port)
+    check_listen("127.0.0.1", port)  # free again
+    onnx = trained_digits_run.dir / "missing.onnx"  # refused before the file is looked at: bf16 was ignored
+    with pytest.raises(UserError, match="--precision bf16: eager PyTorch only; an --onnx model runs in its exported"):
+        ServeConfig(run_dir=trained_digits_run.dir, insecure_no_auth=True, onnx=onnx, precision="bf16")

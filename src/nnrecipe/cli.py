@@ -450,7 +450,7 @@ def serve(
 
     import uvicorn
 
-    from nnrecipe.deploy.serve import ServeConfig, create_app, read_api_keys
+    from nnrecipe.deploy.serve import ServeConfig, check_listen, create_app, read_api_keys
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for flag, value in (("--max-body-mb", max_body_mb), ("--batch-wait-ms", batch_wait_ms),
@@ -477,6 +477,7 @@ def serve(
         rate_burst=rate_burst,
         public_docs=public_docs,
     )
+    check_listen(host, port)
     app_ = create_app(cfg)  # fails here, with one line, on a bad run, key or model
     if workers == 1:
         uvicorn.run(app_, host=host, port=port, timeout_graceful_shutdown=10)

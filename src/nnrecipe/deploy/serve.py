@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -70,6 +71,25 @@ class ServeConfig:
             raise UserError(
                 f"--batch-wait-ms {self.batch_wait_ms:g}: must be below the deadline (--deadline-s {self.deadline_s:g})"
             )
+        if self.onnx is not None and self.precision == "bf16":  # it was ignored: the graph runs as exported
+            raise UserError("--precision bf16: eager PyTorch only; an --onnx model runs in its exported numerics")
+
+
+def check_listen(host: str, port: int) -> None:
+    """One line, before the model loads, when the address cannot be listened on: a host that does not
+    resolve or a port in use was uvicorn's ERROR line after start-up, and exit status 3."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise UserError(
+            f"--host {host}: no such host or address ({getattr(e, 'strerror', None) or first_line(e)})"
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
 
 
 class GenerateRequest(BaseModel):
