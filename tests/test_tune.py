@@ -90,8 +90,10 @@ def test_a_diverging_trial_counts_as_pruned_not_failed(tmp_path):
 
 
 def test_bad_spaces_are_one_line_errors_before_any_trial(tmp_path):
-    with pytest.raises(RecipeError, match="did you mean 'optim.lr'"):
+    with pytest.raises(RecipeError) as typo:  # was "--param ...: 0.0001 is not a valid optim.lrr: recipe error: ..."
         plan(tmp_path, ["optim.lrr=loguniform(1e-4, 0.1)"], 2)
+    assert str(typo.value).startswith("tune optim.lrr=loguniform(0.0001, 0.1): unknown field 'optim.lrr' in optim")
+    assert "did you mean 'optim.lr'" in str(typo.value) and "not a valid" not in str(typo.value)
     with pytest.raises(RecipeError, match="a log scale needs bounds above 0"):
         parse_param("optim.lr=loguniform(0, 0.1)")
     with pytest.raises(RecipeError, match="low bound must be below"):

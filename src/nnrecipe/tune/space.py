@@ -144,5 +144,8 @@ def check_space(raw: dict[str, Any], space: list[Param]) -> None:
         for value in p.extremes():
             try:
                 validate_recipe(with_values(raw, {p.name: value}))
-            except RecipeError as e:
-                raise RecipeError(f"--param {p.describe()}: {value!r} is not a valid {p.name}: {e}") from None
+            except RecipeError as e:  # said "--param" for a --space entry, and "0 is not a valid" for a typo
+                problem = str(e).removeprefix("recipe error: ")
+                if problem.startswith("unknown field"):
+                    raise RecipeError(f"tune {p.describe()}: {problem}") from None
+                raise RecipeError(f"tune {p.describe()}: {value!r} is not a valid {p.name} ({problem})") from None
