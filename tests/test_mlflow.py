@@ -43,3 +43,20 @@ def test_mlflow_off_by_default_writes_no_store(tmp_path, monkeypatch):
     recipe = make_recipe(tmp_path / "runs", "train.epochs=1")
     get_family("image_classification").train(recipe, create_run(recipe, "digits"))
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_tracking_uri_mlflow_cannot_use_is_one_line_at_once(tmp_path):
+    """A server that does not answer kept the run waiting for MLflow's retries (minutes); an unknown scheme
+    was a traceback from inside MLflow."""
+    import socket
+
+    from nnrecipe.engine.mlflow_tracking import MlflowLogger
+    from nnrecipe.errors import UserError
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(UserError, match=rf"track.mlflow_uri {closed}: no server answers there \(Connection refused\)"):
+        MlflowLogger(tmp_path, closed, "nnrecipe", {})
+    with pytest.raises(UserError, match=r"track.mlflow_uri foo://bar: MLflow cannot log there \(.*unsupported URI"):
+        MlflowLogger(tmp_path, "foo://bar", "nnrecipe", {})

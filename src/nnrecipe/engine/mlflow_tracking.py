@@ -5,12 +5,16 @@ best weights as artefacts. Through `MlflowClient`, so no process-global "active 
 from __future__ import annotations
 
 import os
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from nnrecipe.engine.tracking import flatten
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, first_line
 
 ID_FILE = "mlflow_run_id"
 PARAM_CHUNK = 100  # MLflow's log_batch takes at most 100 params per call
@@ -27,7 +31,37 @@ def client_for(uri: str):
         # MLflow 3 keeps its file store in maintenance mode behind this switch; a folder is what the recipe
         # asked for (no server, no database). A server or sqlite URI gets MLflow's newer features.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    return MlflowClient(tracking_uri=resolved)
+    answers(uri)
+    with unusable(uri):
+        return MlflowClient(tracking_uri=resolved)
+
+
+def answers(uri: str, seconds: float = 5.0) -> None:
+    """A tracking server's port takes a connection within `seconds`: MLflow retries an unreachable
+    server with backoff for minutes before the run could start (or fail)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    try:
+        with socket.create_connection(
+            (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)), seconds
+        ):
+            pass
+    except OSError as e:
+        why = e.strerror or first_line(e)
+        raise UserError(f"track.mlflow_uri {uri}: no server answers there ({why}); start it or fix the URI") from None
+
+
+@contextmanager
+def unusable(uri: str) -> Iterator[None]:
+    """MLflow's own errors for a store it cannot use (an unknown scheme, a database it cannot open) as one
+    line naming the URI; they were tracebacks from inside MLflow and SQLAlchemy."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"track.mlflow_uri {uri}: MLflow cannot log there ({first_line(e)})") from None
 
 
 def tracking_uri(uri: str) -> str:
@@ -46,11 +80,12 @@ class MlflowLogger:
         if id_path.is_file():  # a resumed run goes on in its MLflow run
             self.run_id = id_path.read_text().strip()
             return
-        found = self.client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
-        run = self.client.create_run(
-            experiment_id, run_name=Path(run_dir).name, tags={"nnrecipe.run_dir": str(run_dir)}
-        )
+        with unusable(uri):  # the first contact with the store
+            found = self.client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            run = self.client.create_run(
+                experiment_id, run_name=Path(run_dir).name, tags={"nnrecipe.run_dir": str(run_dir)}
+            )
         self.run_id = run.info.run_id
         tmp = id_path.with_suffix(".tmp")
         tmp.write_text(self.run_id)
