@@ -221,3 +221,17 @@ def test_a_value_no_member_of_a_union_takes_is_one_line_at_the_field():
         with pytest.raises(RecipeError) as e:
             validate_recipe({"task": task, "data": {"stream": "maybe"}})
         assert str(e.value) == "recipe error: data.stream: 'auto' or true or false (got 'maybe')"
+
+
+def test_a_runs_recipe_keeps_paths_absolute_with_the_home_folder_expanded(tmp_path, monkeypatch):
+    """The run's copy of the recipe names its files absolutely; `~/tree` is the home folder's, as the data
+    loaders read it (made absolute as it stood, it became <current folder>/~/tree)."""
+    from nnrecipe.engine.config import with_absolute_paths
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    recipe = validate_recipe({"data": {"source": "imagefolder", "path": "~/tree"}, "model": {"init_from": "w.pt"},
+                              "track": {"runs_dir": "runs"}})  # fmt: skip
+    kept = with_absolute_paths(recipe)
+    assert kept.data.path == tmp_path / "home" / "tree" and kept.model.init_from == tmp_path / "w.pt"
+    assert kept.track.runs_dir == Path("runs") and recipe.data.path == Path("~/tree")  # the recipe itself unchanged

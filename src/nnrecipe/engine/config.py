@@ -50,7 +50,7 @@ def with_absolute_paths(section: S) -> S:
         if isinstance(value, Section):
             changes[name] = with_absolute_paths(value)
         elif isinstance(value, Path) and not value.is_absolute() and name != "runs_dir":
-            changes[name] = Path(os.path.abspath(value))
+            changes[name] = Path(os.path.abspath(value.expanduser()))  # ~/data is the home's, as loaders read it
     return section.model_copy(update=changes)
 
 
@@ -100,11 +100,12 @@ def merged_unions(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if loc[:-1] not in unions:
             unions[loc[:-1]] = {"loc": loc[:-1], "type": "union", "input": err.get("input"), "takes": []}
             merged.append(unions[loc[:-1]])
-        takes = (
-            err.get("ctx", {}).get("expected")
-            if err["type"] == "literal_error"
-            else BRANCH_WORDS[loc[-1].split("[")[0]]
-        )
+        if err["type"] == "literal_error":
+            takes = err.get("ctx", {}).get("expected")
+        elif err["type"].endswith(("_type", "_parsing")):  # not that kind of value at all
+            takes = BRANCH_WORDS[loc[-1]]
+        else:  # that kind, out of its range: "greater than or equal to 0"
+            takes = err["msg"].removeprefix("Input should be ")
         unions[loc[:-1]]["takes"].append(takes)
     return merged
 
