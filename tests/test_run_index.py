@@ -175,3 +175,22 @@ def test_a_run_finds_its_relative_data_and_map_files_from_any_folder(tmp_path, m
     for run in runs:
         run = open_run(work / run.dir)
         assert get_family(run.recipe().task).evaluate(run)
+
+
+def test_a_runs_time_is_until_it_ended_not_until_run_json_last_changed(many, tmp_path):
+    """`calibrate` (or `clean`) rewriting run.json a day later made the run's time a day long; a run now
+    stamps `ended`, and one without the stamp (running, or from before) still counts to run.json's time."""
+    from nnrecipe.runs import Run
+
+    run = Run(many / "a")
+    run.update_meta(status="running")
+    assert "ended" not in run.meta()
+    run.update_meta(status="finished")
+    ended = run.meta()["ended"]
+    (many / "a" / "run.json").write_text(json.dumps(run.meta() | {"created": "2026-12-01T10:00:00",
+                                                                    "ended": "2026-12-01T10:02:30"}))  # fmt: skip
+    run.update_meta(temperature=1.5)  # calibrated later: not an end
+    rows = {r.path.name: r for r in list_runs(many)}
+    assert rows["a"].seconds == 150 and ended
+    assert rows["d"].seconds > 150  # "running" since 2026-12-01, no end: to run.json's time
+    assert "1 run under" in cli("runs", many / "a").output

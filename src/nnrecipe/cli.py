@@ -696,7 +696,7 @@ def runs_table(
         for r in rows:
             out.print(json.dumps(r.as_dict()), markup=False, soft_wrap=True)
         return
-    table = Table(title=f"{len(rows)} runs under {folder}", box=None, header_style="bold")
+    table = Table(title=f"{len(rows)} run{'s' * (len(rows) != 1)} under {folder}", box=None, header_style="bold")
     for col in ("run", "task", "status", "metric", "value", "created", "time", "size"):
         table.add_column(col, justify="right" if col in ("value", "time", "size") else "left")
     for r in rows:

@@ -114,11 +114,13 @@ def describe(run_dir: Path) -> RunRow:
     value, split = reported_value(report, metric) if metric else (None, "")
     created = meta.get("created", "")
     seconds = None
-    if created:
+    if created:  # to when it ended (a later calibrate or clean rewrote run.json: its time was counted too)
         try:
             start = time.mktime(time.strptime(created, "%Y-%m-%dT%H:%M:%S"))
-            seconds = max(0.0, (run_dir / "run.json").stat().st_mtime - start)
-        except ValueError:
+            ended = meta.get("ended")
+            end = time.mktime(time.strptime(ended, "%Y-%m-%dT%H:%M:%S")) if ended else None
+            seconds = max(0.0, (end or (run_dir / "run.json").stat().st_mtime) - start)
+        except (ValueError, TypeError):
             pass
     return RunRow(
         run_dir,

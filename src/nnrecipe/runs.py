@@ -102,8 +102,11 @@ class Run:
             raise
 
     def update_meta(self, **values: Any) -> None:
+        """Merge `values` into run.json (atomically); a status that ends the run stamps when (`ended`)."""
         if not is_main_process():
             return
+        if values.get("status") not in (None, "created", "running"):
+            values["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         meta = self.meta() | values
         tmp = self.meta_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(meta, indent=2))
