@@ -57,7 +57,7 @@ def quadrant_shares(maps: torch.Tensor) -> list[float]:
 
 
 @pytest.mark.parametrize("method", ["gradcam", "ig", "occlusion", "saliency"])
-def test_the_maps_point_at_the_corner_that_carries_the_label(corner_run, method):
+def test_the_maps_point_at_the_corner_that_carries_the_label(corner_run, method, recwarn):
     run, tree = corner_run
     s = image.explain_subject(run)
     files = sorted(str(p) for p in (tree / "corner").glob("*.png"))[:20]
@@ -68,6 +68,7 @@ def test_the_maps_point_at_the_corner_that_carries_the_label(corner_run, method)
     # saliency 0.39 of it, the noise everywhere taking the rest), more than any other quadrant, the
     # uninformative square's included.
     assert shares[0] > 0.35 and shares[0] == max(shares), (method, shares)
+    assert not [str(w.message) for w in recwarn if "require gradients" in str(w.message)]  # Captum's, per call
 
 
 def test_pngs_are_written_and_bad_requests_are_named(corner_run, tmp_path):

@@ -52,7 +52,8 @@ def attribute(
     if method == "ig":
         a = IntegratedGradients(model).attribute(x, baselines=black.expand_as(x), target=target, n_steps=32)
     elif method == "saliency":
-        a = Saliency(model).attribute(x, target=target, abs=True)
+        # an input that asks for its gradient (Captum set it itself, with a warning on every call)
+        a = Saliency(model).attribute(x.detach().requires_grad_(), target=target, abs=True)
     elif method == "occlusion":
         size = x.shape[-1]
         window = max(2, size // 8)
