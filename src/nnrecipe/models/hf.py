@@ -3,6 +3,7 @@ method (LoRA, AdaLoRA, prefix tuning, IA3). Shared by text and token classificat
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +116,18 @@ def build(name: str, labels: list[str], finetune: str, opts: dict[str, Any] | No
         for p in model.base_model.parameters():
             p.requires_grad_(False)
     elif finetune != "full":
-        from peft import get_peft_model
-
-        model = get_peft_model(model, _peft_config(finetune, head, opts or {}))
+        model = with_peft(model, _peft_config(finetune, head, opts or {}))
     return model, tokenizer
+
+
+def with_peft(model: nn.Module, config: Any) -> nn.Module:
+    """peft's wrapper around `model`, without the FutureWarning its own check prints on every run (peft
+    reads `is_gradient_checkpointing`, which transformers 5 renamed)."""
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

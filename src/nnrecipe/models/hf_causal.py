@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from nnrecipe.errors import UserError
-from nnrecipe.models.hf import resolve
+from nnrecipe.models.hf import resolve, with_peft
 
 FINETUNE_MODES = ("full", "lora")
 
@@ -63,7 +63,7 @@ def load_causal_lm(name: str, finetune: str = "full", lora: dict[str, Any] | Non
             target_modules=lora.get("targets") or None,  # None: peft's defaults for the architecture
         )
         try:
-            model = peft.get_peft_model(model, config)
+            model = with_peft(model, config)
         except ValueError as e:
             raise UserError(f"model.lora_targets: {str(e).splitlines()[0]}") from None
     elif finetune != "full":
