@@ -65,11 +65,12 @@ def test_full_fine_tuning_learns_a_separable_set_and_reports(tmp_path):
     assert task.evaluate(run, data_path=str(tmp_path / "test.tsv"))["examples"] == 80
 
 
-def test_lora_trains_only_the_adapters_and_the_head(tmp_path, recwarn):
+def test_lora_trains_only_the_adapters_and_the_head(tmp_path, recwarn, capfd):
     recipe = text_recipe(tmp_path, "model.finetune=lora", "optim.lr=1e-3", "train.epochs=1")
     run = create_run(recipe, "lora")
     model, _ = build("minilm", ["neg", "pos"], "lora", {"r": 8, "alpha": 16, "dropout": 0.1})
     assert not [w for w in recwarn if "is_gradient_checkpointing" in str(w.message)]  # peft's, on every run
+    assert "Loading weights" not in capfd.readouterr().err  # transformers' bar, printed by predict too
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
     task.train(recipe, run)

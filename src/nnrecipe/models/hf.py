@@ -95,6 +95,7 @@ def build(name: str, labels: list[str], finetune: str, opts: dict[str, Any] | No
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a bar for reading 100 tensors from disk, on every verb
     path = resolve(name)
     auto = AutoModelForSequenceClassification if head == "sequence" else AutoModelForTokenClassification
     try:

@@ -44,6 +44,7 @@ def load_causal_lm(name: str, finetune: str = "full", lora: dict[str, Any] | Non
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a bar for reading 100 tensors from disk, on every verb
     path = resolve(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(path)

@@ -42,6 +42,7 @@ def load_encoder(name: str):
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a bar for reading 100 tensors from disk, on every verb
     path = resolve(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
