@@ -94,7 +94,8 @@ def test_temperature_scaling_lowers_ece_of_an_over_confident_model_everywhere(re
     torch.testing.assert_close(onnx, sharp_logits / result["temperature"], rtol=1e-4, atol=1e-4)
 
 
-def test_a_text_run_is_calibrated_through_the_hugging_face_logits(trained_text_run, tmp_path, monkeypatch):
+def test_a_text_run_is_calibrated_through_the_hugging_face_logits(trained_text_run, tmp_path, monkeypatch, capsys):
+    import dataclasses
     import shutil
 
     from nnrecipe.deploy.calibrate import calibrate_run
@@ -117,10 +118,17 @@ def test_a_text_run_is_calibrated_through_the_hugging_face_logits(trained_text_r
 
     monkeypatch.setattr(text, "probabilities", with_one_mistake)
     result = calibrate_run(run)
+    line = capsys.readouterr()
+    assert result["split"] == "test" and (line.out + line.err).count("ECE") == 2
     (after,) = text.predict(run, ["a wonderful film"])
     assert after["label"] == before["label"] and result["temperature"] != pytest.approx(1.0)
     assert (after["confidence"] < before["confidence"]) == (result["temperature"] > 1)
     assert run.meta()["temperature"] == pytest.approx(result["temperature"])
+    real_splits = text.splits  # a run reported on validation said "validation ECE a -> b; val ECE a -> b"
+    monkeypatch.setattr(text, "splits", lambda recipe: dataclasses.replace(real_splits(recipe), test=None))
+    assert calibrate_run(run)["split"] == "val"
+    line = capsys.readouterr()
+    assert (line.out + line.err).count("ECE") == 1
 
 
 def test_a_validation_split_without_mistakes_fits_no_temperature():

@@ -35,9 +35,10 @@ def calibrate_run(run: Run) -> dict[str, Any]:
         calibrated={"val_ece": val, "split": split, "ece_before": reported_before, "previous_temperature": before},
     )
     after = family.evaluate(run, split)["calibration"]["ece"]
+    reported = f"; {split} ECE {reported_before:.4f} -> {after:.4f}" if split != "val" else ""  # said twice
     console.print(
         f"temperature {before * t:.4g} (fitted on {len(labels)} validation examples): validation ECE "
-        f"{val['before']:.4f} -> {val['after']:.4f}; {split} ECE {reported_before:.4f} -> {after:.4f}"
+        f"{val['before']:.4f} -> {val['after']:.4f}{reported}"
     )
     return {
         "temperature": before * t,
