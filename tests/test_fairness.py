@@ -59,8 +59,16 @@ def test_an_image_run_is_grouped_by_its_files_and_bad_files_are_named(tmp_path):
     with pytest.raises(UserError, match="in 1 group\\(s\\); fairness compares two or more"):
         evaluate_fairness(run, "test", tmp_path / "one.csv")
     (tmp_path / "bad.csv").write_text("just-one-column\n")
-    with pytest.raises(UserError, match="expected `example,group` rows"):
+    with pytest.raises(UserError, match="line 1 has 1 field\\(s\\), not `example,group`"):
         evaluate_fairness(run, "test", tmp_path / "bad.csv")
+    # An unquoted comma in a text split it into a wrong example and group, silently; a header alone said
+    # "line 1 is not one", and a bad line after the header was numbered one too low.
+    (tmp_path / "comma.csv").write_text('example,group\n"a, quoted one",g1\na good, funny film,g2\n')
+    with pytest.raises(UserError, match="comma.csv: line 3 has 3 field\\(s\\).*in double quotes"):
+        evaluate_fairness(run, "test", tmp_path / "comma.csv")
+    (tmp_path / "header.csv").write_text("example,group\n")
+    with pytest.raises(UserError, match="header.csv: no `example,group` rows"):
+        evaluate_fairness(run, "test", tmp_path / "header.csv")
     with pytest.raises(UserError, match="--positive: one of this run's labels"):
         evaluate_fairness(run, "test", groups, positive="cat")
 

@@ -28,11 +28,19 @@ from nnrecipe.reporting.classification import MIN_GROUP_SUPPORT as MIN_SUPPORT
 def read_groups(path: Path) -> dict[str, str]:
     existing_file(path, "--groups: group file")
     rows = list(csv.reader(Path(path).read_text(encoding="utf-8").splitlines()))
+    first = 1
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["example", "group"]:
-        rows = rows[1:]
-    bad = next((i for i, r in enumerate(rows, start=1) if r and len(r) < 2), None)
-    if bad is not None or not rows:
-        raise UserError(f"--groups {path}: expected `example,group` rows (line {bad or 1} is not one)")
+        rows, first = rows[1:], 2
+    if not any(rows):  # a header alone was "line 1 is not one"
+        raise UserError(f"--groups {path}: no `example,group` rows")
+    # Three fields or more: a text with an unquoted comma, which was split into a wrong example and group.
+    bad = next(((i, r) for i, r in enumerate(rows, start=first) if r and len(r) != 2), None)
+    if bad is not None:
+        line, fields = bad
+        raise UserError(
+            f"--groups {path}: line {line} has {len(fields)} field(s), not `example,group`; put an example that "
+            "holds a comma in double quotes"
+        )
     return {r[0].strip(): r[1].strip() for r in rows if r}
 
 
