@@ -140,6 +140,15 @@ def test_broken_packed_sets_are_named_in_one_line(tmp_path, packed):
     (tmp_path / "a-file").write_text("not a folder")  # a traceback (FileExistsError) before
     with pytest.raises(UserError, match="a-file is a file; the packed set needs a folder"):
         pack_image_folder(tree, tmp_path / "a-file")
+    # The shards were written into any folder: one holding other files (a run), or a class folder of the tree.
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "report.md").write_text("a run's report")
+    with pytest.raises(UserError, match="busy holds other files; the packed set needs a new or empty folder"):
+        pack_image_folder(tree, tmp_path / "busy")
+    inside = next(p for p in tree.rglob("*") if p.is_dir())
+    with pytest.raises(UserError, match="is inside the image folder"):
+        pack_image_folder(tree, inside)
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["report.md"] and not list(tree.rglob("*.tar"))
     with pytest.raises(UserError, match="nosuchproto"):
         load_splits(recipe_for(tmp_path, "data.source=shards", "data.url=nosuchproto://x/y").data)
     for name, edit in (("version", {"version": 99}), ("escape", {"shards": ["../../outside.tar"]})):

@@ -153,6 +153,11 @@ def pack_image_folder(tree: Path, out: Path, shard_mb: float = 256.0, progress=N
         raise UserError(f"{out} is a file; the packed set needs a folder (a new one, or an empty one)")
     if (out / "shards.json").exists():
         raise UserError(f"{out} already holds a packed set; remove it or choose another folder")
+    # The shards went anywhere: into a run's folder, the current one, or a class folder of the tree itself.
+    if out.resolve().is_relative_to(tree.resolve()):
+        raise UserError(f"{out} is inside the image folder {tree}; write the packed set outside it")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{out} holds other files; the packed set needs a new or empty folder")
     parts = tree_parts(tree) or {"train": tree}
     train_root = parts.get("train", tree)
     classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
