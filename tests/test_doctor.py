@@ -167,6 +167,7 @@ def test_ner_recipe_passes_the_model_checks_and_its_copied_test_sentences_fail_t
 def test_a_refused_recipe_leaves_no_report_folder(recipe_factory, tmp_path):
     """The report folder was made before the family or its data were checked: an RL recipe, or a data file
     that is missing, left an empty doctor/ folder behind."""
+    from nnrecipe.doctor.run import check_report_folder
     from nnrecipe.errors import UserError
     from nnrecipe.recipe import validate_recipe
 
@@ -177,3 +178,12 @@ def test_a_refused_recipe_leaves_no_report_folder(recipe_factory, tmp_path):
         with pytest.raises(UserError):
             run_doctor(recipe, tmp_path / "doctor")
         assert not (tmp_path / "doctor").exists()
+    # --out runs/<run> replaced the run's own report; an earlier doctor's folder is written again.
+    run_folder = tmp_path / "run"
+    run_folder.mkdir()
+    (run_folder / "report.md").write_text("# Report: a run\n")
+    with pytest.raises(UserError, match="--out .*run: holds other files; give a new or empty folder"):
+        run_doctor(recipe_factory(), run_folder)
+    assert (run_folder / "report.md").read_text() == "# Report: a run\n"
+    (run_folder / "report.md").write_text("# nnrecipe doctor\n\nearlier\n")
+    check_report_folder(run_folder)

@@ -10,6 +10,7 @@ from pathlib import Path
 from nnrecipe.doctor import checks
 from nnrecipe.doctor.checks import FAIL, Check
 from nnrecipe.engine.loop import console
+from nnrecipe.errors import UserError
 from nnrecipe.tasks.family import get_family
 
 WHY = {
@@ -35,6 +36,7 @@ WHY = {
 
 def run_doctor(recipe, out_dir: Path) -> list[Check]:
     out_dir = Path(out_dir)
+    check_report_folder(out_dir)
     started = time.perf_counter()
     family = get_family(recipe.task).require("doctor")
     plan = family.doctor(recipe)
@@ -63,6 +65,16 @@ def run_doctor(recipe, out_dir: Path) -> list[Check]:
         console.print(f"{result.figure} ({result.seconds:.1f} s)", markup=False)
     write_report(results, out_dir, time.perf_counter() - started)
     return results
+
+
+def check_report_folder(out_dir: Path) -> None:
+    """--out is a new or empty folder, or one an earlier doctor wrote: `--out runs/<run>` replaced the run's
+    own report.json and report.md."""
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    report = out_dir / "report.md"
+    if not (report.is_file() and report.read_text(errors="replace").startswith("# nnrecipe doctor")):
+        raise UserError(f"--out {out_dir}: holds other files; give a new or empty folder, or an earlier doctor's")
 
 
 def write_report(results: list[Check], out_dir: Path, seconds: float) -> Path:
