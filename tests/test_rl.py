@@ -353,3 +353,17 @@ def test_play_options_are_checked_against_what_the_environment_draws():
     ):
         with pytest.raises(UserError, match=message):
             runner.check_play_options("CartPole-v1", modes, render, gif)
+
+
+def test_explain_on_an_rl_run_says_it_is_not_offered_before_asking_for_inputs(tmp_path):
+    """`explain runs/<rl run>` said "nothing to explain: give image files or texts", and made --out first."""
+    from typer.testing import CliRunner
+
+    from nnrecipe.cli import app
+
+    recipe = rl_recipe(tmp_path, env__id="gridmap", env__map="S.G\n", tabular__episodes=20)
+    run = _run(recipe)
+    runner.train(recipe, run)
+    with pytest.raises(UserError, match=r"rl: no explanations for rl runs \(offered for image_classification"):
+        CliRunner().invoke(app, ["explain", str(run.dir), "--out", str(tmp_path / "x")], catch_exceptions=False)
+    assert not (tmp_path / "x").exists()

@@ -331,13 +331,15 @@ def explain(
     per text (per predicted entity for NER) as HTML and markdown; --check tests whether the explanations
     depend on the model at all and find what it uses (runs/<run>/explain/report.md)."""
     from nnrecipe.runs import open_run
+    from nnrecipe.tasks.family import family_of
     from nnrecipe.trust.explain import explain_run
 
+    run = open_run(run_dir)
+    family_of(run).require("explain")  # before asking for inputs (an RL run was told to give image files)
     if not inputs and not check:
         raise UserError("nothing to explain: give image files or texts, or --check")
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    run = open_run(run_dir)
     methods = [m.strip() for m in method.split(",")] if method else None
     result = explain_run(run, list(inputs or []), methods, target, folder, check)
     for row in result["explanations"]:
