@@ -367,3 +367,5 @@ def test_explain_on_an_rl_run_says_it_is_not_offered_before_asking_for_inputs(tm
     with pytest.raises(UserError, match=r"rl: no explanations for rl runs \(offered for image_classification"):
         CliRunner().invoke(app, ["explain", str(run.dir), "--out", str(tmp_path / "x")], catch_exceptions=False)
     assert not (tmp_path / "x").exists()
+    with pytest.raises(UserError, match="--split test: an RL run has no data splits"):  # was ignored
+        CliRunner().invoke(app, ["evaluate", str(run.dir), "--split", "test"], catch_exceptions=False)

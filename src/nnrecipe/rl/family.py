@@ -46,4 +46,6 @@ class ReinforcementLearning(TaskFamily):
             raise UserError(
                 "--data: RL runs are evaluated in their environment; use --episodes with `nnrecipe rl evaluate`"
             )
+        if split is not None:  # it was ignored: the same greedy episodes were reported as the asked split
+            raise UserError(f"--split {split}: an RL run has no data splits; it is evaluated on its environment")
         return runner.evaluate(run, episodes=episodes)
