@@ -40,18 +40,24 @@ def trial_rows(study) -> list[dict[str, Any]]:
 
 def draw(study, folder: Path, metrics: list[str], maximize: bool) -> tuple[list[str], dict[str, str]]:
     """The plots Optuna can draw for this study (importances need two finished trials, ...)."""
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():  # the filters were set for the whole process
+        warnings.filterwarnings("ignore", category=ExperimentalWarning)
+        # matplotlib's complaints about a study's few points (no legend entries, equal axis limits) and the
+        # importance evaluator's about too few or too alike trials: noise in a log, on most small studies
+        warnings.filterwarnings("ignore", category=UserWarning, module="optuna")
+        return draw_plots(study, folder, metrics, maximize)
+
+
+def draw_plots(study, folder: Path, metrics: list[str], maximize: bool) -> tuple[list[str], dict[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import warnings
-
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as vis
-    from optuna.exceptions import ExperimentalWarning
-
-    warnings.filterwarnings("ignore", category=ExperimentalWarning)
-    # matplotlib's complaints about a study's few points (no legend entries, equal axis limits): noise in a log
-    warnings.filterwarnings("ignore", category=UserWarning, module="optuna.visualization")
 
     out, skipped = [], {}
     (folder / "plots").mkdir(exist_ok=True)
