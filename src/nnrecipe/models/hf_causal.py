@@ -54,6 +54,7 @@ def load_causal_lm(name: str, finetune: str = "full", lora: dict[str, Any] | Non
         ) from None
     if finetune == "lora":
         import peft
+        from transformers.pytorch_utils import Conv1D
 
         lora = lora or {}
         config = peft.LoraConfig(
@@ -62,6 +63,8 @@ def load_causal_lm(name: str, finetune: str = "full", lora: dict[str, Any] | Non
             lora_alpha=lora.get("alpha", 16),
             lora_dropout=lora.get("dropout", 0.0),
             target_modules=lora.get("targets") or None,  # None: peft's defaults for the architecture
+            # GPT-2's Conv1D stores its weight transposed: said so, not corrected by peft with a warning per layer
+            fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),
         )
         try:
             model = with_peft(model, config)
