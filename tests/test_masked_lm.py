@@ -45,7 +45,7 @@ def test_masking_is_drawn_from_seed_epoch_and_batch_and_spares_cls_and_sep(minil
     assert 0.7 < to_mask < 0.9  # 80% of the chosen tokens become [MASK]
 
 
-def test_whole_word_masking_masks_every_piece_of_a_word(minilm_tokenizer):
+def test_whole_word_masking_masks_every_piece_of_a_word(minilm_tokenizer, recwarn):
     tok = minilm_tokenizer
     text = "unbelievably tokenization " * 400
     loader = MaskedBlocks(
@@ -60,6 +60,8 @@ def test_whole_word_masking_masks_every_piece_of_a_word(minilm_tokenizer):
             for i in range(2, len(words) - 1):  # a continuation piece is chosen exactly when its word start is
                 if words[i].startswith("##"):
                     assert chosen[i] == chosen[i - 1], (words[i - 1 : i + 1], chosen[i - 1 : i + 1])
+            assert all(ids[labels != -100] == tok.mask_token_id)  # every chosen piece becomes [MASK]
+    assert not [w for w in recwarn if "whole word masking" in str(w.message)]  # transformers', every run
 
 
 def test_minilm_pretrains_on_raw_text_and_its_folder_starts_a_classifier(tmp_path):

@@ -79,8 +79,9 @@ class MaskedBlocks:
         self.collator = DataCollatorForLanguageModeling(
             tokenizer,
             mlm_probability=masking.probability,
-            mask_replace_prob=masking.mask_replace,
-            random_replace_prob=masking.random_replace,
+            # whole words all become [MASK] (as documented); said here, not set by transformers with a warning
+            mask_replace_prob=1.0 if masking.whole_word else masking.mask_replace,
+            random_replace_prob=0.0 if masking.whole_word else masking.random_replace,
             whole_word_mask=masking.whole_word,
         )
         self.continues = torch.from_numpy(continuation_table(tokenizer)) if masking.whole_word else None
