@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import time
+import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -213,6 +215,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         log.warning(
             "serving WITHOUT authentication (--insecure-no-auth): anyone who can reach the port can use the model"
         )
+    # The server's own --max-image-pixels is read from each header; PIL's warning above its 89-megapixel
+    # guard logged a line (a traceback's worth) for every oversized request an attacker sent.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     started = time.perf_counter()
     run = open_run(cfg.run_dir)
     family = family_of(run)
