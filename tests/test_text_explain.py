@@ -147,6 +147,14 @@ def test_each_predicted_entity_is_explained_most_by_its_own_words(ner_run, tmp_p
     assert text[rows[0]["entity"]["start"] : rows[0]["entity"]["end"]] == "Maria Schmidt"
     nothing = explain_run(ner_run, ["again and again ."], ["ig"], out=tmp_path)
     assert nothing["explanations"] == []
+    # The command line said nothing at all for such a text (only the markdown file did).
+    from typer.testing import CliRunner
+
+    from nnrecipe.cli import app
+
+    res = CliRunner().invoke(app, ["explain", str(ner_run.dir), "again and again .", text, "--out", str(tmp_path)])
+    assert res.exit_code == 0 and "'again and again .': no entity predicted, nothing to explain" in res.output
+    assert "Maria Schmidt" in res.output and f"{text[:60]!r}: no entity" not in res.output
 
 
 def test_ner_checks_pass_and_deleting_an_entitys_attributed_words_loses_it_first(ner_run):
