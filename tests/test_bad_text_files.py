@@ -100,3 +100,22 @@ def test_a_folder_where_a_file_belongs_is_named_as_a_folder(tmp_path, read, what
         read(folder)
     with pytest.raises(UserError, match=rf"^{re.escape(what)} not found: .*missing.tsv$"):
         read(tmp_path / "missing.tsv")
+
+
+def test_a_missing_data_file_is_named_by_its_field(tmp_path):
+    """ "data file not found: data/conll2003/valid.txt" left the user to find which field held that path."""
+    from nnrecipe.recipe import validate_recipe
+    from nnrecipe.tasks.language_modeling import stream_splits
+    from nnrecipe.tasks.text_inputs import text_splits, token_splits
+
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\ngood\t1\nbad\t0\n")
+    text = validate_recipe({"task": "text_classification", "data": {"train": str(train), "val": "valid.tsv"}})
+    with pytest.raises(UserError, match="^data.val: file not found: valid.tsv$"):
+        text_splits(text.data)
+    ner = validate_recipe({"task": "token_classification", "data": {"train": str(train), "test": str(tmp_path)}})
+    with pytest.raises(UserError, match="^data.test: file is a folder, not a file: "):
+        token_splits(ner.data)
+    lm = validate_recipe({"task": "language_modeling", "data": {"train": str(tmp_path), "val": "v.txt"}})
+    with pytest.raises(UserError, match="^data.val: not found: v.txt$"):  # train may be a folder of .txt files
+        stream_splits(lm)

@@ -191,7 +191,7 @@ def test_text_recipes_name_the_missing_data_file(recipe, path, tmp_path):
     res = nnrecipe(
         "train", ROOT / "recipes" / f"{recipe}.yaml", "--set", f"track.runs_dir={tmp_path / 'runs'}", cwd=tmp_path
     )
-    assert res.returncode == 1 and f"data file not found: {path}" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 1 and f"data.train: file not found: {path}" in res.stderr and "Traceback" not in res.stderr
     # A failed start leaves no empty run directory for `runs` or a newest-run look-up to trip over.
     assert not any((tmp_path / "runs").glob("*")), list((tmp_path / "runs").glob("*"))
 

@@ -58,6 +58,19 @@ def existing_folder(path: str | Path, what: str, error: type[UserError] = UserEr
     return _existing(Path(path), what, error, folder=True)
 
 
+def existing_data_files(data, fields: tuple[str, ...] = ("train", "val", "test"), folders: bool = False) -> None:
+    """Each file a data section names (`folders`: or folder) exists, or one line naming its field: it was
+    "data file not found: data/conll2003/valid.txt", and which field held that path was left to find."""
+    for field in fields:
+        path = getattr(data, field, None)
+        if path is None:
+            continue
+        if not folders:
+            existing_file(path, f"data.{field}: file")
+        elif not Path(path).exists():
+            raise UserError(f"data.{field}: not found: {path}")
+
+
 def _existing(path: Path, what: str, error: type[UserError], folder: bool) -> Path:
     if path.is_file() if folder else path.is_dir():
         raise error(f"{what} is a {'file, not a folder' if folder else 'folder, not a file'}: {path}")

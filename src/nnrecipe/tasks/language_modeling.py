@@ -33,7 +33,7 @@ from nnrecipe.engine.checkpoint import load_weights
 from nnrecipe.engine.config import validated
 from nnrecipe.engine.loop import Callback, console
 from nnrecipe.engine.optim import build_optimizer
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, existing_data_files
 from nnrecipe.models.hf import parameter_counts, resolve
 from nnrecipe.models.hf_causal import load_causal_lm
 from nnrecipe.models.sequence import SequenceConfig, build_sequence_model, generate, no_decay_parameters
@@ -109,6 +109,7 @@ class SampleEveryEpoch(Callback):
 def stream_splits(recipe: LMRecipe) -> Splits:
     """The training text and the validation text (its own file, or the stream's last val_fraction)."""
     d = recipe.data
+    existing_data_files(d, ("train", "val"), folders=True)
     text = read_text(d.train, d.text_field)
     if not text.strip():
         raise UserError(f"data.train: {d.train} holds no text")

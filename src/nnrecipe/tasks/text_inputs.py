@@ -16,7 +16,7 @@ from nnrecipe.data.stream import prefetched
 from nnrecipe.data.text import StreamedTextLoader, TextLoader, TextSet, read_text_file
 from nnrecipe.data.tokens import Encoded, TokenSet, encode_words, read_token_file
 from nnrecipe.engine.loop import console
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, existing_data_files
 from nnrecipe.tasks.family import Splits
 from nnrecipe.tasks.text_recipes import SPLIT_MODES, TextData, TokenData
 
@@ -80,6 +80,7 @@ def streams(data: TextData | TokenData, path: Path, per_byte: int = MEMORY_PER_F
 
 def text_splits(data: TextData) -> Splits:
     """The data section's files; validation held out of train (stratified) when no file is given."""
+    existing_data_files(data)
     train = read_texts(data, data.train)
     if data.limit:
         train = train.subset(range(min(data.limit, len(train))))
@@ -199,6 +200,7 @@ def read_tokens(data: TokenData, path: Path) -> TokenSet:
 
 def token_splits(data: TokenData) -> Splits:
     """The data section's files; validation held out of train when no file is given."""
+    existing_data_files(data)
     train = read_tokens(data, data.train)
     if data.limit:
         train = train.subset(range(min(data.limit, len(train))))
