@@ -235,3 +235,16 @@ def test_a_runs_recipe_keeps_paths_absolute_with_the_home_folder_expanded(tmp_pa
     kept = with_absolute_paths(recipe)
     assert kept.data.path == tmp_path / "home" / "tree" and kept.model.init_from == tmp_path / "w.pt"
     assert kept.track.runs_dir == Path("runs") and recipe.data.path == Path("~/tree")  # the recipe itself unchanged
+
+
+def test_class_names_written_as_numbers_are_names_and_each_is_listed_once():
+    """`classes: [0, 1]` (folders 0/ and 1/, as YAML reads them) was "not a valid string"; a class listed
+    twice was accepted."""
+    image = validate_recipe({"data": {"source": "imagefolder", "path": "x", "classes": [0, 1]},
+                             "continual": {"stages": [[0, 1], [2, "3"]]}})  # fmt: skip
+    assert image.data.classes == ["0", "1"] and image.continual.stages == [["0", "1"], ["2", "3"]]
+    text = validate_recipe({"task": "text_classification", "data": {"classes": [1, 0]}})
+    assert text.data.classes == ["1", "0"]
+    for raw in ({"data": {"classes": [0, 0, 1]}}, {"task": "detection", "data": {"classes": ["a", "b", "a"]}}):
+        with pytest.raises(RecipeError, match=r"data.classes: listed more than once: (0|a) \(got"):
+            validate_recipe(raw)

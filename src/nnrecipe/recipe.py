@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
@@ -102,6 +102,8 @@ def reference_markdown() -> str:
 
 def _type_name(a: Any) -> str:
     origin, args = get_origin(a), get_args(a)
+    if origin is Annotated:  # a constrained type (ClassNames, Seed): the type it constrains
+        return _type_name(args[0])
     if origin is Literal:
         return " / ".join(str(x) for x in args)
     if origin in (Union, types.UnionType):

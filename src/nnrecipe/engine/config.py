@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from nnrecipe.errors import RecipeError
 
@@ -23,6 +23,23 @@ S = TypeVar("S", bound=BaseModel)
 # overflow traceback deep in torch's generator, negative ones in NumPy's.
 MAX_SEED = 2**32 - 1
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
+def _as_name(value: Any) -> Any:
+    # YAML reads `classes: [0, 1]` (folders 0/ and 1/) as numbers, which were refused as "not a valid string"
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _distinct(names: list[str]) -> list[str]:
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # a class listed twice got two head rows and split its examples between them
+        raise ValueError(f"listed more than once: {', '.join(twice)}")
+    return names
+
+
+# A class or label name as a recipe lists it; a list of them names each once.
+ClassName = Annotated[str, BeforeValidator(_as_name)]
+ClassNames = Annotated[list[ClassName], AfterValidator(_distinct)]
 
 
 def check_seed(seed: int | None, option: str = "--seed") -> int | None:

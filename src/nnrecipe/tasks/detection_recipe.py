@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from nnrecipe.engine.config import Section, Seed
+from nnrecipe.engine.config import ClassNames, Section, Seed
 from nnrecipe.tasks.sections import TrainedRecipe
 
 
@@ -31,7 +31,7 @@ class DetectionData(Section):
         description="Validation split, same form as train; null = data.yaml's val (yolo) or hold back val_fraction of train.",
     )
     test: str | None = Field(None, description="Test split; null = report on validation.")
-    classes: list[str] | None = Field(
+    classes: ClassNames | None = Field(
         None,
         description="Class names in label order; null = from data.yaml/classes.txt (yolo), the categories (coco) or the annotations (voc).",
     )

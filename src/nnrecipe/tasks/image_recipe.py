@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from nnrecipe.engine.config import Section, Seed
+from nnrecipe.engine.config import ClassName, ClassNames, Section, Seed
 from nnrecipe.models import check_model_name
 from nnrecipe.tasks.sections import ContinualBase, TrainedRecipe
 
@@ -102,7 +102,7 @@ class ImageData(Section):
         "auto",
         description="Streamed images: DataLoader worker processes decoding ahead; 0 = decoding in the training process (in its thread when the model computes on the CPU, by two threads ahead on a GPU); auto = 0 on up to 4 cores (measured faster on 2), else a quarter of the cores.",
     )
-    classes: list[str] | None = Field(
+    classes: ClassNames | None = Field(
         None,
         min_length=1,
         description="Keep only these classes (by name, e.g. ['0', '1']), numbered in this order; null = all. "
@@ -168,7 +168,7 @@ class Continual(ContinualBase):
         "batch, as Avalanche's Replay does; set it to train.batch_size for its default); null = the memory joins the "
         "new training data once (few batches' worth when the new data is large).",
     )
-    stages: list[list[str]] | None = Field(
+    stages: list[list[ClassName]] | None = Field(
         None,
         min_length=2,
         description="Class-incremental stages, e.g. [['0','1'], ['2','3']]: `train` runs one ordinary run per stage, "

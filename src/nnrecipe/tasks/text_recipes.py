@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from nnrecipe.engine.config import Section, Seed
+from nnrecipe.engine.config import ClassName, ClassNames, Section, Seed
 from nnrecipe.models.text_encoders import SCRATCH_MODELS
 from nnrecipe.tasks.sections import ContinualBase, FamilyRecipe, TrainedRecipe
 
@@ -65,7 +65,7 @@ class TextData(Section):
         return tuple(dict.fromkeys(c for c in named if c))
 
     limit: int | None = Field(None, gt=0, description="Use only the first N training rows.")
-    classes: list[str] | None = Field(
+    classes: ClassNames | None = Field(
         None,
         min_length=1,
         description="Keep only the rows of these labels (a continual stage's); splits are cut from the whole file "
@@ -135,7 +135,7 @@ class TextModel(Section):
 class TextContinual(ContinualBase):
     """Continual learning for text classifiers: new data for the same labels, or new labels (head rows added)."""
 
-    stages: list[list[str]] | None = Field(
+    stages: list[list[ClassName]] | None = Field(
         None,
         min_length=2,
         description="Class-incremental stages, label lists, e.g. [['World','Sports'], ['Business','Sci/Tech']]: one "
