@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, first_line
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -29,7 +29,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
-        raise UserError(f"model.init_from: cannot read weights from {path}: {e}") from None
+        # torch's refusal is a page about weights_only and how to turn it off (never, for a file from elsewhere)
+        why = "not tensors alone, or damaged" if "Weights only load failed" in str(e) else first_line(e)
+        raise UserError(f"model.init_from: cannot read weights from {path} ({why})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
