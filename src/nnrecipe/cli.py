@@ -354,9 +354,9 @@ def explain(
             about = f"entity {row['entity']['text']!r} ({row['target']})" if "entity" in row else row["target"]
             err.print(f"{row['text'][:60]!r}: {row['method']} for {about}, top words "
                       f"{', '.join(w['word'] for w in top)} -> {row['html']}", soft_wrap=True)  # fmt: skip
-    explained = {row.get("text") for row in result["explanations"]}
-    for text in [t for t in inputs or [] if not any("png" in r for r in result["explanations"])]:
-        if text not in explained:  # NER found no entity in it: only the markdown said so
+    if not any("png" in row for row in result["explanations"]):  # texts: NER may find no entity in one
+        explained = {row["text"] for row in result["explanations"]}
+        for text in [t for t in inputs or [] if t not in explained]:  # only the markdown said so
             err.print(f"{text[:60]!r}: no entity predicted, nothing to explain", soft_wrap=True)
     for name, c in result.get("checks", {}).items():
         r, d = c["randomisation"], c["deletion"]

@@ -58,6 +58,14 @@ def existing_folder(path: str | Path, what: str, error: type[UserError] = UserEr
     return _existing(Path(path), what, error, folder=True)
 
 
+def free_folder(path: Path, ours: Callable[[Path], bool] = lambda p: False) -> bool:
+    """Whether a verb may write its output folder at `path`: it does not exist, is empty, or `ours` says an
+    earlier run of the same verb wrote it. A folder holding other files is someone else's (a run's report,
+    the current folder, a class folder of a tree)."""
+    path = Path(path)
+    return not path.exists() or (path.is_dir() and (not any(path.iterdir()) or ours(path)))
+
+
 def existing_data_files(data, fields: tuple[str, ...] = ("train", "val", "test"), folders: bool = False) -> None:
     """Each file a data section names (`folders`: or folder) exists, or one line naming its field: it was
     "data file not found: data/conll2003/valid.txt", and which field held that path was left to find."""

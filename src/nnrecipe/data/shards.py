@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnrecipe.errors import UserError, existing_folder
+from nnrecipe.errors import UserError, existing_folder, free_folder
 
 FORMAT = "nnrecipe-shards"
 VERSION = 1
@@ -156,7 +156,7 @@ def pack_image_folder(tree: Path, out: Path, shard_mb: float = 256.0, progress=N
     # The shards went anywhere: into a run's folder, the current one, or a class folder of the tree itself.
     if out.resolve().is_relative_to(tree.resolve()):
         raise UserError(f"{out} is inside the image folder {tree}; write the packed set outside it")
-    if out.is_dir() and any(out.iterdir()):
+    if not free_folder(out):
         raise UserError(f"{out} holds other files; the packed set needs a new or empty folder")
     parts = tree_parts(tree) or {"train": tree}
     train_root = parts.get("train", tree)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, free_folder
 from nnrecipe.models.calibrated import uncalibrated
 from nnrecipe.models.hf import merged
 from nnrecipe.runs import Run
@@ -28,7 +28,7 @@ MARK = "nnrecipe-merge.json"  # in every folder a merge writes: what a later mer
 def replaceable(out: Path, default: Path) -> None:
     """A merge replaces its folder whole; refuse a folder it did not write (`--out .` removed the current
     folder once the merge had succeeded; a file there ended in a traceback)."""
-    if not out.exists() or out == default or (out.is_dir() and ((out / MARK).is_file() or not any(out.iterdir()))):
+    if out == default or free_folder(out, lambda folder: (folder / MARK).is_file()):
         return
     raise UserError(
         f"--out {out}: exists and is not a folder an earlier merge wrote; choose a new folder (nothing was changed)"

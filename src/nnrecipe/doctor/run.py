@@ -10,7 +10,7 @@ from pathlib import Path
 from nnrecipe.doctor import checks
 from nnrecipe.doctor.checks import FAIL, Check
 from nnrecipe.engine.loop import console
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, free_folder
 from nnrecipe.tasks.family import get_family
 
 WHY = {
@@ -70,10 +70,12 @@ def run_doctor(recipe, out_dir: Path) -> list[Check]:
 def check_report_folder(out_dir: Path) -> None:
     """--out is a new or empty folder, or one an earlier doctor wrote: `--out runs/<run>` replaced the run's
     own report.json and report.md."""
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        return
-    report = out_dir / "report.md"
-    if not (report.is_file() and report.read_text(errors="replace").startswith("# nnrecipe doctor")):
+
+    def doctors(folder: Path) -> bool:
+        report = folder / "report.md"
+        return report.is_file() and report.read_text(errors="replace").startswith("# nnrecipe doctor")
+
+    if not free_folder(out_dir, doctors):
         raise UserError(f"--out {out_dir}: holds other files; give a new or empty folder, or an earlier doctor's")
 
 
