@@ -289,3 +289,24 @@ def test_an_empty_prompt_starts_from_a_newline_or_a_space_the_vocabulary_has():
     assert prompt_ids(spaces, "ab") == spaces.encode("ab")
     with pytest.raises(UserError, match="the prompt is empty, and this vocabulary has no newline or space"):
         prompt_ids(neither, "")
+
+
+def test_cli_generate_prints_each_piece_as_it_is_drawn_and_ctrl_c_keeps_it(trained_gpt):
+    """`generate` printed nothing until the last token: a long --max-new-tokens sat silent for minutes.
+    Text now arrives while the model is still drawing, and Ctrl-C ends the line it printed."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    run, _ = trained_gpt
+    cmd = [sys.executable, "-m", "nnrecipe.cli", "generate", str(run.dir), "a stitch", "--max-new-tokens", "10000000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = b""
+    while len(seen) < 40 and select.select([proc.stdout], [], [], 180)[0]:  # a liveness bound, not a speed one
+        seen += os.read(proc.stdout.fileno(), 100)
+    proc.send_signal(signal.SIGINT)
+    rest, stderr = proc.communicate(timeout=60)
+    assert seen.startswith(b"a stitch") and len(seen) >= 40, (seen, stderr)
+    assert proc.returncode == 130 and (seen + rest).endswith(b"\n") and b"Traceback" not in stderr

@@ -256,26 +256,32 @@ def generate(
         False, "--no-cache", help="Recompute the whole context every step (slower; to compare)."
     ),
 ) -> None:
-    """Continue a prompt with a trained language model; prints the text, and tokens/s on stderr."""
+    """Continue a prompt with a trained language model; prints the text as it is drawn, and tokens/s on
+    stderr (Ctrl-C stops it and keeps what was printed)."""
     from nnrecipe.runs import open_run
     from nnrecipe.tasks.family import family_of
 
     run = open_run(run_dir)
-    result = (
-        family_of(run)
-        .require("generate")
-        .generate(
-            run,
-            prompt,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            use_cache=not no_cache,
-        )
-    )
-    out.print(result["prompt"] + result["text"], markup=False, soft_wrap=True)
+    family = family_of(run).require("generate")
+    printed = []  # the prompt, then each piece of text as its token is drawn
+
+    def show(piece: str) -> None:
+        if not printed:  # the options were accepted: the prompt first
+            printed.append(prompt)
+            sys.stdout.write(prompt)
+        printed.append(piece)
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    try:
+        result = family.generate(run, prompt, **options, use_cache=not no_cache, on_piece=show)
+    except KeyboardInterrupt:
+        if printed:  # end the line printed so far, before "aborted"
+            sys.stdout.write("\n")
+        raise
+    whole = result["prompt"] + result["text"]
+    sys.stdout.write(whole[len("".join(printed)) :] + "\n")  # a last partial character is held back by show
     err.print(
         f"{result['new_tokens']} tokens at {result['tokens_per_s']:,.0f} tokens/s" + (" (no cache)" if no_cache else "")
     )
