@@ -137,7 +137,8 @@ def resume(run_dir: Path = typer.Argument(..., help="The run directory to contin
     run = open_run(run_dir)
     status = run.meta().get("status")
     if status in ("finished", "early_stopped"):
-        raise UserError(f"{run_dir} already finished ({status}); nothing to resume")
+        how = "finished" if status == "finished" else "stopped early (its monitored metric stopped improving)"
+        raise UserError(f"{run_dir} already {how}; nothing to resume")
     if not run.last_checkpoint.is_file():
         raise UserError(f"{run_dir} has no checkpoint to resume from ({run.last_checkpoint} is missing)")
     result = family_of(run).train(run.recipe(), run, resume=True)
