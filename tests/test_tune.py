@@ -19,7 +19,7 @@ from nnrecipe.recipe import validate_recipe
 from nnrecipe.runs import Run
 from nnrecipe.tasks import get_family
 from nnrecipe.tune.space import parse_param
-from nnrecipe.tune.study import load_plan, new_plan, open_study, run_study, save_plan
+from nnrecipe.tune.study import job_shares, load_plan, new_plan, open_study, run_study, save_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {
@@ -183,6 +183,12 @@ def test_two_processes_on_one_storage_make_one_consistent_study(tmp_path):
     assert [t.number for t in trials] == [0, 1, 2, 3] and all(t.state.name == "COMPLETE" for t in trials)
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # two worker processes shared the work
     assert len({t.user_attrs["run"] for t in trials}) == 4
+
+
+def test_jobs_beyond_the_remaining_trials_share_the_cores_among_those_that_start():
+    assert job_shares(5, 2, 16) == ([3, 2], 8)
+    assert job_shares(2, 8, 16) == ([1, 1], 8)  # gave 2 threads each, 8 workers' worth of cores left idle
+    assert job_shares(3, 3, 2) == ([1, 1, 1], 1)
 
 
 def frozenlake_plan(tmp_path, param: str, trials: int):

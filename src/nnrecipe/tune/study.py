@@ -449,6 +449,13 @@ def trial_bar(plan: Plan, done: int):
         yield lambda n: bar.update(task, completed=min(n, plan.trials))
 
 
+def job_shares(remaining: int, jobs: int, cores: int) -> tuple[list[int], int]:
+    """The trials each worker process runs, and the threads each gets: no more workers than trials, so
+    the cores are shared among the workers that start (--jobs 8 for 2 trials gave each a quarter of 1/8)."""
+    workers = min(jobs, remaining)
+    return [remaining // workers + (i < remaining % workers) for i in range(workers)], max(1, cores // workers)
+
+
 def run_study(plan: Plan, folder: Path, jobs: int = 1, resume: bool = False) -> Any:
     """Run (or go on with) the study until `plan.trials` trials have finished (complete or pruned)."""
     if jobs < 1:
@@ -471,10 +478,9 @@ def run_study(plan: Plan, folder: Path, jobs: int = 1, resume: bool = False) -> 
     elif remaining > 0:
         import multiprocessing
 
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        quotas = [remaining // jobs + (i < remaining % jobs) for i in range(jobs)]
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=worker, args=(str(folder), q, threads)) for q in quotas if q]
+        quotas, threads = job_shares(remaining, jobs, os.cpu_count() or 1)
+        procs = [ctx.Process(target=worker, args=(str(folder), q, threads)) for q in quotas]
         for p in procs:
             p.start()
         with trial_bar(plan, finished(study)) as advance:
