@@ -90,6 +90,7 @@ def prune_run(run: Run, amount: float, structured: bool = False, finetune_epochs
     masks = apply_pruning(model, amount, structured, keep_whole)
     kind = "structured" if structured else "unstructured"
     name = f"{run.dir.name}-pruned{round(amount * 100)}{'-structured' if structured else ''}"
+    name += f"-ft{finetune_epochs}" if finetune_epochs else ""  # a fine-tuned prune replaced the plain one
     new.track.name = name
     new.track.runs_dir = run.dir.parent
     with replacing(run.dir.parent / name):  # a re-prune replaces the previous result, once it has succeeded
