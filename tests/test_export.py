@@ -51,11 +51,28 @@ def test_a_mismatching_export_is_refused_and_leaves_no_artefact(trained_run, tmp
         export.export_run(trained_run, "onnx", out=tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists() and not list(tmp_path.glob(".*tmp*"))
     (tmp_path / "good.onnx").write_bytes(b"an earlier export")  # a refused export deleted it
+    (tmp_path / "good.onnx.card.json").write_text("{}")
     with pytest.raises(export.ExportMismatch):
         export.export_run(trained_run, "onnx", out=tmp_path / "good.onnx")
     assert (tmp_path / "good.onnx").read_bytes() == b"an earlier export"
     with pytest.raises(UserError, match=r"--out .*: a folder; give the artefact's file name, e.g. .*model.onnx"):
         export.export_run(trained_run, "onnx", out=tmp_path)  # IsADirectoryError before
+
+
+def test_out_must_name_an_artefact_and_never_replaces_a_file_no_export_wrote(trained_run, tmp_path):
+    """`--out runs/<run>/checkpoints/best.safetensors` replaced the run's weights with the ONNX graph."""
+    weights = trained_run.best_checkpoint
+    before = weights.read_bytes()
+    with pytest.raises(UserError, match=r"best.safetensors: this artefact's name ends in .onnx, e.g. model.onnx"):
+        export.export_run(trained_run, "onnx", out=weights)
+    with pytest.raises(UserError, match=r"ends in .pt or .ts"):
+        export.export_run(trained_run, "torchscript", out=tmp_path / "m.onnx")
+    (tmp_path / "theirs.onnx").write_bytes(b"someone's model")
+    with pytest.raises(UserError, match=r"theirs.onnx: a file that no export wrote .* nothing replaced"):
+        export.export_run(trained_run, "onnx", out=tmp_path / "theirs.onnx")
+    assert weights.read_bytes() == before and (tmp_path / "theirs.onnx").read_bytes() == b"someone's model"
+    export.export_run(trained_run, "torchscript", out=tmp_path / "m.ts")
+    export.export_run(trained_run, "torchscript", out=tmp_path / "m.ts")  # its own earlier export: replaced
 
 
 def test_tasks_without_a_predictor_are_refused_in_one_line(tmp_path):

@@ -14,10 +14,18 @@ from nnrecipe.errors import UserError
 
 
 def artefact_path(out: Path | None, default: Path) -> Path:
-    """--out, or the run's default; a folder is refused (it ended in IsADirectoryError)."""
+    """--out, or the run's default. Refused: a folder (it ended in IsADirectoryError), a name without the
+    format's extension, and a file an earlier export did not write (`--out runs/<run>/checkpoints/
+    best.safetensors` replaced the run's weights with the ONNX graph)."""
     path = Path(out) if out else default
     if path.is_dir():
         raise UserError(f"--out {path}: a folder; give the artefact's file name, e.g. {path / default.name}")
+    endings = (".onnx",) if default.suffix == ".onnx" else (".pt", ".ts")
+    if path.suffix not in endings:
+        raise UserError(f"--out {path}: this artefact's name ends in {' or '.join(endings)}, e.g. {default.name}")
+    if path.exists() and not path.with_name(path.name + ".card.json").exists():
+        raise UserError(f"--out {path}: a file that no export wrote (no {path.name}.card.json beside it); "
+                        "nothing replaced: remove it or give another name")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
