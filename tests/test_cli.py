@@ -209,3 +209,29 @@ def test_ner_predict_and_merge_from_the_command_line(trained_ner_run, tmp_path):
     res = nnrecipe("merge", trained_ner_run.dir, "--out", tmp_path / "mine", cwd=tmp_path)  # it was rmtree'd
     assert res.returncode == 1 and "is not a folder an earlier merge wrote" in res.stderr, res.stderr
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_predict_out_never_replaces_an_input_or_a_file_of_the_run(tmp_path, trained_digits_run):
+    """`predict --file a.txt --out a.txt` replaced the texts with their predictions, and `--out
+    runs/<run>/run.json` the run's record."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from nnrecipe.cli import app
+    from nnrecipe.errors import UserError
+
+    image = tmp_path / "seven.png"
+    Image.new("L", (8, 8), 200).save(image)
+    meta = trained_digits_run.meta_path.read_bytes()
+
+    def predict(out: Path):
+        args = ["predict", str(trained_digits_run.dir), str(image), "--out", str(out)]
+        return CliRunner().invoke(app, args, catch_exceptions=False)
+
+    with pytest.raises(UserError, match="seven.png: one of the inputs; nothing written"):
+        predict(image)
+    with pytest.raises(UserError, match="run.json: a file of the run"):
+        predict(trained_digits_run.meta_path)
+    assert trained_digits_run.meta_path.read_bytes() == meta and Image.open(image).size == (8, 8)
+    assert predict(tmp_path / "p.jsonl").exit_code == 0
+    assert json.loads((tmp_path / "p.jsonl").read_text())["label"] in [str(i) for i in range(10)]

@@ -229,15 +229,32 @@ def predict(
         inputs += [line for line in read_utf8(file).splitlines() if line.strip()]
     if not inputs:
         raise UserError("nothing to predict: give inputs or --file")
+    if to is not None:
+        _check_predictions_file(to, [Path(p) for p in [*([file] if file else []), *inputs]], run.dir)
     rows = family.predict(run, inputs)
     if to is not None:
         to.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        err.print(f"wrote {len(rows)} predictions to {to}")
+        err.print(f"wrote {len(rows)} prediction{'s' if len(rows) != 1 else ''} to {to}")
     for row in rows:
         if as_json:
             out.print(json.dumps(row), soft_wrap=True)
         elif to is None:
             out.print(family.output.line(row), markup=False, soft_wrap=True)
+
+
+def _check_predictions_file(to: Path, sources: list[Path], run_dir: Path) -> None:
+    """predict --out: a file that is neither an input nor in an input folder (`--file a.txt --out a.txt`
+    replaced the texts with their predictions) nor one of the run's (`--out runs/<run>/run.json` broke it)."""
+    if to.is_dir():
+        raise UserError(f"--out {to}: a folder; give a file name, e.g. {to / 'predictions.jsonl'}")
+    if not to.exists():
+        return
+    target = to.resolve()
+    for source in (s.resolve() for s in sources if s.exists()):
+        if target == source or target.is_relative_to(source):
+            raise UserError(f"--out {to}: one of the inputs; nothing written: give another file name")
+    if target.is_relative_to(run_dir.resolve()):
+        raise UserError(f"--out {to}: a file of the run {run_dir}; nothing written: give another file name")
 
 
 @app.command()
