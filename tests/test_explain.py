@@ -103,6 +103,10 @@ def test_overlays_go_to_the_run_never_into_the_data_and_same_named_files_keep_ap
     assert all(p.parent == run.dir / "explain" and p.is_file() for p in pngs)
     folder_rows = explain_run(run, [str(twin.parent)], ["ig"])["explanations"]  # a folder: the images under it
     assert [r["file"] for r in folder_rows] == [str(twin)]
+    for out, where in [(tree, "among the inputs"), (first.parent, "among the inputs"), (run.dir, "inside the run")]:
+        with pytest.raises(UserError, match=f"--out .*: {where}"):  # --out put them there all the same
+            explain_run(run, [str(tree)] if out == tree else [str(first)], ["ig"], out=out)
+    assert sorted(tree.rglob("*")) == before and not list(run.dir.glob("*.png"))
 
 
 def test_checks_pass_for_real_maps_and_catch_an_explainer_that_ignores_the_model(corner_run):

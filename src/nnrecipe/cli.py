@@ -362,8 +362,6 @@ def explain(
     family_of(run).require("explain")  # before asking for inputs (an RL run was told to give image files)
     if not inputs and not check:
         raise UserError("nothing to explain: give image files or texts, or --check")
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
     methods = [m.strip() for m in method.split(",")] if method else None
     result = explain_run(run, list(inputs or []), methods, target, folder, check)
     for row in result["explanations"]:

@@ -158,6 +158,8 @@ def explain_run(
     from nnrecipe.tasks.family import TextExplainSubject, family_of
 
     s = family_of(run).require("explain").explain_subject(run)
+    if out is not None:
+        check_out_folder(Path(out), run.dir, [] if isinstance(s, TextExplainSubject) else inputs)
     if isinstance(s, TextExplainSubject):
         from nnrecipe.trust.text_explain import explain_texts
 
@@ -180,6 +182,19 @@ def explain_run(
     if check:
         result["checks"] = write_checks(run, s, methods, check_examples)
     return result
+
+
+def check_out_folder(out: Path, run_dir: Path, images: list[str]) -> None:
+    """--out is not a run's own folder (only its explain/), nor the folder of an input image, nor an input
+    folder or one inside it: its overlays would sit among the inputs, read as images by the next run there."""
+    target = out.resolve()
+    if target.is_relative_to(run_dir.resolve()) and not target.is_relative_to((run_dir / "explain").resolve()):
+        raise UserError(f"--out {out}: inside the run {run_dir}; leave --out out for {run_dir / 'explain'}")
+    for item in map(Path, images):
+        folder = item.resolve() if item.is_dir() else item.resolve().parent
+        if target.is_relative_to(folder) if item.is_dir() else target == folder:
+            raise UserError(f"--out {out}: among the inputs ({folder}); the overlays would be read as images next "
+                            "time: give a folder outside it")  # fmt: skip
 
 
 def distinct_stems(files: list[str]) -> list[str]:
