@@ -156,6 +156,8 @@ def test_kill_9_mid_study_then_resume_finishes_exactly_the_planned_trials(tmp_pa
     study = open_study(load_plan(folder), folder)
     rerun = [t for t in study.get_trials() if t.user_attrs.get("rerun_of") == 1]
     assert len(rerun) == 1 and rerun[0].params == study.trials[1].params  # the orphan's settings ran again
+    fresh = [t.params["optim.lr"] for t in study.trials if "rerun_of" not in t.user_attrs]
+    assert len(set(fresh)) == len(fresh) == 4  # the resumed process proposed trial 0's and 1's values again
 
 
 @pytest.mark.slow
@@ -183,6 +185,7 @@ def test_two_processes_on_one_storage_make_one_consistent_study(tmp_path):
     assert [t.number for t in trials] == [0, 1, 2, 3] and all(t.state.name == "COMPLETE" for t in trials)
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # two worker processes shared the work
     assert len({t.user_attrs["run"] for t in trials}) == 4
+    assert len({t.params["optim.lr"] for t in trials}) == 4  # both workers proposed the same values in turn
 
 
 def test_jobs_beyond_the_remaining_trials_share_the_cores_among_those_that_start():

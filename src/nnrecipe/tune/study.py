@@ -154,22 +154,28 @@ def as_list(value: str | list[str] | None) -> list[str]:
 
 
 def make_sampler(plan: Plan):
+    """The plan's sampler, seeded per trial (tune/seeding.py: one seed per process made every worker, and
+    every --resume, propose the same parameters again)."""
     import optuna
 
-    if plan.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=plan.seed)
-    if plan.sampler == "grid":
-        grid = {p.name: p.choices or list(range(p.low, p.high + 1, p.step or 1)) for p in plan.params()}
-        return optuna.samplers.GridSampler(grid, seed=plan.seed)
-    if plan.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=plan.seed, population_size=max(4, min(50, plan.trials // 4)))
+    from nnrecipe.tune.seeding import PerTrialSeed
+
     if plan.sampler == "cmaes":
         try:
             import cmaes  # noqa: F401  (Optuna's CMA-ES sampler needs it)
         except ImportError:
             raise UserError("--sampler cmaes: needs the `cmaes` package (pip install cmaes)") from None
-        return optuna.samplers.CmaEsSampler(seed=plan.seed)
-    return optuna.samplers.TPESampler(seed=plan.seed)
+    if plan.sampler == "grid":  # every parameter is choice or int there
+        grid = {p.name: p.choices or list(range(p.low, p.high + 1, p.step or 1)) for p in plan.params()}
+    population = max(4, min(50, plan.trials // 4))
+    make = {
+        "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+        "grid": lambda seed: optuna.samplers.GridSampler(grid, seed=seed),
+        "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=population),
+        "cmaes": lambda seed: optuna.samplers.CmaEsSampler(seed=seed),
+        "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
+    }[plan.sampler]
+    return PerTrialSeed(make, plan.seed)
 
 
 def make_pruner(plan: Plan):
