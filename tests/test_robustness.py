@@ -47,6 +47,21 @@ def test_pgd_lowers_accuracy_more_than_fgsm_and_corruptions_with_severity(traine
     assert "| pgd | 64/255 |" in (folder / "report.md").read_text()
 
 
+def test_the_adversarial_plot_titles_each_image_with_its_predicted_class_name(trained_digits_run, monkeypatch):
+    """The titles indexed the split's label tensor with the predicted class: another image's label, and an
+    IndexError once --limit was under 10 (the number of classes)."""
+    from nnrecipe.reporting.plots import plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    evaluate_robustness(trained_digits_run, "test", ["fgsm"], [2 / 255], 1, False, 5)  # IndexError before
+    (fig,) = figures
+    s = get_family("image_classification").robust_subject(trained_digits_run, "test", 5)
+    with torch.no_grad():
+        predicted = [s.classes[i] for i in PixelModel(s.model.eval(), s.normalize)(s.images.float() / 255).argmax(1)]
+    assert [ax.get_title() for ax in fig.axes[:5]] == predicted
+
+
 def test_corruptions_keep_shape_and_range():
     x = torch.rand(4, 3, 16, 16)
     for name in ("gaussian_noise", "gaussian_blur", "brightness", "jpeg"):

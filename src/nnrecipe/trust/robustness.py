@@ -110,7 +110,7 @@ def evaluate_robustness(run: Any, split: str | None, attacks: list[str], epsilon
     if attacks:
         rows, examples = attack_table(model, x, y, attacks, epsilons, steps)
         report |= {"attacks": rows, "pgd_steps": steps}
-        report["plots"] = [str(plot_adversarial(model, x[:6], y[:6], examples, s.labels, folder / "adversarial.png"))]
+        report["plots"] = [str(plot_adversarial(model, x[:6], y[:6], examples, s.classes, folder / "adversarial.png"))]
     if corruptions:
         report["corruptions"] = corruption_table(model, x, y)
         report.setdefault("plots", []).append(str(plot_corruptions(report, folder / "corruptions.png")))
