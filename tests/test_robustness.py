@@ -85,6 +85,14 @@ def test_the_command_line_reports_and_bad_options_are_one_line(trained_digits_ru
     for limit in (0, -5):  # torch.cat's and NumPy's tracebacks
         with pytest.raises(UserError, match=f"--limit: at least 1 image \\(got {limit}\\)"):
             evaluate_robustness(trained_digits_run, None, ["fgsm"], [0.01], 10, False, limit=limit)
+    for extra, message in [  # each was ignored: a plain evaluation ran and reported as if it were not given
+        (["--epsilon", "4/255"], "--epsilon: only with --attack"),
+        (["--steps", "5", "--corruptions"], "--steps: only with --attack"),
+        (["--limit", "5"], "--limit: only with --attack or --corruptions"),
+        (["--groups", "g.csv", "--attack", "fgsm"], "--groups: on its own"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            CliRunner().invoke(app, ["evaluate", str(trained_digits_run.dir), *extra], catch_exceptions=False)
 
 
 def test_families_without_images_refuse_in_one_line():

@@ -156,10 +156,12 @@ def evaluate(
         None, help="Evaluate on other data in the run's format instead (an ImageFolder tree, a text or CoNLL file)."
     ),
     attack: str | None = typer.Option(None, help="Adversarial accuracy (images): fgsm, pgd, or fgsm,pgd."),
-    epsilon: str = typer.Option("2/255,8/255", help="--attack radii in pixel space, comma-separated."),
-    steps: int = typer.Option(20, help="--attack pgd: its steps (each 2.5 epsilon / steps)."),
+    epsilon: str | None = typer.Option(
+        None, help="--attack radii in pixel space, comma-separated (default: 2/255,8/255)."
+    ),
+    steps: int | None = typer.Option(None, help="--attack pgd: its steps, each 2.5 epsilon / steps (default: 20)."),
     corruptions: bool = typer.Option(False, "--corruptions", help="Accuracy under noise, blur, brightness, JPEG."),
-    limit: int = typer.Option(1000, help="--attack / --corruptions: images of the split used."),
+    limit: int | None = typer.Option(None, help="--attack / --corruptions: images of the split used (default: 1000)."),
     groups: Path | None = typer.Option(None, help="Fairness by group: a CSV of example,group (image path or text)."),
     positive: str | None = typer.Option(None, help="--groups: the positive label for selection and error rates."),
 ) -> None:
@@ -170,18 +172,31 @@ def evaluate(
 
     if split not in (None, "train", "val", "test"):
         raise UserError(f"--split: must be one of train, val, test (got {split!r})")
+    robustness = attack is not None or corruptions
+    for flag, value, needs in (
+        ("--epsilon", epsilon, attack),
+        ("--steps", steps, attack),
+        ("--limit", limit, robustness),
+    ):
+        if value is not None and not needs:  # was ignored: the plain evaluation ran as if it were not given
+            raise UserError(f"{flag}: only with --attack{'' if flag != '--limit' else ' or --corruptions'}")
+    if groups is not None and (robustness or data is not None):  # --attack and --data were ignored
+        raise UserError("--groups: on its own (not with --attack, --corruptions or --data)")
     run = open_run(run_dir)
     family = family_of(run)
     if groups is not None:
         print_fairness(run, split, groups, positive)
         return
-    if attack is not None or corruptions:
+    if robustness:
         from nnrecipe.trust.robustness import evaluate_robustness, parse_epsilons
 
         if data is not None:
             raise UserError("--data: not with --attack / --corruptions (they use the run's own splits)")
         attacks = [a.strip() for a in attack.split(",")] if attack else []
-        r = evaluate_robustness(run, split, attacks, parse_epsilons(epsilon), steps, corruptions, limit)
+        epsilons = parse_epsilons("2/255,8/255" if epsilon is None else epsilon)
+        r = evaluate_robustness(
+            run, split, attacks, epsilons, 20 if steps is None else steps, corruptions, 1000 if limit is None else limit
+        )
         err.print(f"{r['images']:,} {r['split']} images: clean accuracy {r['clean_accuracy']:.4f}")
         for a in r.get("attacks", []):
             err.print(f"  {a['method']} epsilon {a['epsilon'] * 255:.3g}/255: accuracy {a['accuracy']:.4f}")
