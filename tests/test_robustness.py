@@ -62,6 +62,22 @@ def test_the_adversarial_plot_titles_each_image_with_its_predicted_class_name(tr
     assert [ax.get_title() for ax in fig.axes[:5]] == predicted
 
 
+def test_a_terminal_shows_a_bar_over_the_attacked_batches(trained_digits_run, monkeypatch):
+    """PGD with many steps ran for minutes without a sign of life."""
+    import io
+
+    from rich.console import Console
+
+    from nnrecipe.engine import loop
+    from nnrecipe.trust.robustness import attack_table
+
+    out = io.StringIO()
+    monkeypatch.setattr(loop, "console", Console(file=out, force_terminal=True, width=80))
+    model, x, y = subject_of(trained_digits_run)
+    rows, _ = attack_table(model, x[:6], y[:6], ["fgsm", "pgd"], [2 / 255], steps=2, batch=2)
+    assert len(rows) == 2 and "attacking" in out.getvalue() and "100%" in out.getvalue()
+
+
 def test_corruptions_keep_shape_and_range():
     x = torch.rand(4, 3, 16, 16)
     for name in ("gaussian_noise", "gaussian_blur", "brightness", "jpeg"):

@@ -64,15 +64,26 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 25
 
 def attack_table(model: PixelModel, x: torch.Tensor, y: torch.Tensor, methods: list[str], epsilons: list[float],
                  steps: int, batch: int = 128, seed: int = 0) -> tuple[list[dict[str, Any]], dict]:  # fmt: skip
-    """Adversarial accuracy per (method, epsilon), and the first few adversarial images of each."""
+    """Adversarial accuracy per (method, epsilon), and the first few adversarial images of each; a bar over
+    the attacked batches on a terminal (PGD with many steps ran for minutes without a sign)."""
+    from rich.progress import Progress
+
+    from nnrecipe.engine.loop import console
+
     rows, examples = [], {}
-    for method in methods:
-        for eps in epsilons:
-            torch.manual_seed(seed)  # PGD's random start
-            adv = torch.cat([adversarial(model, x[i : i + batch], y[i : i + batch], method, eps, steps)
-                             for i in range(0, len(x), batch)])  # fmt: skip
-            rows.append({"method": method, "epsilon": eps, "accuracy": accuracy(model, adv, y)})
-            examples[(method, eps)] = adv[:6]
+    starts = range(0, len(x), batch)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("attacking", total=len(methods) * len(epsilons) * len(starts))
+        for method in methods:
+            for eps in epsilons:
+                torch.manual_seed(seed)  # PGD's random start
+                parts = []
+                for i in starts:
+                    parts.append(adversarial(model, x[i : i + batch], y[i : i + batch], method, eps, steps))
+                    bar.advance(task)
+                adv = torch.cat(parts)
+                rows.append({"method": method, "epsilon": eps, "accuracy": accuracy(model, adv, y)})
+                examples[(method, eps)] = adv[:6]
     return rows, examples
 
 
