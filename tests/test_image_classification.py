@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -43,6 +44,9 @@ def test_convnet_learns_digits_and_writes_the_report(recipe_factory, new_run):
     summary = task.evaluate(run, data_path=str(tree))
     assert summary["examples"] == 50 and summary["accuracy"] > 0.7
     assert f"data:{tree}" in json.loads((run.dir / "report.json").read_text())
+    loose = shutil.copytree(tree / "3", run.dir.parent / "loose")  # images, no class folders: "no image files"
+    with pytest.raises(UserError, match=r"loose: images directly in it \(.*\.png, ...\); .* a folder per class"):
+        task.evaluate(run, data_path=str(loose))
 
     files = sorted(str(p) for p in (tree / "3").glob("*.png"))
     preds = task.predict(run, files)

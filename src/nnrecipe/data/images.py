@@ -343,6 +343,11 @@ def list_image_files(root: Path, classes: list[str]) -> tuple[list[Path], list[i
             files += [Path(f) for f in sorted(found, key=lambda f: f.split(os.sep))]  # Path order
             labels += [label] * len(found)
     if not files:
+        loose = [p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        if loose:  # it said "no image files found" about a folder of images
+            raise UserError(f"{root}: images directly in it ({loose[0]}, ...); an ImageFolder tree holds them in "
+                            f"a folder per class: {root}/<class>/<image>, classes {', '.join(classes[:10])}"
+                            + (", ..." if len(classes) > 10 else ""))  # fmt: skip
         raise UserError(f"{root}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     _LISTED.pop(key, None)
     if all(stamp is not None and stamp < listed_at - 10**9 for _, stamp in folders):
