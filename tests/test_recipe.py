@@ -78,6 +78,18 @@ def test_missing_and_malformed_files(tmp_path):
         load_recipe(bad)
 
 
+def test_a_key_given_twice_is_refused_and_merge_keys_still_override(tmp_path):
+    """PyYAML kept the last of two equal keys: a second `train:` section silently replaced the first."""
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  epochs: 3\nmodel: {name: mlp}\ntrain:\n  batch_size: 8\n")
+    with pytest.raises(RecipeError, match=r"twice.yaml: 'train' given twice in one mapping \(lines 1 and 4\)"):
+        load_recipe(twice)
+    merged = tmp_path / "merged.yaml"  # `<<: *base` then a key of its own: an override, as YAML means it
+    merged.write_text("model: {name: mlp}\ntrain: {<<: {epochs: 9, batch_size: 8}, epochs: 2}\n")
+    r = load_recipe(merged)
+    assert r.train.epochs == 2 and r.train.batch_size == 8
+
+
 def test_cli_reports_recipe_errors_without_traceback(tmp_path):
     cmd = [
         sys.executable,

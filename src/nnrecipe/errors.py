@@ -94,12 +94,28 @@ def read_utf8(path: Path) -> str:
 
 
 def read_yaml_mapping(path: Path, not_mapping: str, error: type[UserError] = UserError) -> dict:
-    """A user's YAML file that must hold a mapping ({} when empty): bad YAML, or YAML of another shape (then
-    `not_mapping` says what was expected), is one `error` line naming the file."""
+    """A user's YAML file that must hold a mapping ({} when empty): bad YAML, a key given twice in one mapping,
+    or YAML of another shape (then `not_mapping` says what was expected), is one `error` line naming the file."""
     import yaml
 
+    class UniqueKeys(yaml.SafeLoader):
+        """PyYAML keeps the last of two equal keys without a word: a second `train:` section replaced the
+        first. Checked before merge keys (`<<: *base`) are expanded, whose overrides are meant."""
+
+        def construct_mapping(self, node, deep=False):
+            lines: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, (str, int, float, bool)) and key in lines:
+                    raise error(f"{path}: {key!r} given twice in one mapping (lines {lines[key]} and "
+                                f"{key_node.start_mark.line + 1}); YAML would keep only the last")  # fmt: skip
+                lines[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep)
+
     try:
-        raw = yaml.safe_load(read_utf8(path)) or {}
+        raw = yaml.load(read_utf8(path), UniqueKeys) or {}  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise error(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from nnrecipe.errors import RecipeError, existing_file
+from nnrecipe.errors import RecipeError, existing_file, read_yaml_mapping
 from nnrecipe.recipe import validate_recipe
 
 KINDS = ("loguniform", "uniform", "int", "choice")
@@ -105,14 +105,8 @@ def load_space(path: Path | None, params: list[str]) -> list[Param]:
     space: dict[str, Param] = {}
     if path is not None:
         path = existing_file(path, "--space: space file", RecipeError)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise RecipeError(f"--space {path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise RecipeError(
-                f"--space {path}: a mapping of recipe fields to kinds, e.g. optim.lr: loguniform(1e-4, 0.1)"
-            )
+        shape = "--space: a mapping of recipe fields to kinds, e.g. optim.lr: loguniform(1e-4, 0.1)"
+        raw = read_yaml_mapping(path, shape, RecipeError)  # a field given twice: one line, not the last kept
         for name, spec in raw.items():
             p = parse_param(f"{name}={spec}", where=f"--space {path}:")
             space[p.name] = p
