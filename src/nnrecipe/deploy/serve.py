@@ -211,6 +211,10 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             "refusing to serve without an API key: give --api-key-file or NNRECIPE_API_KEYS, "
             "or --insecure-no-auth to serve without authentication"
         )
+    for flag, most in (("--max-batch", cfg.max_batch), ("--max-explain-inputs", cfg.max_explain_inputs)):
+        if most > cfg.max_queue:  # such a request was 503 "busy; retry" on an idle server, forever
+            raise UserError(f"--max-queue {cfg.max_queue}: below {flag} {most}, so a request of that size could "
+                            f"never be admitted: raise --max-queue or lower {flag}")  # fmt: skip
     if cfg.insecure_no_auth:
         log.warning(
             "serving WITHOUT authentication (--insecure-no-auth): anyone who can reach the port can use the model"
