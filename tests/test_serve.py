@@ -373,6 +373,7 @@ def test_a_port_out_of_range_is_a_usage_error_not_a_traceback(trained_digits_run
         (["--batch-wait-ms", "inf"], "--batch-wait-ms: a finite number (got inf)"),  # never answered
         (["--deadline-s", "inf"], "--deadline-s: a finite number (got inf)"),
         (["--batch-wait-ms", "40000"], "--batch-wait-ms 40000: must be below the deadline (--deadline-s 30)"),
+        (["--rate-burst", "5"], "--rate-burst: only with --rate-limit"),  # was ignored: no limit at all
     ],
 )
 def test_serve_numbers_that_cannot_work_are_refused_before_the_server_starts(trained_digits_run, flags, message):

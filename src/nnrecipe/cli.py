@@ -500,6 +500,8 @@ def serve(
                         ("--deadline-s", deadline_s), ("--rate-limit", rate_limit)):  # fmt: skip
         if not math.isfinite(value):  # inf passed typer's ranges: a traceback, or a server that never answers
             raise UserError(f"{flag}: a finite number (got {value})")
+    if rate_burst and not rate_limit:  # was ignored: no limit at all
+        raise UserError("--rate-burst: only with --rate-limit (requests per second per key)")
     cfg = ServeConfig(
         run_dir=run_dir,
         api_keys=read_api_keys(api_key_file),
