@@ -153,6 +153,19 @@ def test_a_bad_master_address_is_one_line_before_torchrun_starts():
     assert "10.0.0.1:29500" in torchrun_command([], 2, 1, 1, "10.0.0.1:29500")
 
 
+@pytest.mark.parametrize("flags", [["--node-rank", "1"], ["--master", "10.0.0.1:29500"]])
+def test_node_flags_without_several_nodes_are_refused(flags, tmp_path):
+    """With --nnodes 1 they were ignored and the machine trained alone, as if it were the whole job."""
+    from typer.testing import CliRunner
+
+    from nnrecipe.cli import app
+
+    with pytest.raises(UserError, match="--node-rank/--master: only with --nnodes > 1"):
+        CliRunner().invoke(app, ["train", "digits-convnet", "--set", f"track.runs_dir={tmp_path}", *flags],
+                           catch_exceptions=False)  # fmt: skip
+    assert not list(tmp_path.iterdir())
+
+
 def test_resuming_with_another_number_of_processes_is_refused_clearly(tmp_path):
     from tests.conftest import make_recipe
 

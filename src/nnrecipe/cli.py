@@ -55,6 +55,8 @@ def train(
     with continual.stages: one run per stage and the accuracy matrix)."""
     if ctx.args and seeds is None or any(a.startswith("-") and not a.lstrip("-").isdigit() for a in ctx.args):
         raise UserError(f"unexpected arguments: {' '.join(ctx.args)}")
+    if nnodes == 1 and (node_rank != 0 or master is not None):  # ignored: this machine trained alone
+        raise UserError("--node-rank/--master: only with --nnodes > 1 (the machines taking part)")
     if nproc > 1 or nnodes > 1:
         import subprocess
 
