@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from nnrecipe.cli import app
 from nnrecipe.errors import UserError
-from nnrecipe.run_index import list_runs, to_clean
+from nnrecipe.run_index import compare, list_runs, to_clean
 
 
 def cli(*args, input: str | None = None):
@@ -100,6 +100,18 @@ def test_compare_refuses_runs_of_different_tasks(many, tmp_path):
     with pytest.raises(UserError, match=r"different tasks \(image_classification, text_classification\)"):
         cli("compare", many / "a", other, "--out", tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_compare_refuses_a_run_given_twice_and_an_out_inside_a_compared_run(many):
+    """--out runs/a/plots/curves.png replaced the run's own plot."""
+    plot = many / "a" / "plots" / "curves.png"
+    plot.parent.mkdir(exist_ok=True)
+    plot.write_bytes(b"the run's own curves")
+    with pytest.raises(UserError, match=r"--out .*curves.png: inside the compared run"):
+        compare([many / "a", many / "b"], plot)
+    with pytest.raises(UserError, match=r"compare: .*a is given twice"):
+        compare([many / "a", many / "b" / ".." / "a"], many / "x.png")
+    assert plot.read_bytes() == b"the run's own curves"
 
 
 def test_clean_keeps_the_best_and_every_unfinished_run(many, tmp_path):
