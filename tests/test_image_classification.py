@@ -64,6 +64,8 @@ def test_predict_reports_unreadable_images(recipe_factory, new_run, tmp_path):
         task.predict(run, [str(bad)])
     with pytest.raises(UserError, match="image not found: .*nope.png"):
         task.predict(run, [str(tmp_path / "nope.png")])
+    with pytest.raises(UserError, match="an empty input"):  # Path(""): every image under the current folder
+        task.predict(run, [""])
     # A folder stands for the images under it (it was "image not found"), read a batch at a time.
     tree = write_digit_tree(tmp_path / "tree", [3, 4], per_class=3)
     (tree / "notes.txt").write_text("not an image")

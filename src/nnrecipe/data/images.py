@@ -464,6 +464,8 @@ def image_inputs(inputs: list[str]) -> list[str]:
     reported as "image not found"); a missing path is named."""
     files: list[str] = []
     for item in inputs:
+        if not item.strip():  # Path("") is the current folder: every image under it was predicted
+            raise UserError("an empty input: give image files or folders")
         path = Path(item)
         if path.is_dir():
             found = sorted(str(f) for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
