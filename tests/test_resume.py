@@ -101,3 +101,24 @@ def test_max_steps_stops_part_way_spans_the_schedule_and_resumes_exactly(recipe_
     assert task.train(recipe, broken, callbacks=[InterruptAt(epoch=1, batch=3)])["status"] == "interrupted"
     task.train(broken.recipe(), broken, resume=True)
     assert _history(broken) == rows
+
+
+def test_a_recipe_edited_since_the_checkpoint_is_named_and_the_run_left_as_it_was(recipe_factory, new_run):
+    """A smaller batch size after running out of memory, then `resume`: the one-cycle scheduler's ValueError
+    ("Tried to step 4201 times"); a changed model: load_state_dict's traceback. Now one line, before the run
+    is touched; `track.*` may change (where runs go, how they are logged)."""
+    from typer.testing import CliRunner
+
+    from nnrecipe.cli import app
+    from nnrecipe.errors import UserError
+
+    recipe = recipe_factory("train.epochs=3", "data.limit=200")
+    run = new_run(recipe, "edited")
+    assert task.train(recipe, run, callbacks=[InterruptAt(epoch=1, batch=1)])["status"] == "interrupted"
+    original = run.recipe_path.read_text()
+    run.recipe_path.write_text(original.replace("batch_size: 64", "batch_size: 16"))
+    with pytest.raises(UserError, match=r"recipe.yaml changed since the checkpoint: train.batch_size: 64 -> 16\."):
+        CliRunner().invoke(app, ["resume", str(run.dir)], catch_exceptions=False)
+    assert run.meta()["status"] == "interrupted"
+    run.recipe_path.write_text(original.replace("progress: false", "progress: true"))  # track.*: allowed
+    assert task.train(run.recipe(), run, resume=True)["status"] == "finished"

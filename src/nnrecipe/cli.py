@@ -133,6 +133,8 @@ def train_recipe(
 @app.command()
 def resume(run_dir: Path = typer.Argument(..., help="The run directory to continue.")) -> None:
     """Continue an interrupted run exactly where it stopped (same data order, RNG and optimiser state)."""
+    from nnrecipe.engine.checkpoint import state_text
+    from nnrecipe.engine.recipe_changes import refuse_changes
     from nnrecipe.runs import open_run
     from nnrecipe.tasks.family import family_of
 
@@ -143,6 +145,8 @@ def resume(run_dir: Path = typer.Argument(..., help="The run directory to contin
         raise UserError(f"{run_dir} already {how}; nothing to resume")
     if not run.last_checkpoint.is_file():
         raise UserError(f"{run_dir} has no checkpoint to resume from ({run.last_checkpoint} is missing)")
+    # before the run is touched: a refusal inside the training marked it failed
+    refuse_changes(state_text(run.last_checkpoint, "recipe"), run.recipe_path.read_text(), run.recipe_path)
     result = family_of(run).train(run.recipe(), run, resume=True)
     if result["status"] == "interrupted":
         raise typer.Exit(130)

@@ -69,15 +69,21 @@ def load_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, to
 
 
 def weights_note(path: Path) -> str | None:
-    """What a checkpoint's weights are, in words ("the best epoch, 7 (val_accuracy 0.91)", "SWA: ..."), read
-    from its metadata alone; None for a missing file or one written before notes were kept."""
+    """What a checkpoint's weights are, in words ("the best epoch, 7 (val_accuracy 0.91)", "SWA: ...");
+    None for a missing file or one written before notes were kept."""
+    return state_text(path, "weights")
+
+
+def state_text(path: Path, key: str) -> str | None:
+    """A text entry of a checkpoint's state, read from its metadata alone (no tensor is loaded); None for a
+    missing or unreadable file, or one without that entry."""
     try:
         with safe_open(str(path), framework="pt") as f:
             skeleton = json.loads((f.metadata() or {}).get(_META_KEY, "null"))
     except (SafetensorError, OSError, ValueError, RuntimeError):
         return None
     pairs = skeleton.get("__dict__", []) if isinstance(skeleton, dict) else []
-    return next((v for k, v in pairs if k == "weights" and isinstance(v, str)), None)
+    return next((v for k, v in pairs if k == key and isinstance(v, str)), None)
 
 
 def with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ from nnrecipe.engine.host_memory import keep_freed_blocks
 from nnrecipe.engine.numerics import cpu_bf16_units
 from nnrecipe.engine.optim import build_scheduler
 from nnrecipe.engine.precision_probe import decide, probe_enabled
+from nnrecipe.engine.recipe_changes import refuse_changes
 from nnrecipe.engine.row_gradients import compact, row_gradients
 from nnrecipe.engine.seeding import rng_state, set_rng_state
 from nnrecipe.engine.sharding import autocast_forward, full_model_state, full_optimizer_state, load_full_state, shard
@@ -277,6 +278,8 @@ class Trainer:
         self.state = FitState()
         self.stop_requested = False
         self.last_path = self.run_dir / "checkpoints" / "last.safetensors"
+        recipe = self.run_dir / "recipe.yaml"  # kept in each full checkpoint; a resume compares (_restore)
+        self.recipe_text = recipe.read_text() if recipe.is_file() else None
         self.best_path = self.run_dir / "checkpoints" / "best.safetensors"
 
     # -- public ------------------------------------------------------------------------------------
@@ -572,6 +575,7 @@ class Trainer:
                 "optimizer": optimizer,
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state(),
+                "recipe": self.recipe_text,
             }
             if self.averaging is not None:
                 tensors.update(self.averaging.tensors())
@@ -587,6 +591,7 @@ class Trainer:
         tensors, state = load_checkpoint(self.last_path, device="cpu")
         if not isinstance(state, dict) or "optimizer" not in state:
             raise UserError(f"{self.last_path} is not a resumable checkpoint")
+        refuse_changes(state.get("recipe"), self.recipe_text, self.run_dir / "recipe.yaml")
         if self.sharded:
             load_full_state(self.model, self.optimizer, split_prefix(tensors, "model"), state["optimizer"])
         else:
