@@ -199,6 +199,21 @@ def test_an_ensemble_of_text_runs_uses_the_models_logits(trained_text_run, train
         )
 
 
+def test_seeds_with_ensemble_under_a_name_used_before_keep_both_results(tmp_path):
+    """The second `--seeds 0 1 --ensemble --name x` trained every seed, then stopped at "ensemble: x-ensemble
+    exists already" and wrote no summary; and a second --seeds summary replaced the first."""
+    recipe = tmp_path / "digits.yaml"
+    recipe.write_text(
+        "data: {source: digits, limit: 300}\nmodel: {name: mlp}\ntrain: {epochs: 1}\n"
+        f"track: {{runs_dir: {tmp_path / 'runs'}, progress: false, plots: false, tensorboard: false, name: x}}\n"
+    )
+    for _ in range(2):
+        code, output = cli("train", recipe, "--seeds", "0", "1", "--ensemble")
+        assert code == 0, output
+    assert len(list((tmp_path / "runs").glob("x-seeds*/summary.json"))) == 2
+    assert len(list((tmp_path / "runs").glob("x-ensemble*/run.json"))) == 2
+
+
 def test_seed_lists_parse_and_bad_ones_are_named():
     from nnrecipe.seeds import parse_seeds
 
@@ -226,3 +241,7 @@ def test_rl_seeds_set_the_families_own_seed_field(tmp_path):
     ret = summary["metrics"]["mean_return"]
     assert ret["mean"] == pytest.approx(statistics.fmean(ret["values"]))
     assert (tmp_path / "runs" / "maze-seeds" / "summary.md").is_file()
+    again = train_seeds(recipe, "maze", [3, 4])  # the same name again: its runs got new names, and the
+    first = json.loads((tmp_path / "runs" / "maze-seeds" / "summary.json").read_text())  # summary replaced
+    assert first["runs"] == summary["runs"] and set(again["runs"]).isdisjoint(summary["runs"])
+    assert len(list((tmp_path / "runs").glob("maze-seeds*/summary.json"))) == 2

@@ -129,12 +129,17 @@ def create_run(recipe: Any, recipe_name: str) -> Run:
     return _create_run_dir(recipe, recipe_name)
 
 
+def untaken(path: Path) -> Path:
+    """`path`, or a fresh timestamped name beside it when a folder with files holds it already: a run, a
+    seeds summary or an ensemble is never overwritten by a later one of the same name."""
+    if path.exists() and any(path.iterdir()):
+        return path.with_name(f"{path.name}-{time.strftime('%H%M%S')}-{os.getpid()}")
+    return path
+
+
 def _create_run_dir(recipe: Any, recipe_name: str) -> Run:
     name = recipe.track.name or f"{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path = Path(recipe.track.runs_dir) / name
-    if path.exists() and any(path.iterdir()):
-        # Never overwrite a finished run; a fresh timestamped name when the given one is taken.
-        path = Path(recipe.track.runs_dir) / f"{name}-{time.strftime('%H%M%S')}-{os.getpid()}"
+    path = untaken(Path(recipe.track.runs_dir) / name)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file on the way, a read-only place: it was a traceback

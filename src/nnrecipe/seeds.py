@@ -17,7 +17,7 @@ from nnrecipe.engine.config import check_seed
 from nnrecipe.engine.loop import console
 from nnrecipe.errors import UserError
 from nnrecipe.recipe import apply_override, validate_recipe
-from nnrecipe.runs import Run, train_new_run
+from nnrecipe.runs import Run, train_new_run, untaken
 from nnrecipe.tasks.family import get_family
 
 # One run per seed: a range past this is a typo (0-10000), not a plan, and it was listed in memory first.
@@ -69,10 +69,11 @@ def train_seeds(recipe: Any, recipe_name: str, seeds: list[int], ensemble: bool 
     if ensemble:
         from nnrecipe.tasks.ensemble import create_ensemble
 
-        ens = create_ensemble([r.dir for r in runs], f"{base}-ensemble", runs_dir=Path(recipe.track.runs_dir))
+        name = untaken(Path(recipe.track.runs_dir) / f"{base}-ensemble").name  # was refused after training
+        ens = create_ensemble([r.dir for r in runs], name, runs_dir=Path(recipe.track.runs_dir))
         entry = next(iter(ens.report().values()))
         summary["ensemble"] = {"run": str(ens.dir), family.metric.name: entry[family.metric.name]}
-    folder = Path(recipe.track.runs_dir) / f"{base}-seeds"
+    folder = untaken(Path(recipe.track.runs_dir) / f"{base}-seeds")  # an earlier one of this name is kept
     write_summary(folder, summary)
     console.print(f"summary of {len(seeds)} seeds: {folder / 'summary.md'}")
     return {"status": "finished", **summary}
