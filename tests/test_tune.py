@@ -194,6 +194,17 @@ def test_jobs_beyond_the_remaining_trials_share_the_cores_among_those_that_start
     assert job_shares(3, 3, 2) == ([1, 1, 1], 1)
 
 
+def test_a_study_name_in_use_is_joined_only_with_the_same_plan(tmp_path):
+    """Another space under a used --study added its trials to the old study and replaced its study.json."""
+    folder = tmp_path / "runs" / "s"
+    run_study(plan(tmp_path, ["optim.lr=choice(0.05)"], 1), folder)
+    with pytest.raises(UserError, match=r"--study s: .* holds a study with another space; .* tune --resume"):
+        run_study(plan(tmp_path, ["optim.lr=choice(0.01)"], 2), folder)
+    assert load_plan(folder).space == ["optim.lr=choice(0.05)"] and states(folder) == ["COMPLETE"]
+    run_study(plan(tmp_path, ["optim.lr=choice(0.05)"], 2), folder)  # the same plan, more trials: joined
+    assert states(folder) == ["COMPLETE", "COMPLETE"]
+
+
 def frozenlake_plan(tmp_path, param: str, trials: int):
     """A short FrozenLake Q-learning study: 1,500 episodes, evaluated every 500."""
     raw = yaml.safe_load((ROOT / "recipes" / "frozenlake-qlearning.yaml").read_text())

@@ -385,6 +385,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def check_joinable(plan: Plan, folder: Path) -> None:
+    """A study of this name may be joined (another machine running the same command, or more --trials) only
+    with the same plan: another recipe or space added its trials to the study's and replaced its study.json."""
+    if not (Path(folder) / PLAN).is_file():
+        return
+    before, now = asdict(load_plan(folder)), asdict(plan)
+    free = ("created", "timeout", "source", "trials")
+    differ = [k for k in now if k not in free and before.get(k) != now[k]]
+    if differ:
+        raise UserError(f"--study {plan.name}: {folder} holds a study with another {', '.join(differ)}; "
+                        f"go on with it by `nnrecipe tune --resume {folder}`, or give another --study")  # fmt: skip
+
+
 def save_plan(plan: Plan, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / (PLAN + ".tmp")
@@ -467,6 +480,7 @@ def run_study(plan: Plan, folder: Path, jobs: int = 1, resume: bool = False) -> 
     if jobs < 1:
         raise RecipeError(f"--jobs: at least 1 (got {jobs})")
     if not resume:
+        check_joinable(plan, folder)
         save_plan(plan, folder)
     study = open_study(plan, folder, create=not resume)
     if resume:
