@@ -369,3 +369,20 @@ def test_explain_on_an_rl_run_says_it_is_not_offered_before_asking_for_inputs(tm
     assert not (tmp_path / "x").exists()
     with pytest.raises(UserError, match="--split test: an RL run has no data splits"):  # was ignored
         CliRunner().invoke(app, ["evaluate", str(run.dir), "--split", "test"], catch_exceptions=False)
+
+
+def test_ctrl_c_marks_the_run_interrupted_keeps_its_checkpoint_and_resume_goes_on(tmp_path):
+    """Ctrl-C exited without a word and left run.json saying "running" for ever."""
+    from nnrecipe.engine.loop import Callback
+
+    class CtrlC(Callback):
+        def after_evaluation(self, step, metrics):
+            if step == 100:
+                raise KeyboardInterrupt
+
+    recipe = rl_recipe(tmp_path, env__id="gridmap", env__map=MAZE, tabular__episodes=200, tabular__log_every=100,
+                       eval__episodes=2)  # fmt: skip
+    run = _run(recipe)
+    assert runner.train(recipe, run, listeners=[CtrlC()])["status"] == "interrupted"
+    assert run.meta()["status"] == "interrupted" and run.last_checkpoint.is_file()
+    assert runner.train(recipe, run, resume=True)["status"] == "finished"

@@ -146,7 +146,8 @@ def resume(run_dir: Path = typer.Argument(..., help="The run directory to contin
     if not run.last_checkpoint.is_file():
         raise UserError(f"{run_dir} has no checkpoint to resume from ({run.last_checkpoint} is missing)")
     # before the run is touched: a refusal inside the training marked it failed
-    refuse_changes(state_text(run.last_checkpoint, "recipe"), run.recipe_path.read_text(), run.recipe_path)
+    saved, free = (state_text(run.last_checkpoint, key) for key in ("recipe", "recipe_free"))
+    refuse_changes(saved, run.recipe_path.read_text(), run.recipe_path, free)
     result = family_of(run).train(run.recipe(), run, resume=True)
     if result["status"] == "interrupted":
         raise typer.Exit(130)

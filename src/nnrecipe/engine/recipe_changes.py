@@ -28,17 +28,19 @@ def flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def recipe_changes(before: str, after: str) -> list[str]:
-    """`field: old -> new` for each training field that differs between two recipe texts."""
+def recipe_changes(before: str, after: str, free: tuple[str, ...] = ()) -> list[str]:
+    """`field: old -> new` for each training field that differs between two recipe texts, but `free` ones."""
     old, new = flat(yaml.safe_load(before) or {}), flat(yaml.safe_load(after) or {})
-    keys = sorted(k for k in old.keys() | new.keys() if k.split(".")[0] not in IGNORED)
+    keys = sorted(k for k in old.keys() | new.keys() if k.split(".")[0] not in IGNORED and k not in free)
     return [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in keys if old.get(k) != new.get(k)]
 
 
-def refuse_changes(saved: str | None, current: str | None, where: Path) -> None:
+def refuse_changes(saved: str | None, current: str | None, where: Path, free: str | None = None) -> None:
     """One line naming each changed field, when the recipe a checkpoint was trained under (`saved`; None
-    for checkpoints written before it was kept) differs from the run's recipe.yaml now (`current`)."""
-    changed = recipe_changes(saved, current) if saved and current else []
+    for checkpoints written before it was kept) differs from the run's recipe.yaml now (`current`). `free`:
+    the fields the checkpoint says may change, comma-separated (an RL run's total_steps: it trains on)."""
+    allowed = tuple(f for f in (free or "").split(",") if f)
+    changed = recipe_changes(saved, current, allowed) if saved and current else []
     if changed:
         raise UserError(
             f"{where} changed since the checkpoint: {'; '.join(changed)}. A resume goes on exactly as the run "

@@ -16,6 +16,7 @@ from nnrecipe.engine.checkpoint import load_checkpoint, save_checkpoint, split_p
 from nnrecipe.engine.config import check_seed
 from nnrecipe.engine.loop import console
 from nnrecipe.engine.mlflow_tracking import publish
+from nnrecipe.engine.recipe_changes import refuse_changes
 from nnrecipe.engine.tracking import Tracker
 from nnrecipe.errors import UserError
 from nnrecipe.rl import gridworld
@@ -67,6 +68,12 @@ def train(recipe: RLRecipe, run: Run, *, resume: bool = False, listeners=()) -> 
         run.update_meta(status="pruned")
         console.print(f"stopped after the evaluation at {stop.step:,}")
         return {"status": "pruned", "run": str(run.dir), "stopped_at": stop.step}
+    except KeyboardInterrupt:  # Ctrl-C: it exited without a word, the run saying "running" for ever
+        run.update_meta(status="interrupted")
+        then = (f"continue with `nnrecipe resume {run.dir}`" if run.last_checkpoint.is_file()
+                else "none was written yet: train again")  # fmt: skip
+        console.print(f"interrupted: the last periodic checkpoint is kept; {then}")
+        return {"status": "interrupted", "run": str(run.dir)}
     finally:
         tracker.close()
     run.update_meta(status="finished")
@@ -170,7 +177,9 @@ def _train_deep(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resu
         buffer = state.pop("buffer", None)
         if buffer is not None:  # the buffer first, named by its step: the checkpoint then points at it
             state["buffer_whole"] = buffer.save(Path(str(replay).format(step=state["step"])), cfg.buffer_checkpoint_mb)
-        save_checkpoint(run.last_checkpoint, {}, state)
+        # the recipe it trained under, for resume to compare with; total_steps may grow (it trains on)
+        kept = {"recipe": run.recipe_path.read_text(), "recipe_free": f"{recipe.algo}.total_steps"}
+        save_checkpoint(run.last_checkpoint, {}, state | kept)
         for old in replay.parent.glob("replay-*.npz"):
             if old.name != Path(str(replay).format(step=state["step"])).name:
                 old.unlink(missing_ok=True)
@@ -217,6 +226,7 @@ def _resume_state(run: Run, cfg, replay: Path, device) -> dict:
     _, state = load_checkpoint(run.last_checkpoint, device=device)
     if not isinstance(state, dict) or "envs" not in state:
         raise UserError(f"{run.last_checkpoint} was written by an older nnrecipe and holds no resumable state")
+    refuse_changes(state.get("recipe"), run.recipe_path.read_text(), run.recipe_path, state.get("recipe_free"))
     if state["step"] >= cfg.total_steps:
         raise UserError(f"{run.dir} already trained all {cfg.total_steps:,} steps; nothing to resume")
     exact = True
