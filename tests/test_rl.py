@@ -279,7 +279,11 @@ def test_dqn_resume_continues_from_the_last_checkpoint(tmp_path):
     runner.train(recipe, run)
     before, meta = load_checkpoint(run.last_checkpoint)
     assert meta["step"] == 3000 and meta["gradient_steps"] > 0
-    run.recipe_path.write_text(run.recipe_path.read_text().replace("total_steps: 3000", "total_steps: 6000"))
+    original = run.recipe_path.read_text()
+    run.recipe_path.write_text(original.replace("total_steps: 3000", "total_steps: 6000").replace("- 256", "- 64"))
+    with pytest.raises(UserError, match=r"changed since the checkpoint: dqn.hidden: \[256, 256\] -> \[64, 64\]\."):
+        runner.train(open_run(run.dir).recipe(), run, resume=True)  # was load_state_dict's traceback
+    run.recipe_path.write_text(original.replace("total_steps: 3000", "total_steps: 6000"))  # may grow
     resumed = open_run(run.dir).recipe()
     out = runner.train(resumed, run, resume=True)
     # the run's steps, and a speed over this session's 3,000 (it divided all 6,000 by this session's time)
