@@ -137,7 +137,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
         "train",
         ROOT / "recipes/digits-convnet.yaml",
         "--set",
-        "train.epochs=400",
+        "train.epochs=20",
         "--set",
         f"track.runs_dir={tmp_path / 'runs'}",
         "--set",
@@ -159,14 +159,10 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     assert "interrupted: checkpoint saved" in rest and "Traceback" not in rest
     run = only_run(tmp_path / "runs")
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
-    res = nnrecipe("resume", run, "--help", cwd=tmp_path)  # the verb exists; a full resume of 400 epochs is not needed
-    assert res.returncode == 0
-    recipe = run / "recipe.yaml"
-    recipe.write_text(recipe.read_text().replace("epochs: 400", "epochs: 6"))
-    res = nnrecipe("resume", run, cwd=tmp_path)
+    res = nnrecipe("resume", run, cwd=tmp_path)  # (it shortened the run by editing train.epochs: now refused)
     assert res.returncode == 0, res.stderr
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == list(range(1, 7))
+    assert epochs == list(range(1, 21))
 
 
 def test_doctor_writes_its_report_and_exits_1_when_a_check_fails(tmp_path):
