@@ -198,10 +198,11 @@ def test_a_study_name_in_use_is_joined_only_with_the_same_plan(tmp_path):
     """Another space under a used --study added its trials to the old study and replaced its study.json."""
     folder = tmp_path / "runs" / "s"
     run_study(plan(tmp_path, ["optim.lr=choice(0.05)"], 1), folder)
-    with pytest.raises(UserError, match=r"--study s: .* holds a study with another space; .* tune --resume"):
-        run_study(plan(tmp_path, ["optim.lr=choice(0.01)"], 2), folder)
+    for resume in (True, False):  # the command line goes on with a study its --study names (resume=True)
+        with pytest.raises(UserError, match=r"--study s: .* holds a study with another space; .* tune --resume"):
+            run_study(plan(tmp_path, ["optim.lr=choice(0.01)"], 2), folder, resume=resume)
     assert load_plan(folder).space == ["optim.lr=choice(0.05)"] and states(folder) == ["COMPLETE"]
-    run_study(plan(tmp_path, ["optim.lr=choice(0.05)"], 2), folder)  # the same plan, more trials: joined
+    run_study(plan(tmp_path, ["optim.lr=choice(0.05)"], 2), folder, resume=True)  # the same plan, more trials
     assert states(folder) == ["COMPLETE", "COMPLETE"]
 
 

@@ -479,8 +479,8 @@ def run_study(plan: Plan, folder: Path, jobs: int = 1, resume: bool = False) -> 
     """Run (or go on with) the study until `plan.trials` trials have finished (complete or pruned)."""
     if jobs < 1:
         raise RecipeError(f"--jobs: at least 1 (got {jobs})")
+    check_joinable(plan, folder)  # `tune RECIPE --study NAME` on a study in use goes on with it (resume)
     if not resume:
-        check_joinable(plan, folder)
         save_plan(plan, folder)
     study = open_study(plan, folder, create=not resume)
     if resume:
