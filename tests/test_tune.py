@@ -206,6 +206,21 @@ def test_a_study_name_in_use_is_joined_only_with_the_same_plan(tmp_path):
     assert states(folder) == ["COMPLETE", "COMPLETE"]
 
 
+def test_resume_takes_a_new_trial_total_and_refuses_the_options_of_a_new_plan(tmp_path):
+    """`tune --resume DIR --param ...` (or --trials, --seed, a recipe) ran the old plan, the options unread."""
+    from typer.testing import CliRunner
+
+    from nnrecipe.cli import app
+
+    folder = tmp_path / "runs" / "s"
+    run_study(plan(tmp_path, ["optim.lr=choice(0.05)"], 1), folder)
+    for extra, flag in [(["--param", "optim.lr=choice(0.01)"], "--param"), (["--seed", "3"], "--seed")]:
+        with pytest.raises(UserError, match=f"{flag}: not with --resume"):
+            CliRunner().invoke(app, ["tune", "--resume", str(folder), *extra], catch_exceptions=False)
+    res = CliRunner().invoke(app, ["tune", "--resume", str(folder), "--trials", "2"], catch_exceptions=False)
+    assert res.exit_code == 0 and states(folder) == ["COMPLETE", "COMPLETE"] and load_plan(folder).trials == 2
+
+
 def frozenlake_plan(tmp_path, param: str, trials: int):
     """A short FrozenLake Q-learning study: 1,500 episodes, evaluated every 500."""
     raw = yaml.safe_load((ROOT / "recipes" / "frozenlake-qlearning.yaml").read_text())

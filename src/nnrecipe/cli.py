@@ -660,10 +660,11 @@ def _rl_run(run_dir: Path):
 
 @app.command()
 def tune(
+    ctx: typer.Context,
     recipe: Path | None = typer.Argument(None, help="Recipe YAML file to tune (not with --resume / --report)."),
     space: Path | None = typer.Option(None, help="YAML file: recipe field -> loguniform/uniform/int/choice(...)."),
     param: list[str] = typer.Option([], help='A parameter, e.g. --param "optim.lr=loguniform(1e-3,0.3)" (repeatable).'),
-    trials: int = typer.Option(20, help="Trials to finish (complete or pruned)."),
+    trials: int = typer.Option(20, help="Trials to finish (complete or pruned); with --resume: a new total."),
     timeout: str | None = typer.Option(None, help="Stop starting trials after this long: 2h, 30m, 90s."),
     jobs: int = typer.Option(1, help="Trials run at once, each in its own process with cores/jobs threads."),
     nproc: int = typer.Option(1, help="Processes per trial: each trial a DDP run through torchrun (one per GPU)."),
@@ -689,10 +690,11 @@ def tune(
     """Hyper-parameter search on Optuna: each trial an ordinary run, pruned per epoch, resumable, parallel."""
     import time
 
-    from nnrecipe.tune.study import load_plan, new_plan, open_study, parse_duration, recipe_raw, run_study
+    from nnrecipe.tune.study import load_plan, new_plan, open_study, parse_duration, recipe_raw, run_study, save_plan
 
     if report is not None or resume is not None:
         folder = report if report is not None else resume
+        _only_given(ctx, {"report"} if report is not None else {"resume", "jobs", "trials", "timeout"})
         plan = load_plan(folder)
         if report is not None:
             from nnrecipe.tune.report import write_study_report
@@ -700,6 +702,12 @@ def tune(
             write_study_report(open_study(plan, folder), plan, folder)
             out.print((folder / "report.md").read_text(), markup=False)
             return
+        if _given(ctx, "trials") or _given(ctx, "timeout"):  # more trials, or another time budget
+            if trials < 1:
+                raise UserError(f"--trials: at least 1 (got {trials})")
+            plan.trials = trials if _given(ctx, "trials") else plan.trials
+            plan.timeout = parse_duration(timeout) if _given(ctx, "timeout") else plan.timeout
+            save_plan(plan, folder)
         if run_study(plan, folder, jobs=jobs, resume=True)["interrupted"]:
             raise typer.Exit(130)
         return
@@ -717,6 +725,21 @@ def tune(
     result = run_study(plan, folder, jobs=jobs, resume=study is not None and (folder / "study.json").is_file())
     if result["interrupted"]:
         raise typer.Exit(130)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the command line gave option `name` (not its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _only_given(ctx: typer.Context, allowed: set[str]) -> None:
+    """Options a mode does not read are refused, not ignored (`tune --resume DIR --param ...` ran the old plan)."""
+    for name in ctx.params:
+        if name not in allowed and _given(ctx, name):
+            flag = "a recipe file" if name == "recipe" else f"--{name.rstrip('_').replace('_', '-')}"
+            mode = "--report" if "report" in allowed else "--resume (the study keeps its plan, study.json)"
+            raise UserError(f"{flag}: not with {mode}")
 
 
 def _print_table(table) -> None:
