@@ -277,12 +277,19 @@ def test_an_onnx_file_that_is_not_this_runs_export_is_refused_at_start(run, trai
     import shutil
 
     from nnrecipe.deploy.export import export_run
+    from nnrecipe.engine.checkpoint import load_checkpoint, save_checkpoint
     from nnrecipe.runs import open_run
 
     text = open_run(shutil.copytree(trained_text_run.dir, tmp_path / "text"))  # the shared run stays as it is
     export_run(text, "onnx")
     with pytest.raises(UserError, match=r"--onnx .*model.onnx: not an export of .*\(one input fails: "):
         create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], onnx=text.dir / "export" / "model.onnx"))
+    other = open_run(shutil.copytree(run.dir, tmp_path / "other"))  # the same shapes, other weights
+    tensors, state = load_checkpoint(other.best_checkpoint)
+    save_checkpoint(other.best_checkpoint, {k: v + 0.01 for k, v in tensors.items()}, state)
+    export_run(other, "onnx")  # every input passes: it served the other run's answers under this run's name
+    with pytest.raises(UserError, match=r"--onnx .*model.onnx: exported from other weights than .*'s \(its card: "):
+        create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], onnx=other.dir / "export" / "model.onnx"))
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     with pytest.raises(UserError, match=r"--onnx .*bad.onnx: ONNX Runtime cannot load it"):
         create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], onnx=tmp_path / "bad.onnx"))

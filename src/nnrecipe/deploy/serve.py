@@ -34,7 +34,7 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from nnrecipe.deploy.card import model_card
+from nnrecipe.deploy.card import model_card, sha256
 from nnrecipe.deploy.guards import Access, Admission, within_deadline
 from nnrecipe.engine.config import Seed
 from nnrecipe.errors import UserError, existing_file, first_line, read_utf8
@@ -503,7 +503,23 @@ def load_predictor(run: Run, onnx_path: Path | None = None, precision: str = "au
             raise UserError(
                 f"--onnx {onnx_path}: not an export of {run.dir} (one input fails: {first[:300]})"
             ) from None
+    if onnx_path is not None:
+        check_card(Path(onnx_path), run)
     return predictor
+
+
+def check_card(onnx_path: Path, run: Run) -> None:
+    """An export of another run of the same shapes (another seed, an earlier training) served its answers
+    under this run's name: its card's hash of the weights it came from must be this run's."""
+    card = onnx_path.with_name(onnx_path.name + ".card.json")
+    try:
+        exported_from = json.loads(card.read_text())["sha256"]["weights"]
+    except (OSError, ValueError, KeyError, TypeError):  # no card, or not ours: the input check above stands
+        return
+    if exported_from and run.best_checkpoint.is_file() and exported_from != sha256(run.best_checkpoint):
+        source = json.loads(card.read_text()).get("source_run", "?")
+        raise UserError(f"--onnx {onnx_path}: exported from other weights than {run.dir}'s (its card: {source}); "
+                        f"export this run, or serve {source}")  # fmt: skip
 
 
 def _check_batch(n: int, limit: int) -> None:
