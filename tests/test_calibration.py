@@ -77,6 +77,7 @@ def test_temperature_scaling_lowers_ece_of_an_over_confident_model_everywhere(re
     sharp_logits = image.inference(run).model(x).detach()
     labels_before = image.probabilities(run, "test")[0].argmax(1)
 
+    export.export_run(run, "onnx", out=tmp_path / "before.onnx")
     result = calibrate_run(run)
     # Measured: temperature 4.06, test ECE 0.093 -> 0.038, validation (144 images) 0.082 -> 0.059.
     assert result["temperature"] > 2
@@ -92,6 +93,12 @@ def test_temperature_scaling_lowers_ece_of_an_over_confident_model_everywhere(re
     assert card["checks"]["max_abs_diff"] <= export.ATOL
     onnx = torch.from_numpy(export.onnx_outputs(tmp_path / "t.onnx", x))
     torch.testing.assert_close(onnx, sharp_logits / result["temperature"], rtol=1e-4, atol=1e-4)
+    from nnrecipe.deploy.serve import load_predictor
+    from nnrecipe.errors import UserError
+
+    load_predictor(run, tmp_path / "t.onnx")  # its own temperature
+    with pytest.raises(UserError, match=r"before.onnx: exported under temperature None, the run's is now 4"):
+        load_predictor(run, tmp_path / "before.onnx")  # it served uncalibrated confidences
 
 
 def test_a_text_run_is_calibrated_through_the_hugging_face_logits(trained_text_run, tmp_path, monkeypatch, capsys):

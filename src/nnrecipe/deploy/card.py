@@ -32,6 +32,7 @@ def model_card(
         **extra,
         "metrics": metrics,
         "source_run": str(run.dir),
+        "temperature": run.meta().get("temperature"),  # `nnrecipe calibrate`'s, folded into the graph; or None
         "sha256": {"weights": sha256(weights) if weights else None},
     }
 

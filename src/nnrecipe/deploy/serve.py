@@ -511,15 +511,20 @@ def load_predictor(run: Run, onnx_path: Path | None = None, precision: str = "au
 def check_card(onnx_path: Path, run: Run) -> None:
     """An export of another run of the same shapes (another seed, an earlier training) served its answers
     under this run's name: its card's hash of the weights it came from must be this run's."""
-    card = onnx_path.with_name(onnx_path.name + ".card.json")
+    path = onnx_path.with_name(onnx_path.name + ".card.json")
     try:
-        exported_from = json.loads(card.read_text())["sha256"]["weights"]
+        card = json.loads(path.read_text())
+        exported_from = card["sha256"]["weights"]
     except (OSError, ValueError, KeyError, TypeError):  # no card, or not ours: the input check above stands
         return
     if exported_from and run.best_checkpoint.is_file() and exported_from != sha256(run.best_checkpoint):
-        source = json.loads(card.read_text()).get("source_run", "?")
+        source = card.get("source_run", "?")
         raise UserError(f"--onnx {onnx_path}: exported from other weights than {run.dir}'s (its card: {source}); "
                         f"export this run, or serve {source}")  # fmt: skip
+    now = run.meta().get("temperature")
+    if "temperature" in card and card["temperature"] != now:  # calibrated (again) after the export
+        raise UserError(f"--onnx {onnx_path}: exported under temperature {card['temperature']}, the run's is now "
+                        f"{now} (`nnrecipe calibrate` since): export it again")  # fmt: skip
 
 
 def _check_batch(n: int, limit: int) -> None:
