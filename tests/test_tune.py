@@ -203,7 +203,7 @@ def test_a_study_name_in_use_is_joined_only_with_the_same_plan(tmp_path):
             run_study(plan(tmp_path, ["optim.lr=choice(0.01)"], 2), folder, resume=resume)
     assert load_plan(folder).space == ["optim.lr=choice(0.05)"] and states(folder) == ["COMPLETE"]
     run_study(plan(tmp_path, ["optim.lr=choice(0.05)"], 2), folder, resume=True)  # the same plan, more trials
-    assert states(folder) == ["COMPLETE", "COMPLETE"]
+    assert states(folder) == ["COMPLETE", "COMPLETE"] and load_plan(folder).trials == 2  # the new total kept
 
 
 def test_resume_takes_a_new_trial_total_and_refuses_the_options_of_a_new_plan(tmp_path):

@@ -480,7 +480,7 @@ def run_study(plan: Plan, folder: Path, jobs: int = 1, resume: bool = False) -> 
     if jobs < 1:
         raise RecipeError(f"--jobs: at least 1 (got {jobs})")
     check_joinable(plan, folder)  # `tune RECIPE --study NAME` on a study in use goes on with it (resume)
-    if not resume:
+    if not resume or load_plan(folder).trials != plan.trials:  # a new study, or a new total for this one
         save_plan(plan, folder)
     study = open_study(plan, folder, create=not resume)
     if resume:
