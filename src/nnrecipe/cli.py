@@ -273,7 +273,7 @@ def _check_predictions_file(to: Path, sources: list[Path], run_dir: Path) -> Non
         return
     target = to.resolve()
     for source in (s.resolve() for s in sources if s.exists()):
-        if target == source or target.is_relative_to(source):
+        if target.is_relative_to(source):  # the input itself, or a file in an input folder
             raise UserError(f"--out {to}: one of the inputs; nothing written: give another file name")
     if target.is_relative_to(run_dir.resolve()):
         raise UserError(f"--out {to}: a file of the run {run_dir}; nothing written: give another file name")

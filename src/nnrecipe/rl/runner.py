@@ -159,6 +159,8 @@ def _train_deep(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resu
     eval_env = make_env(recipe)
     eval_seed = recipe.eval.seed + 1_000_000  # periodic evaluations never reuse the final evaluation's seeds
     replay = run.dir / "checkpoints" / "replay-{step}.npz"
+    # the recipe it trains under, kept in each checkpoint for resume to compare with; total_steps may grow
+    kept = {"recipe": run.recipe_path.read_text(), "recipe_free": f"{recipe.algo}.total_steps"}
 
     def periodic(policy) -> float:
         return evaluate_policy(eval_env, policy, cfg.eval_episodes, eval_seed, recipe.env.id)["mean_return"]
@@ -177,8 +179,6 @@ def _train_deep(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resu
         buffer = state.pop("buffer", None)
         if buffer is not None:  # the buffer first, named by its step: the checkpoint then points at it
             state["buffer_whole"] = buffer.save(Path(str(replay).format(step=state["step"])), cfg.buffer_checkpoint_mb)
-        # the recipe it trained under, for resume to compare with; total_steps may grow (it trains on)
-        kept = {"recipe": run.recipe_path.read_text(), "recipe_free": f"{recipe.algo}.total_steps"}
         save_checkpoint(run.last_checkpoint, {}, state | kept)
         for old in replay.parent.glob("replay-*.npz"):
             if old.name != Path(str(replay).format(step=state["step"])).name:

@@ -29,10 +29,10 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
 
     def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int):
         self.make, self.seed = make, seed
-        self.number, self.inner = -1, make(seed)
+        self.number, self.inner = -1, None
 
     def __str__(self) -> str:
-        return f"{type(self.inner).__name__} seeded per trial from {self.seed}"
+        return f"a sampler seeded per trial from {self.seed}"
 
     def sampler(self, trial: Any) -> optuna.samplers.BaseSampler:
         if trial.number != self.number:

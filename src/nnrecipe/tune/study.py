@@ -385,17 +385,20 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def check_joinable(plan: Plan, folder: Path) -> None:
-    """A study of this name may be joined (another machine running the same command, or more --trials) only
-    with the same plan: another recipe or space added its trials to the study's and replaced its study.json."""
+def joinable(plan: Plan, folder: Path) -> Plan | None:
+    """The study already in `folder` (None: a new one), which may be joined (another machine running the same
+    command, or more --trials) only with the same plan: another recipe or space added its trials to the
+    study's and replaced its study.json."""
     if not (Path(folder) / PLAN).is_file():
-        return
-    before, now = asdict(load_plan(folder)), asdict(plan)
+        return None
+    saved = load_plan(folder)
+    before, now = asdict(saved), asdict(plan)
     free = ("created", "timeout", "source", "trials")
     differ = [k for k in now if k not in free and before.get(k) != now[k]]
     if differ:
         raise UserError(f"--study {plan.name}: {folder} holds a study with another {', '.join(differ)}; "
                         f"go on with it by `nnrecipe tune --resume {folder}`, or give another --study")  # fmt: skip
+    return saved
 
 
 def save_plan(plan: Plan, folder: Path) -> None:
@@ -479,8 +482,8 @@ def run_study(plan: Plan, folder: Path, jobs: int = 1, resume: bool = False) -> 
     """Run (or go on with) the study until `plan.trials` trials have finished (complete or pruned)."""
     if jobs < 1:
         raise RecipeError(f"--jobs: at least 1 (got {jobs})")
-    check_joinable(plan, folder)  # `tune RECIPE --study NAME` on a study in use goes on with it (resume)
-    if not resume or load_plan(folder).trials != plan.trials:  # a new study, or a new total for this one
+    saved = joinable(plan, folder)  # `tune RECIPE --study NAME` on a study in use goes on with it (resume)
+    if not resume or saved is None or saved.trials != plan.trials:  # a new study, or a new total for this one
         save_plan(plan, folder)
     study = open_study(plan, folder, create=not resume)
     if resume:
