@@ -92,10 +92,8 @@ def build(name: str, labels: list[str], finetune: str, opts: dict[str, Any] | No
     """(model, tokenizer): the pretrained encoder `name` with a fresh `head` ("sequence" or "token") for
     `labels`, prepared for `finetune`."""
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # a bar for reading 100 tensors from disk, on every verb
+    quiet_transformers()
     path = resolve(name)
     auto = AutoModelForSequenceClassification if head == "sequence" else AutoModelForTokenClassification
     try:
@@ -119,6 +117,15 @@ def build(name: str, labels: list[str], finetune: str, opts: dict[str, Any] | No
     elif finetune != "full":
         model = with_peft(model, _peft_config(finetune, head, opts or {}))
     return model, tokenizer
+
+
+def quiet_transformers() -> None:
+    """transformers' warnings off (errors stay), and its progress bar for reading a checkpoint's tensors from
+    disk, which every verb that loads a model printed."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def with_peft(model: nn.Module, config: Any) -> nn.Module:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from nnrecipe.errors import UserError
-from nnrecipe.models.hf import resolve, with_peft
+from nnrecipe.models.hf import quiet_transformers, resolve, with_peft
 
 FINETUNE_MODES = ("full", "lora")
 
@@ -41,10 +41,8 @@ class CausalLM(nn.Module):
 def load_causal_lm(name: str, finetune: str = "full", lora: dict[str, Any] | None = None) -> CausalLM:
     """The pretrained model at `name` (a local folder, or a hub id in the cache), prepared for `finetune`."""
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # a bar for reading 100 tensors from disk, on every verb
+    quiet_transformers()
     path = resolve(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(path)

@@ -27,7 +27,7 @@ from nnrecipe.engine.loop import console
 from nnrecipe.engine.optim import build_optimizer
 from nnrecipe.engine.seeding import derived_seed
 from nnrecipe.errors import UserError
-from nnrecipe.models.hf import parameter_counts, resolve
+from nnrecipe.models.hf import parameter_counts, quiet_transformers, resolve
 from nnrecipe.reporting.lm import write_mlm_report
 from nnrecipe.runs import Run
 from nnrecipe.tasks.family import Inference, Splits
@@ -39,10 +39,8 @@ MODEL_DIR = "model"  # the run's model folder, for text and NER recipes to start
 def load_encoder(name: str):
     """(AutoModelForMaskedLM, fast tokenizer) of a pretrained encoder; a head the folder lacks starts fresh."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # a bar for reading 100 tensors from disk, on every verb
+    quiet_transformers()
     path = resolve(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
