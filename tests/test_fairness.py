@@ -71,6 +71,9 @@ def test_an_image_run_is_grouped_by_its_files_and_bad_files_are_named(tmp_path):
         evaluate_fairness(run, "test", tmp_path / "header.csv")
     with pytest.raises(UserError, match="--positive: one of this run's labels"):
         evaluate_fairness(run, "test", groups, positive="cat")
+    (tmp_path / "latin1.csv").write_bytes("example,group\nb\xe9b\xe9.png,a\n".encode("latin-1"))
+    with pytest.raises(UserError, match="latin1.csv: not UTF-8 text .* at byte 0xe9"):  # was a UnicodeDecodeError
+        evaluate_fairness(run, "test", tmp_path / "latin1.csv")
 
 
 def test_runs_without_files_or_labels_refuse_in_one_line(trained_digits_run):

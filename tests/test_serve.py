@@ -146,6 +146,24 @@ def test_model_card_and_openapi(client):
     assert {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
 
 
+def test_the_card_describes_the_model_loaded_at_start_not_the_runs_files_now(run, tmp_path):
+    import hashlib
+    import shutil
+
+    from nnrecipe.runs import open_run
+
+    copy = open_run(shutil.copytree(run.dir, tmp_path / "run"))
+    loaded = hashlib.sha256(copy.best_checkpoint.read_bytes()).hexdigest()
+    with TestClient(create_app(ServeConfig(run_dir=copy.dir, api_keys=[KEY]))) as c:
+        first = c.get("/v1/model", headers=AUTH).json()
+        assert first["sha256"]["weights"] == loaded and first["temperature"] is None
+        # A `calibrate` and a new best checkpoint while serving: the server still answers with what it loaded,
+        # and so must its card (it re-read the run and re-hashed the weights on every request).
+        copy.update_meta(temperature=2.0)
+        copy.best_checkpoint.write_bytes(copy.best_checkpoint.read_bytes() + b" ")
+        assert c.get("/v1/model", headers=AUTH).json() == first
+
+
 def test_docs_and_schema_need_the_key_unless_public(run, client):
     assert client.get("/openapi.json").status_code == 401 and client.get("/docs").status_code == 401
     assert client.get("/docs", headers=AUTH).status_code == 200

@@ -305,11 +305,16 @@ def add_service_routes(app: FastAPI, cfg: ServeConfig, run: Run, family, predict
             raise HTTPException(503, "model worker not running")
         return {"status": "ready"}
 
+    # Built once, beside the model it describes: built per request, it hashed the whole weights file each
+    # time (a card request cost as much as reading the checkpoint), and described the run's files as they
+    # are now (a later `calibrate` or a resumed training), not the model this server had loaded.
+    served = model_card(
+        run, family, predictor.labels, predictor.model_name, predictor.facts(), backend=predictor.backend
+    )
+
     @app.get("/v1/model", dependencies=[Depends(access.authorize)])
     def card() -> dict[str, Any]:
-        return model_card(
-            run, family, predictor.labels, predictor.model_name, predictor.facts(), backend=predictor.backend
-        )
+        return served
 
     @app.get("/metrics", dependencies=[Depends(access.authorize)])
     def metrics_text() -> Response:
