@@ -190,6 +190,7 @@ def test_text_recipes_name_the_missing_data_file(recipe, path, tmp_path):
     assert res.returncode == 1 and f"data.train: file not found: {path}" in res.stderr and "Traceback" not in res.stderr
     # A failed start leaves no empty run directory for `runs` or a newest-run look-up to trip over.
     assert not any((tmp_path / "runs").glob("*")), list((tmp_path / "runs").glob("*"))
+    assert "removed: nothing was trained" in res.stderr  # it named the folder, then left it unmentioned
 
 
 def test_ner_predict_and_merge_from_the_command_line(trained_ner_run, tmp_path):

@@ -172,6 +172,8 @@ def train_new_run(family: Any, recipe: Any, recipe_name: str, label: str = "") -
     except BaseException:
         if is_main_process() and run.meta().get("status") == "created":
             shutil.rmtree(run.dir, ignore_errors=True)
+            # The line above named a folder that is now gone; say so, or it is looked for.
+            console.print(f"{label + ': ' if label else ''}run directory {run.dir} removed: nothing was trained")
         raise
 
 
