@@ -221,6 +221,58 @@ def test_a_language_model_is_served_with_limits(trained_gpt):
         assert client.get("/v1/model").json()["task"] == "language_modeling"
 
 
+def test_a_streaming_client_that_hangs_up_stops_the_generation(trained_gpt):
+    """It went on to the token limit for no one, holding its place in the work queue."""
+    import asyncio
+    import threading
+
+    from nnrecipe.deploy.guards import Admission
+    from nnrecipe.deploy.serve import load_predictor, stream_generation
+
+    run, _ = trained_gpt
+    predictor = load_predictor(run)
+    pieces = []
+
+    def listener(text: str) -> bool:
+        pieces.append(text)
+        return len(pieces) == 3
+
+    out = predictor.generate("a stitch", max_new_tokens=20, temperature=0, on_piece=listener)
+    assert out["new_tokens"] == 3 and out["text"] == "".join(pieces)  # the listener's True stops at its piece
+
+    class Recorded:
+        """The run's predictor, holding its first piece until the client is gone, and keeping its result."""
+
+        def __init__(self):
+            self.client_gone, self.result = threading.Event(), None
+
+        def generate(self, prompt, on_piece, **options):
+            def held(text):
+                stop = on_piece(text)
+                self.client_gone.wait(10)
+                return stop
+
+            self.result = predictor.generate(prompt, on_piece=held, **options)
+            return self.result
+
+    async def hang_up_after_the_first_piece():
+        recorded, admission = Recorded(), Admission(4)
+        admission.take(1)
+        events = stream_generation(recorded, "a stitch", 20, {"temperature": 0}, asyncio.get_running_loop(), admission)
+        assert json.loads((await anext(events))[6:])["text"]
+        await events.aclose()  # what the server does when the client disconnects
+        recorded.client_gone.set()
+        for _ in range(1000):  # until the thread ends (a liveness bound, not a timing)
+            if admission.used == 0:
+                break
+            await asyncio.sleep(0.01)
+        return recorded.result, admission.used
+
+    result, used = asyncio.run(hang_up_after_the_first_piece())
+    # It stops at the first piece drawn after the hang-up (the first, when the client left before it asked); was 20
+    assert used == 0 and result["new_tokens"] <= 2, result
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["shakespeare-char-gpt", "shakespeare-char-lstm"])
 def test_bundled_lm_recipes_train_and_generate_through_the_cli(recipe, tmp_path):

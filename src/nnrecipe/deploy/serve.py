@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import warnings
 from contextlib import asynccontextmanager
@@ -426,8 +427,6 @@ def add_explain_route(app: FastAPI, cfg: ServeConfig, run: Run, family, predicto
     """POST /v1/explain: the inputs of /v1/predict (JSON), at most `max_explain_inputs` of them, explained by
     the run's eager model (a copy of its own: attribution hooks never touch the model that predicts), one
     request at a time; its inputs count against the work queue and it has the same deadline."""
-    import threading
-
     from nnrecipe.trust.explain import explain_decoded
 
     subject = family.explain_subject(run)
@@ -464,34 +463,42 @@ def add_explain_route(app: FastAPI, cfg: ServeConfig, run: Run, family, predicto
 
 async def stream_generation(predictor, prompt: str, limit: int, options: dict, loop, admission: Admission):
     """Server-sent events: `data: {"text": ...}` per new piece of text, then `data: {"done": true, ...}`
-    with the counts (or `event: error`). The model runs in a thread and hands pieces over as they come; the
-    stream's place in the work queue is given back when the generation ends."""
+    with the counts (or `event: error`). The model runs in a thread and hands pieces over as they come; a
+    client that hangs up stops it at the next piece (it went on to the token limit for no one, holding its
+    place in the work queue), and the place is given back when the generation ends."""
     queue: asyncio.Queue = asyncio.Queue()
+    hung_up = threading.Event()
 
     def put(item) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, item)
 
+    def piece(text: str) -> bool:
+        put(("text", text))
+        return hung_up.is_set()
+
     def work() -> None:
         try:
-            result = predictor.generate(prompt, limit=limit, on_piece=lambda text: put(("text", text)), **options)
-            put(("done", result))
+            put(("done", predictor.generate(prompt, limit=limit, on_piece=piece, **options)))
         except Exception as e:  # a failure ends this stream, never the worker
             log.exception("generation failed")
             put(("error", str(e)))
 
     job = loop.run_in_executor(None, work)
     admission.give_when_done(1, job)
-    while True:
-        kind, value = await queue.get()
-        if kind == "text":
-            yield f"data: {json.dumps({'text': value})}\n\n"
-        elif kind == "done":
-            counts = {k: value[k] for k in ("new_tokens", "tokens_per_s")}
-            yield f"data: {json.dumps({'done': True, **counts})}\n\n"
-            break
-        else:
-            yield f"event: error\ndata: {json.dumps({'detail': value})}\n\n"
-            break
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "text":
+                yield f"data: {json.dumps({'text': value})}\n\n"
+            elif kind == "done":
+                counts = {k: value[k] for k in ("new_tokens", "tokens_per_s")}
+                yield f"data: {json.dumps({'done': True, **counts})}\n\n"
+                break
+            else:
+                yield f"event: error\ndata: {json.dumps({'detail': value})}\n\n"
+                break
+    finally:  # the response is closed or cancelled when the client disconnects
+        hung_up.set()
     await job
 
 

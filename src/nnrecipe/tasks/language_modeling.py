@@ -323,10 +323,11 @@ class LanguageModeling(SupervisedFamily):
         seed: int,
         use_cache: bool = True,
         device="cpu",
-        on_piece: Callable[[str], None] | None = None,
+        on_piece: Callable[[str], bool | None] | None = None,
     ) -> dict[str, Any]:
         """The prompt's continuation, with how many tokens it took and how fast they came. `on_piece` is
-        told each new piece of text as soon as its token is drawn (streaming)."""
+        told each new piece of text as soon as its token is drawn (streaming); it returns True to stop there
+        (the listener is gone)."""
         ids = prompt_ids(inf.tokenizer, prompt)
         if not ids:
             raise UserError("the prompt encodes to no tokens")
@@ -338,8 +339,8 @@ class LanguageModeling(SupervisedFamily):
                 new_ids.append(token)
                 text = inf.tokenizer.decode(new_ids)
                 if len(text) > shown[0] and not text.endswith("\ufffd"):
-                    on_piece(text[shown[0] :])
-                    shown[0] = len(text)
+                    piece, shown[0] = text[shown[0] :], len(text)
+                    return bool(on_piece(piece))
                 return False
 
         start = time.perf_counter()
