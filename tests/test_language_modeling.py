@@ -219,6 +219,9 @@ def test_a_language_model_is_served_with_limits(trained_gpt):
         rows = client.post("/v1/predict", json={"inputs": ["the ", "all "]}).json()["predictions"]
         assert [r["prompt"] for r in rows] == ["the ", "all "] and all(r["new_tokens"] == 40 for r in rows)
         assert client.get("/v1/model").json()["task"] == "language_modeling"
+    # No /v1/explain here, so its input limit (default 4) does not bound the queue: --max-queue 1 was refused.
+    one_at_a_time = ServeConfig(run_dir=run.dir, insecure_no_auth=True, max_queue=1, max_batch=1)
+    assert "/v1/explain" not in {r.path for r in create_app(one_at_a_time).routes}
 
 
 def test_a_streaming_client_that_hangs_up_stops_the_generation(trained_gpt):

@@ -237,6 +237,8 @@ def test_a_full_queue_answers_503_with_retry_after_and_a_late_answer_504(run, mo
     one = {"inputs": [b64(digit_png(0))]}
     with pytest.raises(UserError, match="--max-queue 2: below --max-batch 64, so a request of that size could never"):
         create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], max_queue=2))  # 503 "retry" forever, when idle
+    with pytest.raises(UserError, match="--max-queue 2: below --max-explain-inputs 4"):  # /v1/explain's size too
+        create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], max_queue=2, max_batch=2))
     small = dict(max_queue=2, batch_max=1, max_batch=1, max_explain_inputs=1)
     with TestClient(create_app(ServeConfig(run_dir=run.dir, api_keys=[KEY], **small))) as c:
         with ThreadPoolExecutor(6) as pool:

@@ -212,10 +212,6 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             "refusing to serve without an API key: give --api-key-file or NNRECIPE_API_KEYS, "
             "or --insecure-no-auth to serve without authentication"
         )
-    for flag, most in (("--max-batch", cfg.max_batch), ("--max-explain-inputs", cfg.max_explain_inputs)):
-        if most > cfg.max_queue:  # such a request was 503 "busy; retry" on an idle server, forever
-            raise UserError(f"--max-queue {cfg.max_queue}: below {flag} {most}, so a request of that size could "
-                            f"never be admitted: raise --max-queue or lower {flag}")  # fmt: skip
     if cfg.insecure_no_auth:
         log.warning(
             "serving WITHOUT authentication (--insecure-no-auth): anyone who can reach the port can use the model"
@@ -226,6 +222,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     started = time.perf_counter()
     run = open_run(cfg.run_dir)
     family = family_of(run)
+    check_queue(cfg, family)
     predictor = load_predictor(run, cfg.onnx, cfg.precision)
     predictor.max_pixels = cfg.max_image_pixels
     admission = Admission(cfg.max_queue)
@@ -253,6 +250,19 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     if family.offers("generate"):
         add_generate_route(app, cfg, predictor, admission, access)
     return app
+
+
+def check_queue(cfg: ServeConfig, family) -> None:
+    """Every request size the server accepts fits its work queue: such a request was 503 "busy; retry" on an
+    idle server, forever. The explain limit counts only where the family serves /v1/explain (it refused
+    --max-queue 1 for a language model, which has no /v1/explain)."""
+    sizes = [("--max-batch", cfg.max_batch)]
+    if family.offers("explain"):
+        sizes.append(("--max-explain-inputs", cfg.max_explain_inputs))
+    for flag, most in sizes:
+        if most > cfg.max_queue:
+            raise UserError(f"--max-queue {cfg.max_queue}: below {flag} {most}, so a request of that size could "
+                            f"never be admitted: raise --max-queue or lower {flag}")  # fmt: skip
 
 
 def limits_logs_metrics(max_body_bytes: int, metrics: Metrics):
