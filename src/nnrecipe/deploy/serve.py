@@ -425,11 +425,16 @@ def add_generate_route(app: FastAPI, cfg: ServeConfig, predictor: Predictor, adm
                 media_type="text/event-stream",
             )
         admission.take(1)
+        given_up = threading.Event()
         job = loop.run_in_executor(
-            None, lambda: predictor.generate(request.prompt, limit=cfg.max_new_tokens, **options)
+            None,
+            lambda: predictor.generate(request.prompt, limit=cfg.max_new_tokens, stop_when=given_up.is_set, **options),
         )
         admission.give_when_done(1, job)
-        return await within_deadline(asyncio.shield(job), cfg.deadline_s)
+        try:
+            return await within_deadline(asyncio.shield(job), cfg.deadline_s)
+        finally:  # after a 504 the generation stops at its next token: it ran on to the limit for no one
+            given_up.set()
 
 
 def add_explain_route(app: FastAPI, cfg: ServeConfig, run: Run, family, predictor: Predictor, admission: Admission,
@@ -474,7 +479,7 @@ def add_explain_route(app: FastAPI, cfg: ServeConfig, run: Run, family, predicto
 async def stream_generation(predictor, prompt: str, limit: int, options: dict, loop, admission: Admission):
     """Server-sent events: `data: {"text": ...}` per new piece of text, then `data: {"done": true, ...}`
     with the counts (or `event: error`). The model runs in a thread and hands pieces over as they come; a
-    client that hangs up stops it at the next piece (it went on to the token limit for no one, holding its
+    client that hangs up stops it at the next token (it went on to the token limit for no one, holding its
     place in the work queue), and the place is given back when the generation ends."""
     queue: asyncio.Queue = asyncio.Queue()
     hung_up = threading.Event()
@@ -482,13 +487,10 @@ async def stream_generation(predictor, prompt: str, limit: int, options: dict, l
     def put(item) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, item)
 
-    def piece(text: str) -> bool:
-        put(("text", text))
-        return hung_up.is_set()
-
     def work() -> None:
         try:
-            put(("done", predictor.generate(prompt, limit=limit, on_piece=piece, **options)))
+            pieces = dict(on_piece=lambda text: put(("text", text)), stop_when=hung_up.is_set)
+            put(("done", predictor.generate(prompt, limit=limit, **pieces, **options)))
         except Exception as e:  # a failure ends this stream, never the worker
             log.exception("generation failed")
             put(("error", str(e)))

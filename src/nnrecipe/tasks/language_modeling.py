@@ -323,25 +323,25 @@ class LanguageModeling(SupervisedFamily):
         seed: int,
         use_cache: bool = True,
         device="cpu",
-        on_piece: Callable[[str], bool | None] | None = None,
+        on_piece: Callable[[str], None] | None = None,
+        stop_when: Callable[[], bool] | None = None,
     ) -> dict[str, Any]:
         """The prompt's continuation, with how many tokens it took and how fast they came. `on_piece` is
-        told each new piece of text as soon as its token is drawn (streaming); it returns True to stop there
-        (the listener is gone)."""
+        told each new piece of text as soon as its token is drawn (streaming); `stop_when` is asked after
+        each token whether to end there (the client hung up, or its deadline passed)."""
         ids = prompt_ids(inf.tokenizer, prompt)
         if not ids:
             raise UserError("the prompt encodes to no tokens")
-        stop = None
-        if on_piece is not None:
-            new_ids, shown = [], [0]
+        new_ids, shown = [], [0]
 
-            def stop(token: int) -> bool:  # decode what is new so far: a multi-byte character may span tokens
+        def stop(token: int) -> bool:
+            if on_piece is not None:  # decode what is new so far: a multi-byte character may span tokens
                 new_ids.append(token)
                 text = inf.tokenizer.decode(new_ids)
                 if len(text) > shown[0] and not text.endswith("\ufffd"):
-                    piece, shown[0] = text[shown[0] :], len(text)
-                    return bool(on_piece(piece))
-                return False
+                    on_piece(text[shown[0] :])
+                    shown[0] = len(text)
+            return stop_when is not None and stop_when()
 
         start = time.perf_counter()
         out = generate(
