@@ -217,7 +217,8 @@ def test_a_language_model_is_served_with_limits(trained_gpt):
         assert events[-1]["done"] and events[-1]["new_tokens"] == 12
         assert client.post("/v1/generate", json={"prompt": "QZ", "stream": True}).status_code == 422  # before streaming
         rows = client.post("/v1/predict", json={"inputs": ["the ", "all "]}).json()["predictions"]
-        assert [r["prompt"] for r in rows] == ["the ", "all "] and all(r["new_tokens"] == 40 for r in rows)
+        # the recipe's 40, capped by --max-new-tokens as /v1/generate is (it generated all 40)
+        assert [r["prompt"] for r in rows] == ["the ", "all "] and all(r["new_tokens"] == 30 for r in rows)
         assert client.get("/v1/model").json()["task"] == "language_modeling"
     # No /v1/explain here, so its input limit (default 4) does not bound the queue: --max-queue 1 was refused.
     one_at_a_time = ServeConfig(run_dir=run.dir, insecure_no_auth=True, max_queue=1, max_batch=1)
@@ -257,7 +258,8 @@ def test_a_streaming_client_that_hangs_up_stops_the_generation(trained_gpt):
     async def hang_up_after_the_first_piece():
         recorded, admission = Recorded(), Admission(4)
         admission.take(1)
-        events = stream_generation(recorded, "a stitch", 20, {"temperature": 0}, asyncio.get_running_loop(), admission)
+        options = {"temperature": 0, "max_new_tokens": 20}
+        events = stream_generation(recorded, "a stitch", options, asyncio.get_running_loop(), admission)
         assert json.loads((await anext(events))[6:])["text"]
         await events.aclose()  # what the server does when the client disconnects
         recorded.client_gone.set()

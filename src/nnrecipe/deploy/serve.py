@@ -405,6 +405,7 @@ def add_generate_route(app: FastAPI, cfg: ServeConfig, predictor: Predictor, adm
                        access: Access) -> None:  # fmt: skip
     """POST /v1/generate (language models): a prompt and sampling options within the server's limits; the
     text at once (with the deadline), or streamed as server-sent events."""
+    predictor.limit = cfg.max_new_tokens  # /v1/predict's continuations too
 
     @app.post("/v1/generate", dependencies=[Depends(access.authorize_and_limit)], response_model=Generated)
     async def generate(request: GenerateRequest) -> dict:
@@ -421,14 +422,14 @@ def add_generate_route(app: FastAPI, cfg: ServeConfig, predictor: Predictor, adm
         if request.stream:  # no deadline: the client sees the text as it comes and can hang up
             admission.take(1)
             return StreamingResponse(
-                stream_generation(predictor, request.prompt, cfg.max_new_tokens, options, loop, admission),
+                stream_generation(predictor, request.prompt, options, loop, admission),
                 media_type="text/event-stream",
             )
         admission.take(1)
         given_up = threading.Event()
         job = loop.run_in_executor(
             None,
-            lambda: predictor.generate(request.prompt, limit=cfg.max_new_tokens, stop_when=given_up.is_set, **options),
+            lambda: predictor.generate(request.prompt, stop_when=given_up.is_set, **options),
         )
         admission.give_when_done(1, job)
         try:
@@ -476,7 +477,7 @@ def add_explain_route(app: FastAPI, cfg: ServeConfig, run: Run, family, predicto
             raise HTTPException(501, str(missing)) from None
 
 
-async def stream_generation(predictor, prompt: str, limit: int, options: dict, loop, admission: Admission):
+async def stream_generation(predictor, prompt: str, options: dict, loop, admission: Admission):
     """Server-sent events: `data: {"text": ...}` per new piece of text, then `data: {"done": true, ...}`
     with the counts (or `event: error`). The model runs in a thread and hands pieces over as they come; a
     client that hangs up stops it at the next token (it went on to the token limit for no one, holding its
@@ -490,7 +491,7 @@ async def stream_generation(predictor, prompt: str, limit: int, options: dict, l
     def work() -> None:
         try:
             pieces = dict(on_piece=lambda text: put(("text", text)), stop_when=hung_up.is_set)
-            put(("done", predictor.generate(prompt, limit=limit, **pieces, **options)))
+            put(("done", predictor.generate(prompt, **pieces, **options)))
         except Exception as e:  # a failure ends this stream, never the worker
             log.exception("generation failed")
             put(("error", str(e)))

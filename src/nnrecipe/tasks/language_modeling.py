@@ -416,7 +416,9 @@ class LanguageModeling(SupervisedFamily):
 
 class LMPredictor(TextInputs, Predictor):
     """Serving: /v1/predict continues each prompt with the recipe's sampling settings; /v1/generate takes
-    one prompt and its own settings."""
+    one prompt and its own settings. `limit` (the server's --max-new-tokens) caps both."""
+
+    limit: int | None = None
 
     def __init__(self, family: LanguageModeling, run: Run):
         self.family, self.inf, self.sample = family, family.inference(run), run.recipe().sample
@@ -426,22 +428,18 @@ class LMPredictor(TextInputs, Predictor):
         return item  # an empty prompt is allowed: generation starts from a new line
 
     def predict(self, prompts: list[str]) -> list[dict[str, Any]]:
-        s = self.sample
-        rows = [
-            self.family.continue_text(self.inf, p, s.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed)
-            for p in prompts
-        ]
+        rows = [self.generate(p) for p in prompts]  # the recipe's length went past the server's cap
         return [{k: r[k] for k in ("prompt", "text", "new_tokens")} for r in rows]
 
     def check(self, prompt: str) -> None:
         """A clear error now for a prompt the tokenizer cannot read (before a stream has started)."""
         prompt_ids(self.inf.tokenizer, prompt)
 
-    def generate(self, prompt: str, limit: int | None = None, **options: Any) -> dict[str, Any]:
-        """`limit`: the server's cap, which also bounds the recipe's default length."""
+    def generate(self, prompt: str, **options: Any) -> dict[str, Any]:
+        """`options` over the recipe's sample section; the length held to `limit`."""
         s = sampling(self.sample, options)
-        if limit is not None:
-            s["max_new_tokens"] = min(s["max_new_tokens"], limit)
+        if self.limit is not None:
+            s["max_new_tokens"] = min(s["max_new_tokens"], self.limit)
         return self.family.continue_text(self.inf, prompt, **s)
 
     def facts(self) -> dict[str, Any]:
