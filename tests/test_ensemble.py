@@ -128,6 +128,10 @@ def test_weights_and_bad_ensembles_are_refused_in_one_line(seeded, tmp_path, tra
     assert not (seeded.parent.parent / "out").exists()
     with pytest.raises(UserError, match="give two runs or more"):
         create_ensemble(members[:1])
+    with pytest.raises(UserError, match="is given twice; weight a member with --weights instead"):
+        first = Path(members[0])
+        again = first.parent / ".." / first.parent.name / first.name  # the same run, spelled apart
+        create_ensemble([members[0], again])  # was an ensemble of one model, called two
     with pytest.raises(UserError, match="belong to different tasks"):
         create_ensemble([members[0], trained_text_run.dir])
     with pytest.raises(UserError, match="is an ensemble itself"):
@@ -186,12 +190,15 @@ def rounded(value):
 
 def test_an_ensemble_of_text_runs_uses_the_models_logits(trained_text_run, trained_ner_run, tmp_path):
     """HF outputs (.logits), the shared tokenizer check, per-token probabilities for NER: an ensemble of a
-    run with itself answers exactly as the run does."""
+    run with a copy of itself answers exactly as the run does."""
+    import shutil
+
     for run, family, text in (
         (trained_text_run, get_family("text_classification"), "a wonderful film"),
         (trained_ner_run, get_family("token_classification"), "Alice lives in Paris"),
     ):
-        ens = create_ensemble([run.dir, run.dir], "twice", runs_dir=tmp_path / family.name)
+        copy = shutil.copytree(run.dir, tmp_path / f"{family.name}-copy")  # the same run twice is refused
+        ens = create_ensemble([run.dir, copy], "twice", runs_dir=tmp_path / family.name)
         assert rounded(family.predict(ens, [text])) == rounded(family.predict(run, [text]))
         metric = family.metric.name
         assert ens.report()["test" if "test" in ens.report() else "val"][metric] == pytest.approx(

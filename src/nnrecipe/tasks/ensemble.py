@@ -89,6 +89,11 @@ def create_ensemble(
     if len(paths) < 2:
         raise UserError("ensemble: give two runs or more")
     members = [open_run(p) for p in paths]
+    seen: set[Path] = set()
+    for m in members:  # one run twice was an "ensemble" of one model, reported as two
+        if m.dir.resolve() in seen:
+            raise UserError(f"ensemble: {m.dir} is given twice; weight a member with --weights instead")
+        seen.add(m.dir.resolve())
     families = {family_of(m).name for m in members}
     if len(families) > 1:
         raise UserError(f"ensemble: the runs belong to different tasks ({', '.join(sorted(families))})")
