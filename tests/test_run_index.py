@@ -129,6 +129,23 @@ def test_clean_keeps_the_best_and_every_unfinished_run(many, tmp_path):
     assert cli("clean", many, "--keep-best", "1").output.strip() == "nothing to clean"
 
 
+def test_clean_keeps_the_members_of_an_ensemble(many):
+    """`train --seeds 0 1 2 --ensemble` then `clean --keep-best 1` removed two members' weights: the ensemble
+    could no longer evaluate, predict or serve."""
+    ensemble = many / "e"
+    ensemble.mkdir()
+    members = [str((many / "a").resolve()), str((many / "study" / "c").resolve())]
+    meta = {"status": "finished", "task": "image_classification", "recipe_name": "ensemble"}
+    (ensemble / "run.json").write_text(json.dumps(meta | {"ensemble": {"members": members, "weights": [0.5, 0.5]}}))
+    assert [r.path.name for r in to_clean(list_runs(many), keep_best=1)] == ["a", "c"]  # without the ensemble in mind
+    res = cli("clean", many, "--keep-best", "1", "--yes")
+    assert res.exit_code == 0 and "nothing to clean" in res.output
+    assert f"kept {many / 'a'}: ensemble {ensemble} averages it" in res.output
+    assert (many / "a" / "checkpoints").is_dir() and (many / "study" / "c" / "checkpoints").is_dir()
+    assert cli("clean", many, "--keep-best", "0", "--yes").exit_code == 0  # b is no member: it goes
+    assert not (many / "b" / "checkpoints").exists() and (many / "a" / "checkpoints").is_dir()
+
+
 def test_a_damaged_run_is_listed_as_such_and_named_by_every_verb_that_opens_it(many):
     """run.json, recipe.yaml or report.json damaged from outside (a disk, a hand edit): `runs` lists the run as
     damaged, or without its metric, and goes on; verbs that open it name the file in one line (they raised

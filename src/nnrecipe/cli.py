@@ -834,10 +834,15 @@ def clean(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before deleting."),
 ) -> None:
     """Delete the checkpoints of finished runs outside each recipe's N best (reports, metrics and plots stay);
-    unfinished runs, which need their checkpoints to resume, are never touched."""
-    from nnrecipe.run_index import list_runs, remove_checkpoints, to_clean
+    unfinished runs, which need their checkpoints to resume, and members of an ensemble in the folder are
+    never touched."""
+    from nnrecipe.run_index import ensemble_members, list_runs, remove_checkpoints, to_clean
 
-    chosen = to_clean(list_runs(folder, task), keep_best)
+    rows, needed = list_runs(folder, task), ensemble_members(folder)
+    chosen = to_clean(rows, keep_best, needed)
+    for r in to_clean(rows, keep_best):
+        if r.path.resolve() in needed:
+            err.print(f"kept {r.path}: ensemble {needed[r.path.resolve()]} averages it", markup=False)
     if not chosen:
         err.print("nothing to clean")
         return

@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,12 +243,25 @@ def plot_curves(runs: list[Path], histories: list[list[dict]], curves: list[str]
 # -- clean ---------------------------------------------------------------------------------------------
 
 
-def to_clean(rows: list[RunRow], keep_best: int) -> list[RunRow]:
+def ensemble_members(root: Path) -> dict[Path, Path]:
+    """Each run an ensemble under `root` averages (resolved) -> that ensemble: the members' checkpoints are
+    the ensemble's weights."""
+    used: dict[Path, Path] = {}
+    for run_dir in find_runs(root):
+        for member in ((listed_meta(run_dir) or {}).get("ensemble") or {}).get("members", []):
+            used.setdefault(Path(member).resolve(), run_dir)
+    return used
+
+
+def to_clean(rows: list[RunRow], keep_best: int, needed: Collection[Path] = ()) -> list[RunRow]:
     """Runs whose checkpoints can go: within each recipe (whose runs measure the same thing), every finished
     run but the `keep_best` best by its primary metric. Runs that are not finished (running, interrupted:
-    they need their checkpoint to resume) and runs without a reported metric are never chosen."""
+    they need their checkpoint to resume), runs without a reported metric and the `needed` ones (an
+    ensemble's members: removing them broke the ensemble) are never chosen."""
     groups: dict[tuple[str, str], list[RunRow]] = {}
     for r in rows:
+        if r.path.resolve() in needed:
+            continue
         if r.status in ("finished", "early_stopped") and r.value is not None and r.checkpoint_bytes:
             groups.setdefault((r.task, r.recipe), []).append(r)
     chosen = []
