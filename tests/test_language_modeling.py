@@ -139,6 +139,8 @@ def test_gpt_learns_the_corpus_reports_and_generates(trained_gpt):
     assert family.evaluate(run, data_path=str(tmp_path / "other.txt"))["loss"] < 0.5 * math.log(vocab)
     with pytest.raises(UserError, match="characters the training text never had"):
         family.generate(run, "QUIZ")
+    with pytest.raises(UserError, match="prompt 2 of 2: characters the training text never had: 'QZ'"):
+        family.predict(run, ["the ", "QZ"])  # "the prompt", after continuing the first
     # options are held to the sample section's rules: a huge seed was torch's overflow traceback
     from nnrecipe.errors import RecipeError
 
@@ -219,6 +221,8 @@ def test_a_language_model_is_served_with_limits(trained_gpt):
         rows = client.post("/v1/predict", json={"inputs": ["the ", "all "]}).json()["predictions"]
         # the recipe's 40, capped by --max-new-tokens as /v1/generate is (it generated all 40)
         assert [r["prompt"] for r in rows] == ["the ", "all "] and all(r["new_tokens"] == 30 for r in rows)
+        bad = client.post("/v1/predict", json={"inputs": ["the ", "QZ"]})  # was a 500 and a traceback
+        assert bad.status_code == 422 and bad.json()["detail"].startswith("inputs[1]: characters the training text")
         assert client.get("/v1/model").json()["task"] == "language_modeling"
     # No /v1/explain here, so its input limit (default 4) does not bound the queue: --max-queue 1 was refused.
     one_at_a_time = ServeConfig(run_dir=run.dir, insecure_no_auth=True, max_queue=1, max_batch=1)

@@ -43,7 +43,7 @@ from nnrecipe.tasks import masked_lm, outputs
 from nnrecipe.tasks.family import DoctorPlan, Inference, LogitsExport, Metric, Splits, register_family
 from nnrecipe.tasks.lm_doctor import plan as doctor_plan
 from nnrecipe.tasks.lm_recipe import LMRecipe, Sampling
-from nnrecipe.tasks.serving import Predictor, TextInputs
+from nnrecipe.tasks.serving import InputError, Predictor, TextInputs
 from nnrecipe.tasks.supervised import Setup, SupervisedFamily, plot_paths
 
 LN2 = math.log(2)
@@ -411,6 +411,8 @@ class LanguageModeling(SupervisedFamily):
     def predict(self, run: Run, inputs: list[str]) -> list[dict[str, Any]]:
         causal_only(run, "predict")
         inf, s = self.inference(run), run.recipe().sample
+        for i, prompt in enumerate(inputs):  # all read before any is continued, the bad one named
+            prompt_ids(inf.tokenizer, prompt, f"prompt {i + 1} of {len(inputs)}" if len(inputs) > 1 else "the prompt")
         return [self.continue_text(inf, p, s.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed) for p in inputs]
 
 
@@ -425,7 +427,13 @@ class LMPredictor(TextInputs, Predictor):
         self.labels, self.model_name = [], model_name(self.inf.spec)
 
     def decode_text(self, item: str, index: int) -> str:
-        return item  # an empty prompt is allowed: generation starts from a new line
+        """The prompt, once the tokenizer can read it (a char it never saw was a 500); empty is allowed:
+        generation starts from a new line."""
+        try:
+            prompt_ids(self.inf.tokenizer, item, f"inputs[{index}]")
+        except UserError as e:
+            raise InputError(str(e)) from None
+        return item
 
     def predict(self, prompts: list[str]) -> list[dict[str, Any]]:
         rows = [self.generate(p) for p in prompts]  # the recipe's length went past the server's cap
@@ -467,14 +475,15 @@ def sampling(sample: Sampling, options: dict[str, Any]) -> dict[str, Any]:
     return s | {k: v for k, v in given.items() if k not in Sampling.model_fields}
 
 
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
+def prompt_ids(tokenizer, prompt: str, where: str = "the prompt") -> list[int]:
     """The prompt's token ids; an empty prompt starts a new passage from a newline, or from a space where a
-    character vocabulary never saw a newline (it was told of a newline it could not read)."""
+    character vocabulary never saw a newline (it was told of a newline it could not read). Errors name
+    `where` (which of several prompts)."""
     if prompt:
-        return tokenizer.encode(prompt, "the prompt")
+        return tokenizer.encode(prompt, where)
     for start in ("\n", " "):
         try:
-            return tokenizer.encode(start, "the prompt")
+            return tokenizer.encode(start, where)
         except UserError:
             continue
-    raise UserError("the prompt is empty, and this vocabulary has no newline or space to begin with: give a prompt")
+    raise UserError(f"{where} is empty, and this vocabulary has no newline or space to begin with: give a prompt")
