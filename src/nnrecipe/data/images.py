@@ -21,6 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 
+from nnrecipe.data.pixels import eight_bit
 from nnrecipe.data.shards import open_packed
 from nnrecipe.data.splits import holdout
 from nnrecipe.data.stream import StreamedImages, readable
@@ -488,10 +489,11 @@ def read_image(path, channels: int | None = None, name: str | None = None) -> to
     try:
         with Image.open(path) as im:
             im.seek(0)  # animated formats: first frame
+            im = eight_bit(im)  # 16-bit grey: scaled, not clipped
             if channels is not None:
                 im = im.convert("L" if channels == 1 else "RGB")
             elif im.mode not in ("L", "RGB"):  # palette, alpha, CMYK, 16-bit...: to grey or RGB
-                im = im.convert("L" if im.mode in ("1", "LA", "I", "I;16", "F") else "RGB")
+                im = im.convert("L" if im.mode in ("1", "LA", "I", "F") else "RGB")
             array = np.asarray(im, dtype=np.uint8)
     except FileNotFoundError:
         raise UserError(f"image not found: {name}") from None

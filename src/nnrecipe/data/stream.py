@@ -23,6 +23,7 @@ import simplejpeg
 import torch
 from PIL import Image
 
+from nnrecipe.data.pixels import pixels
 from nnrecipe.errors import UserError
 
 T = TypeVar("T")
@@ -134,7 +135,7 @@ class StreamedImages:
                 with Image.open(io.BytesIO(data)) as im:
                     im.seek(0)  # animated formats: first frame, as read_image
                     if im.size == (self.size, self.size):
-                        out[j] = np.asarray(im.convert(mode), dtype=np.uint8).reshape(self.size, self.size, -1)
+                        out[j] = pixels(im, mode).reshape(self.size, self.size, -1)
                         continue
             except Exception:  # _decode reports it, naming the file
                 pass

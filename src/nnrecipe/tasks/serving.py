@@ -12,10 +12,10 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
+from nnrecipe.data.pixels import pixels
 from nnrecipe.errors import UserError, existing_file, first_line
 
 # An image larger than this (width x height, read from the file's header) is refused (422) before it is decoded:
@@ -110,7 +110,7 @@ def decode_image(data: bytes, index: int, mode: str = "RGB", max_pixels: int = M
             if im.width * im.height > max_pixels:
                 raise InputError(f"inputs[{index}]: {im.width}x{im.height} pixels; the limit is {max_pixels} pixels")
             im.seek(0)
-            array = np.asarray(im.convert(mode), dtype=np.uint8)
+            array = pixels(im, mode)
     except InputError:
         raise
     except Image.DecompressionBombError:  # Image.open refuses it from the header: far above any limit
