@@ -26,6 +26,17 @@ class ExportMismatch(UserError):
     """An exported model's outputs differ from PyTorch's; the artefact is not kept."""
 
 
+# UTF-8, with a byte-order mark at the start dropped (Excel's "CSV UTF-8" and Windows Notepad write one): kept,
+# it became part of the first column's name ("no column 'sentence'; columns are \ufeffsentence, ..."), the first
+# API key or the first token. A mark anywhere else is text, and stays.
+TEXT_ENCODING = "utf-8-sig"
+
+
+def decode_line(raw: bytes, start: int) -> str:
+    """A line (or record) of a text file read as bytes, `start` bytes into the file."""
+    return raw.decode(TEXT_ENCODING if start == 0 else "utf-8")
+
+
 def utf8_reader(read: Callable[..., T]) -> Callable[..., T]:
     """For a reader whose first argument is a text file: bytes that are not UTF-8 are a one-line error naming
     the file and the first bad byte, not a UnicodeDecodeError from somewhere inside the reader."""
@@ -90,7 +101,7 @@ def _existing(path: Path, what: str, error: type[UserError], folder: bool) -> Pa
 @utf8_reader
 def read_utf8(path: Path) -> str:
     """A user's text file (a recipe, a key file, a label list) as text; not UTF-8 is a one-line error."""
-    return Path(path).read_text(encoding="utf-8")
+    return Path(path).read_text(encoding=TEXT_ENCODING)
 
 
 def read_yaml_mapping(path: Path, not_mapping: str, error: type[UserError] = UserError) -> dict:

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from nnrecipe.data.images import IMAGE_SUFFIXES
 from nnrecipe.data.splits import holdout
-from nnrecipe.errors import UserError, existing_file, read_utf8, read_yaml_mapping
+from nnrecipe.errors import TEXT_ENCODING, UserError, existing_file, read_utf8, read_yaml_mapping
 
 
 @dataclass
@@ -137,7 +137,7 @@ def _yolo_split(root: Path, split: str, classes: list[str], out: DetectionSplits
         lbl = lbl_dir / (img.stem + ".txt")
         if lbl.is_file():
             try:
-                rows = [line.split() for line in lbl.read_text().splitlines() if line.strip()]
+                rows = [line.split() for line in lbl.read_text(encoding=TEXT_ENCODING).splitlines() if line.strip()]
                 for r in rows:
                     c, cx, cy, bw, bh = int(r[0]), *map(float, r[1:5])
                     if not 0 <= c < len(classes):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from nnrecipe.engine.seeding import derived_seed
-from nnrecipe.errors import UserError, existing_file, utf8_reader
+from nnrecipe.errors import TEXT_ENCODING, UserError, existing_file, utf8_reader
 
 
 @utf8_reader
@@ -36,7 +36,7 @@ def read_text(path: Path, text_field: str = "text") -> str:
     existing_file(path, "data file")
     if path.suffix.lower() in (".jsonl", ".json"):
         rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(path.read_text(encoding=TEXT_ENCODING).splitlines(), 1):
             if line.strip():
                 try:
                     row = json.loads(line)
@@ -46,7 +46,7 @@ def read_text(path: Path, text_field: str = "text") -> str:
                     raise UserError(f"{path}:{i}: no field {text_field!r} (set data.text_field)")
                 rows.append(str(row[text_field]))
         return "\n\n".join(rows)
-    return path.read_text(encoding="utf-8")
+    return path.read_text(encoding=TEXT_ENCODING)
 
 
 class Tokenizer(ABC):

@@ -14,7 +14,7 @@ import torch
 from nnrecipe.data.splits import epoch_generator, epoch_order, shard
 from nnrecipe.data.stream import prefetched
 from nnrecipe.data.text_rows import LazyTexts, check_columns, csv_options, index_text_file
-from nnrecipe.errors import UserError, existing_file, utf8_reader
+from nnrecipe.errors import TEXT_ENCODING, UserError, existing_file, utf8_reader
 
 
 @dataclass
@@ -79,14 +79,14 @@ def read_text_file(
         return index_text_file(path, fmt, text_column, label_column, pair_column, other_columns)
     if fmt == "jsonl":
         rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(path.read_text(encoding=TEXT_ENCODING).splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
     else:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding=TEXT_ENCODING) as f:
             rows = list(csv.DictReader(f, **csv_options(fmt)))
     if not rows:
         raise UserError(f"{path}: no rows")

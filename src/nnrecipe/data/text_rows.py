@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, decode_line
 
 CHUNK = 4096  # rows parsed together when iterating
 
@@ -31,7 +31,7 @@ def read_records(path: Path, starts: np.ndarray, sizes: np.ndarray, idx) -> list
     with Path(path).open("rb") as f:
         for j in np.argsort(starts[idx], kind="stable").tolist():
             f.seek(int(starts[idx[j]]))
-            out[j] = f.read(int(sizes[idx[j]])).decode("utf-8")
+            out[j] = decode_line(f.read(int(sizes[idx[j]])), int(starts[idx[j]]))
     return out
 
 
@@ -124,7 +124,7 @@ def records(path: Path, fmt: str) -> Iterator[tuple[int, int, dict | list[str]]]
             for line in f:
                 starts.append(pos[0])
                 pos[0] += len(line)
-                yield line.decode("utf-8")
+                yield decode_line(line, starts[-1])
 
         for record in csv_reader(lines(), fmt):
             first = starts[0]

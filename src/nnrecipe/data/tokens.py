@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from nnrecipe.data.text_rows import LazyRecords, read_records
-from nnrecipe.errors import UserError, existing_file, utf8_reader
+from nnrecipe.errors import UserError, decode_line, existing_file, utf8_reader
 
 IGNORE = -100  # the label cross-entropy skips
 
@@ -104,7 +104,7 @@ def sentences_of(path: Path, form: TokenFormat) -> Iterator[tuple[int, int, list
         pos = 0
         if form.fmt == "jsonl":
             for n, raw in enumerate(f, 1):
-                line = raw.decode("utf-8")
+                line = decode_line(raw, pos)
                 if line.strip():
                     w, t = form.jsonl_row(path, n, line)
                     if len(w) != len(t):
@@ -116,7 +116,7 @@ def sentences_of(path: Path, form: TokenFormat) -> Iterator[tuple[int, int, list
             return
         first, sent_w, sent_t = 0, [], []
         for n, raw in enumerate(f, 1):
-            cols = raw.decode("utf-8").split()
+            cols = decode_line(raw, pos).split()
             if not cols or cols[0] == "-DOCSTART-":
                 if sent_w:
                     yield first, pos - first, sent_w, to_iob2(sent_t)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from nnrecipe.data.pixels import pixels
-from nnrecipe.errors import UserError, existing_file, first_line
+from nnrecipe.errors import TEXT_ENCODING, UserError, existing_file, first_line
 
 # An image larger than this (width x height, read from the file's header) is refused (422) before it is decoded:
 # 10 megapixels takes a 4K video frame and most cameras' photos; `nnrecipe serve --max-image-pixels` changes it.
@@ -80,7 +80,7 @@ class TextInputs:
 
     def decode(self, data: bytes, index: int) -> str:
         try:
-            return self.decode_text(data.decode("utf-8"), index)
+            return self.decode_text(data.decode(TEXT_ENCODING), index)
         except UnicodeDecodeError:
             raise InputError(f"inputs[{index}]: not UTF-8 text") from None
 

@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from nnrecipe.errors import UserError, existing_file, utf8_reader
+from nnrecipe.errors import TEXT_ENCODING, UserError, existing_file, utf8_reader
 from nnrecipe.reporting.classification import MIN_GROUP_SUPPORT as MIN_SUPPORT
 
 
 @utf8_reader
 def read_groups(path: Path) -> dict[str, str]:
     existing_file(path, "--groups: group file")
-    rows = list(csv.reader(Path(path).read_text(encoding="utf-8").splitlines()))
+    rows = list(csv.reader(Path(path).read_text(encoding=TEXT_ENCODING).splitlines()))
     first = 1
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["example", "group"]:
         rows, first = rows[1:], 2
