@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from nnrecipe.data.images import IMAGE_SUFFIXES
+from nnrecipe.data.images import IMAGE_SUFFIXES, hidden
 from nnrecipe.data.splits import holdout
 from nnrecipe.errors import TEXT_ENCODING, UserError, existing_file, read_utf8, read_yaml_mapping
 
@@ -129,7 +129,7 @@ def _yolo_split(root: Path, split: str, classes: list[str], out: DetectionSplits
     if not img_dir.is_dir():
         raise UserError(f"YOLO split not found: {img_dir} (expected images/<split> and labels/<split>)")
     items = []
-    for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not hidden(p.name)):
         size = _image_size(img, out)
         if size is None:
             continue

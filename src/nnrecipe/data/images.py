@@ -125,7 +125,7 @@ def folder_stamp(data) -> tuple | None:
         return None
     sub = tree_parts(root)
     train = sub.get("train", root)
-    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+    classes = class_folders(train)
     stamp = []
     for here in [train] + [sub[k] for k in sub if k != "train"]:
         try:
@@ -247,7 +247,7 @@ def _imagefolder(data) -> ImageSplits:
     root = existing_folder(Path(data.path).expanduser(), "data.path: folder")
     sub = tree_parts(root)
     train_root = sub.get("train", root)
-    classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
+    classes = class_folders(train_root)
     if not classes:
         raise UserError(f"data.path: {train_root} has no class subfolders (expected <class>/<image files>)")
     if len(classes) == 1:  # it trained a classifier that is always right and learns nothing
@@ -310,6 +310,18 @@ def _shards(data) -> ImageSplits:
     return held_out(data, packed.classes, train, val, test)
 
 
+def hidden(name: str) -> bool:
+    """A dot-name: `.ipynb_checkpoints`, `.thumbnails`, macOS's `._photo.jpg` resource forks. Such a folder
+    became a class (torchvision ImageFolder's trap too), and the thumbnails and forks under it images of the
+    set: a thumbnail in val of a photo in train is a leak."""
+    return name.startswith(".")
+
+
+def class_folders(root: Path) -> list[str]:
+    """The class names of an image-folder tree: its sub-folders, hidden ones aside, sorted."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not hidden(p.name))
+
+
 def tree_parts(root: Path) -> dict[str, Path]:
     """The split folders an image-folder source has (train, val, valid, test); none: the root is the train set."""
     return {name: root / name for name in ("train", "val", "valid", "test") if (root / name).is_dir()}
@@ -321,7 +333,7 @@ def list_image_files(root: Path, classes: list[str]) -> tuple[list[Path], list[i
     removed or renamed), so a continual run's stages do not walk 50,000 files again and again. A folder changed
     within a second of the listing is not trusted to show a later change (timestamps are coarse), so a listing
     of a tree being written is not kept."""
-    unknown = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in classes)
+    unknown = [name for name in class_folders(root) if name not in classes]
     if unknown:
         raise UserError(
             f"{root}: class folders {', '.join(unknown)} are not among the run's classes ({', '.join(classes)})"
@@ -338,9 +350,11 @@ def list_image_files(root: Path, classes: list[str]) -> tuple[list[Path], list[i
         folder = root / name
         if folder.is_dir():
             found = []
-            for here, _, names in os.walk(folder):
+            for here, subfolders, names in os.walk(folder):
+                subfolders[:] = [d for d in subfolders if not hidden(d)]
                 folders.append((here, mtime_ns(here)))
-                found += [os.path.join(here, n) for n in names if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES]
+                found += [os.path.join(here, n) for n in names
+                          if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES and not hidden(n)]  # fmt: skip
             files += [Path(f) for f in sorted(found, key=lambda f: f.split(os.sep))]  # Path order
             labels += [label] * len(found)
     if not files:
@@ -469,7 +483,10 @@ def image_inputs(inputs: list[str]) -> list[str]:
             raise UserError("an empty input: give image files or folders")
         path = Path(item)
         if path.is_dir():
-            found = sorted(str(f) for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            found = sorted(
+                str(f) for f in path.rglob("*")
+                if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and not any(map(hidden, f.relative_to(path).parts))
+            )  # fmt: skip
             if not found:
                 raise UserError(
                     f"{item}: a folder without image files (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"

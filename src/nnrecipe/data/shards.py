@@ -142,7 +142,7 @@ def open_packed(location: str) -> PackedSet:
 def pack_image_folder(tree: Path, out: Path, shard_mb: float = 256.0, progress=None) -> dict:
     """Write `tree` (class-per-folder, optionally with train/ val/ test/ parts) as shards in `out`. Unreadable
     files are skipped and returned; `progress(done, total)` is called as files are written."""
-    from nnrecipe.data.images import list_image_files, tree_parts
+    from nnrecipe.data.images import class_folders, list_image_files, tree_parts
     from nnrecipe.data.stream import readable
 
     tree, out = tree.expanduser(), out.expanduser()
@@ -160,7 +160,7 @@ def pack_image_folder(tree: Path, out: Path, shard_mb: float = 256.0, progress=N
         raise UserError(f"{out} holds other files; the packed set needs a new or empty folder")
     parts = tree_parts(tree) or {"train": tree}
     train_root = parts.get("train", tree)
-    classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
+    classes = class_folders(train_root)
     if not classes:
         raise UserError(f"{train_root} has no class subfolders (expected <class>/<image files>)")
     listed, skipped = {}, []
