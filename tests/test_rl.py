@@ -110,6 +110,23 @@ def test_frozenlake_slippery_success_rate_is_near_optimal(tmp_path):
     assert result["success_rate"] >= 0.70
 
 
+def test_a_terminal_shows_a_bar_over_the_evaluation_episodes(tmp_path, monkeypatch):
+    """`rl evaluate` of 20 Atari episodes ran for minutes without a sign of life; the bar changes no result."""
+    import io
+
+    from rich.console import Console
+
+    from nnrecipe.engine import loop
+
+    recipe = load_recipe(ROOT / "recipes/frozenlake-qlearning.yaml", [f"track.runs_dir={tmp_path}"])
+    env = runner.make_env(recipe)
+    quiet = runner.evaluate_policy(env, lambda s: 2, 30, 10_000, "FrozenLake-v1")
+    out = io.StringIO()
+    monkeypatch.setattr(loop, "console", Console(file=out, force_terminal=True, width=80))
+    shown = runner.evaluate_policy(env, lambda s: 2, 30, 10_000, "FrozenLake-v1", progress="evaluating")
+    assert shown == quiet and "evaluating" in out.getvalue() and "30/30" in out.getvalue()
+
+
 def test_taxi_mean_return_above_seven(tmp_path):
     recipe = load_recipe(ROOT / "recipes/taxi-qlearning.yaml", [f"track.runs_dir={tmp_path}"])
     env = runner.make_env(recipe)

@@ -206,28 +206,30 @@ class DrivingStats:
         return vehicle.lane_index[2] if vehicle is not None and vehicle.lane_index else None
 
 
-def evaluate_policy(env: gym.Env, policy, episodes: int, seed: int, env_id: str) -> dict[str, Any]:
-    """Greedy episodes reset with seeds seed, seed+1, ...: the same list for every run and every tool."""
+def evaluate_policy(
+    env: gym.Env, policy, episodes: int, seed: int, env_id: str, progress: str | None = None
+) -> dict[str, Any]:
+    """Greedy episodes reset with seeds seed, seed+1, ...: the same list for every run and every tool.
+    `progress`: a bar with this label over the episodes on a terminal (20 Atari episodes take minutes); not
+    while another bar is live (the periodic evaluations inside training)."""
+    from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from nnrecipe.engine.loop import console
+
     success = success_rule(env_id)
     driving = DrivingStats() if is_highway(env_id) else None
     returns, steps, wins = [], [], 0
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        if driving:
-            driving.start(env)
-        total, n = 0.0, 0
-        while True:
-            obs, r, term, trunc, info = env.step(policy(obs))
-            total, n = total + float(r), n + 1
-            if driving:
-                driving.step(env, info)
-            if term or trunc:
-                wins += success(term, trunc, r, info)
-                if driving:
-                    driving.end(info)
-                break
-        returns.append(total)
-        steps.append(n)
+    shown = progress is not None and console.is_terminal
+    bar = Progress(*Progress.get_default_columns()[:2], MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                   transient=True, disable=not shown)  # fmt: skip
+    with bar:
+        task = bar.add_task(progress or "", total=episodes)
+        for i in range(episodes):
+            total, n, won = play_episode(env, policy, seed + i, success, driving)
+            returns.append(total)
+            steps.append(n)
+            wins += won
+            bar.advance(task)
     return {
         "episodes": episodes,
         "mean_return": float(np.mean(returns)),
@@ -237,6 +239,23 @@ def evaluate_policy(env: gym.Env, policy, episodes: int, seed: int, env_id: str)
         "first_seed": seed,
         **(driving.summary(episodes) if driving else {}),
     }
+
+
+def play_episode(env: gym.Env, policy, seed: int, success, driving) -> tuple[float, int, int]:
+    """One greedy episode: its return, its steps and whether it counts as a success (0 or 1)."""
+    obs, _ = env.reset(seed=seed)
+    if driving:
+        driving.start(env)
+    total, n = 0.0, 0
+    while True:
+        obs, r, term, trunc, info = env.step(policy(obs))
+        total, n = total + float(r), n + 1
+        if driving:
+            driving.step(env, info)
+        if term or trunc:
+            if driving:
+                driving.end(info)
+            return total, n, int(success(term, trunc, r, info))
 
 
 # -- vector environments with seeded episodes ----------------------------------------------------------

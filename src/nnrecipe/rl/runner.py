@@ -203,8 +203,9 @@ def _train_deep(recipe: RLRecipe, run: Run, env: gym.Env, tracker: Tracker, resu
     run.update_meta(policy=spec)
     save_checkpoint(run.best_checkpoint, with_prefix(out["best"].state_dict(), "model"), {"step": out["best_step"]})
     final = evaluate_policy(
-        eval_env, _net_policy(out["final"], spec, device), recipe.eval.episodes, recipe.eval.seed, recipe.env.id
-    )
+        eval_env, _net_policy(out["final"], spec, device), recipe.eval.episodes, recipe.eval.seed, recipe.env.id,
+        progress="evaluating the final network" if recipe.track.progress else None,
+    )  # fmt: skip
     # The steps taken (PPO runs whole rollouts, past total_steps when it is not a multiple of one), and the
     # speed of this session's steps alone (a resumed run's earlier steps took no time here).
     resumed = f" ({out['session_steps']:,} since the resume)" if out["session_steps"] != out["steps"] else ""
@@ -290,7 +291,10 @@ def evaluate(
             raise UserError(f"{run.dir} has no trained policy yet (no checkpoints/best.safetensors)")
         policy = load_policy(run, recipe)
     env = make_env(recipe)
-    summary = evaluate_policy(env, policy, episodes or recipe.eval.episodes, recipe.eval.seed, recipe.env.id)
+    summary = evaluate_policy(
+        env, policy, episodes or recipe.eval.episodes, recipe.eval.seed, recipe.env.id,
+        progress="evaluating" if recipe.track.progress else None,
+    )  # fmt: skip
     console.print(
         f"{recipe.env.id}: mean return {summary['mean_return']:.3f} +/- {summary['std_return']:.3f}, "
         f"success rate {summary['success_rate']:.3f}, mean steps {summary['mean_steps']:.1f} "
