@@ -134,6 +134,26 @@ def test_no_number_in_a_recipe_may_be_infinite_or_nan(value):
             validate_recipe(raw)
 
 
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        ({"train": {"epochs": "yes"}}, "train.epochs"),  # YAML's yes is true: it trained one epoch
+        ({"optim": {"lr": "true"}}, "optim.lr"),  # lr 1.0
+        ({"train": {"clip_grad_norm": "false"}}, "train.clip_grad_norm"),  # 0.0, not "off" (that is null)
+        ({"task": "rl", "seed": "true"}, "seed"),
+        ({"task": "rl", "algo": "dqn", "dqn": {"batch_size": "on"}}, "dqn.batch_size"),
+    ],
+)
+def test_true_or_false_is_not_a_number(raw, field):
+    import yaml
+
+    raw = yaml.safe_load(yaml.safe_dump(raw).replace("'", ""))  # the words unquoted, as a recipe has them
+    with pytest.raises(RecipeError, match=rf"recipe error: {field}: a number, not true or false"):
+        validate_recipe(raw)
+    recipe = validate_recipe({"data": {"stream": True}, "track": {"tensorboard": False}})  # fields that take them
+    assert recipe.data.stream is True and recipe.track.tensorboard is False
+
+
 def test_a_run_name_is_one_folder_and_runs_dir_a_folder_it_can_make(tmp_path):
     """track.name=../../x wrote the run outside runs_dir; a runs_dir on a file was NotADirectoryError."""
     from nnrecipe.errors import UserError

@@ -9,11 +9,22 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from nnrecipe.errors import RecipeError
 
@@ -49,10 +60,31 @@ def check_seed(seed: int | None, option: str = "--seed") -> int | None:
     return seed
 
 
+def _kinds(annotation: Any) -> set[Any]:
+    """The types a field's annotation admits at its top level (through Optional, unions and Annotated)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _kinds(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return set().union(*(_kinds(a) for a in get_args(annotation)))
+    return {annotation}
+
+
 class Section(BaseModel):
     # Unknown keys are errors (a typo must never be silently ignored); assignment is validated too; no
     # number may be inf or nan (optim.lr=inf passed `gt=0` and trained a run that diverged at once).
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_flag_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads true as 1 for a number: `epochs: yes` (YAML's true) trained one epoch, and
+        `lr: true` at 1.0."""
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            kinds = _kinds(cls.model_fields[info.field_name].annotation)
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError("a number, not true or false")
+        return value
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
