@@ -122,3 +122,27 @@ def test_a_recipe_edited_since_the_checkpoint_is_named_and_the_run_left_as_it_wa
     assert run.meta()["status"] == "interrupted"
     run.recipe_path.write_text(original.replace("progress: false", "progress: true"))  # track.*: allowed
     assert task.train(run.recipe(), run, resume=True)["status"] == "finished"
+
+
+def test_data_changed_since_the_checkpoint_is_named_and_the_run_left_as_it_was(tmp_path):
+    """Images added to the folder, then `resume`: the epoch order and the schedule had been drawn for the old
+    data, and a mid-epoch resume skipped by position, so the run went on silently on other examples."""
+    import shutil
+
+    from tests.conftest import make_recipe, write_digit_tree
+
+    from nnrecipe.errors import UserError
+    from nnrecipe.runs import create_run
+
+    tree = write_digit_tree(tmp_path / "tree", [0, 1, 2], per_class=30)
+    recipe = make_recipe(tmp_path / "runs", "data.source=imagefolder", f"data.path={tree}", "train.epochs=3")
+    run = create_run(recipe, "grown")
+    assert task.train(recipe, run, callbacks=[InterruptAt(epoch=1, batch=0)])["status"] == "interrupted"
+    added = [shutil.copy(f, f.with_name(f"extra-{f.name}")) for f in sorted((tree / "1").iterdir())[:12]]
+    with pytest.raises(UserError, match=r"the data changed since the run started \(train: 64 then, 72 now; val: 8 "
+                                        r"then, 9 now; test: 18 then, 21 now\).*restore the data as it was"):  # fmt: skip
+        task.train(run.recipe(), run, resume=True)
+    assert run.meta()["status"] == "interrupted"
+    for f in added:
+        f.unlink()
+    assert task.train(run.recipe(), run, resume=True)["status"] == "finished"

@@ -158,6 +158,8 @@ class SupervisedFamily(EvaluatedFamily):
             k: len(v) if v is not None else 0
             for k, v in (("train", splits.train), ("val", splits.val), ("test", splits.test))
         }
+        if resume:
+            refuse_changed_data(run, sizes)
         run.update_meta(
             status="running",
             processes=acc.num_processes,
@@ -200,6 +202,19 @@ class SupervisedFamily(EvaluatedFamily):
             if run.meta().get("error"):  # the error of a try before this one, mended
                 run.update_meta(error=None)
         return {"status": result.status, "run": str(run.dir), "history": result.history, **summary}
+
+
+def refuse_changed_data(run: Run, sizes: dict[str, int]) -> None:
+    """Examples added to or removed from the data since the run last started (run.json's sizes): the epoch
+    order and the schedule were drawn for the data it had, and a mid-epoch resume skips by position, so the
+    run went on silently on other examples than an uninterrupted one would have seen."""
+    then = run.meta().get("sizes") or {}
+    changed = [f"{k}: {then[k]:,} then, {n:,} now" for k, n in sizes.items() if k in then and then[k] != n]
+    if changed:
+        raise UserError(
+            f"resume {run.dir}: the data changed since the run started ({'; '.join(changed)}); it cannot continue "
+            "exactly: restore the data as it was, or train a new run"
+        )
 
 
 def fit_run(run: Run, trainer: Trainer, tracker: Tracker, resume: bool, plots: bool) -> FitResult:
