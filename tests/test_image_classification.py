@@ -220,3 +220,22 @@ def test_crop_with_padding_matches_torchvision_for_the_same_offsets():
     for i in range(16):
         expected = F.crop(F.pad(x[i], [2, 2, 2, 2]), int(dy[i]), int(dx[i]), 8, 8)
         assert torch.equal(out[i], expected)
+
+
+def test_a_terminal_shows_a_bar_while_predicting_on_a_folder(trained_digits_run, monkeypatch, tmp_path):
+    """A folder of many images was classified for minutes without a sign of life; the bar changes no row."""
+    import io
+
+    from rich.console import Console
+    from tests.test_serve import digit_png
+
+    from nnrecipe.engine import loop
+
+    for i in range(5):
+        (tmp_path / f"{i}.png").write_bytes(digit_png(i))
+
+    quiet = task.predict(trained_digits_run, [str(tmp_path)])
+    out = io.StringIO()
+    monkeypatch.setattr(loop, "console", Console(file=out, force_terminal=True, width=80))
+    shown = task.predict(trained_digits_run, [str(tmp_path)])
+    assert shown == quiet and "predicting" in out.getvalue() and "5/5" in out.getvalue()

@@ -18,6 +18,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from nnrecipe.engine.progress import progress as progress_bar
 from nnrecipe.errors import UserError
 from nnrecipe.rl import gridworld
 
@@ -212,24 +213,16 @@ def evaluate_policy(
     """Greedy episodes reset with seeds seed, seed+1, ...: the same list for every run and every tool.
     `progress`: a bar with this label over the episodes on a terminal (20 Atari episodes take minutes); not
     while another bar is live (the periodic evaluations inside training)."""
-    from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from nnrecipe.engine.loop import console
-
     success = success_rule(env_id)
     driving = DrivingStats() if is_highway(env_id) else None
     returns, steps, wins = [], [], 0
-    shown = progress is not None and console.is_terminal
-    bar = Progress(*Progress.get_default_columns()[:2], MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-                   transient=True, disable=not shown)  # fmt: skip
-    with bar:
-        task = bar.add_task(progress or "", total=episodes)
+    with progress_bar(progress or "", episodes, shown=progress is not None) as advance:
         for i in range(episodes):
             total, n, won = play_episode(env, policy, seed + i, success, driving)
             returns.append(total)
             steps.append(n)
             wins += won
-            bar.advance(task)
+            advance()
     return {
         "episodes": episodes,
         "mean_return": float(np.mean(returns)),

@@ -22,6 +22,7 @@ from nnrecipe.data.shapes import shapes_dataset
 from nnrecipe.engine.checkpoint import load_weights, save_checkpoint
 from nnrecipe.engine.loop import console
 from nnrecipe.engine.optim import build_optimizer
+from nnrecipe.engine.progress import progress
 from nnrecipe.errors import UserError
 from nnrecipe.models.detection import build_detector
 from nnrecipe.reporting.detection import detection_summary, fmt, map_metric, plot_detections, write_detection_report
@@ -215,11 +216,13 @@ class Detection(SupervisedFamily):
         device = self.eval_device(recipe)
         inf = self.inference(run, device)
         threshold, batch, rows = inf.spec.score_threshold, recipe.train.eval_batch_size, []
-        for i in range(0, len(files), batch):
-            chunk = files[i : i + batch]
-            with torch.no_grad():
-                preds = inf.model([read_rgb(f).to(device) for f in chunk])
-            rows += [{"file": f, "detections": detections(p, inf.labels, threshold)} for f, p in zip(chunk, preds)]
+        with progress("predicting", len(files)) as advance:
+            for i in range(0, len(files), batch):
+                chunk = files[i : i + batch]
+                with torch.no_grad():
+                    preds = inf.model([read_rgb(f).to(device) for f in chunk])
+                rows += [{"file": f, "detections": detections(p, inf.labels, threshold)} for f, p in zip(chunk, preds)]
+                advance(len(chunk))
         return rows
 
     def predictor(self, run: Run, onnx_path: Path | None = None, precision: str = "fp32") -> Predictor:

@@ -25,6 +25,7 @@ from nnrecipe.engine.checkpoint import load_weights, save_checkpoint
 from nnrecipe.engine.freezing import FreezeBackbone
 from nnrecipe.engine.loop import console
 from nnrecipe.engine.optim import build_optimizer
+from nnrecipe.engine.progress import progress
 from nnrecipe.errors import UserError, existing_folder
 from nnrecipe.models import head_parameter_names
 from nnrecipe.reporting.classification import classification_summary, summary_table, write_report
@@ -358,11 +359,13 @@ class ImageClassification(SupervisedFamily):
         inf = self.inference(run, device)
         spec, prepare, batch = inf.spec, input_pipeline(recipe, inf.spec, augment=False), recipe.train.eval_batch_size
         rows = []
-        for i in range(0, len(files), batch):
-            chunk = files[i : i + batch]
-            with torch.no_grad():
-                probs = inf.model(prepare(read_files(chunk, spec).to(device), 0)).float().softmax(1).cpu()
-            rows += [{"file": f, **outputs.top_k(p, spec.classes, top_k)} for f, p in zip(chunk, probs)]
+        with progress("predicting", len(files)) as advance:  # a folder of 100k images took minutes, unseen
+            for i in range(0, len(files), batch):
+                chunk = files[i : i + batch]
+                with torch.no_grad():
+                    probs = inf.model(prepare(read_files(chunk, spec).to(device), 0)).float().softmax(1).cpu()
+                rows += [{"file": f, **outputs.top_k(p, spec.classes, top_k)} for f, p in zip(chunk, probs)]
+                advance(len(chunk))
         return rows
 
     def predictor(self, run: Run, onnx_path: Path | None = None, precision: str = "fp32") -> Predictor:

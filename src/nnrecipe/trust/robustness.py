@@ -66,21 +66,18 @@ def attack_table(model: PixelModel, x: torch.Tensor, y: torch.Tensor, methods: l
                  steps: int, batch: int = 128, seed: int = 0) -> tuple[list[dict[str, Any]], dict]:  # fmt: skip
     """Adversarial accuracy per (method, epsilon), and the first few adversarial images of each; a bar over
     the attacked batches on a terminal (PGD with many steps ran for minutes without a sign)."""
-    from rich.progress import Progress
-
-    from nnrecipe.engine.loop import console
+    from nnrecipe.engine.progress import progress
 
     rows, examples = [], {}
     starts = range(0, len(x), batch)
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("attacking", total=len(methods) * len(epsilons) * len(starts))
+    with progress("attacking", len(methods) * len(epsilons) * len(starts)) as advance:
         for method in methods:
             for eps in epsilons:
                 torch.manual_seed(seed)  # PGD's random start
                 parts = []
                 for i in starts:
                     parts.append(adversarial(model, x[i : i + batch], y[i : i + batch], method, eps, steps))
-                    bar.advance(task)
+                    advance()
                 adv = torch.cat(parts)
                 rows.append({"method": method, "epsilon": eps, "accuracy": accuracy(model, adv, y)})
                 examples[(method, eps)] = adv[:6]
