@@ -109,6 +109,37 @@ def test_overlays_go_to_the_run_never_into_the_data_and_same_named_files_keep_ap
     assert sorted(tree.rglob("*")) == before and not list(run.dir.glob("*.png"))
 
 
+def test_a_folder_is_explained_a_chunk_at_a_time_as_one_batch_would_be(corner_run, tmp_path, monkeypatch):
+    """A folder was decoded and attributed as one batch (integrated gradients: N x 32 images in one pass),
+    out of memory for a few hundred photos, with no sign of life meanwhile."""
+    import io
+
+    from rich.console import Console
+
+    from nnrecipe.engine import loop
+    from nnrecipe.trust import explain
+
+    run, tree = corner_run
+    files = sorted(str(p) for p in (tree / "corner").glob("*.png"))[:20]
+    s = image.explain_subject(run)
+    x, _ = s.load(files)
+    target = torch.full((len(files),), s.labels.index("corner"))
+    whole = attribute(s.model, x, target, "ig", s.black)
+    passes = []
+    monkeypatch.setattr(explain, "IG_BATCH", 40)
+    forward = s.model.forward
+    monkeypatch.setattr(s.model, "forward", lambda z: passes.append(len(z)) or forward(z))
+    assert torch.allclose(attribute(s.model, x, target, "ig", s.black), whole, atol=1e-5)
+    assert max(passes) == 40  # 20 inputs x 32 steps in passes of 2 steps, not all 640 rows at once
+    out = io.StringIO()
+    monkeypatch.setattr(loop, "console", Console(file=out, force_terminal=True, width=80))
+    rows = explain_run(run, files, ["gradcam", "ig"], out=tmp_path)["explanations"]  # CHUNK 16: two chunks
+    assert [(r["method"], r["file"]) for r in rows] == [(m, f) for m in ("gradcam", "ig") for f in files]
+    assert "explaining" in out.getvalue() and "20/20" in out.getvalue()
+    heat = np.asarray(Image.open(rows[-1]["png"]))  # the last file's overlay, from the second chunk
+    assert heat.ndim == 3 and Path(rows[-1]["png"]).name == f"{Path(files[-1]).stem}.ig.corner.png"
+
+
 def test_checks_pass_for_real_maps_and_catch_an_explainer_that_ignores_the_model(corner_run):
     run, _ = corner_run
     result = explain_run(run, [], ["gradcam", "ig", "saliency"], check=True, check_examples=48)

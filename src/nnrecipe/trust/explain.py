@@ -25,9 +25,12 @@ import torch
 from torch import nn
 
 from nnrecipe.data.images import image_inputs
+from nnrecipe.engine.progress import progress
 from nnrecipe.errors import UserError
 
 METHODS = ("gradcam", "ig", "occlusion", "saliency")
+CHUNK = 16  # images explained together
+IG_BATCH = 64  # inputs x steps in one pass of integrated gradients
 RANDOMISATION_BOUND = 0.5  # rank correlation above this: the map barely depends on the weights
 
 
@@ -49,8 +52,10 @@ def attribute(
     if method == "gradcam":
         cam = LayerGradCam(model, last_conv(model)).attribute(x, target=target, relu_attributions=True)
         return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0].detach()
-    if method == "ig":
-        a = IntegratedGradients(model).attribute(x, baselines=black.expand_as(x), target=target, n_steps=32)
+    if method == "ig":  # the 32 steps of every input in passes of IG_BATCH: all at once, N x 32 images in one batch
+        a = IntegratedGradients(model).attribute(
+            x, baselines=black.expand_as(x), target=target, n_steps=32, internal_batch_size=IG_BATCH
+        )
     elif method == "saliency":
         # an input that asks for its gradient (Captum set it itself, with a warning on every call)
         a = Saliency(model).attribute(x.detach().requires_grad_(), target=target, abs=True)
@@ -169,15 +174,20 @@ def explain_run(
     rows: list[dict[str, Any]] = []
     if inputs:
         files = image_inputs(inputs)
-        x, raw = s.load(files)
         stems, folder = distinct_stems(files), Path(out or run.dir / "explain")
         folder.mkdir(parents=True, exist_ok=True)
-        for row, heat in image_explanations(s, x, methods, target):
-            i = row.pop("input")
-            name = f"{stems[i]}.{row['method']}.{row['target']}.png"
-            png = overlay(raw[i].numpy(), heat.numpy(), folder / name,
-                          f"{row['method']}: {row['target']} (p {row['probability']:.2f})")  # fmt: skip
-            rows.append({"file": files[i], **row, "png": str(png)})
+        # A chunk of files at a time: a folder was decoded and attributed as one batch (out of memory)
+        with progress("explaining", len(files)) as advance:
+            for first in range(0, len(files), CHUNK):
+                x, raw = s.load(files[first : first + CHUNK])
+                for row, heat in image_explanations(s, x, methods, target):
+                    i = first + row.pop("input")
+                    name = f"{stems[i]}.{row['method']}.{row['target']}.png"
+                    png = overlay(raw[i - first].numpy(), heat.numpy(), folder / name,
+                                  f"{row['method']}: {row['target']} (p {row['probability']:.2f})")  # fmt: skip
+                    rows.append({"file": files[i], **row, "png": str(png)})
+                advance(len(x))
+        rows.sort(key=lambda r: methods.index(r["method"]))  # by method, then file (a stable sort), as before
     result: dict[str, Any] = {"explanations": rows}
     if check:
         result["checks"] = write_checks(run, s, methods, check_examples)

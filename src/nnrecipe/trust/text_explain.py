@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from nnrecipe.data.tokens import entities, split_words
+from nnrecipe.engine.progress import progress
 from nnrecipe.errors import UserError
 from nnrecipe.trust.explain import RANDOMISATION_BOUND, check_request, check_table, randomised, rank_correlation
 
@@ -145,12 +146,14 @@ def explain_texts(run: Any, s: Any, texts: list[str], methods: list[str], target
     folder = out or run.dir / "explain"
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for text in texts:
-        found = text_explanations(s, text, methods, target)
-        stem = file_stem(text)
-        (folder / f"{stem}.html").write_text(html_page(text, found))
-        (folder / f"{stem}.md").write_text(markdown_table(text, found))
-        rows += [r | {"html": str(folder / f"{stem}.html"), "markdown": str(folder / f"{stem}.md")} for r in found]
+    with progress("explaining", len(texts)) as advance:  # a --file of texts, 32 integrated-gradient steps each
+        for text in texts:
+            found = text_explanations(s, text, methods, target)
+            stem = file_stem(text)
+            (folder / f"{stem}.html").write_text(html_page(text, found))
+            (folder / f"{stem}.md").write_text(markdown_table(text, found))
+            rows += [r | {"html": str(folder / f"{stem}.html"), "markdown": str(folder / f"{stem}.md")} for r in found]
+            advance()
     result: dict[str, Any] = {"explanations": rows}
     if check:
         result["checks"] = write_checks(run, s, methods, check_examples)
