@@ -98,6 +98,10 @@ def test_bad_spaces_are_one_line_errors_before_any_trial(tmp_path):
         parse_param("optim.lr=loguniform(0, 0.1)")
     with pytest.raises(RecipeError, match="low bound must be below"):
         parse_param("train.epochs=int(5, 2)")
+    with pytest.raises(RecipeError, match=r"optim.lr: bounds must be finite numbers \(got 0.001, nan\)"):
+        parse_param("optim.lr=loguniform(1e-3, nan)")  # "the low bound must be below the high one"
+    with pytest.raises(RecipeError, match="optim.name: 'sgd' listed more than once in choice"):
+        parse_param("optim.name=choice(sgd, adamw, sgd)")  # drawn twice as often; a grid ran it twice
     with pytest.raises(RecipeError, match="not a valid train.batch_size"):
         plan(tmp_path, ["train.batch_size=choice(32, 0)"], 2)
     # SQLAlchemy's traceback, after the study's folder was made; the URL's password is not printed

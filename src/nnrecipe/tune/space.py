@@ -10,6 +10,7 @@ the parameter (exit 2), with the recipe's own close-match suggestion.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,9 @@ def parse_param(text: str, where: str = "--param") -> Param:
     if kind == "choice":
         if not args or options:
             raise RecipeError(f"{where} {name}: choice takes one or more values, e.g. choice(64, 128)")
+        twice = [a for i, a in enumerate(args) if a in args[:i]]
+        if twice:  # drawn twice as often as the others, and a grid ran it twice
+            raise RecipeError(f"{where} {name}: {twice[0]!r} listed more than once in choice(...)")
         return Param(name, kind, choices=args)
     unknown = set(options) - ({"step", "log"} if kind == "int" else set())
     if len(args) != 2 or unknown or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
@@ -79,6 +83,8 @@ def parse_param(text: str, where: str = "--param") -> Param:
     low, high = args
     if kind == "int" and not (isinstance(low, int) and isinstance(high, int)):
         raise RecipeError(f"{where} {name}: int bounds must be whole numbers (got {low}, {high})")
+    if not all(math.isfinite(a) for a in args):
+        raise RecipeError(f"{where} {name}: bounds must be finite numbers (got {low}, {high})")
     if not low < high:
         raise RecipeError(f"{where} {name}: the low bound must be below the high one (got {low}, {high})")
     log = bool(options.get("log", False))
