@@ -160,6 +160,8 @@ class SupervisedFamily(EvaluatedFamily):
         }
         if resume:
             refuse_changed_data(run, sizes)
+        # Before the run says "running": an MLflow server that does not answer left a new run saying so forever
+        tracker = Tracker.for_recipe(run.dir, recipe)
         run.update_meta(
             status="running",
             processes=acc.num_processes,
@@ -172,7 +174,6 @@ class SupervisedFamily(EvaluatedFamily):
             **s.meta,
         )
         console.print(f"{s.summary}; {describe(acc, recipe.train.strategy)}", soft_wrap=True)
-        tracker = Tracker.for_recipe(run.dir, recipe)
         trainer = Trainer(
             accelerator=acc,
             model=s.model,
