@@ -51,3 +51,45 @@ def test_a_16_bit_folder_streams_to_the_pixels_it_loads_in_memory(tmp_path):
     assert torch.equal(streamed.images[list(range(len(memory.labels)))], memory.images)  # the at-size fast path
     dark, bright = (memory.images[memory.labels == k].float().mean().item() for k in (1, 0))
     assert 20 < dark < 45 and 180 < bright < 210, (dark, bright)  # 8000 and 50000 of 65535
+
+
+def turned_jpeg(path, rows: int = 16, cols: int = 16, orientation: int = 6):
+    """A photo stored lying down, with a bright top row, and an EXIF tag saying to turn it 90 degrees clockwise
+    (as a phone saves a portrait photo): upright, the bright row is the right-hand column."""
+    values = np.full((rows, cols), 30, dtype=np.uint8)
+    values[0] = 250
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(values).convert("RGB").save(path, format="JPEG", quality=95, exif=exif.tobytes())
+    return path
+
+
+def test_a_photo_is_read_upright_as_its_exif_says_everywhere(tmp_path):
+    from PIL import ImageOps
+
+    from nnrecipe.data.boxes import _image_size
+    from nnrecipe.data.pixels import jpeg_turned
+
+    path = turned_jpeg(tmp_path / "portrait.jpg", rows=8, cols=16)
+    with Image.open(path) as im:
+        shown = np.asarray(ImageOps.exif_transpose(im).convert("L"))
+    assert shown.shape == (16, 8) and shown[:, -1].mean() > 200 and shown[:, 0].mean() < 60  # upright: 8 wide
+    assert np.array_equal(read_image(path, 1)[0].numpy(), shown)  # it was 16 wide, the bright row on top
+    assert np.array_equal(decode_image(path.read_bytes(), 0, "L")[0].numpy(), shown)  # serving
+    assert read_rgb(str(path)).shape == (3, 16, 8)  # detection
+    assert _image_size(path, None) == (8, 16)  # YOLO's normalised boxes are scaled by the upright size
+    assert jpeg_turned(path.read_bytes()) and not jpeg_turned(
+        turned_jpeg(tmp_path / "up.jpg", orientation=1).read_bytes()
+    )
+
+
+def test_a_folder_of_turned_photos_loads_upright_in_memory_and_streamed(tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / "tree" / c).mkdir(parents=True)
+        for i in range(8):
+            turned_jpeg(tmp_path / "tree" / c / f"{i}.jpg")
+    memory = load_splits(tree_recipe(tmp_path, tmp_path / "tree", "data.stream=false", "data.channels=1").data).train
+    streamed = load_splits(tree_recipe(tmp_path, tmp_path / "tree", "data.stream=true", "data.channels=1").data).train
+    assert torch.equal(streamed.images[list(range(len(memory.labels)))], memory.images)
+    columns = memory.images[:, 0].float().mean((0, 1))  # the libjpeg-turbo path gave them lying down
+    assert columns[-1] > 200 and columns[:-2].max() < 80, columns

@@ -18,7 +18,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from nnrecipe.data.boxes import BoxedImage
-from nnrecipe.data.pixels import eight_bit
+from nnrecipe.data.pixels import eight_bit, upright
 from nnrecipe.data.splits import epoch_generator, epoch_order
 from nnrecipe.data.stream import prefetched
 from nnrecipe.engine.loop import console
@@ -30,7 +30,7 @@ def read_rgb(path: str) -> torch.Tensor:
     """float32 3 x H x W in [0, 1]; UserError naming the file when it cannot be decoded."""
     try:
         with Image.open(path) as im:
-            return TF.to_dtype(TF.pil_to_tensor(eight_bit(im).convert("RGB")), torch.float32, scale=True)
+            return TF.to_dtype(TF.pil_to_tensor(eight_bit(upright(im)).convert("RGB")), torch.float32, scale=True)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"cannot decode image {path}: {e}") from None
 

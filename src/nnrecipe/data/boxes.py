@@ -17,6 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from nnrecipe.data.images import IMAGE_SUFFIXES, hidden
+from nnrecipe.data.pixels import upright_size
 from nnrecipe.data.splits import holdout
 from nnrecipe.errors import TEXT_ENCODING, UserError, existing_file, read_utf8, read_yaml_mapping
 
@@ -105,7 +106,7 @@ def _classes(fmt: str, root: Path, train: str) -> list[str]:
 def _image_size(path: Path, out: DetectionSplits) -> tuple[int, int] | None:
     try:
         with Image.open(path) as im:
-            return im.size
+            return upright_size(im)  # the boxes are drawn on the photo as shown: turned by its EXIF
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError):  # listed as skipped, not a traceback
         out.skipped.append(str(path))
         return None

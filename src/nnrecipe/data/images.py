@@ -21,7 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 
-from nnrecipe.data.pixels import eight_bit
+from nnrecipe.data.pixels import eight_bit, upright
 from nnrecipe.data.shards import open_packed
 from nnrecipe.data.splits import holdout
 from nnrecipe.data.stream import StreamedImages, readable
@@ -506,7 +506,7 @@ def read_image(path, channels: int | None = None, name: str | None = None) -> to
     try:
         with Image.open(path) as im:
             im.seek(0)  # animated formats: first frame
-            im = eight_bit(im)  # 16-bit grey: scaled, not clipped
+            im = eight_bit(upright(im))  # turned as its EXIF says; 16-bit grey scaled, not clipped
             if channels is not None:
                 im = im.convert("L" if channels == 1 else "RGB")
             elif im.mode not in ("L", "RGB"):  # palette, alpha, CMYK, 16-bit...: to grey or RGB

@@ -23,7 +23,7 @@ import simplejpeg
 import torch
 from PIL import Image
 
-from nnrecipe.data.pixels import pixels
+from nnrecipe.data.pixels import jpeg_turned, pixels
 from nnrecipe.errors import UserError
 
 T = TypeVar("T")
@@ -176,7 +176,7 @@ def jpeg_decoded(data: bytes, channels: int, into: np.ndarray, size: int) -> np.
     97 us (Intel Xeon, 2 vCPUs), to the same pixels as PIL (tests/test_stream.py). Grey JPEGs wanted in RGB
     are repeated, as PIL's convert does; what PIL converts by a formula of its own (colour to grey, CMYK,
     YCCK) is left to it, as is a file libjpeg-turbo will not read (PIL then names it)."""
-    if data[:3] != b"\xff\xd8\xff":
+    if data[:3] != b"\xff\xd8\xff" or jpeg_turned(data):  # a photo to turn upright: PIL's
         return None
     try:
         height, width, space, _ = simplejpeg.decode_jpeg_header(data)
