@@ -67,8 +67,7 @@ def turned_jpeg(path, rows: int = 16, cols: int = 16, orientation: int = 6):
 def test_a_photo_is_read_upright_as_its_exif_says_everywhere(tmp_path):
     from PIL import ImageOps
 
-    from nnrecipe.data.boxes import _image_size
-    from nnrecipe.data.pixels import jpeg_turned
+    from nnrecipe.data.pixels import jpeg_turned, upright_size
 
     path = turned_jpeg(tmp_path / "portrait.jpg", rows=8, cols=16)
     with Image.open(path) as im:
@@ -77,7 +76,8 @@ def test_a_photo_is_read_upright_as_its_exif_says_everywhere(tmp_path):
     assert np.array_equal(read_image(path, 1)[0].numpy(), shown)  # it was 16 wide, the bright row on top
     assert np.array_equal(decode_image(path.read_bytes(), 0, "L")[0].numpy(), shown)  # serving
     assert read_rgb(str(path)).shape == (3, 16, 8)  # detection
-    assert _image_size(path, None) == (8, 16)  # YOLO's normalised boxes are scaled by the upright size
+    with Image.open(path) as im:
+        assert upright_size(im) == (8, 16)  # YOLO's normalised boxes are scaled by it (data/boxes.py)
     assert jpeg_turned(path.read_bytes()) and not jpeg_turned(
         turned_jpeg(tmp_path / "up.jpg", orientation=1).read_bytes()
     )
