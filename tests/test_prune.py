@@ -78,3 +78,5 @@ def test_a_re_prune_that_fails_keeps_the_previous_result(trained_digits_run, mon
     assert again["run"] == first["run"] and sorted(p.name for p in tmp_path.iterdir()) == ["run", "run-pruned30"]
     prune_run(run, 0.3, finetune_epochs=1)  # it replaced the plain prune of the same amount
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run-pruned30", "run-pruned30-ft1"]
+    prune_run(run, 0.304)  # named "pruned30" too: it replaced the run of the prune at 0.3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run-pruned30", "run-pruned30-ft1", "run-pruned30.4"]

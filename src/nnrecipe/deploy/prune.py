@@ -89,7 +89,10 @@ def prune_run(run: Run, amount: float, structured: bool = False, finetune_epochs
         family.check_prune_finetune(recipe)
     masks = apply_pruning(model, amount, structured, keep_whole)
     kind = "structured" if structured else "unstructured"
-    name = f"{run.dir.name}-pruned{round(amount * 100)}{'-structured' if structured else ''}"
+    # the amount as given, to 0.1%: rounded to a whole percent, 0.999 was "pruned100", and a prune at 0.504
+    # replaced the run of one at 0.5
+    percent = f"{amount * 100:.4g}"
+    name = f"{run.dir.name}-pruned{percent}{'-structured' if structured else ''}"
     name += f"-ft{finetune_epochs}" if finetune_epochs else ""  # a fine-tuned prune replaced the plain one
     new.track.name = name
     new.track.runs_dir = run.dir.parent
@@ -122,7 +125,7 @@ def prune_run(run: Run, amount: float, structured: bool = False, finetune_epochs
         out.update_meta(pruning=stats)
     shown = lambda v: v if v is None else round(v, 4)
     console.print(
-        f"pruned ({kind}, {amount:.0%}): sparsity {stats['sparsity']:.1%}, {split} {family.metric.name} "
+        f"pruned ({kind}, {percent}%): sparsity {stats['sparsity']:.1%}, {split} {family.metric.name} "
         f"{shown(before)} -> {shown(after)}; run {out.dir}",
         soft_wrap=True,
     )
