@@ -119,3 +119,17 @@ def test_a_missing_data_file_is_named_by_its_field(tmp_path):
     lm = validate_recipe({"task": "language_modeling", "data": {"train": str(tmp_path), "val": "v.txt"}})
     with pytest.raises(UserError, match="^data.val: not found: v.txt$"):  # train may be a folder of .txt files
         stream_splits(lm)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_csv_written_with_spaces_after_its_commas_reads_as_meant(tmp_path, stream):
+    """`sentence, label` said "no column 'label'; columns are sentence,  label" (the space unseen), the labels
+    were ' 1' and ' 0', and a quoted text after a space was split at its commas."""
+    path = tmp_path / "hand.csv"
+    path.write_text('sentence, label\ngood film, 1\n"bad, awful film", 0\n')
+    rows = read_text_file(path, "auto", "sentence", "label", stream=stream)
+    assert list(rows.texts) == ["good film", "bad, awful film"] and rows.labels == ["1", "0"]
+    tsv = tmp_path / "spaced.tsv"  # a TSV keeps its fields as they are; the error shows the space
+    tsv.write_text("sentence\t label\ngood\t1\n")
+    with pytest.raises(UserError, match=r"no column 'label'; columns are sentence, ' label'"):
+        read_text_file(tsv, "auto", "sentence", "label", stream=stream)

@@ -94,10 +94,13 @@ class LazyTexts(LazyRecords):
 
 
 def csv_options(fmt: str) -> dict:
-    """The csv module's dialect for data.format csv (quoted fields) or tsv (no quoting)."""
+    """The csv module's dialect for data.format csv (quoted fields) or tsv (no quoting). A CSV written by hand
+    as `text, label` has a space after each comma: skipped, or the column was ' label' ("no column 'label'"),
+    the labels ' 1' and ' 0', and a quoted field after a space was split at its commas."""
     return {
         "delimiter": "\t" if fmt == "tsv" else ",",
         "quoting": csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,
+        "skipinitialspace": fmt == "csv",
     }
 
 
@@ -175,10 +178,15 @@ def index_text_file(
     return TextSet(texts, pairs, labels, others)
 
 
+def shown(column) -> str:
+    """A column name as an error lists it: quoted when spaces around it would be invisible."""
+    return repr(column) if isinstance(column, str) and column != column.strip() else str(column)
+
+
 def check_columns(path: Path, needed: list[str], columns: list[str]) -> None:
     missing = [c for c in needed if c not in columns]
     if missing:
         raise UserError(
-            f"{path}: no column {', '.join(repr(m) for m in missing)}; columns are {', '.join(map(str, columns))} "
+            f"{path}: no column {', '.join(repr(m) for m in missing)}; columns are {', '.join(map(shown, columns))} "
             "(set data.text_column / data.label_column / data.group_column / data.split_groups)"
         )
