@@ -385,3 +385,20 @@ def test_a_split_without_any_boxes_is_reported_as_not_applicable(trained):
     summary = family.report(run, recipe, empty, "empty", "cpu")
     assert summary["map"] is None and summary["boxes"] == 0
     assert "mAP n/a" in (run.dir / "report.md").read_text()
+
+
+def test_yolo_segmentation_polygons_are_read_as_their_boxes(tmp_path):
+    """A YOLO-seg label row (class, then x y pairs of a polygon, as Ultralytics exports) was read as its first
+    four numbers, a box in the wrong place; a row of another length is named."""
+    root = tmp_path / "seg"
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    Image.new("RGB", (200, 100)).save(root / "images" / "train" / "a.png")
+    Image.new("RGB", (200, 100)).save(root / "images" / "train" / "b.png")
+    (root / "data.yaml").write_text("train: images/train\nnames:\n  0: thing\n")
+    (root / "labels" / "train" / "a.txt").write_text("0 0.1 0.2 0.5 0.2 0.3 0.8\n0 0.5 0.5 0.2 0.4\n")
+    (root / "labels" / "train" / "b.txt").write_text("0 0.5 0.5 0.2\n")
+    splits = load_detection_splits(DetectionData(format="yolo", path=root, train="train", val_fraction=0))
+    (item,) = splits.train
+    assert torch.allclose(item.boxes, torch.tensor([[20.0, 20, 100, 80], [80, 30, 120, 70]]))
+    assert len(splits.skipped) == 1 and "b.txt: line 1: 3 numbers after the class" in splits.skipped[0]

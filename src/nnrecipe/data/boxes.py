@@ -139,24 +139,34 @@ def _yolo_split(root: Path, split: str, classes: list[str], out: DetectionSplits
         if lbl.is_file():
             try:
                 rows = [line.split() for line in lbl.read_text(encoding=TEXT_ENCODING).splitlines() if line.strip()]
-                for r in rows:
-                    c, cx, cy, bw, bh = int(r[0]), *map(float, r[1:5])
+                for n, r in enumerate(rows, 1):
+                    c = int(r[0])
                     if not 0 <= c < len(classes):
                         raise ValueError(f"class {c} outside 0..{len(classes) - 1}")
-                    boxes.append(
-                        [
-                            (cx - bw / 2) * size[0],
-                            (cy - bh / 2) * size[1],
-                            (cx + bw / 2) * size[0],
-                            (cy + bh / 2) * size[1],
-                        ]
-                    )
+                    x1, y1, x2, y2 = yolo_box(r[1:], n)
+                    boxes.append([x1 * size[0], y1 * size[1], x2 * size[0], y2 * size[1]])
                     labels.append(c)
             except (ValueError, IndexError) as e:
                 out.skipped.append(f"{lbl}: {e}")
                 continue
         items.append(_boxed(img, size, boxes, labels, out))
     return items
+
+
+def yolo_box(values: list[str], line: int) -> tuple[float, float, float, float]:
+    """(x1, y1, x2, y2), normalised, from a YOLO label row after its class: `cx cy w h`, or a segmentation
+    polygon `x1 y1 x2 y2 x3 y3 ...` (YOLO-seg, as Ultralytics exports it), boxed by its points' extent. A
+    polygon was read as its first four numbers, a box in the wrong place."""
+    xy = [float(v) for v in values]
+    if len(xy) == 4:
+        cx, cy, w, h = xy
+        return cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+    if len(xy) >= 6 and len(xy) % 2 == 0:
+        xs, ys = xy[0::2], xy[1::2]
+        return min(xs), min(ys), max(xs), max(ys)
+    raise ValueError(
+        f"line {line}: {len(xy)} numbers after the class; a box has 4 (cx cy w h), a polygon 3 or more x y pairs"
+    )
 
 
 def _read_json(path: Path) -> dict:
