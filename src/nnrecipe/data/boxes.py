@@ -123,7 +123,7 @@ def _boxed(path: Path, size, boxes: list, labels: list, out: DetectionSplits) ->
 
 
 def _yolo_split(root: Path, split: str, classes: list[str], out: DetectionSplits) -> list[BoxedImage]:
-    """images/<split>/x.jpg with labels/<split>/x.txt (`class cx cy w h`, normalised); a missing label
+    """images/<split>/x.jpg with labels/<split>/x.txt (`class cx cy w h` or a polygon, normalised); a missing label
     file is an image without objects. `split` may also be given as images/<split>."""
     split = split.removeprefix("images/")
     img_dir, lbl_dir = root / "images" / split, root / "labels" / split
