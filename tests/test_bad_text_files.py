@@ -133,3 +133,20 @@ def test_a_csv_written_with_spaces_after_its_commas_reads_as_meant(tmp_path, str
     tsv.write_text("sentence\t label\ngood\t1\n")
     with pytest.raises(UserError, match=r"no column 'label'; columns are sentence, ' label'"):
         read_text_file(tsv, "auto", "sentence", "label", stream=stream)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_row_without_a_label_is_named_and_json_numbers_are_one_class(tmp_path, stream):
+    """In memory, a short CSV row and a JSON null became the class 'None' and an empty field the class '' (the
+    streamed reader refused the first and took the second); a JSON 1.0 beside 1 made two classes."""
+    cases = {
+        "empty.csv": ("sentence,label\ngood film,1\nbad film,\n", r"row 2.*: the label \('label'\) is empty"),
+        "short.csv": ("sentence,label\ngood film,1\nbad film\n", r"row 2.* has no 'label'"),
+        "null.jsonl": ('{"sentence": "a", "label": 1}\n{"sentence": "b", "label": null}\n', r"row 2.* has no 'label'"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UserError, match=rf"{name}: {message}"):
+            read_text_file(tmp_path / name, "auto", "sentence", "label", stream=stream)
+    (tmp_path / "numbers.jsonl").write_text('{"sentence": "a", "label": 1}\n{"sentence": "b", "label": 1.0}\n')
+    assert read_text_file(tmp_path / "numbers.jsonl", "auto", "sentence", "label", stream=stream).labels == ["1", "1"]

@@ -13,7 +13,7 @@ import torch
 
 from nnrecipe.data.splits import epoch_generator, epoch_order, shard
 from nnrecipe.data.stream import prefetched
-from nnrecipe.data.text_rows import LazyTexts, check_columns, csv_options, index_text_file
+from nnrecipe.data.text_rows import LazyTexts, check_columns, checked_row, csv_options, index_text_file
 from nnrecipe.errors import TEXT_ENCODING, UserError, existing_file, utf8_reader
 
 
@@ -90,11 +90,13 @@ def read_text_file(
             rows = list(csv.DictReader(f, **csv_options(fmt)))
     if not rows:
         raise UserError(f"{path}: no rows")
-    check_columns(path, [c for c in (text_column, label_column, pair_column, *other_columns) if c], list(rows[0]))
+    needed = [c for c in (text_column, label_column, pair_column, *other_columns) if c]
+    check_columns(path, needed, list(rows[0]))
+    labels = [checked_row(path, i, r, needed, label_column) for i, r in enumerate(rows, 1)]
     return TextSet(
         [str(r[text_column]) for r in rows],
         [str(r[pair_column]) for r in rows] if pair_column else None,
-        [str(r[label_column]) for r in rows],
+        labels,
         {c: [str(r[c]) for r in rows] for c in other_columns},
     )
 

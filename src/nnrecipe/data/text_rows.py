@@ -157,14 +157,9 @@ def index_text_file(
             record = dict(zip(header, record, strict=False))
         elif not starts:
             check_columns(path, needed, list(record))
-        missing = [c for c in needed if record.get(c) is None]
-        if missing:
-            raise UserError(
-                f"{path}: row {len(starts) + 1:,} (at byte {start:,}) has no {', '.join(map(repr, missing))}"
-            )
+        label = checked_row(path, len(starts) + 1, record, needed, label_column, f" (at byte {start:,})")
         starts.append(start)
         sizes.append(size)
-        label = str(record[label_column])
         labels.append(interned.setdefault(label, label))
         for c in other_columns:
             value = str(record[c])
@@ -176,6 +171,22 @@ def index_text_file(
     texts = LazyTexts(file, text_column, rows)
     pairs = LazyTexts(file, pair_column, rows) if pair_column else None
     return TextSet(texts, pairs, labels, others)
+
+
+def checked_row(path: Path, number: int, record: dict, needed: list[str], label_column: str, at: str = "") -> str:
+    """The row's label as text, once the row has every `needed` column and a label. A short CSV row or a JSON
+    null became the class 'None', an empty field the class '' (in memory; the streamed reader refused the
+    first, took the second); a JSON 1.0 beside 1 made two classes."""
+    where = f"{path}: row {number:,}{at}"
+    missing = [c for c in needed if record.get(c) is None]
+    if missing:
+        raise UserError(f"{where} has no {', '.join(map(repr, missing))}")
+    label = record[label_column]
+    if isinstance(label, float) and label.is_integer():
+        label = int(label)
+    if not str(label).strip():
+        raise UserError(f"{where}: the label ({label_column!r}) is empty; label every row, or remove the row")
+    return str(label)
 
 
 def shown(column) -> str:
