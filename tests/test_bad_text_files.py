@@ -150,3 +150,23 @@ def test_a_row_without_a_label_is_named_and_json_numbers_are_one_class(tmp_path,
             read_text_file(tmp_path / name, "auto", "sentence", "label", stream=stream)
     (tmp_path / "numbers.jsonl").write_text('{"sentence": "a", "label": 1}\n{"sentence": "b", "label": 1.0}\n')
     assert read_text_file(tmp_path / "numbers.jsonl", "auto", "sentence", "label", stream=stream).labels == ["1", "1"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_jsonl_line_that_is_not_an_object_is_named(tmp_path, stream):
+    """A list or string line was listed as "columns are h, e, l, l, o" (its characters), or, after a good first
+    row, ended in a traceback; for a language model a string row was a TypeError and a null text "None"."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"sentence": "a", "label": 1}\n"oops"\n')
+    with pytest.raises(UserError, match=r"rows.jsonl:2: not a JSON object \(str\)"):
+        read_text_file(path, "auto", "sentence", "label", stream=stream)
+    path.write_text('["a", 1]\n')
+    with pytest.raises(UserError, match=r"rows.jsonl:1: not a JSON object \(list\)"):
+        read_text_file(path, "auto", "sentence", "label", stream=stream)
+    lm = tmp_path / "lm.jsonl"
+    lm.write_text('{"text": "to be"}\n"hello text world"\n')
+    with pytest.raises(UserError, match=r"lm.jsonl:2: not a JSON object with a 'text' field"):
+        read_text(lm)
+    lm.write_text('{"text": "to be"}\n{"text": null}\n')
+    with pytest.raises(UserError, match=r"lm.jsonl:2: no field 'text'"):
+        read_text(lm)

@@ -42,7 +42,9 @@ def read_text(path: Path, text_field: str = "text") -> str:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-                if text_field not in row:
+                if not isinstance(row, dict):  # a string row: `in` searched its characters, then a TypeError
+                    raise UserError(f"{path}:{i}: not a JSON object with a {text_field!r} field")
+                if row.get(text_field) is None:  # null was the text "None"
                     raise UserError(f"{path}:{i}: no field {text_field!r} (set data.text_field)")
                 rows.append(str(row[text_field]))
         return "\n\n".join(rows)

@@ -13,7 +13,7 @@ import torch
 
 from nnrecipe.data.splits import epoch_generator, epoch_order, shard
 from nnrecipe.data.stream import prefetched
-from nnrecipe.data.text_rows import LazyTexts, check_columns, checked_row, csv_options, index_text_file
+from nnrecipe.data.text_rows import LazyTexts, check_columns, checked_row, csv_options, index_text_file, json_object
 from nnrecipe.errors import TEXT_ENCODING, UserError, existing_file, utf8_reader
 
 
@@ -82,7 +82,7 @@ def read_text_file(
         for i, line in enumerate(path.read_text(encoding=TEXT_ENCODING).splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append(json_object(line, path, i))
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
     else:

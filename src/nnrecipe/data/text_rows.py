@@ -116,7 +116,7 @@ def records(path: Path, fmt: str) -> Iterator[tuple[int, int, dict | list[str]]]
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        yield pos, len(line), json.loads(line)
+                        yield pos, len(line), json_object(line, path, n)
                     except json.JSONDecodeError as e:
                         raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
                 pos += len(line)
@@ -171,6 +171,15 @@ def index_text_file(
     texts = LazyTexts(file, text_column, rows)
     pairs = LazyTexts(file, pair_column, rows) if pair_column else None
     return TextSet(texts, pairs, labels, others)
+
+
+def json_object(line: str | bytes, path: Path, number: int) -> dict:
+    """One JSONL line, which must hold an object: a list or a string row was listed as "columns are h, e, l,
+    l, o" (its items or characters), or ended in a traceback."""
+    row = json.loads(line)
+    if not isinstance(row, dict):
+        raise UserError(f"{path}:{number}: not a JSON object ({type(row).__name__}); each line holds one {{...}} row")
+    return row
 
 
 def checked_row(path: Path, number: int, record: dict, needed: list[str], label_column: str, at: str = "") -> str:
