@@ -97,6 +97,17 @@ def test_readers_conll_and_jsonl(tmp_path):
     assert tag_names(data.tags) == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_bioes_and_bilou_files_read_as_iob2(tmp_path, stream):
+    """OntoNotes-style BIOES (and BILOU) tags were refused: "tag 'S-PER' is not O, B-TYPE or I-TYPE"."""
+    bioes = tmp_path / "bioes.txt"
+    bioes.write_text("Alice S-PER\nruns O\nto O\nNew B-LOC\nYork E-LOC\n\nLi S-PER\nWei S-PER\n")
+    assert read_token_file(bioes, stream=stream).tags == [["B-PER", "O", "O", "B-LOC", "I-LOC"], ["B-PER", "B-PER"]]
+    bilou = tmp_path / "bilou.txt"
+    bilou.write_text("Bob U-PER\nmet O\nAnn B-PER\nMarie I-PER\nLee L-PER\n")
+    assert read_token_file(bilou, stream=stream).tags == [["B-PER", "O", "B-PER", "I-PER", "I-PER"]]
+
+
 @pytest.mark.parametrize(
     "content,message",
     [("Paris LOCATION\n", "is not O, B-TYPE or I-TYPE"), ("Paris\n", "data.tag_column=2"), ("\n\n", "no sentences")],

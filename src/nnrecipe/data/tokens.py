@@ -48,11 +48,18 @@ class TokenSet:
         return TokenSet(self.words + other.words, self.tags + other.tags)
 
 
+# BIOES (single, end) and BILOU (unit, last) prefixes as IOB2 says them: a one-word entity opens (B-), an
+# entity's last word continues it (I-). The conversion loses nothing that IOB2 models: where entities are.
+OPENS, CONTINUES = {"S": "B", "U": "B"}, {"E": "I", "L": "I"}
+
+
 def to_iob2(tags: list[str]) -> list[str]:
-    """IOB1 (I- may open an entity; B- only between two adjacent entities of one type) to IOB2 (every
-    entity opens with B-). Valid IOB2 passes through unchanged, so conversion is always safe."""
+    """IOB1 (I- may open an entity; B- only between two adjacent entities of one type), BIOES or BILOU to IOB2
+    (every entity opens with B-). Valid IOB2 passes through unchanged, so conversion is always safe."""
     out, prev = [], "O"
     for tag in tags:
+        if tag != "O" and tag[0] in "SUEL":
+            tag = OPENS.get(tag[0], CONTINUES.get(tag[0])) + tag[1:]
         if tag.startswith("I-") and (prev == "O" or prev[2:] != tag[2:]):
             tag = "B-" + tag[2:]
         out.append(tag)
@@ -62,8 +69,10 @@ def to_iob2(tags: list[str]) -> list[str]:
 
 def _check_tags(path: Path, where: str, tags: list[str]) -> None:
     for t in tags:
-        if t != "O" and not (len(t) > 2 and t[1] == "-" and t[0] in "BI"):
-            raise UserError(f"{path}:{where}: tag {t!r} is not O, B-TYPE or I-TYPE (IOB1/IOB2 expected)")
+        if t != "O" and not (len(t) > 2 and t[1] == "-" and t[0] in "BISEUL"):
+            raise UserError(
+                f"{path}:{where}: tag {t!r} is not O, B-TYPE or I-TYPE (IOB1, IOB2, BIOES or BILOU expected)"
+            )
 
 
 @dataclass
