@@ -402,3 +402,30 @@ def test_yolo_segmentation_polygons_are_read_as_their_boxes(tmp_path):
     (item,) = splits.train
     assert torch.allclose(item.boxes, torch.tensor([[20.0, 20, 100, 80], [80, 30, 120, 70]]))
     assert len(splits.skipped) == 1 and "b.txt: line 1: 3 numbers after the class" in splits.skipped[0]
+
+
+def test_a_coco_file_missing_a_field_is_named_not_a_traceback(tmp_path):
+    """A tool's export that left out a box, an image id or a category name was a KeyError (or TypeError)."""
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    good = {"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "x"}],
+            "annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 2, 5, 4]}]}  # fmt: skip
+    cases = [
+        ("annotations", 0, "bbox", None, r"annotations\[0\] has no 'bbox'"),
+        ("images", 0, "id", None, r"images\[0\] has no 'id'"),
+        ("categories", 0, "name", None, r"categories\[0\] has no 'name'"),
+        ("annotations", 0, "bbox", [1, 2, "x", 4], r"annotations\[0\].bbox is \[1, 2, 'x', 4\]; COCO boxes are"),
+    ]
+    for section, i, key, value, message in cases:
+        coco = json.loads(json.dumps(good))
+        if value is None:
+            del coco[section][i][key]
+        else:
+            coco[section][i][key] = value
+        (tmp_path / "inst.json").write_text(json.dumps(coco))
+        with pytest.raises(UserError, match=rf"inst.json: {message}"):
+            load_detection_splits(DetectionData(format="coco", path=tmp_path, train="inst.json", val_fraction=0))
+    (tmp_path / "inst.json").write_text(json.dumps(good))
+    (item,) = load_detection_splits(
+        DetectionData(format="coco", path=tmp_path, train="inst.json", val_fraction=0)
+    ).train
+    assert item.boxes.tolist() == [[1.0, 2.0, 6.0, 6.0]]

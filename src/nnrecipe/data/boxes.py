@@ -88,7 +88,7 @@ def _classes(fmt: str, root: Path, train: str) -> list[str]:
                     return [str(n) for n in names]
         raise UserError(f"data.classes: not given, and {root} has no data.yaml (names: ...) or classes.txt")
     if fmt == "coco":
-        cats = _read_json(root / train).get("categories") or []
+        cats = coco_entries(root / train, _read_json(root / train), "categories", ("id", "name"))
         if not cats:
             raise UserError(f"{root / train}: no 'categories' in the annotation file")
         return [c["name"] for c in sorted(cats, key=lambda c: c["id"])]
@@ -177,20 +177,37 @@ def _read_json(path: Path) -> dict:
         raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
+def coco_entries(path: Path, coco: dict, section: str, keys: tuple[str, ...]) -> list[dict]:
+    """A COCO file's `section` (images, annotations, categories), each entry holding `keys`: a tool's export
+    that left a field out ended in a KeyError traceback."""
+    entries = coco.get(section, [])
+    if not isinstance(entries, list):
+        raise UserError(f"{path}: '{section}' is not a list")
+    for i, entry in enumerate(entries):
+        missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            raise UserError(f"{path}: {section}[{i}] has no {', '.join(map(repr, missing))}")
+    return entries
+
+
 def _coco_split(root: Path, split: str, classes: list[str], out: DetectionSplits) -> list[BoxedImage]:
     """`split` is an instances JSON relative to data.path; images are found by file_name next to it,
     in an `images/` folder beside it, or under data.path. Crowd annotations are left out."""
     ann_file = root / split
     coco = _read_json(ann_file)
-    cat_index = {c["id"]: classes.index(c["name"]) for c in coco.get("categories", []) if c["name"] in classes}
+    categories = coco_entries(ann_file, coco, "categories", ("id", "name"))
+    cat_index = {c["id"]: classes.index(c["name"]) for c in categories if c["name"] in classes}
     anns: dict[int, list] = {}
-    for a in coco.get("annotations", []):
+    for i, a in enumerate(coco_entries(ann_file, coco, "annotations", ("image_id", "category_id", "bbox"))):
         if a.get("iscrowd", 0) or a["category_id"] not in cat_index:
             continue
-        x, y, w, h = a["bbox"]
+        box = a["bbox"]
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)):
+            raise UserError(f"{ann_file}: annotations[{i}].bbox is {box!r}; COCO boxes are [x, y, width, height]")
+        x, y, w, h = box
         anns.setdefault(a["image_id"], []).append(([x, y, x + w, y + h], cat_index[a["category_id"]]))
     items = []
-    for im in coco.get("images", []):
+    for im in coco_entries(ann_file, coco, "images", ("id", "file_name")):
         path = next(
             (
                 d / im["file_name"]
