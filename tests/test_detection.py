@@ -429,3 +429,21 @@ def test_a_coco_file_missing_a_field_is_named_not_a_traceback(tmp_path):
         DetectionData(format="coco", path=tmp_path, train="inst.json", val_fraction=0)
     ).train
     assert item.boxes.tolist() == [[1.0, 2.0, 6.0, 6.0]]
+
+
+def test_a_voc_box_without_numbers_skips_its_image_naming_the_file(tmp_path):
+    """A bndbox missing a corner, or holding a word, was float()'s traceback."""
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (tmp_path / d).mkdir(parents=True)
+    for stem, xmax in (("good", "<xmax>10</xmax>"), ("bad", "<xmax>ten</xmax>"), ("short", "")):
+        Image.new("RGB", (20, 20)).save(tmp_path / "JPEGImages" / f"{stem}.jpg")
+        (tmp_path / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}.jpg</filename><object><name>x</name><bndbox><xmin>2</xmin><ymin>2</ymin>"
+            f"{xmax}<ymax>10</ymax></bndbox></object></annotation>"
+        )
+    (tmp_path / "ImageSets/Main/train.txt").write_text("good\nbad\nshort\n")
+    splits = load_detection_splits(
+        DetectionData(format="voc", path=tmp_path, train="train", val_fraction=0, classes=["x"])
+    )
+    assert [Path(i.path).stem for i in splits.train] == ["good"] and splits.train[0].boxes.tolist() == [[1, 1, 10, 10]]
+    assert len(splits.skipped) == 2 and all("bndbox needs numbers" in s for s in splits.skipped), splits.skipped

@@ -248,14 +248,17 @@ def _voc_split(root: Path, split: str, classes: list[str], out: DetectionSplits)
         if size is None:
             continue
         boxes, labels = [], []
-        for obj in tree.iter("object"):
-            name = obj.findtext("name", "").strip()
-            bb = obj.find("bndbox")
-            if name not in classes or bb is None:
-                continue
-            boxes.append(
-                [float(bb.findtext(k)) - (1 if k in ("xmin", "ymin") else 0) for k in ("xmin", "ymin", "xmax", "ymax")]
-            )
-            labels.append(classes.index(name))
+        try:
+            for obj in tree.iter("object"):
+                name = obj.findtext("name", "").strip()
+                bb = obj.find("bndbox")
+                if name not in classes or bb is None:
+                    continue
+                corners = ("xmin", "ymin", "xmax", "ymax")
+                boxes.append([float(bb.findtext(k)) - (1 if k in ("xmin", "ymin") else 0) for k in corners])
+                labels.append(classes.index(name))
+        except (TypeError, ValueError):  # a corner missing or not a number: float()'s traceback
+            out.skipped.append(f"{xml_file}: an object's bndbox needs numbers xmin, ymin, xmax, ymax")
+            continue
         items.append(_boxed(path, size, boxes, labels, out))
     return items
