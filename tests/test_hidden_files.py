@@ -34,3 +34,14 @@ def test_hidden_folders_and_files_are_neither_classes_nor_images(tmp_path):
         packed.classes == ["a", "b", "c"]
         and len(packed.train.labels) + len(packed.val.labels) + len(packed.test.labels) == 30
     )
+
+
+def test_a_language_models_text_folder_skips_hidden_copies(tmp_path):
+    """Jupyter's .ipynb_checkpoints/<file>-checkpoint.txt was read as a second copy of the text."""
+    from nnrecipe.data.lm import read_text
+
+    (tmp_path / "texts" / ".ipynb_checkpoints").mkdir(parents=True)
+    (tmp_path / "texts" / "a.txt").write_text("to be")
+    (tmp_path / "texts" / ".ipynb_checkpoints" / "a-checkpoint.txt").write_text("to be")
+    (tmp_path / "texts" / ".notes.txt").write_text("scratch")
+    assert read_text(tmp_path / "texts") == "to be"

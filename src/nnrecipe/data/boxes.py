@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from nnrecipe.data.images import IMAGE_SUFFIXES, hidden
+from nnrecipe.data.files import hidden
+from nnrecipe.data.images import IMAGE_SUFFIXES
 from nnrecipe.data.pixels import upright_size
 from nnrecipe.data.splits import holdout
 from nnrecipe.errors import TEXT_ENCODING, UserError, existing_file, read_utf8, read_yaml_mapping

@@ -21,6 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 
+from nnrecipe.data.files import hidden, visible_files
 from nnrecipe.data.pixels import eight_bit, upright
 from nnrecipe.data.shards import open_packed
 from nnrecipe.data.splits import holdout
@@ -310,13 +311,6 @@ def _shards(data) -> ImageSplits:
     return held_out(data, packed.classes, train, val, test)
 
 
-def hidden(name: str) -> bool:
-    """A dot-name: `.ipynb_checkpoints`, `.thumbnails`, macOS's `._photo.jpg` resource forks. Such a folder
-    became a class (torchvision ImageFolder's trap too), and the thumbnails and forks under it images of the
-    set: a thumbnail in val of a photo in train is a leak."""
-    return name.startswith(".")
-
-
 def class_folders(root: Path) -> list[str]:
     """The class names of an image-folder tree: its sub-folders, hidden ones aside, sorted."""
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not hidden(p.name))
@@ -483,10 +477,7 @@ def image_inputs(inputs: list[str]) -> list[str]:
             raise UserError("an empty input: give image files or folders")
         path = Path(item)
         if path.is_dir():
-            found = sorted(
-                str(f) for f in path.rglob("*")
-                if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and not any(map(hidden, f.relative_to(path).parts))
-            )  # fmt: skip
+            found = [str(f) for f in visible_files(path, IMAGE_SUFFIXES)]
             if not found:
                 raise UserError(
                     f"{item}: a folder without image files (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnrecipe.data.files import visible_files
 from nnrecipe.engine.seeding import derived_seed
 from nnrecipe.errors import TEXT_ENCODING, UserError, existing_file, utf8_reader
 
@@ -29,7 +30,7 @@ def read_text(path: Path, text_field: str = "text") -> str:
     """A .txt file, every .txt file of a folder (sorted, joined by blank lines), or a JSONL file's field."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.rglob("*.txt"))
+        files = visible_files(path, (".txt",))  # a notebook's .ipynb_checkpoints copy was read twice
         if not files:
             raise UserError(f"data: no .txt files in {path}")
         return "\n\n".join(read_text(f) for f in files)  # a file that is not UTF-8 is named
