@@ -89,8 +89,8 @@ def prune_run(run: Run, amount: float, structured: bool = False, finetune_epochs
         family.check_prune_finetune(recipe)
     masks = apply_pruning(model, amount, structured, keep_whole)
     kind = "structured" if structured else "unstructured"
-    # the amount as given (four significant digits): rounded to a whole percent, 0.999 was "pruned100", and a prune at 0.504
-    # replaced the run of one at 0.5
+    # The amount as given (four significant digits): rounded to a whole percent, 0.999 was "pruned100", and a
+    # prune at 0.504 replaced the run of one at 0.5.
     percent = f"{amount * 100:.4g}"
     name = f"{run.dir.name}-pruned{percent}{'-structured' if structured else ''}"
     name += f"-ft{finetune_epochs}" if finetune_epochs else ""  # a fine-tuned prune replaced the plain one
