@@ -239,3 +239,22 @@ def test_a_terminal_shows_a_bar_while_predicting_on_a_folder(trained_digits_run,
     monkeypatch.setattr(loop, "console", Console(file=out, force_terminal=True, width=80))
     shown = task.predict(trained_digits_run, [str(tmp_path)])
     assert shown == quiet and "predicting" in out.getvalue() and "5/5" in out.getvalue()
+
+
+def test_a_broken_file_in_a_predicted_folder_is_skipped_with_a_word(trained_digits_run, tmp_path, capsys):
+    """One broken file among many stopped the whole prediction with nothing written; a file named on its own
+    that cannot be read is still an error, and so is a folder of nothing but broken files."""
+    from tests.test_serve import digit_png
+
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(digit_png(i))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    rows = task.predict(trained_digits_run, [str(tmp_path)])
+    assert [r["file"] for r in rows] == [str(tmp_path / f"{i}.png") for i in range(3)]
+    assert f"skipped 1 unreadable file(s) in {tmp_path}" in capsys.readouterr().err
+    with pytest.raises(UserError, match="cannot decode image .*broken.png"):
+        task.predict(trained_digits_run, [str(tmp_path / "broken.png")])
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "x.png").write_bytes(b"junk")
+    with pytest.raises(UserError, match=r"only: none of its 1 image file\(s\) can be read"):
+        task.predict(trained_digits_run, [str(tmp_path / "only")])

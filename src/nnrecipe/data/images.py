@@ -470,7 +470,9 @@ def decode_tree(
 
 def image_inputs(inputs: list[str]) -> list[str]:
     """Image files to predict on: each folder replaced by the image files under it, sorted (a folder was
-    reported as "image not found"); a missing path is named."""
+    reported as "image not found"); a missing path is named. A file in a folder that does not open as an
+    image is skipped with a word, as training skips it: one broken file among 100,000 stopped the whole
+    prediction with nothing written. A file named on its own that cannot be read is still an error."""
     files: list[str] = []
     for item in inputs:
         if not item.strip():  # Path("") is the current folder: every image under it was predicted
@@ -482,7 +484,18 @@ def image_inputs(inputs: list[str]) -> list[str]:
                 raise UserError(
                     f"{item}: a folder without image files (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
                 )
-            files += found
+            ok = readable([Path(f) for f in found])
+            broken = [f for f, good in zip(found, ok) if not good]
+            if not any(ok):
+                raise UserError(f"{item}: none of its {len(found)} image file(s) can be read, e.g. {broken[0]}")
+            if broken:
+                from rich.markup import escape
+
+                from nnrecipe.engine.loop import console
+
+                shown = escape(f"skipped {len(broken)} unreadable file(s) in {item}, e.g. {broken[0]}")
+                console.print(f"[yellow]{shown}[/yellow]")
+            files += [f for f, good in zip(found, ok) if good]
         elif path.is_file():
             files.append(item)
         else:
