@@ -200,9 +200,9 @@ def evaluate(
         if data is not None:
             raise UserError("--data: not with --attack / --corruptions (they use the run's own splits)")
         attacks = [a.strip() for a in attack.split(",")] if attack else []
-        epsilons = parse_epsilons("2/255,8/255" if epsilon is None else epsilon)
-        r = evaluate_robustness(
-            run, split, attacks, epsilons, 20 if steps is None else steps, corruptions, 1000 if limit is None else limit
+        given = {"epsilons": parse_epsilons(epsilon) if epsilon is not None else None, "steps": steps, "limit": limit}
+        r = evaluate_robustness(  # what is not given takes evaluate_robustness's defaults
+            run, split, attacks, corruptions=corruptions, **{k: v for k, v in given.items() if v is not None}
         )
         err.print(f"{r['images']:,} {r['split']} images: clean accuracy {r['clean_accuracy']:.4f}")
         for a in r.get("attacks", []):

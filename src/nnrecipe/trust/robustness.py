@@ -94,11 +94,14 @@ def corruption_table(model: PixelModel, x: torch.Tensor, y: torch.Tensor, seed: 
     return rows
 
 
-def evaluate_robustness(run: Any, split: str | None, attacks: list[str], epsilons: list[float], steps: int,
-                        corruptions: bool, limit: int = 1000) -> dict[str, Any]:  # fmt: skip
-    """Clean accuracy beside adversarial and corrupted accuracy on (up to `limit`) images of a split;
+def evaluate_robustness(run: Any, split: str | None, attacks: list[str], epsilons: list[float] | None = None,
+                        steps: int = 20, corruptions: bool = False, limit: int = 1000) -> dict[str, Any]:  # fmt: skip
+    """Clean accuracy beside adversarial and corrupted accuracy on (up to `limit`) images of a split (the
+    defaults here are `nnrecipe evaluate`'s: radii 2/255 and 8/255, PGD of 20 steps, 1000 images);
     runs/<run>/robustness/report.md + report.json + PNGs."""
     from nnrecipe.tasks.family import family_of
+
+    epsilons = [2 / 255, 8 / 255] if epsilons is None else epsilons
 
     bad = [a for a in attacks if a not in ATTACKS]
     if bad:
