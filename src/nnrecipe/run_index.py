@@ -19,7 +19,7 @@ from typing import Any
 from nnrecipe.engine.tracking import flatten
 from nnrecipe.errors import UserError
 from nnrecipe.reporting import read_report, run_meta
-from nnrecipe.runs import RUN_STATUSES, Run
+from nnrecipe.runs import RUN_STATUSES, Run, given_twice
 from nnrecipe.tasks.family import family_names
 
 # Runs may sit one or two folders deep (runs/<study>/<trial>, runs/<bench>/<run>).
@@ -181,16 +181,15 @@ def compare(runs: list[Path], out: Path) -> dict[str, Any]:
     out = Path(out)
     if out.is_dir() or out.suffix.lower() != ".png":  # a folder became <folder>.png; x.txt a matplotlib traceback
         raise UserError(f"--out {out}: the curves are a PNG; give a file name ending in .png")
-    seen: set[Path] = set()
     for p in runs:
         if not (Path(p) / "run.json").is_file():
             raise UserError(f"{p} is not a run directory (no run.json)")
         run_meta(p)  # a damaged one is named here, before anything is written
-        if Path(p).resolve() in seen:
-            raise UserError(f"compare: {p} is given twice")
-        seen.add(Path(p).resolve())
         if out.resolve().is_relative_to(Path(p).resolve()):  # --out runs/a/plots/curves.png replaced its plot
             raise UserError(f"--out {out}: inside the compared run {p}; give a file outside the runs")
+    twice = given_twice(runs)
+    if twice is not None:
+        raise UserError(f"compare: {twice} is given twice")
     rows = [describe(Path(p)) for p in runs]
     tasks = sorted({r.task for r in rows})
     if len(tasks) > 1:  # every field of two families differed: a page of rows and no shared metric

@@ -129,6 +129,16 @@ def create_run(recipe: Any, recipe_name: str) -> Run:
     return _create_run_dir(recipe, recipe_name)
 
 
+def given_twice(paths: list[str | Path]) -> Path | None:
+    """The first of `paths` that names a folder listed before it, however spelled (a/ and ./a/../a), or None."""
+    seen: set[Path] = set()
+    for p in map(Path, paths):
+        if p.resolve() in seen:
+            return p
+        seen.add(p.resolve())
+    return None
+
+
 def untaken(path: Path) -> Path:
     """`path`, or a fresh timestamped name beside it when a folder with files holds it already: a run, a
     seeds summary or an ensemble is never overwritten by a later one of the same name."""

@@ -21,7 +21,7 @@ import yaml
 from nnrecipe.engine.config import check_folder_name
 from nnrecipe.errors import UserError
 from nnrecipe.reporting import read_report
-from nnrecipe.runs import Run, open_run
+from nnrecipe.runs import Run, given_twice, open_run
 from nnrecipe.tasks.family import Inference, TaskFamily, family_of
 
 
@@ -89,11 +89,9 @@ def create_ensemble(
     if len(paths) < 2:
         raise UserError("ensemble: give two runs or more")
     members = [open_run(p) for p in paths]
-    seen: set[Path] = set()
-    for m in members:  # one run twice was an "ensemble" of one model, reported as two
-        if m.dir.resolve() in seen:
-            raise UserError(f"ensemble: {m.dir} is given twice; weight a member with --weights instead")
-        seen.add(m.dir.resolve())
+    twice = given_twice([m.dir for m in members])  # one run twice was an "ensemble" of one model, reported as two
+    if twice is not None:
+        raise UserError(f"ensemble: {twice} is given twice; weight a member with --weights instead")
     families = {family_of(m).name for m in members}
     if len(families) > 1:
         raise UserError(f"ensemble: the runs belong to different tasks ({', '.join(sorted(families))})")
