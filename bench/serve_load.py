@@ -32,8 +32,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-KEY = "bench-key"
-ATTACKER = "attacker-key"  # --hostile: the attackers' own key, held to the rate limit like any other
+KEY = "bench-key-0123456789"
+ATTACKER = "attacker-key-0123456789"  # --hostile: the attackers' own key, held to the rate limit like any other
 # --hostile: each key may send 50 requests/s (bursts of 16); the well-formed load spreads over 16 keys, as
 # several ordinary clients would, and the attackers share one.
 HOSTILE_FLAGS = ("--rate-limit", "50", "--rate-burst", "16")

@@ -15,7 +15,7 @@ from PIL import Image
 from nnrecipe.deploy.serve import ServeConfig, create_app
 from nnrecipe.errors import UserError
 
-KEY = "s3cret-key"
+KEY = "s3cret-key-for-the-tests"
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +52,31 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 def test_refuses_to_start_without_a_key(run):
     with pytest.raises(UserError, match="refusing to serve without an API key"):
         create_app(ServeConfig(run_dir=run.dir))
+
+
+@pytest.mark.parametrize(
+    "text, where, problem, bad",
+    [
+        ("abc123\n", "line 1", "6 characters long, quickly guessed: use 16 or more", "abc123"),
+        ("a-good-long-key-0123456789\n\nclé-de-l-api-très-longue\n", "line 3", "outside printable ASCII", "clé"),
+        ("a key with spaces in it, long\n", "line 1", "outside printable ASCII", "spaces"),
+    ],
+)
+def test_a_key_that_is_short_or_not_ascii_is_refused_by_where_it_is(tmp_path, monkeypatch, text, where, problem, bad):
+    """A 6-character key was accepted (failed attempts are not rate-limited: it is guessed by trying them
+    all), and a non-ASCII one too, which no request could match: an HTTP header is read as Latin-1."""
+    from nnrecipe.deploy.serve import read_api_keys
+
+    monkeypatch.delenv("NNRECIPE_API_KEYS", raising=False)
+    (tmp_path / "keys.txt").write_text(text, encoding="utf-8")
+    with pytest.raises(UserError, match=f"keys.txt, {where}\\) .*{problem}") as e:
+        read_api_keys(tmp_path / "keys.txt")
+    assert "secrets.token_urlsafe" in str(e.value) and bad not in str(e.value)  # the key is not shown
+    monkeypatch.setenv("NNRECIPE_API_KEYS", "a-good-long-key-0123456789, short")
+    with pytest.raises(UserError, match="NNRECIPE_API_KEYS, key 2\\) is 5 characters long"):
+        read_api_keys(None)
+    monkeypatch.setenv("NNRECIPE_API_KEYS", " a-good-long-key-0123456789 ,,")
+    assert read_api_keys(None) == ["a-good-long-key-0123456789"]
 
 
 @pytest.mark.parametrize(

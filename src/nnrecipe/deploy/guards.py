@@ -61,6 +61,21 @@ class RateLimiter:
         return (1 - tokens) / self.rate
 
 
+MIN_KEY_CHARS = 16
+MAKE_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def key_problem(key: str) -> str:
+    """Why `key` cannot guard the server ("" when it can). Failed attempts are not rate-limited, so a short
+    key is guessed by trying them all; and an HTTP header is read as Latin-1, so a key with a character
+    outside printable ASCII never matches what a client sends (every request was 403)."""
+    if not all("!" <= c <= "~" for c in key):
+        return "has a character outside printable ASCII (or a space), which no HTTP client can send as typed"
+    if len(key) < MIN_KEY_CHARS:
+        return f"is {len(key)} characters long, quickly guessed: use {MIN_KEY_CHARS} or more"
+    return ""
+
+
 class Access:
     """API keys (Bearer) and, when a rate is set, a request rate per key (per address without auth). Its two
     methods are FastAPI dependencies: `authorize` for the card, metrics and docs; `authorize_and_limit` for

@@ -36,7 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field
 
 from nnrecipe.deploy.card import model_card, sha256
-from nnrecipe.deploy.guards import Access, Admission, within_deadline
+from nnrecipe.deploy.guards import MAKE_KEY, Access, Admission, key_problem, within_deadline
 from nnrecipe.engine.config import Seed
 from nnrecipe.errors import UserError, existing_file, first_line, read_utf8
 from nnrecipe.extras import missing_extra
@@ -124,12 +124,19 @@ class ExplainRequest(BaseModel):
 
 
 def read_api_keys(key_file: Path | None) -> list[str]:
-    """Keys from a file (one per line) and/or NNRECIPE_API_KEYS (comma-separated)."""
-    keys = [k.strip() for k in os.environ.get("NNRECIPE_API_KEYS", "").split(",") if k.strip()]
+    """Keys from a file (one per line) and/or NNRECIPE_API_KEYS (comma-separated), each one a key a client can
+    send and not quickly guessed (guards.key_problem); a bad one is named by where it is, never shown."""
+    given = [
+        (f"NNRECIPE_API_KEYS, key {i}", k.strip())
+        for i, k in enumerate(os.environ.get("NNRECIPE_API_KEYS", "").split(","), 1)
+    ]
     if key_file is not None:
         existing_file(key_file, "--api-key-file: key file")
-        keys += [line.strip() for line in read_utf8(key_file).splitlines() if line.strip()]
-    return keys
+        given += [(f"{key_file}, line {i}", line.strip()) for i, line in enumerate(read_utf8(key_file).splitlines(), 1)]
+    for where, key in given:
+        if key and (problem := key_problem(key)):
+            raise UserError(f"API key ({where}) {problem}; make one with {MAKE_KEY}")
+    return [key for _, key in given if key]
 
 
 class MicroBatcher:
