@@ -124,6 +124,37 @@ def test_bad_spaces_are_one_line_errors_before_any_trial(tmp_path):
     assert out.returncode == 2 and "unknown kind 'between'" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("int(16, 64, step=-16)", r"step must be a whole number of 1 or more \(got -16\)"),  # Optuna's traceback
+        ("int(16, 64, step=0)", r"step must be a whole number of 1 or more \(got 0\)"),  # silently step 1
+        ("int(16, 64, step=2.5)", r"step must be a whole number of 1 or more \(got 2.5\)"),  # sampled 42
+        (
+            "int(16, 64, step=16, log=true)",
+            "a log scale samples without a step; give step or log=true, not both",
+        ),  # Optuna's traceback
+        ("int(16, 64, log=maybe)", r"log=true or log=false \(got 'maybe'\)"),  # a log scale
+        ("int(16, 60, step=16)", r"60 is not LOW \+ a whole number of steps.*int\(16, 48, step=16\) or int\(16, 64"),
+        (
+            "int(16, 20, step=16)",
+            r"20 is not LOW \+ a whole number of steps, so it would never be tried; int\(16, 32, step=16\)$",
+        ),
+    ],
+)
+def test_an_int_step_is_one_optuna_samples_as_written(tmp_path, text, problem):
+    with pytest.raises(RecipeError, match=f"--param train.batch_size: {problem}"):
+        parse_param(f"train.batch_size={text}")
+
+
+def test_an_int_step_error_stops_the_cli_before_any_study_folder(tmp_path):
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(digits_raw(tmp_path)))
+    out = cli("tune", str(tmp_path / "r.yaml"), "--param", "train.batch_size=int(16,64,step=-16)", cwd=tmp_path)
+    assert out.returncode == 2 and "step must be a whole number" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists()  # the study's folder was made before Optuna's traceback
+    assert parse_param("train.batch_size=int(16, 64, step=16)").step == 16
+
+
 def test_a_metric_no_run_logs_stops_the_study_at_its_first_trial(tmp_path):
     """--metric val_acc (a typo): every trial trained in full and failed the same way, each with a traceback."""
     p = plan(tmp_path, ["optim.lr=loguniform(0.01, 0.1)"], 4, metric="val_acc")

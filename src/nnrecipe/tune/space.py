@@ -87,10 +87,32 @@ def parse_param(text: str, where: str = "--param") -> Param:
         raise RecipeError(f"{where} {name}: bounds must be finite numbers (got {low}, {high})")
     if not low < high:
         raise RecipeError(f"{where} {name}: the low bound must be below the high one (got {low}, {high})")
-    log = bool(options.get("log", False))
+    log, step = options.get("log", False), options.get("step")
+    if not isinstance(log, bool):  # "log=maybe" was a log scale
+        raise RecipeError(f"{where} {name}: log=true or log=false (got {log!r})")
     if (kind == "loguniform" or log) and low <= 0:
         raise RecipeError(f"{where} {name}: a log scale needs bounds above 0 (got {low})")
-    return Param(name, kind, low, high, options.get("step"), log)
+    if step is not None:
+        check_step(f"{where} {name}", low, high, step, log)
+    return Param(name, kind, low, high, step, log)
+
+
+def check_step(where: str, low: int, high: int, step: Any, log: bool) -> None:
+    """An int parameter's step, as Optuna can sample it and as the user meant it: a step <= 0 or with a log
+    scale was Optuna's traceback at the first trial, a fractional one sampled values off the grid (16, 18.5
+    -> 42 for int(16, 64, step=2.5)), and a range that is not a whole number of steps never reached its high
+    bound (Optuna lowers it with a warning)."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise RecipeError(f"{where}: step must be a whole number of 1 or more (got {step!r})")
+    if log and step != 1:
+        raise RecipeError(f"{where}: a log scale samples without a step; give step or log=true, not both")
+    if (high - low) % step:
+        top = low + (high - low) // step * step
+        tops = [t for t in (top, top + step) if t > low]
+        raise RecipeError(
+            f"{where}: {high} is not LOW + a whole number of steps, so it would never be tried; "
+            + " or ".join(f"int({low}, {t}, step={step})" for t in tops)
+        )
 
 
 def scalar(text: str) -> Any:
