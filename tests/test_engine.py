@@ -284,3 +284,10 @@ def test_auto_precision_is_bf16_on_cpu_for_matmul_heavy_tasks_with_native_bf16_a
         acc = loop.make_accelerator(Train(precision="auto"), cpu_bf16=heavy)
         assert acc.mixed_precision == expected and why in loop.describe(acc), loop.describe(acc)
     assert loop.make_accelerator(Train(precision="fp32"), cpu_bf16=True).mixed_precision == "no"
+    # bf16 asked for on a CPU that emulates it: kept, and said to be slow (a MiniLM step took 25x as long)
+    monkeypatch.setattr(loop.torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(loop.torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    acc = loop.make_accelerator(Train(precision="bf16"), cpu_bf16=True)
+    assert acc.mixed_precision == "bf16" and "bf16 is emulated: many times slower" in loop.describe(acc)
+    monkeypatch.setattr(loop.torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert loop.describe(loop.make_accelerator(Train(precision="bf16"))).endswith("(train.precision)")

@@ -126,6 +126,11 @@ def choose_precision(cfg: Train, cuda: bool, cpu_bf16: bool | None) -> tuple[str
     1.43x faster in bf16 (159.3 vs 111.2 samples/s, issue 17). Other models differ by model and CPU (digits
     LeNet-5 on AMX 3.3 s vs 1.7 s in fp32; the CIFAR ConvNet on the EPYC about 1.9x faster in bf16), so for
     them the answer is "probe": fp32 until `settle_precision` has timed the run's own step in both."""
+    if cfg.precision == "bf16" and not cuda and not cpu_bf16_units():  # a run took ~25x as long, unexplained
+        return "bf16", (
+            "train.precision; this CPU has no bf16 units (AMX or AVX512-BF16), so bf16 is emulated: many times "
+            "slower than fp32 (a MiniLM step 25x on an AVX2 CPU); precision: auto picks fp32 here"
+        )
     if cfg.precision != "auto":
         return cfg.precision, "train.precision"
     if cuda:

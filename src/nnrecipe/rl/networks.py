@@ -174,7 +174,10 @@ def torso_precision(setting: str, obs_shape, device: torch.device) -> tuple[torc
     if not is_image(obs_shape):
         return None, "fp32 (vector observations: an MLP torso gains nothing from bf16)"
     if setting != "auto":
-        return (torch.bfloat16 if setting == "bf16" else None), f"{setting} for the CNN torso (as set)"
+        why = f"{setting} for the CNN torso (as set)"
+        if setting == "bf16" and device.type == "cpu" and not cpu_bf16_units():  # or a run begun on another CPU
+            why += "; this CPU has no bf16 units (AMX or AVX512-BF16), so bf16 is emulated: many times slower"
+        return (torch.bfloat16 if setting == "bf16" else None), why
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16, "bf16 (auto: this CUDA device supports bf16)"
