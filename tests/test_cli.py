@@ -232,3 +232,10 @@ def test_predict_out_never_replaces_an_input_or_a_file_of_the_run(tmp_path, trai
     assert trained_digits_run.meta_path.read_bytes() == meta and Image.open(image).size == (8, 8)
     assert predict(tmp_path / "p.jsonl").exit_code == 0
     assert json.loads((tmp_path / "p.jsonl").read_text())["label"] in [str(i) for i in range(10)]
+    # a folder that does not exist yet is made (the predictions were made, then lost to FileNotFoundError)
+    assert predict(tmp_path / "new" / "folder" / "p.jsonl").exit_code == 0
+    assert json.loads((tmp_path / "new" / "folder" / "p.jsonl").read_text())["label"] in [str(i) for i in range(10)]
+    assert [p.name for p in (tmp_path / "new" / "folder").iterdir()] == ["p.jsonl"]  # no staging file left
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UserError, match="a-file/p.jsonl: cannot make its folder .*; nothing predicted"):
+        predict(tmp_path / "a-file" / "p.jsonl")

@@ -255,7 +255,10 @@ def predict(
         _check_predictions_file(to, [Path(p) for p in [*([file] if file else []), *inputs]], run.dir)
     rows = family.predict(run, inputs)
     if to is not None:
-        to.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        from nnrecipe.deploy.artefact import staged
+
+        with staged(to) as tmp:  # a reader never sees half the file
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         err.print(f"wrote {len(rows)} prediction{'s' if len(rows) != 1 else ''} to {to}")
     for row in rows:
         if as_json:
@@ -266,10 +269,15 @@ def predict(
 
 def _check_predictions_file(to: Path, sources: list[Path], run_dir: Path) -> None:
     """predict --out: a file that is neither an input nor in an input folder (`--file a.txt --out a.txt`
-    replaced the texts with their predictions) nor one of the run's (`--out runs/<run>/run.json` broke it)."""
+    replaced the texts with their predictions) nor one of the run's (`--out runs/<run>/run.json` broke it);
+    its folder is made here, before any prediction."""
     if to.is_dir():
         raise UserError(f"--out {to}: a folder; give a file name, e.g. {to / 'predictions.jsonl'}")
     if not to.exists():
+        try:  # before predicting: a missing folder lost every prediction of a long run at the end
+            to.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {to}: cannot make its folder ({e.strerror or e}); nothing predicted") from None
         return
     target = to.resolve()
     for source in (s.resolve() for s in sources if s.exists()):
