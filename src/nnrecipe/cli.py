@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
@@ -80,7 +81,9 @@ def train(
         if route is not None:
             out.print(f"node {node_rank} of {nnodes}: address {route[0]} on {route[1]}, the route to {master} "
                       f"(torchrun --local-addr; gloo on {env['GLOO_SOCKET_IFNAME']}, NCCL on {env['NCCL_SOCKET_IFNAME']})")  # fmt: skip
-        raise typer.Exit(subprocess.run(command, env=env).returncode)
+        from nnrecipe.engine.signals import wait_for_launched
+
+        raise typer.Exit(wait_for_launched(subprocess.Popen(command, env=env)))  # a stop lets the workers save
     train_recipe(recipe, set_, name, None if seeds is None else [seeds, *ctx.args], ensemble, continue_from)
 
 
@@ -914,6 +917,10 @@ def _os_error(e: OSError) -> str:
 
 
 def main() -> None:
+    # SIGTERM (kill, a cluster's preemption, docker stop) stops a command as Ctrl-C does: training saves a
+    # checkpoint and every run records itself interrupted (it died saying "running"); the server and the
+    # training loop put their own handlers in place while they run.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         try:
             app()

@@ -295,7 +295,9 @@ class Trainer:
     def fit(self, resume: bool = False) -> FitResult:
         if resume:
             self._restore()
-        previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        # Ctrl-C, and SIGTERM (kill, a cluster's preemption, docker stop): finish the step, save, say so
+        stops = (signal.SIGINT, signal.SIGTERM) if _main_thread() else ()
+        previous = {sig: signal.signal(sig, self._on_stop_signal) for sig in stops}
         # CPU dropout masks drawn 16 bits at a time, and a large embedding's gradient written, measured and
         # cleared at the rows a step looked up, while training; the model is given back as built
         on_cpu = self.acc.device.type == "cpu"
@@ -310,8 +312,8 @@ class Trainer:
                         self._end_epoch()
         finally:
             self.row_modules = []
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         if self.state.status == "running":
             self.state.status = "finished"
         if self.state.status in ("finished", "early_stopped", "pruned"):
@@ -373,7 +375,7 @@ class Trainer:
                 cb.after_step(self)
             if done:
                 break
-            if sync and self.stop_requested and i + 1 < n_batches:
+            if sync and i + 1 < n_batches and self._stopping():
                 s.step_in_epoch = i + 1
                 s.epoch_loss_sum, s.epoch_examples = self._over_processes(loss_sum, examples)
                 s.epoch_seconds = time.perf_counter() - started
@@ -485,7 +487,7 @@ class Trainer:
                     console.print(f"early stopping: {es.metric} has not improved for {es.patience} epochs")
         if s.status != "running" or s.epoch == self.epochs:
             return  # fit() writes the final checkpoint with the final status
-        if self.stop_requested:
+        if self._stopping():
             self._interrupt(None)
         else:
             self._save(self.last_path, full=True)
@@ -549,11 +551,24 @@ class Trainer:
             f"interrupted: checkpoint saved to {self.last_path}; continue with `nnrecipe resume {self.run_dir}`"
         )
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self.stop_requested:  # a second Ctrl-C means now
+    def _stopping(self) -> bool:
+        """Whether to stop after this step: a stop any process was sent stops them all at the same step. Each
+        receives its signal at its own moment, so a process that stopped alone a step early could leave the
+        others waiting for it in the next gradient all-reduce, for ever. Costs a one-number all-reduce per
+        optimiser step when there are several processes."""
+        if self.acc.num_processes == 1:
+            return self.stop_requested
+        flag = torch.tensor(float(self.stop_requested), device=self.acc.device)
+        return bool(self.acc.reduce(flag, "sum").item() > 0)
+
+    def _on_stop_signal(self, signum, frame) -> None:
+        if self.stop_requested:  # a second Ctrl-C (or SIGTERM) means now
             raise KeyboardInterrupt
         self.stop_requested = True
-        console.print("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort without saving)")
+        if signum == signal.SIGTERM:  # the run said "running" for ever, and lost the epoch so far
+            console.print("\nSIGTERM: finishing this step and saving a checkpoint (a second one aborts without saving)")
+        else:
+            console.print("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort without saving)")
 
     def _bare(self) -> nn.Module:
         return self.acc.unwrap_model(self.model)

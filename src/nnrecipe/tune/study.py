@@ -34,6 +34,7 @@ import yaml
 
 from nnrecipe.engine.config import check_seed
 from nnrecipe.engine.loop import Callback, Diverged, console
+from nnrecipe.engine.signals import sigterm_passed_on, wait_for_launched
 from nnrecipe.errors import RecipeError, UserError, first_line
 from nnrecipe.recipe import validate_recipe
 from nnrecipe.runs import create_run
@@ -326,7 +327,7 @@ def train_in_processes(plan: Plan, folder: Path, number: int, run) -> dict[str, 
     args = [str(folder), str(number), str(run.dir)]
     logs = run.dir / "logs"
     command = torchrun_command(args, 1, plan.nproc, 0, None, module="nnrecipe.tune.trial", log_dir=logs)
-    code = subprocess.run(command).returncode
+    code = wait_for_launched(subprocess.Popen(command))  # a stop lets the workers save
     status = run.meta().get("status")
     if code == 130 or status == "interrupted":
         return {"status": "interrupted", "run": str(run.dir)}
@@ -506,7 +507,8 @@ def run_study(plan: Plan, folder: Path, jobs: int = 1, resume: bool = False) -> 
         procs = [ctx.Process(target=worker, args=(str(folder), q, threads)) for q in quotas]
         for p in procs:
             p.start()
-        with trial_bar(plan, finished(study)) as advance:
+        alive = lambda: [p.pid for p in procs if p.is_alive()]  # noqa: E731
+        with trial_bar(plan, finished(study)) as advance, sigterm_passed_on(alive):  # each saves its trial
             while any(p.is_alive() for p in procs):  # the workers write the storage; the bar reads it
                 for p in procs:
                     p.join(timeout=2.0)
