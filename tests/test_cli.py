@@ -165,57 +165,6 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     assert epochs == list(range(1, 21))
 
 
-def stopped_by_sigterm(args: list[str], tmp_path: Path, when: str) -> tuple[int, str]:
-    """Start `nnrecipe ARGS` in its own process group, send SIGTERM to it alone once a stderr line starts with
-    `when`, and return its exit code and the rest of its stderr; anything left of the group is killed."""
-    import signal
-
-    cmd = [sys.executable, "-m", "nnrecipe.cli", *map(str, args)]
-    env = os.environ | {"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp_path, env=env,
-                            start_new_session=True)  # fmt: skip
-    try:
-        for line in proc.stderr:
-            if line.startswith(when):
-                proc.send_signal(signal.SIGTERM)  # the process itself, as kill or a cluster's preemption does
-                break
-        rest = proc.stderr.read()
-        return proc.wait(timeout=120), rest
-    finally:
-        with __import__("contextlib").suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers, left behind before
-
-
-def test_sigterm_stops_training_as_ctrl_c_does(tmp_path):
-    """SIGTERM (kill, a cluster's preemption, docker stop) killed the process at once: the run said "running"
-    for ever and the epoch in progress was lost. Now it finishes the step, saves and records the run
-    interrupted, in one process, under torchrun and in `tune --jobs` (the launcher passes it on), and in RL."""
-    sets = ["--set", "track.plots=false", "--set", f"track.runs_dir={tmp_path / 'runs'}"]
-    code, rest = stopped_by_sigterm(["train", ROOT / "recipes/digits-convnet.yaml", "--set", "train.epochs=200",
-                                     *sets, "--name", "one"], tmp_path, "epoch 2/")  # fmt: skip
-    assert code == 130 and "SIGTERM: finishing this step" in rest and "Traceback" not in rest, rest
-    run = tmp_path / "runs" / "one"
-    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
-    assert (run / "checkpoints" / "last.safetensors").is_file()
-    code, rest = stopped_by_sigterm(["train", ROOT / "recipes/digits-convnet.yaml", "--set", "train.epochs=200",
-                                     "--set", "train.precision=fp32", *sets, "--name", "two", "--nproc", "2"],
-                                    tmp_path, "epoch 2/")  # fmt: skip
-    run = tmp_path / "runs" / "two"
-    assert json.loads((run / "run.json").read_text())["status"] == "interrupted", rest[-3000:]
-    assert rest.count("interrupted: checkpoint saved") == 1 and code != 0  # rank 0 says it; torchrun fails
-    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert 2 <= len(epochs) < 200
-    code, rest = stopped_by_sigterm(["rl", "train", "cartpole-dqn", "--set", "dqn.total_steps=1000000", *sets[2:],
-                                     "--name", "rl"], tmp_path, "step ")  # fmt: skip
-    assert code == 130 and "interrupted: the last periodic checkpoint is kept" in rest, rest
-    assert json.loads((tmp_path / "runs" / "rl" / "run.json").read_text())["status"] == "interrupted"
-    study = ["tune", ROOT / "recipes/digits-convnet.yaml", "--param", "optim.lr=loguniform(0.01, 0.1)", "--trials",
-             "2", "--jobs", "2", "--study", "study", *sets]  # fmt: skip
-    code, rest = stopped_by_sigterm([*study, "--set", "train.epochs=200"], tmp_path, "epoch 2/")
-    statuses = [json.loads(r.read_text())["status"] for r in (tmp_path / "runs" / "study").glob("trial-*/run.json")]
-    assert code == 130 and statuses == ["interrupted"] * 2, (statuses, rest[-3000:])  # both workers passed it on
-
-
 def test_doctor_writes_its_report_and_exits_1_when_a_check_fails(tmp_path):
     res = nnrecipe("doctor", ROOT / "recipes/digits-convnet.yaml", "--out", tmp_path / "ok", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
