@@ -99,9 +99,9 @@ def parse_param(text: str, where: str = "--param") -> Param:
 
 def check_step(where: str, low: int, high: int, step: Any, log: bool) -> None:
     """An int parameter's step, as Optuna can sample it and as the user meant it: a step <= 0 or with a log
-    scale was Optuna's traceback at the first trial, a fractional one sampled values off the grid (16, 18.5
-    -> 42 for int(16, 64, step=2.5)), and a range that is not a whole number of steps never reached its high
-    bound (Optuna lowers it with a warning)."""
+    scale was Optuna's traceback at the first trial, a fractional one sampled off its own grid (int(16, 64,
+    step=2.5) gave 42, not 16 + k x 2.5), and a range that is not a whole number of steps never reached its
+    high bound (Optuna lowers it with a warning)."""
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise RecipeError(f"{where}: step must be a whole number of 1 or more (got {step!r})")
     if log and step != 1:
