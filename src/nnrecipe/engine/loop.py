@@ -32,7 +32,7 @@ from nnrecipe.engine.config import Schedule, Train
 from nnrecipe.engine.distributed import is_main_process
 from nnrecipe.engine.fast_dropout import fast_dropout
 from nnrecipe.engine.host_memory import keep_freed_blocks
-from nnrecipe.engine.numerics import cpu_bf16_units
+from nnrecipe.engine.numerics import EMULATED_BF16, cpu_bf16_units
 from nnrecipe.engine.optim import build_scheduler
 from nnrecipe.engine.precision_probe import decide, probe_enabled
 from nnrecipe.engine.recipe_changes import refuse_changes
@@ -126,11 +126,8 @@ def choose_precision(cfg: Train, cuda: bool, cpu_bf16: bool | None) -> tuple[str
     1.43x faster in bf16 (159.3 vs 111.2 samples/s, issue 17). Other models differ by model and CPU (digits
     LeNet-5 on AMX 3.3 s vs 1.7 s in fp32; the CIFAR ConvNet on the EPYC about 1.9x faster in bf16), so for
     them the answer is "probe": fp32 until `settle_precision` has timed the run's own step in both."""
-    if cfg.precision == "bf16" and not cuda and not cpu_bf16_units():  # a run took ~25x as long, unexplained
-        return "bf16", (
-            "train.precision; this CPU has no bf16 units (AMX or AVX512-BF16), so bf16 is emulated: many times "
-            "slower than fp32 (a MiniLM step 25x on an AVX2 CPU); precision: auto picks fp32 here"
-        )
+    if cfg.precision == "bf16" and not cuda and not cpu_bf16_units():
+        return "bf16", f"train.precision; {EMULATED_BF16}; precision: auto picks fp32 here"
     if cfg.precision != "auto":
         return cfg.precision, "train.precision"
     if cuda:

@@ -17,18 +17,19 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def sigterm_passed_on(children: Callable[[], Iterable[int]]) -> Iterator[list[bool]]:
-    """While the block runs, a SIGTERM is sent on to each process id `children()` gives (alive ones), once;
-    the yielded list holds True once it happened. Outside the main thread it does nothing."""
-    received: list[bool] = []
+def sigterm_passed_on(children: Callable[[], Iterable[int]]) -> Iterator[None]:
+    """While the block runs, a SIGTERM is sent on to each process id `children()` gives (alive ones), once.
+    Outside the main thread it does nothing."""
     if threading.current_thread() is not threading.main_thread():
-        yield received
+        yield
         return
+    passed = False
 
     def pass_on(signum, frame) -> None:
-        if received:
+        nonlocal passed
+        if passed:
             return
-        received.append(True)
+        passed = True
         for pid in children():
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -37,7 +38,7 @@ def sigterm_passed_on(children: Callable[[], Iterable[int]]) -> Iterator[list[bo
 
     previous = signal.signal(signal.SIGTERM, pass_on)
     try:
-        yield received
+        yield
     finally:
         signal.signal(signal.SIGTERM, previous)
 

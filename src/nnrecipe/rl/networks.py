@@ -15,7 +15,7 @@ from torch import nn
 from torch.distributions import Categorical, Normal
 
 from nnrecipe.engine.loop import console
-from nnrecipe.engine.numerics import cpu_bf16_units
+from nnrecipe.engine.numerics import EMULATED_BF16, cpu_bf16_units
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -176,7 +176,7 @@ def torso_precision(setting: str, obs_shape, device: torch.device) -> tuple[torc
     if setting != "auto":
         why = f"{setting} for the CNN torso (as set)"
         if setting == "bf16" and device.type == "cpu" and not cpu_bf16_units():  # or a run begun on another CPU
-            why += "; this CPU has no bf16 units (AMX or AVX512-BF16), so bf16 is emulated: many times slower"
+            why += f"; {EMULATED_BF16}"
         return (torch.bfloat16 if setting == "bf16" else None), why
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
