@@ -54,6 +54,16 @@ def test_refuses_to_start_without_a_key(run):
         create_app(ServeConfig(run_dir=run.dir))
 
 
+def test_a_run_that_cannot_be_served_says_so_before_asking_for_a_key(tmp_path):
+    """An RL run asked for an API key first, then, given one, was refused as an RL run."""
+    from nnrecipe.runs import Run
+
+    (tmp_path / "recipe.yaml").write_text("task: rl\nenv:\n  id: CartPole-v1\n")
+    Run(tmp_path).update_meta(task="rl")
+    with pytest.raises(UserError, match="rl: no serving for rl runs"):
+        create_app(ServeConfig(run_dir=tmp_path, api_keys=[]))
+
+
 @pytest.mark.parametrize(
     "text, where, problem, bad",
     [

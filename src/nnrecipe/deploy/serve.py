@@ -214,6 +214,9 @@ class Metrics:
 
 
 def create_app(cfg: ServeConfig) -> FastAPI:
+    started = time.perf_counter()
+    run = open_run(cfg.run_dir)  # a run that cannot be served says so first: an RL run asked for a key, then
+    family = family_of(run).require("serve")  # refused once given one
     if not cfg.api_keys and not cfg.insecure_no_auth:
         raise UserError(
             "refusing to serve without an API key: give --api-key-file or NNRECIPE_API_KEYS, "
@@ -226,9 +229,6 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     # The server's own --max-image-pixels is read from each header; PIL's warning above its 89-megapixel
     # guard logged a line (a traceback's worth) for every oversized request an attacker sent.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    started = time.perf_counter()
-    run = open_run(cfg.run_dir)
-    family = family_of(run)
     check_queue(cfg, family)
     predictor = load_predictor(run, cfg.onnx, cfg.precision)
     predictor.max_pixels = cfg.max_image_pixels
