@@ -393,3 +393,40 @@ def test_a_terminal_shows_a_bar_over_the_trials(tmp_path, monkeypatch):
         advance(9)  # never past the plan
     text = out.getvalue()
     assert "study s" in text and "1/4" in text and "4/4" in text and "9/4" not in text
+
+
+def test_a_stop_before_training_leaves_no_run_folder_and_resume_runs_the_trial_again(tmp_path, monkeypatch):
+    """A --jobs worker SIGTERM'd before its trial's training loop began (spawned, it kept Python's default)
+    died at once: its trial stayed RUNNING and its run folder said "created" for ever."""
+    from nnrecipe.tune.study import worker
+
+    class Killed(Exception):  # what the test's process does with a SIGTERM nothing else took over
+        pass
+
+    def killed(signum, frame):
+        raise Killed
+
+    def stopped_while_loading(recipe, run, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # reading the data, building the model
+        raise AssertionError("the SIGTERM was not delivered")
+
+    p = plan(tmp_path, ["optim.lr=choice(0.05, 0.01, 0.002)"], 1)
+    folder = tmp_path / "runs" / "s"
+    save_plan(p, folder)
+    open_study(p, folder, create=True)
+    family = get_family("image_classification")
+    previous = signal.signal(signal.SIGTERM, killed)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(family, "train", stopped_while_loading)
+            worker(str(folder), 1, None)  # returns: the stop is not a traceback
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    (stopped,) = open_study(p, folder).get_trials()
+    assert stopped.state.name == "FAIL" and stopped.user_attrs["interrupted"] is True
+    assert not (folder / "trial-0000").exists()  # nothing was trained
+    run_study(p, folder, resume=True)
+    trials = open_study(p, folder).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"] and trials[1].params == stopped.params
+    assert json.loads((folder / trials[1].user_attrs["run"] / "run.json").read_text())["status"] == "finished"

@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
 import socket
 import time
 from contextlib import contextmanager
@@ -280,15 +282,20 @@ def objective(plan: Plan, folder: Path):
         recipe = validate_recipe(raw)
         family = get_family(recipe.task)
         run = create_run(recipe, f"trial-{trial.number:04d}")
-        for key, value in (("run", run.dir.name), ("host", socket.gethostname()), ("pid", os.getpid())):
-            trial.set_user_attr(key, value)
         start = time.perf_counter()
         try:
+            for key, value in (("run", run.dir.name), ("host", socket.gethostname()), ("pid", os.getpid())):
+                trial.set_user_attr(key, value)
             if plan.nproc > 1:
                 result = train_in_processes(plan, folder, trial.number, run)
             else:
                 pruning = [PruneTrial(trial, plan.metric)] if family.takes_callbacks and not plan.multi else []
                 result = family.train(recipe, run, callbacks=pruning)
+        except KeyboardInterrupt:  # a stop before the training loop took it over (it saves and returns
+            trial.set_user_attr("interrupted", True)  # "interrupted"): `tune --resume` runs the trial again
+            if run.meta().get("status") == "created":  # and nothing was trained: no folder left saying "created"
+                shutil.rmtree(run.dir, ignore_errors=True)
+            raise
         except Diverged as e:  # a bad region of the space, not a broken study: stopped early, like pruning
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
             trial.set_user_attr("diverged", str(e).split(";")[0])
@@ -420,7 +427,10 @@ def load_plan(folder: Path) -> Plan:
 
 
 def worker(plan_dir: str, quota: int, threads: int | None) -> None:
-    """One process of a --jobs study: its share of the trials on the shared storage."""
+    """One process of a --jobs study: its share of the trials on the shared storage. A SIGTERM (passed on by
+    the parent) stops it as Ctrl-C does: spawned, it kept Python's default and died at once outside a training
+    loop, its trial left RUNNING and its run "created"."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if threads:
         import torch
 
@@ -428,8 +438,11 @@ def worker(plan_dir: str, quota: int, threads: int | None) -> None:
     folder = Path(plan_dir)
     plan = load_plan(folder)
     study = open_study(plan, folder)
-    study.optimize(objective(plan, folder), n_trials=quota, timeout=plan.timeout, catch=(UserError,),
-                   callbacks=callbacks(plan))  # fmt: skip
+    try:
+        study.optimize(objective(plan, folder), n_trials=quota, timeout=plan.timeout, catch=(UserError,),
+                       callbacks=callbacks(plan))  # fmt: skip
+    except KeyboardInterrupt:  # its trial is marked interrupted; the parent reports the study
+        pass
 
 
 def callbacks(plan: Plan) -> list:
