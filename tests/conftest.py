@@ -65,6 +65,23 @@ def write_digit_tree(root: Path, classes: list[int], per_class: int = 40, size: 
     return root
 
 
+def in_process(*args) -> tuple[int, str]:
+    """(exit code, output) of `nnrecipe ARGS` run in this process, for verbs whose subject is not the process
+    itself (a subprocess costs 5-8 s of imports here). A user error is raised out of the app (main() prints
+    it as one line): its text ends the output, and the code is the one main() exits with."""
+    from typer.testing import CliRunner
+
+    from nnrecipe.cli import app
+    from nnrecipe.errors import UserError
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if isinstance(result.exception, UserError):
+        return result.exception.exit_code, result.output + str(result.exception)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
 @pytest.fixture(scope="session")
 def trained_digits_run(tmp_path_factory):
     """A ConvNet trained 6 epochs on digits, shared by the export and serving tests."""

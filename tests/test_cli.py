@@ -1,4 +1,5 @@
-"""The real CLI in a subprocess, with tiny budgets: every bundled recipe starts, every verb works."""
+"""The real CLI in a subprocess, with tiny budgets: every bundled recipe starts, every verb works. Where the
+verb and not the process is the subject, a call runs in this process (tests.conftest.in_process)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import write_digit_tree
+from tests.conftest import in_process, write_digit_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -169,10 +170,11 @@ def test_doctor_writes_its_report_and_exits_1_when_a_check_fails(tmp_path):
     res = nnrecipe("doctor", ROOT / "recipes/digits-convnet.yaml", "--out", tmp_path / "ok", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "ok" / "report.md").is_file() and "fail" not in res.stderr
-    res = nnrecipe(
-        "doctor", ROOT / "recipes/digits-convnet.yaml", "--set", "optim.lr=5", "--out", tmp_path / "bad", cwd=tmp_path
+    # The exit code of a failed check, in this process (the report above came from a real one)
+    code, output = in_process(
+        "doctor", ROOT / "recipes/digits-convnet.yaml", "--set", "optim.lr=5", "--out", tmp_path / "bad"
     )
-    assert res.returncode == 1 and "fail  5. Overfit one batch" in res.stderr
+    assert code == 1 and "fail  5. Overfit one batch" in output, output
 
 
 @pytest.mark.parametrize(
@@ -194,17 +196,17 @@ def test_text_recipes_name_the_missing_data_file(recipe, path, tmp_path):
 
 
 def test_ner_predict_and_merge_from_the_command_line(trained_ner_run, tmp_path):
-    res = nnrecipe("predict", trained_ner_run.dir, "Yesterday, Li Wei reached Nairobi again.", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    assert "[Li Wei]PER@11-17" in res.stdout and "[Nairobi]LOC@26-33" in res.stdout
-    res = nnrecipe("merge", trained_ner_run.dir, "--out", tmp_path / "merged", cwd=tmp_path)
-    assert res.returncode == 0 and (tmp_path / "merged" / "config.json").is_file(), res.stderr
-    res = nnrecipe("merge", trained_ner_run.dir, "--out", tmp_path / "merged", cwd=tmp_path)  # its own: replaced
-    assert res.returncode == 0, res.stderr
+    """In this process (the digits recipes above run `predict` in a real one): each call loaded MiniLM anew."""
+    code, output = in_process("predict", trained_ner_run.dir, "Yesterday, Li Wei reached Nairobi again.")
+    assert code == 0 and "[Li Wei]PER@11-17" in output and "[Nairobi]LOC@26-33" in output, output
+    code, output = in_process("merge", trained_ner_run.dir, "--out", tmp_path / "merged")
+    assert code == 0 and (tmp_path / "merged" / "config.json").is_file(), output
+    code, output = in_process("merge", trained_ner_run.dir, "--out", tmp_path / "merged")  # its own: replaced
+    assert code == 0, output
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    res = nnrecipe("merge", trained_ner_run.dir, "--out", tmp_path / "mine", cwd=tmp_path)  # it was rmtree'd
-    assert res.returncode == 1 and "is not a folder an earlier merge wrote" in res.stderr, res.stderr
+    code, output = in_process("merge", trained_ner_run.dir, "--out", tmp_path / "mine")  # it was rmtree'd
+    assert code == 1 and "is not a folder an earlier merge wrote" in output, output
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 

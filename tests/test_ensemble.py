@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from tests.conftest import in_process
 from tests.test_serve import b64, digit_png
-from typer.testing import CliRunner
 
-from nnrecipe.cli import app
 from nnrecipe.deploy import export
 from nnrecipe.deploy.serve import ServeConfig, create_app
 from nnrecipe.errors import UserError
@@ -29,14 +28,6 @@ from nnrecipe.tasks.image_inputs import eval_loader
 image = get_family("image_classification")
 
 
-def cli(*args):
-    """(exit code, output): a user error is raised out of the app (main() prints it), so its text is the output."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if isinstance(result.exception, UserError):
-        return 1, str(result.exception)
-    return result.exit_code, result.output
-
-
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory):
     """Three seeds of one digits ConvNet recipe, and their ensemble, trained through the CLI."""
@@ -46,7 +37,7 @@ def seeded(tmp_path_factory):
         "data: {source: digits, limit: 700}\nmodel: {name: convnet}\ntrain: {epochs: 2, batch_size: 64}\n"
         f"track: {{runs_dir: {runs}, progress: false, plots: false, tensorboard: false, name: digits}}\n"
     )
-    code, output = cli("train", recipe, "--seeds", "0", "1", "2", "--ensemble")
+    code, output = in_process("train", recipe, "--seeds", "0", "1", "2", "--ensemble")
     assert code == 0, output
     return runs
 
@@ -86,7 +77,7 @@ def test_the_ensemble_averages_the_members_probabilities(seeded):
     md = (ens.dir / "report.md").read_text()
     assert "Weights: an ensemble of 3 runs" in md and "| **ensemble** |" in md and "over the best member" in md
     # Re-evaluating keeps the comparison (it lives in run.json, not in the first report only).
-    code, _ = cli("evaluate", ens.dir)
+    code, _ = in_process("evaluate", ens.dir)
     assert code == 0 and "| **ensemble** |" in (ens.dir / "report.md").read_text()
 
 
@@ -113,7 +104,7 @@ def test_an_ensemble_predicts_exports_one_graph_and_serves(seeded, tmp_path):
 
 def test_weights_and_bad_ensembles_are_refused_in_one_line(seeded, tmp_path, trained_text_run):
     members = json.loads((seeded / "digits-seeds" / "summary.json").read_text())["runs"]
-    code, output = cli("ensemble", *members[:2], "--weights", "1,0", "--name", "first-only")
+    code, output = in_process("ensemble", *members[:2], "--weights", "1,0", "--name", "first-only")
     assert code == 0, output
     only = open_run(seeded / "first-only")
     assert only.report()["test"]["accuracy"] == pytest.approx(open_run(members[0]).report()["test"]["accuracy"])
@@ -136,9 +127,9 @@ def test_weights_and_bad_ensembles_are_refused_in_one_line(seeded, tmp_path, tra
         create_ensemble([members[0], trained_text_run.dir])
     with pytest.raises(UserError, match="is an ensemble itself"):
         create_ensemble([members[0], seeded / "digits-ensemble"])
-    code, output = cli("prune", seeded / "digits-ensemble")
+    code, output = in_process("prune", seeded / "digits-ensemble")
     assert code == 1 and "is an ensemble; prune one of its members instead" in output
-    code, output = cli("train", "x.yaml", "--ensemble")
+    code, output = in_process("train", "x.yaml", "--ensemble")
     assert code == 1 and "--ensemble: goes with --seeds" in output
 
 
@@ -215,7 +206,7 @@ def test_seeds_with_ensemble_under_a_name_used_before_keep_both_results(tmp_path
         f"track: {{runs_dir: {tmp_path / 'runs'}, progress: false, plots: false, tensorboard: false, name: x}}\n"
     )
     for _ in range(2):
-        code, output = cli("train", recipe, "--seeds", "0", "1", "--ensemble")
+        code, output = in_process("train", recipe, "--seeds", "0", "1", "--ensemble")
         assert code == 0, output
     assert len(list((tmp_path / "runs").glob("x-seeds*/summary.json"))) == 2
     assert len(list((tmp_path / "runs").glob("x-ensemble*/run.json"))) == 2

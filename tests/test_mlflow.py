@@ -61,11 +61,9 @@ def test_a_tracking_uri_mlflow_cannot_use_is_one_line_at_once(tmp_path):
     with pytest.raises(UserError, match=r"track.mlflow_uri foo://bar: MLflow cannot log there \(.*unsupported URI"):
         MlflowLogger(tmp_path, "foo://bar", "nnrecipe", {})
     # Through `train`: the new run is removed, as for any failed start; it stayed behind saying "running"
-    from tests.test_cli import nnrecipe
+    from tests.conftest import in_process
 
-    res = nnrecipe("train", "digits-convnet", "--set", f"track.runs_dir={tmp_path / 'runs'}", "--set",
-                   "track.mlflow=true", "--set", f"track.mlflow_uri={closed}", cwd=tmp_path)  # fmt: skip
-    assert (
-        res.returncode == 1 and "no server answers there" in res.stderr and "removed: nothing was trained" in res.stderr
-    )
+    code, output = in_process("train", "digits-convnet", "--set", f"track.runs_dir={tmp_path / 'runs'}", "--set",
+                              "track.mlflow=true", "--set", f"track.mlflow_uri={closed}")  # fmt: skip
+    assert code == 1 and "no server answers there" in output and "removed: nothing was trained" in output, output
     assert not any((tmp_path / "runs").iterdir())
