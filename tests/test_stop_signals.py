@@ -65,7 +65,7 @@ def test_launchers_pass_sigterm_on_to_their_processes(tmp_path):
     assert 1 <= len(epochs) < 200
     study = ["tune", ROOT / "recipes/digits-convnet.yaml", "--param", "optim.lr=loguniform(0.01, 0.1)", "--trials",
              "2", "--jobs", "2", "--study", "study", *sets]  # fmt: skip
-    # once both trials train (a worker still starting dies, its trial left to --resume as after kill -9)
+    # once both trials train (one stopped before its training leaves no run: tests/test_tune.py)
     code, rest = stopped_by_sigterm([*study, "--set", "train.epochs=200"], tmp_path, "epoch 1/", times=2)
     statuses = [json.loads(r.read_text())["status"] for r in (tmp_path / "runs" / "study").glob("trial-*/run.json")]
     assert code == 130 and statuses == ["interrupted"] * 2, (statuses, rest[-3000:])  # both workers passed it on
