@@ -421,7 +421,14 @@ def test_a_stop_before_training_leaves_no_run_folder_and_resume_runs_the_trial_a
     try:
         with monkeypatch.context() as m:
             m.setattr(family, "train", stopped_while_loading)
-            worker(str(folder), 1, None)  # returns: the stop is not a traceback
+            with pytest.raises(SystemExit) as ended:  # the stop is an exit code, not a traceback
+                worker(str(folder), 1, None)
+        assert ended.value.code == 130
+        with monkeypatch.context() as m:  # a worker still starting (importing torch, opening the storage)
+            m.setattr("nnrecipe.tune.study.load_plan", lambda f: stopped_while_loading(None, None))
+            with pytest.raises(SystemExit) as ended:
+                worker(str(folder), 1, None)
+        assert ended.value.code == 130
     finally:
         signal.signal(signal.SIGTERM, previous)
     (stopped,) = open_study(p, folder).get_trials()

@@ -719,7 +719,8 @@ def tune(
             plan.trials = trials if _given(ctx, "trials") else plan.trials
             plan.timeout = parse_duration(timeout) if _given(ctx, "timeout") else plan.timeout
             save_plan(plan, folder)
-        if run_study(plan, folder, jobs=jobs, resume=True)["interrupted"]:
+        result = run_study(plan, folder, jobs=jobs, resume=True)
+        if result["interrupted"] or result["stopped"]:
             raise typer.Exit(130)
         return
     if recipe is None:
@@ -734,7 +735,7 @@ def tune(
                     nproc=nproc)  # fmt: skip
     folder = Path(raw.get("track", {}).get("runs_dir", "runs")) / name
     result = run_study(plan, folder, jobs=jobs, resume=study is not None and (folder / "study.json").is_file())
-    if result["interrupted"]:
+    if result["interrupted"] or result["stopped"]:
         raise typer.Exit(130)
 
 

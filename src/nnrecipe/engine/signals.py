@@ -17,19 +17,19 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def sigterm_passed_on(children: Callable[[], Iterable[int]]) -> Iterator[None]:
-    """While the block runs, a SIGTERM is sent on to each process id `children()` gives (alive ones), once.
-    Outside the main thread it does nothing."""
+def sigterm_passed_on(children: Callable[[], Iterable[int]]) -> Iterator[threading.Event]:
+    """While the block runs, a SIGTERM is sent on to each process id `children()` gives (alive ones), once;
+    the event it yields is set then (a launcher starts no more processes). Outside the main thread it does
+    nothing."""
+    passed = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield passed
         return
-    passed = False
 
     def pass_on(signum, frame) -> None:
-        nonlocal passed
-        if passed:
+        if passed.is_set():
             return
-        passed = True
+        passed.set()
         for pid in children():
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -38,7 +38,7 @@ def sigterm_passed_on(children: Callable[[], Iterable[int]]) -> Iterator[None]:
 
     previous = signal.signal(signal.SIGTERM, pass_on)
     try:
-        yield
+        yield passed
     finally:
         signal.signal(signal.SIGTERM, previous)
 

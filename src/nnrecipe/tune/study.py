@@ -26,6 +26,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -426,23 +427,26 @@ def load_plan(folder: Path) -> Plan:
     return Plan(**data)
 
 
+STOPPED = 130  # a --jobs worker's exit code when Ctrl-C or a SIGTERM stopped it, as the CLI's
+
+
 def worker(plan_dir: str, quota: int, threads: int | None) -> None:
     """One process of a --jobs study: its share of the trials on the shared storage. A SIGTERM (passed on by
-    the parent) stops it as Ctrl-C does: spawned, it kept Python's default and died at once outside a training
-    loop, its trial left RUNNING and its run "created"."""
+    the parent) stops it as Ctrl-C does, even while it starts: spawned, it kept Python's default and died at
+    once outside a training loop, its trial left RUNNING and its run "created"."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    folder = Path(plan_dir)
-    plan = load_plan(folder)
-    study = open_study(plan, folder)
     try:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        folder = Path(plan_dir)
+        plan = load_plan(folder)
+        study = open_study(plan, folder)
         study.optimize(objective(plan, folder), n_trials=quota, timeout=plan.timeout, catch=(UserError,),
                        callbacks=callbacks(plan))  # fmt: skip
-    except KeyboardInterrupt:  # its trial is marked interrupted; the parent reports the study
-        pass
+    except KeyboardInterrupt:  # a trial it began is marked interrupted; the parent reports the study
+        sys.exit(STOPPED)  # no traceback: multiprocessing printed one when the stop came in while starting
 
 
 def callbacks(plan: Plan) -> list:
@@ -508,6 +512,7 @@ def run_study(plan: Plan, folder: Path, jobs: int = 1, resume: bool = False) -> 
     goal = ", ".join(f"{k} ({d})" for k, d in zip(plan.metrics, plan.directions, strict=True))
     console.print(f"study {plan.name}: {finished(study)} of {plan.trials} trials finished; {goal}, "
                   f"sampler {plan.sampler}, pruner {plan.pruner}; {folder}")  # fmt: skip
+    stopped = False  # a --jobs worker was stopped (Ctrl-C, SIGTERM), perhaps before any trial of its began
     if remaining > 0 and jobs <= 1:
         with trial_bar(plan, finished(study)) as advance:
             study.optimize(objective(plan, folder), n_trials=remaining, timeout=plan.timeout, catch=(UserError,),
@@ -518,21 +523,27 @@ def run_study(plan: Plan, folder: Path, jobs: int = 1, resume: bool = False) -> 
         ctx = multiprocessing.get_context("spawn")
         quotas, threads = job_shares(remaining, jobs, os.cpu_count() or 1)
         procs = [ctx.Process(target=worker, args=(str(folder), q, threads)) for q in quotas]
-        for p in procs:
-            p.start()
         alive = lambda: [p.pid for p in procs if p.is_alive()]  # noqa: E731
-        with trial_bar(plan, finished(study)) as advance, sigterm_passed_on(alive):  # each saves its trial
+        with trial_bar(plan, finished(study)) as advance, sigterm_passed_on(alive) as passed:  # each saves its trial
+            for p in procs:
+                if not passed.is_set():  # a SIGTERM while they start: the rest never start (it killed this
+                    p.start()  # process before, and the workers already started ran their trials to the end)
             while any(p.is_alive() for p in procs):  # the workers write the storage; the bar reads it
                 for p in procs:
-                    p.join(timeout=2.0)
+                    if p.is_alive():
+                        p.join(timeout=2.0)
                 advance(finished(open_study(plan, folder)))
+        stopped = passed.is_set() or any(p.exitcode == STOPPED for p in procs)  # or one stopped alone
+        if stopped:
+            console.print(f"study {plan.name} stopped: {finished(open_study(plan, folder))} of {plan.trials} trials "
+                          f"finished; `nnrecipe tune --resume {folder}` goes on")  # fmt: skip
     from nnrecipe.tune.report import write_study_report
 
     study = open_study(plan, folder)
     wrong = [t.user_attrs["metric_error"] for t in study.get_trials() if "metric_error" in t.user_attrs]
     if wrong:
         raise RecipeError(wrong[0])
-    return write_study_report(study, plan, folder)
+    return write_study_report(study, plan, folder) | {"stopped": stopped}
 
 
 def recipe_raw(path: Path, overrides: list[str]) -> dict[str, Any]:
