@@ -18,6 +18,7 @@ import typer
 import yaml
 from rich.console import Console
 
+from nnrecipe.engine.distributed import end_process_group
 from nnrecipe.errors import UserError, existing_file, first_line, read_utf8
 
 app = typer.Typer(
@@ -929,6 +930,8 @@ def main() -> None:
             from nnrecipe.extras import missing_extra
 
             raise missing_extra(e) or e from None
+        finally:  # a process torchrun launched (train --nproc, --nnodes) leaves its group before exiting
+            end_process_group()
     except UserError as e:
         msg = str(e) if str(e).startswith("recipe error") else f"error: {e}"
         err.print(msg, style="red", markup=False)

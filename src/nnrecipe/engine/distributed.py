@@ -4,6 +4,7 @@ the torchrun command (and environment) that starts one."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 
@@ -14,6 +15,17 @@ def is_main_process() -> bool:
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def end_process_group() -> None:
+    """Destroy the default process group, once a launched process's work is done (torch's documented
+    shutdown, near the end of main). Left to the interpreter's exit, gloo's worker threads outlived it: one
+    rank of a finished DDP trial aborted ("terminate called without an active exception", SIGABRT) and
+    torchrun failed the trial. Nothing to do in a single process, nor any import (a command that never
+    imported torch stays quick)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def torchrun_command(

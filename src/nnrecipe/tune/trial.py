@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from nnrecipe.engine.distributed import is_main_process
+from nnrecipe.engine.distributed import end_process_group, is_main_process
 from nnrecipe.engine.loop import Callback
 from nnrecipe.runs import Run
 from nnrecipe.tasks.family import get_family
@@ -54,7 +54,10 @@ def main(argv: list[str]) -> int:
         callbacks = [
             SharedPrune(PruneTrial(open_trial(plan, folder, number), plan.metric) if is_main_process() else None)
         ]
-    result = get_family(recipe.task).train(recipe, run, callbacks=callbacks)
+    try:
+        result = get_family(recipe.task).train(recipe, run, callbacks=callbacks)
+    finally:
+        end_process_group()
     return 130 if result.get("status") == "interrupted" else 0
 
 
