@@ -180,11 +180,19 @@ def train_new_run(family: Any, recipe: Any, recipe_name: str, label: str = "") -
     try:
         return run, family.train(recipe, run)
     except BaseException:
-        if is_main_process() and run.meta().get("status") == "created":
-            shutil.rmtree(run.dir, ignore_errors=True)
-            # The line above named a folder that is now gone; say so, or it is looked for.
+        if discard_untrained(run):  # the line above named a folder that is now gone; say so, or it is looked for
             console.print(f"{label + ': ' if label else ''}run directory {run.dir} removed: nothing was trained")
         raise
+
+
+def discard_untrained(run: Run) -> bool:
+    """Remove the run's directory if nothing was trained in it (its status still "created"), and say whether
+    it went: a failed or stopped start left an empty one behind for `runs`, `predict` and newest-run look-ups
+    to trip over."""
+    if is_main_process() and run.meta().get("status") == "created":
+        shutil.rmtree(run.dir, ignore_errors=True)
+        return True
+    return False
 
 
 def open_run(path: str | Path) -> Run:

@@ -562,10 +562,10 @@ class Trainer:
         if self.stop_requested:  # a second Ctrl-C (or SIGTERM) means now
             raise KeyboardInterrupt
         self.stop_requested = True
-        if signum == signal.SIGTERM:  # the run said "running" for ever, and lost the epoch so far
-            console.print("\nSIGTERM: finishing this step and saving a checkpoint (a second one aborts without saving)")
-        else:
-            console.print("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort without saving)")
+        what, again = (  # SIGTERM: the run said "running" for ever, and lost the epoch so far
+            ("SIGTERM", "a second one aborts") if signum == signal.SIGTERM else ("Ctrl-C", "press again to abort")
+        )
+        console.print(f"\n{what}: finishing this step and saving a checkpoint ({again} without saving)")
 
     def _bare(self) -> nn.Module:
         return self.acc.unwrap_model(self.model)

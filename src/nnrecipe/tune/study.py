@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import sys
@@ -40,7 +39,7 @@ from nnrecipe.engine.loop import Callback, Diverged, console
 from nnrecipe.engine.signals import sigterm_passed_on, wait_for_launched
 from nnrecipe.errors import RecipeError, UserError, first_line
 from nnrecipe.recipe import validate_recipe
-from nnrecipe.runs import create_run
+from nnrecipe.runs import create_run, discard_untrained
 from nnrecipe.tasks.family import get_family
 from nnrecipe.tune.objectives import MEASURED, check_measurable, measure
 from nnrecipe.tune.space import Param, check_space, load_space, parse_param, with_values
@@ -294,8 +293,7 @@ def objective(plan: Plan, folder: Path):
                 result = family.train(recipe, run, callbacks=pruning)
         except KeyboardInterrupt:  # a stop before the training loop took it over (it saves and returns
             trial.set_user_attr("interrupted", True)  # "interrupted"): `tune --resume` runs the trial again
-            if run.meta().get("status") == "created":  # and nothing was trained: no folder left saying "created"
-                shutil.rmtree(run.dir, ignore_errors=True)
+            discard_untrained(run)
             raise
         except Diverged as e:  # a bad region of the space, not a broken study: stopped early, like pruning
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
