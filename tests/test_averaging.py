@@ -34,7 +34,7 @@ def test_swa_equals_torchs_swa_recipe_by_hand(tmp_path):
     assert set(result.averaged) == {"val_loss", "val_accuracy"}
 
     model = net()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, fused=True)  # as the engine
     swa, swalr = AveragedModel(model), None
     x, y = blobs(256)
     loader = TensorLoader(x, y, 32, shuffle=True, seed=0)

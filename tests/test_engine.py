@@ -76,7 +76,7 @@ def test_engine_matches_a_hand_written_loop_exactly(tmp_path):
     trainer.fit()
 
     model = net()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, fused=True)  # as the engine
     x, y = blobs(256)
     loader = TensorLoader(x, y, 32, shuffle=True, seed=0)
     for epoch in range(2):
@@ -191,6 +191,28 @@ def test_weight_decay_skips_biases_and_backbone_gets_its_scale():
     assert by_param[id(named["0.weight"])]["weight_decay"] == 0.1
     assert by_param[id(named["0.bias"])]["weight_decay"] == 0.0
     assert by_param[id(named["3.weight"])]["lr"] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_takes_the_fused_kernel_and_makes_the_same_update_as_torchs_loop(momentum):
+    """On CPU torch's SGD default is a Python loop over the tensors (ResNet-18: 41 ms a step here, fused
+    6.7 ms); the fused kernel must be taken and make the same update to rounding (vectorised, it can round
+    the last few elements of a tensor one ulp apart) without touching the gradients."""
+    model, reference = net(), net()
+    cfg = Optim(name="sgd", lr=0.1, momentum=momentum, nesterov=True, weight_decay=5e-4, decay_bias_and_norm=True)
+    opt = build_optimizer(model, cfg)
+    assert opt.defaults["fused"]
+    plain = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=momentum, nesterov=momentum > 0, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        for p, q in zip(model.parameters(), reference.parameters()):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        opt.step()
+        plain.step()
+        for p, q in zip(model.parameters(), reference.parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+            assert torch.equal(p.grad, q.grad)
 
 
 class _PoisonAtEpoch(Callback):

@@ -224,7 +224,8 @@ class Optim(Section):
     )
     fused: bool = Field(
         True,
-        description="Adam/AdamW: torch's fused kernel (one pass over all parameters; same update, faster on CPU and GPU).",
+        description="torch's fused SGD/Adam/AdamW kernel (one pass over all parameters; the same update to "
+        "rounding, faster on CPU and GPU).",
     )
 
 

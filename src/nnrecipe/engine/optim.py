@@ -37,16 +37,21 @@ def build_optimizer(
         }
         for (is_backbone, undecayed), ps in sorted(groups.items())
     ]
+    fused = cfg.fused and fused_ok(model)
     if cfg.name == "sgd":
         return torch.optim.SGD(
-            param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+            param_groups,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            fused=fused,
         )
     adam = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return adam(param_groups, lr=cfg.lr, betas=cfg.betas, fused=cfg.fused and fused_ok(model))
+    return adam(param_groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
 
 
 def fused_ok(model: nn.Module) -> bool:
-    """torch's fused Adam kernels exist for floating-point parameters on CPU, CUDA and a few others."""
+    """torch's fused SGD and Adam kernels exist for floating-point parameters on CPU, CUDA and a few others."""
     from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
     return all(
