@@ -119,6 +119,24 @@ def test_recipes_lists_each_bundled_recipe(tmp_path):
     assert any(line.startswith("digits-convnet ") for line in lines)  # a name `nnrecipe train` takes
 
 
+def test_help_lists_each_command_with_its_summary_as_one_paragraph():
+    """typer's rich mode kept the docstrings' source line breaks in `--help`'s command list."""
+    import typer
+
+    from nnrecipe import cli
+
+    groups = [typer.main.get_command(cli.app)]
+    commands = []
+    while groups:
+        group = groups.pop()
+        for command in group.commands.values():
+            (groups if hasattr(command, "commands") else commands).append(command)
+    assert {"train", "serve", "tune"} <= {c.name for c in commands}
+    for command in commands:
+        assert command.short_help and "\n" not in command.short_help, command.name
+        assert command.help.startswith(command.short_help.split()[0]), command.name
+
+
 def test_user_errors_are_one_line_without_traceback(tmp_path):
     res = nnrecipe("evaluate", tmp_path / "no-such-run", cwd=tmp_path)
     assert res.returncode == 1 and "is not a run directory" in res.stderr

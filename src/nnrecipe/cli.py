@@ -7,6 +7,7 @@ traceback.
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import os
 import signal
@@ -916,6 +917,19 @@ def _os_error(e: OSError) -> str:
             if p.is_file():
                 return f"{p}: a file, where a folder is needed"
     return f"{e.filename}: {e.strerror}"
+
+
+def _summaries_on_one_line(group: typer.Typer) -> None:
+    """`--help`'s command list shows each docstring's first paragraph, and typer's rich mode keeps its source
+    line breaks there: sentences broke mid-line. Given as a one-line summary, it wraps to the terminal."""
+    for info in group.registered_commands:
+        if info.short_help is None and info.callback is not None and info.callback.__doc__:
+            info.short_help = " ".join(inspect.cleandoc(info.callback.__doc__).split("\n\n")[0].split())
+    for sub in group.registered_groups:
+        _summaries_on_one_line(sub.typer_instance)
+
+
+_summaries_on_one_line(app)
 
 
 def main() -> None:
