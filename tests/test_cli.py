@@ -135,6 +135,8 @@ def test_help_lists_each_command_with_its_summary_as_one_paragraph():
     for command in commands:
         assert command.short_help and "\n" not in command.short_help, command.name
         assert command.help.startswith(command.short_help.split()[0]), command.name
+        for param in command.params:  # a default shown as a line break broke the table (generate's prompt)
+            assert not (param.show_default is not False and "\n" in str(param.default)), (command.name, param.name)
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):

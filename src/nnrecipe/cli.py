@@ -295,7 +295,7 @@ def _check_predictions_file(to: Path, sources: list[Path], run_dir: Path) -> Non
 @app.command()
 def generate(
     run_dir: Path = typer.Argument(..., help="A language-model run directory."),
-    prompt: str = typer.Argument("\n", help="Text to continue (default: a new line)."),
+    prompt: str = typer.Argument("\n", show_default=False, help="Text to continue (default: a new line)."),
     max_new_tokens: int | None = typer.Option(
         None, min=1, help="Tokens to generate (default: the recipe's sample section)."
     ),
