@@ -208,7 +208,8 @@ def test_a_language_model_is_served_with_limits(trained_gpt):
         assert (
             client.post("/v1/generate", json={"prompt": "the "}).json()["new_tokens"] == 30
         )  # the recipe's 40, capped
-        assert client.post("/v1/generate", json={"prompt": "QZ"}).status_code == 422  # unseen characters
+        unseen = client.post("/v1/generate", json={"prompt": "QZ"})  # named the field twice: "prompt: the prompt:"
+        assert unseen.status_code == 422 and unseen.json()["detail"].startswith("prompt: characters the training text")
         whole = r.json()["text"]
         streamed = client.post(
             "/v1/generate", json={"prompt": "a stitch", "max_new_tokens": 12, "temperature": 0, "stream": True}

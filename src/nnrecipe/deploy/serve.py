@@ -423,9 +423,9 @@ def add_generate_route(app: FastAPI, cfg: ServeConfig, predictor: Predictor, adm
         options = request.model_dump(exclude={"prompt", "stream"})
         loop = asyncio.get_running_loop()
         try:
-            predictor.check(request.prompt)  # e.g. characters a char-level model never saw
+            predictor.check(request.prompt, "prompt")  # e.g. characters a char-level model never saw
         except UserError as e:
-            raise HTTPException(422, f"prompt: {e}") from None
+            raise HTTPException(422, str(e)) from None
         if request.stream:  # no deadline: the client sees the text as it comes and can hang up
             admission.take(1)
             return StreamingResponse(

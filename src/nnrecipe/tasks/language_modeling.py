@@ -439,9 +439,10 @@ class LMPredictor(TextInputs, Predictor):
         rows = [self.generate(p) for p in prompts]  # the recipe's length went past the server's cap
         return [{k: r[k] for k in ("prompt", "text", "new_tokens")} for r in rows]
 
-    def check(self, prompt: str) -> None:
-        """A clear error now for a prompt the tokenizer cannot read (before a stream has started)."""
-        prompt_ids(self.inf.tokenizer, prompt)
+    def check(self, prompt: str, where: str = "the prompt") -> None:
+        """A clear error now for a prompt the tokenizer cannot read (before a stream has started), naming
+        `where` (a request's field)."""
+        prompt_ids(self.inf.tokenizer, prompt, where)
 
     def generate(self, prompt: str, **options: Any) -> dict[str, Any]:
         """`options` over the recipe's sample section; the length held to `limit`."""
