@@ -17,6 +17,7 @@ from tests.conftest import in_process
 
 from nnrecipe.errors import RecipeError, UserError
 from nnrecipe.recipe import validate_recipe
+from nnrecipe.run_index import list_runs, to_clean
 from nnrecipe.runs import Run
 from nnrecipe.tasks import get_family
 from nnrecipe.tune.space import parse_param
@@ -76,6 +77,11 @@ def test_the_median_pruner_stops_trials_in_a_bad_region_within_an_epoch(tmp_path
     pruned = [t for t in report["trials"] if t["state"] == "pruned"]
     assert pruned and all(t["params"]["optim.lr"] == 0.00001 and t["epochs"] < 3 for t in pruned), report["trials"]
     assert report["states"]["complete"] + len(pruned) == 6
+    # `clean --keep-best 1` keeps the study's best trial only: each trial was a recipe of its own (nothing was
+    # ever cleaned) and pruned trials, which nothing resumes, were never cleaned either
+    cleaned = {r.path.name for r in to_clean(list_runs(tmp_path / "runs"), keep_best=1)}
+    (kept,) = [t for t in report["trials"] if t["run"] not in cleaned]
+    assert kept["value"] == report["best"]["value"] and len(cleaned) == 5, cleaned
 
 
 def test_a_diverging_trial_counts_as_pruned_not_failed(tmp_path):

@@ -843,13 +843,15 @@ def _cell(value) -> str:
 @app.command()
 def clean(
     folder: Path = typer.Argument(Path("runs"), help="Where the runs are."),
-    keep_best: int = typer.Option(..., min=0, help="Keep the checkpoints of the N best finished runs of each recipe."),
+    keep_best: int = typer.Option(
+        ..., min=0, help="Keep the checkpoints of the N best finished runs of each recipe (or tune study)."
+    ),
     task: str | None = typer.Option(None, help="Only runs of this task family."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before deleting."),
 ) -> None:
-    """Delete the checkpoints of finished runs outside each recipe's N best (reports, metrics and plots stay);
-    unfinished runs, which need their checkpoints to resume, and members of an ensemble in the folder are
-    never touched."""
+    """Delete the checkpoints of finished (or pruned) runs outside each recipe's or tune study's N best
+    (reports, metrics and plots stay); unfinished runs, which need their checkpoints to resume, and members
+    of an ensemble in the folder are never touched."""
     from nnrecipe.run_index import ensemble_members, list_runs, remove_checkpoints, to_clean
 
     rows, needed = list_runs(folder, task), ensemble_members(folder)

@@ -253,15 +253,16 @@ def ensemble_members(root: Path) -> dict[Path, Path]:
 
 
 def to_clean(rows: list[RunRow], keep_best: int, needed: Collection[Path] = ()) -> list[RunRow]:
-    """Runs whose checkpoints can go: within each recipe (whose runs measure the same thing), every finished
-    run but the `keep_best` best by its primary metric. Runs that are not finished (running, interrupted:
-    they need their checkpoint to resume), runs without a reported metric and the `needed` ones (an
-    ensemble's members: removing them broke the ensemble) are never chosen."""
+    """Runs whose checkpoints can go: within each recipe (whose runs measure the same thing; a tune study's
+    trials are one recipe), every finished or pruned run but the `keep_best` best by its primary metric.
+    Runs that are not finished (running, interrupted: they need their checkpoint to resume), runs without a
+    reported metric and the `needed` ones (an ensemble's members: removing them broke the ensemble) are
+    never chosen. A pruned run (a tuner stopped it) is over: nothing resumes it."""
     groups: dict[tuple[str, str], list[RunRow]] = {}
     for r in rows:
         if r.path.resolve() in needed:
             continue
-        if r.status in ("finished", "early_stopped") and r.value is not None and r.checkpoint_bytes:
+        if r.status in ("finished", "early_stopped", "pruned") and r.value is not None and r.checkpoint_bytes:
             groups.setdefault((r.task, r.recipe), []).append(r)
     chosen = []
     for group in groups.values():

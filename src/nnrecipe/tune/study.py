@@ -281,7 +281,7 @@ def objective(plan: Plan, folder: Path):
         )
         recipe = validate_recipe(raw)
         family = get_family(recipe.task)
-        run = create_run(recipe, f"trial-{trial.number:04d}")
+        run = create_run(recipe, folder.name)  # its trials are one recipe's runs: `clean` keeps the study's best
         start = time.perf_counter()
         try:
             for key, value in (("run", run.dir.name), ("host", socket.gethostname()), ("pid", os.getpid())):
