@@ -18,6 +18,7 @@ from nnrecipe.engine.loop import make_accelerator
 from nnrecipe.errors import RecipeError, UserError
 from nnrecipe.recipe import validate_recipe
 from nnrecipe.reporting.continual import continual_metrics
+from nnrecipe.run_index import list_runs, to_clean
 from nnrecipe.runs import open_run
 from nnrecipe.tasks import get_family
 from nnrecipe.tasks.image_inputs import input_pipeline
@@ -94,6 +95,10 @@ def test_replay_forgets_less_than_naive_fine_tuning(runs, naive):
     assert report["accuracy_matrix"] == replay["accuracy_matrix"] and report["strategy"] == "replay"
     assert (runs / "replay-continual" / "accuracy_matrix.png").is_file()
     assert "| 2: 5,6,7,8,9 (`replay-stage2`) |" in (runs / "replay-continual" / "report.md").read_text()
+    # Each stage is its own recipe for `clean`: the stages of one sequence were one, and keeping the best
+    # stage's weights (stage 1's, on its easier half) freed the final model's.
+    stages = [r for r in list_runs(runs) if r.path.name.startswith(("naive-stage", "replay-stage"))]
+    assert len(stages) == 4 and to_clean(stages, keep_best=1) == []
 
 
 def test_a_memory_batch_in_every_step_is_drawn_reproducibly():

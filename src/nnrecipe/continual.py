@@ -25,7 +25,8 @@ def train_stages(family: TaskFamily, recipe: Any, plan: Stages, recipe_name: str
         if runs:
             family.continue_from(stage, runs[-1].dir)
         stage.track.name = f"{base}-stage{k + 1}"
-        run, result = train_new_run(family, stage, recipe_name, f"stage {k + 1}/{len(stages)}")
+        # a stage's runs measure that stage: `clean` compares them with the same stage of other sequences only
+        run, result = train_new_run(family, stage, f"{recipe_name}-stage{k + 1}", f"stage {k + 1}/{len(stages)}")
         if result["status"] == "interrupted":
             return {"status": "interrupted", "runs": [str(r.dir) for r in runs + [run]]}
         runs.append(run)
