@@ -376,6 +376,24 @@ def test_play_options_are_checked_against_what_the_environment_draws():
             runner.check_play_options("CartPole-v1", modes, render, gif)
 
 
+def test_a_gif_that_cannot_be_written_is_named_before_the_episode_is_played(tmp_path):
+    """`rl play --gif` played the whole episode (minutes on Atari), then failed naming its hidden temporary file."""
+    import gymnasium as gym
+
+    from nnrecipe.rl.gif import record_episode
+
+    def never(obs):
+        raise AssertionError("the episode was played")
+
+    (tmp_path / "a-file").write_text("")
+    env = gym.make("CartPole-v1", render_mode="rgb_array")
+    with pytest.raises(UserError, match=r"cannot write .*a-file/e\.gif: .*a-file is a file$"):
+        record_episode(env, never, tmp_path / "a-file" / "e.gif", seed=0)
+    out = record_episode(env, lambda obs: 0, tmp_path / "e.gif", seed=0)
+    assert out["steps"] > 0 and (tmp_path / "e.gif").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "e.gif"]  # no temporary file left
+
+
 def test_explain_on_an_rl_run_says_it_is_not_offered_before_asking_for_inputs(tmp_path):
     """`explain runs/<rl run>` said "nothing to explain: give image files or texts", and made --out first."""
     from typer.testing import CliRunner

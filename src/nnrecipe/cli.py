@@ -6,7 +6,6 @@ traceback.
 
 from __future__ import annotations
 
-import errno
 import inspect
 import json
 import os
@@ -20,7 +19,7 @@ import yaml
 from rich.console import Console
 
 from nnrecipe.engine.distributed import end_process_group
-from nnrecipe.errors import UserError, existing_file, first_line, read_utf8
+from nnrecipe.errors import UserError, existing_file, file_in_the_way, first_line, read_utf8
 
 app = typer.Typer(
     add_completion=False,
@@ -913,12 +912,8 @@ def _find_recipe(path: Path) -> Path:
 def _os_error(e: OSError) -> str:
     """`<path>: <why>`; a file standing where a folder is needed is named itself (mkdir said "Not a
     directory" about the folder it could not make)."""
-    if e.errno in (errno.EEXIST, errno.ENOTDIR):
-        path = Path(e.filename)
-        for p in (path, *path.parents):
-            if p.is_file():
-                return f"{p}: a file, where a folder is needed"
-    return f"{e.filename}: {e.strerror}"
+    blocker = file_in_the_way(e)
+    return f"{blocker}: a file, where a folder is needed" if blocker else f"{e.filename}: {e.strerror}"
 
 
 def _summaries_on_one_line(group: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +57,17 @@ def first_line(e: BaseException) -> str:
     """An exception's first line for a one-line message (its class name when it says nothing)."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def file_in_the_way(e: OSError) -> Path | None:
+    """The file standing where a folder is needed, when that is why `e` happened (mkdir says "File exists"
+    or "Not a directory" about the folder it could not make, not which file is in its way)."""
+    if e.errno in (errno.EEXIST, errno.ENOTDIR) and e.filename:
+        path = Path(e.filename)
+        for p in (path, *path.parents):
+            if p.is_file():
+                return p
+    return None
 
 
 def existing_file(path: str | Path, what: str, error: type[UserError] = UserError) -> Path:

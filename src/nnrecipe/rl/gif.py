@@ -8,6 +8,8 @@ import gymnasium as gym
 import numpy as np
 from PIL import Image
 
+from nnrecipe.errors import UserError, file_in_the_way
+
 
 def renders_rgb(env: gym.Env) -> bool:
     return "rgb_array" in (env.metadata.get("render_modes") or [])
@@ -19,6 +21,21 @@ def record_episode(
     """Play one episode from `seed` (env made with render_mode="rgb_array"), write every frame, scaled to
     at most `width` pixels wide and capped at `max_frames`, to `path` atomically. Returns its return,
     length and frame count."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.gif")
+    try:  # before the episode, which can take minutes (Atari): it was played, then the write failed
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.touch()
+    except OSError as e:  # and the error named the hidden temporary file
+        blocker = file_in_the_way(e)
+        raise UserError(f"cannot write {path}: {f'{blocker} is a file' if blocker else e.strerror}") from None
+    try:
+        return _play_into(env, policy, tmp, path, seed, max_frames, width, fps)
+    finally:
+        tmp.unlink(missing_ok=True)  # written and moved into place, or left by an error or a Ctrl-C
+
+
+def _play_into(env, policy, tmp: Path, path: Path, seed: int, max_frames: int, width: int, fps: int | None) -> dict:
     obs, _ = env.reset(seed=seed)
     frames, total, steps = [_frame(env, width)], 0.0, 0
     while True:
@@ -29,9 +46,6 @@ def record_episode(
         if term or trunc:
             break
     fps = fps or int(env.metadata.get("render_fps") or 30)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.gif")
     frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=max(20, 1000 // fps), loop=0)
     tmp.replace(path)
     return {"return": total, "steps": steps, "frames": len(frames)}
