@@ -71,6 +71,9 @@ def test_out_must_name_an_artefact_and_never_replaces_a_file_no_export_wrote(tra
     with pytest.raises(UserError, match=r"theirs.onnx: a file that no export wrote .* nothing replaced"):
         export.export_run(trained_run, "onnx", out=tmp_path / "theirs.onnx")
     assert weights.read_bytes() == before and (tmp_path / "theirs.onnx").read_bytes() == b"someone's model"
+    # a place that cannot be written is said before exporting (the error named a hidden temporary file)
+    with pytest.raises(UserError, match=r"m.onnx: cannot write there \(.*theirs.onnx is a file\); nothing exported"):
+        export.export_run(trained_run, "onnx", out=tmp_path / "theirs.onnx" / "m.onnx")
     export.export_run(trained_run, "torchscript", out=tmp_path / "m.ts")
     export.export_run(trained_run, "torchscript", out=tmp_path / "m.ts")  # its own earlier export: replaced
 

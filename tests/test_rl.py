@@ -351,13 +351,13 @@ def test_rl_evaluate_and_play_name_a_run_of_another_family(trained_digits_run):
             CliRunner().invoke(app, ["rl", verb, str(trained_digits_run.dir)], catch_exceptions=False)
 
 
-def test_play_options_are_checked_against_what_the_environment_draws():
+def test_play_options_are_checked_against_what_the_environment_draws(tmp_path):
     """`rl play` on CartPole (no text frames) ended in gymnasium's AssertionError under the default ansi, as
     did any unknown --render; --gif x.png or a bare name wrote a GIF under that name."""
     cartpole, grid = ["human", "rgb_array"], ["ansi"]
     runner.check_play_options("FrozenLake-v1", ["human", "ansi", "rgb_array"], None, None)
     runner.check_play_options("CartPole-v1", cartpole, "human", None)
-    runner.check_play_options("CartPole-v1", cartpole, None, Path("episode.GIF"))
+    runner.check_play_options("CartPole-v1", cartpole, None, tmp_path / "episode.GIF")
     for modes, render, gif, message in (
         (
             cartpole,
@@ -382,16 +382,14 @@ def test_a_gif_that_cannot_be_written_is_named_before_the_episode_is_played(tmp_
 
     from nnrecipe.rl.gif import record_episode
 
-    def never(obs):
-        raise AssertionError("the episode was played")
-
     (tmp_path / "a-file").write_text("")
-    env = gym.make("CartPole-v1", render_mode="rgb_array")
-    with pytest.raises(UserError, match=r"cannot write .*a-file/e\.gif: .*a-file is a file$"):
-        record_episode(env, never, tmp_path / "a-file" / "e.gif", seed=0)
-    out = record_episode(env, lambda obs: 0, tmp_path / "e.gif", seed=0)
+    for gif, why in ((tmp_path / "a-file" / "e.gif", ".*a-file is a file"), (Path("/proc/e.gif"), "No such file")):
+        with pytest.raises(UserError, match=rf"--gif {gif}: cannot write there \({why}.*\); nothing played$"):
+            runner.check_play_options("CartPole-v1", ["rgb_array"], None, gif)
+    runner.check_play_options("CartPole-v1", ["rgb_array"], None, tmp_path / "new" / "e.gif")
+    out = record_episode(gym.make("CartPole-v1", render_mode="rgb_array"), lambda obs: 0, tmp_path / "e.gif", seed=0)
     assert out["steps"] > 0 and (tmp_path / "e.gif").stat().st_size > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "e.gif"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "e.gif", "new"]  # no temporary or probe file
 
 
 def test_explain_on_an_rl_run_says_it_is_not_offered_before_asking_for_inputs(tmp_path):

@@ -19,7 +19,7 @@ import yaml
 from rich.console import Console
 
 from nnrecipe.engine.distributed import end_process_group
-from nnrecipe.errors import UserError, existing_file, file_in_the_way, first_line, read_utf8
+from nnrecipe.errors import UserError, existing_file, file_in_the_way, first_line, read_utf8, writable_file
 
 app = typer.Typer(
     add_completion=False,
@@ -277,11 +277,8 @@ def _check_predictions_file(to: Path, sources: list[Path], run_dir: Path) -> Non
     its folder is made here, before any prediction."""
     if to.is_dir():
         raise UserError(f"--out {to}: a folder; give a file name, e.g. {to / 'predictions.jsonl'}")
-    if not to.exists():
-        try:  # before predicting: a missing folder lost every prediction of a long run at the end
-            to.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"--out {to}: cannot make its folder ({e.strerror or e}); nothing predicted") from None
+    if not to.exists():  # before predicting: a missing folder lost every prediction of a long run at the end
+        writable_file(to, "--out", "nothing predicted")
         return
     target = to.resolve()
     for source in (s.resolve() for s in sources if s.exists()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -68,6 +69,22 @@ def file_in_the_way(e: OSError) -> Path | None:
             if p.is_file():
                 return p
     return None
+
+
+def writable_file(path: Path, what: str, then: str = "") -> Path:
+    """`path`, once its folder exists and a file can be made there: checked before the work whose result it
+    will hold (predictions, an export, an episode were made, then lost to a place that could not be written,
+    and the error named a hidden temporary file). `what` names the option; `then` ends the message."""
+    probe = path.with_name(f".{path.name}.probe-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        blocker = file_in_the_way(e)
+        why = f"{blocker} is a file" if blocker else e.strerror or str(e)
+        raise UserError(f"{what} {path}: cannot write there ({why})" + (f"; {then}" if then else "")) from None
+    return path
 
 
 def existing_file(path: str | Path, what: str, error: type[UserError] = UserError) -> Path:

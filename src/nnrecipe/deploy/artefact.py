@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, writable_file
 
 
 def artefact_path(out: Path | None, default: Path) -> Path:
@@ -26,8 +26,7 @@ def artefact_path(out: Path | None, default: Path) -> Path:
     if path.exists() and not path.with_name(path.name + ".card.json").exists():
         raise UserError(f"--out {path}: a file that no export wrote (no {path.name}.card.json beside it); "
                         "nothing replaced: remove it or give another name")  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return writable_file(path, "--out", "nothing exported")
 
 
 @contextmanager

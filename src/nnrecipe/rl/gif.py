@@ -8,8 +8,6 @@ import gymnasium as gym
 import numpy as np
 from PIL import Image
 
-from nnrecipe.errors import UserError, file_in_the_way
-
 
 def renders_rgb(env: gym.Env) -> bool:
     return "rgb_array" in (env.metadata.get("render_modes") or [])
@@ -22,13 +20,8 @@ def record_episode(
     at most `width` pixels wide and capped at `max_frames`, to `path` atomically. Returns its return,
     length and frame count."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.gif")
-    try:  # before the episode, which can take minutes (Atari): it was played, then the write failed
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.touch()
-    except OSError as e:  # and the error named the hidden temporary file
-        blocker = file_in_the_way(e)
-        raise UserError(f"cannot write {path}: {f'{blocker} is a file' if blocker else e.strerror}") from None
     try:
         return _play_into(env, policy, tmp, path, seed, max_frames, width, fps)
     finally:

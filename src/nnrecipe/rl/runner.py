@@ -18,7 +18,7 @@ from nnrecipe.engine.loop import console
 from nnrecipe.engine.mlflow_tracking import publish
 from nnrecipe.engine.recipe_changes import refuse_changes
 from nnrecipe.engine.tracking import Tracker
-from nnrecipe.errors import UserError
+from nnrecipe.errors import UserError, writable_file
 from nnrecipe.rl import gridworld
 from nnrecipe.rl.config import RLRecipe
 from nnrecipe.rl.dqn import QNetwork, actor_for, train_dqn
@@ -352,6 +352,7 @@ def check_play_options(env_id: str, modes: list[str], render: str | None, gif: P
             raise UserError(f"--gif: {env_id} does not render images (its render modes: {', '.join(modes) or 'none'})")
         if Path(gif).is_dir() or Path(gif).suffix.lower() != ".gif":  # x.png and a bare name held a GIF
             raise UserError(f"--gif {gif}: give a file name ending in .gif")
+        writable_file(Path(gif), "--gif", "nothing played")  # an episode can take minutes (Atari)
         return
     shown = [m for m in modes if m in ("ansi", "human")]
     if render is None and "ansi" not in modes:
