@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 
 from nnrecipe.errors import RecipeError
 from nnrecipe.recipe import apply_override, load_recipe, validate_recipe
@@ -211,6 +212,29 @@ def test_running_out_of_memory_is_one_line_and_other_errors_are_not_hidden(monke
     monkeypatch.setattr(cli, "app", bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):  # a bug keeps its traceback
         cli.main()
+
+
+def test_a_stop_inside_a_command_outside_training_says_aborted_and_exits_130(monkeypatch, capsys, tmp_path):
+    """typer turned the KeyboardInterrupt into exit 130 without a word (a Ctrl-C while data loads, say)."""
+    import nnrecipe.run_index
+    from nnrecipe import cli
+
+    def stopped(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nnrecipe.run_index, "list_runs", stopped)
+    monkeypatch.setattr(sys, "argv", ["nnrecipe", "runs", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 130 and capsys.readouterr().err.strip() == "aborted"
+
+    def saved_and_stopped(*args, **kw):  # as a training loop that took the stop, saved and said so
+        raise typer.Exit(130)
+
+    monkeypatch.setattr(nnrecipe.run_index, "list_runs", saved_and_stopped)
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 130 and capsys.readouterr().err == ""
 
 
 def test_a_path_the_disk_refuses_is_one_line_and_other_os_errors_keep_their_traceback(monkeypatch, capsys, tmp_path):

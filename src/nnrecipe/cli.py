@@ -947,6 +947,10 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("aborted")
         sys.exit(130)
+    except SystemExit as e:  # typer turns a Ctrl-C (or SIGTERM) inside a command into a silent exit 130
+        if e.code == 130 and isinstance(getattr(e.__context__, "__cause__", None), KeyboardInterrupt):
+            err.print("aborted")
+        raise
     except OSError as e:
         if e.filename is None or not e.strerror:  # not a file the user named or a disk that refused: a bug
             raise
