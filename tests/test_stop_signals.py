@@ -83,7 +83,7 @@ def test_a_study_stopped_while_its_workers_start_ends_130_without_a_traceback(tm
     study = ["tune", ROOT / "recipes/digits-convnet.yaml", "--param", "optim.lr=loguniform(0.01, 0.1)", "--trials",
              "2", "--jobs", "2", "--study", "early", *sets]  # fmt: skip
     # half a second on: the workers are starting (importing torch takes seconds); wherever they are, the outcome
-    # must be the same (sent as the line is written, it stops the parent before it starts any: 130, silently)
+    # must be the same (sent as the line is written, it stops the parent before it starts any: 130 and "aborted")
     code, rest = stopped_by_sigterm(study, tmp_path, "study early: 0 of 2", after=0.5)
     assert code == 130 and "Traceback" not in rest and "tune --resume" in rest, rest
     runs = (tmp_path / "runs" / "early").glob("trial-*/run.json")
