@@ -141,13 +141,13 @@ def test_predicts_digits_from_base64_and_multipart(client):
 @pytest.mark.parametrize(
     "payload, status, message",
     [
-        ({"inputs": []}, 422, "inputs"),
+        ({"inputs": []}, 422, "inputs: List should have at least 1 item"),
         ({"inputs": ["x"] * 9}, 422, "9 inputs in one request; the limit is 8"),
         ({"inputs": ["not base64!!"]}, 422, "inputs[0]: not valid base64"),
         ({"inputs": [b64(b"GIF89a garbage")]}, 422, "inputs[0]: not a decodable image"),
         ({"inputs": [b64(digit_png(0)), b64(b"\x00" * 10)]}, 422, "inputs[1]: not a decodable image"),
-        ({"inputs": [1, 2]}, 422, "inputs"),
-        ({"wrong": []}, 422, "inputs"),
+        ({"inputs": [1, 2]}, 422, "inputs.0: Input should be a valid string; inputs.1: Input should be"),
+        ({"wrong": []}, 422, 'inputs: Field required (expected: JSON {\\"inputs\\": [...]}, base64 strings'),
     ],
 )
 def test_bad_inputs_are_422_naming_the_problem(client, payload, status, message):
@@ -155,9 +155,20 @@ def test_bad_inputs_are_422_naming_the_problem(client, payload, status, message)
     assert res.status_code == status and message in json.dumps(res.json())
 
 
+def test_a_text_run_names_what_it_expects_in_a_bad_request(trained_text_run):
+    """Every family's bad JSON was answered '1 validation error for PredictRequest' and asked for images."""
+    app = create_app(ServeConfig(run_dir=trained_text_run.dir, api_keys=[KEY]))
+    with TestClient(app) as text_client:
+        res = text_client.post("/v1/predict", headers=AUTH, json={"inputs": ["fine", 7]})
+    assert res.status_code == 422
+    assert res.json()["detail"] == (
+        "inputs.1: Input should be a valid string (expected: JSON {\"inputs\": [...]}, strings in 'inputs')"
+    )
+
+
 def test_malformed_json_and_oversized_bodies(client):
     res = client.post("/v1/predict", headers=AUTH | {"content-type": "application/json"}, content=b"{not json")
-    assert res.status_code == 422
+    assert res.status_code == 422 and res.json()["detail"].startswith("body: Invalid JSON")
     res = client.post("/v1/predict", headers=AUTH, json={"inputs": ["A" * 300_000]})
     assert res.status_code == 413 and "byte limit" in res.json()["detail"]
 

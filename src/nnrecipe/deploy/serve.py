@@ -33,7 +33,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nnrecipe.deploy.card import model_card, sha256
 from nnrecipe.deploy.guards import MAKE_KEY, Access, Admission, key_problem, within_deadline
@@ -192,10 +192,14 @@ class MicroBatcher:
 async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422, one line per problem naming its field. FastAPI's own handler echoes each bad value back, and a
     JSON Infinity or NaN cannot be written back: such a request was answered 500."""
-    problems = (
-        "{}: {}".format(".".join(str(p) for p in e["loc"] if p != "body") or "body", e["msg"]) for e in exc.errors()
+    return JSONResponse({"detail": request_problems(exc.errors())}, status_code=422)
+
+
+def request_problems(errors: list[dict]) -> str:
+    """pydantic's errors as `field: problem; ...` (`inputs.1: Input should be a valid string`)."""
+    return "; ".join(
+        "{}: {}".format(".".join(str(p) for p in e["loc"] if p != "body") or "body", e["msg"]) for e in errors
     )
-    return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
 
 @dataclass
@@ -359,6 +363,7 @@ def add_predict_route(app: FastAPI, cfg: ServeConfig, family, predictor: Predict
                       admission: Admission, access: Access) -> None:  # fmt: skip
     """POST /v1/predict: inputs decoded beside the event loop, then micro-batched into the model, within the
     work queue's bound and the deadline."""
+    expected = 'JSON {"inputs": [...]}, ' + predictor.facts().get("input", {}).get("json", "one string per input")
 
     @app.post("/v1/predict", dependencies=[Depends(access.authorize_and_limit)],
               response_model=family.output.response, openapi_extra=PREDICT_BODY)  # fmt: skip
@@ -376,10 +381,8 @@ def add_predict_route(app: FastAPI, cfg: ServeConfig, family, predictor: Predict
         else:
             try:
                 raw = PredictRequest.model_validate_json(body).inputs
-            except ValueError as e:
-                raise HTTPException(
-                    422, f'expected JSON {{"inputs": [base64 image, ...]}}: {str(e).splitlines()[0]}'
-                ) from None
+            except ValidationError as e:  # it said "1 validation error" and asked every family for images
+                raise HTTPException(422, f"{request_problems(e.errors())} (expected: {expected})") from None
             _check_batch(len(raw), cfg.max_batch)
             decode = predictor.decode_text
 
