@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 from nnrecipe.data.box_loader import DetectionLoader
 from nnrecipe.recipe import load_recipe
 from nnrecipe.runs import create_run
@@ -107,7 +108,7 @@ def main():
     plain = plain_run(recipe, splits, args.epochs, args.workers)
     print(
         f"\nshapes, tiny Faster R-CNN, {args.epochs} epochs, {len(splits.train)} train images, batch {recipe.train.batch_size}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads; CPU: {cpu_model()}"
     )
     print(
         f"nnrecipe: training {ours['train_seconds']:.1f} s ({images / ours['train_seconds']:.1f} images/s); whole command "

@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 from nnrecipe.recipe import load_recipe
 from nnrecipe.runs import create_run
 from nnrecipe.tasks import get_family
@@ -41,6 +42,7 @@ def main():
                 f"{name:18s} test accuracy {statistics.mean(accs):.4f} +/- {statistics.stdev(accs) if len(accs) > 1 else 0:.4f} "
                 f"(seeds {args.seeds}: {', '.join(f'{a:.4f}' for a in accs)}), {statistics.mean(secs):.1f} s per run"
             )
+    print(f"CPU: {cpu_model()}")
     print("\n".join(rows))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 from nnrecipe.recipe import load_recipe
 from nnrecipe.rl.dqn import actor_for, train_dqn
 from nnrecipe.rl.envs import evaluate_policy, make_env
@@ -46,7 +47,7 @@ def main():
         )
     print(
         f"{overrides or 'as shipped'}: final >= 475 on {sum(f >= 475 for f in finals)} of {len(seeds)}; "
-        f"median {statistics.median(speeds):,.0f} steps/s"
+        f"median {statistics.median(speeds):,.0f} steps/s; CPU: {cpu_model()}"
     )
 
 

@@ -16,7 +16,6 @@ ratios within each round, so the drift of a shared machine hits the tools alike.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 from nnrecipe.data.augment import Normalizer
 from nnrecipe.data.loader import TensorLoader
 from nnrecipe.engine.config import Optim, Schedule, Train
@@ -58,7 +58,8 @@ def fresh_model(name: str, device):
 
 def plain_loop(name, images, labels, bs, epochs, device) -> float:
     model = fresh_model(name, device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    # fused, as the engine's (optim.fused): the bench measures the loop, not torch's two SGD implementations
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, fused=True)
     steps = (len(labels) + bs - 1) // bs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=steps * epochs)
     norm = Normalizer(MEAN, STD)
@@ -149,7 +150,9 @@ def lightning_trainer(name, images, labels, bs, epochs, device) -> float | None:
             return F.cross_entropy(self.net(norm(x)), y)
 
         def configure_optimizers(self):
-            opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+            opt = torch.optim.SGD(
+                self.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, fused=True
+            )
             steps = len(loader) * epochs
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=steps)
             return [opt], [{"scheduler": sched, "interval": "step"}]
@@ -205,7 +208,7 @@ def main():
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, "
         f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}"
     )
     ratios = []

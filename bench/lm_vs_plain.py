@@ -17,9 +17,7 @@ stealing a core for a few seconds does not move (this 2-core host is shared).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 from nnrecipe.data.lm import BlockLoader, CharTokenizer, encode_stream, read_text
 from nnrecipe.engine.config import Optim
 from nnrecipe.engine.loop import Callback
@@ -125,11 +124,7 @@ def main() -> None:
     tokens = encode_stream(tok, text[:cut])
     cfg = SequenceConfig("gpt", tok.vocab_size, BLOCK, n_layer=4, n_embd=128, n_head=4)
     n_params = sum(p.numel() for p in build_sequence_model(cfg).parameters())
-    model_name = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in model_name.splitlines() if line.startswith("Model name")),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     peak = matmul_peak()
     print(
         f"{cpu}; torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s"

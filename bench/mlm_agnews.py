@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 from nnrecipe.recipe import load_recipe, validate_recipe
 from nnrecipe.runs import create_run
 from nnrecipe.tasks import get_family
@@ -54,9 +54,7 @@ def main():
         for name, part in (("train", clean[: args.labelled]), ("test", clean[args.labelled :])):
             lines = ["text\tlabel", *(f"{t}\t{label}" for t, label in part)]
             (tmp / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model_name = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if "Model name" in line), "?")
-        print(f"machine: {model_name}; {len(clean) - args.labelled} evaluation rows, {args.labelled} labelled")
+        print(f"machine: {cpu_model()}; {len(clean) - args.labelled} evaluation rows, {args.labelled} labelled")
 
         recipe = load_recipe(
             ROOT / "recipes/agnews-minilm-mlm.yaml",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 from nnrecipe.recipe import load_recipe
 from nnrecipe.rl import runner
 from nnrecipe.rl.dqn import actor_for, train_dqn
@@ -111,7 +112,7 @@ def main():
     # Warm-up: the first optimiser built in a process pays a one-time import (~1.4 s); not either tool's cost.
     torch.optim.Adam([torch.zeros(1, requires_grad=True)], fused=True)
     steps = recipe.dqn.total_steps
-    print(f"CartPole-v1 DQN, {steps:,} steps, {torch.get_num_threads()} torch threads, CPU")
+    print(f"CartPole-v1 DQN, {steps:,} steps, {torch.get_num_threads()} torch threads, CPU: {cpu_model()}")
     results: dict[str, list[dict]] = {"nnrecipe": [], "sb3": []}
     for seed in args.seeds:
         sb3 = lambda recipe, seed: sb3_run(recipe, seed, args.sb3_flush_denormals)  # noqa: E731

@@ -32,6 +32,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
+
 KEY = "bench-key-0123456789"
 ATTACKER = "attacker-key-0123456789"  # --hostile: the attackers' own key, held to the rate limit like any other
 # --hostile: each key may send 50 requests/s (bursts of 16); the well-formed load spreads over 16 keys, as
@@ -206,6 +208,7 @@ def main_hostile(args, run) -> None:
     fives = sum(n for k, n in r["attacks"].items() if k.split()[-1].startswith("5") and k.split()[-1] != "503")
     print(f"attackers' 5xx other than 503 (busy): {fives}; server peak RSS {before:.0f} MB at ready -> {after:.0f} MB")
     print(f"server flags: {' '.join(HOSTILE_FLAGS)} (defaults otherwise); load generator on the same machine")
+    print(f"CPU: {cpu_model()}")
 
 
 def main():
@@ -258,6 +261,7 @@ def main():
             f"int8 accuracy on validation: {c['accuracy_fp32']:.4f} -> {c['accuracy_int8']:.4f} ({c['accuracy_change']:+.4f})"
         )
     print(f"{args.requests} requests of one input each, {args.concurrency} concurrent, 1 server worker, loopback")
+    print(f"CPU: {cpu_model()}")
 
 
 if __name__ == "__main__":

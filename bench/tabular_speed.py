@@ -14,6 +14,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 from nnrecipe.recipe import load_recipe
 from nnrecipe.rl import runner
 from nnrecipe.rl.tabular import greedy_policy, linear, train_tabular
@@ -45,6 +46,7 @@ def numpy_loop(env_id: str, kwargs: dict, cfg, gamma: float, seed: int):
 
 
 def main():
+    print(f"CPU: {cpu_model()}")
     for name in ("taxi-qlearning", "frozenlake-qlearning"):
         recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", ["track.progress=false"])
         env = runner.make_env(recipe)

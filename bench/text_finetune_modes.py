@@ -13,6 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 from nnrecipe.recipe import load_recipe
 from nnrecipe.runs import create_run
 from nnrecipe.tasks import get_family
@@ -60,6 +61,7 @@ def main():
                 )
             )
             print(f"{mode:8s} done: accuracy {result['accuracy']:.4f}", flush=True)
+    print(f"\nCPU: {cpu_model()}")
     print("\n| mode | lr | trainable parameters | held-out accuracy | training samples/s | training time |")
     print("|---|---:|---:|---:|---:|---:|")
     for mode, lr, trainable, total, acc, sps, sec in rows:
