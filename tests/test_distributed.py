@@ -62,9 +62,30 @@ def test_two_processes_train_one_run_and_two_nodes_give_the_same_history(tmp_pat
     ]
     outputs = [p.communicate(timeout=600) for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert f"node 1 of 2: waiting up to 600 s at 127.0.0.1:{port} for the others" in outputs[1][0]
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["one-node", "two-nodes"]  # rank 0's only
     a, b = _history(run), _history(tmp_path / "runs" / "two-nodes")
     assert len(a) == epochs and a == b, (a, b)
+
+
+def test_a_node_left_alone_says_it_waits_and_what_to_check_when_the_others_never_come(tmp_path):
+    """torchrun was silent for its 10-minute join timeout, then ended in a RendezvousTimeoutError traceback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    alone = subprocess.run(
+        [sys.executable, "-m", "nnrecipe.cli", "train", str(ROOT / "recipes/digits-convnet.yaml"), "--nnodes", "2",
+         "--master", f"127.0.0.1:{port}", "--join-timeout", "2", "--set", f"track.runs_dir={tmp_path / 'runs'}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert alone.returncode == 1 and f"node 0 of 2: waiting up to 2 s at 127.0.0.1:{port}" in alone.stdout
+    assert alone.stderr.splitlines()[-1].startswith(
+        f"error: torchrun failed (exit 1); a RendezvousTimeoutError above means the 2 nodes did not all reach "
+        f"127.0.0.1:{port} within 2 s"
+    ), alone.stderr[-2000:]
+    assert not (tmp_path / "runs").exists()
 
 
 @contextmanager

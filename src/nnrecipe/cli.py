@@ -52,6 +52,9 @@ def train(
     nnodes: int = typer.Option(1, min=1, help="Machines taking part (run the same command on each)."),
     node_rank: int = typer.Option(0, min=0, help="This machine's number, 0..nnodes-1 (0 hosts the rendezvous)."),
     master: str | None = typer.Option(None, help="Node 0's ADDR:PORT, the same on every node (with --nnodes > 1)."),
+    join_timeout: int = typer.Option(
+        600, min=1, help="--nnodes: seconds the nodes wait for one another at the rendezvous (torchrun's default)."
+    ),
 ) -> None:
     """Train a model from a recipe; leaves a run directory with checkpoints, metrics, report and plots (a recipe
     with continual.stages: one run per stage and the accuracy matrix)."""
@@ -77,14 +80,25 @@ def train(
         args = ["train", str(_find_recipe(recipe)), *[a for item in set_ for a in ("--set", item)]]
         args += ["--name", name] if name else []
         route = local_route(master) if nnodes > 1 and master else None
-        command = torchrun_command(args, nnodes, nproc, node_rank, master, local_addr=route and route[0])
+        command = torchrun_command(
+            args, nnodes, nproc, node_rank, master, local_addr=route and route[0], join_timeout=join_timeout
+        )
         env = multi_node_environment(route, dict(os.environ))
         if route is not None:
             out.print(f"node {node_rank} of {nnodes}: address {route[0]} on {route[1]}, the route to {master} "
                       f"(torchrun --local-addr; gloo on {env['GLOO_SOCKET_IFNAME']}, NCCL on {env['NCCL_SOCKET_IFNAME']})")  # fmt: skip
+        if nnodes > 1:  # torchrun says nothing while it waits (it was minutes of silence, then its traceback)
+            out.print(f"node {node_rank} of {nnodes}: waiting up to {join_timeout} s at {master} for the others "
+                      "(each runs this command with its own --node-rank)")  # fmt: skip
         from nnrecipe.engine.signals import wait_for_launched
 
-        raise typer.Exit(wait_for_launched(subprocess.Popen(command, env=env)))  # a stop lets the workers save
+        code = wait_for_launched(subprocess.Popen(command, env=env))  # a stop lets the workers save
+        if nnodes > 1 and code not in (0, 130):
+            err.print(f"error: torchrun failed (exit {code}); a RendezvousTimeoutError above means the {nnodes} nodes "
+                      f"did not all reach {master} within {join_timeout} s: start each with its --node-rank, check "
+                      "that they can reach that address and port, or give more --join-timeout", style="red",
+                      markup=False)  # fmt: skip
+        raise typer.Exit(code)
     train_recipe(recipe, set_, name, None if seeds is None else [seeds, *ctx.args], ensemble, continue_from)
 
 

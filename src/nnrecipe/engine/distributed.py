@@ -37,13 +37,14 @@ def torchrun_command(
     module: str = "nnrecipe.cli",
     log_dir: Path | None = None,
     local_addr: str | None = None,
+    join_timeout: int = 600,
 ) -> list[str]:
     """`python -m torch.distributed.run ... -m <module> <args>`: one node (`--standalone`), or one of
     `nnodes` nodes meeting at node 0's c10d rendezvous `master` (ADDR:PORT). Node 0 hosts the rendezvous
     store; saying so explicitly lets two "nodes" share one machine (the test does). `log_dir`: each process's
     output is also kept there (torchrun --tee), so a failure can be read after the fact. `local_addr`: this
     node's address on the route to the master (local_route); without it torchrun names the node by its
-    hostname."""
+    hostname. `join_timeout`: seconds the nodes wait for one another at the rendezvous."""
     import sys
 
     from nnrecipe.errors import UserError
@@ -62,7 +63,7 @@ def torchrun_command(
         if not 0 <= node_rank < nnodes:
             raise UserError(f"--node-rank: must be 0..{nnodes - 1} (got {node_rank})")
         cmd += ["--node-rank", str(node_rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", master]
-        cmd += ["--rdzv-id", "nnrecipe", "--rdzv-conf", f"is_host={int(node_rank == 0)}"]
+        cmd += ["--rdzv-id", "nnrecipe", "--rdzv-conf", f"is_host={int(node_rank == 0)},join_timeout={join_timeout}"]
         if local_addr is not None:
             cmd += ["--local-addr", local_addr]
     return [*cmd, "-m", module, *args]
