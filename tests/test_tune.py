@@ -96,7 +96,7 @@ def test_a_diverging_trial_counts_as_pruned_not_failed(tmp_path):
     assert "| pruned (diverged) |" in (folder / "report.md").read_text()
 
 
-def test_bad_spaces_are_one_line_errors_before_any_trial(tmp_path):
+def test_bad_spaces_are_one_line_errors_before_any_trial(tmp_path, monkeypatch):
     with pytest.raises(RecipeError) as typo:  # was "--param ...: 0.0001 is not a valid optim.lrr: recipe error: ..."
         plan(tmp_path, ["optim.lrr=loguniform(1e-4, 0.1)"], 2)
     assert str(typo.value).startswith("tune optim.lrr=loguniform(0.0001, 0.1): unknown field 'optim.lrr' in optim")
@@ -118,6 +118,15 @@ def test_bad_spaces_are_one_line_errors_before_any_trial(tmp_path):
         plan(tmp_path, ["optim.lr=uniform(0.01, 0.1)"], 2, storage="postgresql://u:secret@127.0.0.1:1/db")
     with pytest.raises(UserError, match="--storage bogus://x: Can't load plugin"):
         plan(tmp_path, ["optim.lr=uniform(0.01, 0.1)"], 2, storage="bogus://x")
+    with (
+        monkeypatch.context() as m,
+        pytest.raises(
+            UserError,
+            match=r"--storage mysql\+pymysql://u@h/db: its database driver pymysql is missing: pip install pymysql$",
+        ),
+    ):  # Optuna's "Failed to import DB access module ... Please install appropriate one" named none
+        m.setitem(sys.modules, "pymysql", None)
+        plan(tmp_path, ["optim.lr=uniform(0.01, 0.1)"], 2, storage="mysql+pymysql://u@h/db")
     with pytest.raises(RecipeError, match=r"--jobs: at least 1 \(got 0\)"):  # it ran one process, silently
         run_study(plan(tmp_path, ["optim.lr=uniform(0.01, 0.1)"], 2), tmp_path / "jobs", jobs=0)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "jobs").exists()

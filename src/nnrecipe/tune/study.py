@@ -203,6 +203,9 @@ def storage_of(plan: Plan, folder: Path):
     return JournalStorage(JournalFileBackend(str(folder / JOURNAL)))
 
 
+DRIVERS = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}  # pip names
+
+
 def rdb_storage(url: str):
     """Optuna's storage at a database URL; a URL it cannot use (unknown scheme, missing driver, database
     out of reach) is one line naming --storage, not SQLAlchemy's traceback."""
@@ -214,6 +217,9 @@ def rdb_storage(url: str):
         return RDBStorage(url)
     except (SQLAlchemyError, ImportError, ValueError) as e:
         first = first_line(e)
+        driver = e.__cause__ or e.__context__  # Optuna said "Please install appropriate one", not which
+        if isinstance(e, ImportError) and isinstance(driver, ModuleNotFoundError) and driver.name:
+            first = f"its database driver {driver.name} is missing: pip install {DRIVERS.get(driver.name, driver.name)}"
         try:  # the URL may hold a password: never print it
             url = make_url(url).render_as_string(hide_password=True)
         except (SQLAlchemyError, ValueError):
