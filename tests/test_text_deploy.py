@@ -107,3 +107,25 @@ def test_pruned_text_run_fine_tunes_with_its_zeros_kept(trained_text_run):
     weights = [m.weight for _, m in prunable(model, False)]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     assert zeros >= 0.29  # fine-tuning moved the weights but regrew none of the pruned ones
+
+
+def test_a_terminal_shows_a_bar_while_texts_are_predicted_and_scored(trained_text_run, trained_ner_run, monkeypatch):
+    """A --file of many texts was predicted, or scored by `evaluate --data`, for minutes without a sign of
+    life (image folders had a bar); the bar changes no row."""
+    import io
+
+    from rich.console import Console
+
+    from nnrecipe.engine import loop
+
+    texts = ["a fine film", "dull and long", "John lives in Paris"]
+    for run in (trained_text_run, trained_ner_run):
+        family = family_of(run)
+        quiet = family.predict(run, texts)
+        out = io.StringIO()
+        with monkeypatch.context() as m:
+            m.setattr(loop, "console", Console(file=out, force_terminal=True, width=80))
+            assert family.predict(run, texts) == quiet
+            family.evaluate(run, "val")
+        assert "predicting" in out.getvalue() and "3/3" in out.getvalue(), family.name
+        assert "scoring val" in out.getvalue(), family.name

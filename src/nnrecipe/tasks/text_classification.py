@@ -14,6 +14,7 @@ from torch import nn
 from nnrecipe.data.splits import spread_sample
 from nnrecipe.data.text import TextLoader, TextSet, label_names
 from nnrecipe.engine.loop import console
+from nnrecipe.engine.progress import progress
 from nnrecipe.errors import UserError
 from nnrecipe.reporting.classification import classification_summary, summary_table, write_report
 from nnrecipe.reporting.plots import plot_confusion
@@ -44,13 +45,16 @@ class TextClassifier:
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_probs(model: nn.Module, loader, advance=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities and labels for every batch; `advance(n)` is told of each batch's texts."""
     was_training = model.training
     model.eval()
     probs, labels = [], []
     for batch in loader.batches():
         labels.append(batch.pop("labels").cpu())
         probs.append(model(**batch).logits.float().softmax(1).cpu())
+        if advance is not None:
+            advance(len(labels[-1]))
     model.train(was_training)
     return torch.cat(probs), torch.cat(labels)
 
@@ -130,7 +134,10 @@ class TextClassification(TransformerFamily):
         inf = self.inference(run, device)
         labels = inf.labels
         loader = text_loader(inf.tokenizer, part, labels, recipe.train.eval_batch_size, inf.spec["max_length"], device)
-        probs, y = predict_probs(inf.model, loader)
+        with progress(
+            f"scoring {split}", len(part)
+        ) as advance:  # `evaluate --data` on a large file took minutes, unseen
+            probs, y = predict_probs(inf.model, loader, advance)
         pred, y = probs.argmax(1).numpy(), y.numpy()
         summary = classification_summary(y, pred, labels, probs)
         wrong = np.flatnonzero(pred != y)
@@ -198,12 +205,9 @@ class TextClassification(TransformerFamily):
 
     def predict(self, run: Run, inputs: list[str], top_k: int = 3) -> list[dict[str, Any]]:
         inf = self.inference(run)
-        return [
-            {"text": t, **row}
-            for t, row in zip(
-                inputs, classify(inf.model, inf.tokenizer, inf.labels, inf.spec["max_length"], inputs, top_k)
-            )
-        ]
+        with progress("predicting", len(inputs)) as advance:  # a --file of many texts took minutes, unseen
+            rows = classify(inf.model, inf.tokenizer, inf.labels, inf.spec["max_length"], inputs, top_k, advance)
+        return [{"text": t, **row} for t, row in zip(inputs, rows)]
 
     def predictor(self, run: Run, onnx_path: Path | None = None, precision: str = "fp32") -> TextPredictor:
         return TextPredictor(self, run, onnx_path, precision)
@@ -213,13 +217,13 @@ class TextClassification(TransformerFamily):
 
 
 def classify(
-    model, tokenizer, labels: list[str], max_length: int, texts: list[str], top_k: int = 3
+    model, tokenizer, labels: list[str], max_length: int, texts: list[str], top_k: int = 3, advance=None
 ) -> list[dict[str, Any]]:
     """Raw texts -> label, confidence and top-k per text."""
     if not texts:
         return []
     ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    probs, _ = predict_probs(model, TextLoader(ids, [0] * len(texts), 64, tokenizer.pad_token_id))
+    probs, _ = predict_probs(model, TextLoader(ids, [0] * len(texts), 64, tokenizer.pad_token_id), advance)
     return [outputs.top_k(p, labels, top_k) for p in probs]
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from nnrecipe.data.splits import spread_sample
 from nnrecipe.data.tokens import TokenSet, encode_words, entities, split_words, tag_names
 from nnrecipe.engine.loop import console
+from nnrecipe.engine.progress import progress
 from nnrecipe.errors import UserError
 from nnrecipe.reporting.ner import ner_summary, ner_table, write_ner_report
 from nnrecipe.runs import Run
@@ -60,9 +61,9 @@ class Tagged:
 
 
 @torch.no_grad()
-def predict_tags(model: nn.Module, loader: WordLoader | StreamedWordLoader, tags: list[str]) -> Tagged:
+def predict_tags(model: nn.Module, loader: WordLoader | StreamedWordLoader, tags: list[str], advance=None) -> Tagged:
     """Per word: the tag predicted at its first sub-token ("O" for words the tokenizer cut off). The loader
-    must not shuffle."""
+    must not shuffle. `advance(n)` is told of each batch's sentences."""
     was_training = model.training
     model.eval()
     out: list[list[str]] = []
@@ -81,6 +82,8 @@ def predict_tags(model: nn.Module, loader: WordLoader | StreamedWordLoader, tags
                 words[w] = tags[t]
             out.append(words)
             truncated += n - (max(index) + 1 if index else 0)
+        if advance is not None:
+            advance(len(n_words))
     model.train(was_training)
     return Tagged(out, loss_sum / max(1, count), truncated)
 
@@ -130,7 +133,9 @@ class TokenClassification(TransformerFamily):
         inf = self.inference(run, device)
         tags = inf.labels
         loader = word_loader(inf.tokenizer, part, tags, recipe.train.eval_batch_size, inf.spec["max_length"], device)
-        tagged = predict_tags(inf.model, loader, tags)
+        # `evaluate --data` on a large file took minutes, unseen
+        with progress(f"scoring {split}", len(part)) as advance:
+            tagged = predict_tags(inf.model, loader, tags, advance)
         pred = tagged.tags
         summary = ner_summary(part.tags, pred)
 
@@ -161,7 +166,10 @@ class TokenClassification(TransformerFamily):
 
     def predict(self, run: Run, inputs: list[str]) -> list[dict[str, Any]]:
         inf = self.inference(run)
-        return tag_texts(inf.model, inf.tokenizer, inf.labels, inf.spec["max_length"], inputs) if inputs else []
+        if not inputs:
+            return []
+        with progress("predicting", len(inputs)) as advance:  # a --file of many texts took minutes, unseen
+            return tag_texts(inf.model, inf.tokenizer, inf.labels, inf.spec["max_length"], inputs, advance)
 
     def predictor(self, run: Run, onnx_path: Path | None = None, precision: str = "fp32") -> NerPredictor:
         return NerPredictor(self, run, onnx_path, precision)
@@ -188,12 +196,14 @@ class TokenClassification(TransformerFamily):
         return doctor_plan(recipe)
 
 
-def tag_texts(model, tokenizer, tags: list[str], max_length: int, texts: list[str]) -> list[dict[str, Any]]:
+def tag_texts(
+    model, tokenizer, tags: list[str], max_length: int, texts: list[str], advance=None
+) -> list[dict[str, Any]]:
     """Raw texts -> entities with character offsets: split into words, tag them, group B-/I- runs."""
     spans = [split_words(t) for t in texts]
     words = [[w for w, _, _ in s] or [""] for s in spans]
     loader = WordLoader(encode_words(tokenizer, words, None, {}, max_length), 64, tokenizer.pad_token_id)
-    pred = predict_tags(model, loader, tags).tags
+    pred = predict_tags(model, loader, tags, advance).tags
     out = []
     for text, span, seq in zip(texts, spans, pred):
         found = [
