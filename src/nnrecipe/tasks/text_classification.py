@@ -134,9 +134,8 @@ class TextClassification(TransformerFamily):
         inf = self.inference(run, device)
         labels = inf.labels
         loader = text_loader(inf.tokenizer, part, labels, recipe.train.eval_batch_size, inf.spec["max_length"], device)
-        with progress(
-            f"scoring {split}", len(part)
-        ) as advance:  # `evaluate --data` on a large file took minutes, unseen
+        # `evaluate --data` on a large file took minutes, unseen
+        with progress(f"scoring {split}", len(part)) as advance:
             probs, y = predict_probs(inf.model, loader, advance)
         pred, y = probs.argmax(1).numpy(), y.numpy()
         summary = classification_summary(y, pred, labels, probs)
