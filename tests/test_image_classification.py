@@ -222,6 +222,28 @@ def test_crop_with_padding_matches_torchvision_for_the_same_offsets():
         assert torch.equal(out[i], expected)
 
 
+def test_a_terminal_shows_a_bar_while_an_image_tree_is_decoded(monkeypatch, tmp_path):
+    """A large ImageFolder tree took a minute or more to decode before training, without a sign of life."""
+    import io
+
+    from rich.console import Console
+    from tests.conftest import write_digit_tree
+
+    from nnrecipe.data.images import read_image_tree
+    from nnrecipe.engine import loop
+
+    write_digit_tree(tmp_path / "tree", [0, 1, 2], per_class=10)
+    classes = ["0", "1", "2"]
+    out = io.StringIO()
+    monkeypatch.setattr(loop, "console", Console(file=out, force_terminal=True, width=100))
+    part = read_image_tree(tmp_path / "tree", classes, 1, 8, [])
+    assert f"decoding {tmp_path / 'tree'}" in out.getvalue() and f"{len(part)}/{len(part)}" in out.getvalue()
+    monkeypatch.setenv("RANK", "1")  # every process of a DDP run decodes its tree; the main one alone draws
+    out.truncate(0)
+    read_image_tree(tmp_path / "tree", classes, 1, 16, [])  # another size: decoded again, not from the cache
+    assert out.getvalue() == ""
+
+
 def test_a_terminal_shows_a_bar_while_predicting_on_a_folder(trained_digits_run, monkeypatch, tmp_path):
     """A folder of many images was classified for minutes without a sign of life; the bar changes no row."""
     import io

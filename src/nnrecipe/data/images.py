@@ -448,6 +448,8 @@ def decode_tree(
 ) -> tuple[ImageSet, list[str]]:
     """Decode `files` with the streamed path's batch decoder (so both paths give the same pixels by
     construction), in chunks on threads; the unreadable ones are returned by name."""
+    from nnrecipe.engine.progress import progress
+
     images = StreamedImages([str(f) for f in files], channels, size)
 
     def load(chunk: list[str]) -> list[torch.Tensor | None]:
@@ -456,8 +458,15 @@ def decode_tree(
         return [None if j in bad else image for j, image in enumerate(batch)]
 
     chunks = [images.paths[i : i + 256] for i in range(0, len(images), 256)]
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        decoded = [image for part in pool.map(load, chunks) for image in part]
+    decoded: list[torch.Tensor | None] = []
+    # a bar on a terminal: a large tree took a minute or more to decode without a sign of life
+    with (
+        ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool,
+        progress(f"decoding {root}", len(files)) as advance,
+    ):
+        for part in pool.map(load, chunks):
+            decoded += part
+            advance(len(part))
     keep = [i for i, img in enumerate(decoded) if img is not None]
     bad = [str(files[i]) for i in range(len(files)) if decoded[i] is None]
     if not keep:
