@@ -462,7 +462,7 @@ def decode_tree(
     # a bar on a terminal: a large tree took a minute or more to decode without a sign of life
     with (
         ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool,
-        progress(f"decoding {root}", len(files)) as advance,
+        progress(f"decoding {root.name}", len(files)) as advance,  # its full path left no room
     ):
         for part in pool.map(load, chunks):
             decoded += part
