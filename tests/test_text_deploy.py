@@ -4,6 +4,7 @@ model server (texts in, labels or entities with offsets out, text-length limits)
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -123,9 +124,12 @@ def test_a_terminal_shows_a_bar_while_texts_are_predicted_and_scored(trained_tex
         family = family_of(run)
         quiet = family.predict(run, texts)
         out = io.StringIO()
+        data = run.recipe().data
+        other = Path(data.test or data.val)  # as `evaluate --data FILE`: the bar names the file, not its path
         with monkeypatch.context() as m:
             m.setattr(loop, "console", Console(file=out, force_terminal=True, width=80))
             assert family.predict(run, texts) == quiet
             family.evaluate(run, "val")
+            family.evaluate(run, data_path=str(other))
         assert "predicting" in out.getvalue() and "3/3" in out.getvalue(), family.name
-        assert "scoring val" in out.getvalue(), family.name
+        assert "scoring val" in out.getvalue() and f"scoring {other.name}" in out.getvalue(), family.name

@@ -135,7 +135,7 @@ class TextClassification(TransformerFamily):
         labels = inf.labels
         loader = text_loader(inf.tokenizer, part, labels, recipe.train.eval_batch_size, inf.spec["max_length"], device)
         # `evaluate --data` on a large file took minutes, unseen
-        with progress(f"scoring {split}", len(part)) as advance:
+        with progress(f"scoring {split.rsplit('/', 1)[-1]}", len(part)) as advance:  # a file name, not its path
             probs, y = predict_probs(inf.model, loader, advance)
         pred, y = probs.argmax(1).numpy(), y.numpy()
         summary = classification_summary(y, pred, labels, probs)

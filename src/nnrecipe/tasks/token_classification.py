@@ -134,7 +134,7 @@ class TokenClassification(TransformerFamily):
         tags = inf.labels
         loader = word_loader(inf.tokenizer, part, tags, recipe.train.eval_batch_size, inf.spec["max_length"], device)
         # `evaluate --data` on a large file took minutes, unseen
-        with progress(f"scoring {split}", len(part)) as advance:
+        with progress(f"scoring {split.rsplit('/', 1)[-1]}", len(part)) as advance:  # a file name, not its path
             tagged = predict_tags(inf.model, loader, tags, advance)
         pred = tagged.tags
         summary = ner_summary(part.tags, pred)
