@@ -29,6 +29,7 @@ from nnrecipe.engine.loop import (
     settle_precision,
 )
 from nnrecipe.engine.mlflow_tracking import publish
+from nnrecipe.engine.progress import progress
 from nnrecipe.engine.seeding import seed_everything
 from nnrecipe.engine.tracking import Tracker
 from nnrecipe.errors import RecipeError, UserError
@@ -247,6 +248,12 @@ def reliability_plot(run: Run, summary: dict[str, Any], tag: str) -> str:
         return ""
     path = plot_reliability(summary["calibration"], run.plots_dir / f"reliability_{tag}.png")
     return str(path.relative_to(run.dir))
+
+
+def scoring_bar(split: str, count: int):
+    """progress() while a report scores `count` examples of `split` (`evaluate --data` on a large file took
+    minutes, unseen), labelled by the file's name, not its path, which left no room for the count."""
+    return progress(f"scoring {split.rsplit('/', 1)[-1]}", count)
 
 
 def split_tag(split: str) -> str:

@@ -23,7 +23,7 @@ from nnrecipe.tasks import outputs
 from nnrecipe.tasks.continual_parts import class_stages
 from nnrecipe.tasks.family import DoctorPlan, Metric, Splits, Stages, register_family
 from nnrecipe.tasks.serving import autocast
-from nnrecipe.tasks.supervised import plot_paths, reliability_plot, split_tag
+from nnrecipe.tasks.supervised import plot_paths, reliability_plot, scoring_bar, split_tag
 from nnrecipe.tasks.text_doctor import plan as doctor_plan
 from nnrecipe.tasks.text_inputs import read_texts, text_loader, text_splits, texts
 from nnrecipe.tasks.text_recipes import TextRecipe
@@ -134,8 +134,7 @@ class TextClassification(TransformerFamily):
         inf = self.inference(run, device)
         labels = inf.labels
         loader = text_loader(inf.tokenizer, part, labels, recipe.train.eval_batch_size, inf.spec["max_length"], device)
-        # `evaluate --data` on a large file took minutes, unseen
-        with progress(f"scoring {split.rsplit('/', 1)[-1]}", len(part)) as advance:  # a file name, not its path
+        with scoring_bar(split, len(part)) as advance:
             probs, y = predict_probs(inf.model, loader, advance)
         pred, y = probs.argmax(1).numpy(), y.numpy()
         summary = classification_summary(y, pred, labels, probs)

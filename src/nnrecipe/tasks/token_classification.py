@@ -23,7 +23,7 @@ from nnrecipe.tasks import outputs
 from nnrecipe.tasks.family import DoctorPlan, Metric, Splits, register_family
 from nnrecipe.tasks.ner_doctor import plan as doctor_plan
 from nnrecipe.tasks.serving import autocast
-from nnrecipe.tasks.supervised import plot_paths
+from nnrecipe.tasks.supervised import plot_paths, scoring_bar
 from nnrecipe.tasks.text_inputs import StreamedWordLoader, WordLoader, read_tokens, sentences, token_splits, word_loader
 from nnrecipe.tasks.text_recipes import TokenRecipe
 from nnrecipe.tasks.transformer import TransformerFamily, TransformerPredictor
@@ -133,8 +133,7 @@ class TokenClassification(TransformerFamily):
         inf = self.inference(run, device)
         tags = inf.labels
         loader = word_loader(inf.tokenizer, part, tags, recipe.train.eval_batch_size, inf.spec["max_length"], device)
-        # `evaluate --data` on a large file took minutes, unseen
-        with progress(f"scoring {split.rsplit('/', 1)[-1]}", len(part)) as advance:  # a file name, not its path
+        with scoring_bar(split, len(part)) as advance:
             tagged = predict_tags(inf.model, loader, tags, advance)
         pred = tagged.tags
         summary = ner_summary(part.tags, pred)
